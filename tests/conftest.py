@@ -1,0 +1,51 @@
+"""Shared fixtures: tiny offline checkpoints written once per test session into a temp dir."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import pytest
+
+# Tests never touch the network.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+logging.getLogger("hy3dgen.shapgen").setLevel(logging.WARNING)
+
+
+@pytest.fixture(scope="session")
+def tiny_cache(tmp_path_factory):
+    """A fresh cache root for this session's tiny checkpoints (hermetic: no ~/.cache)."""
+    return tmp_path_factory.mktemp("vlm3d_cache")
+
+
+@pytest.fixture(scope="session")
+def tiny_shape_ref(tiny_cache):
+    from vlm3d_ttg.tiny import ensure_tiny_shape_model
+
+    return ensure_tiny_shape_model(tiny_cache)
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(tiny_shape_ref):
+    """The tiny Hunyuan3D-2 pipeline, loaded by the same function as the real model (fp32, CPU)."""
+    from vlm3d_ttg import load_shape_pipeline
+
+    return load_shape_pipeline(
+        tiny_shape_ref.repo_id, tiny_shape_ref.subfolder, models_dir=tiny_shape_ref.models_dir, device="cpu"
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_vlm_path(tiny_cache):
+    from vlm3d_ttg.tiny import ensure_tiny_vlm
+
+    return ensure_tiny_vlm(tiny_cache)
+
+
+@pytest.fixture(scope="session")
+def tiny_vlm(tiny_vlm_path):
+    """(model, processor) of the tiny Qwen2.5-VL, loaded by `load_vlm` (fp32, CPU)."""
+    from vlm3d_ttg import load_vlm
+
+    return load_vlm(tiny_vlm_path, device="cpu")

@@ -1,0 +1,35 @@
+"""Exceptions with messages meant for people: what went wrong, and what to do about it."""
+
+from __future__ import annotations
+
+
+class Vlm3dError(Exception):
+    """Base class of every error this package raises on purpose; the CLI prints its message."""
+
+
+class InvalidInputError(Vlm3dError, ValueError):
+    """An argument or input file is unusable; raised before any heavy work starts."""
+
+
+class ModelNotFoundError(Vlm3dError):
+    """A model could not be found locally nor downloaded."""
+
+    def __init__(self, repo_id: str, looked_in: list[str], how_to_get: str, cause: str | None = None):
+        self.repo_id = repo_id
+        self.looked_in = list(looked_in)
+        self.how_to_get = how_to_get
+        self.cause = cause
+        where = "\n".join(f"  - {p}" for p in self.looked_in) or "  (nowhere)"
+        msg = f"Model '{repo_id}' was not found.\nLooked in:\n{where}\n"
+        if cause:
+            msg += f"Download attempt: {cause}\n"
+        msg += f"How to get it: {how_to_get}"
+        super().__init__(msg)
+
+
+class EmptySurfaceError(Vlm3dError):
+    """The occupancy field has no level-set crossing on the grid: there is no surface to render."""
+
+
+class UnsupportedModelError(Vlm3dError):
+    """The loaded model variant cannot be driven by this sampler."""

@@ -1,0 +1,57 @@
+"""Atomic file output: a failed run never leaves a half-written file behind."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to `path`; rename it onto `path` only if the block succeeds.
+
+    The temporary file keeps `path`'s suffix so that writers which infer the format from the
+    extension (trimesh, PIL) work unchanged.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=f".tmp{target.suffix}", dir=target.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, target)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
+    """Write `data` to `path` atomically and return the path."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write `text` (UTF-8) to `path` atomically and return the path."""
+    return write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def check_writable(path: str | os.PathLike) -> Path:
+    """Check, before any work, that `path` can be created; raise InvalidInputError if not."""
+    from .errors import InvalidInputError
+
+    target = Path(path)
+    if target.exists() and target.is_dir():
+        raise InvalidInputError(f"Output path '{target}' is a directory; give a file name.")
+    parent = target.parent if str(target.parent) else Path(".")
+    existing = parent
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise InvalidInputError(f"Cannot write '{target}': directory '{existing}' is not writable.")
+    return target

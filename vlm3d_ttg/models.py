@@ -1,0 +1,249 @@
+"""Loading the real models: Hunyuan3D-2 through hy3dgen, Qwen2.5-VL through transformers.
+
+The same functions load the real checkpoints from the hub (or its local cache) and the tiny
+offline checkpoints written by `vlm3d_ttg.tiny`; there is no second code path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from .errors import InvalidInputError, ModelNotFoundError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_SHAPE_MODEL = "tencent/Hunyuan3D-2"
+DEFAULT_SHAPE_SUBFOLDER = "hunyuan3d-dit-v2-0"
+DEFAULT_VLM = "Qwen/Qwen2.5-VL-7B-Instruct"
+
+
+@dataclass(frozen=True)
+class ShapeVariant:
+    """A named hy3dgen shape model: hub repo, subfolder, and what its sampling loop needs."""
+
+    repo_id: str
+    subfolder: str
+    multiview: bool = False  # conditioned on a dict of views (front/left/back/right)
+    guidance_distilled: bool = False  # '-fast': CFG folded into a guidance embedding, batch of 1
+    consistency: bool = False  # '-turbo': consistency flow-matching scheduler
+
+
+# The hy3dgen 2.0.2 shape variants, by the names users know them by.
+SHAPE_VARIANTS: dict[str, ShapeVariant] = {
+    "hunyuan3d-2": ShapeVariant("tencent/Hunyuan3D-2", "hunyuan3d-dit-v2-0"),
+    "hunyuan3d-2-fast": ShapeVariant("tencent/Hunyuan3D-2", "hunyuan3d-dit-v2-0-fast", guidance_distilled=True),
+    "hunyuan3d-2-turbo": ShapeVariant("tencent/Hunyuan3D-2", "hunyuan3d-dit-v2-0-turbo", consistency=True),
+    "hunyuan3d-2mini": ShapeVariant("tencent/Hunyuan3D-2mini", "hunyuan3d-dit-v2-mini"),
+    "hunyuan3d-2mini-fast": ShapeVariant(
+        "tencent/Hunyuan3D-2mini", "hunyuan3d-dit-v2-mini-fast", guidance_distilled=True
+    ),
+    "hunyuan3d-2mini-turbo": ShapeVariant("tencent/Hunyuan3D-2mini", "hunyuan3d-dit-v2-mini-turbo", consistency=True),
+    "hunyuan3d-2mv": ShapeVariant("tencent/Hunyuan3D-2mv", "hunyuan3d-dit-v2-mv", multiview=True),
+    "hunyuan3d-2mv-fast": ShapeVariant(
+        "tencent/Hunyuan3D-2mv", "hunyuan3d-dit-v2-mv-fast", multiview=True, guidance_distilled=True
+    ),
+    "hunyuan3d-2mv-turbo": ShapeVariant(
+        "tencent/Hunyuan3D-2mv", "hunyuan3d-dit-v2-mv-turbo", multiview=True, consistency=True
+    ),
+}
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """The device to run on: the one asked for, else CUDA when available, else CPU."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise InvalidInputError(f"Device '{device}' was requested but CUDA is not available here; use --device cpu.")
+    return resolved
+
+
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+}
+
+
+def resolve_dtype(device: torch.device, dtype: str | torch.dtype | None = None, *, half: torch.dtype = torch.float16) -> torch.dtype:
+    """The dtype policy: what was asked for, else `half` on CUDA and float32 on CPU.
+
+    `half` is float16 for Hunyuan3D-2 (what its checkpoints are stored in) and bfloat16 for
+    Qwen2.5-VL (whose activations overflow float16).
+    """
+    if dtype is None or dtype == "auto":
+        return half if device.type == "cuda" else torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return _DTYPES[str(dtype).lower()]
+    except KeyError:
+        raise InvalidInputError(f"Unknown dtype '{dtype}'; use one of {sorted(set(_DTYPES))}.") from None
+
+
+def hy3dgen_models_dir(models_dir: str | os.PathLike | None = None) -> Path:
+    """Where hy3dgen looks for local checkpoints: `models_dir`, else $HY3DGEN_MODELS, else ~/.cache/hy3dgen."""
+    base = models_dir if models_dir is not None else os.environ.get("HY3DGEN_MODELS", "~/.cache/hy3dgen")
+    return Path(os.path.expanduser(str(base)))
+
+
+@contextlib.contextmanager
+def _hy3dgen_models_env(models_dir: Path) -> Iterator[None]:
+    # hy3dgen reads $HY3DGEN_MODELS at load time and offers no argument for it; set it only for
+    # the duration of the call so no global state outlives the loader.
+    previous = os.environ.get("HY3DGEN_MODELS")
+    os.environ["HY3DGEN_MODELS"] = str(models_dir)
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("HY3DGEN_MODELS", None)
+        else:
+            os.environ["HY3DGEN_MODELS"] = previous
+
+
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+
+
+def resolve_shape_model(model: str, subfolder: str | None = None) -> ShapeVariant:
+    """Turn a variant name ('hunyuan3d-2mini-turbo') or a repo id (+ subfolder) into a ShapeVariant."""
+    key = model.lower()
+    if key in SHAPE_VARIANTS and subfolder is None:
+        return SHAPE_VARIANTS[key]
+    if subfolder is None:
+        for variant in SHAPE_VARIANTS.values():
+            if variant.repo_id == model:
+                return variant
+        subfolder = DEFAULT_SHAPE_SUBFOLDER
+    for variant in SHAPE_VARIANTS.values():
+        if variant.subfolder == subfolder:
+            return ShapeVariant(model, subfolder, variant.multiview, variant.guidance_distilled, variant.consistency)
+    sub = subfolder.lower()
+    return ShapeVariant(
+        model, subfolder, multiview="-mv" in sub, guidance_distilled=sub.endswith("-fast"), consistency=sub.endswith("-turbo")
+    )
+
+
+def load_shape_pipeline(
+    model: str = DEFAULT_SHAPE_MODEL,
+    subfolder: str | None = None,
+    *,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    models_dir: str | os.PathLike | None = None,
+    variant: str | None = "fp16",
+    allow_download: bool = True,
+) -> Any:
+    """Load a Hunyuan3D-2 shape pipeline (`Hunyuan3DDiTFlowMatchingPipeline`) with hy3dgen's own loader.
+
+    `model` is a hub repo id (with `subfolder`) or a variant name from `SHAPE_VARIANTS`. Local
+    checkpoints are looked up where hy3dgen looks (`models_dir`/$HY3DGEN_MODELS/<repo>/<subfolder>);
+    otherwise hy3dgen downloads from the hub unless `allow_download` is false or HF_HUB_OFFLINE=1.
+    Raises ModelNotFoundError, naming the repo, where it looked and how to get it.
+    """
+    spec = resolve_shape_model(model, subfolder)
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(torch_device, dtype, half=torch.float16)
+    base = hy3dgen_models_dir(models_dir)
+    local = base / spec.repo_id / spec.subfolder
+    suffix = f".{variant}" if variant else ""
+    local_ok = (local / "config.yaml").is_file() and (local / f"model{suffix}.safetensors").is_file()
+    how_to_get = (
+        f"on a machine with hub access run `huggingface-cli download {spec.repo_id} --include '{spec.subfolder}/*' "
+        f"--local-dir {base / spec.repo_id}` (or set HY3DGEN_MODELS to a folder holding "
+        f"{spec.repo_id}/{spec.subfolder}/config.yaml and model{suffix}.safetensors). "
+        "For an offline smoke test use the tiny preset (`--preset tiny`)."
+    )
+    if not local_ok and (not allow_download or _hub_offline()):
+        raise ModelNotFoundError(
+            f"{spec.repo_id}/{spec.subfolder}",
+            [str(local), "the Hugging Face hub (not tried: offline)"],
+            how_to_get,
+        )
+
+    from hy3dgen.shapegen import Hunyuan3DDiTFlowMatchingPipeline
+
+    logger.info("Loading shape model %s/%s on %s (%s)", spec.repo_id, spec.subfolder, torch_device, torch_dtype)
+    try:
+        with _hy3dgen_models_env(base):
+            pipeline = Hunyuan3DDiTFlowMatchingPipeline.from_pretrained(
+                spec.repo_id,
+                subfolder=spec.subfolder,
+                device=str(torch_device),
+                dtype=torch_dtype,
+                use_safetensors=True,
+                variant=variant,
+            )
+    except (OSError, RuntimeError, ValueError) as exc:  # hub errors subclass OSError/ValueError
+        if local_ok:
+            raise
+        raise ModelNotFoundError(
+            f"{spec.repo_id}/{spec.subfolder}",
+            [str(local), "the Hugging Face hub"],
+            how_to_get,
+            cause=f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+        ) from exc
+    pipeline.variant_spec = spec
+    return pipeline
+
+
+def load_vlm(
+    model: str | os.PathLike = DEFAULT_VLM,
+    *,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    attn_implementation: str | None = None,
+    revision: str | None = None,
+    allow_download: bool = True,
+) -> tuple[Any, Any]:
+    """Load Qwen2.5-VL and its processor with transformers' `from_pretrained`; return (model, processor).
+
+    `model` is a hub id or a local `save_pretrained` folder. The model is returned frozen
+    (`eval()`, no parameter gradients): the critic only ever differentiates w.r.t. pixels.
+    Raises ModelNotFoundError, naming the repo, where it looked and how to get it.
+    """
+    from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(torch_device, dtype, half=torch.bfloat16)
+    model_id = str(model)
+    is_local = Path(os.path.expanduser(model_id)).is_dir()
+    if is_local:
+        model_id = os.path.expanduser(model_id)
+    local_only = is_local or not allow_download or _hub_offline()
+    kwargs: dict[str, Any] = {"local_files_only": local_only}
+    if revision is not None:
+        kwargs["revision"] = revision
+    try:
+        processor = AutoProcessor.from_pretrained(model_id, **kwargs)
+        vlm = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+            model_id, dtype=torch_dtype, attn_implementation=attn_implementation, **kwargs
+        )
+    except OSError as exc:
+        from huggingface_hub.constants import HF_HUB_CACHE
+
+        looked = [model_id] if is_local else [f"{HF_HUB_CACHE} (hub cache)", "the Hugging Face hub" + (" (not tried: offline)" if local_only else "")]
+        raise ModelNotFoundError(
+            model_id,
+            looked,
+            f"on a machine with hub access run `huggingface-cli download {model_id}` (it lands in the hub cache), "
+            "or pass a local folder written by save_pretrained. For an offline smoke test use `--preset tiny`.",
+            cause=f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+        ) from exc
+    vlm.to(torch_device)
+    vlm.eval()
+    vlm.requires_grad_(False)
+    logger.info("Loaded VLM %s on %s (%s)", model_id, torch_device, torch_dtype)
+    return vlm, processor

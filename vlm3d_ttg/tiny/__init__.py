@@ -1,0 +1,73 @@
+"""Tiny offline checkpoints in the real on-disk formats (see `tiny.hunyuan` and `tiny.qwen`).
+
+They exist to exercise the real loading and sampling code without a GPU or a model hub; the
+shapes and answers they produce are meaningless.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .hunyuan import TINY_SHAPE_REPO, TINY_SHAPE_SUBFOLDER, folder_digest, write_tiny_shape_model
+
+# Bump when the tiny models change, so a stale cache is never loaded.
+TINY_VERSION = "v1"
+
+
+def tiny_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
+    """Root of the tiny checkpoints: `cache_dir`, else $VLM3D_TTG_CACHE, else ~/.cache/vlm3d-ttg."""
+    base = cache_dir if cache_dir is not None else os.environ.get("VLM3D_TTG_CACHE", "~/.cache/vlm3d-ttg")
+    return Path(os.path.expanduser(str(base))) / f"tiny-{TINY_VERSION}"
+
+
+@dataclass(frozen=True)
+class TinyShapeModel:
+    """Where the tiny shape checkpoint lives, in the terms `load_shape_pipeline` takes."""
+
+    models_dir: Path  # the $HY3DGEN_MODELS root
+    repo_id: str
+    subfolder: str
+
+
+def ensure_tiny_shape_model(
+    cache_dir: str | os.PathLike | None = None,
+    *,
+    subfolder: str = TINY_SHAPE_SUBFOLDER,
+    seed: int = 0,
+) -> TinyShapeModel:
+    """Write the tiny Hunyuan3D-2 checkpoint once (if missing) and say where it is.
+
+    `subfolder` picks the variant like the real repos do: '...-fast' has a guidance embedding,
+    '...-turbo' a consistency scheduler, '...-mv' multi-view conditioning.
+    """
+    root = tiny_cache_dir(cache_dir) / "hy3dgen"
+    write_tiny_shape_model(
+        root,
+        subfolder=subfolder,
+        seed=seed,
+        guidance_embed=subfolder.endswith("-fast"),
+        turbo=subfolder.endswith("-turbo"),
+        multiview="-mv" in subfolder,
+    )
+    return TinyShapeModel(root, TINY_SHAPE_REPO, subfolder)
+
+
+def ensure_tiny_vlm(cache_dir: str | os.PathLike | None = None, *, seed: int = 0) -> Path:
+    """Write the tiny Qwen2.5-VL `save_pretrained` folder once (if missing); return its path."""
+    from .qwen import write_tiny_vlm
+
+    return write_tiny_vlm(tiny_cache_dir(cache_dir) / "qwen2_5_vl", seed=seed)
+
+
+__all__ = [
+    "TINY_SHAPE_REPO",
+    "TINY_SHAPE_SUBFOLDER",
+    "TinyShapeModel",
+    "ensure_tiny_shape_model",
+    "ensure_tiny_vlm",
+    "folder_digest",
+    "tiny_cache_dir",
+    "write_tiny_shape_model",
+]

@@ -1,0 +1,284 @@
+"""A tiny Hunyuan3D-2 shape checkpoint in hy3dgen's real on-disk format.
+
+Written to `<root>/<repo_id>/<subfolder>/{config.yaml, model.fp16.safetensors}` exactly where
+hy3dgen's `smart_load_model` looks when `$HY3DGEN_MODELS=<root>`, with keys prefixed `model.`,
+`vae.` and `conditioner.`, and loaded by `vlm3d_ttg.load_shape_pipeline` like the real model.
+
+Every module is hy3dgen's own class (Hunyuan3DDiT, ShapeVAE, SingleImageEncoder over a tiny
+Dinov2, FlowMatchEulerDiscreteScheduler, ImageProcessorV2). The DiT and the image encoder have
+random weights. The ShapeVAE's geo-decoder does not: with random weights its occupancy field is
+noise (hundreds of thousands of faces of fragments), so nothing downstream could be exercised.
+Instead its weights are set analytically so that the decoder computes
+
+    logit(x; z) = k · f / σ(x, z),    f(x; z) = R(x; z) - c · Σ_i (1 - cos(π x_i)),
+    R(x; z)     = R0 + ρ · Σ_j softmax_j(⟨q(x/|x|), key(z_j)⟩) · u(z_j),
+
+i.e. a lumpy closed blob whose radius in each direction is an attention-weighted average of
+per-latent-token "radius" values u(z_j), with the attention keys (token directions) also coming
+from the latent. σ > 0 is the LayerNorm scale that `ln_post` introduces, so the zero level set
+is exactly {f = 0}. Because R stays within (0, 2c) for any latent (LayerNorm bounds u), the
+surface is never empty and never touches the ±1.01 box: it is one smooth closed surface whose
+shape changes with the latent. |∇ₓ logit| is ≈ 10–40 near the surface, not 1 — like the real
+model's logits, which are not a distance either. Everything the construction does not use
+(second attention head, MLPs, the VAE transformer) gets small random weights so that every code
+path still carries signal and gradient.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+import yaml
+
+TINY_SHAPE_REPO = "vlm3d-ttg/tiny-Hunyuan3D-2"
+TINY_SHAPE_SUBFOLDER = "hunyuan3d-dit-v2-0"
+
+# Sizes: small enough for a 50-step CPU run in seconds, large enough to exercise every reshape
+# (2 heads, >1 token, RoPE-free DiT with both block kinds).
+_EMBED_DIM = 8  # latent channels (real: 64)
+_NUM_LATENTS = 32  # latent tokens (real: 3072)
+_VAE_WIDTH = 32  # (real: 1024)
+_VAE_HEADS = 2
+_NUM_FREQS = 8
+_DIT_HIDDEN = 32
+_DIT_HEADS = 2
+_COND_DIM = 32  # tiny Dinov2 hidden size = DiT context_in_dim
+_COND_IMAGE_SIZE = 56  # 4 x 4 patches of 14 px
+_PREPROCESS_SIZE = 64
+
+# Constants of the analytic decoder (see the module docstring).
+_C_BOWL = 1.0  # c: the bowl c·Σ(1 - cos πx) reaches 2c at the middle of a box face
+_R0 = 1.0  # mean "radius²-like" level: the surface sits at |x| ≈ 0.45–0.75
+_RHO = 0.35  # how much the latent moves it (|u| ≤ 4 bounds R; typical |Σ w u| ≲ 1.5)
+_ANCHOR = 1.0  # constant channels that keep LayerNorm scales away from zero
+_DIR_GAIN = 1.0
+_ATTN_SHARPNESS = 10.0
+_KEY_GAIN = 2.0
+_OUT_GAIN = 4.0
+_NOISE = 0.02  # scale of the small random weights on paths the construction does not use
+
+
+def tiny_shape_config(*, guidance_embed: bool = False, multiview: bool = False, turbo: bool = False) -> dict:
+    """The config.yaml content of the tiny shape model, in hy3dgen's format."""
+    dino = {
+        "hidden_size": _COND_DIM,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "intermediate_size": 2 * _COND_DIM,
+        "patch_size": 14,
+        "image_size": _COND_IMAGE_SIZE,
+        "layerscale_value": 1.0,
+    }
+    encoder_kwargs = {"config": dino, "image_size": _COND_IMAGE_SIZE, "use_cls_token": True}
+    if multiview:
+        encoder_kwargs["view_num"] = 4
+    scheduler = (
+        {"target": "hy3dgen.shapegen.schedulers.ConsistencyFlowMatchEulerDiscreteScheduler",
+         "params": {"num_train_timesteps": 1000, "pcm_timesteps": 100}}
+        if turbo
+        else {"target": "hy3dgen.shapegen.schedulers.FlowMatchEulerDiscreteScheduler",
+              "params": {"num_train_timesteps": 1000}}
+    )
+    return {
+        "model": {
+            "target": "hy3dgen.shapegen.models.Hunyuan3DDiT",
+            "params": {
+                "in_channels": _EMBED_DIM,
+                "context_in_dim": _COND_DIM,
+                "hidden_size": _DIT_HIDDEN,
+                "mlp_ratio": 2.0,
+                "num_heads": _DIT_HEADS,
+                "depth": 1,
+                "depth_single_blocks": 1,
+                "axes_dim": [_DIT_HIDDEN // _DIT_HEADS],
+                "theta": 10000,
+                "qkv_bias": True,
+                "guidance_embed": guidance_embed,
+            },
+        },
+        "vae": {
+            "target": "hy3dgen.shapegen.models.ShapeVAE",
+            "params": {
+                "num_latents": _NUM_LATENTS,
+                "embed_dim": _EMBED_DIM,
+                "width": _VAE_WIDTH,
+                "heads": _VAE_HEADS,
+                "num_decoder_layers": 1,
+                "num_freqs": _NUM_FREQS,
+                "include_pi": True,
+                "qkv_bias": True,
+                "qk_norm": True,
+                # Deliberately far from 1 (real: 0.99909) so a missing `/ scale_factor` shows.
+                "scale_factor": 0.8,
+            },
+        },
+        "conditioner": {
+            "target": "hy3dgen.shapegen.models.SingleImageEncoder",
+            "params": {
+                "main_image_encoder": {
+                    "type": "DinoImageEncoderMV" if multiview else "DinoImageEncoder",
+                    "kwargs": encoder_kwargs,
+                }
+            },
+        },
+        "scheduler": scheduler,
+        "image_processor": {
+            "target": "hy3dgen.shapegen.preprocessors." + ("MVImageProcessorV2" if multiview else "ImageProcessorV2"),
+            "params": {"size": _PREPROCESS_SIZE, "border_ratio": 0.15},
+        },
+    }
+
+
+def _set_analytic_geo_decoder(vae: torch.nn.Module, generator: torch.Generator) -> None:
+    """Give the tiny ShapeVAE the analytic occupancy field described in the module docstring."""
+    width, heads = _VAE_WIDTH, _VAE_HEADS
+    head_dim = width // heads
+    n_freq_feats = 3 * _NUM_FREQS
+
+    def small(shape: tuple[int, ...]) -> torch.Tensor:
+        return torch.randn(shape, generator=generator) * _NOISE
+
+    with torch.no_grad():
+        # post_kl: token z_j -> [z_j + b, -(z_j + b), 0, ...]; the mirrored copy keeps the
+        # LayerNorm mean at ~0 so LN(data_j)[:8] is a scaled direction of z_j.
+        post = vae.post_kl
+        post.weight.zero_()
+        post.bias.zero_()
+        eye = torch.eye(_EMBED_DIM)
+        post.weight[:_EMBED_DIM] = eye
+        post.weight[_EMBED_DIM : 2 * _EMBED_DIM] = -eye
+        offset = torch.randn(_EMBED_DIM, generator=generator) * 0.3  # breaks scale invariance in z
+        post.bias[:_EMBED_DIM] = offset
+        post.bias[_EMBED_DIM : 2 * _EMBED_DIM] = -offset
+        post.weight.add_(small(post.weight.shape))
+
+        # VAE transformer: near-identity residual blocks (small random residual branches).
+        for block in vae.transformer.resblocks:
+            for lin in (block.attn.c_qkv, block.mlp.c_fc):
+                lin.weight.copy_(torch.randn(lin.weight.shape, generator=generator) / math.sqrt(width))
+                lin.bias.zero_()
+            for lin in (block.attn.c_proj, block.mlp.c_proj):
+                lin.weight.copy_(small(lin.weight.shape))
+                lin.bias.zero_()
+
+        dec = vae.geo_decoder
+        # query_proj: Fourier features -> residual channels
+        #   ch0 = R0 - c Σ(1 - cos πx_i) (the bowl), ch1 = -ch0,
+        #   ch2/ch3 = ±anchor, ch4..6 = g·x, ch7..9 = -g·x.
+        qp = dec.query_proj
+        qp.weight.zero_()
+        qp.bias.zero_()
+        for i in range(3):
+            cos_index = 3 + n_freq_feats + i * _NUM_FREQS  # cos(π x_i): frequency 2^0 · π
+            qp.weight[0, cos_index] = _C_BOWL
+            qp.weight[1, cos_index] = -_C_BOWL
+            qp.weight[4 + i, i] = _DIR_GAIN
+            qp.weight[7 + i, i] = -_DIR_GAIN
+        qp.bias[0] = _R0 - 3 * _C_BOWL
+        qp.bias[1] = -(_R0 - 3 * _C_BOWL)
+        qp.bias[2] = _ANCHOR
+        qp.bias[3] = -_ANCHOR
+
+        attn = dec.cross_attn_decoder.attn
+        # c_q: head 0's query = sharpness · LN(q)[4:7] (a direction of x).
+        attn.c_q.weight.copy_(small(attn.c_q.weight.shape))
+        attn.c_q.bias.zero_()
+        attn.c_q.weight[0:3, 4:7] = _ATTN_SHARPNESS * torch.eye(3)
+        # c_kv: per head h, channels [h·2d, h·2d+d) are keys and [h·2d+d, (h+1)·2d) values.
+        # Head 0: key = LN(data_j)[0:3] (a direction from the latent), value[0] = LN(data_j)[3] = u_j.
+        attn.c_kv.weight.copy_(small(attn.c_kv.weight.shape))
+        attn.c_kv.bias.zero_()
+        attn.c_kv.weight[0:3, 0:3] = _KEY_GAIN * torch.eye(3)
+        attn.c_kv.weight[head_dim, 3] = 1.0
+        # c_proj: residual ch0 += ρ·(head-0 value 0), ch1 -= the same: f = R - c Σ(1 - cos πx).
+        attn.c_proj.weight.copy_(small(attn.c_proj.weight.shape))
+        attn.c_proj.bias.zero_()
+        attn.c_proj.weight[0, 0] = _RHO
+        attn.c_proj.weight[1, 0] = -_RHO
+        attn.c_proj.weight[0:2, 1:] = 0.0
+
+        # MLP after the cross-attention: a small random perturbation of the field.
+        mlp = dec.cross_attn_decoder.mlp
+        mlp.c_fc.weight.copy_(torch.randn(mlp.c_fc.weight.shape, generator=generator) / math.sqrt(width))
+        mlp.c_fc.bias.zero_()
+        mlp.c_proj.weight.copy_(small(mlp.c_proj.weight.shape))
+        mlp.c_proj.bias.zero_()
+
+        # output_proj: k · (LN(x)[0] - LN(x)[1]) / 2 = k · f / σ.
+        out = dec.output_proj
+        out.weight.zero_()
+        out.bias.zero_()
+        out.weight[0, 0] = _OUT_GAIN / 2
+        out.weight[0, 1] = -_OUT_GAIN / 2
+
+
+def build_tiny_shape_state(config: dict, seed: int) -> dict[str, torch.Tensor]:
+    """Instantiate the hy3dgen modules from `config` with seeded weights; return the prefixed state dict."""
+    from hy3dgen.shapegen.pipelines import instantiate_from_config
+
+    generator = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        dit = instantiate_from_config(config["model"])
+        vae = instantiate_from_config(config["vae"])
+        conditioner = instantiate_from_config(config["conditioner"])
+    _set_analytic_geo_decoder(vae, generator)
+    state: dict[str, torch.Tensor] = {}
+    for prefix, module in (("model", dit), ("vae", vae), ("conditioner", conditioner)):
+        for key, value in module.state_dict().items():
+            state[f"{prefix}.{key}"] = value.detach().to(torch.float16).contiguous()
+    return state
+
+
+def write_tiny_shape_model(
+    root: str | os.PathLike,
+    *,
+    repo_id: str = TINY_SHAPE_REPO,
+    subfolder: str = TINY_SHAPE_SUBFOLDER,
+    seed: int = 0,
+    guidance_embed: bool = False,
+    multiview: bool = False,
+    turbo: bool = False,
+) -> Path:
+    """Write the tiny shape checkpoint under `root` (an $HY3DGEN_MODELS folder); return its folder.
+
+    Same arguments, same bytes. The folder appears atomically (written elsewhere, then renamed),
+    so a concurrent reader never sees half a checkpoint.
+    """
+    from safetensors.torch import save_file
+
+    target = Path(root) / repo_id / subfolder
+    if (target / "config.yaml").is_file() and (target / "model.fp16.safetensors").is_file():
+        return target
+    config = tiny_shape_config(guidance_embed=guidance_embed, multiview=multiview, turbo=turbo)
+    state = build_tiny_shape_state(config, seed)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{subfolder}.", dir=target.parent))
+    try:
+        (staging / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        save_file(state, str(staging / "model.fp16.safetensors"), metadata={"format": "pt", "seed": str(seed)})
+        try:
+            os.rename(staging, target)
+        except OSError:
+            if not (target / "model.fp16.safetensors").is_file():  # lost a race to another writer: fine
+                raise
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    return target
+
+
+def folder_digest(folder: str | os.PathLike) -> str:
+    """SHA-256 over the names and bytes of every file in `folder` (for same-seed-same-bytes checks)."""
+    digest = hashlib.sha256()
+    base = Path(folder)
+    for path in sorted(p for p in base.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(base)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
