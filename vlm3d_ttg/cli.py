@@ -1,0 +1,66 @@
+"""`vlm3d-ttg` command line: parses, loads and calls the Python API; talks to people."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import typer
+
+from .errors import Vlm3dError
+
+app = typer.Typer(
+    name="vlm3d-ttg",
+    help="Vision-language test-time guidance for Hunyuan3D-2 (critic: Qwen2.5-VL).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+def _register_commands() -> None:
+    from .commands import generate, judge
+
+    app.command(name="generate")(generate.generate)
+    app.command(name="judge")(judge.judge)
+
+
+def _configure_logging() -> None:
+    level = os.environ.get("VLM3D_TTG_LOG", "WARNING").upper()
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    # hy3dgen installs its own INFO console handler at import; keep it quiet unless asked.
+    logging.getLogger("hy3dgen.shapgen").setLevel(level)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script; returns the process exit code."""
+    _configure_logging()
+    _register_commands()
+    try:
+        app(args=argv, standalone_mode=False)
+    except Vlm3dError as exc:
+        typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+        return 2
+    except KeyboardInterrupt:
+        typer.secho("interrupted", err=True)
+        return 130
+    except typer.Exit as exc:  # raised by commands to end with a code
+        return exc.exit_code
+    except typer.Abort:
+        return 1
+    except Exception as exc:  # click usage errors and the like
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            return exc.exit_code
+        if os.environ.get("VLM3D_TTG_DEBUG"):
+            raise
+        typer.secho(f"error: unexpected {type(exc).__name__}: {exc} (set VLM3D_TTG_DEBUG=1 for the traceback)", err=True, fg=typer.colors.RED)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""One module per CLI command; each only parses, loads and calls the library."""
