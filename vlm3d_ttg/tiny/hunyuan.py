@@ -262,7 +262,7 @@ def write_tiny_shape_model(
     staging = Path(tempfile.mkdtemp(prefix=f".{subfolder}.", dir=target.parent))
     try:
         (staging / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-        save_file(state, str(staging / "model.fp16.safetensors"), metadata={"format": "pt", "seed": str(seed)})
+        save_file(state, str(staging / "model.fp16.safetensors"), metadata={"format": "pt"})  # one key: safetensors orders metadata by hash, per process
         try:
             os.rename(staging, target)
         except OSError:
