@@ -1,0 +1,310 @@
+"""GuidedSampler: Hunyuan3D-2's flow-matching loop with VLM test-time guidance inserted.
+
+hy3dgen's pipeline `__call__` runs under `torch.inference_mode()`, so nothing inside it can be
+differentiated. This sampler runs the same loop itself, reusing the pipeline's own parts
+(image processor, conditioner, scheduler, DiT, CFG rule, VAE and export), and inserts one thing:
+at guided steps, the gradient of the critic's log-odds w.r.t. the predicted clean latent moves
+the latent after the Euler step. With guidance off it reproduces the pipeline's latents.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .errors import EmptySurfaceError, InvalidInputError, UnsupportedModelError
+from .guidance import GuidanceConfig, StepRecord, guidance_displacement, guided_steps, schedule_weight
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RewardEvaluation:
+    """One critic evaluation of a latent: r is differentiable w.r.t. the latent it was given."""
+
+    r: torch.Tensor
+    p_yes: float
+    faces: int
+    images: torch.Tensor | None = None  # (N, 3, H, W) what the critic saw, detached
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class LatentReward(Protocol):
+    """What the sampler needs from a critic: score a latent (differentiably) and a final mesh."""
+
+    def __call__(self, latent: torch.Tensor, *, generator: torch.Generator | None = None) -> RewardEvaluation: ...
+
+    def score_mesh(self, vertices: np.ndarray, faces: np.ndarray) -> RewardEvaluation: ...
+
+
+@dataclass
+class SamplerOutput:
+    """The result of a run: final latents, the exported mesh, and the per-step record."""
+
+    latents: torch.Tensor
+    mesh: Any | None  # trimesh.Trimesh, or None for output_type="latent"
+    records: list[StepRecord]
+    final: RewardEvaluation | None
+    views: dict[int, torch.Tensor]  # step -> images the critic saw at that step (uint8, N,3,H,W)
+    seconds: float
+    seed: int | None
+
+
+StepCallback = Callable[["GuidedSampler", int, float, dict[str, Any]], dict[str, Any] | None]
+
+
+def predicted_clean_latent(latents: torch.Tensor, velocity: torch.Tensor, sigma: float) -> torch.Tensor:
+    """x̂ = x + (1 − σ)·v: where the straight flow from x ends at σ = 1 (data)."""
+    return latents + (1.0 - sigma) * velocity
+
+
+def classifier_free_guidance(velocity_batch: torch.Tensor, guidance_scale: float) -> torch.Tensor:
+    """v = v_uncond + w·(v_cond − v_uncond) for a batch ordered [cond, uncond] (hy3dgen's order)."""
+    cond, uncond = velocity_batch.chunk(2)
+    return uncond + guidance_scale * (cond - uncond)
+
+
+def _scheduler_sigmas(scheduler: Any) -> torch.Tensor:
+    # The consistency scheduler (-turbo) keeps its per-run sigmas in `sigmas_`.
+    return getattr(scheduler, "sigmas_", scheduler.sigmas)
+
+
+class GuidedSampler:
+    """Drop-in guided sampler around a loaded hy3dgen `Hunyuan3DDiTFlowMatchingPipeline`.
+
+    `reward` scores a latent (see `vlm3d_ttg.reward.VLMReward`); without it, or with
+    `config.enabled=False`, the sampler is the pipeline's own loop.
+    """
+
+    def __init__(self, pipeline: Any, reward: LatentReward | None = None, config: GuidanceConfig | None = None):
+        from hy3dgen.shapegen.pipelines import Hunyuan3DDiTFlowMatchingPipeline
+
+        if not isinstance(pipeline, Hunyuan3DDiTFlowMatchingPipeline):
+            raise UnsupportedModelError(
+                f"GuidedSampler drives hy3dgen's Hunyuan3DDiTFlowMatchingPipeline, got {type(pipeline).__name__}."
+            )
+        self.pipeline = pipeline
+        self.reward = reward
+        self.config = (config or GuidanceConfig()).validate()
+        if self.config.enabled and self.config.scale > 0 and reward is None:
+            raise InvalidInputError("Guidance is enabled but no reward (critic) was given; pass one or disable guidance.")
+
+    # ----------------------------------------------------------------- the model call
+    def _velocity(self, latents: torch.Tensor, t: torch.Tensor, cond: Any, guidance_scale: float,
+                  do_cfg: bool, guidance_embedding: torch.Tensor | None) -> torch.Tensor:
+        """The DiT's (CFG-combined) velocity at latents and timestep t, exactly as hy3dgen computes it."""
+        pipe = self.pipeline
+        model_input = torch.cat([latents] * 2) if do_cfg else latents
+        timestep = t.expand(model_input.shape[0]).to(latents.dtype) / pipe.scheduler.config.num_train_timesteps
+        velocity = pipe.model(model_input, timestep, cond, guidance=guidance_embedding)
+        return classifier_free_guidance(velocity, guidance_scale) if do_cfg else velocity
+
+    # ----------------------------------------------------------------- the loop
+    def __call__(
+        self,
+        image: Any,
+        *,
+        num_inference_steps: int = 50,
+        guidance_scale: float = 5.0,
+        seed: int | None = 0,
+        generator: torch.Generator | None = None,
+        output_type: str = "trimesh",
+        octree_resolution: int = 384,
+        num_chunks: int = 8000,
+        mc_level: float = 0.0,
+        box_v: float = 1.01,
+        keep_views: str | list[int] = "summary",
+        callback_on_step_end: StepCallback | None = None,
+        progress: bool = True,
+    ) -> SamplerOutput:
+        """Run the (guided) flow loop for one conditioning image; return latents, mesh and records.
+
+        `keep_views`: which guided steps' renders to return ("summary" = first, middle and last
+        guided step, "all", "none", or a list of step indices). `callback_on_step_end(sampler,
+        step, sigma, state)` is called after every step with state {"latents", "record"}; it may
+        return {"latents": tensor} to replace the latents.
+        """
+        if num_inference_steps < 2:
+            raise InvalidInputError(f"num_inference_steps must be ≥ 2, got {num_inference_steps}")
+        if output_type not in ("trimesh", "latent"):
+            raise InvalidInputError(f"output_type must be 'trimesh' or 'latent', got {output_type!r}")
+        started = time.perf_counter()
+        pipe = self.pipeline
+        cfg = self.config
+        device, dtype = pipe.device, pipe.dtype
+        if generator is None and seed is not None:
+            generator = torch.Generator(device="cpu").manual_seed(seed)
+        # Camera jitter draws from its own stream so guidance never shifts the sampler's noise.
+        camera_generator = torch.Generator(device="cpu").manual_seed((seed or 0) + 7919)
+
+        distilled = getattr(pipe.model, "guidance_embed", False) is True
+        do_cfg = guidance_scale >= 0 and not distilled
+        with torch.no_grad():
+            cond_inputs = pipe.prepare_image(image)
+            cond_image = cond_inputs.pop("image")
+            cond = pipe.encode_cond(
+                image=cond_image, additional_cond_inputs=cond_inputs, do_classifier_free_guidance=do_cfg, dual_guidance=False
+            )
+        batch_size = cond_image.shape[0]
+        if batch_size != 1 and cfg.enabled:
+            raise InvalidInputError("Guided sampling takes one conditioning image (or one multi-view dict) per call.")
+
+        from hy3dgen.shapegen.pipelines import retrieve_timesteps
+
+        timesteps, num_inference_steps = retrieve_timesteps(
+            pipe.scheduler, num_inference_steps, device, sigmas=np.linspace(0, 1, num_inference_steps)
+        )
+        latents = pipe.prepare_latents(batch_size, dtype, device, generator)
+        guidance_embedding = (
+            torch.tensor([guidance_scale] * batch_size, device=device, dtype=dtype) if distilled else None
+        )
+        sigmas = [float(s) for s in _scheduler_sigmas(pipe.scheduler)]
+        guided = set(guided_steps(sigmas, cfg)) if self.reward is not None else set()
+        keep = self._steps_to_keep(keep_views, sorted(guided))
+
+        records: list[StepRecord] = []
+        views: dict[int, torch.Tensor] = {}
+        bar = tqdm(total=len(timesteps), desc="guided sampling" if guided else "sampling", disable=not progress, leave=False)
+        for i, t in enumerate(timesteps):
+            sigma, sigma_next = sigmas[i], sigmas[i + 1]
+            record = StepRecord(step=i, sigma=sigma, guided=i in guided)
+            tic = time.perf_counter()
+            with torch.set_grad_enabled(record.guided and cfg.grad_mode == "xt"):
+                latents_in = latents.detach().requires_grad_(record.guided and cfg.grad_mode == "xt")
+                velocity = self._velocity(latents_in, t, cond, guidance_scale, do_cfg, guidance_embedding)
+            record.timings["dit"] = time.perf_counter() - tic
+
+            # The sampler's own step (hy3dgen's scheduler: x + (σ_next − σ)·v).
+            next_latents = pipe.scheduler.step(velocity.detach(), t, latents).prev_sample
+
+            if record.guided:
+                # --- guidance: the one insertion into the loop --------------------------------
+                displacement = self._guidance_displacement(
+                    record, latents_in, velocity, next_latents - latents, sigma, camera_generator, keep, views
+                )
+                if displacement is not None:
+                    next_latents = next_latents + displacement.to(next_latents.dtype)
+            latents = next_latents.detach()
+            records.append(record)
+
+            if callback_on_step_end is not None:
+                replaced = callback_on_step_end(self, i, sigma, {"latents": latents, "record": record})
+                if replaced and "latents" in replaced:
+                    latents = replaced["latents"]
+            postfix = {"σ": f"{sigma:.2f}"}
+            if record.r is not None:
+                postfix["r"] = f"{record.r:+.3f}"
+            if record.skipped:
+                postfix["skip"] = record.skipped
+            bar.set_postfix(postfix, refresh=False)
+            bar.update(1)
+        bar.close()
+
+        mesh, final = None, None
+        if output_type == "trimesh":
+            with torch.no_grad():
+                meshes = pipe._export(
+                    latents, "trimesh", box_v, mc_level, num_chunks, octree_resolution, None, enable_pbar=False
+                )
+            mesh = meshes[0]
+            if mesh is None or len(mesh.faces) == 0:
+                logger.warning("The final latent decodes to no surface (empty mesh).")
+                mesh = None
+            elif self.reward is not None:
+                final = self.reward.score_mesh(np.asarray(mesh.vertices), np.asarray(mesh.faces))
+        return SamplerOutput(
+            latents=latents,
+            mesh=mesh,
+            records=records,
+            final=final,
+            views=views,
+            seconds=time.perf_counter() - started,
+            seed=seed,
+        )
+
+    # ----------------------------------------------------------------- guidance
+    def _guidance_displacement(
+        self,
+        record: StepRecord,
+        latents_in: torch.Tensor,
+        velocity: torch.Tensor,
+        sampler_step: torch.Tensor,
+        sigma: float,
+        camera_generator: torch.Generator,
+        keep: set[int],
+        views: dict[int, torch.Tensor],
+    ) -> torch.Tensor | None:
+        """Evaluate the critic at x̂ and turn ∇r into a displacement; record or skip the step."""
+        cfg = self.config
+        assert self.reward is not None
+        scale = cfg.scale * schedule_weight(sigma, cfg)
+        record.sampler_step_norm = float(sampler_step.float().norm())
+        if cfg.grad_mode == "xt":
+            # Exact: r(x̂(x)) differentiated through the DiT's velocity to x.
+            target = latents_in
+            clean = predicted_clean_latent(latents_in, velocity, sigma)
+        else:
+            # Straight-through: g = ∇_x̂ r applied to x (∂x̂/∂x ≈ I); no DiT backward.
+            clean = predicted_clean_latent(latents_in.detach(), velocity.detach(), sigma).float().requires_grad_(True)
+            target = clean
+        total = torch.zeros_like(latents_in, dtype=torch.float32)
+        for inner in range(cfg.inner_steps):
+            try:
+                evaluation = self.reward(clean + total if inner else clean, generator=camera_generator)
+            except EmptySurfaceError as exc:
+                record.skipped = "empty_surface"
+                logger.info("step %d (σ=%.3f): skipped, %s", record.step, sigma, exc)
+                break
+            tic = time.perf_counter()
+            (gradient,) = torch.autograd.grad(evaluation.r, target, retain_graph=inner + 1 < cfg.inner_steps)
+            evaluation.timings["backward"] = time.perf_counter() - tic
+            r_value = float(evaluation.r.detach())
+            grad_norm = float(gradient.float().norm())
+            if not (np.isfinite(r_value) and torch.isfinite(gradient).all()):
+                record.skipped = "non_finite_gradient"
+                logger.warning("step %d (σ=%.3f): skipped, non-finite r or gradient (r=%s)", record.step, sigma, r_value)
+                break
+            step, capped = guidance_displacement(
+                gradient,
+                predicted_clean_latent=clean.detach(),
+                sampler_step=sampler_step,
+                scale=scale,
+                step_norm=cfg.step_norm,
+                max_step_ratio=cfg.max_step_ratio,
+            )
+            total = total + step.float()
+            info = {"r": r_value, "p_yes": evaluation.p_yes, "grad_norm": grad_norm, "faces": evaluation.faces,
+                    "capped": capped, "timings": evaluation.timings}
+            if inner == 0:
+                record.r, record.p_yes, record.grad_norm, record.faces = r_value, evaluation.p_yes, grad_norm, evaluation.faces
+                record.capped = capped
+                for key, value in evaluation.timings.items():
+                    record.timings[key] = value
+                if record.step in keep and evaluation.images is not None:
+                    views[record.step] = (evaluation.images.detach().clamp(0, 1) * 255).round().to(torch.uint8).cpu()
+            else:
+                record.inner.append(info)
+            if grad_norm == 0.0:
+                break
+        if record.skipped and not total.any():
+            return None
+        record.applied_norm = float(total.norm())
+        return total.detach()
+
+    @staticmethod
+    def _steps_to_keep(keep_views: str | list[int], guided: list[int]) -> set[int]:
+        if isinstance(keep_views, (list, tuple, set)):
+            return {int(s) for s in keep_views}
+        if keep_views == "all":
+            return set(guided)
+        if keep_views == "none" or not guided:
+            return set()
+        if keep_views == "summary":
+            return {guided[0], guided[len(guided) // 2], guided[-1]}
+        raise InvalidInputError(f"keep_views must be 'summary', 'all', 'none' or a list of steps, got {keep_views!r}")
