@@ -1,0 +1,368 @@
+"""The differentiable VLM critic: r = logit(Yes) - logit(No) of Qwen2.5-VL for N views and a question.
+
+Per (descriptions, N, H, W) everything that does not depend on the pixels — chat text, `input_ids`,
+attention mask, 3-D rope `position_ids`, `image_grid_thw` — is built once with the real processor
+and the model's own `get_rope_index`, and cached. A call then only preprocesses the pixels
+(`qwen_pixel_values`, differentiable) and runs the model. Nothing in transformers is patched.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
+
+import torch
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+from ..errors import InvalidInputError, UnsupportedModelError
+from .preprocess import check_image_shape, qwen_pixel_values, qwen_resized_size
+from .queries import format_query, normalize_description, resolve_query
+
+logger = logging.getLogger(__name__)
+
+ANSWER_YES = "Yes"
+ANSWER_NO = "No"
+# Renderers produce values a few ulps outside [0, 1]; anything further out is a caller's bug.
+RANGE_TOLERANCE = 1e-4
+
+
+@dataclass(frozen=True)
+class CriticOutput:
+    """What the critic says about one or several view sets.
+
+    `r` = logit(Yes) - logit(No) (fp32; differentiable w.r.t. the images), `p_yes` = sigmoid(r) =
+    P(Yes | the answer is Yes or No). Scalars for one view set, shape (B,) for a batch.
+    """
+
+    r: torch.Tensor
+    p_yes: torch.Tensor
+    logit_yes: torch.Tensor
+    logit_no: torch.Tensor
+
+
+@dataclass(frozen=True)
+class PromptInputs:
+    """The pixel-independent model inputs for B view sets of N images of one size (cached)."""
+
+    chat_texts: tuple[str, ...]
+    input_ids: torch.Tensor  # (B, L), left-padded when the questions differ in length
+    attention_mask: torch.Tensor | None  # (B, L); None when there is no padding
+    position_ids: torch.Tensor  # (3, B, L): the 3-D multimodal rope positions
+    image_grid_thw: torch.Tensor  # (B * N, 3)
+
+    @property
+    def sequence_length(self) -> int:
+        """Tokens per sequence, image placeholders included."""
+        return int(self.input_ids.shape[1])
+
+
+def answer_token_ids(tokenizer: Any) -> tuple[int, int]:
+    """The ids of "Yes" and "No" as the first answer token; raise if either is not a single token."""
+    ids = {}
+    for word in (ANSWER_YES, ANSWER_NO):
+        pieces = tokenizer.encode(word, add_special_tokens=False)
+        if len(pieces) != 1:
+            raise UnsupportedModelError(
+                f"The tokenizer splits '{word}' into {len(pieces)} tokens {pieces} "
+                f"({tokenizer.convert_ids_to_tokens(pieces)}); the critic reads the logit of a single "
+                "'Yes'/'No' token and cannot score with this tokenizer."
+            )
+        ids[word] = int(pieces[0])
+    if ids[ANSWER_YES] == ids[ANSWER_NO]:
+        raise UnsupportedModelError(f"The tokenizer maps 'Yes' and 'No' to the same id {ids[ANSWER_YES]}.")
+    return ids[ANSWER_YES], ids[ANSWER_NO]
+
+
+def check_image_values(images: torch.Tensor) -> None:
+    """Raise InvalidInputError unless every value is finite and within [0, 1] (up to RANGE_TOLERANCE)."""
+    with torch.no_grad():
+        # One pass: min/max propagate NaN, and an infinity is out of range anyway.
+        low, high = (float(value) for value in torch.aminmax(images.detach()))
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise InvalidInputError("Images contain NaN or infinite values.")
+    if low < -RANGE_TOLERANCE or high > 1 + RANGE_TOLERANCE:
+        raise InvalidInputError(
+            f"Image values must be in [0, 1]; got range [{low:.4g}, {high:.4g}]. "
+            "Scale 8-bit images by 1/255, or clamp."
+        )
+
+
+class VLMCritic:
+    """Qwen2.5-VL as a differentiable yes/no critic of multi-view images of one object.
+
+    Built from a loaded model and processor (e.g. `vlm3d_ttg.load_vlm`), a description of the
+    object, and a query: 'dual' (the paper's, default), 'content', 'geometry', or a template with a
+    `{description}` slot. Calling it with images (N, 3, H, W) in [0, 1] — any device, any float
+    dtype, gradients allowed — returns a `CriticOutput` whose `r` is differentiable w.r.t. the
+    images. Images (B, N, 3, H, W) score B view sets in one batched call; `descriptions` (length B)
+    then gives each set its own description.
+
+    The model is frozen (eval mode, no parameter gradients). `activation_checkpointing=True`
+    recomputes each layer in the backward pass instead of storing its activations (the 7B needs
+    ~11 GiB of activations for 4 x 448^2 views without it): it enables transformers' checkpointing
+    with `use_reentrant=False` and switches the model to train() mode for the duration of each call
+    (checkpointing only acts in train mode; Qwen2.5-VL has no dropout, so outputs do not change).
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        processor: Any,
+        description: str,
+        query: str = "dual",
+        *,
+        activation_checkpointing: bool = False,
+        check_inputs: bool = True,
+        max_cached_prompts: int = 8,
+    ) -> None:
+        self.model = model
+        self.processor = processor
+        self.template = resolve_query(query)
+        self.description = normalize_description(description)
+        self.question = format_query(self.template, self.description)
+        self.activation_checkpointing = activation_checkpointing
+        self.check_inputs = check_inputs
+        self.yes_id, self.no_id = answer_token_ids(processor.tokenizer)
+        self._cache: collections.OrderedDict[tuple, PromptInputs] = collections.OrderedDict()
+        self._max_cached_prompts = max(1, int(max_cached_prompts))
+
+        image_processor = processor.image_processor
+        if type(image_processor).__name__.endswith("Pil"):
+            logger.warning(
+                "%s resizes with PIL; the critic's torch preprocessing reproduces the torchvision "
+                "Qwen2VLImageProcessor, so resized images will differ slightly from this processor's.",
+                type(image_processor).__name__,
+            )
+        vision = model.config.vision_config
+        if int(image_processor.patch_size) != int(vision.patch_size) or int(image_processor.merge_size) != int(
+            vision.spatial_merge_size
+        ):
+            raise UnsupportedModelError(
+                f"Processor patch/merge ({image_processor.patch_size}/{image_processor.merge_size}) do not match the "
+                f"model's ({vision.patch_size}/{vision.spatial_merge_size})."
+            )
+        if any(parameter.requires_grad for parameter in model.parameters()):
+            logger.info("Freezing the VLM's parameters: the critic only differentiates w.r.t. pixels.")
+            model.requires_grad_(False)
+        model.eval()
+        if activation_checkpointing:
+            # use_reentrant=True would break torch.autograd.grad w.r.t. the pixels.
+            if hasattr(model, "activation_checkpointing_enable"):
+                model.activation_checkpointing_enable({"use_reentrant": False})
+            else:  # transformers releases before the rename
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            # Enabling checkpointing also hooks the input embeddings to require grad (meant for
+            # adapters); with frozen weights that only adds a useless gradient buffer.
+            model.disable_input_require_grads()
+
+    # ----------------------------------------------------------------------------------------
+    # Pixel-independent parts (cached)
+
+    def chat_text(self, num_images: int, description: str | None = None) -> str:
+        """The full prompt for `num_images` views: the processor's chat template, images then question."""
+        question = self.question if description is None else format_query(self.template, description)
+        messages = [
+            {
+                "role": "user",
+                "content": [{"type": "image"} for _ in range(num_images)] + [{"type": "text", "text": question}],
+            }
+        ]
+        return self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def prompt_inputs(
+        self, num_views: int, height: int, width: int, descriptions: Sequence[str] | None = None, *, batch: int = 1
+    ) -> PromptInputs:
+        """The cached pixel-independent inputs for `batch` view sets of `num_views` images of height x width.
+
+        `descriptions` (one per view set) overrides the critic's description. Raises InvalidInputError
+        if the prompt is longer than the model's context.
+        """
+        if descriptions is None:
+            descriptions = (self.description,) * batch
+        descriptions = tuple(normalize_description(text) for text in descriptions)
+        device = self._device()
+        key = (descriptions, int(num_views), int(height), int(width), str(device))
+        cached = self._cache.get(key)
+        if cached is not None:
+            self._cache.move_to_end(key)
+            return cached
+        built = self._build_prompt_inputs(descriptions, int(num_views), int(height), int(width), device)
+        self._cache[key] = built
+        if len(self._cache) > self._max_cached_prompts:
+            self._cache.popitem(last=False)
+        return built
+
+    def _build_prompt_inputs(
+        self, descriptions: tuple[str, ...], num_views: int, height: int, width: int, device: torch.device
+    ) -> PromptInputs:
+        image_processor = self.processor.image_processor
+        resized = qwen_resized_size(height, width, image_processor)  # validates the aspect ratio
+        merge = int(image_processor.merge_size)
+        tokens_per_image = (resized[0] // int(image_processor.patch_size)) * (resized[1] // int(image_processor.patch_size))
+        tokens_per_image //= merge * merge
+        texts = tuple(self.chat_text(num_views, text) for text in descriptions)
+        context = int(self.model.config.get_text_config().max_position_embeddings)
+        # Cheap length check before the processor builds anything big.
+        longest_text = max(len(self.processor.tokenizer.encode(text, add_special_tokens=False)) for text in texts)
+        approx_length = longest_text - num_views + num_views * tokens_per_image
+        if approx_length > context:
+            raise InvalidInputError(
+                f"The prompt is {approx_length} tokens ({num_views} images x {tokens_per_image} image tokens + text), "
+                f"longer than the model's context of {context}. Use fewer or smaller views or a shorter description."
+            )
+        # The real processor expands <|image_pad|> and tokenizes. It needs images only for their size,
+        # so blank ones of the right size do (once per key).
+        blanks = [torch.zeros(3, height, width)] * (num_views * len(texts))
+        encoded = self.processor(
+            text=list(texts),
+            images=blanks,
+            do_rescale=False,
+            padding=True,
+            padding_side="left",
+            return_tensors="pt",
+        )
+        input_ids = encoded["input_ids"]
+        if input_ids.shape[1] > context:
+            raise InvalidInputError(
+                f"The prompt is {input_ids.shape[1]} tokens, longer than the model's context of {context}."
+            )
+        _, expected_grid = qwen_pixel_values(torch.zeros(1, 3, height, width), image_processor)
+        grid = encoded["image_grid_thw"]
+        if not torch.equal(grid, expected_grid.expand(len(grid), -1)):
+            raise UnsupportedModelError(
+                f"The processor's image grid {grid[0].tolist()} differs from the critic's {expected_grid[0].tolist()} "
+                f"for {height}x{width} images; this processor configuration is not reproduced."
+            )
+        attention_mask = encoded["attention_mask"]
+        mm_token_type_ids = encoded.get("mm_token_type_ids")
+        if mm_token_type_ids is None:  # older processors: derive it from the placeholder ids
+            mm_token_type_ids = (input_ids == self.model.config.image_token_id).long()
+        # The silent trap (DESIGN §4): without explicit 3-D positions the model falls back to 1-D
+        # ones and r is quietly wrong. Compute them once with the model's own function.
+        position_ids, _ = self.model.model.get_rope_index(
+            input_ids,
+            mm_token_type_ids=mm_token_type_ids,
+            image_grid_thw=grid,
+            attention_mask=attention_mask,
+        )
+        padded = not bool(attention_mask.all())
+        logger.debug(
+            "Built critic prompt: %d view set(s) x %d views of %dx%d -> %d tokens", len(texts), num_views, height, width, input_ids.shape[1]
+        )
+        return PromptInputs(
+            chat_texts=texts,
+            input_ids=input_ids.to(device),
+            attention_mask=attention_mask.to(device) if padded else None,
+            position_ids=position_ids.to(device),
+            image_grid_thw=grid,
+        )
+
+    # ----------------------------------------------------------------------------------------
+    # Per call
+
+    def _device(self) -> torch.device:
+        return self.model.get_input_embeddings().weight.device
+
+    def _split_batch(
+        self, images: torch.Tensor, descriptions: Sequence[str] | None
+    ) -> tuple[torch.Tensor, int, bool, bool]:
+        """(images as (B*N or N, 3, H, W), B, whether the output is batched, whether all sets share the views)."""
+        if not isinstance(images, torch.Tensor):
+            raise InvalidInputError(f"Images must be a torch.Tensor (N, 3, H, W) or (B, N, 3, H, W), got {type(images).__name__}.")
+        if descriptions is not None and (isinstance(descriptions, str) or len(descriptions) == 0):
+            raise InvalidInputError("descriptions must be a non-empty list of strings (one per view set).")
+        if images.ndim == 5:
+            batch = images.shape[0]
+            if batch == 0:
+                raise InvalidInputError("No view sets given (B = 0).")
+            if descriptions is not None and len(descriptions) != batch:
+                raise InvalidInputError(f"{len(descriptions)} descriptions for {batch} view sets; give one per set.")
+            flat = images.reshape(batch * images.shape[1], *images.shape[2:])
+            check_image_shape(flat)
+            return flat, batch, True, False
+        if images.ndim == 4:
+            check_image_shape(images)
+            if descriptions is None:
+                return images, 1, False, False
+            # The same views judged against several descriptions.
+            return images, len(descriptions), True, True
+        raise InvalidInputError(
+            f"Images must have shape (N, 3, H, W) or (B, N, 3, H, W); got {tuple(images.shape)}."
+        )
+
+    @contextlib.contextmanager
+    def _checkpointing_mode(self) -> Iterator[None]:
+        if not self.activation_checkpointing:
+            yield
+            return
+        was_training = self.model.training
+        self.model.train()
+        try:
+            yield
+        finally:
+            self.model.train(was_training)
+
+    def preprocess(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`qwen_pixel_values` of images (N, 3, H, W) with this critic's processor, on the model's device."""
+        return qwen_pixel_values(images.to(self._device()), self.processor.image_processor)
+
+    def __call__(self, images: torch.Tensor, descriptions: Sequence[str] | None = None) -> CriticOutput:
+        """Score views (N, 3, H, W) — or B view sets (B, N, 3, H, W) — in [0, 1]; see the class docstring.
+
+        With views (N, 3, H, W) and `descriptions` (length B), the same views are judged against each
+        description (the vision tower runs once); r then has shape (B,).
+        """
+        views, batch, batched, shared_views = self._split_batch(images, descriptions)
+        if self.check_inputs:
+            check_image_values(views)
+        num_views = views.shape[0] if shared_views else views.shape[0] // batch
+        height, width = int(views.shape[-2]), int(views.shape[-1])
+        prompt = self.prompt_inputs(num_views, height, width, descriptions, batch=batch)
+        pixel_values, view_grid = self.preprocess(views)
+        z_yes, z_no = self._answer_logits(prompt, pixel_values, view_grid, repeats=batch if shared_views else 1)
+        r = z_yes - z_no
+        if not batched:
+            z_yes, z_no, r = z_yes[0], z_no[0], r[0]
+        return CriticOutput(r=r, p_yes=torch.sigmoid(r), logit_yes=z_yes, logit_no=z_no)
+
+    def _answer_logits(
+        self, prompt: PromptInputs, pixel_values: torch.Tensor, view_grid: torch.Tensor, repeats: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        with self._checkpointing_mode():
+            if repeats > 1:
+                # Several questions about the same views: encode the views once and hand the features
+                # to every sequence (the model's own `mm_encoder_outputs` input).
+                features = self.model.model.get_image_features(pixel_values, view_grid, return_dict=True).pooler_output
+                encoded = BaseModelOutputWithPooling(pooler_output=tuple(features) * repeats)
+                image_inputs: dict[str, Any] = {"mm_encoder_outputs": {"image": encoded}}
+            else:
+                image_inputs = {"pixel_values": pixel_values}
+            outputs = self.model.model(
+                input_ids=prompt.input_ids,
+                attention_mask=prompt.attention_mask,
+                position_ids=prompt.position_ids,
+                image_grid_thw=prompt.image_grid_thw,
+                use_cache=False,
+                **image_inputs,
+            )
+        last_hidden = outputs.last_hidden_state[:, -1]  # left padding: the last position is real for all rows
+        head = self.model.get_output_embeddings()
+        weight = getattr(head, "weight", None)
+        if isinstance(head, torch.nn.Linear) and weight is not None and weight.is_floating_point():
+            # Only the two rows we need, in fp32: a finer r than bf16 logits, and no vocab-sized matmul.
+            dtype = torch.promote_types(last_hidden.dtype, torch.float32)  # float64 stays float64
+            rows = weight[[self.yes_id, self.no_id]].to(dtype)
+            logits = last_hidden.to(dtype) @ rows.T
+            if head.bias is not None:
+                logits = logits + head.bias[[self.yes_id, self.no_id]].to(dtype)
+            return logits[:, 0], logits[:, 1]
+        logits = head(last_hidden)
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+        return logits[:, self.yes_id], logits[:, self.no_id]
+
+
+__all__ = ["CriticOutput", "PromptInputs", "VLMCritic", "answer_token_ids", "check_image_values"]
