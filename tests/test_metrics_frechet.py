@@ -105,6 +105,43 @@ def test_frechet_of_a_set_against_itself_is_zero(n_items, dim):
     assert frechet_distance(*gaussian_statistics(x), *gaussian_statistics(x)) <= 1e-9 * scale
 
 
+def test_bootstrap_resamples_from_the_pooled_gram_equal_direct_recomputation():
+    from vlm3d_ttg.metrics.frechet import pooled_frechet_resamples
+
+    rng = np.random.default_rng(16)
+    x = rng.normal(size=(25, 40)) + 5.0  # far from the origin: the Gram route must not lose precision
+    y = rng.normal(size=(30, 40)) * 1.3 + 5.2
+    rows_x, rows_y = rng.integers(0, 25, size=(4, 25)), rng.integers(0, 30, size=(4, 30))
+    via_gram = pooled_frechet_resamples([x, y], [(0, 1)], [rows_x, rows_y], method="samples")[:, 0]
+    direct = [scipy_sqrtm_frechet(x[rx], y[ry]) for rx, ry in zip(rows_x, rows_y)]
+    np.testing.assert_allclose(via_gram, direct, rtol=1e-7)
+    by_covariance = pooled_frechet_resamples([x, y], [(0, 1)], [rows_x, rows_y], method="covariance")[:, 0]
+    np.testing.assert_allclose(by_covariance, direct, rtol=1e-6)
+
+
+def test_frechet_ci_is_centred_on_the_value_despite_resampling_bias():
+    rng = np.random.default_rng(17)
+    x, y = rng.normal(size=(40, 64)), rng.normal(size=(40, 64)) + 0.2
+    result = frechet_distance_with_ci(x, y, paired=True, n_resamples=300)
+    assert result.ci_low < result.value < result.ci_high
+
+
+def test_frechet_difference_detects_which_config_is_closer_to_the_reference():
+    from vlm3d_ttg.metrics.frechet import frechet_difference_with_ci
+
+    rng = np.random.default_rng(18)
+    n_items, dim = 50, 64  # N < d, as in the benchmark (100 prompts, 2048-d Inception features)
+    reference = rng.normal(size=(n_items, dim))
+    base = reference + rng.normal(scale=1.0, size=(n_items, dim)) + 0.5  # shifted away from the reference
+    guided = reference + rng.normal(scale=1.0, size=(n_items, dim))
+    difference = frechet_difference_with_ci(base, guided, reference, paired_reference=True, n_resamples=300)
+    assert difference.value == pytest.approx(difference.guided - difference.base)
+    assert difference.guided == pytest.approx(frechet_distance_from_features(guided, reference))
+    assert difference.ci_high < 0  # guided is closer, beyond item-sampling noise
+    same = frechet_difference_with_ci(base, base, reference, n_resamples=100)
+    assert same.value == 0.0 and same.ci_low == pytest.approx(0.0, abs=1e-9) and same.ci_high == pytest.approx(0.0, abs=1e-9)
+
+
 def test_mmd2_unbiased_matches_a_direct_double_sum():
     rng = np.random.default_rng(8)
     x, y = rng.normal(size=(7, 5)), rng.normal(size=(9, 5)) + 0.2

@@ -16,9 +16,11 @@ from .features import (
     load_inception,
 )
 from .frechet import (
+    FrechetDifference,
     FrechetResult,
     KIDResult,
     frechet_distance,
+    frechet_difference_with_ci,
     frechet_distance_from_features,
     frechet_distance_with_ci,
     gaussian_statistics,
@@ -43,6 +45,7 @@ __all__ = [
     "ClipEmbedder",
     "DEFAULT_CLIP_MODEL",
     "DEFAULT_JUDGE_MODEL",
+    "FrechetDifference",
     "FrechetResult",
     "GeometryReport",
     "GeometryWeights",
@@ -57,6 +60,7 @@ __all__ = [
     "clip_distance",
     "combine_orders",
     "find_inception_weights",
+    "frechet_difference_with_ci",
     "frechet_distance",
     "frechet_distance_from_features",
     "frechet_distance_with_ci",

@@ -293,6 +293,8 @@ def geometry_measurements(mesh: trimesh.Trimesh | str | os.PathLike) -> dict[str
     # Faces with a repeated vertex have no well-defined edges; the topology is read without them.
     faces_t = faces[~repeated_vertex]
     areas_t = areas[~repeated_vertex]
+    if len(faces_t) == 0:
+        raise ValueError("Every face of the mesh repeats a vertex after merging: there is no surface to score")
     total_area = float(areas_t.sum())
     topology = _edge_topology(faces_t)
     labels = _face_components(topology, len(faces_t))
