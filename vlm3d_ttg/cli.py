@@ -26,11 +26,20 @@ def _register_commands() -> None:
     app.command(name="judge")(judge.judge)
 
 
+def _log_level() -> str:
+    return os.environ.get("VLM3D_TTG_LOG", "WARNING").upper()
+
+
 def _configure_logging() -> None:
-    level = os.environ.get("VLM3D_TTG_LOG", "WARNING").upper()
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    # hy3dgen installs its own INFO console handler at import; keep it quiet unless asked.
-    logging.getLogger("hy3dgen.shapgen").setLevel(level)
+    logging.basicConfig(level=_log_level(), format="%(levelname)s %(name)s: %(message)s")
+
+
+def quiet_hy3dgen() -> None:
+    """Tame hy3dgen's logger, which sets itself to INFO with its own console handler at import."""
+    from hy3dgen.shapegen.utils import logger as hy3dgen_logger
+
+    hy3dgen_logger.setLevel(_log_level())
+    hy3dgen_logger.propagate = False  # its own handler already prints; root would print twice
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -55,7 +55,7 @@ class GuidanceConfig:
     elevation: float = 20.0
     azimuth_jitter: float = 15.0
     elevation_jitter: float = 5.0
-    grid_resolution: int = 96
+    grid_resolution: int = 64
     query: str = "dual"
     backend: str = "auto"
 
@@ -85,8 +85,8 @@ class GuidanceConfig:
             bad(f"num_views must be ≥ 1, got {self.num_views}")
         if self.view_size < 28 or self.view_size % 28:
             bad(f"view_size must be a positive multiple of 28 (Qwen2.5-VL's patch 14 × merge 2), got {self.view_size}")
-        if self.grid_resolution < 8:
-            bad(f"grid_resolution must be ≥ 8, got {self.grid_resolution}")
+        if self.grid_resolution < 16:
+            bad(f"grid_resolution must be ≥ 16, got {self.grid_resolution}")
         if self.query not in QUERIES and "{description}" not in self.query:
             bad(f"query must be one of {QUERIES} or a template containing '{{description}}', got {self.query!r}")
         if self.azimuth_jitter < 0 or self.elevation_jitter < 0:

@@ -1,0 +1,248 @@
+"""One generation run, end to end: load models, sample with guidance, write mesh, manifest and pictures.
+
+`vlm3d-ttg generate` is a thin parser over `generate_mesh`; scripts (benchmarks) call it too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from .errors import EmptySurfaceError
+from .export import PostprocessConfig, postprocess_mesh, save_mesh
+from .guidance import GuidanceConfig, StepRecord
+from .inputs import prepare_condition_image
+from .io import atomic_path
+from .manifest import package_versions, write_manifest
+from .models import load_shape_pipeline, load_vlm, resolve_device
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadedModels:
+    """The shape pipeline and the critic's model + processor, with where they came from."""
+
+    pipeline: Any
+    vlm: Any
+    processor: Any
+    shape_id: str
+    vlm_id: str
+
+
+@dataclass
+class GenerationResult:
+    """What a run wrote and what the critic thought of the result."""
+
+    mesh_path: Path
+    manifest_path: Path
+    faces: int
+    records: list[StepRecord]
+    final_r: float | None
+    final_p_yes: float | None
+    view_sheets: list[Path] = field(default_factory=list)
+    plot_path: Path | None = None
+
+
+def _write_view_sheets(
+    views_dir: str | os.PathLike, output: Any, final: Any, staged: Callable[[Path], Path]
+) -> list[Path]:
+    """Contact sheets of the views the critic saw at the kept steps and of the final mesh; returns
+    their final paths (each is written to `staged(path)`)."""
+    from .render import write_contact_sheet
+
+    folder = Path(views_dir)
+    by_step = {r.step: r for r in output.records}
+    sheets: list[Path] = []
+    for step, images in sorted(output.views.items()):
+        record = by_step[step]
+        labels = [f"view {k}" for k in range(images.shape[0])]
+        title = f"step {step}  sigma={record.sigma:.2f}  r={record.r:+.3f}  P(yes)={record.p_yes:.3f}"
+        path = folder / f"step_{step:03d}.png"
+        write_contact_sheet(staged(path), images.float() / 255, labels, title=title)
+        sheets.append(path)
+    if final is not None and final.images is not None:
+        title = f"final mesh  r={float(final.r):+.3f}  P(yes)={final.p_yes:.3f}"
+        labels = [f"view {k}" for k in range(final.images.shape[0])]
+        write_contact_sheet(staged(folder / "final.png"), final.images.clamp(0, 1), labels, title=title)
+        sheets.append(folder / "final.png")
+    return sheets
+
+
+def load_models(
+    *,
+    tiny: bool = False,
+    shape_model: str = "tencent/Hunyuan3D-2",
+    shape_subfolder: str | None = None,
+    vlm: str = "Qwen/Qwen2.5-VL-7B-Instruct",
+    device: str = "auto",
+    dtype: str = "auto",
+    vlm_dtype: str = "auto",
+    cache_dir: str | os.PathLike | None = None,
+) -> LoadedModels:
+    """Load the shape pipeline and the critic (the tiny offline checkpoints when `tiny`)."""
+    torch_device = resolve_device(device)
+    if tiny:
+        from .tiny import ensure_tiny_shape_model, ensure_tiny_vlm
+
+        ref = ensure_tiny_shape_model(cache_dir)
+        pipeline = load_shape_pipeline(ref.repo_id, ref.subfolder, models_dir=ref.models_dir, device=torch_device, dtype=dtype)
+        vlm_path = ensure_tiny_vlm(cache_dir)
+        model, processor = load_vlm(vlm_path, device=torch_device, dtype=vlm_dtype)
+        return LoadedModels(pipeline, model, processor, f"{ref.repo_id}/{ref.subfolder} (tiny)", f"{vlm_path} (tiny)")
+    pipeline = load_shape_pipeline(shape_model, shape_subfolder, device=torch_device, dtype=dtype)
+    model, processor = load_vlm(vlm, device=torch_device, dtype=vlm_dtype)
+    spec = pipeline.variant_spec
+    return LoadedModels(pipeline, model, processor, f"{spec.repo_id}/{spec.subfolder}", vlm)
+
+
+def write_r_plot(path: str | os.PathLike, records: list[StepRecord], *, final_r: float | None = None) -> Path:
+    """A PNG of r (and P(yes)) at the guided steps, σ on the x axis."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scored = [r for r in records if r.r is not None]
+    fig, ax = plt.subplots(figsize=(6, 3.2), dpi=120)
+    ax.plot([r.sigma for r in scored], [r.r for r in scored], "o-", label="r at guided steps (jittered views)")
+    skipped = [r for r in records if r.skipped]
+    for r in skipped:
+        ax.axvline(r.sigma, color="red", alpha=0.3, lw=1)
+    if final_r is not None:
+        ax.axhline(final_r, color="green", ls="--", label=f"final mesh r = {final_r:+.3f}")
+    ax.set_xlabel("σ (0 = noise, 1 = data)")
+    ax.set_ylabel("r = logit(Yes) − logit(No)")
+    ax.set_title("critic log-odds over the run" + (f" ({len(skipped)} skipped steps in red)" if skipped else ""))
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return Path(path)
+
+
+def generate_mesh(
+    *,
+    image: str | os.PathLike,
+    prompt: str,
+    out: str | os.PathLike,
+    manifest_path: str | os.PathLike,
+    guidance: GuidanceConfig,
+    postprocess: PostprocessConfig | None = None,
+    tiny: bool = False,
+    shape_model: str = "tencent/Hunyuan3D-2",
+    shape_subfolder: str | None = None,
+    vlm: str = "Qwen/Qwen2.5-VL-7B-Instruct",
+    device: str = "auto",
+    dtype: str = "auto",
+    vlm_dtype: str = "auto",
+    seed: int = 0,
+    steps: int = 50,
+    cfg: float = 5.0,
+    octree_resolution: int = 384,
+    checkpointing: bool = False,
+    views_dir: str | os.PathLike | None = None,
+    keep_views: str | list[int] = "summary",
+    plot_path: str | os.PathLike | None = None,
+    progress: bool = True,
+    models: LoadedModels | None = None,
+) -> GenerationResult:
+    """Run one (guided) generation and write its outputs atomically; see `vlm3d-ttg generate --help`.
+
+    Raises EmptySurfaceError (after writing the manifest) when the final latent has no surface.
+    """
+    from .critic import VLMCritic
+    from .reward import VLMReward
+    from .sampler import GuidedSampler
+
+    started = time.perf_counter()
+    condition = prepare_condition_image(image)
+    if models is None:
+        models = load_models(
+            tiny=tiny, shape_model=shape_model, shape_subfolder=shape_subfolder, vlm=vlm,
+            device=device, dtype=dtype, vlm_dtype=vlm_dtype,
+        )
+    critic = VLMCritic(models.vlm, models.processor, prompt, guidance.query, activation_checkpointing=checkpointing)
+    reward = VLMReward.from_config(models.pipeline.vae, critic, guidance)
+    sampler = GuidedSampler(models.pipeline, reward, guidance)
+    output = sampler(
+        condition,
+        num_inference_steps=steps,
+        guidance_scale=cfg,
+        seed=seed,
+        octree_resolution=octree_resolution,
+        keep_views=keep_views,
+        progress=progress,
+    )
+
+    mesh = output.mesh
+    final = output.final
+    content: dict[str, Any] = {
+        "tool": "vlm3d-ttg generate",
+        "image": str(image),
+        "prompt": prompt,
+        "seed": seed,
+        "steps": steps,
+        "cfg": cfg,
+        "device": str(models.pipeline.device),
+        "dtype": str(models.pipeline.dtype),
+        "models": {"shape": models.shape_id, "critic": models.vlm_id, "tiny": tiny},
+        "guidance": guidance.to_dict(),
+        "export": {"octree_resolution": octree_resolution, **(postprocess.__dict__ if postprocess else {})},
+        "versions": package_versions(),
+        "records": [r.to_dict() for r in output.records],
+        "sampling_seconds": output.seconds,
+    }
+    outputs: dict[str, Any] = {}
+    if mesh is None:
+        content.update(final_r=None, final_p_yes=None, error="the final latent decodes to no surface")
+        content["total_seconds"] = time.perf_counter() - started
+        write_manifest(manifest_path, content)
+        raise EmptySurfaceError(f"The final shape is empty (no surface at the export level); see {manifest_path}.")
+
+    if postprocess is not None:
+        mesh = postprocess_mesh(mesh, postprocess)
+        if final is not None and len(mesh.faces) and postprocess != PostprocessConfig():
+            final = reward.score_mesh(mesh.vertices, mesh.faces)
+    final_r = float(final.r) if final is not None else None
+    mesh_path = Path(out)
+    # Every output is staged as a temp file and renamed into place only when all of them were
+    # written: a failure leaves neither a partial run nor a clobbered earlier result.
+    with contextlib.ExitStack() as stack:
+        def staged(path: str | os.PathLike) -> Path:
+            return stack.enter_context(atomic_path(path))
+
+        save_mesh(mesh, staged(mesh_path))
+        outputs["mesh"] = str(mesh_path)
+        sheets = _write_view_sheets(views_dir, output, final, staged) if views_dir is not None else []
+        if sheets:
+            outputs["views"] = [str(p) for p in sheets]
+        if plot_path is not None:
+            write_r_plot(staged(plot_path), output.records, final_r=final_r)
+            outputs["plot"] = str(plot_path)
+        content.update(
+            final_r=final_r,
+            final_p_yes=final.p_yes if final is not None else None,
+            faces=int(len(mesh.faces)),
+            outputs=outputs,
+            total_seconds=time.perf_counter() - started,
+        )
+        write_manifest(staged(manifest_path), content)
+    return GenerationResult(
+        mesh_path=mesh_path,
+        manifest_path=Path(manifest_path),
+        faces=int(len(mesh.faces)),
+        records=output.records,
+        final_r=final_r,
+        final_p_yes=final.p_yes if final is not None else None,
+        view_sheets=sheets,
+        plot_path=Path(plot_path) if plot_path is not None else None,
+    )
