@@ -56,6 +56,8 @@ def check_writable(path: str | os.PathLike) -> Path:
     existing = parent
     while not existing.exists():
         existing = existing.parent
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+    if not existing.is_dir():
+        raise InvalidInputError(f"Cannot write '{target}': '{existing}' is a file, not a directory.")
+    if not os.access(existing, os.W_OK | os.X_OK):
         raise InvalidInputError(f"Cannot write '{target}': directory '{existing}' is not writable.")
     return target

@@ -88,8 +88,8 @@ def generate(
         raise InvalidInputError("--prompt is empty; describe the object (e.g. 'a wooden chair with four legs').")
     if steps < 2:
         raise InvalidInputError(f"--steps must be ≥ 2, got {steps}")
-    check_mesh_path(out)
     check_writable(out)
+    check_mesh_path(out)
     manifest_path = manifest or manifest_path_for(out)
     check_writable(manifest_path)
     if save_views is not None:

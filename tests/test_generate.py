@@ -1,0 +1,184 @@
+"""`vlm3d-ttg generate` end to end on the tiny preset; skipped steps; bad input before any model loads."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import trimesh
+from PIL import Image
+
+from vlm3d_ttg.cli import main
+from vlm3d_ttg.guidance import GuidanceConfig
+from vlm3d_ttg.sampler import GuidedSampler
+
+FAST = ["--steps", "8", "--views", "2", "--view-size", "56", "--grid", "32", "--octree-resolution", "48",
+        "--sigma-window", "0.1,0.9", "--every", "2", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def rgba_image(tmp_path_factory) -> Path:
+    size = 96
+    yy, xx = np.mgrid[:size, :size]
+    rgba = np.zeros((size, size, 4), np.uint8)
+    rgba[(xx - 48) ** 2 + ((yy - 48) * 1.2) ** 2 < 900] = (180, 90, 40, 255)
+    path = tmp_path_factory.mktemp("img") / "object.png"
+    Image.fromarray(rgba, "RGBA").save(path)
+    return path
+
+
+@pytest.fixture()
+def cache_env(tiny_cache, monkeypatch):
+    monkeypatch.setenv("VLM3D_TTG_CACHE", str(tiny_cache))
+
+
+def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_generate_tiny_end_to_end(rgba_image, tmp_path, cache_env, capsys):
+    out = tmp_path / "run" / "mesh.glb"
+    views = tmp_path / "run" / "views"
+    code, stdout, stderr = run_cli(
+        ["generate", rgba_image, "--prompt", "a small clay pot", "--preset", "tiny", "--out", out,
+         "--save-views", views, "--plot", "--seed", "3", *FAST], capsys)
+    assert code == 0, stderr
+    mesh = trimesh.load(out, force="mesh")
+    assert len(mesh.faces) > 0
+    manifest = json.loads(out.with_suffix(".json").read_text())
+    records = manifest["records"]
+    assert len(records) == 8
+    guided = [r for r in records if r["guided"]]
+    assert guided and all(r["r"] is not None and r["grad_norm"] > 0 for r in guided)
+    assert all(r["applied_norm"] > 0 and not r["skipped"] for r in guided)
+    assert manifest["final_r"] is not None and manifest["seed"] == 3
+    assert manifest["versions"]["hy3dgen"] == "2.0.2"
+    sheets = sorted(p.name for p in views.iterdir())
+    assert "final.png" in sheets and len(sheets) >= 2
+    assert Image.open(views / "final.png").size[0] > 56
+    assert (tmp_path / "run" / "mesh_r.png").is_file()
+    assert "final r" in stdout
+    assert oct(out.stat().st_mode & 0o777) == oct(0o666 & ~_umask())
+    # No temp files left behind.
+    assert not [p for p in (tmp_path / "run").rglob(".*")]
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_no_guidance_baseline_matches_unguided_latents_and_is_scored(rgba_image, tmp_path, cache_env, capsys):
+    out = tmp_path / "base.glb"
+    code, _, stderr = run_cli(["generate", rgba_image, "--prompt", "a pot", "--preset", "tiny", "--out", out,
+                               "--no-guidance", *FAST], capsys)
+    assert code == 0, stderr
+    manifest = json.loads(out.with_suffix(".json").read_text())
+    assert not any(r["guided"] for r in manifest["records"])
+    assert manifest["final_r"] is not None  # the baseline is scored by the same critic
+
+
+BAD_INPUTS = [
+    (["generate", "{missing}", "--prompt", "x", "--preset", "tiny", "--out", "{out}"], "does not exist"),
+    (["generate", "{image}", "--prompt", "   ", "--preset", "tiny", "--out", "{out}"], "--prompt is empty"),
+    (["generate", "{image}", "--prompt", "x", "--preset", "tiny", "--out", "{dir}/mesh.xyz"], "Unsupported mesh format"),
+    (["generate", "{image}", "--prompt", "x", "--preset", "tiny", "--out", "{dir}"], "is a directory"),
+    (["generate", "{image}", "--prompt", "x", "--preset", "tiny", "--out", "{out}", "--scale", "-1"], "scale"),
+    (["generate", "{image}", "--prompt", "x", "--preset", "tiny", "--out", "{out}", "--view-size", "100"], "multiple of 28"),
+    (["generate", "{image}", "--prompt", "x", "--preset", "tiny", "--out", "{out}", "--sigma-window", "0.9"], "sigma-window"),
+    (["generate", "{image}", "--prompt", "x", "--preset", "tiny", "--out", "{out}", "--grad-mode", "exact"], "grad_mode"),
+    (["generate", "{image}", "--prompt", "x", "--preset", "tiny", "--out", "{out}", "--steps", "1"], "--steps"),
+    (["generate", "{noalpha}", "--prompt", "x", "--preset", "tiny", "--out", "{out}"], "no transparent background"),
+    (["generate", "{text}", "--prompt", "x", "--preset", "tiny", "--out", "{out}"], "Cannot read"),
+    (["generate", "{image}", "--prompt", "x", "--preset", "tiny", "--out", "{text}/mesh.glb"], "not a directory"),
+    (["generate", "{image}", "--prompt", "x", "--preset", "tiny", "--out", "{out}", "--save-views", "{text}"],
+     "not a folder"),
+]
+
+
+@pytest.mark.parametrize("args,message", BAD_INPUTS)
+def test_bad_input_is_one_clear_message_and_no_output(args, message, rgba_image, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("U2NET_HOME", str(tmp_path / "no-u2net"))
+    monkeypatch.setenv("REMBG_HOME", str(tmp_path / "no-rembg"))
+    noalpha = tmp_path / "rgb.jpg"
+    Image.new("RGB", (64, 64), (200, 10, 10)).save(noalpha)
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    out = tmp_path / "mesh.glb"
+    values = dict(missing=tmp_path / "nope.png", image=rgba_image, out=out, dir=tmp_path, noalpha=noalpha, text=text)
+    filled = [a.format(**values) for a in args]
+    code, stdout, stderr = run_cli(filled, capsys)
+    assert code != 0
+    assert message in stderr
+    assert stderr.count("error:") == 1 and "Traceback" not in stderr
+    assert not out.exists() and not out.with_suffix(".json").exists()
+
+
+def test_missing_real_model_is_a_clear_error_with_nonzero_exit(rgba_image, tmp_path):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HY3DGEN_MODELS=str(tmp_path / "models"), HF_HUB_CACHE=str(tmp_path / "hub"))
+    out = tmp_path / "mesh.glb"
+    proc = subprocess.run(
+        [sys.executable, "-m", "vlm3d_ttg.cli", "generate", str(rgba_image), "--prompt", "x", "--out", str(out),
+         "--device", "cpu"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert proc.returncode == 2
+    assert "tencent/Hunyuan3D-2" in proc.stderr and "huggingface-cli download" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not out.exists()
+
+
+class _NaNGradientOnce:
+    """Wraps the real reward; at one call, adds a term whose gradient is NaN (r stays finite)."""
+
+    def __init__(self, reward, bad_call: int):
+        self.reward, self.bad_call, self.calls = reward, bad_call, 0
+
+    def __call__(self, latent, *, generator=None):
+        evaluation = self.reward(latent, generator=generator)
+        self.calls += 1
+        if self.calls == self.bad_call:
+            # d/dx sqrt(|0·x|) = 0·inf = NaN, while the value added is exactly 0.
+            evaluation.r = evaluation.r + (latent.sum() * 0.0).abs().sqrt()
+        return evaluation
+
+    def score_mesh(self, vertices, faces):
+        return self.reward.score_mesh(vertices, faces)
+
+
+def test_empty_surface_and_non_finite_gradient_steps_are_skipped_and_recorded(tiny_pipeline, tiny_vlm):
+    from vlm3d_ttg.critic import VLMCritic
+    from vlm3d_ttg.reward import VLMReward
+
+    config = GuidanceConfig(num_views=2, view_size=56, grid_resolution=32, sigma_window=(0.1, 0.9), every=1)
+    reward = VLMReward.from_config(tiny_pipeline.vae, VLMCritic(*tiny_vlm, "a pot"), config)
+    wrapped = _NaNGradientOnce(reward, bad_call=2)
+    normal_surface = reward.surface_config
+
+    def callback(sampler, step, sigma, state):
+        # Before the 4th guided step, ask for the level set at a logit no point reaches: the real
+        # surface extractor then finds no surface. Restore it afterwards.
+        reward.surface_config = dataclasses.replace(normal_surface, level=1e6) if step == 3 else normal_surface
+
+    image = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
+    image.paste((200, 100, 50, 255), (16, 16, 48, 48))
+    output = GuidedSampler(tiny_pipeline, wrapped, config)(
+        image, num_inference_steps=8, seed=0, octree_resolution=32, callback_on_step_end=callback, progress=False)
+    by_step = {r.step: r for r in output.records}
+    guided = [r for r in output.records if r.guided]
+    assert [r.step for r in guided] == [1, 2, 3, 4, 5, 6]
+    assert by_step[2].skipped == "non_finite_gradient" and by_step[2].applied_norm is None
+    assert by_step[4].skipped == "empty_surface" and by_step[4].r is None
+    assert all(r.skipped is None and r.applied_norm > 0 for r in guided if r.step not in (2, 4))
+    assert output.mesh is not None and len(output.mesh.faces) > 0
+    assert torch.isfinite(output.latents).all()
