@@ -1,0 +1,237 @@
+"""Speed and fidelity of the per-step surface → render path on CPU.
+
+    .venv/bin/python benchmarks/bench_surface_render.py [--repeats 3] [--seeds 2] [--write]
+
+Measures, in one run on this machine:
+1. Coarse-to-fine vs dense occupancy grid at 128³ through the tiny hy3dgen ShapeVAE: decoder
+   queries, time, and whether the mesh is the same (identical faces, max vertex difference,
+   symmetric Chamfer distance of the vertex sets, IoU of the occupancy {logits > 0} on the grid).
+2. One guided step at the default SurfaceConfig and 4 views × 448² on the CPU backend: transformer,
+   grid, marching cubes, render, backward (vertex re-queries), and the decoder queries made.
+3. The CPU renderer on a ≥100k-face marching-cubes mesh, 4 views × 448²: visibility (z-buffer vs
+   Embree), differentiable shading, backward to the vertices.
+With --write the results replace this script's section of benchmarks/RESULTS.md.
+
+The tiny decoder is far cheaper per query than the real ShapeVAE (width 32 vs 1024, 32 vs 3072
+latent tokens), so its absolute decode times say little about the real model; query counts do
+carry over, and the renderer's times do not depend on the model at all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from vlm3d_ttg import load_shape_pipeline  # noqa: E402
+from vlm3d_ttg.io import write_text_atomic  # noqa: E402
+from vlm3d_ttg.render import Renderer, orbit_cameras  # noqa: E402
+from vlm3d_ttg.render.raster_cpu import clip_positions, embree_face_ids, zbuffer_face_ids  # noqa: E402
+from vlm3d_ttg.surface import SurfaceConfig, extract_surface  # noqa: E402
+from vlm3d_ttg.tiny import ensure_tiny_shape_model  # noqa: E402
+
+SECTION_BEGIN = "<!-- bench_surface_render:begin -->"
+SECTION_END = "<!-- bench_surface_render:end -->"
+
+
+def best_of(function: Callable[[], object], repeats: int) -> tuple[float, object]:
+    """Best wall time in seconds over `repeats` runs after one warm-up (the least disturbed on shared
+    cores), and the last result."""
+    result = function()
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = function()
+        samples.append(time.perf_counter() - start)
+    return min(samples), result
+
+
+def machine() -> str:
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (
+        f"{cpu}, {os.cpu_count()} logical cores (shared with other jobs), torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads), Python {platform.python_version()}, {platform.system()}"
+    )
+
+
+def chamfer(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Symmetric mean nearest-neighbour distance between two point sets."""
+    from scipy.spatial import cKDTree
+
+    a_np, b_np = a.detach().double().numpy(), b.detach().double().numpy()
+    return float((cKDTree(b_np).query(a_np)[0].mean() + cKDTree(a_np).query(b_np)[0].mean()) / 2)
+
+
+def bench_coarse_to_fine(vae, seeds: int) -> list[str]:
+    lines = [
+        "### Coarse-to-fine vs dense grid at 128³ (tiny ShapeVAE, float32)",
+        "",
+        "Same mesh = identical triangle lists; Chamfer = symmetric mean nearest-vertex distance (in grid",
+        "spacings h = 2.02/128); IoU = intersection over union of {logits > 0} on the 129³ grid.",
+        "",
+        "| latent seed | grid | decoder queries | time (s) | queries vs dense | same faces | max |Δv| / h | Chamfer / h | IoU |",
+        "|---|---|---:|---:|---:|---|---:|---:|---:|",
+    ]
+    dense_config = SurfaceConfig(resolution=128, coarse_resolution=None)
+    for seed in range(seeds):
+        latent = torch.randn(1, *vae.latent_shape, generator=torch.Generator().manual_seed(seed))
+        dense_time, dense = best_of(lambda: extract_surface(vae, latent, dense_config), 2)
+        h = dense_config.spacing
+        lines.append(
+            f"| {seed} | dense 128 | {dense.stats.grid_queries:,} | {dense_time:.2f} | 1.0× | – | – | – | – |"
+        )
+        for coarse in (32, 16):
+            config = SurfaceConfig(resolution=128, coarse_resolution=coarse)
+            sparse_time, sparse = best_of(lambda: extract_surface(vae, latent, config), 2)
+            same = torch.equal(sparse.faces, dense.faces)
+            max_dv = float((sparse.vertices - dense.vertices).abs().max()) / h if same else float("nan")
+            inside_d, inside_s = dense.grid.logits > 0, sparse.grid.logits > 0
+            iou = float((inside_d & inside_s).sum() / (inside_d | inside_s).sum())
+            levels = "→".join(str(r) for r in config.levels)
+            lines.append(
+                f"| {seed} | {levels} | {sparse.stats.grid_queries:,} | {sparse_time:.2f} | "
+                f"{dense.stats.grid_queries / sparse.stats.grid_queries:.1f}× fewer | {'yes' if same else 'no'} | "
+                f"{max_dv:.1e} | {chamfer(sparse.vertices, dense.vertices) / h:.1e} | {iou:.6f} |"
+            )
+    return lines
+
+
+def bench_guided_step(vae, repeats: int) -> list[str]:
+    config = SurfaceConfig()
+    renderer = Renderer("cpu")
+    cameras = orbit_cameras()
+    latent0 = torch.randn(1, *vae.latent_shape, generator=torch.Generator().manual_seed(0))
+    rows = []
+    for _ in range(repeats + 1):  # the first is a warm-up
+        latent = latent0.clone().requires_grad_(True)
+        t0 = time.perf_counter()
+        surface = extract_surface(vae, latent, config)
+        t1 = time.perf_counter()
+        views = renderer(surface.vertices, surface.faces, cameras)
+        t2 = time.perf_counter()
+        (views.images * 0.5).sum().backward()  # stands in for d r / d images
+        t3 = time.perf_counter()
+        rows.append((t1 - t0, t2 - t1, t3 - t2, surface))
+    best = min(rows[1:], key=lambda r: r[0] + r[1] + r[2])
+    extract_s, render_s, backward_s, surface = best
+    stats = surface.stats
+    per_level = ", ".join(f"{r}³: {q:,}" for r, q in stats.queries_per_level.items())
+    return [
+        "### One guided step at the default grid (SurfaceConfig(): 128³, coarse 32, autograd normals)",
+        "",
+        f"Tiny ShapeVAE, 4 views × 448² on the CPU backend (z-buffer), best of {repeats}. The mesh has "
+        f"{surface.vertices.shape[0]:,} vertices / {surface.faces.shape[0]:,} faces.",
+        "",
+        "| stage | time (s) | decoder queries |",
+        "|---|---:|---:|",
+        f"| VAE transformer (once) | {stats.seconds_transformer:.3f} | – |",
+        f"| occupancy grid, coarse-to-fine ({per_level}) | {stats.seconds_grid:.3f} | {stats.grid_queries:,} "
+        f"({stats.query_reduction:.1f}× fewer than dense {stats.dense_queries:,}) |",
+        f"| marching cubes (skimage lewiner) | {stats.seconds_marching_cubes:.3f} | – |",
+        f"| extract_surface total | {extract_s:.3f} | |",
+        f"| render 4 × 448² (visibility + shading) | {render_s:.3f} | – |",
+        f"| backward: renderer + vertex re-queries + transformer | {backward_s:.3f} | {stats.vertex_queries:,} "
+        f"(vertices with a gradient, of {surface.vertices.shape[0]:,}) |",
+        f"| of which vertex re-queries (forward + 2 backward) | {stats.seconds_vertex_backward:.3f} | |",
+        f"| **step total** | **{extract_s + render_s + backward_s:.3f}** | **{stats.grid_queries + stats.vertex_queries:,}** |",
+    ]
+
+
+def bench_renderer(vae, repeats: int) -> list[str]:
+    latent = torch.randn(1, *vae.latent_shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        surface = extract_surface(vae, latent, SurfaceConfig(resolution=192, coarse_resolution=48))
+    vertices, faces = surface.vertices.detach().float(), surface.faces
+    cameras = orbit_cameras()
+    clip = clip_positions(vertices, cameras.mvp)
+    covered = int((zbuffer_face_ids(clip, faces, 448) >= 0).sum())
+    lines = [
+        f"### CPU renderer, 4 views × 448², marching-cubes mesh of {faces.shape[0]:,} faces / {vertices.shape[0]:,} vertices",
+        "",
+        f"{covered:,} covered pixels of {4 * 448 * 448:,}; best of {repeats}; forward = visibility + "
+        "differentiable barycentrics + smooth-normal Lambert shading; backward = d(Σ w·images)/d(vertices).",
+        "",
+        "| visibility | visibility only (s) | forward (s) | backward (s) | forward + backward (s) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    weights = torch.rand(4, 3, 448, 448, generator=torch.Generator().manual_seed(1))
+    for visibility in ("zbuffer", "embree"):
+        renderer = Renderer("cpu", visibility=visibility)
+        if visibility == "zbuffer":
+            vis_s, _ = best_of(lambda: zbuffer_face_ids(clip_positions(vertices, cameras.mvp), faces, 448), repeats)
+        else:
+            vis_s, _ = best_of(lambda: embree_face_ids(vertices, faces, cameras), repeats)
+        samples = []
+        for _ in range(repeats + 1):
+            leaf = vertices.clone().requires_grad_(True)
+            t0 = time.perf_counter()
+            views = renderer(leaf, faces, cameras)
+            t1 = time.perf_counter()
+            (views.images * weights).sum().backward()
+            t2 = time.perf_counter()
+            samples.append((t1 - t0, t2 - t1))
+        forward_s, backward_s = min(samples[1:], key=sum)
+        lines.append(
+            f"| {visibility} | {vis_s:.3f} | {forward_s:.3f} | {backward_s:.3f} | {forward_s + backward_s:.3f} |"
+        )
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--seeds", type=int, default=2, help="latents for the coarse-to-fine comparison")
+    parser.add_argument("--write", action="store_true", help="replace this benchmark's section of benchmarks/RESULTS.md")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as cache:
+        ref = ensure_tiny_shape_model(cache)
+        pipeline = load_shape_pipeline(ref.repo_id, ref.subfolder, models_dir=ref.models_dir, device="cpu")
+    vae = pipeline.vae
+
+    lines = [
+        SECTION_BEGIN,
+        "## Surface extraction and rendering (`benchmarks/bench_surface_render.py`)",
+        "",
+        f"Machine: {machine()}. Run: {time.strftime('%Y-%m-%d %H:%M')}. Timings are best-of-N wall times "
+        "on cores shared with other jobs.",
+        "",
+    ]
+    lines += bench_coarse_to_fine(vae, args.seeds) + [""]
+    lines += bench_guided_step(vae, args.repeats) + [""]
+    lines += bench_renderer(vae, args.repeats) + [""]
+    lines.append(SECTION_END)
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.write:
+        results = ROOT / "benchmarks" / "RESULTS.md"
+        current = results.read_text() if results.exists() else "# Benchmark results\n\n"
+        if SECTION_BEGIN in current and SECTION_END in current:
+            head, rest = current.split(SECTION_BEGIN, 1)
+            tail = rest.split(SECTION_END, 1)[1]
+            current = head + text.rstrip("\n") + tail
+        else:
+            current = current.rstrip("\n") + "\n\n" + text
+        write_text_atomic(results, current)
+
+
+if __name__ == "__main__":
+    main()
