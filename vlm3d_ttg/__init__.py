@@ -1,3 +1,30 @@
-"""vlm3d-ttg: vision-language test-time guidance for native 3D diffusion."""
+"""vlm3d-ttg: vision-language test-time guidance for native 3D diffusion.
+
+Heavy modules load on first use, so `import vlm3d_ttg` stays fast for the CLI.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
 __version__ = "0.1.0"
-from .models import load_shape_pipeline, load_vlm
+
+_EXPORTS = {
+    "load_shape_pipeline": ".models",
+    "load_vlm": ".models",
+    "GuidanceConfig": ".guidance",
+    "GuidedSampler": ".sampler",
+    "VLMReward": ".reward",
+    "VLMCritic": ".critic",
+    "qwen_pixel_values": ".critic",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
