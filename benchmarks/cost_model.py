@@ -1,0 +1,170 @@
+"""Cost model of a guided run with the REAL model sizes (DESIGN §6): FLOPs and memory per stage.
+
+Nothing here runs a model: it counts multiply-adds of the architectures (2 FLOPs each) from their
+published sizes, so that users can see what a guided step costs before they rent a GPU, and what
+each knob (every-k, grid size, views, view size, grad mode, checkpointing) saves. Measured CPU
+timings of the same stages on the tiny models are in bench_sampler.py; together they are the
+breakdown in RESULTS.md.
+
+    python benchmarks/cost_model.py            # prints the Markdown tables
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+GIB = 1024**3
+
+# --- Hunyuan3D-2 (hunyuan3d-dit-v2-0) --------------------------------------------------------
+DIT_HIDDEN, DIT_DOUBLE, DIT_SINGLE, DIT_MLP = 1024, 16, 32, 4.0
+LATENT_TOKENS, LATENT_CHANNELS = 3072, 64
+COND_TOKENS, COND_DIM = 1370, 1536  # DINOv2-giant at 518 px: 37x37 patches + CLS
+DIT_PARAMS = 1.1e9  # hunyuan3d-dit-v2-0
+VAE_WIDTH, VAE_LAYERS, VAE_FREQ_FEATURES = 1024, 16, 51
+VAE_PARAMS = 0.21e9  # decoder side used here: post_kl + 16 layers + geo-decoder
+DINO_PARAMS = 1.1e9
+
+# --- Qwen2.5-VL-7B ------------------------------------------------------------------------------
+VIS_LAYERS, VIS_HIDDEN, VIS_MLP, VIS_FULL_LAYERS, VIS_WINDOW = 32, 1280, 3420, 4, 64  # window 112 px = 8x8 patches
+LLM_LAYERS, LLM_HIDDEN, LLM_MLP, LLM_KV = 28, 3584, 18944, 512  # GQA: 4 kv heads x 128
+QWEN_PARAMS = 8.29e9
+PROMPT_TEXT_TOKENS = 200
+
+
+@dataclass(frozen=True)
+class RunShape:
+    """The knobs of a guided run."""
+
+    steps: int = 50
+    window: tuple[float, float] = (0.2, 0.85)
+    every: int = 2
+    grid: int = 64
+    coarse_to_fine_reduction: float = 6.0  # decoder-query saving of coarse-to-fine (measured on the tiny model)
+    visible_vertices: int = 60_000
+    views: int = 4
+    view_size: int = 448
+    grad_mode: str = "x0"
+    checkpointing: bool = False
+
+    def guided_steps(self) -> int:
+        sigmas = [i / (self.steps - 1) for i in range(self.steps)]
+        lo, hi = self.window
+        return len([i for i, s in enumerate(sigmas[:-1]) if lo <= s <= hi][:: self.every])
+
+
+def dit_forward_flops(batch: int) -> float:
+    """One DiT call (batch = 2 with CFG): ~2 FLOPs per parameter per token plus joint attention."""
+    tokens = LATENT_TOKENS + COND_TOKENS
+    per_token_block = 2 * 12 * DIT_HIDDEN**2 + 4 * tokens * DIT_HIDDEN
+    return batch * (DIT_DOUBLE + DIT_SINGLE) * tokens * per_token_block
+
+
+def vae_transformer_flops() -> float:
+    per_token_layer = 2 * 12 * VAE_WIDTH**2 + 4 * LATENT_TOKENS * VAE_WIDTH
+    return VAE_LAYERS * LATENT_TOKENS * per_token_layer
+
+
+def geo_decoder_flops_per_query() -> float:
+    d = VAE_WIDTH
+    return 2 * (VAE_FREQ_FEATURES * d + 2 * d * d + 8 * d * d) + 4 * LATENT_TOKENS * d
+
+
+def geo_decoder_kv_flops_per_call() -> float:
+    """c_kv over all latent tokens, recomputed by every decoder call (per chunk)."""
+    return 2 * LATENT_TOKENS * VAE_WIDTH * 2 * VAE_WIDTH
+
+
+def critic_forward_flops(views: int, size: int) -> float:
+    patches = views * (size // 14) ** 2
+    vis_linear = 2 * (4 * VIS_HIDDEN**2 + 3 * VIS_HIDDEN * VIS_MLP)
+    vis_attn = ((VIS_LAYERS - VIS_FULL_LAYERS) * 4 * VIS_WINDOW + VIS_FULL_LAYERS * 4 * (size // 14) ** 2) * VIS_HIDDEN
+    vision = patches * (VIS_LAYERS * vis_linear + vis_attn)
+    tokens = patches // 4 + PROMPT_TEXT_TOKENS
+    llm_linear = 2 * (LLM_HIDDEN * (LLM_HIDDEN + 2 * LLM_KV) + LLM_HIDDEN**2 + 3 * LLM_HIDDEN * LLM_MLP)
+    llm = tokens * LLM_LAYERS * (llm_linear + 4 * tokens * LLM_HIDDEN)
+    return vision + llm
+
+
+def critic_activation_gib(views: int, size: int, checkpointing: bool) -> float:
+    """Saved activations for the input-only backward, scaled from DESIGN §4's 4x448² figures."""
+    scale = views * (size / 448) ** 2 / 4
+    return (0.6 if checkpointing else 11.0) * scale
+
+
+def stage_table(run: RunShape) -> list[tuple[str, float, str]]:
+    """(stage, TFLOP per guided step, note) for one guided step."""
+    grid_queries = (run.grid + 1) ** 3 / run.coarse_to_fine_reduction
+    chunks = math.ceil(grid_queries / 8000)
+    rows = [
+        ("DiT forward (CFG batch 2; every step anyway)", dit_forward_flops(2), "not extra: the sampler pays it"),
+        ("ShapeVAE transformer fwd + bwd", 3 * vae_transformer_flops(), "once per guided step"),
+        ("occupancy grid (no grad)", grid_queries * geo_decoder_flops_per_query() + chunks * geo_decoder_kv_flops_per_call(),
+         f"{run.grid}³ grid, coarse-to-fine /{run.coarse_to_fine_reduction:g}"),
+        ("vertex re-query fwd + bwd", 3 * run.visible_vertices * geo_decoder_flops_per_query(), f"{run.visible_vertices} visible vertices"),
+        ("critic forward + input backward", 2 * critic_forward_flops(run.views, run.view_size), f"{run.views} × {run.view_size}²"),
+    ]
+    if run.grad_mode == "xt":
+        rows.append(("DiT backward (grad_mode xt)", 2 * dit_forward_flops(2), "through the CFG batch"))
+    if run.checkpointing:
+        rows.append(("critic recompute (checkpointing)", critic_forward_flops(run.views, run.view_size), "one extra forward"))
+    return [(name, flops / 1e12, note) for name, flops, note in rows]
+
+
+def extra_tflop_per_run(run: RunShape) -> float:
+    """Guidance's added TFLOP over the whole run (the DiT forward is not extra)."""
+    per_step = sum(t for name, t, _ in stage_table(run) if not name.startswith("DiT forward"))
+    return per_step * run.guided_steps()
+
+
+def memory_table(run: RunShape) -> list[tuple[str, float]]:
+    """(item, GiB) resident on the GPU when everything stays there."""
+    return [
+        ("DiT weights (fp16)", DIT_PARAMS * 2 / GIB),
+        ("ShapeVAE weights (fp16)", VAE_PARAMS * 2 / GIB),
+        ("DINOv2-giant conditioner (fp16; idle after encoding)", DINO_PARAMS * 2 / GIB),
+        ("Qwen2.5-VL-7B weights (bf16)", QWEN_PARAMS * 2 / GIB),
+        ("critic saved activations", critic_activation_gib(run.views, run.view_size, run.checkpointing)),
+        ("ShapeVAE transformer activations (kept for the latent backward)", VAE_LAYERS * LATENT_TOKENS * VAE_WIDTH * 12 * 2 / GIB),
+        ("DiT activations (grad_mode xt only)", (2 * (DIT_DOUBLE + DIT_SINGLE) * (LATENT_TOKENS + COND_TOKENS) * DIT_HIDDEN * 16 * 2 / GIB) if run.grad_mode == "xt" else 0.0),
+    ]
+
+
+def markdown() -> str:
+    """The cost-model section of RESULTS.md."""
+    base = RunShape()
+    lines = ["### Per guided step, real sizes (default knobs)", "", "| stage | TFLOP | note |", "|---|---:|---|"]
+    for name, tflop, note in stage_table(base):
+        lines.append(f"| {name} | {tflop:.2f} | {note} |")
+    lines += ["", f"Guided steps at the defaults: {base.guided_steps()} of {base.steps}. "
+              f"Unguided run: {base.steps} × {dit_forward_flops(2) / 1e12:.1f} = {base.steps * dit_forward_flops(2) / 1e12:.0f} TFLOP "
+              f"(+ export). Guidance adds {extra_tflop_per_run(base):.0f} TFLOP "
+              f"(the guided run costs ×{1 + extra_tflop_per_run(base) / (base.steps * dit_forward_flops(2)):.2f} the unguided run's FLOPs).", ""]
+    lines += ["### What each knob saves (guidance's added TFLOP per run)", "", "| knob | value | added TFLOP | vs default |", "|---|---|---:|---:|"]
+    ref = extra_tflop_per_run(base)
+    knobs = [
+        ("every", [1, 2, 4]), ("grid", [64, 128]), ("views", [1, 2, 4, 6]), ("view_size", [224, 336, 448]),
+        ("grad_mode", ["x0", "xt"]), ("checkpointing", [False, True]),
+    ]
+    for field, values in knobs:
+        for value in values:
+            cost = extra_tflop_per_run(replace(base, **{field: value}))
+            lines.append(f"| {field} | {value} | {cost:.0f} | ×{cost / ref:.2f} |")
+    lines += ["", "### GPU memory with everything resident (GiB)", "", "| item | default | checkpointing | 2 views × 336² + checkpointing |", "|---|---:|---:|---:|"]
+    light = memory_table(replace(base, checkpointing=True))
+    lighter = memory_table(replace(base, checkpointing=True, views=2, view_size=336))
+    total = [0.0, 0.0, 0.0]
+    for (name, a), (_, b), (_, c) in zip(memory_table(base), light, lighter):
+        lines.append(f"| {name} | {a:.1f} | {b:.1f} | {c:.1f} |")
+        total = [total[0] + a, total[1] + b, total[2] + c]
+    lines.append(f"| **total** | **{total[0]:.1f}** | **{total[1]:.1f}** | **{total[2]:.1f}** |")
+    lines += ["", "Time: divide TFLOP by your GPU's sustained throughput (e.g. ~120 TFLOP/s for bf16 "
+              "on an A100 at ~40% of peak: the default guided step's "
+              f"{sum(t for _, t, _ in stage_table(base)):.0f} TFLOP ≈ "
+              f"{sum(t for _, t, _ in stage_table(base)) / 120:.2f} s). Estimates, not measurements: nobody on "
+              "this project has run the real models yet."]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(markdown())
