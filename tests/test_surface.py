@@ -271,7 +271,7 @@ def test_backward_queries_visible_vertices_only_and_runs_the_transformer_once(ti
     try:
         generator = torch.Generator().manual_seed(5)
         latent = torch.randn(1, *vae.latent_shape, generator=generator).requires_grad_(True)
-        config = SurfaceConfig(resolution=48, coarse_resolution=12, chunk_size=500)
+        config = SurfaceConfig(resolution=48, coarse_resolution=12, vertex_chunk_size=300)
         surface = extract_surface(vae, latent, config)
         surface.vertices.retain_grad()
         views = render_mesh(surface.vertices, surface.faces, orbit_cameras(count=1, image_size=112))
@@ -291,7 +291,7 @@ def test_backward_queries_visible_vertices_only_and_runs_the_transformer_once(ti
 
     # The chunked backward sums to the same gradient as a single chunk.
     latent_b = latent.detach().clone().requires_grad_(True)
-    surface_b = extract_surface(vae, latent_b, SurfaceConfig(resolution=48, coarse_resolution=12, chunk_size=10**6))
+    surface_b = extract_surface(vae, latent_b, SurfaceConfig(resolution=48, coarse_resolution=12, vertex_chunk_size=10**6))
     render_mesh(surface_b.vertices, surface_b.faces, orbit_cameras(count=1, image_size=112)).images.mean().backward()
     assert torch.allclose(latent.grad, latent_b.grad, rtol=1e-4, atol=1e-8)
 
@@ -372,6 +372,7 @@ def test_surface_reaching_the_box_is_reported_open():
         {"resolution": 96, "coarse_resolution": 32},  # ratio 3 is not a power of two
         {"dilation": 0},
         {"chunk_size": 0},
+        {"vertex_chunk_size": 0},
         {"normal_source": "finite"},
         {"bounds": -1.0},
     ],
