@@ -108,16 +108,27 @@ def test_missing_prompt_is_a_usage_error(view_files, capsys):
     assert code != 0 and "prompt" in err.lower()
 
 
-def test_mesh_input(tiny_preset, tmp_path, capsys):
+def test_mesh_input(tiny_preset, tiny_vlm, tmp_path, capsys):
     import trimesh
 
     mesh_path = tmp_path / "box.glb"
-    trimesh.creation.box().export(mesh_path)
-    code, out, err = _run([mesh_path, "-p", "a box", "--preset", "tiny", "--json", "--views", "2", "--resolution", "56"], capsys)
+    trimesh.creation.box(extents=(1.0, 0.6, 0.8)).export(mesh_path)
+    args = [mesh_path, "-p", "a box", "--preset", "tiny", "--json", "--views", "2", "--resolution", "56"]
+    code, out, err = _run(args, capsys)
     render = importlib.import_module("vlm3d_ttg.render")
-    if getattr(render, "render_views", None) is None:
+    if getattr(render, "render_mesh", None) is None or getattr(render, "orbit_cameras", None) is None:
         # Until the renderer lands the command says so instead of failing obscurely.
         assert code == 2 and "not available yet" in err
-    else:
-        assert code == 0, err
-        assert json.loads(out)["num_views"] == 2
+        return
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["num_views"] == 2 and report["image_size"] == [56, 56]
+    from vlm3d_ttg.commands.judge import render_mesh_views
+
+    views = render_mesh_views(mesh_path, 2, 56, torch.device("cpu"))
+    assert float(views.min()) < 0.9  # the box is visible, not just white background
+    model, processor = tiny_vlm
+    assert report["results"][0]["r"] == pytest.approx(float(VLMCritic(model, processor, "a box")(views).r), abs=1e-5)
+    # A resolution the critic would have to resample is refused by the renderer before any model work.
+    code, _, err = _run([mesh_path, "-p", "a box", "--preset", "tiny", "--resolution", "50"], capsys)
+    assert code == 2 and "multiple of 28" in err

@@ -93,21 +93,51 @@ def _query_variants(query: str) -> dict[str, str]:
     return {"custom": resolve_query(query)}
 
 
-def _mesh_renderer() -> Any:
-    """The renderer's multi-view function, or a clear error while there is none."""
+def _renderer_functions() -> tuple[Any, Any]:
+    """(orbit_cameras, render_mesh) from `vlm3d_ttg.render`, or a clear error while they are missing."""
     import importlib
 
     try:
         render = importlib.import_module("vlm3d_ttg.render")
     except ImportError:
         render = None
-    render_views = getattr(render, "render_views", None)
-    if render_views is None:
+    orbit_cameras = getattr(render, "orbit_cameras", None)
+    render_mesh = getattr(render, "render_mesh", None)
+    if orbit_cameras is None or render_mesh is None:
         raise InvalidInputError(
             "Judging a mesh is not available yet: the renderer (vlm3d_ttg.render) is not part of this version. "
             "Render views to PNG files and pass those instead."
         )
-    return render_views
+    return orbit_cameras, render_mesh
+
+
+def render_mesh_views(mesh_path: Path, num_views: int, resolution: int, device: Any) -> Any:
+    """A mesh file rendered from `num_views` orbit cameras (the renderer's defaults) as (N, 3, H, W) in [0, 1].
+
+    Meshes from hy3dgen lie in its ±1 cube and are rendered as they are; a mesh reaching outside
+    is centred and scaled into it (so any GLB/OBJ can be judged).
+    """
+    import torch
+    import trimesh
+
+    orbit_cameras, render_mesh = _renderer_functions()
+    if num_views < 1:
+        raise InvalidInputError(f"--views must be at least 1, got {num_views}.")
+    try:
+        mesh = trimesh.load(mesh_path, force="mesh", process=False)
+    except Exception as exc:  # trimesh raises many types for unreadable files
+        raise InvalidInputError(f"Cannot read mesh '{mesh_path}': {exc}") from None
+    if not isinstance(mesh, trimesh.Trimesh) or len(mesh.faces) == 0:
+        raise InvalidInputError(f"Mesh '{mesh_path}' has no triangles.")
+    vertices = torch.as_tensor(mesh.vertices, dtype=torch.float32, device=device)
+    faces = torch.as_tensor(mesh.faces, dtype=torch.long, device=device)
+    if float(vertices.abs().max()) > 1.01:
+        low, high = vertices.min(0).values, vertices.max(0).values
+        vertices = (vertices - (low + high) / 2) * (1.9 / float((high - low).max()))
+        logger.info("Mesh %s reaches outside the ±1 cube; centred and scaled into it.", mesh_path)
+    cameras = orbit_cameras(num_views, image_size=resolution, device=device)
+    with torch.no_grad():
+        return render_mesh(vertices, faces, cameras).images.clamp(0, 1)
 
 
 def judge(
@@ -121,7 +151,7 @@ def judge(
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="float32 | bfloat16 | float16 (default: bf16 on CUDA, fp32 on CPU)."),
     views: int = typer.Option(4, "--views", help="Views to render when the input is a mesh."),
-    resolution: int = typer.Option(448, "--resolution", help="Render size when the input is a mesh (a multiple of 28 avoids resampling)."),
+    resolution: int = typer.Option(448, "--resolution", help="Render size (a multiple of 28) when the input is a mesh."),
     json_output: bool = typer.Option(False, "--json", help="Print one JSON object (for scripts) instead of a table."),
 ) -> None:
     """Score views (or a mesh) with the VLM critic: r = logit(Yes) - logit(No) and P(yes) per query variant."""
@@ -134,10 +164,12 @@ def judge(
     image_paths, mesh_paths = _check_inputs(list(inputs), preset, vlm)
     description = normalize_description(prompt)
     variants = _query_variants(query)
-    if mesh_paths and (views < 1 or resolution < 28):
-        raise InvalidInputError("--views must be >= 1 and --resolution >= 28.")
-    pixels = load_views(image_paths) if image_paths else None
-    render_views = _mesh_renderer() if mesh_paths else None
+    if image_paths:
+        pixels = load_views(image_paths)
+    else:  # render before loading the model: a bad mesh should not cost a model load
+        from ..models import resolve_device
+
+        pixels = render_mesh_views(mesh_paths[0], views, resolution, resolve_device(device))
 
     if preset == "tiny":
         from ..tiny import ensure_tiny_vlm
@@ -146,8 +178,6 @@ def judge(
     else:
         model_id = vlm or DEFAULT_VLM
     model, processor = load_vlm(model_id, device=device, dtype=dtype)
-    if pixels is None:
-        pixels = render_views(mesh_paths[0], num_views=views, resolution=resolution, device=model.device)
 
     results = []
     with torch.no_grad():

@@ -1,6 +1,6 @@
 """The VLM critic: Qwen2.5-VL's yes/no log-odds r = logit(Yes) - logit(No), differentiable w.r.t. pixels."""
 
-from .preprocess import qwen_pixel_values, qwen_resized_size
+from .preprocess import qwen_image_grid, qwen_pixel_values, qwen_resized_size
 from .queries import CONTENT_QUERY, DUAL_QUERY, GEOMETRY_QUERY, QUERY_TEMPLATES, format_query, resolve_query
 from .vlm_critic import CriticOutput, PromptInputs, VLMCritic, answer_token_ids
 
@@ -14,6 +14,7 @@ __all__ = [
     "VLMCritic",
     "answer_token_ids",
     "format_query",
+    "qwen_image_grid",
     "qwen_pixel_values",
     "qwen_resized_size",
     "resolve_query",

@@ -7,8 +7,6 @@ function of the images, on any device. Every constant is read from the processor
 
 from __future__ import annotations
 
-import logging
-import math
 from typing import Any
 
 import torch
@@ -16,12 +14,11 @@ import torch.nn.functional as F
 
 from ..errors import InvalidInputError, UnsupportedModelError
 
-logger = logging.getLogger(__name__)
-
 MAX_ASPECT_RATIO = 200  # smart_resize refuses anything more elongated
 
 
 def _field(obj: Any, name: str) -> Any:
+    # `size` is a plain dict on the PIL processor and a SizeDict (items and attributes) on the torchvision one.
     if isinstance(obj, dict):
         return obj.get(name)
     try:
@@ -130,15 +127,15 @@ def qwen_pixel_values(images: torch.Tensor, image_processor: Any) -> tuple[torch
     # A still image is its own video of `temporal` identical frames; features are ordered (C, T, 14, 14).
     patches = patches.unsqueeze(6).expand(-1, -1, -1, -1, -1, -1, temporal, -1, -1)
     pixel_values = patches.reshape(num_images * grid_h * grid_w, channels * temporal * patch * patch)
-    image_grid_thw = torch.tensor([[1, grid_h, grid_w]] * num_images, dtype=torch.long)
+    image_grid_thw = torch.tensor([qwen_image_grid(height, width, image_processor)] * num_images, dtype=torch.long)
     return pixel_values, image_grid_thw
 
 
-def num_image_tokens(height: int, width: int, image_processor: Any) -> int:
-    """How many <|image_pad|> tokens one image of this size becomes."""
+def qwen_image_grid(height: int, width: int, image_processor: Any) -> tuple[int, int, int]:
+    """The processor's `image_grid_thw` row (1, h/14, w/14) for one image of this size."""
     new_height, new_width = qwen_resized_size(height, width, image_processor)
-    patch, merge = int(image_processor.patch_size), int(image_processor.merge_size)
-    return math.prod((new_height // patch, new_width // patch)) // (merge * merge)
+    patch = int(image_processor.patch_size)
+    return 1, new_height // patch, new_width // patch
 
 
-__all__ = ["check_image_shape", "num_image_tokens", "pixel_bounds", "qwen_pixel_values", "qwen_resized_size"]
+__all__ = ["check_image_shape", "pixel_bounds", "qwen_image_grid", "qwen_pixel_values", "qwen_resized_size"]

@@ -19,7 +19,7 @@ import torch
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from ..errors import InvalidInputError, UnsupportedModelError
-from .preprocess import check_image_shape, qwen_pixel_values, qwen_resized_size
+from .preprocess import check_image_shape, qwen_image_grid, qwen_pixel_values
 from .queries import format_query, normalize_description, resolve_query
 
 logger = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ class PromptInputs:
     input_ids: torch.Tensor  # (B, L), left-padded when the questions differ in length
     attention_mask: torch.Tensor | None  # (B, L); None when there is no padding
     position_ids: torch.Tensor  # (3, B, L): the 3-D multimodal rope positions
-    image_grid_thw: torch.Tensor  # (B * N, 3)
+    image_grid_thw: torch.Tensor  # (B * N, 3), on the model's device
 
     @property
     def sequence_length(self) -> int:
@@ -178,8 +178,8 @@ class VLMCritic:
     ) -> PromptInputs:
         """The cached pixel-independent inputs for `batch` view sets of `num_views` images of height x width.
 
-        `descriptions` (one per view set) overrides the critic's description. Raises InvalidInputError
-        if the prompt is longer than the model's context.
+        `descriptions` (one per view set; then `batch` is their number) overrides the critic's
+        description. Raises InvalidInputError if the prompt is longer than the model's context.
         """
         if descriptions is None:
             descriptions = (self.description,) * batch
@@ -200,10 +200,8 @@ class VLMCritic:
         self, descriptions: tuple[str, ...], num_views: int, height: int, width: int, device: torch.device
     ) -> PromptInputs:
         image_processor = self.processor.image_processor
-        resized = qwen_resized_size(height, width, image_processor)  # validates the aspect ratio
-        merge = int(image_processor.merge_size)
-        tokens_per_image = (resized[0] // int(image_processor.patch_size)) * (resized[1] // int(image_processor.patch_size))
-        tokens_per_image //= merge * merge
+        grid_per_image = qwen_image_grid(height, width, image_processor)  # validates the aspect ratio
+        tokens_per_image = grid_per_image[1] * grid_per_image[2] // int(image_processor.merge_size) ** 2
         texts = tuple(self.chat_text(num_views, text) for text in descriptions)
         context = int(self.model.config.get_text_config().max_position_embeddings)
         # Cheap length check before the processor builds anything big.
@@ -230,11 +228,10 @@ class VLMCritic:
             raise InvalidInputError(
                 f"The prompt is {input_ids.shape[1]} tokens, longer than the model's context of {context}."
             )
-        _, expected_grid = qwen_pixel_values(torch.zeros(1, 3, height, width), image_processor)
         grid = encoded["image_grid_thw"]
-        if not torch.equal(grid, expected_grid.expand(len(grid), -1)):
+        if grid.tolist() != [list(grid_per_image)] * len(grid):
             raise UnsupportedModelError(
-                f"The processor's image grid {grid[0].tolist()} differs from the critic's {expected_grid[0].tolist()} "
+                f"The processor's image grid {grid[0].tolist()} differs from the critic's {list(grid_per_image)} "
                 f"for {height}x{width} images; this processor configuration is not reproduced."
             )
         attention_mask = encoded["attention_mask"]
@@ -258,7 +255,9 @@ class VLMCritic:
             input_ids=input_ids.to(device),
             attention_mask=attention_mask.to(device) if padded else None,
             position_ids=position_ids.to(device),
-            image_grid_thw=grid,
+            # On the model's device like the stock path's inputs: the vision tower builds its rope
+            # positions on the grid's device and multiplies them with tensors on the model's.
+            image_grid_thw=grid.to(device),
         )
 
     # ----------------------------------------------------------------------------------------
@@ -336,7 +335,9 @@ class VLMCritic:
             if repeats > 1:
                 # Several questions about the same views: encode the views once and hand the features
                 # to every sequence (the model's own `mm_encoder_outputs` input).
-                features = self.model.model.get_image_features(pixel_values, view_grid, return_dict=True).pooler_output
+                features = self.model.model.get_image_features(
+                    pixel_values, view_grid.to(pixel_values.device), return_dict=True
+                ).pooler_output
                 encoded = BaseModelOutputWithPooling(pooler_output=tuple(features) * repeats)
                 image_inputs: dict[str, Any] = {"mm_encoder_outputs": {"image": encoded}}
             else:
