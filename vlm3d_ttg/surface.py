@@ -23,6 +23,13 @@ The ShapeVAE transformer runs once in `extract_surface` (with its graph kept whe
 requires grad). The decoder is re-queried at the vertices only inside `backward`, in chunks, and
 only at vertices that received a non-zero gradient (those the renderer saw); the per-chunk
 gradients are summed on the transformer output and pushed back through the transformer once.
+∇ₓs comes from autograd at the vertex (exact; one extra decoder backward per chunk) or, with
+`normal_source="grid"`, from central differences of the logits grid (free, but biased by 1–10%
+where logits saturate).
+
+Gradient semantics: re-running marching cubes on a perturbed latent would also slide vertices
+along grid edges and jitter the shading normals built from them; that is discretisation noise,
+not shape change, and it is deliberately not part of this gradient (see tests/test_surface.py).
 
 Index → space: grid point i sits at -bounds + i·(2·bounds/resolution), exactly the points hy3dgen's
 volume decoders query. (hy3dgen's own `MCSurfaceExtractor` divides by resolution + 1 instead, which
@@ -36,13 +43,16 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Literal
+from typing import TYPE_CHECKING, Callable, Iterator, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .errors import EmptySurfaceError, InvalidInputError
+
+if TYPE_CHECKING:
+    import trimesh
 
 logger = logging.getLogger(__name__)
 
@@ -168,7 +178,7 @@ class Surface:
     stats: SurfaceStats
     touches_bounds: bool
 
-    def to_trimesh(self):
+    def to_trimesh(self) -> "trimesh.Trimesh":
         """The mesh as a trimesh.Trimesh (detached, float32), same winding."""
         import trimesh
 

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .cameras import Cameras
+
 # Candidate (face, pixel) pairs processed at once by the z-buffer: bounds its memory (~0.5 GB).
 _ZBUFFER_BATCH = 1 << 22
 # Vertices this close to (or behind) the camera plane are not rasterised (no near-plane clipping).
@@ -45,7 +47,9 @@ def _edge(a: torch.Tensor, b: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
     return (b[..., 0] - a[..., 0]) * (p[..., 1] - a[..., 1]) - (b[..., 1] - a[..., 1]) * (p[..., 0] - a[..., 0])
 
 
-def _canonical_edge(a, b, ia, ib, p):
+def _canonical_edge(
+    a: torch.Tensor, b: torch.Tensor, ia: torch.Tensor, ib: torch.Tensor, p: torch.Tensor
+) -> torch.Tensor:
     """Edge function evaluated from the lower-indexed vertex, so the two triangles sharing an
     edge compute bit-identical values of opposite sign: no pixel on a shared edge is lost."""
     swap = ia > ib
@@ -89,7 +93,17 @@ def zbuffer_face_ids(clip: torch.Tensor, faces: torch.Tensor, size: int) -> torc
     return out.view(n_views, size, size)
 
 
-def _rasterize_bin(keys, face_index, side, faces, tri_xy, tri_w, lo, hi, size) -> None:
+def _rasterize_bin(
+    keys: torch.Tensor,
+    face_index: torch.Tensor,
+    side: int,
+    faces: torch.Tensor,
+    tri_xy: torch.Tensor,
+    tri_w: torch.Tensor,
+    lo: torch.Tensor,
+    hi: torch.Tensor,
+    size: int,
+) -> None:
     """Scatter the nearest (depth, face) keys of the candidate pixels of one bin into `keys`."""
     offsets = torch.arange(side, device=keys.device)
     column = lo[face_index, 0].long()[:, None, None] + offsets[None, None, :]
@@ -116,7 +130,7 @@ def _rasterize_bin(keys, face_index, side, faces, tri_xy, tri_w, lo, hi, size) -
 
 
 @torch.no_grad()
-def embree_face_ids(vertices: torch.Tensor, faces: torch.Tensor, cameras) -> torch.Tensor:
+def embree_face_ids(vertices: torch.Tensor, faces: torch.Tensor, cameras: Cameras) -> torch.Tensor:
     """Index of the first triangle hit by each pixel-centre ray (N, size, size), -1 where none (Embree)."""
     import numpy as np
     import trimesh
