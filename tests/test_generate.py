@@ -182,3 +182,9 @@ def test_empty_surface_and_non_finite_gradient_steps_are_skipped_and_recorded(ti
     assert all(r.skipped is None and r.applied_norm > 0 for r in guided if r.step not in (2, 4))
     assert output.mesh is not None and len(output.mesh.faces) > 0
     assert torch.isfinite(output.latents).all()
+
+
+def test_usage_errors_exit_2_with_typers_message(capsys):
+    code, _, stderr = run_cli(["generate", "img.png", "--out", "x.glb"], capsys)
+    assert code == 2
+    assert "Missing option" in stderr and "--prompt" in stderr

@@ -43,30 +43,28 @@ def quiet_hy3dgen() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the console script; returns the process exit code."""
+    """Entry point of the console script; returns the process exit code (2 for bad input)."""
     _configure_logging()
     _register_commands()
     try:
-        app(args=argv, standalone_mode=False)
+        # Standalone mode: typer/click report usage errors themselves (exit 2) and end with SystemExit.
+        app(args=argv, standalone_mode=True)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except Vlm3dError as exc:
         typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
         return 2
     except KeyboardInterrupt:
         typer.secho("interrupted", err=True)
         return 130
-    except typer.Exit as exc:  # raised by commands to end with a code
-        return exc.exit_code
-    except typer.Abort:
-        return 1
-    except Exception as exc:  # click usage errors and the like
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            return exc.exit_code
+    except Exception as exc:
         if os.environ.get("VLM3D_TTG_DEBUG"):
             raise
-        typer.secho(f"error: unexpected {type(exc).__name__}: {exc} (set VLM3D_TTG_DEBUG=1 for the traceback)", err=True, fg=typer.colors.RED)
+        typer.secho(
+            f"error: unexpected {type(exc).__name__}: {exc} (set VLM3D_TTG_DEBUG=1 for the traceback)",
+            err=True,
+            fg=typer.colors.RED,
+        )
         return 1
     return 0
 
