@@ -73,6 +73,8 @@ _DTYPES = {
     "half": torch.float16,
     "bfloat16": torch.bfloat16,
     "bf16": torch.bfloat16,
+    "float64": torch.float64,  # for gradient checks
+    "fp64": torch.float64,
 }
 
 

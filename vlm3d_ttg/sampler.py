@@ -56,6 +56,19 @@ class SamplerOutput:
     seed: int | None
 
 
+@dataclass
+class SamplingContext:
+    """Everything a run fixes before its first step: conditioning, CFG mode and the σ schedule."""
+
+    cond: Any
+    do_cfg: bool
+    guidance_scale: float
+    guidance_embedding: torch.Tensor | None
+    timesteps: torch.Tensor
+    sigmas: list[float]  # σ of each step, plus the scheduler's appended final σ = 1
+    batch_size: int
+
+
 StepCallback = Callable[["GuidedSampler", int, float, dict[str, Any]], dict[str, Any] | None]
 
 
@@ -95,15 +108,38 @@ class GuidedSampler:
         if self.config.enabled and self.config.scale > 0 and reward is None:
             raise InvalidInputError("Guidance is enabled but no reward (critic) was given; pass one or disable guidance.")
 
-    # ----------------------------------------------------------------- the model call
-    def _velocity(self, latents: torch.Tensor, t: torch.Tensor, cond: Any, guidance_scale: float,
-                  do_cfg: bool, guidance_embedding: torch.Tensor | None) -> torch.Tensor:
-        """The DiT's (CFG-combined) velocity at latents and timestep t, exactly as hy3dgen computes it."""
+    # ----------------------------------------------------------------- setup and model call
+    def prepare(self, image: Any, *, num_inference_steps: int = 50, guidance_scale: float = 5.0) -> SamplingContext:
+        """Encode the conditioning image and set the scheduler's timesteps, as hy3dgen's pipeline does."""
+        from hy3dgen.shapegen.pipelines import retrieve_timesteps
+
         pipe = self.pipeline
-        model_input = torch.cat([latents] * 2) if do_cfg else latents
+        distilled = getattr(pipe.model, "guidance_embed", False) is True
+        do_cfg = guidance_scale >= 0 and not distilled
+        with torch.no_grad():
+            cond_inputs = pipe.prepare_image(image)
+            cond_image = cond_inputs.pop("image")
+            cond = pipe.encode_cond(
+                image=cond_image, additional_cond_inputs=cond_inputs, do_classifier_free_guidance=do_cfg, dual_guidance=False
+            )
+        batch_size = cond_image.shape[0]
+        timesteps, _ = retrieve_timesteps(
+            pipe.scheduler, num_inference_steps, pipe.device, sigmas=np.linspace(0, 1, num_inference_steps)
+        )
+        guidance_embedding = (
+            torch.tensor([guidance_scale] * batch_size, device=pipe.device, dtype=pipe.dtype) if distilled else None
+        )
+        sigmas = [float(s) for s in _scheduler_sigmas(pipe.scheduler)]
+        return SamplingContext(cond, do_cfg, guidance_scale, guidance_embedding, timesteps, sigmas, batch_size)
+
+    def velocity(self, latents: torch.Tensor, step: int, context: SamplingContext) -> torch.Tensor:
+        """The DiT's (CFG-combined) velocity at `latents` for step `step`, exactly as hy3dgen computes it."""
+        pipe = self.pipeline
+        t = context.timesteps[step]
+        model_input = torch.cat([latents] * 2) if context.do_cfg else latents
         timestep = t.expand(model_input.shape[0]).to(latents.dtype) / pipe.scheduler.config.num_train_timesteps
-        velocity = pipe.model(model_input, timestep, cond, guidance=guidance_embedding)
-        return classifier_free_guidance(velocity, guidance_scale) if do_cfg else velocity
+        velocity = pipe.model(model_input, timestep, context.cond, guidance=context.guidance_embedding)
+        return classifier_free_guidance(velocity, context.guidance_scale) if context.do_cfg else velocity
 
     # ----------------------------------------------------------------- the loop
     def __call__(
@@ -143,28 +179,11 @@ class GuidedSampler:
         # Camera jitter draws from its own stream so guidance never shifts the sampler's noise.
         camera_generator = torch.Generator(device="cpu").manual_seed((seed or 0) + 7919)
 
-        distilled = getattr(pipe.model, "guidance_embed", False) is True
-        do_cfg = guidance_scale >= 0 and not distilled
-        with torch.no_grad():
-            cond_inputs = pipe.prepare_image(image)
-            cond_image = cond_inputs.pop("image")
-            cond = pipe.encode_cond(
-                image=cond_image, additional_cond_inputs=cond_inputs, do_classifier_free_guidance=do_cfg, dual_guidance=False
-            )
-        batch_size = cond_image.shape[0]
-        if batch_size != 1 and cfg.enabled:
+        context = self.prepare(image, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale)
+        if context.batch_size != 1 and cfg.enabled:
             raise InvalidInputError("Guided sampling takes one conditioning image (or one multi-view dict) per call.")
-
-        from hy3dgen.shapegen.pipelines import retrieve_timesteps
-
-        timesteps, num_inference_steps = retrieve_timesteps(
-            pipe.scheduler, num_inference_steps, device, sigmas=np.linspace(0, 1, num_inference_steps)
-        )
-        latents = pipe.prepare_latents(batch_size, dtype, device, generator)
-        guidance_embedding = (
-            torch.tensor([guidance_scale] * batch_size, device=device, dtype=dtype) if distilled else None
-        )
-        sigmas = [float(s) for s in _scheduler_sigmas(pipe.scheduler)]
+        latents = pipe.prepare_latents(context.batch_size, dtype, device, generator)
+        timesteps, sigmas = context.timesteps, context.sigmas
         guided = set(guided_steps(sigmas, cfg)) if self.reward is not None else set()
         keep = self._steps_to_keep(keep_views, sorted(guided))
 
@@ -177,7 +196,7 @@ class GuidedSampler:
             tic = time.perf_counter()
             with torch.set_grad_enabled(record.guided and cfg.grad_mode == "xt"):
                 latents_in = latents.detach().requires_grad_(record.guided and cfg.grad_mode == "xt")
-                velocity = self._velocity(latents_in, t, cond, guidance_scale, do_cfg, guidance_embedding)
+                velocity = self.velocity(latents_in, i, context)
             record.timings["dit"] = time.perf_counter() - tic
 
             # The sampler's own step (hy3dgen's scheduler: x + (σ_next − σ)·v).
