@@ -40,6 +40,15 @@ def quiet_hy3dgen() -> None:
 
     hy3dgen_logger.setLevel(_log_level())
     hy3dgen_logger.propagate = False  # its own handler already prints; root would print twice
+    quiet_transformers()
+
+
+def quiet_transformers() -> None:
+    """No per-load progress bars from transformers unless logging is turned up."""
+    if _log_level() not in ("DEBUG", "INFO"):
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
 
 
 def main(argv: list[str] | None = None) -> int:
