@@ -188,3 +188,18 @@ def test_guided_step_applies_the_reward_gradient(pipeline64, grad_mode):
     assert (displacement - expected).norm() / expected.norm() < 1e-3
     record = next(r for r in guided.records if r.guided)
     assert record.applied_norm == pytest.approx(float(expected.norm()), rel=1e-6)
+
+
+@pytest.mark.parametrize("subfolder", ["hunyuan3d-dit-v2-mv", "hunyuan3d-dit-v2-0-turbo"])
+def test_unguided_sampler_reproduces_multiview_and_turbo_variants(tiny_cache, subfolder):
+    from vlm3d_ttg import load_shape_pipeline
+    from vlm3d_ttg.tiny import ensure_tiny_shape_model
+
+    ref = ensure_tiny_shape_model(tiny_cache, subfolder=subfolder)
+    pipe = load_shape_pipeline(ref.repo_id, ref.subfolder, models_dir=ref.models_dir, device="cpu")
+    image = {"front": disc_image(), "back": disc_image(80)} if "-mv" in subfolder else disc_image()
+    reference = pipe(image=image, num_inference_steps=6, generator=torch.Generator().manual_seed(4),
+                     output_type="latent", enable_pbar=False)
+    ours = GuidedSampler(pipe, config=GuidanceConfig(enabled=False))(
+        image, num_inference_steps=6, seed=4, output_type="latent", progress=False)
+    assert torch.equal(ours.latents, reference)

@@ -149,6 +149,7 @@ def generate_mesh(
     cfg: float = 5.0,
     octree_resolution: int = 384,
     checkpointing: bool = False,
+    offload_idle: bool = False,
     views_dir: str | os.PathLike | None = None,
     keep_views: str | list[int] = "summary",
     plot_path: str | os.PathLike | None = None,
@@ -172,7 +173,7 @@ def generate_mesh(
         )
     critic = VLMCritic(models.vlm, models.processor, prompt, guidance.query, activation_checkpointing=checkpointing)
     reward = VLMReward.from_config(models.pipeline.vae, critic, guidance)
-    sampler = GuidedSampler(models.pipeline, reward, guidance)
+    sampler = GuidedSampler(models.pipeline, reward, guidance, offload_idle=offload_idle)
     output = sampler(
         condition,
         num_inference_steps=steps,
@@ -196,6 +197,7 @@ def generate_mesh(
         "dtype": str(models.pipeline.dtype),
         "models": {"shape": models.shape_id, "critic": models.vlm_id, "tiny": tiny},
         "guidance": guidance.to_dict(),
+        "memory": {"critic_checkpointing": checkpointing, "offload_idle": offload_idle},
         "export": {"octree_resolution": octree_resolution, **(postprocess.__dict__ if postprocess else {})},
         "versions": package_versions(),
         "records": [r.to_dict() for r in output.records],

@@ -120,6 +120,11 @@ class VLMReward:
             timings=timings,
         )
 
+    def to(self, device: torch.device | str) -> "VLMReward":
+        """Move the critic's model (the only heavy part the reward owns) to `device`."""
+        self.critic.model.to(device)
+        return self
+
     @torch.no_grad()
     def score_mesh(self, vertices: np.ndarray, faces: np.ndarray) -> RewardEvaluation:
         """r of a finished mesh from the un-jittered cameras (no gradient)."""

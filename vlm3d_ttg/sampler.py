@@ -9,10 +9,11 @@ the latent after the Euler step. With guidance off it reproduces the pipeline's 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Iterator, Protocol
 
 import numpy as np
 import torch
@@ -41,6 +42,8 @@ class LatentReward(Protocol):
     def __call__(self, latent: torch.Tensor, *, generator: torch.Generator | None = None) -> RewardEvaluation: ...
 
     def score_mesh(self, vertices: np.ndarray, faces: np.ndarray) -> RewardEvaluation: ...
+
+    def to(self, device: torch.device | str) -> Any: ...
 
 
 @dataclass
@@ -92,10 +95,18 @@ class GuidedSampler:
     """Drop-in guided sampler around a loaded hy3dgen `Hunyuan3DDiTFlowMatchingPipeline`.
 
     `reward` scores a latent (see `vlm3d_ttg.reward.VLMReward`); without it, or with
-    `config.enabled=False`, the sampler is the pipeline's own loop.
+    `config.enabled=False`, the sampler is the pipeline's own loop. `offload_idle` keeps the
+    model that is not running on the CPU (only meaningful on a GPU).
     """
 
-    def __init__(self, pipeline: Any, reward: LatentReward | None = None, config: GuidanceConfig | None = None):
+    def __init__(
+        self,
+        pipeline: Any,
+        reward: LatentReward | None = None,
+        config: GuidanceConfig | None = None,
+        *,
+        offload_idle: bool = False,
+    ):
         from hy3dgen.shapegen.pipelines import Hunyuan3DDiTFlowMatchingPipeline
 
         if not isinstance(pipeline, Hunyuan3DDiTFlowMatchingPipeline):
@@ -104,6 +115,10 @@ class GuidedSampler:
             )
         self.pipeline = pipeline
         self.reward = reward
+        # Keep whichever model is idle in CPU memory: the DiT and conditioner while the critic
+        # runs, the critic while the DiT runs. Saves GPU memory at the price of host<->device
+        # copies at every guided step (the 7B critic is ~15.5 GiB in bf16).
+        self.offload_idle = offload_idle
         self.config = (config or GuidanceConfig()).validate()
         if self.config.enabled and self.config.scale > 0 and reward is None:
             raise InvalidInputError("Guidance is enabled but no reward (critic) was given; pass one or disable guidance.")
@@ -180,6 +195,11 @@ class GuidedSampler:
         camera_generator = torch.Generator(device="cpu").manual_seed((seed or 0) + 7919)
 
         context = self.prepare(image, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale)
+        offloading = self.offload_idle and device.type != "cpu"
+        if offloading:
+            pipe.conditioner.to("cpu")  # idle once the image is encoded
+            if self.reward is not None:
+                self.reward.to("cpu")
         if context.batch_size != 1 and cfg.enabled:
             raise InvalidInputError("Guided sampling takes one conditioning image (or one multi-view dict) per call.")
         latents = pipe.prepare_latents(context.batch_size, dtype, device, generator)
@@ -225,6 +245,8 @@ class GuidedSampler:
             bar.update(1)
         bar.close()
 
+        if offloading:
+            pipe.conditioner.to(device)  # leave the pipeline as we found it
         mesh, final = None, None
         if output_type == "trimesh":
             with torch.no_grad():
@@ -236,7 +258,10 @@ class GuidedSampler:
                 logger.warning("The final latent decodes to no surface (empty mesh).")
                 mesh = None
             elif self.reward is not None:
-                final = self.reward.score_mesh(np.asarray(mesh.vertices), np.asarray(mesh.faces))
+                with self._critic_on_device():
+                    final = self.reward.score_mesh(np.asarray(mesh.vertices), np.asarray(mesh.faces))
+        if offloading and self.reward is not None:
+            self.reward.to(device)
         return SamplerOutput(
             latents=latents,
             mesh=mesh,
@@ -246,6 +271,22 @@ class GuidedSampler:
             seconds=time.perf_counter() - started,
             seed=seed,
         )
+
+    # ----------------------------------------------------------------- memory
+    @contextlib.contextmanager
+    def _critic_on_device(self) -> Iterator[None]:
+        """While the critic runs: DiT off the device, critic on it; and back afterwards."""
+        device = self.pipeline.device
+        if not (self.offload_idle and device.type != "cpu" and self.reward is not None):
+            yield
+            return
+        self.pipeline.model.to("cpu")
+        self.reward.to(device)
+        try:
+            yield
+        finally:
+            self.reward.to("cpu")
+            self.pipeline.model.to(device)
 
     # ----------------------------------------------------------------- guidance
     def _guidance_displacement(
@@ -275,14 +316,15 @@ class GuidedSampler:
         total = torch.zeros_like(latents_in, dtype=torch.float32)
         for inner in range(cfg.inner_steps):
             try:
-                evaluation = self.reward(clean + total if inner else clean, generator=camera_generator)
+                with self._critic_on_device():
+                    evaluation = self.reward(clean + total if inner else clean, generator=camera_generator)
+                    tic = time.perf_counter()
+                    (gradient,) = torch.autograd.grad(evaluation.r, target, retain_graph=inner + 1 < cfg.inner_steps)
+                    evaluation.timings["backward"] = time.perf_counter() - tic
             except EmptySurfaceError as exc:
                 record.skipped = "empty_surface"
                 logger.info("step %d (σ=%.3f): skipped, %s", record.step, sigma, exc)
                 break
-            tic = time.perf_counter()
-            (gradient,) = torch.autograd.grad(evaluation.r, target, retain_graph=inner + 1 < cfg.inner_steps)
-            evaluation.timings["backward"] = time.perf_counter() - tic
             r_value = float(evaluation.r.detach())
             grad_norm = float(gradient.float().norm())
             if not (np.isfinite(r_value) and torch.isfinite(gradient).all()):
