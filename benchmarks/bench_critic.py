@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -31,6 +30,8 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+
+from machine import machine_description
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -92,24 +93,6 @@ def timed_pair(first: Callable[[], object], second: Callable[[], object], repeat
             bucket.append(time.perf_counter() - start)
     return 1000 * min(samples[0]), 1000 * min(samples[1])
 
-
-def machine_description() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import transformers
-
-    load = os.getloadavg() if hasattr(os, "getloadavg") else ("?",)
-    return (
-        f"{cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-        f"transformers {transformers.__version__}, Python {platform.python_version()}; "
-        f"load average at start {load[0]:.1f} (the cores are shared with other jobs)"
-    )
 
 
 def images(count: int, size: int | tuple[int, int], seed: int = 0) -> torch.Tensor:

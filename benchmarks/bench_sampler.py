@@ -14,8 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import platform
 import statistics
 import sys
 import time
@@ -23,9 +21,9 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
+from machine import machine_description
 from vlm3d_ttg.critic import VLMCritic
 from vlm3d_ttg.generation import load_models
 from vlm3d_ttg.guidance import GuidanceConfig
@@ -34,19 +32,6 @@ from vlm3d_ttg.sampler import GuidedSampler
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "toy_robot.png"
 PROMPT = "a small toy robot with a round head"
-
-
-def machine() -> str:
-    """One line describing the machine the numbers come from."""
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads, load avg {os.getloadavg()[0]:.1f}"
 
 
 def run(models, config: GuidanceConfig, *, seed: int, steps: int, octree: int):
@@ -73,7 +58,7 @@ def timing(models, base: GuidanceConfig, args) -> str:
     mean = {k: statistics.mean(r.timings.get(k, 0.0) for r in rows) for k in stages}
     total = sum(mean.values())
     lines = [
-        f"Machine: {machine()}. Tiny models, {args.steps} steps, {base.num_views} views × {base.view_size}², "
+        f"Machine: {machine_description()}. Tiny models, {args.steps} steps, {base.num_views} views × {base.view_size}², "
         f"grid {base.grid_resolution}, export octree {args.octree}; best of {args.repeats}.",
         "",
         "| run | seconds | ratio |",
@@ -104,7 +89,7 @@ def sweep(models, base: GuidanceConfig, args) -> tuple[str, dict]:
     if args.no_jitter_too:
         variants.append((f"λ={args.scales[-1]:g}, no jitter", replace(base, scale=args.scales[-1], azimuth_jitter=0.0, elevation_jitter=0.0)))
     lines = [
-        f"Machine: {machine()}. {len(seeds)} seeds; tiny models; {args.steps} steps; {base.num_views} views × "
+        f"Machine: {machine_description()}. {len(seeds)} seeds; tiny models; {args.steps} steps; {base.num_views} views × "
         f"{base.view_size}²; grid {base.grid_resolution}; step_norm {base.step_norm}, cap {base.max_step_ratio}, "
         f"window {base.sigma_window}, every {base.every}. final_r: critic log-odds of the exported mesh from fixed, un-jittered cameras.",
         "",

@@ -23,7 +23,6 @@ from vlm3d_ttg.metrics import (
 from vlm3d_ttg.metrics.judge import answer_token_ids, judge_messages
 from vlm3d_ttg.tiny.hunyuan import folder_digest
 from vlm3d_ttg.tiny.metric_models import (
-    _write_folder_atomically,
     write_random_inception_weights,
     write_tiny_clip,
     write_tiny_judge,
@@ -77,16 +76,6 @@ def test_tiny_writers_are_deterministic_per_seed(tmp_path, tiny_clip_path, tiny_
 def test_random_inception_weights_are_deterministic(tmp_path, inception_path):
     again = write_random_inception_weights(tmp_path / "again.safetensors", seed=0)
     assert again.read_bytes() == inception_path.read_bytes()
-
-
-def test_folder_write_is_atomic(tmp_path):
-    def fails(staging):
-        (staging / "half.bin").write_bytes(b"x")
-        raise RuntimeError("interrupted")
-
-    with pytest.raises(RuntimeError):
-        _write_folder_atomically(tmp_path / "model", fails)
-    assert list(tmp_path.iterdir()) == []  # neither the target nor a staging folder is left
 
 
 def test_existing_folder_is_not_rewritten(tiny_clip_path):

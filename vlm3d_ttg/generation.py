@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
 
 from .errors import EmptySurfaceError
 from .export import PostprocessConfig, postprocess_mesh, save_mesh

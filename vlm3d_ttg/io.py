@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 
 @contextlib.contextmanager
@@ -61,3 +62,27 @@ def check_writable(path: str | os.PathLike) -> Path:
     if not os.access(existing, os.W_OK | os.X_OK):
         raise InvalidInputError(f"Cannot write '{target}': directory '{existing}' is not writable.")
     return target
+
+
+def write_directory_atomic(target: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+    """Create the folder `target` by running `write(staging)` in a sibling temp folder, then renaming it.
+
+    A folder that already exists and is not empty is kept as it is (it was written the same way),
+    so concurrent writers and readers never see half a folder; the loser of a race discards its copy.
+    """
+    folder = Path(target)
+    if folder.is_dir() and any(folder.iterdir()):
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        write(staging)
+        try:
+            os.rename(staging, folder)
+        except OSError:
+            if not (folder.is_dir() and any(folder.iterdir())):  # not a lost race to another writer
+                raise
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    return folder

@@ -211,7 +211,7 @@ class GuidedSampler:
         views: dict[int, torch.Tensor] = {}
         bar = tqdm(total=len(timesteps), desc="guided sampling" if guided else "sampling", disable=not progress, leave=False)
         for i, t in enumerate(timesteps):
-            sigma, sigma_next = sigmas[i], sigmas[i + 1]
+            sigma = sigmas[i]
             record = StepRecord(step=i, sigma=sigma, guided=i in guided)
             tic = time.perf_counter()
             with torch.set_grad_enabled(record.guided and cfg.grad_mode == "xt"):

@@ -29,12 +29,12 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 import yaml
+
+from ..io import write_directory_atomic
 
 TINY_SHAPE_REPO = "vlm3d-ttg/tiny-Hunyuan3D-2"
 TINY_SHAPE_SUBFOLDER = "hunyuan3d-dit-v2-0"
@@ -253,25 +253,14 @@ def write_tiny_shape_model(
     """
     from safetensors.torch import save_file
 
-    target = Path(root) / repo_id / subfolder
-    if (target / "config.yaml").is_file() and (target / "model.fp16.safetensors").is_file():
-        return target
     config = tiny_shape_config(guidance_embed=guidance_embed, multiview=multiview, turbo=turbo)
-    state = build_tiny_shape_state(config, seed)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{subfolder}.", dir=target.parent))
-    try:
+
+    def write(staging: Path) -> None:
         (staging / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-        save_file(state, str(staging / "model.fp16.safetensors"), metadata={"format": "pt"})  # one key: safetensors orders metadata by hash, per process
-        try:
-            os.rename(staging, target)
-        except OSError:
-            if not (target / "model.fp16.safetensors").is_file():  # lost a race to another writer: fine
-                raise
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
-    return target
+        # One metadata key: safetensors writes its metadata map in per-process hash order.
+        save_file(build_tiny_shape_state(config, seed), str(staging / "model.fp16.safetensors"), metadata={"format": "pt"})
+
+    return write_directory_atomic(Path(root) / repo_id / subfolder, write)
 
 
 def folder_digest(folder: str | os.PathLike) -> str:

@@ -16,12 +16,11 @@ numbers these models produce are meaningless; only the code paths are real.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
-from typing import Callable
 
 import torch
+
+from ..io import write_directory_atomic
 
 # Gemma-3's chat template, reduced to what the judge sends (a system turn is folded into the
 # first user turn as Gemma-3 does; images become <start_of_image>, which the processor expands).
@@ -50,25 +49,6 @@ GEMMA3_CHAT_TEMPLATE = (
 
 # Characters the tiny tokenizers know as whole tokens (everything else falls back to bytes or <unk>).
 _CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789.,:;?!'\"()-_/"
-
-
-def _write_folder_atomically(target: Path, write: Callable[[Path], None]) -> Path:
-    """Run `write(staging)` in a sibling temp folder, then rename it onto `target` (kept if it exists)."""
-    if target.is_dir() and any(target.iterdir()):
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        write(staging)
-        try:
-            os.rename(staging, target)
-        except OSError:
-            if not (target.is_dir() and any(target.iterdir())):  # not a lost race to another writer
-                raise
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
-    return target
 
 
 def tiny_clip_tokenizer():
@@ -121,7 +101,7 @@ def write_tiny_clip(folder: str | os.PathLike, *, seed: int = 0) -> Path:
             model = CLIPModel(config)
         model.save_pretrained(staging)
 
-    return _write_folder_atomically(Path(folder), write)
+    return write_directory_atomic(Path(folder), write)
 
 
 def tiny_gemma3_tokenizer():
@@ -204,7 +184,7 @@ def write_tiny_judge(folder: str | os.PathLike, *, seed: int = 0) -> Path:
                 projector.normal_(0.0, 0.5)
         model.save_pretrained(staging)
 
-    return _write_folder_atomically(Path(folder), write)
+    return write_directory_atomic(Path(folder), write)
 
 
 def write_random_inception_weights(path: str | os.PathLike, *, seed: int = 0) -> Path:

@@ -23,12 +23,12 @@ from __future__ import annotations
 import collections
 import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from ..io import write_directory_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -322,23 +322,12 @@ def write_tiny_vlm(folder: str | os.PathLike, *, seed: int = 0) -> Path:
     The folder appears atomically (written elsewhere, then renamed): a concurrent reader never sees
     half a checkpoint.
     """
-    target = Path(folder)
-    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
-        return target
-    model, processor = build_tiny_vlm(seed)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    def write(staging: Path) -> None:
+        model, processor = build_tiny_vlm(seed)
         model.save_pretrained(staging)
         processor.save_pretrained(staging)
-        try:
-            os.rename(staging, target)
-        except OSError:
-            if not (target / "model.safetensors").is_file():  # lost a race to another writer: fine
-                raise
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
+
+    target = write_directory_atomic(folder, write)
     logger.info("Wrote tiny Qwen2.5-VL (seed %d) to %s", seed, target)
     return target
 
