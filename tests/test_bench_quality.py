@@ -1,0 +1,321 @@
+"""The quality benchmark: set format, configurations, and the runner end to end (tiny preset, 2 processes).
+
+The end-to-end test launches `benchmarks/quality.py` with `accelerate launch` (2 CPU processes),
+SIGKILLs both workers as soon as the first item is finished, restarts, and checks that finished
+items were not redone and that the table, JSON and figure are written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vlm3d_ttg.bench import (
+    BASE,
+    NOISE_FLOOR,
+    EvalViews,
+    GenerationSettings,
+    MetricSettings,
+    RunPaths,
+    check_run,
+    load_bench_set,
+    load_config_file,
+    resolve_configs,
+)
+from vlm3d_ttg.errors import InvalidInputError
+from vlm3d_ttg.guidance import GuidanceConfig
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "benchmarks" / "quality.py"
+SHAPES = REPO / "benchmarks" / "sets" / "shapes.json"
+TINY = ["--preset", "tiny", "--steps", "6", "--views", "2", "--view-size", "56", "--grid", "32",
+        "--octree-resolution", "48", "--eval-views", "2", "--eval-size", "56", "--sigma-window", "0.1,0.9",
+        "--bootstrap", "200", "--cpu"]
+
+
+def rgba(path: Path, size: int = 64) -> Path:
+    array = np.zeros((size, size, 4), np.uint8)
+    array[16:48, 16:48] = (200, 120, 40, 255)
+    Image.fromarray(array, "RGBA").save(path)
+    return path
+
+
+# --- the set format ------------------------------------------------------------------------------
+
+
+def test_committed_set_is_valid_with_small_rgba_images():
+    bench = load_bench_set(SHAPES)
+    assert len(bench.items) == 8 and len({i.id for i in bench.items}) == 8
+    for item in bench.items:
+        assert item.image is not None and item.image.is_file()
+        assert item.image.stat().st_size < 40_000
+        image = Image.open(item.image)
+        assert image.mode == "RGBA" and image.size == (252, 252)
+        alpha = np.asarray(image)[..., 3]
+        assert 0.05 < (alpha > 0).mean() < 0.7  # an object on a transparent background
+
+
+def test_make_images_reproduces_the_committed_pictures(tmp_path):
+    sys.path.insert(0, str(REPO / "benchmarks" / "sets"))
+    try:
+        import make_images
+    finally:
+        sys.path.pop(0)
+    for name in ("mug", "desk_lamp"):
+        made = np.asarray(make_images.render_object(make_images.OBJECTS[name]()), dtype=np.int16)
+        committed = np.asarray(Image.open(REPO / "benchmarks" / "sets" / "images" / f"{name}.png"), dtype=np.int16)
+        assert made.shape == committed.shape
+        # Tolerant at silhouette pixels (renderer details such as antialiasing may change); any change
+        # of an object's parts, colours or framing moves far more than this.
+        assert (made[..., 3] == committed[..., 3]).mean() > 0.99
+        assert np.abs(made - committed).mean() < 1.0
+
+
+def test_json_and_csv_sets_load_with_optional_fields(tmp_path):
+    image = rgba(tmp_path / "pot.png")
+    (tmp_path / "set.json").write_text(json.dumps(
+        [{"id": "pot", "prompt": " a clay pot ", "image": "pot.png", "seed": 7, "notes": "x"},
+         {"id": "cup", "prompt": "a cup", "image": str(image)}]))
+    bench = load_bench_set(tmp_path / "set.json")
+    assert [i.id for i in bench.items] == ["pot", "cup"]
+    assert bench.items[0].prompt == "a clay pot" and bench.items[0].image == image.absolute()
+    assert bench.items[0].seed_for(100) == 7
+    assert bench.items[1].seed_for(0) == bench.items[1].seed_for(0) != bench.items[1].seed_for(1)
+    (tmp_path / "set.csv").write_text('id,prompt,image\npot,"a pot, glazed",pot.png\nvase,a vase,\n')
+    bench = load_bench_set(tmp_path / "set.csv")
+    assert bench.items[0].prompt == "a pot, glazed" and bench.items[1].image is None
+    assert [i.id for i in bench.items_without_image] == ["vase"]
+    assert [i.id for i in bench.select(["vase"]).items] == ["vase"]
+    with pytest.raises(InvalidInputError, match="Unknown item id"):
+        bench.select(["nope"])
+
+
+def test_every_bad_row_is_reported_with_its_row_number(tmp_path, monkeypatch):
+    monkeypatch.setenv("U2NET_HOME", str(tmp_path / "no-u2net"))
+    monkeypatch.setenv("REMBG_HOME", str(tmp_path / "no-rembg"))
+    rgba(tmp_path / "ok.png")
+    Image.new("RGB", (64, 64), (200, 10, 10)).save(tmp_path / "opaque.jpg")
+    rows = [
+        {"id": "a", "prompt": "fine", "image": "ok.png"},
+        {"id": "a", "prompt": "again"},
+        {"id": "b/c", "prompt": "x"},
+        {"id": "d", "prompt": "  "},
+        {"id": "e", "prompt": "x", "image": "missing.png"},
+        {"id": "f", "prompt": "x", "imgae": "ok.png"},
+        {"id": "g", "prompt": "x", "seed": "soon"},
+        {"id": "h", "prompt": "x", "image": "opaque.jpg"},
+        "not a row",
+    ]
+    (tmp_path / "bad.json").write_text(json.dumps({"name": "bad", "items": rows}))
+    with pytest.raises(InvalidInputError) as error:
+        load_bench_set(tmp_path / "bad.json")
+    message = str(error.value)
+    for expected in ["8 problem(s)", "row 2 (id 'a'): duplicate id (first used in row 1)", "row 3 (id 'b/c'): id must be",
+                     "row 4 (id 'd'): 'prompt' is missing", "row 5 (id 'e'): Input image", "does not exist",
+                     "row 6 (id 'f'): unknown field(s) ['imgae']", "row 7 (id 'g'): seed must be an integer",
+                     "row 8 (id 'h'):", "no transparent background", "row 9: expected an object"]:
+        assert expected in message, expected
+    (tmp_path / "bad.csv").write_text("id,text\na,b\n")
+    with pytest.raises(InvalidInputError, match=r"lacks column\(s\) \['prompt'\]"):
+        load_bench_set(tmp_path / "bad.csv")
+    (tmp_path / "set.yaml").write_text("")
+    with pytest.raises(InvalidInputError, match=".json or .csv"):
+        load_bench_set(tmp_path / "set.yaml")
+
+
+def test_rows_without_image_fail_before_any_work_when_text_to_image_is_unavailable(tmp_path, monkeypatch):
+    monkeypatch.setenv("U2NET_HOME", str(tmp_path / "no-u2net"))
+    monkeypatch.setenv("REMBG_HOME", str(tmp_path / "no-rembg"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hub"))
+    import huggingface_hub.constants as hub_constants
+
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "empty-hub"))
+    (tmp_path / "set.csv").write_text("id,prompt,image\nvase,a vase,\nbowl,a bowl,\n")
+    bench = load_bench_set(tmp_path / "set.csv")
+    configs = resolve_configs(["guided"], GuidanceConfig())
+    with pytest.raises(InvalidInputError) as error:
+        check_run(bench, configs, GenerationSettings(preset="tiny"), EvalViews(2, 56), MetricSettings(), RunPaths(tmp_path / "out"))
+    message = str(error.value)
+    assert "2 benchmark row(s) have no image (vase, bowl)" in message
+    assert "HunyuanDiT" in message and "huggingface-cli download" in message and "u2net" in message
+    assert "Fix: give those rows an 'image'" in message
+    assert not (tmp_path / "out").exists()
+
+
+def test_configurations_base_first_noise_floor_last_and_custom_file(tmp_path):
+    guidance = GuidanceConfig(num_views=3)
+    configs = resolve_configs(["single_view", "content_only"], guidance, noise_floor=True)
+    assert [c.name for c in configs] == [BASE, "single_view", "content_only", NOISE_FLOOR]
+    by_name = {c.name: c for c in configs}
+    assert not by_name[BASE].guided and not by_name[NOISE_FLOOR].guided
+    assert by_name[NOISE_FLOOR].seed_offset == 1 and by_name[BASE].seed_offset == 0
+    assert by_name["single_view"].guidance.num_views == 1 and by_name["content_only"].guidance.query == "content"
+    assert by_name["content_only"].guidance.num_views == 3
+    with pytest.raises(InvalidInputError, match="Unknown configuration 'fancy'"):
+        resolve_configs(["fancy"], guidance)
+    (tmp_path / "c.json").write_text(json.dumps({"strong": {"scale": 0.1, "sigma_window": [0.3, 0.7]}}))
+    custom = load_config_file(tmp_path / "c.json", guidance)
+    assert custom["strong"].guidance.scale == 0.1 and custom["strong"].guidance.sigma_window == (0.3, 0.7)
+    assert [c.name for c in resolve_configs(["strong"], guidance, custom=custom)] == [BASE, "strong"]
+    (tmp_path / "bad.json").write_text(json.dumps({"x": {"scael": 1}}))
+    with pytest.raises(InvalidInputError, match=r"unknown field\(s\) \['scael'\]"):
+        load_config_file(tmp_path / "bad.json", guidance)
+    (tmp_path / "bad2.json").write_text(json.dumps({"x": {"view_size": 100}}))
+    with pytest.raises(InvalidInputError, match="multiple of 28"):
+        load_config_file(tmp_path / "bad2.json", guidance)
+
+
+# --- end to end ----------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _launch_command(out: Path, extra: list[str] = ()) -> list[str]:
+    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+            "--main_process_port", str(_free_port()), str(SCRIPT),
+            "--set", str(SHAPES), "--limit", "3", "--out", str(out), *TINY, *extra]
+
+
+def _env(tiny_cache: Path) -> dict[str, str]:
+    return dict(os.environ, VLM3D_TTG_CACHE=str(tiny_cache), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+                OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+
+
+def _finished(out: Path, item: str, configs=("base", "guided")) -> bool:
+    return all((out / "items" / item / c / "record.json").is_file() for c in configs)
+
+
+def _snapshot(out: Path) -> dict[tuple[str, str], tuple[str, int]]:
+    """Per finished (item, config): the record's id and the mesh's mtime (both change if it is regenerated)."""
+    snap = {}
+    for record in out.glob("items/*/*/record.json"):
+        folder = record.parent
+        snap[(folder.parent.name, folder.name)] = (json.loads(record.read_text())["id"], (folder / "mesh.glb").stat().st_mtime_ns)
+    return snap
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_quality_benchmark_two_processes_killed_and_resumed(tiny_cache, tmp_path):
+    out = tmp_path / "run"
+    items = [i.id for i in load_bench_set(SHAPES).items[:3]]
+    env = _env(tiny_cache)
+    log_path = tmp_path / "first.log"
+
+    # 1. Start, and SIGKILL both workers as soon as the first item is finished (no cleanup code runs).
+    with open(log_path, "w") as log:
+        launcher = subprocess.Popen(_launch_command(out), stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
+    worker_pids: list[int] = []
+    deadline = time.monotonic() + 240
+    try:
+        while time.monotonic() < deadline and launcher.poll() is None:
+            worker_pids = [int(p) for p in re.findall(r"process \d+/2 \(pid (\d+)\)", log_path.read_text())]
+            if len(worker_pids) == 2 and any(_finished(out, i) for i in items):
+                break
+            time.sleep(0.1)
+        assert launcher.poll() is None, "the first run ended before it could be interrupted:\n" + log_path.read_text()
+        assert len(worker_pids) == 2, log_path.read_text()
+        for pid in worker_pids:
+            os.kill(pid, signal.SIGKILL)
+        launcher.wait(timeout=120)
+    finally:
+        for pid in worker_pids:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        if launcher.poll() is None:
+            launcher.kill()
+            launcher.wait()
+    assert launcher.returncode != 0
+    done_before = [i for i in items if _finished(out, i)]
+    assert done_before and len(done_before) < len(items), f"finished at the kill: {done_before}"
+    snapshot = _snapshot(out)  # every (item, config) pair finished at the kill
+    assert 2 * len(done_before) <= len(snapshot) < 2 * len(items)
+    assert not (out / "results.md").exists()
+
+    # 2. Restart: finished items are not redone, the rest is completed and merged.
+    second = subprocess.run(_launch_command(out), capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    output = second.stdout + second.stderr
+    assert second.returncode == 0, output
+    after = _snapshot(out)
+    assert {pair: after[pair] for pair in snapshot} == snapshot, "a finished (item, config) was regenerated"
+    assert len(after) == 2 * len(items)
+    assert not list(out.rglob("*.partial-*")), "staging folders of the killed run were left behind"
+    # Counters of the restart: exactly the (item, config) pairs not finished at the kill were generated,
+    # by both processes together; the finished ones were skipped (or, if already evaluated, not even listed).
+    counts = re.findall(r"\[rank (\d)\] (\d+) item\(s\) finished earlier \(not redone\); this process generated (\d+) "
+                        r"and skipped (\d+)", output)
+    assert sorted(rank for rank, *_ in counts) == ["0", "1"], output
+    assert sum(int(generated) for _, _, generated, _ in counts) == 2 * len(items) - len(snapshot)
+    evaluated_before = int(counts[0][1])
+    assert sum(int(skipped) for *_, skipped in counts) + 2 * evaluated_before == len(snapshot)
+    ranks = re.findall(r"process (\d+)/2 \(pid \d+\): (\d+) of (\d+) pending", output)
+    assert sorted(r for r, _, _ in ranks) == ["0", "1"]
+    assert sum(int(mine) for _, mine, _ in ranks) == int(ranks[0][2]) == len(items) - evaluated_before
+
+    # 3. The results: table, JSON and figure.
+    results = json.loads((out / "results.json").read_text())
+    assert results["n_items"] == 3 and results["items"] == items
+    assert [c["name"] for c in results["configs"]] == ["base", "guided"]
+    assert results["run"]["num_processes"] == 2
+    for name in ("base", "guided"):
+        metrics = results["metrics"][name]
+        assert metrics["n_items"] == 3
+        for key in ("clip_d", "geometry", "final_r"):
+            entry = metrics[key]
+            assert entry["n"] == 3 and entry["ci_low"] <= entry["value"] <= entry["ci_high"], (name, key, entry)
+        assert 0.0 <= metrics["geometry"]["value"] <= 1.0 and 0.0 <= metrics["clip_d"]["value"] <= 2.0
+        for key in ("fid", "clip_fid"):
+            assert metrics[key]["value"] >= 0 and metrics[key]["n_generated"] == metrics[key]["n_reference"] == 3
+            assert metrics[key]["full_rank"] is False
+        assert metrics["kid"]["n_generated"] == 3 and np.isfinite(metrics["kid"]["value"])
+    judge = results["metrics"]["guided"]["judge"]
+    assert judge["wins"] + judge["ties"] + judge["losses"] == 3 and 0.0 <= judge["win_rate"] <= 1.0
+    assert results["metrics"]["base"]["judge"] is None
+    paired = results["paired_vs_base"]["guided"]
+    clip_deltas = [results["per_item"]["guided"][i]["clip_d"] - results["per_item"]["base"][i]["clip_d"] for i in items]
+    assert paired["clip_d"]["value"] == pytest.approx(np.mean(clip_deltas))
+    assert paired["fid"]["value"] == pytest.approx(results["metrics"]["guided"]["fid"]["value"] - results["metrics"]["base"]["fid"]["value"])
+    warnings = " ".join(results["warnings"])
+    assert "Only N = 3 items" in warnings and "rank-deficient" in warnings and "Preset tiny" in warnings
+    assert "No seed-vs-seed noise floor" in warnings
+
+    markdown = (out / "results.md").read_text()
+    assert "| config | N | CLIP-D ↓ | FID ↓ | CLIP-FID ↓ | KID ↓ | Geo ↓ | judge win vs base ↑ (W/T/L) | final r ↑ |" in markdown
+    guided_row = next(line for line in markdown.splitlines() if line.startswith("| guided | 3 |"))
+    assert f"{results['metrics']['guided']['clip_d']['value']:.3f}" in guided_row
+    assert "our definition" in markdown and "input images" in markdown
+    figure = Image.open(out / "results.png")
+    assert figure.size[0] > 800 and figure.size[1] > 600
+    for item in items:
+        assert Image.open(out / "items" / item / "compare.png").size[1] > 2 * 112
+        assert len(list((out / "items" / item / "guided" / "eval_views").glob("view_*.png"))) == 2
+
+    # 4. Different settings on the same folder: an error before any model loads, nothing changed.
+    third = subprocess.run([sys.executable, str(SCRIPT), "--set", str(SHAPES), "--limit", "3", "--out", str(out), *TINY,
+                            "--scale", "0.5"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert third.returncode == 2, third.stdout + third.stderr
+    assert "made with other settings" in third.stderr and "config.guidance.scale: cached 0.03, now 0.5" in third.stderr
+    assert "--redo-stale" in third.stderr and "Traceback" not in third.stderr
+    assert _snapshot(out) == after

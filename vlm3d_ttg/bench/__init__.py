@@ -1,0 +1,44 @@
+"""The quality benchmark: benchmark sets, the sharded base-vs-guided runner, and the merged report.
+
+`benchmarks/quality.py` is the command-line front end; see benchmarks/README.md.
+"""
+
+from .benchset import BenchItem, BenchSet, load_bench_set
+from .configs import BASE, NOISE_FLOOR, PRESET_NAMES, BenchConfig, load_config_file, preset_config, resolve_configs
+from .runner import (
+    EvalViews,
+    GenerationSettings,
+    MetricSettings,
+    RunPaths,
+    ShardStats,
+    check_run,
+    prepare_tiny_models,
+    remove_staging_folders,
+    run_shard,
+    write_run_file,
+)
+from .report import write_report
+
+__all__ = [
+    "BASE",
+    "NOISE_FLOOR",
+    "PRESET_NAMES",
+    "BenchConfig",
+    "BenchItem",
+    "BenchSet",
+    "EvalViews",
+    "GenerationSettings",
+    "MetricSettings",
+    "RunPaths",
+    "ShardStats",
+    "check_run",
+    "load_bench_set",
+    "load_config_file",
+    "prepare_tiny_models",
+    "preset_config",
+    "remove_staging_folders",
+    "resolve_configs",
+    "run_shard",
+    "write_report",
+    "write_run_file",
+]

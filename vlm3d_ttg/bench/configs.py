@@ -1,0 +1,130 @@
+"""The configurations a quality benchmark compares: the unguided base and guided variants.
+
+Every configuration is a GuidanceConfig plus a seed offset; all of them run on the same items
+with the same seeds (offset 0), so per-item differences are paired. Named presets:
+
+| name          | what it is                                                                          |
+|---------------|-------------------------------------------------------------------------------------|
+| base          | Hunyuan3D-2 without guidance (the reference every other row is compared with)       |
+| guided        | VLM guidance with the paper's dual query (content match + geometric quality)        |
+| content_only  | the paper's ablation without the geometric query ("content" query)                  |
+| geometry_only | the geometric query alone                                                           |
+| single_view   | the paper's single-view ablation (the critic sees one view)                         |
+| base_seed2    | base again with the seed + 1: the seed-vs-seed noise floor of every metric          |
+
+Custom configurations come from a JSON file `{"name": {GuidanceConfig field: value, ...}}`;
+fields not given take the run's guidance options. `"seed_offset"` is accepted too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import InvalidInputError
+from ..guidance import GuidanceConfig
+
+BASE = "base"
+NOISE_FLOOR = "base_seed2"
+PRESET_NAMES = ("base", "guided", "content_only", "geometry_only", "single_view", NOISE_FLOOR)
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """One row of the results table: how shapes are generated, and the seed offset used."""
+
+    name: str
+    guidance: GuidanceConfig
+    seed_offset: int = 0
+    description: str = ""
+
+    @property
+    def guided(self) -> bool:
+        """True when the critic's gradient changes the latent."""
+        return self.guidance.enabled and self.guidance.scale > 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready description (for records and results)."""
+        return {"name": self.name, "seed_offset": self.seed_offset, "description": self.description,
+                "guidance": self.guidance.to_dict()}
+
+
+def preset_config(name: str, guidance: GuidanceConfig) -> BenchConfig:
+    """The named preset (see the module docstring) built on the run's guidance options."""
+    replace = dataclasses.replace
+    if name == "base":
+        return BenchConfig(name, replace(guidance, enabled=False), 0, "no guidance")
+    if name == "guided":
+        return BenchConfig(name, replace(guidance, enabled=True, query="dual"), 0, "dual query (paper)")
+    if name == "content_only":
+        return BenchConfig(name, replace(guidance, enabled=True, query="content"), 0, "content query only (no geometric query)")
+    if name == "geometry_only":
+        return BenchConfig(name, replace(guidance, enabled=True, query="geometry"), 0, "geometric query only")
+    if name == "single_view":
+        return BenchConfig(name, replace(guidance, enabled=True, query="dual", num_views=1), 0, "dual query, one view")
+    if name == NOISE_FLOOR:
+        return BenchConfig(name, replace(guidance, enabled=False), 1, "no guidance, seed + 1 (noise floor)")
+    raise InvalidInputError(f"Unknown configuration '{name}'; presets are {list(PRESET_NAMES)} (or define it in --config-file).")
+
+
+def load_config_file(path: str | os.PathLike, guidance: GuidanceConfig) -> dict[str, BenchConfig]:
+    """Custom configurations from a JSON file (see the module docstring), validated."""
+    file = Path(os.path.expanduser(str(path)))
+    try:
+        content = json.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InvalidInputError(f"--config-file '{file}' does not exist.") from None
+    except json.JSONDecodeError as exc:
+        raise InvalidInputError(f"--config-file '{file}' is not valid JSON: {exc}") from None
+    if not isinstance(content, dict) or not content:
+        raise InvalidInputError(f"--config-file '{file}' must be a non-empty object {{name: {{field: value}}}}.")
+    fields = {f.name for f in dataclasses.fields(GuidanceConfig)}
+    configs: dict[str, BenchConfig] = {}
+    for name, overrides in content.items():
+        if not NAME_PATTERN.match(name):
+            raise InvalidInputError(f"--config-file: configuration name {name!r} must be letters, digits, '_', '-', '.'.")
+        if not isinstance(overrides, dict):
+            raise InvalidInputError(f"--config-file: configuration '{name}' must map to an object of GuidanceConfig fields.")
+        overrides = dict(overrides)
+        seed_offset = overrides.pop("seed_offset", 0)
+        description = str(overrides.pop("description", ""))
+        unknown = sorted(set(overrides) - fields)
+        if unknown:
+            raise InvalidInputError(f"--config-file: configuration '{name}' has unknown field(s) {unknown}; fields are {sorted(fields)}.")
+        if "sigma_window" in overrides:
+            overrides["sigma_window"] = tuple(overrides["sigma_window"])
+        if not isinstance(seed_offset, int):
+            raise InvalidInputError(f"--config-file: seed_offset of '{name}' must be an integer.")
+        config = dataclasses.replace(guidance, **overrides)
+        try:
+            config.validate()
+        except InvalidInputError as exc:
+            raise InvalidInputError(f"--config-file: configuration '{name}': {exc}") from None
+        configs[name] = BenchConfig(name, config, seed_offset, description or "custom")
+    return configs
+
+
+def resolve_configs(
+    names: list[str], guidance: GuidanceConfig, *, noise_floor: bool = False, custom: dict[str, BenchConfig] | None = None
+) -> list[BenchConfig]:
+    """The configurations to run, base first (added if missing), then `names` in order, then the noise floor."""
+    custom = custom or {}
+    ordered = [BASE] + [n for n in names if n != BASE]
+    if noise_floor and NOISE_FLOOR not in ordered:
+        ordered.append(NOISE_FLOOR)
+    if len(set(ordered)) != len(ordered):
+        raise InvalidInputError(f"Configuration names repeat: {names}")
+    configs = []
+    for name in ordered:
+        config = custom[name] if name in custom else preset_config(name, guidance)
+        config.guidance.validate()
+        configs.append(config)
+    if custom.get(BASE) is not None and custom[BASE].guided:
+        raise InvalidInputError("The 'base' configuration must be unguided (it is what every other row is compared with).")
+    return configs
