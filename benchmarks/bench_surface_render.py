@@ -9,8 +9,10 @@ Measures, in one run on this machine:
 2. One guided step at the default SurfaceConfig and 4 views × 448² on the CPU backend: transformer,
    grid, marching cubes, render, backward (vertex re-queries), and the decoder queries made.
 3. The CPU renderer on a ≥100k-face marching-cubes mesh, 4 views × 448²: visibility (z-buffer vs
-   Embree), differentiable shading, backward to the vertices.
-With --write the results replace this script's section of benchmarks/RESULTS.md.
+   Embree), differentiable shading, backward to the vertices, and the silhouette antialiasing
+   (its own forward/backward time and the render's time with it vs without it).
+With --write the results replace this script's section of benchmarks/RESULTS.md; with
+`--parts renderer --write` only the renderer subsection is replaced.
 
 The tiny decoder is far cheaper per query than the real ShapeVAE (width 32 vs 1024, 32 vs 3072
 latent tokens), so its absolute decode times say little about the real model; query counts do
@@ -37,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 from vlm3d_ttg import load_shape_pipeline  # noqa: E402
 from vlm3d_ttg.io import write_text_atomic  # noqa: E402
 from vlm3d_ttg.render import Renderer, orbit_cameras  # noqa: E402
+from vlm3d_ttg.render import antialias as aa  # noqa: E402
 from vlm3d_ttg.render.raster_cpu import clip_positions, embree_face_ids, zbuffer_face_ids  # noqa: E402
 from vlm3d_ttg.surface import SurfaceConfig, extract_surface  # noqa: E402
 from vlm3d_ttg.tiny import ensure_tiny_shape_model  # noqa: E402
@@ -163,38 +166,104 @@ def bench_renderer(vae, repeats: int) -> list[str]:
     vertices, faces = 1.5 * surface.vertices.detach().float(), surface.faces
     cameras = orbit_cameras()
     clip = clip_positions(vertices, cameras.mvp)
-    covered = int((zbuffer_face_ids(clip, faces, 448) >= 0).sum())
+    face_ids = zbuffer_face_ids(clip, faces, 448)
+    covered = int((face_ids >= 0).sum())
     lines = [
         f"### CPU renderer, 4 views × 448², marching-cubes mesh of {faces.shape[0]:,} faces / {vertices.shape[0]:,} vertices"
         " (tiny-decoder surface at 192³, scaled ×1.5 to fill the views)",
         "",
         f"{covered:,} covered pixels of {4 * 448 * 448:,}; best of {repeats}; forward = visibility + "
-        "differentiable barycentrics + smooth-normal Lambert shading; backward = d(Σ w·images)/d(vertices).",
+        "differentiable barycentrics + smooth-normal Lambert shading (+ antialiasing of images and masks "
+        "where on); backward = d(Σ w·images)/d(vertices).",
         "",
-        "| visibility | visibility only (s) | forward (s) | backward (s) | forward + backward (s) |",
-        "|---|---:|---:|---:|---:|",
+        "| visibility | antialias | visibility only (s) | forward (s) | backward (s) | forward + backward (s) |",
+        "|---|---|---:|---:|---:|---:|",
     ]
     weights = torch.rand(4, 3, 448, 448, generator=torch.Generator().manual_seed(1))
+    totals = {}
     for visibility in ("zbuffer", "embree"):
-        renderer = Renderer("cpu", visibility=visibility)
         if visibility == "zbuffer":
             vis_s, _ = best_of(lambda: zbuffer_face_ids(clip_positions(vertices, cameras.mvp), faces, 448), repeats)
         else:
             vis_s, _ = best_of(lambda: embree_face_ids(vertices, faces, cameras), repeats)
-        samples = []
+        renderers = {antialias: Renderer("cpu", visibility=visibility, antialias=antialias) for antialias in (False, True)}
+        samples: dict[bool, list[tuple[float, float]]] = {False: [], True: []}
+        # With and without antialiasing alternate run by run, so both see the same load on shared cores.
         for _ in range(repeats + 1):
-            leaf = vertices.clone().requires_grad_(True)
-            t0 = time.perf_counter()
-            views = renderer(leaf, faces, cameras)
-            t1 = time.perf_counter()
-            (views.images * weights).sum().backward()
-            t2 = time.perf_counter()
-            samples.append((t1 - t0, t2 - t1))
-        forward_s, backward_s = min(samples[1:], key=sum)
-        lines.append(
-            f"| {visibility} | {vis_s:.3f} | {forward_s:.3f} | {backward_s:.3f} | {forward_s + backward_s:.3f} |"
-        )
+            for antialias, renderer in renderers.items():
+                leaf = vertices.clone().requires_grad_(True)
+                t0 = time.perf_counter()
+                views = renderer(leaf, faces, cameras)
+                t1 = time.perf_counter()
+                (views.images * weights).sum().backward()
+                t2 = time.perf_counter()
+                samples[antialias].append((t1 - t0, t2 - t1))
+        for antialias in (False, True):
+            forward_s, backward_s = min(samples[antialias][1:], key=sum)
+            totals[visibility, antialias] = forward_s + backward_s
+            lines.append(
+                f"| {visibility} | {'on' if antialias else 'off'} | {vis_s:.3f} | {forward_s:.3f} | {backward_s:.3f} | "
+                f"{forward_s + backward_s:.3f} |"
+            )
+    lines += [""] + bench_antialias_alone(vertices, faces, cameras, face_ids, repeats)
+    ratio = totals["zbuffer", True] / totals["zbuffer", False]
+    lines += [
+        "",
+        f"**Antialiasing costs {ratio:.2f}× the render without it** (z-buffer, forward + backward; "
+        f"{totals['embree', True] / totals['embree', False]:.2f}× with Embree). Runs with and without it "
+        "alternate, so both see the same load. On these 2 shared cores, 2 torch threads made runs up to "
+        "20× slower whenever the other job was busy; `OMP_NUM_THREADS=1` gives stable numbers.",
+    ]
     return lines
+
+
+def bench_antialias_alone(vertices, faces, cameras, face_ids, repeats: int) -> list[str]:
+    """The antialias op by itself on one set of rendered views (colours + mask, 4 channels)."""
+    clip = clip_positions(vertices, cameras.mvp)
+    inverse_depth = aa.visible_inverse_depth(clip, faces, face_ids)
+    images = torch.rand(4, 4, 448, 448, generator=torch.Generator().manual_seed(2))
+    topology_s, topology = best_of(lambda: aa.edge_topology(faces, vertices.shape[0]), repeats)
+    find_s, crossings = best_of(
+        lambda: aa.find_silhouette_crossings(face_ids, clip, faces, inverse_depth, topology=topology), repeats
+    )
+    nvdiffrast_rule = aa.find_silhouette_crossings(face_ids, clip, faces, inverse_depth, topology=topology, max_walk=0)
+    samples = []
+    for _ in range(repeats + 1):
+        leaf_clip = clip.clone().requires_grad_(True)
+        leaf_images = images.clone().requires_grad_(True)
+        t0 = time.perf_counter()
+        out = aa.antialias(leaf_images, face_ids, leaf_clip, faces, inverse_depth=inverse_depth)
+        t1 = time.perf_counter()
+        (out * images).sum().backward()
+        t2 = time.perf_counter()
+        samples.append((t1 - t0, t2 - t1))
+    forward_s, backward_s = min(samples[1:], key=sum)
+    mask = face_ids >= 0
+    object_background = int((mask[..., 1:] != mask[..., :-1]).sum() + (mask[:, 1:] != mask[:, :-1]).sum())
+    return [
+        "| `antialias` alone (4 channels) | time (s) |",
+        "|---|---:|",
+        f"| edge table (`edge_topology`, sort of {3 * faces.shape[0]:,} half-edges) | {topology_s:.3f} |",
+        f"| silhouette edges, candidate pairs and walks (`find_silhouette_crossings`, no grad) | {find_s:.3f} |",
+        f"| forward total (edge table + search + differentiable blend) | {forward_s:.3f} |",
+        f"| backward (to colours and clip positions) | {backward_s:.3f} |",
+        "",
+        f"{len(crossings):,} blended pixel pairs ({object_background:,} object/background pairs, plus silhouettes "
+        f"of the object in front of itself); nvdiffrast's rule (silhouette edge on the triangle seen at the "
+        f"pixel, `max_walk=0`) would blend {len(nvdiffrast_rule):,}.",
+    ]
+
+
+def replace_subsection(document: str, heading_prefix: str, text: str) -> str:
+    """`document` with the subsection of this benchmark's section that starts with `heading_prefix`
+    (up to the next `### ` heading or the section's closing notes) replaced by `text`."""
+    head, rest = document.split(SECTION_BEGIN, 1)
+    section, tail = rest.split(SECTION_END, 1)
+    start = section.index(heading_prefix)
+    ends = [i for i in (section.find("\n### ", start + 1), section.find("\nReading these numbers:", start)) if i >= 0]
+    end = min(ends) + 1 if ends else len(section)
+    section = section[:start] + text.rstrip("\n") + "\n\n" + section[end:].lstrip("\n")
+    return head + SECTION_BEGIN + section + SECTION_END + tail
 
 
 def main() -> None:
@@ -202,12 +271,31 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seeds", type=int, default=2, help="latents for the coarse-to-fine comparison")
     parser.add_argument("--write", action="store_true", help="replace this benchmark's section of benchmarks/RESULTS.md")
+    parser.add_argument(
+        "--parts",
+        default="all",
+        choices=["all", "renderer"],
+        help="'renderer': run only the renderer benchmark and (with --write) replace only its subsection",
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as cache:
         ref = ensure_tiny_shape_model(cache)
         pipeline = load_shape_pipeline(ref.repo_id, ref.subfolder, models_dir=ref.models_dir, device="cpu")
     vae = pipeline.vae
+
+    if args.parts == "renderer":
+        renderer_lines = bench_renderer(vae, args.repeats)
+        renderer_lines.insert(1, "")
+        renderer_lines.insert(
+            2, f"Machine: {machine()}. Run: {time.strftime('%Y-%m-%d %H:%M')} (this subsection only)."
+        )
+        text = "\n".join(renderer_lines) + "\n"
+        print(text)
+        if args.write:
+            results = ROOT / "benchmarks" / "RESULTS.md"
+            write_text_atomic(results, replace_subsection(results.read_text(), "### CPU renderer", text))
+        return
 
     lines = [
         SECTION_BEGIN,

@@ -10,8 +10,8 @@ back-ends give the same face ids:
 - "embree": first-hit ray casting with Intel Embree through trimesh (`embreex`), CPU only.
 
 Given the face per pixel, perspective-correct barycentrics are recomputed from the clip-space
-vertex positions *with* grad, so d(image)/d(vertices) exists wherever visibility does not change
-(no silhouette gradient on this backend).
+vertex positions *with* grad, so d(image)/d(vertices) exists wherever visibility does not change;
+the silhouette term comes from `antialias` (on by default in the renderer).
 """
 
 from __future__ import annotations
@@ -155,6 +155,7 @@ class Fragments:
     view, pixel: which image and which flat pixel index (row·size + column) each fragment is in.
     face: the visible triangle; bary: perspective-correct barycentrics (M, 3) of its 3 vertices.
     front_facing: the triangle is counter-clockwise on screen (its right-hand normal faces the camera).
+    inverse_depth: 1/w of the visible point (no grad): larger is nearer (what antialiasing compares).
     """
 
     view: torch.Tensor
@@ -162,6 +163,7 @@ class Fragments:
     face: torch.Tensor
     bary: torch.Tensor
     front_facing: torch.Tensor
+    inverse_depth: torch.Tensor
 
 
 def fragments_from_face_ids(clip: torch.Tensor, faces: torch.Tensor, face_ids: torch.Tensor) -> Fragments:
@@ -184,5 +186,13 @@ def fragments_from_face_ids(clip: torch.Tensor, faces: torch.Tensor, face_ids: t
     ) / area[:, None]
     # Screen-space barycentrics → barycentrics of the 3-D point: weight each by 1/w and renormalise.
     weighted = screen / tri[..., 3]
-    bary = weighted / weighted.sum(dim=-1, keepdim=True)
-    return Fragments(view=view, pixel=pixel, face=face, bary=bary, front_facing=(area > 0).detach())
+    inverse_depth = weighted.sum(dim=-1, keepdim=True)  # 1/w interpolates linearly on screen
+    bary = weighted / inverse_depth
+    return Fragments(
+        view=view,
+        pixel=pixel,
+        face=face,
+        bary=bary,
+        front_facing=(area > 0).detach(),
+        inverse_depth=inverse_depth[:, 0].detach(),
+    )

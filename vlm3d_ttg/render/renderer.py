@@ -5,6 +5,11 @@
 
 Faces are expected counter-clockwise seen from outside (what `vlm3d_ttg.surface` produces);
 with `ShadingConfig.two_sided` (default) a wrongly wound mesh still shades correctly.
+
+Both backends antialias silhouettes (nvdiffrast's `antialias`, or `antialias.antialias` on CPU):
+that blend is what carries d(image)/d(vertices) where pixels flip between object and background.
+On the CPU backend it can be turned off (`Renderer(antialias=False)`): point-sampled images and
+binary masks, gradients on interior pixels only.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InvalidInputError
+from . import antialias as aa
 from .cameras import Cameras
 from .nvdiffrast_backend import NvdiffrastRasterizer, nvdiffrast_unavailable_reason
 from .raster_cpu import clip_positions, embree_face_ids, fragments_from_face_ids, zbuffer_face_ids
@@ -30,8 +36,13 @@ VisibilityName = Literal["zbuffer", "embree"]
 
 @dataclass
 class RenderResult:
-    """Rendered views: images (N, 3, H, W) in [0, 1], masks (N, 1, H, W) in {0, 1}, and the
-    visible face per pixel (N, H, W), -1 on the background. Rows are top-down."""
+    """Rendered views: images (N, 3, H, W) in [0, 1], masks (N, 1, H, W), and the visible face per
+    pixel (N, H, W), -1 on the background. Rows are top-down.
+
+    Masks are coverage: 1 inside, 0 outside, and (when antialiased) a fraction at silhouette pixels,
+    differentiable in the vertices. Antialiasing can push a pixel blended from several sides
+    slightly outside [0, 1].
+    """
 
     images: torch.Tensor
     masks: torch.Tensor
@@ -60,6 +71,8 @@ class Renderer:
 
     backend: 'auto' (nvdiffrast for CUDA meshes when installed, else CPU), 'cpu' or 'nvdiffrast'.
     visibility: how the CPU backend finds the visible triangle: 'zbuffer' (torch) or 'embree'.
+    antialias: blend across silhouette edges on the CPU backend (the silhouette gradient); the
+        nvdiffrast backend always antialiases its images.
     """
 
     def __init__(
@@ -68,6 +81,7 @@ class Renderer:
         shading: ShadingConfig | None = None,
         *,
         visibility: VisibilityName = "zbuffer",
+        antialias: bool = True,
         device: torch.device | str | None = None,
     ):
         if visibility not in ("zbuffer", "embree"):
@@ -75,6 +89,7 @@ class Renderer:
         self.requested_backend = backend
         self.shading = shading or ShadingConfig()
         self.visibility = visibility
+        self.antialias = antialias
         self.device = torch.device(device) if device is not None else None
         self._nvdiffrast: NvdiffrastRasterizer | None = None
         if backend == "nvdiffrast":
@@ -91,7 +106,9 @@ class Renderer:
             images, masks, face_ids = self._nvdiffrast.render(vertices, faces, cameras, self.shading)
             images, masks, face_ids = (t.to(vertices.device) for t in (images, masks, face_ids))
             return RenderResult(images, masks, face_ids, backend)
-        images, masks, face_ids = render_cpu(vertices, faces, cameras, self.shading, visibility=self.visibility)
+        images, masks, face_ids = render_cpu(
+            vertices, faces, cameras, self.shading, visibility=self.visibility, antialias=self.antialias
+        )
         return RenderResult(images, masks, face_ids, backend)
 
 
@@ -103,9 +120,10 @@ def render_mesh(
     shading: ShadingConfig | None = None,
     backend: BackendName = "auto",
     visibility: VisibilityName = "zbuffer",
+    antialias: bool = True,
 ) -> RenderResult:
     """Render a mesh from every camera (one-off; keep a `Renderer` to reuse backend state)."""
-    return Renderer(backend, shading, visibility=visibility)(vertices, faces, cameras)
+    return Renderer(backend, shading, visibility=visibility, antialias=antialias)(vertices, faces, cameras)
 
 
 def render_cpu(
@@ -115,8 +133,10 @@ def render_cpu(
     shading: ShadingConfig,
     *,
     visibility: VisibilityName = "zbuffer",
+    antialias: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The CPU backend: visible face per pixel without grad, then shading with grad.
+    """The CPU backend: visible face per pixel without grad, then shading with grad, then (if
+    `antialias`) silhouette blending of images and masks.
 
     Returns images (N, 3, H, W), masks (N, 1, H, W) and face ids (N, H, W), rows top-down.
     """
@@ -147,6 +167,18 @@ def render_cpu(
     images = background.index_put((flat_index,), colors)
     images = images.view(n_views, size, size, 3).permute(0, 3, 1, 2)
     masks = (face_ids >= 0).to(vertices.dtype).unsqueeze(1)
+    if antialias:
+        inverse_depth = torch.zeros(n_views * size * size, dtype=vertices.dtype, device=vertices.device)
+        inverse_depth[flat_index] = frags.inverse_depth
+        # One pass over colours and coverage together: they blend with the same weights.
+        blended = aa.antialias(
+            torch.cat([images, masks], dim=1),
+            face_ids,
+            clip,
+            faces,
+            inverse_depth=inverse_depth.view(n_views, size, size),
+        )
+        images, masks = blended[:, :3], blended[:, 3:]
     return images, masks, face_ids
 
 
