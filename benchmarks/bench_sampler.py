@@ -34,6 +34,20 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "toy_robot.png"
 PROMPT = "a small toy robot with a round head"
 
 
+def parse_value(text: str):
+    """A GuidanceConfig field value from the command line: None, a number, a σ window 'lo/hi', or text."""
+    if text == "None":
+        return None
+    if "/" in text:
+        return tuple(float(part) for part in text.split("/"))
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
 def run(models, config: GuidanceConfig, *, seed: int, steps: int, octree: int):
     critic = VLMCritic(models.vlm, models.processor, PROMPT, config.query)
     reward = VLMReward.from_config(models.pipeline.vae, critic, config)
@@ -88,6 +102,9 @@ def sweep(models, base: GuidanceConfig, args) -> tuple[str, dict]:
         variants.append((f"λ={scale:g}", replace(base, scale=scale)))
     if args.no_jitter_too:
         variants.append((f"λ={args.scales[-1]:g}, no jitter", replace(base, scale=args.scales[-1], azimuth_jitter=0.0, elevation_jitter=0.0)))
+    for spec in args.variant:
+        name, _, fields = spec.partition(":")
+        variants.append((name, replace(base, **{k: parse_value(v) for k, v in (f.split("=", 1) for f in fields.split(",") if f)})))
     lines = [
         f"Machine: {machine_description()}. {len(seeds)} seeds; tiny models; {args.steps} steps; {base.num_views} views × "
         f"{base.view_size}²; grid {base.grid_resolution}; step_norm {base.step_norm}, cap {base.max_step_ratio}, "
@@ -131,6 +148,8 @@ def main() -> None:
     parser.add_argument("--scales", type=float, nargs="+", default=[0.01, 0.03, 0.1])
     parser.add_argument("--max-step-ratio", type=float, default=1.0)
     parser.add_argument("--no-jitter-too", action="store_true")
+    parser.add_argument("--variant", action="append", default=[],
+                        help="NAME:field=value,... a GuidanceConfig variant, e.g. 'cap 3:scale=0.1,max_step_ratio=3'")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
