@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -32,6 +30,8 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+
+from machine import machine_description
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -58,21 +58,6 @@ def best_of(function: Callable[[], object], repeats: int) -> tuple[float, object
         result = function()
         samples.append(time.perf_counter() - start)
     return min(samples), result
-
-
-def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (
-        f"{cpu}, {os.cpu_count()} logical cores (shared with other jobs), torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads), Python {platform.python_version()}, {platform.system()}"
-    )
 
 
 def chamfer(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -288,7 +273,7 @@ def main() -> None:
         renderer_lines = bench_renderer(vae, args.repeats)
         renderer_lines.insert(1, "")
         renderer_lines.insert(
-            2, f"Machine: {machine()}. Run: {time.strftime('%Y-%m-%d %H:%M')} (this subsection only)."
+            2, f"Machine: {machine_description()}. Run: {time.strftime('%Y-%m-%d %H:%M')} (this subsection only)."
         )
         text = "\n".join(renderer_lines) + "\n"
         print(text)
@@ -301,7 +286,7 @@ def main() -> None:
         SECTION_BEGIN,
         "## Surface extraction and rendering (`benchmarks/bench_surface_render.py`)",
         "",
-        f"Machine: {machine()}. Run: {time.strftime('%Y-%m-%d %H:%M')}. Timings are best-of-N wall times "
+        f"Machine: {machine_description()}. Run: {time.strftime('%Y-%m-%d %H:%M')}. Timings are best-of-N wall times "
         "on cores shared with other jobs.",
         "",
     ]
