@@ -22,7 +22,6 @@ carry over, and the renderer's times do not depend on the model at all.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import time
