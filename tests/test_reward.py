@@ -51,7 +51,7 @@ def test_gradient_ascent_on_the_latent_raises_r(reward):
         leaf = latent.clone().requires_grad_(True)
         evaluation = reward(leaf)
         (gradient,) = torch.autograd.grad(evaluation.r, leaf)
-        values.append(float(evaluation.r))
+        values.append(float(evaluation.r.detach()))
         latent = latent + 0.3 * gradient / gradient.norm()
     values.append(_r(reward, latent))
     assert values[-1] > values[0], values
