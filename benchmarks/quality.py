@@ -102,16 +102,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _parse_window(text: str) -> tuple[float, float]:
-    from vlm3d_ttg.errors import InvalidInputError
-
-    try:
-        lo, hi = (float(part) for part in text.split(","))
-    except ValueError:
-        raise InvalidInputError(f"--sigma-window takes 'LO,HI' (e.g. 0.2,0.85), got {text!r}") from None
-    return lo, hi
-
-
 def _metric_settings(args: argparse.Namespace, tiny_paths: dict[str, Path] | None):
     """Which metric models to use: explicit options, else the tiny ones (--preset tiny), else the defaults."""
     from vlm3d_ttg.bench import MetricSettings
@@ -168,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
     )
     from vlm3d_ttg.bench.text2image import DEFAULT_TEXT_TO_IMAGE_MODEL
     from vlm3d_ttg.cli import quiet_hy3dgen
-    from vlm3d_ttg.guidance import GuidanceConfig
+    from vlm3d_ttg.guidance import GuidanceConfig, parse_sigma_window
 
     use_cpu = args.cpu or not torch.cuda.is_available()
     state = PartialState(cpu=use_cpu, timeout=datetime.timedelta(hours=args.barrier_timeout_hours))
@@ -181,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
 
     bench = load_bench_set(args.set).select(args.items.split(",") if args.items else None, args.limit)
     guidance = GuidanceConfig(
-        scale=args.scale, step_norm=args.step_norm, sigma_window=_parse_window(args.sigma_window), every=args.every,
+        scale=args.scale, step_norm=args.step_norm, sigma_window=parse_sigma_window(args.sigma_window), every=args.every,
         inner_steps=args.inner_steps, grad_mode=args.grad_mode, num_views=pick("views"), view_size=pick("view_size"),
         grid_resolution=pick("grid"), backend=args.render_backend,
     ).validate()

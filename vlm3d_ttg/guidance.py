@@ -108,6 +108,15 @@ class GuidanceConfig:
         return dataclasses.asdict(self)
 
 
+def parse_sigma_window(text: str) -> tuple[float, float]:
+    """A σ window from the command line: 'LO,HI' (e.g. '0.2,0.85')."""
+    try:
+        lo, hi = (float(part) for part in text.split(","))
+    except ValueError:
+        raise InvalidInputError(f"--sigma-window takes 'LO,HI' (e.g. 0.2,0.85), got {text!r}") from None
+    return lo, hi
+
+
 def guided_steps(sigmas: list[float], config: GuidanceConfig) -> list[int]:
     """Indices of the sampler steps that get guidance: σ inside the window, then every k-th.
 

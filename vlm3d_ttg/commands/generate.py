@@ -17,14 +17,6 @@ class Preset(str, Enum):
     tiny = "tiny"
 
 
-def _parse_window(text: str) -> tuple[float, float]:
-    try:
-        lo, hi = (float(part) for part in text.split(","))
-    except ValueError:
-        raise InvalidInputError(f"--sigma-window takes 'LO,HI' (e.g. 0.2,0.85), got {text!r}") from None
-    return lo, hi
-
-
 def _parse_views_at(text: str) -> str | list[int]:
     if text in ("summary", "all", "none"):
         return text
@@ -79,7 +71,7 @@ def generate(
 ) -> None:
     """Generate a mesh from IMAGE with Hunyuan3D-2, guided by Qwen2.5-VL's judgement of PROMPT."""
     from ..export import PostprocessConfig, check_mesh_path
-    from ..guidance import GuidanceConfig
+    from ..guidance import GuidanceConfig, parse_sigma_window
     from ..inputs import check_condition_image
     from ..io import check_writable
     from ..manifest import manifest_path_for
@@ -110,7 +102,7 @@ def generate(
         step_norm=step_norm,  # type: ignore[arg-type]
         max_step_ratio=max_step_ratio if max_step_ratio > 0 else None,
         schedule=schedule,  # type: ignore[arg-type]
-        sigma_window=_parse_window(sigma_window),
+        sigma_window=parse_sigma_window(sigma_window),
         every=every,
         inner_steps=inner_steps,
         grad_mode=grad_mode,  # type: ignore[arg-type]
