@@ -32,13 +32,13 @@ from typing import Callable
 import torch
 
 from machine import machine_description
+from results_file import write_results_section
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from vlm3d_ttg import load_vlm  # noqa: E402
 from vlm3d_ttg.critic import VLMCritic, qwen_pixel_values  # noqa: E402
-from vlm3d_ttg.io import write_text_atomic  # noqa: E402
 from vlm3d_ttg.tiny import ensure_tiny_vlm  # noqa: E402
 
 SECTION_BEGIN = "<!-- bench_critic:begin -->"
@@ -315,15 +315,7 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     if args.write:
-        results = ROOT / "benchmarks" / "RESULTS.md"
-        current = results.read_text() if results.exists() else "# Benchmark results\n"
-        if SECTION_BEGIN in current and SECTION_END in current:
-            head, rest = current.split(SECTION_BEGIN, 1)
-            tail = rest.split(SECTION_END, 1)[1]
-            updated = head + text + tail
-        else:
-            updated = current.rstrip("\n") + "\n\n" + text + "\n"
-        write_text_atomic(results, updated)
+        write_results_section(SECTION_BEGIN, SECTION_END, text)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from typing import Callable
 import torch
 
 from machine import machine_description
+from results_file import write_results_section
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -309,15 +310,7 @@ def main() -> None:
     text = "\n".join(lines) + "\n"
     print(text)
     if args.write:
-        results = ROOT / "benchmarks" / "RESULTS.md"
-        current = results.read_text() if results.exists() else "# Benchmark results\n\n"
-        if SECTION_BEGIN in current and SECTION_END in current:
-            head, rest = current.split(SECTION_BEGIN, 1)
-            tail = rest.split(SECTION_END, 1)[1]
-            current = head + text.rstrip("\n") + tail
-        else:
-            current = current.rstrip("\n") + "\n\n" + text
-        write_text_atomic(results, current)
+        write_results_section(SECTION_BEGIN, SECTION_END, text)
 
 
 if __name__ == "__main__":
