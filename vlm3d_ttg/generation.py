@@ -34,6 +34,7 @@ class LoadedModels:
     processor: Any
     shape_id: str
     vlm_id: str
+    tiny: bool = False
 
 
 @dataclass
@@ -95,7 +96,7 @@ def load_models(
         pipeline = load_shape_pipeline(ref.repo_id, ref.subfolder, models_dir=ref.models_dir, device=torch_device, dtype=dtype)
         vlm_path = ensure_tiny_vlm(cache_dir)
         model, processor = load_vlm(vlm_path, device=torch_device, dtype=vlm_dtype)
-        return LoadedModels(pipeline, model, processor, f"{ref.repo_id}/{ref.subfolder} (tiny)", f"{vlm_path} (tiny)")
+        return LoadedModels(pipeline, model, processor, f"{ref.repo_id}/{ref.subfolder} (tiny)", f"{vlm_path} (tiny)", tiny=True)
     pipeline = load_shape_pipeline(shape_model, shape_subfolder, device=torch_device, dtype=dtype)
     model, processor = load_vlm(vlm, device=torch_device, dtype=vlm_dtype)
     spec = pipeline.variant_spec
@@ -129,6 +130,7 @@ def write_r_plot(path: str | os.PathLike, records: list[StepRecord], *, final_r:
 
 
 def generate_mesh(
+    models: LoadedModels,
     *,
     image: str | os.PathLike,
     prompt: str,
@@ -136,13 +138,6 @@ def generate_mesh(
     manifest_path: str | os.PathLike,
     guidance: GuidanceConfig,
     postprocess: PostprocessConfig | None = None,
-    tiny: bool = False,
-    shape_model: str = "tencent/Hunyuan3D-2",
-    shape_subfolder: str | None = None,
-    vlm: str = "Qwen/Qwen2.5-VL-7B-Instruct",
-    device: str = "auto",
-    dtype: str = "auto",
-    vlm_dtype: str = "auto",
     seed: int = 0,
     steps: int = 50,
     cfg: float = 5.0,
@@ -153,7 +148,6 @@ def generate_mesh(
     keep_views: str | list[int] = "summary",
     plot_path: str | os.PathLike | None = None,
     progress: bool = True,
-    models: LoadedModels | None = None,
 ) -> GenerationResult:
     """Run one (guided) generation and write its outputs atomically; see `vlm3d-ttg generate --help`.
 
@@ -165,11 +159,6 @@ def generate_mesh(
 
     started = time.perf_counter()
     condition = prepare_condition_image(image)
-    if models is None:
-        models = load_models(
-            tiny=tiny, shape_model=shape_model, shape_subfolder=shape_subfolder, vlm=vlm,
-            device=device, dtype=dtype, vlm_dtype=vlm_dtype,
-        )
     critic = VLMCritic(models.vlm, models.processor, prompt, guidance.query, activation_checkpointing=checkpointing)
     reward = VLMReward.from_config(models.pipeline.vae, critic, guidance)
     sampler = GuidedSampler(models.pipeline, reward, guidance, offload_idle=offload_idle)
@@ -194,7 +183,7 @@ def generate_mesh(
         "cfg": cfg,
         "device": str(models.pipeline.device),
         "dtype": str(models.pipeline.dtype),
-        "models": {"shape": models.shape_id, "critic": models.vlm_id, "tiny": tiny},
+        "models": {"shape": models.shape_id, "critic": models.vlm_id, "tiny": models.tiny},
         "guidance": guidance.to_dict(),
         "memory": {"critic_checkpointing": checkpointing, "offload_idle": offload_idle},
         "export": {"octree_resolution": octree_resolution, **(postprocess.__dict__ if postprocess else {})},

@@ -504,12 +504,12 @@ def generate_one(
     try:
         try:
             result = generate_mesh(
+                models,
                 image=condition_image(item, paths),
                 prompt=item.prompt,
                 out=mesh_path,
                 manifest_path=staging / "manifest.json",
                 guidance=config.guidance,
-                tiny=settings.preset == "tiny",
                 seed=seed,
                 steps=settings.steps,
                 cfg=settings.cfg,
@@ -519,7 +519,6 @@ def generate_one(
                 keep_views="summary" if config.guided else "none",
                 plot_path=staging / "r.png" if config.guided else None,
                 progress=False,
-                models=models,
             )
             final_r, final_p_yes, faces = result.final_r, result.final_p_yes, result.faces
         except EmptySurfaceError as exc:

@@ -126,18 +126,12 @@ def generate(
         raise InvalidInputError(f"--render-backend must be auto, cpu or nvdiffrast, got {render_backend!r}")
 
     from ..cli import quiet_hy3dgen
-    from ..generation import generate_mesh
+    from ..generation import generate_mesh, load_models
 
     quiet_hy3dgen()
 
     started = time.perf_counter()
-    result = generate_mesh(
-        image=image,
-        prompt=prompt,
-        out=out,
-        manifest_path=manifest_path,
-        guidance=guidance,
-        postprocess=postprocess,
+    models = load_models(
         tiny=preset == Preset.tiny,
         shape_model=shape_model,
         shape_subfolder=shape_subfolder,
@@ -145,6 +139,15 @@ def generate(
         device=device,
         dtype=dtype,
         vlm_dtype=vlm_dtype,
+    )
+    result = generate_mesh(
+        models,
+        image=image,
+        prompt=prompt,
+        out=out,
+        manifest_path=manifest_path,
+        guidance=guidance,
+        postprocess=postprocess,
         seed=seed,
         steps=steps,
         cfg=cfg,
