@@ -33,3 +33,16 @@ class EmptySurfaceError(Vlm3dError):
 
 class UnsupportedModelError(Vlm3dError):
     """The loaded model variant cannot be driven by this sampler."""
+
+
+class SkippedStepError(Vlm3dError):
+    """A guided step cannot use the critic's answer; the sampler skips the step and records `reason`.
+
+    Reasons: 'empty_surface', 'non_finite_render', 'render_out_of_range', 'non_finite_critic',
+    'non_finite_gradient'. EmptySurfaceError is the 'empty_surface' case of this family but keeps
+    its own class (extraction raises it outside guidance too).
+    """
+
+    def __init__(self, reason: str, message: str):
+        self.reason = reason
+        super().__init__(message)

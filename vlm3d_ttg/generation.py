@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import torch
 
 from .errors import EmptySurfaceError
 from .export import PostprocessConfig, postprocess_mesh, save_mesh
@@ -20,7 +21,8 @@ from .guidance import GuidanceConfig, StepRecord
 from .inputs import prepare_condition_image
 from .io import atomic_path
 from .manifest import package_versions, write_manifest
-from .models import load_shape_pipeline, load_vlm, resolve_device
+from .sampler import StepCallback
+from .models import load_shape_pipeline, load_vlm, resolve_device, resolve_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -86,19 +88,27 @@ def load_models(
     dtype: str = "auto",
     vlm_dtype: str = "auto",
     cache_dir: str | os.PathLike | None = None,
+    offload_idle: bool = False,
 ) -> LoadedModels:
-    """Load the shape pipeline and the critic (the tiny offline checkpoints when `tiny`)."""
+    """Load the shape pipeline and the critic (the tiny offline checkpoints when `tiny`).
+
+    With `offload_idle` on a GPU the critic is loaded into CPU memory (in the dtype it will run
+    in on the GPU) and the sampler brings it over at the first guided step, so loading never
+    holds both models on the GPU at once.
+    """
     torch_device = resolve_device(device)
+    critic_device = torch.device("cpu") if offload_idle else torch_device
+    critic_dtype = resolve_dtype(torch_device, vlm_dtype, half=torch.bfloat16)
     if tiny:
         from .tiny import ensure_tiny_shape_model, ensure_tiny_vlm
 
         ref = ensure_tiny_shape_model(cache_dir)
         pipeline = load_shape_pipeline(ref.repo_id, ref.subfolder, models_dir=ref.models_dir, device=torch_device, dtype=dtype)
         vlm_path = ensure_tiny_vlm(cache_dir)
-        model, processor = load_vlm(vlm_path, device=torch_device, dtype=vlm_dtype)
+        model, processor = load_vlm(vlm_path, device=critic_device, dtype=critic_dtype)
         return LoadedModels(pipeline, model, processor, f"{ref.repo_id}/{ref.subfolder} (tiny)", f"{vlm_path} (tiny)", tiny=True)
     pipeline = load_shape_pipeline(shape_model, shape_subfolder, device=torch_device, dtype=dtype)
-    model, processor = load_vlm(vlm, device=torch_device, dtype=vlm_dtype)
+    model, processor = load_vlm(vlm, device=critic_device, dtype=critic_dtype)
     spec = pipeline.variant_spec
     return LoadedModels(pipeline, model, processor, f"{spec.repo_id}/{spec.subfolder}", vlm)
 
@@ -148,10 +158,12 @@ def generate_mesh(
     keep_views: str | list[int] = "summary",
     plot_path: str | os.PathLike | None = None,
     progress: bool = True,
+    step_callback: StepCallback | None = None,
 ) -> GenerationResult:
     """Run one (guided) generation and write its outputs atomically; see `vlm3d-ttg generate --help`.
 
-    Raises EmptySurfaceError (after writing the manifest) when the final latent has no surface.
+    `step_callback` is the sampler's `callback_on_step_end`. Raises EmptySurfaceError (after
+    writing the manifest) when the final latent has no surface.
     """
     from .critic import VLMCritic
     from .reward import VLMReward
@@ -170,6 +182,7 @@ def generate_mesh(
         octree_resolution=octree_resolution,
         keep_views=keep_views,
         progress=progress,
+        callback_on_step_end=step_callback,
     )
 
     mesh = output.mesh
@@ -185,7 +198,19 @@ def generate_mesh(
         "dtype": str(models.pipeline.dtype),
         "models": {"shape": models.shape_id, "critic": models.vlm_id, "tiny": models.tiny},
         "guidance": guidance.to_dict(),
-        "memory": {"critic_checkpointing": checkpointing, "offload_idle": offload_idle},
+        "camera_seed": output.camera_seed,
+        "precision": {
+            "shape_model": str(models.pipeline.dtype),
+            "guidance_decode": str(reward.decode_dtype),
+            "critic": str(next(models.vlm.parameters()).dtype),
+            "loss_scaled_backward": sampler._half_backward(),
+            "loss_scale_overflows": output.loss_scale_overflows,
+        },
+        "memory": {
+            "critic_checkpointing": checkpointing,
+            "offload_idle": offload_idle,
+            "offload_seconds": output.offload_seconds,
+        },
         "export": {"octree_resolution": octree_resolution, **(postprocess.__dict__ if postprocess else {})},
         "versions": package_versions(),
         "records": [r.to_dict() for r in output.records],
@@ -201,7 +226,11 @@ def generate_mesh(
     if postprocess is not None:
         mesh = postprocess_mesh(mesh, postprocess)
         if final is not None and len(mesh.faces) and postprocess != PostprocessConfig():
-            final = reward.score_mesh(mesh.vertices, mesh.faces)
+            try:
+                sampler.offload.activate("critic")
+                final = reward.score_mesh(mesh.vertices, mesh.faces)
+            finally:
+                sampler.offload.restore()
     final_r = float(final.r) if final is not None else None
     mesh_path = Path(out)
     # Every output is staged as a temp file and renamed into place only when all of them were

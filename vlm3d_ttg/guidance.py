@@ -196,7 +196,8 @@ class StepRecord:
     applied_norm: float | None = None
     sampler_step_norm: float | None = None
     capped: bool = False
-    skipped: str | None = None
+    skipped: str | None = None  # why the step applied no guidance (see errors.SkippedStepError)
+    loss_scale: float | None = None  # the loss scale of a half-precision backward (None: unscaled)
     faces: int | None = None
     timings: dict[str, float] = field(default_factory=dict)
     inner: list[dict] = field(default_factory=list)

@@ -198,7 +198,17 @@ def load_shape_pipeline(
             cause=f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
         ) from exc
     pipeline.variant_spec = spec
+    freeze(pipeline.model, pipeline.vae, pipeline.conditioner)
     return pipeline
+
+
+def freeze(*modules: torch.nn.Module | None) -> None:
+    """Put models in eval mode with no parameter gradients: guidance differentiates w.r.t. latents
+    and pixels only, so a parameter `.grad` would be wasted memory (and a sign of a bug)."""
+    for module in modules:
+        if module is not None:
+            module.eval()
+            module.requires_grad_(False)
 
 
 def load_vlm(
@@ -245,7 +255,6 @@ def load_vlm(
             cause=f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
         ) from exc
     vlm.to(torch_device)
-    vlm.eval()
-    vlm.requires_grad_(False)
+    freeze(vlm)
     logger.info("Loaded VLM %s on %s (%s)", model_id, torch_device, torch_dtype)
     return vlm, processor

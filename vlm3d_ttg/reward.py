@@ -6,17 +6,26 @@ the critic sees images, the renderer sees a mesh.
 
 from __future__ import annotations
 
+import logging
+import math
 import time
 from typing import Any
 
 import numpy as np
 import torch
 
-from .errors import EmptySurfaceError
+from .errors import EmptySurfaceError, SkippedStepError
 from .guidance import GuidanceConfig
+from .precision import decode_dtype, is_half, upcast_copy
 from .render import CameraJitter, Cameras, Renderer, orbit_cameras
 from .sampler import RewardEvaluation
 from .surface import SurfaceConfig, extract_surface
+
+logger = logging.getLogger(__name__)
+
+# Antialiasing blends can leave [0, 1] by a little (clamped before the critic); a render this far
+# outside is broken shading, not rounding, and the step is skipped rather than clamped into sense.
+RENDER_RANGE_TOLERANCE = 0.1
 
 
 def coarse_resolution_for(resolution: int, finest_coarse: int = 32) -> int | None:
@@ -36,6 +45,12 @@ class VLMReward:
     `critic` is a `vlm3d_ttg.VLMCritic` (or anything mapping images (N,3,H,W) in [0,1] to an
     output with `.r` and `.p_yes`). Cameras are re-drawn with jitter at every call (against
     reward hacking); `score_mesh` uses the un-jittered cameras, so final scores are comparable.
+
+    Precision (`vlm3d_ttg.precision`): the guidance decode runs in at least float32 — a float32
+    copy of a half-precision VAE is made once — so the implicit-function weights neither overflow
+    nor underflow; renders are float32 and clamped into [0, 1] before the critic.
+    Faults in the chain (no surface, a non-finite or broken render, a non-finite critic answer)
+    raise `SkippedStepError`/`EmptySurfaceError` for the sampler to skip and record the step.
     """
 
     def __init__(
@@ -53,6 +68,14 @@ class VLMReward:
         surface_config: SurfaceConfig | None = None,
     ):
         self.vae = vae
+        vae_dtype = next(vae.parameters()).dtype
+        self.decode_dtype = decode_dtype(vae_dtype)
+        if self.decode_dtype != vae_dtype:
+            # The pipeline keeps its half-precision VAE for the export; guidance decodes with a copy.
+            self.decode_vae = upcast_copy(vae, self.decode_dtype)
+            logger.info("Guidance decodes with a %s copy of the %s ShapeVAE", self.decode_dtype, vae_dtype)
+        else:
+            self.decode_vae = vae
         self.critic = critic
         self.num_views = num_views
         self.view_size = view_size
@@ -100,30 +123,37 @@ class VLMReward:
         """
         timings: dict[str, float] = {}
         tic = time.perf_counter()
-        vae_dtype = next(self.vae.parameters()).dtype
-        surface = extract_surface(self.vae, latent.to(vae_dtype), self.surface_config)
+        surface = extract_surface(self.decode_vae, latent.to(self.decode_dtype), self.surface_config)
         timings["surface"] = time.perf_counter() - tic
 
         tic = time.perf_counter()
         cameras = self.cameras(generator=generator, device=surface.vertices.device)
         views = self.renderer(surface.vertices.float(), surface.faces, cameras)
+        images = checked_render(views.images)
         timings["render"] = time.perf_counter() - tic
 
         tic = time.perf_counter()
-        output = self.critic(views.images)
+        output = self.critic(images)
         timings["critic"] = time.perf_counter() - tic
+        r = output.r.reshape(())
+        if not math.isfinite(float(r.detach())):
+            raise SkippedStepError("non_finite_critic", f"The critic's log-odds r is {float(r.detach())}.")
         return RewardEvaluation(
-            r=output.r.reshape(()),
+            r=r,
             p_yes=float(output.p_yes.detach()),
             faces=int(surface.faces.shape[0]),
-            images=views.images.detach(),
+            images=images.detach(),
             timings=timings,
         )
 
-    def to(self, device: torch.device | str) -> "VLMReward":
-        """Move the critic's model (the only heavy part the reward owns) to `device`."""
-        self.critic.model.to(device)
-        return self
+    @property
+    def half_backward(self) -> bool:
+        """Whether a float16 backward is on this reward's gradient path (then the sampler loss-scales)."""
+        return is_half(self.decode_dtype) or is_half(next(self.critic.model.parameters()).dtype)
+
+    def offload_modules(self) -> list[torch.nn.Module]:
+        """The heavy models this reward owns, for `vlm3d_ttg.offload.IdleOffload` (the critic's)."""
+        return [self.critic.model]
 
     @torch.no_grad()
     def score_mesh(self, vertices: np.ndarray, faces: np.ndarray) -> RewardEvaluation:
@@ -135,13 +165,31 @@ class VLMReward:
         vertices_t = torch.as_tensor(np.asarray(vertices), dtype=torch.float32, device=device)
         faces_t = torch.as_tensor(np.asarray(faces, dtype=np.int64), device=device)
         views = self.renderer(vertices_t, faces_t, self.cameras(jitter=False, device=device))
+        images = checked_render(views.images)
         render_seconds = time.perf_counter() - tic
         tic = time.perf_counter()
-        output = self.critic(views.images)
+        output = self.critic(images)
         return RewardEvaluation(
             r=output.r.reshape(()).detach(),
             p_yes=float(output.p_yes.detach()),
             faces=int(faces_t.shape[0]),
-            images=views.images,
+            images=images,
             timings={"render": render_seconds, "critic": time.perf_counter() - tic},
         )
+
+
+def checked_render(images: torch.Tensor) -> torch.Tensor:
+    """Renders clamped into [0, 1] for the critic; raise SkippedStepError if they are not finite or
+    lie further than RENDER_RANGE_TOLERANCE outside [0, 1].
+
+    The clamp passes gradients wherever it does not bind (antialiased pixels a few ulps outside).
+    """
+    with torch.no_grad():
+        low, high = (float(value) for value in torch.aminmax(images.detach()))
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise SkippedStepError("non_finite_render", "The rendered views contain NaN or infinite values.")
+    if low < -RENDER_RANGE_TOLERANCE or high > 1 + RENDER_RANGE_TOLERANCE:
+        raise SkippedStepError(
+            "render_out_of_range", f"The rendered views span [{low:.3g}, {high:.3g}], far outside [0, 1]."
+        )
+    return images.clamp(0.0, 1.0)

@@ -458,8 +458,11 @@ class _ImplicitVertices(torch.autograd.Function):
         # Vertices nobody looked at get no gradient: skip their decoder queries.
         active = (grad_vertices != 0).any(dim=1).nonzero()[:, 0]
         leaf = params.detach().requires_grad_(True)
+        # No vertex got gradient (nothing visible depended on the shape): the gradient is zero,
+        # and an empty chunk must not reach the decoder (hy3dgen cannot embed 0 points).
+        chunks = active.split(config.vertex_chunk_size) if active.numel() else ()
         with torch.enable_grad():
-            for chunk in active.split(config.vertex_chunk_size):
+            for chunk in chunks:
                 g_v = grad_vertices[chunk].to(vertices.dtype)
                 if config.normal_source == "autograd":
                     points = vertices[chunk].detach().requires_grad_(True)

@@ -139,6 +139,7 @@ def generate(
         device=device,
         dtype=dtype,
         vlm_dtype=vlm_dtype,
+        offload_idle=offload_idle,
     )
     result = generate_mesh(
         models,
