@@ -109,7 +109,12 @@ def open_image(source: Any, *, what: str = "Input image") -> Image.Image:
     unreadable file, or an image smaller than MIN_IMAGE_SIDE on a side.
     """
     if isinstance(source, Image.Image):
-        image = to_rgba(source)
+        try:  # a lazily opened image still reads its file here
+            image = to_rgba(source)
+        except InvalidInputError:
+            raise
+        except _READ_ERRORS as exc:
+            raise InvalidInputError(f"Cannot read image {describe_source(source)} ({type(exc).__name__}: {exc}).") from None
     elif isinstance(source, (str, os.PathLike)):
         path = Path(source)
         if not path.exists():
