@@ -65,10 +65,16 @@ def test_table_output_and_custom_query(tiny_preset, view_files, capsys):
 
 
 def test_rgba_is_composited_over_white(tmp_path):
+    # Left half transparent red, right half opaque blue (a fully transparent image is refused: no object).
+    pixels = np.zeros((20, 30, 4), dtype=np.uint8)
+    pixels[:, :15] = (255, 0, 0, 0)
+    pixels[:, 15:] = (0, 0, 255, 255)
     path = tmp_path / "transparent.png"
-    Image.new("RGBA", (30, 20), (255, 0, 0, 0)).save(path)
+    Image.fromarray(pixels).save(path)
     image = load_image(path)
-    assert image.shape == (3, 20, 30) and torch.equal(image, torch.ones_like(image))
+    assert image.shape == (3, 20, 30)
+    assert torch.equal(image[:, :, :15], torch.ones(3, 20, 15))
+    assert torch.equal(image[:, :, 15:], torch.tensor([0.0, 0.0, 1.0])[:, None, None].expand(3, 20, 15))
 
 
 @pytest.mark.parametrize(

@@ -59,9 +59,32 @@ def postprocess_mesh(mesh: trimesh.Trimesh, config: PostprocessConfig) -> trimes
     return mesh
 
 
+# Options that make trimesh put everything in one file. Left to itself it writes side files with
+# fixed names next to the output (a .gltf's `gltf_buffer_0.bin`, a textured .obj's `material.mtl`
+# and `material_0.png`): outside the atomic staging, missing from the manifest, and overwritten by
+# the next export into the same folder, which silently corrupts the first. A .gltf therefore embeds
+# its buffers as base64 data URIs (a third larger than binary; .glb is the compact choice), and an
+# .obj is written without material files (the meshes we export carry no texture).
+_SINGLE_FILE_OPTIONS: dict[str, dict] = {
+    "gltf": {"embed_buffers": True, "merge_buffers": True},
+    "obj": {"include_texture": False},
+}
+
+
+def mesh_file_bytes(mesh: trimesh.Trimesh, file_type: str) -> bytes:
+    """The complete file of `mesh` in `file_type` (a suffix without the dot), as one self-contained blob."""
+    exported = mesh.export(file_type=file_type, **_SINGLE_FILE_OPTIONS.get(file_type, {}))
+    if isinstance(exported, dict):
+        if len(exported) != 1:  # a trimesh change brought back side files: refuse rather than lose them
+            raise RuntimeError(f"trimesh exported .{file_type} as several files {sorted(exported)}; expected one")
+        exported = next(iter(exported.values()))
+    return exported.encode("utf-8") if isinstance(exported, str) else bytes(exported)
+
+
 def save_mesh(mesh: trimesh.Trimesh, path: str | os.PathLike) -> Path:
-    """Write `mesh` to `path` atomically, in the format its suffix names."""
+    """Write `mesh` to `path` atomically, in the format its suffix names, as exactly one file."""
     target = check_mesh_path(path)
+    data = mesh_file_bytes(mesh, target.suffix.lower().lstrip("."))
     with atomic_path(target) as tmp:
-        mesh.export(str(tmp), file_type=target.suffix.lower().lstrip("."))
+        tmp.write_bytes(data)
     return target

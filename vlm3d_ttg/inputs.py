@@ -1,27 +1,30 @@
-"""Conditioning images: checked before any model loads; background removed only when needed."""
+"""Conditioning images: checked before any model loads; background removed only when needed.
+
+Reading and checking the image itself is `vlm3d_ttg.images`' job (the loader the scoring command
+uses too); this module adds what conditioning needs on top: background removal.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
-import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from .errors import InvalidInputError
+from .images import MIN_IMAGE_SIDE, check_object, describe_source, has_useful_alpha, open_image
 
 logger = logging.getLogger(__name__)
 
-MIN_IMAGE_SIDE = 16
-
-
-def has_useful_alpha(image: Image.Image) -> bool:
-    """True if the image carries an alpha channel that actually separates object from background."""
-    if "A" not in image.getbands():
-        return False
-    alpha = np.asarray(image.getchannel("A"))
-    return bool((alpha < 250).any() and (alpha > 5).any())
+__all__ = [
+    "MIN_IMAGE_SIDE",
+    "background_removal_model",
+    "check_condition_image",
+    "has_useful_alpha",
+    "prepare_condition_image",
+]
 
 
 def background_removal_model() -> str | None:
@@ -38,44 +41,46 @@ def background_removal_model() -> str | None:
     return str(legacy) if legacy.is_file() else None
 
 
-def check_condition_image(path: str | os.PathLike) -> tuple[Image.Image, bool]:
-    """Open and check a conditioning image; return (RGBA image, needs background removal).
+def check_condition_image(image: str | os.PathLike | Image.Image) -> tuple[Image.Image, bool]:
+    """Open and check a conditioning image (a path or a PIL image); return (RGBA image, needs background removal).
 
-    Raises InvalidInputError for a missing/unreadable/too small image, and for an image without
-    a useful alpha channel when hy3dgen's background remover (rembg's u2net model) is not on disk.
+    Any PIL mode is accepted (see `vlm3d_ttg.images.to_rgba`). Raises InvalidInputError for another
+    type, a missing/unreadable/too small image, a fully transparent one or one whose object is too
+    small, and for an image without a useful alpha channel when hy3dgen's background remover
+    (rembg's u2net model) is not on disk.
     """
-    source = Path(path)
-    if not source.exists():
-        raise InvalidInputError(f"Input image '{source}' does not exist.")
-    if not source.is_file():
-        raise InvalidInputError(f"Input image '{source}' is not a file.")
-    try:
-        with Image.open(source) as opened:
-            opened.load()
-            image = opened.copy()
-    except (UnidentifiedImageError, OSError) as exc:
-        raise InvalidInputError(f"Cannot read '{source}' as an image ({exc}).") from None
-    if min(image.size) < MIN_IMAGE_SIDE:
-        raise InvalidInputError(f"Input image '{source}' is {image.size[0]}×{image.size[1]}; need at least {MIN_IMAGE_SIDE} px per side.")
-    needs_removal = not has_useful_alpha(image)
+    rgba = open_image(image, what="Input image")
+    alpha_low, _ = rgba.getchannel("A").getextrema()
+    needs_removal = not has_useful_alpha(rgba)
+    if alpha_low < 250:  # the image has transparency: it must leave an object
+        check_object(rgba, image)
     if needs_removal and background_removal_model() is None:
         raise InvalidInputError(
-            f"'{source}' has no transparent background, and background removal is unavailable "
+            f"Input image {describe_source(image)} has no transparent background, and background removal is unavailable "
             "(rembg's u2net model is not on disk and cannot be downloaded here). Fix: give an RGBA "
             "image whose background is transparent, or on a machine with internet run "
             "`python -c \"import rembg; rembg.new_session()\"` once to fetch the model."
         )
-    return image.convert("RGBA"), needs_removal
+    return rgba, needs_removal
 
 
-def prepare_condition_image(path: str | os.PathLike) -> Image.Image:
-    """The RGBA conditioning image for hy3dgen, with the background removed if it had none."""
-    image, needs_removal = check_condition_image(path)
+def prepare_condition_image(image: Any) -> Image.Image:
+    """The RGBA conditioning image for hy3dgen, with the background removed if it had none.
+
+    `image` is a file path (str or os.PathLike) or a PIL image; anything else (a numpy array, a
+    tensor, a list) raises InvalidInputError naming what is accepted.
+    """
+    rgba, needs_removal = check_condition_image(image)
     if needs_removal:
         from hy3dgen.rembg import BackgroundRemover
 
-        logger.info("removing the background of %s", path)
-        image = BackgroundRemover()(image.convert("RGB"))
-    if not has_useful_alpha(image):
-        raise InvalidInputError(f"No object found in '{path}': its alpha channel is empty or fully opaque.")
-    return image
+        logger.info("removing the background of %s", describe_source(image))
+        rgba = BackgroundRemover()(rgba.convert("RGB")).convert("RGBA")
+        after = " after removing its background"
+        check_object(rgba, image, after=after)
+        if not has_useful_alpha(rgba):
+            raise InvalidInputError(
+                f"No object found in {describe_source(image)}: background removal left it fully opaque "
+                "(it found no background). Give an RGBA image whose background is transparent."
+            )
+    return rgba

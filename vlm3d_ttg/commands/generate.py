@@ -79,6 +79,11 @@ def generate(
     # ---- everything that can be wrong is checked before any model loads --------------------
     if not prompt.strip():
         raise InvalidInputError("--prompt is empty; describe the object (e.g. 'a wooden chair with four legs').")
+    from ..critic.queries import normalize_description, resolve_query
+
+    # Chat markup in the prompt or a user template is refused now, not after the models load.
+    normalize_description(prompt)
+    resolve_query(query)
     if steps < 2:
         raise InvalidInputError(f"--steps must be ≥ 2, got {steps}")
     check_writable(out)

@@ -20,36 +20,28 @@ PRESETS = ("tiny",)
 
 
 def load_image(path: Path) -> Any:
-    """An image file as a float tensor (3, H, W) in [0, 1]; transparency is composited over white (the renders' background)."""
-    import numpy as np
-    import torch
-    from PIL import Image, UnidentifiedImageError
+    """An image file as a float tensor (3, H, W) in [0, 1]; transparency is composited over white (the renders' background).
 
-    try:
-        with Image.open(path) as image:
-            image.load()
-            if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
-                rgba = image.convert("RGBA")
-                white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-                rgb = Image.alpha_composite(white, rgba).convert("RGB")
-            else:
-                rgb = image.convert("RGB")
-    except (UnidentifiedImageError, OSError) as exc:
-        raise InvalidInputError(f"Cannot read image '{path}': {exc}") from None
-    array = np.asarray(rgb, dtype=np.float32) / 255.0
-    return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+    Read by the shared loader (`vlm3d_ttg.images`), so any PIL mode is handled as for conditioning.
+    """
+    from ..images import load_view
+
+    return load_view(path)
 
 
 def load_views(paths: list[Path]) -> Any:
     """Image files of one size as a tensor (N, 3, H, W) in [0, 1]."""
     import torch
 
-    views = [load_image(path) for path in paths]
-    sizes = {tuple(view.shape[1:]) for view in views}
+    from ..images import open_image, view_tensor
+
+    # Sizes are compared before the content checks: a set of mismatched files is the first thing to fix.
+    images = [open_image(path, what="Image") for path in paths]
+    sizes = {image.size for image in images}
     if len(sizes) > 1:
-        listed = ", ".join(f"{path.name}: {view.shape[2]}x{view.shape[1]}" for path, view in zip(paths, views))
+        listed = ", ".join(f"{path.name}: {image.size[0]}x{image.size[1]}" for path, image in zip(paths, images))
         raise InvalidInputError(f"All images must have the same size (they are views of one object); got {listed}.")
-    return torch.stack(views)
+    return torch.stack([view_tensor(image, path, what="Image") for path, image in zip(paths, images)])
 
 
 def _check_inputs(paths: list[Path], preset: Optional[str], vlm: Optional[str]) -> tuple[list[Path], list[Path]]:

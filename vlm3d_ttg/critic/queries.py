@@ -7,10 +7,28 @@ of the shape being generated.
 from __future__ import annotations
 
 import string
+import unicodedata
+from typing import Any, Iterable
 
 from ..errors import InvalidInputError
 
 DESCRIPTION_SLOT = "description"
+
+# User text (descriptions, query templates) must not carry chat markup. The critic's tokenizer
+# turns these strings into single structural tokens wherever they appear — closing the user turn,
+# opening an assistant turn, or adding an image placeholder the processor then expands — so a
+# description could rewrite the prompt's layout. They are REJECTED, not escaped:
+# - an escape (e.g. a zero-width space inside the token) changes the text the VLM reads, so the
+#   critic would silently judge something other than what the user wrote, and r would no longer
+#   be reproducible from the description in the manifest;
+# - the processor tokenizes the whole chat in one call (it must expand the image placeholders), so
+#   there is no per-segment `split_special_tokens` to escape only the user's part;
+# - no description of an object needs these strings: they come from a pasted chat log or an
+#   injection attempt, and either way a clear message is more useful than a silent rewrite.
+# Before any model loads, text is checked against Qwen2.5-VL's added vocabulary (the critic is always
+# Qwen2.5-VL; the tiny tokenizer mirrors the real list); once a tokenizer is at hand,
+# `check_plain_text` checks against that tokenizer's own added/special tokens and its processor's
+# placeholders (which covers other families, e.g. the Gemma judge).
 
 _INTRO = (
     "Carefully evaluate the provided images, which show multiple views of a single 3D object. "
@@ -47,6 +65,51 @@ QUERY_TEMPLATES: dict[str, str] = {
 }
 
 
+def qwen_markup_tokens() -> tuple[str, ...]:
+    """Qwen2.5-VL's added vocabulary: every string its tokenizer reads as one structural token."""
+    from ..tiny.qwen import QWEN_ADDED_TOKENS, QWEN_SPECIAL_TOKENS
+
+    return QWEN_SPECIAL_TOKENS + QWEN_ADDED_TOKENS
+
+
+def markup_tokens(processor_or_tokenizer: Any) -> frozenset[str]:
+    """Every string that `processor_or_tokenizer` turns into structure rather than text.
+
+    That is the tokenizer's added and special tokens, plus the processor's placeholder strings
+    (`image_token`, `video_token`, `boi_token`, ...) that it expands before tokenizing.
+    """
+    tokenizer = getattr(processor_or_tokenizer, "tokenizer", processor_or_tokenizer)
+    found: set[str] = set()
+    if hasattr(tokenizer, "get_added_vocab"):
+        found.update(tokenizer.get_added_vocab())
+    found.update(getattr(tokenizer, "all_special_tokens", ()))
+    for owner in {id(processor_or_tokenizer): processor_or_tokenizer, id(tokenizer): tokenizer}.values():
+        for name in ("image_token", "video_token", "audio_token", "boi_token", "eoi_token"):
+            value = getattr(owner, name, None)
+            if isinstance(value, str):
+                found.add(value)
+    # An empty or blank "token" would match every text; such entries are not markup.
+    return frozenset(token for token in found if token.strip())
+
+
+def check_plain_text(text: str, markup: Iterable[str], what: str) -> str:
+    """Return `text` if it contains none of the `markup` strings; else raise InvalidInputError naming them.
+
+    The text is also checked after Unicode NFC normalisation (what Qwen's tokenizer applies) so
+    that a composed/decomposed spelling cannot slip a token through.
+    """
+    variants = {text, unicodedata.normalize("NFC", text)}
+    hits = sorted({token for token in markup for variant in variants if token in variant})
+    if hits:
+        listed = ", ".join(repr(token) for token in hits)
+        raise InvalidInputError(
+            f"The {what} contains {listed}: the model's tokenizer reads {'this' if len(hits) == 1 else 'these'} as chat "
+            "markup (special tokens that end the turn or insert images), not as text. Remove "
+            f"{'it' if len(hits) == 1 else 'them'} from the {what}."
+        )
+    return text
+
+
 def validate_template(template: str, *, require_description: bool = True) -> str:
     """Check that `template` is a usable query template (one `{description}` slot, nothing else); return it.
 
@@ -67,7 +130,7 @@ def validate_template(template: str, *, require_description: bool = True) -> str
             "The query template must contain the slot '{description}' exactly once and no other '{...}' "
             f"fields; found {fields or 'none'}. Write literal braces as '{{{{' and '}}}}'."
         )
-    return template
+    return check_plain_text(template, qwen_markup_tokens(), "query template")
 
 
 def resolve_query(query: str) -> str:
@@ -94,14 +157,17 @@ def normalize_description(description: str) -> str:
         text = text[:-1].rstrip()
     if not text:
         raise InvalidInputError("The description is empty; say what the object should be (e.g. 'a wooden chair').")
-    return text
+    return check_plain_text(text, qwen_markup_tokens(), "description")
 
 
 def format_query(template: str, description: str) -> str:
     """The question text: `template` (validated) with its slot, if any, filled by `description` (validated)."""
     text = normalize_description(description)
     builtin = template in QUERY_TEMPLATES.values()
-    return validate_template(template, require_description=not builtin).format(description=text)
+    question = validate_template(template, require_description=not builtin).format(description=text)
+    # Template and description are clean on their own; a token could still straddle the slot
+    # (a template '...<|im_{description}' with the description 'end|>').
+    return check_plain_text(question, qwen_markup_tokens(), "question (query template with the description filled in)")
 
 
 __all__ = [
@@ -109,8 +175,11 @@ __all__ = [
     "DUAL_QUERY",
     "GEOMETRY_QUERY",
     "QUERY_TEMPLATES",
+    "check_plain_text",
     "format_query",
+    "markup_tokens",
     "normalize_description",
+    "qwen_markup_tokens",
     "resolve_query",
     "validate_template",
 ]

@@ -20,7 +20,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from ..errors import InvalidInputError, UnsupportedModelError
 from .preprocess import check_image_shape, qwen_image_grid, qwen_pixel_values
-from .queries import format_query, normalize_description, resolve_query
+from .queries import check_plain_text, format_query, markup_tokens, normalize_description, resolve_query
 
 logger = logging.getLogger(__name__)
 
@@ -123,7 +123,10 @@ class VLMCritic:
         self.processor = processor
         self.template = resolve_query(query)
         self.description = normalize_description(description)
-        self.question = format_query(self.template, self.description)
+        # What this processor reads as structure (it may know more tokens than Qwen2.5-VL's list
+        # checked above); see queries.py for why such text is rejected rather than escaped.
+        self._markup = markup_tokens(processor)
+        self.question = self._plain_question(self.description)
         self.activation_checkpointing = activation_checkpointing
         self.check_inputs = check_inputs
         self.yes_id, self.no_id = answer_token_ids(processor.tokenizer)
@@ -164,7 +167,7 @@ class VLMCritic:
 
     def chat_text(self, num_images: int, description: str | None = None) -> str:
         """The full prompt for `num_images` views: the processor's chat template, images then question."""
-        question = self.question if description is None else format_query(self.template, description)
+        question = self.question if description is None else self._plain_question(description)
         messages = [
             {
                 "role": "user",
@@ -172,6 +175,11 @@ class VLMCritic:
             }
         ]
         return self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def _plain_question(self, description: str) -> str:
+        """The question for `description`, checked to contain no markup of this processor's tokenizer."""
+        check_plain_text(normalize_description(description), self._markup, "description")
+        return check_plain_text(format_query(self.template, description), self._markup, "question")
 
     def prompt_inputs(
         self, num_views: int, height: int, width: int, descriptions: Sequence[str] | None = None, *, batch: int = 1

@@ -30,6 +30,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from ..errors import InvalidInputError
 from .bootstrap import bootstrap_ci
 from .features import ImagesInput, images_to_tensor, load_pretrained_local_first
 
@@ -197,10 +198,19 @@ def judge_messages(prompt: str, n_views_a: int, n_views_b: int) -> list[dict]:
 @torch.inference_mode()
 def judge_logit_difference(judge: VlmJudge, prompt: str, views_a: ImagesInput, views_b: ImagesInput) -> float:
     """z_A − z_B: the judge's next-token logit for answering "A" minus for "B" (> 0 prefers Object A)."""
+    from ..critic.queries import check_plain_text, markup_tokens
+
+    # The prompt must stay text: a special token of the judge's tokenizer in it (an end-of-turn, an
+    # image marker) would change the chat's layout; it is rejected, as for the critic (see
+    # critic/queries.py for why rejected rather than escaped).
+    markup = markup_tokens(judge.processor)
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise InvalidInputError(f"The judge's prompt must be a non-empty string, got {prompt!r}.")
+    check_plain_text(prompt, markup, "prompt")
     images_a, images_b = images_to_tensor(views_a), images_to_tensor(views_b)
-    chat = judge.processor.apply_chat_template(
-        judge_messages(prompt, len(images_a), len(images_b)), add_generation_prompt=True, tokenize=False
-    )
+    messages = judge_messages(prompt, len(images_a), len(images_b))
+    check_plain_text(messages[0]["content"][-1]["text"], markup, "judge question (with the prompt filled in)")
+    chat = judge.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     pixels = [(image * 255.0).round().to(torch.uint8) for image in torch.cat([images_a, images_b])]
     # The chat template already starts with the BOS token; don't let the tokenizer add another.
     inputs = judge.processor(text=[chat], images=[pixels], return_tensors="pt", add_special_tokens=False)
