@@ -121,13 +121,39 @@ def memory_table(run: RunShape) -> list[tuple[str, float]]:
     """(item, GiB) resident on the GPU when everything stays there."""
     return [
         ("DiT weights (fp16)", DIT_PARAMS * 2 / GIB),
-        ("ShapeVAE weights (fp16)", VAE_PARAMS * 2 / GIB),
+        ("ShapeVAE weights (fp16; the export)", VAE_PARAMS * 2 / GIB),
+        ("ShapeVAE guidance-decode copy (fp32, precision policy)", VAE_PARAMS * 4 / GIB),
         ("DINOv2-giant conditioner (fp16; idle after encoding)", DINO_PARAMS * 2 / GIB),
         ("Qwen2.5-VL-7B weights (bf16)", QWEN_PARAMS * 2 / GIB),
         ("critic saved activations", critic_activation_gib(run.views, run.view_size, run.checkpointing)),
-        ("ShapeVAE transformer activations (kept for the latent backward)", VAE_LAYERS * LATENT_TOKENS * VAE_WIDTH * 12 * 2 / GIB),
+        ("ShapeVAE transformer activations (fp32, kept for the latent backward)", VAE_LAYERS * LATENT_TOKENS * VAE_WIDTH * 12 * 4 / GIB),
         ("DiT activations (grad_mode xt only)", (2 * (DIT_DOUBLE + DIT_SINGLE) * (LATENT_TOKENS + COND_TOKENS) * DIT_HIDDEN * 16 * 2 / GIB) if run.grad_mode == "xt" else 0.0),
     ]
+
+
+# Host<->device copies of --offload-idle. Pageable (not pinned) host memory over PCIe 4/5 x16
+# typically sustains 10-25 GB/s; 12 GB/s is the planning figure, not a measurement.
+PCIE_GB_PER_S = 12.0
+
+
+def offload_table(run: RunShape) -> list[tuple[str, float, float]]:
+    """(item, GiB copied per guided step, seconds at PCIE_GB_PER_S) for --offload-idle."""
+    dit, critic = DIT_PARAMS * 2, QWEN_PARAMS * 2
+    rows = [
+        ("DiT off and back (fp16)", 2 * dit),
+        ("critic on and off (bf16)", 2 * critic),
+    ]
+    return [(name, nbytes / GIB, nbytes / (PCIE_GB_PER_S * 1e9)) for name, nbytes in rows]
+
+
+def offload_peak_gib(run: RunShape) -> float:
+    """GPU memory peak with --offload-idle: the resident parts plus the larger phase."""
+    table = dict(memory_table(run))
+    resident = table["ShapeVAE weights (fp16; the export)"] + table["ShapeVAE guidance-decode copy (fp32, precision policy)"]
+    resident += table["ShapeVAE transformer activations (fp32, kept for the latent backward)"]
+    denoise = table["DiT weights (fp16)"]
+    critic = table["Qwen2.5-VL-7B weights (bf16)"] + table["critic saved activations"]
+    return resident + max(denoise, critic)
 
 
 def markdown() -> str:
@@ -158,6 +184,17 @@ def markdown() -> str:
         lines.append(f"| {name} | {a:.1f} | {b:.1f} | {c:.1f} |")
         total = [total[0] + a, total[1] + b, total[2] + c]
     lines.append(f"| **total** | **{total[0]:.1f}** | **{total[1]:.1f}** | **{total[2]:.1f}** |")
+    lines += ["", "### --offload-idle: what it saves and what it costs per guided step", "",
+              "| item | GiB copied | seconds at ~12 GB/s (pageable memory over PCIe) |", "|---|---:|---:|"]
+    copies = offload_table(base)
+    for name, gib, seconds in copies:
+        lines.append(f"| {name} | {gib:.1f} | {seconds:.2f} |")
+    per_step = sum(seconds for _, _, seconds in copies)
+    lines += ["", f"Per guided step {per_step:.1f} s of copies, {per_step * base.guided_steps():.0f} s over the "
+              f"{base.guided_steps()} guided steps of a default run; the GPU peak drops to "
+              f"{offload_peak_gib(base):.1f} GiB ({offload_peak_gib(replace(base, checkpointing=True)):.1f} GiB with "
+              "checkpointing). Measured copy seconds are in each step's `timings.offload` in the manifest. "
+              "Not available with grad_mode xt (the DiT's graph would keep its weights on the GPU)."]
     lines += ["", "Time: divide TFLOP by your GPU's sustained throughput (e.g. ~120 TFLOP/s for bf16 "
               "on an A100 at ~40% of peak: the default guided step's "
               f"{sum(t for _, t, _ in stage_table(base)):.0f} TFLOP ≈ "
