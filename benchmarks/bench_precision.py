@@ -43,6 +43,7 @@ class PrecisionRun:
     displacements: dict[int, torch.Tensor]
     seconds: float
     latents_after: dict[int, torch.Tensor]
+    final: object  # the critic's RewardEvaluation of the final mesh (fixed cameras)
 
 
 def condition_image():
@@ -97,9 +98,10 @@ def guided_run(
     tic = time.perf_counter()
     output = sampler(
         condition_image(), num_inference_steps=steps, seed=seed, octree_resolution=octree_resolution,
-        keep_views="none", callback_on_step_end=keep_displacement, progress=False,
+        callback_on_step_end=keep_displacement, progress=False,
     )
-    return PrecisionRun(output, displacements, time.perf_counter() - tic, latents_after)
+    final = reward.score_mesh(output.mesh.vertices, output.mesh.faces) if output.mesh is not None else None
+    return PrecisionRun(output, displacements, time.perf_counter() - tic, latents_after, final)
 
 
 def gradient_path_table(reference: PrecisionRun, *, config: GuidanceConfig, cache_dir: str | None = None) -> list[str]:
@@ -188,8 +190,8 @@ def compare(reference: PrecisionRun, half: PrecisionRun) -> dict:
         "chamfer": chamfer(
             np.asarray(ref_mesh.sample(points, seed=0)), np.asarray(half_mesh.sample(points, seed=0))
         ) if ref_mesh is not None and half_mesh is not None else None,
-        "final_r_fp32": float(reference.output.final.r) if reference.output.final else None,
-        "final_r_half": float(half.output.final.r) if half.output.final else None,
+        "final_r_fp32": float(reference.final.r) if reference.final else None,
+        "final_r_half": float(half.final.r) if half.final else None,
         "seconds_fp32": reference.seconds,
         "seconds_half": half.seconds,
     }

@@ -17,7 +17,7 @@ import logging
 import statistics
 import sys
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -48,12 +48,22 @@ def parse_value(text: str):
     return text
 
 
-def run(models, config: GuidanceConfig, *, seed: int, steps: int, octree: int):
+@dataclass
+class Run:
+    """One run's step records and the critic's score of its final mesh (fixed cameras)."""
+
+    records: list
+    final: object
+
+
+def run(models, config: GuidanceConfig, *, seed: int, steps: int, octree: int) -> Run:
     critic = VLMCritic(models.vlm, models.processor, PROMPT, config.query)
     reward = VLMReward.from_config(models.pipeline.vae, critic, config)
     sampler = GuidedSampler(models.pipeline, reward, config)
     image = Image.open(EXAMPLE)
-    return sampler(image, num_inference_steps=steps, seed=seed, octree_resolution=octree, keep_views="none", progress=False)
+    output = sampler(image, num_inference_steps=steps, seed=seed, octree_resolution=octree, progress=False)
+    final = reward.score_mesh(output.mesh.vertices, output.mesh.faces) if output.mesh is not None else None
+    return Run(output.records, final)
 
 
 def timing(models, base: GuidanceConfig, args) -> str:

@@ -152,9 +152,6 @@ class _NaNGradientOnce:
             evaluation.r = evaluation.r + (latent.sum() * 0.0).abs().sqrt()
         return evaluation
 
-    def score_mesh(self, vertices, faces):
-        return self.reward.score_mesh(vertices, faces)
-
 
 def test_empty_surface_and_non_finite_gradient_steps_are_skipped_and_recorded(tiny_pipeline, tiny_vlm):
     from vlm3d_ttg.critic import VLMCritic

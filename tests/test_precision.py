@@ -87,10 +87,12 @@ def test_half_precision_gradient_path_matches_float32(tiny_shape_ref, tiny_vlm_p
 
 def test_half_precision_guided_steps_follow_float32(tiny_shape_ref, tiny_vlm_path, float32_run):
     """The whole guided step in half precision, restarted every step from the float32 run's latents:
-    no skipped step, finite non-zero gradients, displacements close to float32's. The float16 DiT
-    moves x̂ by its rounding (~1e-3), and the reward gradient is a chaotic function of the latent
-    (a float32 latent perturbed that much turns it by cos ≈ 0.97–0.99, benchmarks/RESULTS.md), so
-    the bound here is looser than for the gradient path at equal latents."""
+    no skipped step, finite non-zero gradients, displacements within ±5 % and close in direction.
+    What remains is the float16 DiT's rounding of x̂ (~1e-3), and the reward gradient is a chaotic
+    function of the latent, the more so the coarser the guidance mesh: at this test's 32³ grid and
+    2 × 112² views it turns the step by up to cos 0.91; at the defaults (64³, 4 × 448²) the whole
+    step stays ≥ 0.987 over a run (benchmarks/RESULTS.md). The gradient path itself, at equal
+    latents, agrees to cos ≥ 0.9999 (the test above asserts ≥ 0.98)."""
     reference, ref_displacements, ref_latents = float32_run
     config = GuidanceConfig(**SMALL)
     sampler = guided_sampler(tiny_shape_ref, tiny_vlm_path, torch.float16, torch.bfloat16, config)
@@ -104,9 +106,9 @@ def test_half_precision_guided_steps_follow_float32(tiny_shape_ref, tiny_vlm_pat
         assert record.grad_norm is not None and 0 < record.grad_norm < float("inf")
         d_half, d_ref = half_displacements[record.step], ref_displacements[record.step]
         cosine = torch.nn.functional.cosine_similarity(d_half.flatten(), d_ref.flatten(), dim=0)
-        assert cosine >= 0.9, (record.step, float(cosine))
+        assert cosine >= 0.85, (record.step, float(cosine))
         assert float(d_half.norm() / d_ref.norm()) == pytest.approx(1.0, abs=0.05)
-    assert half.mesh is not None and half.final is not None
+    assert half.mesh is not None
 
 
 def test_half_precision_free_run_ends_close_to_float32(tiny_shape_ref, tiny_vlm_path, float32_run):
@@ -116,6 +118,7 @@ def test_half_precision_free_run_ends_close_to_float32(tiny_shape_ref, tiny_vlm_
     reference, _, _ = float32_run
     config = GuidanceConfig(**SMALL)
     sampler = guided_sampler(tiny_shape_ref, tiny_vlm_path, torch.float16, torch.bfloat16, config)
+    reference_sampler = guided_sampler(tiny_shape_ref, tiny_vlm_path, torch.float32, torch.float32, config)
     half, _, _ = run_collecting(sampler, steps=8)
     assert all(r.skipped is None and r.applied_norm > 0 for r in half.records if r.guided)
     a = reference.mesh.sample(4000, seed=0)
@@ -123,7 +126,9 @@ def test_half_precision_free_run_ends_close_to_float32(tiny_shape_ref, tiny_vlm_
     chamfer = 0.5 * (cKDTree(b).query(a)[0].mean() + cKDTree(a).query(b)[0].mean())
     # The box is ±1; a wrong dtype somewhere on the path (e.g. fp16 implicit weights) moves whole parts.
     assert chamfer < 0.03, chamfer
-    assert abs(float(half.final.r) - float(reference.final.r)) < 0.05
+    final_r = [float(s.reward.score_mesh(out.mesh.vertices, out.mesh.faces).r) for s, out in
+               ((sampler, half), (reference_sampler, reference))]
+    assert abs(final_r[0] - final_r[1]) < 0.05
 
 
 def test_models_are_frozen_and_no_parameter_gets_a_gradient(tiny_shape_ref, tiny_vlm_path):

@@ -61,7 +61,7 @@ def test_gradient_ascent_on_the_latent_raises_r(reward):
 def test_reward_reports_what_the_critic_saw(reward):
     evaluation = reward(torch.randn(1, 32, 8, generator=torch.Generator().manual_seed(2)))
     assert evaluation.images.shape == (2, 3, 112, 112)
-    assert evaluation.faces > 100
+    assert evaluation.info["faces"] > 100
     assert 0.0 < evaluation.p_yes < 1.0
     assert abs(evaluation.p_yes - float(torch.sigmoid(evaluation.r))) < 1e-6
     assert set(evaluation.timings) == {"surface", "render", "critic"}

@@ -105,13 +105,10 @@ class LinearLatentReward:
         self.weights = weights
 
     def __call__(self, latent, *, generator=None):
-        from vlm3d_ttg.sampler import RewardEvaluation
+        from vlm3d_ttg.guidance import RewardEvaluation
 
         r = (self.weights.to(latent.dtype) * latent).sum()
-        return RewardEvaluation(r=r, p_yes=float(torch.sigmoid(r.detach())), faces=0)
-
-    def score_mesh(self, vertices, faces):  # pragma: no cover - latent output only
-        raise AssertionError("not used")
+        return RewardEvaluation(r=r, p_yes=float(torch.sigmoid(r.detach())))
 
 
 @pytest.fixture(scope="module")

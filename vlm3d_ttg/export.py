@@ -6,7 +6,9 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import torch
 import trimesh
 
 from .errors import InvalidInputError
@@ -88,3 +90,33 @@ def save_mesh(mesh: trimesh.Trimesh, path: str | os.PathLike) -> Path:
     with atomic_path(target) as tmp:
         tmp.write_bytes(data)
     return target
+
+
+def latents_to_mesh(
+    pipeline: Any,
+    latents: torch.Tensor,
+    *,
+    box_v: float = 1.01,
+    mc_level: float = 0.0,
+    num_chunks: int = 8000,
+    octree_resolution: int = 384,
+) -> trimesh.Trimesh | None:
+    """Decode a final latent (1, L, C) to a mesh exactly as hy3dgen's pipeline does at the end of a run.
+
+    The same operations as the pipeline's (private) `_export`, through its public parts: the
+    ShapeVAE, `latents2mesh` (hy3dgen's volume decoder + marching cubes) and `export_to_trimesh`.
+    None when the latent decodes to no surface.
+    """
+    from hy3dgen.shapegen.pipelines import export_to_trimesh
+
+    with torch.no_grad():
+        tokens = pipeline.vae(1.0 / pipeline.vae.scale_factor * latents)
+        outputs = pipeline.vae.latents2mesh(
+            tokens, bounds=box_v, mc_level=mc_level, num_chunks=num_chunks, octree_resolution=octree_resolution,
+            mc_algo=None, enable_pbar=False,
+        )
+    mesh = export_to_trimesh(outputs)[0]
+    if mesh is None or len(mesh.faces) == 0:
+        logger.warning("The final latent decodes to no surface (empty mesh).")
+        return None
+    return mesh

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import torch
 
-from .errors import EmptySurfaceError
+from .errors import EmptySurfaceError, InvalidInputError
 from .export import PostprocessConfig, postprocess_mesh, save_mesh
 from .guidance import GuidanceConfig, StepRecord
 from .inputs import prepare_condition_image
@@ -53,17 +53,47 @@ class GenerationResult:
     plot_path: Path | None = None
 
 
+def steps_to_keep(keep_views: str | list[int], guided: list[int]) -> set[int]:
+    """Which guided steps' views to keep: "summary" (first, middle, last guided step), "all",
+    "none", or a list of step indices."""
+    if isinstance(keep_views, (list, tuple, set)):
+        return {int(s) for s in keep_views}
+    if keep_views == "all":
+        return set(guided)
+    if keep_views == "none" or not guided:
+        return set()
+    if keep_views == "summary":
+        return {guided[0], guided[len(guided) // 2], guided[-1]}
+    raise InvalidInputError(f"keep_views must be 'summary', 'all', 'none' or a list of steps, got {keep_views!r}")
+
+
+class ViewCapture:
+    """A step callback that keeps what the critic saw at chosen guided steps (uint8, on the CPU)."""
+
+    def __init__(self, keep_views: str | list[int], guided: list[int], then: StepCallback | None = None):
+        self.keep = steps_to_keep(keep_views, guided)
+        self.views: dict[int, torch.Tensor] = {}
+        self.then = then
+
+    def __call__(self, sampler: Any, step: int, sigma: float, state: dict[str, Any]) -> dict[str, Any] | None:
+        evaluation = state.get("evaluation")
+        if step in self.keep and evaluation is not None and evaluation.images is not None:
+            self.views[step] = (evaluation.images.detach().clamp(0, 1) * 255).round().to(torch.uint8).cpu()
+        return self.then(sampler, step, sigma, state) if self.then is not None else None
+
+
 def _write_view_sheets(
-    views_dir: str | os.PathLike, output: Any, final: Any, staged: Callable[[Path], Path]
+    views_dir: str | os.PathLike, records: list[StepRecord], views: dict[int, torch.Tensor], final: Any,
+    staged: Callable[[Path], Path],
 ) -> list[Path]:
     """Contact sheets of the views the critic saw at the kept steps and of the final mesh; returns
     their final paths (each is written to `staged(path)`)."""
     from .render import write_contact_sheet
 
     folder = Path(views_dir)
-    by_step = {r.step: r for r in output.records}
+    by_step = {r.step: r for r in records}
     sheets: list[Path] = []
-    for step, images in sorted(output.views.items()):
+    for step, images in sorted(views.items()):
         record = by_step[step]
         labels = [f"view {k}" for k in range(images.shape[0])]
         title = f"step {step}  sigma={record.sigma:.2f}  r={record.r:+.3f}  P(yes)={record.p_yes:.3f}"
@@ -174,19 +204,28 @@ def generate_mesh(
     critic = VLMCritic(models.vlm, models.processor, prompt, guidance.query, activation_checkpointing=checkpointing)
     reward = VLMReward.from_config(models.pipeline.vae, critic, guidance)
     sampler = GuidedSampler(models.pipeline, reward, guidance, offload_idle=offload_idle)
+    capture = ViewCapture(keep_views, sampler.guided_steps(steps), then=step_callback)
     output = sampler(
         condition,
         num_inference_steps=steps,
         guidance_scale=cfg,
         seed=seed,
         octree_resolution=octree_resolution,
-        keep_views=keep_views,
         progress=progress,
-        callback_on_step_end=step_callback,
+        callback_on_step_end=capture,
     )
 
     mesh = output.mesh
-    final = output.final
+    if mesh is not None and postprocess is not None:
+        mesh = postprocess_mesh(mesh, postprocess)
+    # The critic's score of the mesh we write (after any postprocessing), from fixed cameras.
+    final = None
+    if mesh is not None and len(mesh.faces):
+        try:
+            sampler.offload.activate("critic")
+            final = reward.score_mesh(mesh.vertices, mesh.faces)
+        finally:
+            sampler.offload.restore()
     content: dict[str, Any] = {
         "tool": "vlm3d-ttg generate",
         "image": str(image),
@@ -223,14 +262,6 @@ def generate_mesh(
         write_manifest(manifest_path, content)
         raise EmptySurfaceError(f"The final shape is empty (no surface at the export level); see {manifest_path}.")
 
-    if postprocess is not None:
-        mesh = postprocess_mesh(mesh, postprocess)
-        if final is not None and len(mesh.faces) and postprocess != PostprocessConfig():
-            try:
-                sampler.offload.activate("critic")
-                final = reward.score_mesh(mesh.vertices, mesh.faces)
-            finally:
-                sampler.offload.restore()
     final_r = float(final.r) if final is not None else None
     mesh_path = Path(out)
     # Every output is staged as a temp file and renamed into place only when all of them were
@@ -241,7 +272,8 @@ def generate_mesh(
 
         save_mesh(mesh, staged(mesh_path))
         outputs["mesh"] = str(mesh_path)
-        sheets = _write_view_sheets(views_dir, output, final, staged) if views_dir is not None else []
+        sheets = (_write_view_sheets(views_dir, output.records, capture.views, final, staged)
+                  if views_dir is not None else [])
         if sheets:
             outputs["views"] = [str(p) for p in sheets]
         if plot_path is not None:

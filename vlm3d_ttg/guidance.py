@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal, Protocol
 
 import torch
 
@@ -183,6 +183,72 @@ def guidance_displacement(
     return d.to(gradient.dtype), capped
 
 
+def predicted_clean_latent(latents: torch.Tensor, velocity: torch.Tensor, sigma: float) -> torch.Tensor:
+    """x̂ = x + (1 − σ)·v: where the straight flow from x ends at σ = 1 (data)."""
+    return latents + (1.0 - sigma) * velocity
+
+
+@dataclass(frozen=True)
+class GuidedStep:
+    """What one guided step did: the next latents, the displacement added, and whether it was capped."""
+
+    next_latents: torch.Tensor
+    displacement: torch.Tensor  # float32
+    capped: bool
+
+
+def guided_step(
+    latents: torch.Tensor,
+    sampler_next: torch.Tensor,
+    velocity: torch.Tensor,
+    sigma: float,
+    reward_gradient: torch.Tensor,
+    config: GuidanceConfig,
+) -> GuidedStep:
+    """Paper eq. 10: x_next = Sampler(x, σ) + d, with d built from g = ∇r (see guidance_displacement).
+
+    `sampler_next` is the sampler's own step from `latents` (hy3dgen's scheduler: x + (σ_next − σ)·v,
+    computed by the scheduler so that an unguided run stays bit-identical to hy3dgen's);
+    `velocity` is the DiT's velocity at `latents`; λ is `config.scale` times the schedule's weight
+    at σ.
+    """
+    displacement, capped = guidance_displacement(
+        reward_gradient,
+        predicted_clean_latent=predicted_clean_latent(latents.float(), velocity.float(), sigma),
+        sampler_step=sampler_next.float() - latents.float(),
+        scale=config.scale * schedule_weight(sigma, config),
+        step_norm=config.step_norm,
+        max_step_ratio=config.max_step_ratio,
+    )
+    displacement = displacement.float()
+    return GuidedStep(sampler_next + displacement.to(sampler_next.dtype), displacement, capped)
+
+
+@dataclass
+class RewardEvaluation:
+    """One critic evaluation of a latent: `r` is differentiable w.r.t. the latent it was given.
+
+    `images` (N, 3, H, W, detached) are what the critic saw; `info` holds reward-specific facts
+    that go into the step's record as they are (e.g. the guidance mesh's face count).
+    """
+
+    r: torch.Tensor
+    p_yes: float
+    images: torch.Tensor | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class LatentReward(Protocol):
+    """What the sampler needs from a critic: a differentiable score of a latent.
+
+    Raise `errors.SkippedStepError` (or `EmptySurfaceError`) for a latent that cannot be scored;
+    the sampler skips that step and records why.
+    """
+
+    def __call__(self, latent: torch.Tensor, *, generator: torch.Generator | None = None) -> RewardEvaluation: ...
+
+
 @dataclass
 class StepRecord:
     """What happened at one sampler step (one entry of the manifest's per-step records)."""
@@ -198,7 +264,7 @@ class StepRecord:
     capped: bool = False
     skipped: str | None = None  # why the step applied no guidance (see errors.SkippedStepError)
     loss_scale: float | None = None  # the loss scale of a half-precision backward (None: unscaled)
-    faces: int | None = None
+    reward_info: dict[str, Any] = field(default_factory=dict)  # RewardEvaluation.info (e.g. faces)
     timings: dict[str, float] = field(default_factory=dict)
     inner: list[dict] = field(default_factory=list)
 

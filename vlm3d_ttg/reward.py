@@ -15,10 +15,9 @@ import numpy as np
 import torch
 
 from .errors import EmptySurfaceError, SkippedStepError
-from .guidance import GuidanceConfig
+from .guidance import GuidanceConfig, RewardEvaluation
 from .precision import decode_dtype, is_half, upcast_copy
 from .render import CameraJitter, Cameras, Renderer, orbit_cameras
-from .sampler import RewardEvaluation
 from .surface import SurfaceConfig, extract_surface
 
 logger = logging.getLogger(__name__)
@@ -141,8 +140,8 @@ class VLMReward:
         return RewardEvaluation(
             r=r,
             p_yes=float(output.p_yes.detach()),
-            faces=int(surface.faces.shape[0]),
             images=images.detach(),
+            info={"faces": int(surface.faces.shape[0])},
             timings=timings,
         )
 
@@ -172,8 +171,8 @@ class VLMReward:
         return RewardEvaluation(
             r=output.r.reshape(()).detach(),
             p_yes=float(output.p_yes.detach()),
-            faces=int(faces_t.shape[0]),
             images=images,
+            info={"faces": int(faces_t.shape[0])},
             timings={"render": render_seconds, "critic": time.perf_counter() - tic},
         )
 

@@ -21,7 +21,16 @@ import torch
 from tqdm.auto import tqdm
 
 from .errors import EmptySurfaceError, InvalidInputError, SkippedStepError, UnsupportedModelError
-from .guidance import GuidanceConfig, StepRecord, guidance_displacement, guided_steps, schedule_weight
+from .guidance import (
+    GuidanceConfig,
+    LatentReward,
+    RewardEvaluation,
+    StepRecord,
+    guided_step,
+    guided_steps,
+    predicted_clean_latent,
+)
+from .export import latents_to_mesh
 from .offload import IdleOffload
 from .precision import LossScale, is_half
 
@@ -29,33 +38,12 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class RewardEvaluation:
-    """One critic evaluation of a latent: r is differentiable w.r.t. the latent it was given."""
-
-    r: torch.Tensor
-    p_yes: float
-    faces: int
-    images: torch.Tensor | None = None  # (N, 3, H, W) what the critic saw, detached
-    timings: dict[str, float] = field(default_factory=dict)
-
-
-class LatentReward(Protocol):
-    """What the sampler needs from a critic: score a latent (differentiably) and a final mesh."""
-
-    def __call__(self, latent: torch.Tensor, *, generator: torch.Generator | None = None) -> RewardEvaluation: ...
-
-    def score_mesh(self, vertices: np.ndarray, faces: np.ndarray) -> RewardEvaluation: ...
-
-
-@dataclass
 class SamplerOutput:
-    """The result of a run: final latents, the exported mesh, and the per-step record."""
+    """The result of a run: final latents, the decoded mesh, and the per-step record."""
 
     latents: torch.Tensor
-    mesh: Any | None  # trimesh.Trimesh, or None for output_type="latent"
+    mesh: Any | None  # trimesh.Trimesh, or None for output_type="latent" or an empty surface
     records: list[StepRecord]
-    final: RewardEvaluation | None
-    views: dict[int, torch.Tensor]  # step -> images the critic saw at that step (uint8, N,3,H,W)
     seconds: float
     seed: int | None
     camera_seed: int | None = None
@@ -78,10 +66,7 @@ class SamplingContext:
 
 StepCallback = Callable[["GuidedSampler", int, float, dict[str, Any]], dict[str, Any] | None]
 
-
-def predicted_clean_latent(latents: torch.Tensor, velocity: torch.Tensor, sigma: float) -> torch.Tensor:
-    """x̂ = x + (1 − σ)·v: where the straight flow from x ends at σ = 1 (data)."""
-    return latents + (1.0 - sigma) * velocity
+__all__ = ["GuidedSampler", "LatentReward", "RewardEvaluation", "SamplerOutput", "SamplingContext", "derive_camera_seed"]
 
 
 def classifier_free_guidance(velocity_batch: torch.Tensor, guidance_scale: float) -> torch.Tensor:
@@ -163,6 +148,20 @@ class GuidedSampler:
         sigmas = [float(s) for s in _scheduler_sigmas(pipe.scheduler)]
         return SamplingContext(cond, do_cfg, guidance_scale, guidance_embedding, timesteps, sigmas, batch_size)
 
+    def schedule(self, num_inference_steps: int) -> list[float]:
+        """σ of each step of a run with `num_inference_steps` (plus the scheduler's appended σ = 1)."""
+        from hy3dgen.shapegen.pipelines import retrieve_timesteps
+
+        pipe = self.pipeline
+        retrieve_timesteps(pipe.scheduler, num_inference_steps, pipe.device, sigmas=np.linspace(0, 1, num_inference_steps))
+        return [float(s) for s in _scheduler_sigmas(pipe.scheduler)]
+
+    def guided_steps(self, num_inference_steps: int) -> list[int]:
+        """The steps a run with `num_inference_steps` will guide (none without a reward)."""
+        if self.reward is None:
+            return []
+        return guided_steps(self.schedule(num_inference_steps), self.config)
+
     def velocity(self, latents: torch.Tensor, step: int, context: SamplingContext) -> torch.Tensor:
         """The DiT's (CFG-combined) velocity at `latents` for step `step`, exactly as hy3dgen computes it."""
         pipe = self.pipeline
@@ -187,29 +186,27 @@ class GuidedSampler:
         num_chunks: int = 8000,
         mc_level: float = 0.0,
         box_v: float = 1.01,
-        keep_views: str | list[int] = "summary",
         callback_on_step_end: StepCallback | None = None,
         progress: bool = True,
     ) -> SamplerOutput:
         """Run the (guided) flow loop for one conditioning image; return latents, mesh and records.
 
-        `keep_views`: which guided steps' renders to return ("summary" = first, middle and last
-        guided step, "all", "none", or a list of step indices). `callback_on_step_end(sampler,
-        step, sigma, state)` is called after every step with state {"latents", "record",
-        "displacement" (the guidance added at this step, float32, or None)}; it may
-        return {"latents": tensor} to replace the latents. Camera jitter draws from its own
-        stream, seeded by `camera_seed` or else derived from the run's generator (its state
-        before the noise is drawn), so same seed → same cameras and different generators →
-        different cameras; the seed used is in `SamplerOutput.camera_seed`.
+        `guidance_scale` is the shape model's classifier-free guidance (hy3dgen's name); the
+        critic's strength is `GuidanceConfig.scale`. `callback_on_step_end(sampler, step, sigma,
+        state)` is called after every step with state {"latents", "record", "displacement" (the
+        guidance added at this step, float32, or None), "evaluation" (the critic's
+        RewardEvaluation at a guided step: r, the views it saw, ...; or None)}; it may return
+        {"latents": tensor} to replace the latents. Camera jitter draws from its own stream,
+        seeded by `camera_seed` or else derived from the run's generator (its state before the
+        noise is drawn): same seed → same cameras, different generators → different cameras; the
+        seed used is in `SamplerOutput.camera_seed`.
         """
         if num_inference_steps < 2:
             raise InvalidInputError(f"num_inference_steps must be ≥ 2, got {num_inference_steps}")
         if output_type not in ("trimesh", "latent"):
             raise InvalidInputError(f"output_type must be 'trimesh' or 'latent', got {output_type!r}")
         started = time.perf_counter()
-        pipe = self.pipeline
-        cfg = self.config
-        device, dtype = pipe.device, pipe.dtype
+        pipe, config, offload = self.pipeline, self.config, self.offload
         if generator is None and seed is not None:
             generator = torch.Generator(device="cpu").manual_seed(seed)
         if camera_seed is None:
@@ -217,79 +214,63 @@ class GuidedSampler:
         # Camera jitter draws from its own stream so guidance never shifts the sampler's noise.
         camera_generator = torch.Generator(device="cpu").manual_seed(camera_seed)
         loss_scale = LossScale.for_half_backward(self._half_backward())
-
-        offload = self.offload
+        records: list[StepRecord] = []
         try:
+            # 1. Encode the condition; draw the initial noise.
             offload.activate("condition")
             context = self.prepare(image, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale)
             offload.activate("denoise")
-            if context.batch_size != 1 and cfg.enabled:
+            if context.batch_size != 1 and config.enabled:
                 raise InvalidInputError("Guided sampling takes one conditioning image (or one multi-view dict) per call.")
-            latents = pipe.prepare_latents(context.batch_size, dtype, device, generator)
-            timesteps, sigmas = context.timesteps, context.sigmas
-            guided = set(guided_steps(sigmas, cfg)) if self.reward is not None else set()
-            keep = self._steps_to_keep(keep_views, sorted(guided))
+            latents = pipe.prepare_latents(context.batch_size, pipe.dtype, pipe.device, generator)
+            guided = set(guided_steps(context.sigmas, config)) if self.reward is not None else set()
 
-            records: list[StepRecord] = []
-            views: dict[int, torch.Tensor] = {}
-            bar = tqdm(total=len(timesteps), desc="guided sampling" if guided else "sampling", disable=not progress, leave=False)
-            for i, t in enumerate(timesteps):
-                sigma = sigmas[i]
+            bar = tqdm(total=len(context.timesteps), desc="guided sampling" if guided else "sampling",
+                       disable=not progress, leave=False)
+            for i, t in enumerate(context.timesteps):
+                sigma = context.sigmas[i]
                 record = StepRecord(step=i, sigma=sigma, guided=i in guided)
-                exact_gradient = record.guided and cfg.grad_mode == "xt"
+                exact_gradient = record.guided and config.grad_mode == "xt"
+
+                # 2. The DiT's velocity (with a graph only for the exact gradient).
                 record.timings["offload"] = offload.activate("denoise")
                 tic = time.perf_counter()
                 with torch.set_grad_enabled(exact_gradient):
                     # xt: a float32 leaf, so the (loss-scaled) gradient reaches it in float32.
                     latents_in = latents.detach().float().requires_grad_(True) if exact_gradient else latents
-                    velocity = self.velocity(latents_in.to(dtype), i, context)
+                    velocity = self.velocity(latents_in.to(pipe.dtype), i, context)
                 record.timings["dit"] = time.perf_counter() - tic
 
-                # The sampler's own step (hy3dgen's scheduler: x + (σ_next − σ)·v).
+                # 3. The sampler's own step (hy3dgen's scheduler: x + (σ_next − σ)·v).
                 next_latents = pipe.scheduler.step(velocity.detach(), t, latents).prev_sample
 
-                displacement = None
+                # 4. Guidance: x_next = Sampler(x, σ) + d(∇r)   (paper eq. 10; guidance.guided_step)
+                displacement, evaluation = None, None
                 if record.guided:
-                    # --- guidance: the one insertion into the loop --------------------------------
                     record.timings["offload"] += offload.activate("critic")
-                    displacement = self._guidance_displacement(
-                        record, latents_in, velocity, next_latents - latents, sigma, camera_generator, keep, views,
-                        loss_scale,
-                    )
+                    displacement, evaluation = self._guide(
+                        record, latents, latents_in, velocity, next_latents, sigma, camera_generator, loss_scale)
                     if displacement is not None:
                         next_latents = next_latents + displacement.to(next_latents.dtype)
                 latents = next_latents.detach()
                 records.append(record)
 
+                # 5. The step callback (diffusers' callback_on_step_end).
                 if callback_on_step_end is not None:
-                    replaced = callback_on_step_end(
-                        self, i, sigma, {"latents": latents, "record": record, "displacement": displacement}
-                    )
+                    state = {"latents": latents, "record": record, "displacement": displacement, "evaluation": evaluation}
+                    replaced = callback_on_step_end(self, i, sigma, state)
                     if replaced and "latents" in replaced:
                         latents = replaced["latents"]
-                postfix = {"σ": f"{sigma:.2f}"}
-                if record.r is not None:
-                    postfix["r"] = f"{record.r:+.3f}"
-                if record.skipped:
-                    postfix["skip"] = record.skipped
-                bar.set_postfix(postfix, refresh=False)
+                bar.set_postfix(_progress_postfix(record), refresh=False)
                 bar.update(1)
             bar.close()
 
-            mesh, final = None, None
+            # 6. Decode the final latent to a mesh (hy3dgen's export, with its VAE next to the DiT).
+            mesh = None
             if output_type == "trimesh":
-                offload.activate("denoise")  # the export decodes with the pipeline's VAE, next to the DiT
-                with torch.no_grad():
-                    meshes = pipe._export(
-                        latents, "trimesh", box_v, mc_level, num_chunks, octree_resolution, None, enable_pbar=False
-                    )
-                mesh = meshes[0]
-                if mesh is None or len(mesh.faces) == 0:
-                    logger.warning("The final latent decodes to no surface (empty mesh).")
-                    mesh = None
-                elif self.reward is not None:
-                    offload.activate("critic")
-                    final = self.reward.score_mesh(np.asarray(mesh.vertices), np.asarray(mesh.faces))
+                offload.activate("denoise")
+                mesh = latents_to_mesh(pipe, latents, box_v=box_v, mc_level=mc_level, num_chunks=num_chunks,
+                                       octree_resolution=octree_resolution)
         finally:
             # Every model back where it was, also when a step raised or the user pressed Ctrl-C.
             offload.restore()
@@ -297,8 +278,6 @@ class GuidedSampler:
             latents=latents,
             mesh=mesh,
             records=records,
-            final=final,
-            views=views,
             seconds=time.perf_counter() - started,
             seed=seed,
             camera_seed=camera_seed,
@@ -306,7 +285,7 @@ class GuidedSampler:
             loss_scale_overflows=loss_scale.overflows,
         )
 
-    # ----------------------------------------------------------------- memory and precision
+    # ----------------------------------------------------------------- precision
     def _half_backward(self) -> bool:
         """Whether any backward of this run's guidance passes through float16 (then it is loss-scaled)."""
         if self.reward is None or not self.config.enabled:
@@ -315,94 +294,89 @@ class GuidedSampler:
         return dit_half or bool(getattr(self.reward, "half_backward", False))
 
     # ----------------------------------------------------------------- guidance
-    def _guidance_displacement(
+    def _guide(
         self,
         record: StepRecord,
+        latents: torch.Tensor,
         latents_in: torch.Tensor,
         velocity: torch.Tensor,
-        sampler_step: torch.Tensor,
+        sampler_next: torch.Tensor,
         sigma: float,
         camera_generator: torch.Generator,
-        keep: set[int],
-        views: dict[int, torch.Tensor],
         loss_scale: LossScale,
-    ) -> torch.Tensor | None:
-        """Evaluate the critic at x̂ and turn ∇r into a displacement; record or skip the step."""
-        cfg = self.config
+    ) -> tuple[torch.Tensor | None, RewardEvaluation | None]:
+        """Ask the critic at x̂ and build this step's displacement (summed over inner steps); fill the
+        record, or mark the step skipped. Returns (displacement or None, the first evaluation)."""
+        config = self.config
         assert self.reward is not None
-        scale = cfg.scale * schedule_weight(sigma, cfg)
-        record.sampler_step_norm = float(torch.linalg.vector_norm(sampler_step, dtype=torch.float64))
-        if cfg.grad_mode == "xt":
+        record.sampler_step_norm = float(torch.linalg.vector_norm(sampler_next.float() - latents.float(), dtype=torch.float64))
+        if config.grad_mode == "xt":
             # Exact: r(x̂(x)) differentiated through the DiT's velocity to x.
-            target = latents_in
             clean = predicted_clean_latent(latents_in, velocity.float(), sigma)
+            target = latents_in
         else:
             # Straight-through: g = ∇_x̂ r applied to x (∂x̂/∂x ≈ I); no DiT backward.
-            clean = predicted_clean_latent(latents_in.detach().float(), velocity.detach().float(), sigma).requires_grad_(True)
+            clean = predicted_clean_latent(latents.float(), velocity.detach().float(), sigma).requires_grad_(True)
             target = clean
-        total = torch.zeros_like(latents_in, dtype=torch.float32)
-        for inner in range(cfg.inner_steps):
-            try:
-                evaluation = self.reward(clean + total if inner else clean, generator=camera_generator)
-                tic = time.perf_counter()
-                gradient = loss_scale.gradient(evaluation.r, target)
-                evaluation.timings["backward"] = time.perf_counter() - tic
-                if not bool(torch.isfinite(gradient).all()):
-                    raise SkippedStepError("non_finite_gradient", "the reward gradient is not finite")
-            except EmptySurfaceError as exc:
-                record.skipped = "empty_surface"
-                logger.info("step %d (σ=%.3f): skipped, %s", record.step, sigma, exc)
+        total = torch.zeros_like(clean, dtype=torch.float32)
+        first = None
+        for inner in range(config.inner_steps):
+            outcome = self._reward_gradient(clean + total if inner else clean, target, camera_generator, loss_scale)
+            if isinstance(outcome, str):
+                record.skipped = outcome
                 break
-            except SkippedStepError as exc:
-                record.skipped = exc.reason
-                logger.warning("step %d (σ=%.3f): skipped (%s): %s", record.step, sigma, exc.reason, exc)
-                break
-            r_value = float(evaluation.r.detach())
+            evaluation, gradient = outcome
+            step = guided_step(latents, sampler_next, velocity.detach(), sigma, gradient, config)
+            total = total + step.displacement
             grad_norm = float(torch.linalg.vector_norm(gradient, dtype=torch.float64))
+            summary = {"r": float(evaluation.r.detach()), "p_yes": evaluation.p_yes, "grad_norm": grad_norm,
+                       "capped": step.capped, "timings": evaluation.timings, **evaluation.info}
+            if inner == 0:
+                first = evaluation
+                record.r, record.p_yes, record.grad_norm, record.capped = summary["r"], evaluation.p_yes, grad_norm, step.capped
+                record.loss_scale = loss_scale.value if loss_scale.enabled else None
+                record.reward_info = dict(evaluation.info)
+                record.timings.update(evaluation.timings)
+            else:
+                record.inner.append(summary)
             if grad_norm == 0.0:
                 # Nothing the critic saw depends on the latent (or it underflowed): say so, never
                 # pass it off as a guided step.
                 record.skipped = "zero_gradient"
                 logger.warning("step %d (σ=%.3f): skipped, the reward gradient is exactly zero", record.step, sigma)
-            step, capped = guidance_displacement(
-                gradient,
-                predicted_clean_latent=clean.detach(),
-                sampler_step=sampler_step,
-                scale=scale,
-                step_norm=cfg.step_norm,
-                max_step_ratio=cfg.max_step_ratio,
-            )
-            total = total + step.float()
-            info = {"r": r_value, "p_yes": evaluation.p_yes, "grad_norm": grad_norm, "faces": evaluation.faces,
-                    "capped": capped, "timings": evaluation.timings}
-            if inner == 0:
-                record.r, record.p_yes, record.grad_norm, record.faces = r_value, evaluation.p_yes, grad_norm, evaluation.faces
-                record.capped = capped
-                record.loss_scale = loss_scale.value if loss_scale.enabled else None
-                for key, value in evaluation.timings.items():
-                    record.timings[key] = value
-                if record.step in keep and evaluation.images is not None:
-                    views[record.step] = (evaluation.images.detach().clamp(0, 1) * 255).round().to(torch.uint8).cpu()
-            else:
-                record.inner.append(info)
-            if grad_norm == 0.0:
                 break
         if record.skipped and not total.any():
-            return None
+            return None, first
         record.applied_norm = float(torch.linalg.vector_norm(total, dtype=torch.float64))
-        return total.detach()
+        return total.detach(), first
 
-    @staticmethod
-    def _steps_to_keep(keep_views: str | list[int], guided: list[int]) -> set[int]:
-        if isinstance(keep_views, (list, tuple, set)):
-            return {int(s) for s in keep_views}
-        if keep_views == "all":
-            return set(guided)
-        if keep_views == "none" or not guided:
-            return set()
-        if keep_views == "summary":
-            return {guided[0], guided[len(guided) // 2], guided[-1]}
-        raise InvalidInputError(f"keep_views must be 'summary', 'all', 'none' or a list of steps, got {keep_views!r}")
+    def _reward_gradient(
+        self, clean: torch.Tensor, target: torch.Tensor, camera_generator: torch.Generator, loss_scale: LossScale
+    ) -> tuple[RewardEvaluation, torch.Tensor] | str:
+        """(the critic's evaluation at `clean`, ∇_target r in float32), or the reason the step is skipped."""
+        try:
+            evaluation = self.reward(clean, generator=camera_generator)
+            tic = time.perf_counter()
+            gradient = loss_scale.gradient(evaluation.r, target)
+            evaluation.timings["backward"] = time.perf_counter() - tic
+            if not bool(torch.isfinite(gradient).all()):
+                raise SkippedStepError("non_finite_gradient", "the reward gradient is not finite at any loss scale")
+        except EmptySurfaceError as exc:
+            logger.info("guided step skipped: %s", exc)
+            return "empty_surface"
+        except SkippedStepError as exc:
+            logger.warning("guided step skipped (%s): %s", exc.reason, exc)
+            return exc.reason
+        return evaluation, gradient
+
+
+def _progress_postfix(record: StepRecord) -> dict[str, str]:
+    postfix = {"σ": f"{record.sigma:.2f}"}
+    if record.r is not None:
+        postfix["r"] = f"{record.r:+.3f}"
+    if record.skipped:
+        postfix["skip"] = record.skipped
+    return postfix
 
 
 def derive_camera_seed(generator: torch.Generator | None) -> int:
