@@ -24,6 +24,7 @@ from PIL import Image
 from vlm3d_ttg.bench import (
     BASE,
     NOISE_FLOOR,
+    BenchRun,
     EvalViews,
     GenerationSettings,
     MetricSettings,
@@ -145,7 +146,8 @@ def test_rows_without_image_fail_before_any_work_when_text_to_image_is_unavailab
     bench = load_bench_set(tmp_path / "set.csv")
     configs = resolve_configs(["guided"], GuidanceConfig())
     with pytest.raises(InvalidInputError) as error:
-        check_run(bench, configs, GenerationSettings(preset="tiny"), EvalViews(2, 56), MetricSettings(), RunPaths(tmp_path / "out"))
+        check_run(BenchRun(bench, configs, GenerationSettings(preset="tiny"), EvalViews(2, 56), MetricSettings(),
+                           RunPaths(tmp_path / "out")))
     message = str(error.value)
     assert "2 benchmark row(s) have no image (vase, bowl)" in message
     assert "HunyuanDiT" in message and "huggingface-cli download" in message and "u2net" in message

@@ -42,7 +42,8 @@ from ..metrics.frechet import KID_MIN_ITEMS
 from ..metrics.geometry import COMPONENT_NAMES
 from .benchset import BenchSet
 from .configs import BASE, NOISE_FLOOR, BenchConfig
-from .runner import EVAL_FILE, RunPaths, load_features, read_record
+from .cache import EVAL_FILE, MANIFEST_FILE, load_features, read_record
+from .settings import RunPaths
 
 logger = logging.getLogger(__name__)
 
@@ -136,7 +137,7 @@ def collect(bench: BenchSet, configs: list[BenchConfig], paths: RunPaths) -> Col
             if name in evaluation.get("judge", {}):
                 a["j1"][i] = evaluation["judge"][name]["diff_guided_first"]
                 a["j2"][i] = evaluation["judge"][name]["diff_base_first"]
-            manifest_path = paths.config(item.id, name) / "manifest.json"
+            manifest_path = paths.config(item.id, name) / MANIFEST_FILE
             steps = json.loads(manifest_path.read_text()).get("records", []) if manifest_path.is_file() else []
             a["curves"].append([(s["sigma"], s["r"]) for s in steps if s.get("guided") and s.get("r") is not None])
         if "inception/reference" in features:
