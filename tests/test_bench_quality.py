@@ -7,9 +7,13 @@ items were not redone and that the table, JSON and figure are written.
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import json
+import logging
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -321,3 +325,91 @@ def test_quality_benchmark_two_processes_killed_and_resumed(tiny_cache, tmp_path
     assert "made with other settings" in third.stderr and "config.guidance.scale: cached 0.03, now 0.5" in third.stderr
     assert "--redo-stale" in third.stderr and "Traceback" not in third.stderr
     assert _snapshot(out) == after
+
+
+def _load_quality_script():
+    spec = importlib.util.spec_from_file_location("quality_benchmark_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@contextlib.contextmanager
+def _runner_state_restored():
+    """Undo what an in-process run of the script changes globally: logging setup and accelerate's state."""
+    from accelerate import PartialState
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    names = ("vlm3d_ttg.bench", "vlm3d_ttg.bench.report", "vlm3d_ttg.metrics.frechet")
+    levels = {name: logging.getLogger(name).level for name in names}
+    try:
+        yield
+    finally:
+        for handler in root.handlers[:]:
+            root.removeHandler(handler)
+        for handler in handlers:
+            root.addHandler(handler)
+        root.setLevel(level)
+        for name, value in levels.items():
+            logging.getLogger(name).setLevel(value)
+        PartialState._reset_state()
+
+
+def _run_in_process(script, argv: list[str], capsys) -> tuple[int, str]:
+    """The script's exit code and its stdout + stderr (logs included), run in this process (no start-up cost)."""
+    capsys.readouterr()
+    with _runner_state_restored():
+        code = script.main(argv)
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
+# --- the cache: fingerprints ------------------------------------------------------------------
+
+# The smallest real run that writes every kind of cached file: one item, base only; no judge (it only
+# compares configurations with base) and no FID/KID (not reported below 2 items; Inception-v3 is
+# the slowest metric model on a CPU). CLIP still writes the features file.
+ONE_ITEM = ["--set", str(SHAPES), "--limit", "1", "--configs", "base", "--no-judge", "--no-fid", *TINY]
+
+
+@pytest.fixture(scope="module")
+def quality_script():
+    """benchmarks/quality.py, imported once."""
+    return _load_quality_script()
+
+
+@pytest.fixture(scope="module")
+def finished_one_item_run(quality_script, tiny_cache, tmp_path_factory):
+    """A finished one-item run folder (never modified: tests work on copies)."""
+    out = tmp_path_factory.mktemp("finished") / "run"
+    argv = [*ONE_ITEM, "--out", str(out), "--cache-dir", str(tiny_cache)]
+    with _runner_state_restored():
+        assert quality_script.main(argv) == 0
+    return out
+
+
+def _item_dir(out: Path) -> Path:
+    (item_dir,) = (out / "items").iterdir()
+    return item_dir
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def test_results_cached_before_a_renderer_change_are_stale(quality_script, finished_one_item_run, tiny_cache, tmp_path,
+                                                           monkeypatch, capsys):
+    from vlm3d_ttg.render import renderer
+
+    out = tmp_path / "run"
+    shutil.copytree(finished_one_item_run, out)
+    record_before = (_item_dir(out) / "base" / "record.json").read_text()
+    version = renderer.RENDERER_VERSION
+    monkeypatch.setattr(renderer, "RENDERER_VERSION", version + 1)
+
+    code, output = _run_in_process(quality_script, [*ONE_ITEM, "--out", str(out), "--cache-dir", str(tiny_cache)], capsys)
+
+    assert code == 2, output
+    assert f"renderer: cached {version}, now {version + 1}" in output and "--redo-stale" in output
+    assert (_item_dir(out) / "base" / "record.json").read_text() == record_before

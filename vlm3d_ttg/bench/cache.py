@@ -1,8 +1,8 @@
 """The benchmark's on-disk cache: what a cached result was made from, and reading it back.
 
 Every finished (item, configuration) folder holds a `record.json` with a *fingerprint*:
-everything its outputs depend on (item, configuration, generation settings, evaluation cameras).
-A rerun compares fingerprints, so results made with other settings are never silently mixed in.
+everything its outputs depend on (item, configuration, generation settings, evaluation cameras,
+renderer version). A rerun compares fingerprints, so results made with other settings are never silently mixed in.
 A per-item `eval.json` names the metric setup and the record ids it evaluated.
 """
 
@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from ..io import atomic_path
+from ..render import renderer as _renderer
 from .benchset import BenchItem
 from .configs import BenchConfig
 from .settings import BenchRun, EvalViews, GenerationSettings, MetricSettings, RunPaths
@@ -78,6 +79,8 @@ def generation_fingerprint(
         "generation": {"steps": settings.steps, "cfg": settings.cfg, "octree_resolution": settings.octree_resolution,
                        "models": settings.models_key()},
         "eval_views": dataclasses.asdict(eval_views),
+        # Read at call time (not imported as a value) so that a bump is seen by every later fingerprint.
+        "renderer": _renderer.RENDERER_VERSION,
     }
 
 

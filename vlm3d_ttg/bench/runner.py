@@ -15,7 +15,8 @@ parts), `cache` (fingerprints, reading cached files back), `generate`,
 
 On restart, finished configurations and evaluations are skipped; stale staging folders are
 removed. A cached result made with other settings (another guidance scale, another prompt in the
-set, ...) is an error, not silently mixed in (`redo_stale=True` regenerates it).
+set, another renderer version, ...) is an error, not silently mixed in (`redo_stale=True`
+regenerates it).
 
 Layout of the output folder:
 
