@@ -1,8 +1,10 @@
-"""The quality benchmark: set format, configurations, and the runner end to end (tiny preset, 2 processes).
+"""The quality benchmark: set format, configurations, and the runner end to end (tiny preset).
 
 The end-to-end test launches `benchmarks/quality.py` with `accelerate launch` (2 CPU processes),
 SIGKILLs both workers as soon as the first item is finished, restarts, and checks that finished
-items were not redone and that the table, JSON and figure are written.
+items were not redone and that the table, JSON and figure are written. The cache tests run the
+real runner in this process on one item, damage one cached file each, rerun, and check that the
+file is named in the log and its work redone.
 """
 
 from __future__ import annotations
@@ -365,7 +367,7 @@ def _run_in_process(script, argv: list[str], capsys) -> tuple[int, str]:
     return code, captured.out + captured.err
 
 
-# --- the cache: fingerprints ------------------------------------------------------------------
+# --- the cache: fingerprints, and damaged files -------------------------------------------------
 
 # The smallest real run that writes every kind of cached file: one item, base only; no judge (it only
 # compares configurations with base) and no FID/KID (not reported below 2 items; Inception-v3 is
@@ -396,6 +398,51 @@ def _item_dir(out: Path) -> Path:
 
 def _truncate(path: Path) -> None:
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+DAMAGE = {
+    # name: (file relative to the item folder, how it is damaged, is the configuration regenerated?)
+    "truncated_record": ("base/record.json", _truncate, True),
+    "deleted_mesh": ("base/mesh.glb", Path.unlink, True),
+    "truncated_view": ("base/eval_views/view_01.png", _truncate, True),
+    "corrupt_evaluation": ("eval.json", lambda p: p.write_text('{"configs": '), False),
+    "replaced_features": ("features.npz", lambda p: p.write_bytes(b"not numpy"), False),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_a_damaged_cache_file_is_named_and_its_work_redone(damage, quality_script, finished_one_item_run, tiny_cache,
+                                                           tmp_path, capsys):
+    relative, spoil, regenerated = DAMAGE[damage]
+    out = tmp_path / "run"
+    shutil.copytree(finished_one_item_run, out)
+    item_dir = _item_dir(out)
+    record_before = json.loads((item_dir / "base" / "record.json").read_text())
+    spoil(item_dir / relative)
+
+    code, output = _run_in_process(quality_script, [*ONE_ITEM, "--out", str(out), "--cache-dir", str(tiny_cache)], capsys)
+
+    assert code == 0 and "Traceback" not in output, output
+    assert re.search(rf"WARNING vlm3d_ttg\.bench\.cache: cached file {re.escape(str(item_dir / relative))} is "
+                     r"(missing|unreadable|not |truncated)", output), output
+    record_after = json.loads((item_dir / "base" / "record.json").read_text())
+    stats = re.search(r"this process generated (\d+) and skipped (\d+) .* evaluated (\d+) item", output)
+    assert stats is not None, output
+    if regenerated:
+        assert stats.groups() == ("1", "0", "1")
+        assert record_after["id"] != record_before["id"]
+        assert (item_dir / "base" / "mesh.glb").stat().st_size > 0
+    else:
+        assert stats.groups() == ("0", "1", "1")
+        assert record_after == record_before
+    evaluation_after = json.loads((item_dir / "eval.json").read_text())
+    assert evaluation_after["record_ids"] == {"base": record_after["id"]}
+    assert len(list((item_dir / "base" / "eval_views").glob("view_*.png"))) == 2
+    assert json.loads((out / "results.json").read_text())["n_items"] == 1
 
 
 def test_results_cached_before_a_renderer_change_are_stale(quality_script, finished_one_item_run, tiny_cache, tmp_path,

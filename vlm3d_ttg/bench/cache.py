@@ -1,9 +1,15 @@
-"""The benchmark's on-disk cache: what a cached result was made from, and reading it back.
+"""The benchmark's on-disk cache: what a cached result was made from, and whether it is intact.
 
 Every finished (item, configuration) folder holds a `record.json` with a *fingerprint*:
 everything its outputs depend on (item, configuration, generation settings, evaluation cameras,
-renderer version). A rerun compares fingerprints, so results made with other settings are never silently mixed in.
-A per-item `eval.json` names the metric setup and the record ids it evaluated.
+renderer version). A rerun compares fingerprints, so results made with other settings are never
+silently mixed in. A per-item `eval.json` names the metric setup and the record ids it evaluated.
+
+Files are read defensively: a cached file that is missing, truncated or unreadable (a record, a
+mesh, a manifest, an evaluation view, `eval.json`, `features.npz`) is named in a log warning and
+treated as not done, so the runner redoes that (item, configuration) or evaluation instead of
+failing with a traceback. Damaged folders are not deleted while reading (every process lists
+pending work concurrently); the redo replaces them.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import hashlib
 import json
 import logging
 import shutil
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +44,7 @@ STAGING_MARK = ".partial-"
 # Bump when what phase 1 or phase 2 writes changes meaning, so old caches are recomputed.
 GENERATION_FORMAT = 1
 EVAL_FORMAT = 1
+RECORD_STATUSES = ("ok", "empty")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -113,7 +121,8 @@ def find_stale(run: BenchRun) -> list[tuple[str, str, str]]:
     for item in run.bench.items:
         image_key = item_image_key(item, run.settings)
         for config in run.configs:
-            record = read_record(run.paths.config(item.id, config.name))
+            # Damage is reported (and the folder redone) by the process that owns the item.
+            record = read_record(run.paths.config(item.id, config.name), warn=False)
             if record is None:
                 continue
             expected = json_roundtrip(generation_fingerprint(item, config, run.settings, run.eval_views, image_key))
@@ -124,23 +133,142 @@ def find_stale(run: BenchRun) -> list[tuple[str, str, str]]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Reading cached files.
+# Reading cached files, checking that they are whole.
 
 
-def read_record(folder: Path) -> dict[str, Any] | None:
-    """The record of a finished configuration folder, or None if it is not finished."""
+def _discard(path: Path, why: str, warn: bool) -> None:
+    if warn:
+        logger.warning("cached file %s is %s: discarded, it will be redone", path, why)
+
+
+def _read_json(path: Path) -> tuple[Any, str | None]:
+    """(content, None), or (None, why it cannot be used); a missing file is (None, 'missing')."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8")), None
+    except FileNotFoundError:
+        return None, "missing"
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        return None, f"unreadable ({type(exc).__name__}: {exc})"
+
+
+def read_record(folder: Path, *, warn: bool = True) -> dict[str, Any] | None:
+    """The record of a finished configuration folder; None if there is none or it is damaged (logged)."""
     path = folder / RECORD_FILE
-    if not path.is_file():
+    record, why = _read_json(path)
+    if why == "missing":
         return None
-    return json.loads(path.read_text())
+    if why is None and not (
+        isinstance(record, dict) and isinstance(record.get("id"), str) and record.get("status") in RECORD_STATUSES
+        and isinstance(record.get("fingerprint"), dict)
+    ):
+        why = "not a benchmark record (no id, status or fingerprint)"
+    if why is not None:
+        _discard(path, why, warn)
+        return None
+    return record
 
 
-def evaluation_is_current(item_dir: Path, key: dict[str, Any], records: dict[str, dict[str, Any] | None]) -> bool:
-    """True when the item's eval.json exists, used this metric setup and evaluated exactly these records."""
-    eval_path = item_dir / EVAL_FILE
-    if not eval_path.is_file() or any(r is None for r in records.values()):
+def glb_damage(path: Path) -> str | None:
+    """Why a binary glTF file is not whole (None if its header and length are right).
+
+    Checks the 12-byte header (magic 'glTF', total length) against the file size: this catches
+    truncation and foreign files without parsing the mesh.
+    """
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as handle:
+            header = handle.read(12)
+    except FileNotFoundError:
+        return "missing"
+    except OSError as exc:
+        return f"unreadable ({exc})"
+    if len(header) < 12 or header[:4] != b"glTF":
+        return "not a binary glTF file"
+    declared = struct.unpack("<I", header[8:12])[0]
+    if declared != size:
+        return f"truncated or padded ({size} bytes, header says {declared})"
+    return None
+
+
+def views_damage(folder: Path, eval_views: EvalViews) -> tuple[Path, str] | None:
+    """(file, why) for the first evaluation view that is missing or does not decode at the expected size."""
+    from PIL import Image
+
+    expected = [folder / f"view_{index:02d}.png" for index in range(eval_views.num_views)]
+    for path in expected:
+        try:
+            with Image.open(path) as image:
+                image.load()  # decodes every byte: a truncated PNG fails here, not at open()
+                size = image.size
+        except FileNotFoundError:
+            return path, "missing"
+        except Exception as exc:  # noqa: BLE001 - PIL raises many types (OSError, SyntaxError, ValueError, ...)
+            return path, f"unreadable ({type(exc).__name__}: {exc})"
+        if size != (eval_views.image_size, eval_views.image_size):
+            return path, f"{size[0]}×{size[1]} instead of {eval_views.image_size}×{eval_views.image_size}"
+    return None
+
+
+def finished_record(folder: Path, eval_views: EvalViews, *, warn: bool = True) -> dict[str, Any] | None:
+    """The record of a finished configuration folder whose files are all whole, else None.
+
+    Whole means: the record reads; for a non-empty shape the mesh and the manifest are intact; every
+    evaluation view decodes at the evaluation size. A damaged file is named in a warning (if `warn`).
+    """
+    record = read_record(folder, warn=warn)
+    if record is None:
+        return None
+    if record["status"] == "ok":
+        why = glb_damage(folder / MESH_FILE)
+        if why is not None:
+            _discard(folder / MESH_FILE, why, warn)
+            return None
+        _, why = _read_json(folder / MANIFEST_FILE)
+        if why is not None:
+            _discard(folder / MANIFEST_FILE, why, warn)
+            return None
+    damage = views_damage(folder / EVAL_VIEWS_DIR, eval_views)
+    if damage is not None:
+        _discard(*damage, warn)
+        return None
+    return record
+
+
+def read_evaluation(item_dir: Path, *, warn: bool = True) -> dict[str, Any] | None:
+    """An item's evaluation (eval.json) if present and whole, its features file included; else None."""
+    path = item_dir / EVAL_FILE
+    evaluation, why = _read_json(path)
+    if why == "missing":
+        return None
+    if why is None and not (
+        isinstance(evaluation, dict) and isinstance(evaluation.get("configs"), dict)
+        and isinstance(evaluation.get("record_ids"), dict) and "eval_key" in evaluation
+    ):
+        why = "not a benchmark evaluation (no configs, record ids or key)"
+    if why is not None:
+        _discard(path, why, warn)
+        return None
+    features = item_dir / FEATURES_FILE
+    try:
+        matches = file_sha256(features) == evaluation.get("features_sha256")
+    except OSError as exc:
+        _discard(features, f"unreadable ({exc})", warn)
+        return None
+    if not matches:
+        _discard(features, "not the file its evaluation wrote (checksum differs)", warn)
+        return None
+    return evaluation
+
+
+def evaluation_is_current(
+    item_dir: Path, key: dict[str, Any], records: dict[str, dict[str, Any] | None], *, warn: bool = True
+) -> bool:
+    """True when the item's eval.json is whole, used this metric setup and evaluated exactly these records."""
+    if any(r is None for r in records.values()):
         return False
-    cached = json.loads(eval_path.read_text())
+    cached = read_evaluation(item_dir, warn=warn)
+    if cached is None:
+        return False
     return cached.get("eval_key") == key and cached.get("record_ids") == {n: r["id"] for n, r in records.items()}  # type: ignore[index]
 
 
@@ -148,6 +276,14 @@ def load_features(item_dir: Path) -> dict[str, np.ndarray]:
     """The features an evaluation wrote, keyed 'inception/<config>', 'clip/reference', ..."""
     with np.load(item_dir / FEATURES_FILE) as data:
         return {k.replace("__", "/"): data[k] for k in data.files}
+
+
+def read_manifest(folder: Path) -> dict[str, Any] | None:
+    """A configuration's generation manifest, or None when it has none or it does not read."""
+    content, why = _read_json(folder / MANIFEST_FILE)
+    if why is not None and why != "missing":
+        _discard(folder / MANIFEST_FILE, why, True)
+    return content if isinstance(content, dict) else None
 
 
 # ---------------------------------------------------------------------------------------------

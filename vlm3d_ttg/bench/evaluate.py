@@ -3,7 +3,7 @@
 Per item: CLIP-D of every configuration, Inception and CLIP features of the front view and of the
 input image (the FID reference), the geometry score of each mesh, and the pairwise judge of each
 configuration against base. `features.npz` is written first and `eval.json` (with the features'
-checksum) last, so the presence of `eval.json` means the item is evaluated.
+checksum) last, so the presence of a whole `eval.json` means the item is evaluated.
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ from .cache import (
     evaluation_is_current,
     evaluation_key,
     file_sha256,
+    finished_record,
     json_roundtrip,
     load_views,
-    read_record,
 )
 from .configs import BASE, BenchConfig
 from .generate import condition_image, free_memory
@@ -157,13 +157,13 @@ def write_compare_sheet(path: Path, configs: list[BenchConfig], views: dict[str,
 
 
 def evaluate_shard(items: list[BenchItem], run: BenchRun, device: str, stats: ShardStats) -> None:
-    """Phase 2 on this process's items: evaluate those whose evaluation is missing or outdated."""
+    """Phase 2 on this process's items: evaluate those whose evaluation is missing, damaged or outdated."""
     started = time.perf_counter()
     paths = run.paths
     key = json_roundtrip(evaluation_key(run.metrics, run.eval_views))
     metric_models: MetricModels | None = None
     for item in items:
-        records = {c.name: read_record(paths.config(item.id, c.name)) for c in run.configs}
+        records = {c.name: finished_record(paths.config(item.id, c.name), run.eval_views) for c in run.configs}
         missing = [name for name, record in records.items() if record is None]
         if missing:
             raise RuntimeError(f"{item.id}: configurations {missing} were not generated; cannot evaluate")

@@ -32,11 +32,11 @@ from .cache import (
     MESH_FILE,
     RECORD_FILE,
     STAGING_MARK,
+    finished_record,
     fingerprint_differences,
     generation_fingerprint,
     item_image_key,
     json_roundtrip,
-    read_record,
     save_views,
 )
 from .configs import BASE, BenchConfig
@@ -216,7 +216,7 @@ def generate_one(
             "fingerprint": fingerprint,
         }
         write_manifest(staging / RECORD_FILE, record)
-        if target.exists():  # a stale result being regenerated (--redo-stale): replace it
+        if target.exists():  # a stale or damaged result being regenerated: replace it
             shutil.rmtree(target)
         os.rename(staging, target)
     finally:
@@ -226,7 +226,11 @@ def generate_one(
 
 
 def generate_shard(items: list[BenchItem], run: BenchRun, device: str, stats: ShardStats, *, redo_stale: bool = False) -> None:
-    """Phase 1 on this process's items: every unfinished (item, configuration), models loaded only if needed."""
+    """Phase 1 on this process's items: every unfinished (item, configuration), models loaded only if needed.
+
+    A finished folder is skipped when its files are whole and (with `redo_stale`) its fingerprint
+    is this run's; a damaged one is named in a warning and regenerated.
+    """
     started = time.perf_counter()
     models = None
     reference: ReferenceScorer | None = None
@@ -236,7 +240,7 @@ def generate_shard(items: list[BenchItem], run: BenchRun, device: str, stats: Sh
         reference = None
         for config in run.configs:
             fingerprint = json_roundtrip(generation_fingerprint(item, config, run.settings, run.eval_views, image_key))
-            record = read_record(run.paths.config(item.id, config.name))
+            record = finished_record(run.paths.config(item.id, config.name), run.eval_views)
             if record is not None and (not redo_stale or not fingerprint_differences(record.get("fingerprint"), fingerprint)):
                 stats.skipped += 1
                 logger.info("%s/%s: finished earlier, skipped", item.id, config.name)

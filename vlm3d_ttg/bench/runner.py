@@ -10,13 +10,13 @@ the main process merges (`vlm3d_ttg.bench.report`):
 2. evaluation: per-item metrics and the comparison sheet (`evaluate.evaluate_shard`).
 
 The modules of `vlm3d_ttg.bench`, one idea each: `settings` (what a run is: `BenchRun` and its
-parts), `cache` (fingerprints, reading cached files back), `generate`,
+parts), `cache` (fingerprints, reading cached files and checking they are whole), `generate`,
 `evaluate`, this module (checks before any model loads, and the order of the phases), `report`.
 
 On restart, finished configurations and evaluations are skipped; stale staging folders are
 removed. A cached result made with other settings (another guidance scale, another prompt in the
 set, another renderer version, ...) is an error, not silently mixed in (`redo_stale=True`
-regenerates it).
+regenerates it). A damaged cached file is named in a warning and its work redone.
 
 Layout of the output folder:
 
@@ -43,7 +43,7 @@ from ..errors import InvalidInputError
 from ..io import write_text_atomic
 from ..manifest import package_versions
 from .benchset import BenchItem
-from .cache import evaluation_is_current, evaluation_key, find_stale, json_roundtrip, read_record
+from .cache import evaluation_is_current, evaluation_key, find_stale, finished_record, json_roundtrip
 from .evaluate import evaluate_shard
 from .generate import generate_shard, make_missing_images
 from .settings import BenchRun, GenerationSettings, MetricSettings, ShardStats
@@ -117,12 +117,14 @@ def check_run(run: BenchRun, *, redo_stale: bool = False) -> list[tuple[str, str
 
 
 def unfinished_items(run: BenchRun, stale_items: set[str] = frozenset()) -> list[BenchItem]:  # type: ignore[assignment]
-    """Items with a configuration not generated yet (or stale), or an evaluation missing or outdated."""
+    """Items with a configuration not generated yet, stale or damaged, or an evaluation missing, damaged or outdated."""
     key = json_roundtrip(evaluation_key(run.metrics, run.eval_views))
     out = []
     for item in run.bench.items:
-        records = {c.name: read_record(run.paths.config(item.id, c.name)) for c in run.configs}
-        if item.id in stale_items or not evaluation_is_current(run.paths.item(item.id), key, records):
+        # Silent here: every process lists; the process that redoes the item names the damaged file.
+        records = {c.name: finished_record(run.paths.config(item.id, c.name), run.eval_views, warn=False)
+                   for c in run.configs}
+        if item.id in stale_items or not evaluation_is_current(run.paths.item(item.id), key, records, warn=False):
             out.append(item)
     return out
 
