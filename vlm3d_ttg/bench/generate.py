@@ -15,10 +15,11 @@ import gc
 import logging
 import os
 import shutil
+import signal
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -43,6 +44,13 @@ from .configs import BASE, BenchConfig
 from .settings import BenchRun, EvalViews, GenerationSettings, RunPaths, ShardStats
 
 logger = logging.getLogger(__name__)
+
+# Fault injection for the resume test: with this set to N, a process SIGKILLs itself in the middle
+# of its (N+1)-th (item, configuration), after N were committed and while the next one's staging
+# folder holds its mesh and views but no record. The test thus interrupts at a known point instead of racing
+# a poll against the workers. Unset in normal use.
+KILL_AFTER_ENV = "VLM3D_TTG_BENCH_SIGKILL_AFTER"
+
 
 def free_memory() -> None:
     """Release what the phase that just ended held (Python garbage, cached CUDA blocks)."""
@@ -157,8 +165,12 @@ def generate_one(
     fingerprint: dict[str, Any],
     reference: ReferenceScorer,
     device: Any,
+    before_record: Callable[[Path], None] | None = None,
 ) -> dict[str, Any]:
-    """Generate one (item, configuration) into a staging folder and rename it into place; return its record."""
+    """Generate one (item, configuration) into a staging folder and rename it into place; return its record.
+
+    `before_record(staging)` is called when the staging folder holds everything but the record (a test hook).
+    """
     from ..generation import generate_mesh
 
     settings = run.settings
@@ -195,6 +207,8 @@ def generate_one(
             logger.warning("%s/%s: the final shape is empty (counted as a failure in every metric)", item.id, config.name)
         images = render_eval_views(mesh_path, run.eval_views, device)
         save_views(staging / EVAL_VIEWS_DIR, images)
+        if before_record is not None:
+            before_record(staging)
         if status == "ok" and reference.same_setting(config.guidance):
             final_r_reference = final_r
         elif status == "ok":
@@ -225,6 +239,25 @@ def generate_one(
     return record
 
 
+def _sigkill_hook(stats: ShardStats) -> Callable[[Path], None] | None:
+    """The `before_record` hook that $VLM3D_TTG_BENCH_SIGKILL_AFTER asks for (None when unset)."""
+    value = os.environ.get(KILL_AFTER_ENV)
+    if not value:
+        return None
+    kill_after = int(value)
+
+    def hook(staging: Path) -> None:
+        if stats.generated < kill_after:
+            return
+        logger.warning("%s=%d: SIGKILLing this process (pid %d) with %s unfinished", KILL_AFTER_ENV, kill_after,
+                       os.getpid(), staging)
+        for handler in logging.getLogger().handlers:
+            handler.flush()  # SIGKILL runs no cleanup: make sure the test sees why the process died
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    return hook
+
+
 def generate_shard(items: list[BenchItem], run: BenchRun, device: str, stats: ShardStats, *, redo_stale: bool = False) -> None:
     """Phase 1 on this process's items: every unfinished (item, configuration), models loaded only if needed.
 
@@ -232,6 +265,7 @@ def generate_shard(items: list[BenchItem], run: BenchRun, device: str, stats: Sh
     is this run's; a damaged one is named in a warning and regenerated.
     """
     started = time.perf_counter()
+    sigkill_hook = _sigkill_hook(stats)
     models = None
     reference: ReferenceScorer | None = None
     base_guidance = next(c.guidance for c in run.configs if c.name == BASE)
@@ -250,7 +284,7 @@ def generate_shard(items: list[BenchItem], run: BenchRun, device: str, stats: Sh
             if reference is None:
                 reference = ReferenceScorer(models, item.prompt, base_guidance)
             record = generate_one(item, config, run, models=models, fingerprint=fingerprint, reference=reference,
-                                  device=device)
+                                  device=device, before_record=sigkill_hook)
             stats.generated += 1
             stats.empty += record["status"] == "empty"
             logger.info("%s/%s: generated in %.1f s (final r %s)", item.id, config.name, record["seconds"],
