@@ -143,6 +143,7 @@ def run(args: argparse.Namespace) -> int:
     from accelerate import PartialState
 
     from vlm3d_ttg.bench import (
+        BenchRun,
         EvalViews,
         GenerationSettings,
         RunPaths,
@@ -194,20 +195,20 @@ def run(args: argparse.Namespace) -> int:
         state.wait_for_everyone()
         tiny_paths = prepare_tiny_models(settings)
     metrics = _metric_settings(args, tiny_paths)
+    bench_run = BenchRun(bench, configs, settings, eval_views, metrics, paths)
 
     say(f"set {bench.path} ({len(bench.items)} items), configs {[c.name for c in configs]}, "
         f"{state.num_processes} process(es) on {'cpu' if use_cpu else 'cuda'}, out {paths.root}")
     if not args.report_only:
-        stale = check_run(bench, configs, settings, eval_views, metrics, paths, redo_stale=args.redo_stale)
+        stale = check_run(bench_run, redo_stale=args.redo_stale)
         if state.is_main_process:
             paths.root.mkdir(parents=True, exist_ok=True)
             removed = remove_staging_folders(paths)
             if removed:
                 say(f"removed {removed} unfinished staging folder(s) of an interrupted run")
-            write_run_file(paths, bench, configs, settings, eval_views, metrics, state.num_processes)
+            write_run_file(bench_run, state.num_processes)
         started = time.perf_counter()
-        stats = run_shard(state, bench, configs, settings, eval_views, metrics, paths, redo_stale=args.redo_stale,
-                          stale_items={i for i, _, _ in stale})
+        stats = run_shard(state, bench_run, redo_stale=args.redo_stale, stale_items={i for i, _, _ in stale})
         print(f"[rank {state.process_index}] {stats.items_done_before} item(s) finished earlier (not redone); "
               f"this process generated {stats.generated} and skipped {stats.skipped} finished (item, config) pairs, "
               f"evaluated {stats.evaluated} item(s) in {time.perf_counter() - started:.1f} s", flush=True)

@@ -1,20 +1,25 @@
-"""The quality benchmark: set format, configurations, and the runner end to end (tiny preset, 2 processes).
+"""The quality benchmark: set format, configurations, and the runner end to end (tiny preset).
 
-The end-to-end test launches `benchmarks/quality.py` with `accelerate launch` (2 CPU processes),
-SIGKILLs both workers as soon as the first item is finished, restarts, and checks that finished
-items were not redone and that the table, JSON and figure are written.
+The end-to-end test launches `benchmarks/quality.py` with `accelerate launch` (2 CPU processes);
+rank 0 SIGKILLs itself at a known point (the runner's fault-injection hook: after its first item,
+in the middle of the next), the launcher stops the other rank, and a restart must complete the
+run without redoing finished work. The cache tests run the real runner in this process on one
+item, damage one cached file each, rerun, and check that the file is named and its work redone.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import json
+import logging
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +29,7 @@ from PIL import Image
 from vlm3d_ttg.bench import (
     BASE,
     NOISE_FLOOR,
+    BenchRun,
     EvalViews,
     GenerationSettings,
     MetricSettings,
@@ -33,14 +39,18 @@ from vlm3d_ttg.bench import (
     load_config_file,
     resolve_configs,
 )
+from vlm3d_ttg.bench.generate import KILL_AFTER_ENV
 from vlm3d_ttg.errors import InvalidInputError
 from vlm3d_ttg.guidance import GuidanceConfig
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "quality.py"
 SHAPES = REPO / "benchmarks" / "sets" / "shapes.json"
+# 6 steps with this window give 2 guided steps (an r curve, not a point); the export grid is the
+# smallest that keeps every tiny shape non-empty and costs a third of 48's (hy3dgen's dense decode
+# was most of an unguided configuration's time).
 TINY = ["--preset", "tiny", "--steps", "6", "--views", "2", "--view-size", "56", "--grid", "32",
-        "--octree-resolution", "48", "--eval-views", "2", "--eval-size", "56", "--sigma-window", "0.1,0.9",
+        "--octree-resolution", "32", "--eval-views", "2", "--eval-size", "56", "--sigma-window", "0.1,0.9",
         "--bootstrap", "200", "--cpu"]
 
 
@@ -145,7 +155,8 @@ def test_rows_without_image_fail_before_any_work_when_text_to_image_is_unavailab
     bench = load_bench_set(tmp_path / "set.csv")
     configs = resolve_configs(["guided"], GuidanceConfig())
     with pytest.raises(InvalidInputError) as error:
-        check_run(bench, configs, GenerationSettings(preset="tiny"), EvalViews(2, 56), MetricSettings(), RunPaths(tmp_path / "out"))
+        check_run(BenchRun(bench, configs, GenerationSettings(preset="tiny"), EvalViews(2, 56), MetricSettings(),
+                           RunPaths(tmp_path / "out")))
     message = str(error.value)
     assert "2 benchmark row(s) have no image (vase, bowl)" in message
     assert "HunyuanDiT" in message and "huggingface-cli download" in message and "u2net" in message
@@ -192,9 +203,22 @@ def _launch_command(out: Path, extra: list[str] = ()) -> list[str]:
             "--set", str(SHAPES), "--limit", "3", "--out", str(out), *TINY, *extra]
 
 
-def _env(tiny_cache: Path) -> dict[str, str]:
+def _env(tiny_cache: Path, **extra: str) -> dict[str, str]:
     return dict(os.environ, VLM3D_TTG_CACHE=str(tiny_cache), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-                OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+                OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **extra)
+
+
+def _run_launcher(command: list[str], env: dict[str, str], cwd: Path, timeout: float) -> subprocess.CompletedProcess:
+    """Run `accelerate launch` in its own process group, so a timeout can kill the workers too."""
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=cwd,
+                               start_new_session=True)
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        output, _ = process.communicate()
+        pytest.fail(f"accelerate launch did not end within {timeout} s:\n{output}")
+    return subprocess.CompletedProcess(command, process.returncode, output, "")
 
 
 def _finished(out: Path, item: str, configs=("base", "guided")) -> bool:
@@ -210,53 +234,65 @@ def _snapshot(out: Path) -> dict[tuple[str, str], tuple[str, int]]:
     return snap
 
 
-def _alive(pid: int) -> bool:
+def _load_quality_script():
+    spec = importlib.util.spec_from_file_location("quality_benchmark_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@contextlib.contextmanager
+def _runner_state_restored():
+    """Undo what an in-process run of the script changes globally: logging setup and accelerate's state."""
+    from accelerate import PartialState
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    names = ("vlm3d_ttg.bench", "vlm3d_ttg.bench.report", "vlm3d_ttg.metrics.frechet")
+    levels = {name: logging.getLogger(name).level for name in names}
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+        yield
+    finally:
+        for handler in root.handlers[:]:
+            root.removeHandler(handler)
+        for handler in handlers:
+            root.addHandler(handler)
+        root.setLevel(level)
+        for name, value in levels.items():
+            logging.getLogger(name).setLevel(value)
+        PartialState._reset_state()
 
 
-def test_quality_benchmark_two_processes_killed_and_resumed(tiny_cache, tmp_path):
+def _run_in_process(script, argv: list[str], capsys) -> tuple[int, str]:
+    """The script's exit code and its stdout + stderr (logs included), run in this process (no start-up cost)."""
+    capsys.readouterr()
+    with _runner_state_restored():
+        code = script.main(argv)
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
+def test_quality_benchmark_two_processes_killed_and_resumed(tiny_cache, tmp_path, capsys):
     out = tmp_path / "run"
     items = [i.id for i in load_bench_set(SHAPES).items[:3]]
-    env = _env(tiny_cache)
-    log_path = tmp_path / "first.log"
+    # accelerate gives rank 0 the first two items and rank 1 the third.
+    first_of_rank0, second_of_rank0 = items[0], items[1]
 
-    # 1. Start, and SIGKILL both workers as soon as the first item is finished (no cleanup code runs).
-    with open(log_path, "w") as log:
-        launcher = subprocess.Popen(_launch_command(out), stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
-    worker_pids: list[int] = []
-    deadline = time.monotonic() + 240
-    try:
-        while time.monotonic() < deadline and launcher.poll() is None:
-            worker_pids = [int(p) for p in re.findall(r"process \d+/2 \(pid (\d+)\)", log_path.read_text())]
-            if len(worker_pids) == 2 and any(_finished(out, i) for i in items):
-                break
-            time.sleep(0.1)
-        assert launcher.poll() is None, "the first run ended before it could be interrupted:\n" + log_path.read_text()
-        assert len(worker_pids) == 2, log_path.read_text()
-        for pid in worker_pids:
-            os.kill(pid, signal.SIGKILL)
-        launcher.wait(timeout=120)
-    finally:
-        for pid in worker_pids:
-            if _alive(pid):
-                os.kill(pid, signal.SIGKILL)
-        if launcher.poll() is None:
-            launcher.kill()
-            launcher.wait()
-    assert launcher.returncode != 0
-    done_before = [i for i in items if _finished(out, i)]
-    assert done_before and len(done_before) < len(items), f"finished at the kill: {done_before}"
+    # 1. Rank 0 SIGKILLs itself after committing 2 (item, config) folders (its first item), in the
+    #    middle of the next one; no cleanup code runs. The launcher then stops rank 1 wherever it is.
+    first = _run_launcher(_launch_command(out), _env(tiny_cache, **{KILL_AFTER_ENV: "2"}), tmp_path, timeout=300)
+    assert first.returncode != 0, first.stdout
+    assert re.search(rf"\[rank 0\] WARNING .*{KILL_AFTER_ENV}=2: SIGKILLing this process", first.stdout), first.stdout
+    assert _finished(out, first_of_rank0)
+    assert not list(out.glob(f"items/{second_of_rank0}/*/record.json"))
+    partial = list(out.glob(f"items/{second_of_rank0}/.base.partial-*"))
+    assert len(partial) == 1 and (partial[0] / "mesh.glb").is_file(), "the kill did not land inside a staging folder"
     snapshot = _snapshot(out)  # every (item, config) pair finished at the kill
-    assert 2 * len(done_before) <= len(snapshot) < 2 * len(items)
-    assert not (out / "results.md").exists()
+    assert 2 <= len(snapshot) <= 4 and not (out / "results.md").exists()
 
     # 2. Restart: finished items are not redone, the rest is completed and merged.
-    second = subprocess.run(_launch_command(out), capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
-    output = second.stdout + second.stderr
+    second = _run_launcher(_launch_command(out), _env(tiny_cache), tmp_path, timeout=300)
+    output = second.stdout
     assert second.returncode == 0, output
     after = _snapshot(out)
     assert {pair: after[pair] for pair in snapshot} == snapshot, "a finished (item, config) was regenerated"
@@ -313,9 +349,101 @@ def test_quality_benchmark_two_processes_killed_and_resumed(tiny_cache, tmp_path
         assert len(list((out / "items" / item / "guided" / "eval_views").glob("view_*.png"))) == 2
 
     # 4. Different settings on the same folder: an error before any model loads, nothing changed.
-    third = subprocess.run([sys.executable, str(SCRIPT), "--set", str(SHAPES), "--limit", "3", "--out", str(out), *TINY,
-                            "--scale", "0.5"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
-    assert third.returncode == 2, third.stdout + third.stderr
-    assert "made with other settings" in third.stderr and "config.guidance.scale: cached 0.03, now 0.5" in third.stderr
-    assert "--redo-stale" in third.stderr and "Traceback" not in third.stderr
+    #    (In this process: an uncaught exception would fail the test, as a traceback would.)
+    code, output = _run_in_process(_load_quality_script(), ["--set", str(SHAPES), "--limit", "3", "--out", str(out),
+                                                            *TINY, "--cache-dir", str(tiny_cache), "--scale", "0.5"], capsys)
+    assert code == 2, output
+    assert "made with other settings" in output and "config.guidance.scale: cached 0.03, now 0.5" in output
+    assert "--redo-stale" in output
     assert _snapshot(out) == after
+
+
+# --- the cache reads defensively ----------------------------------------------------------------
+
+# The smallest real run that writes every kind of cached file: one item, base only; no judge (it only
+# compares configurations with base) and no FID/KID (not reported below 2 items; Inception-v3 is
+# the slowest metric model on a CPU). CLIP still writes the features file.
+ONE_ITEM = ["--set", str(SHAPES), "--limit", "1", "--configs", "base", "--no-judge", "--no-fid", *TINY]
+
+
+@pytest.fixture(scope="module")
+def quality_script():
+    """benchmarks/quality.py, imported once."""
+    return _load_quality_script()
+
+
+@pytest.fixture(scope="module")
+def finished_one_item_run(quality_script, tiny_cache, tmp_path_factory):
+    """A finished one-item run folder (never modified: tests work on copies)."""
+    out = tmp_path_factory.mktemp("finished") / "run"
+    argv = [*ONE_ITEM, "--out", str(out), "--cache-dir", str(tiny_cache)]
+    with _runner_state_restored():
+        assert quality_script.main(argv) == 0
+    return out
+
+
+def _item_dir(out: Path) -> Path:
+    (item_dir,) = (out / "items").iterdir()
+    return item_dir
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+DAMAGE = {
+    # name: (file relative to the item folder, how it is damaged, is the configuration regenerated?)
+    "truncated_record": ("base/record.json", _truncate, True),
+    "deleted_mesh": ("base/mesh.glb", Path.unlink, True),
+    "truncated_view": ("base/eval_views/view_01.png", _truncate, True),
+    "corrupt_evaluation": ("eval.json", lambda p: p.write_text('{"configs": '), False),
+    "replaced_features": ("features.npz", lambda p: p.write_bytes(b"not numpy"), False),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_a_damaged_cache_file_is_named_and_its_work_redone(damage, quality_script, finished_one_item_run, tiny_cache,
+                                                           tmp_path, capsys):
+    relative, spoil, regenerated = DAMAGE[damage]
+    out = tmp_path / "run"
+    shutil.copytree(finished_one_item_run, out)
+    item_dir = _item_dir(out)
+    record_before = json.loads((item_dir / "base" / "record.json").read_text())
+    spoil(item_dir / relative)
+
+    code, output = _run_in_process(quality_script, [*ONE_ITEM, "--out", str(out), "--cache-dir", str(tiny_cache)], capsys)
+
+    assert code == 0 and "Traceback" not in output, output
+    assert re.search(rf"WARNING vlm3d_ttg\.bench\.cache: cached file {re.escape(str(item_dir / relative))} is "
+                     r"(missing|unreadable|not |truncated)", output), output
+    record_after = json.loads((item_dir / "base" / "record.json").read_text())
+    stats = re.search(r"this process generated (\d+) and skipped (\d+) .* evaluated (\d+) item", output)
+    assert stats is not None, output
+    if regenerated:
+        assert stats.groups() == ("1", "0", "1")
+        assert record_after["id"] != record_before["id"]
+        assert (item_dir / "base" / "mesh.glb").stat().st_size > 0
+    else:
+        assert stats.groups() == ("0", "1", "1")
+        assert record_after == record_before
+    evaluation_after = json.loads((item_dir / "eval.json").read_text())
+    assert evaluation_after["record_ids"] == {"base": record_after["id"]}
+    assert len(list((item_dir / "base" / "eval_views").glob("view_*.png"))) == 2
+    assert json.loads((out / "results.json").read_text())["n_items"] == 1
+
+
+def test_results_cached_before_a_renderer_change_are_stale(quality_script, finished_one_item_run, tiny_cache, tmp_path,
+                                                           monkeypatch, capsys):
+    from vlm3d_ttg.render import renderer
+
+    out = tmp_path / "run"
+    shutil.copytree(finished_one_item_run, out)
+    record_before = (_item_dir(out) / "base" / "record.json").read_text()
+    version = renderer.RENDERER_VERSION
+    monkeypatch.setattr(renderer, "RENDERER_VERSION", version + 1)
+
+    code, output = _run_in_process(quality_script, [*ONE_ITEM, "--out", str(out), "--cache-dir", str(tiny_cache)], capsys)
+
+    assert code == 2, output
+    assert f"renderer: cached {version}, now {version + 1}" in output and "--redo-stale" in output
+    assert (_item_dir(out) / "base" / "record.json").read_text() == record_before

@@ -5,19 +5,10 @@
 
 from .benchset import BenchItem, BenchSet, load_bench_set
 from .configs import BASE, NOISE_FLOOR, PRESET_NAMES, BenchConfig, load_config_file, preset_config, resolve_configs
-from .runner import (
-    EvalViews,
-    GenerationSettings,
-    MetricSettings,
-    RunPaths,
-    ShardStats,
-    check_run,
-    prepare_tiny_models,
-    remove_staging_folders,
-    run_shard,
-    write_run_file,
-)
+from .cache import remove_staging_folders
 from .report import write_report
+from .runner import check_run, prepare_tiny_models, run_shard, write_run_file
+from .settings import BenchRun, EvalViews, GenerationSettings, MetricSettings, RunPaths, ShardStats
 
 __all__ = [
     "BASE",
@@ -25,6 +16,7 @@ __all__ = [
     "PRESET_NAMES",
     "BenchConfig",
     "BenchItem",
+    "BenchRun",
     "BenchSet",
     "EvalViews",
     "GenerationSettings",

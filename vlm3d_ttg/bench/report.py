@@ -42,7 +42,8 @@ from ..metrics.frechet import KID_MIN_ITEMS
 from ..metrics.geometry import COMPONENT_NAMES
 from .benchset import BenchSet
 from .configs import BASE, NOISE_FLOOR, BenchConfig
-from .runner import EVAL_FILE, RunPaths, load_features, read_record
+from .cache import load_features, read_evaluation, read_manifest, read_record
+from .settings import RunPaths
 
 logger = logging.getLogger(__name__)
 
@@ -88,10 +89,8 @@ class Collected:
 
 def collect(bench: BenchSet, configs: list[BenchConfig], paths: RunPaths) -> Collected:
     """Read every item's records, evaluation and features; raise IncompleteRunError naming what is missing."""
-    missing = []
-    for item in bench.items:
-        if not (paths.item(item.id) / EVAL_FILE).is_file():
-            missing.append(item.id)
+    evaluations = {item.id: read_evaluation(paths.item(item.id)) for item in bench.items}  # damaged files: logged, None
+    missing = [item_id for item_id, evaluation in evaluations.items() if evaluation is None]
     if missing:
         raise IncompleteRunError(
             f"{len(missing)} item(s) are not finished: {missing[:10]}; run the benchmark again (without --report-only) to complete them."
@@ -110,7 +109,7 @@ def collect(bench: BenchSet, configs: list[BenchConfig], paths: RunPaths) -> Col
     }
     ref_inception, ref_clip = [], []
     for i, item in enumerate(bench.items):
-        evaluation = json.loads((paths.item(item.id) / EVAL_FILE).read_text())
+        evaluation = evaluations[item.id]
         features = load_features(paths.item(item.id))
         for name in names:
             record = read_record(paths.config(item.id, name))
@@ -136,8 +135,8 @@ def collect(bench: BenchSet, configs: list[BenchConfig], paths: RunPaths) -> Col
             if name in evaluation.get("judge", {}):
                 a["j1"][i] = evaluation["judge"][name]["diff_guided_first"]
                 a["j2"][i] = evaluation["judge"][name]["diff_base_first"]
-            manifest_path = paths.config(item.id, name) / "manifest.json"
-            steps = json.loads(manifest_path.read_text()).get("records", []) if manifest_path.is_file() else []
+            manifest = read_manifest(paths.config(item.id, name))
+            steps = manifest.get("records", []) if manifest is not None else []
             a["curves"].append([(s["sigma"], s["r"]) for s in steps if s.get("guided") and s.get("r") is not None])
         if "inception/reference" in features:
             ref_inception.append(features["inception/reference"][0])

@@ -17,7 +17,7 @@ from .cameras import (
 )
 from .contact_sheet import contact_sheet, write_contact_sheet
 from .nvdiffrast_backend import NvdiffrastRasterizer, nvdiffrast_unavailable_reason
-from .renderer import Renderer, RenderResult, render_mesh, resolve_backend
+from .renderer import RENDERER_VERSION, Renderer, RenderResult, render_mesh, resolve_backend
 from .shading import Light, ShadingConfig, face_normals, lambert_reference, shade, vertex_normals
 
 __all__ = [
@@ -30,6 +30,7 @@ __all__ = [
     "Cameras",
     "Light",
     "NvdiffrastRasterizer",
+    "RENDERER_VERSION",
     "RenderResult",
     "Renderer",
     "ShadingConfig",

@@ -1,0 +1,294 @@
+"""Phases 0 and 1 of a benchmark run: input images, then every (item, configuration)'s shape.
+
+Phase 0 makes input images for rows without one (hy3dgen's text-to-image + background removal).
+Phase 1 runs `generate_mesh` per (item, configuration) (mesh, manifest with per-step records,
+contact sheets of what the critic saw), renders the final mesh from the *evaluation* cameras
+(fixed, the same for every configuration, not the jittered guidance cameras) and writes
+`record.json`. All of it goes into a hidden staging folder that is renamed into place when
+complete: a configuration's folder exists only when all its outputs were written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import logging
+import os
+import shutil
+import signal
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from ..errors import EmptySurfaceError
+from ..manifest import write_manifest
+from .benchset import BenchItem
+from .cache import (
+    EVAL_VIEWS_DIR,
+    MANIFEST_FILE,
+    MESH_FILE,
+    RECORD_FILE,
+    STAGING_MARK,
+    finished_record,
+    fingerprint_differences,
+    generation_fingerprint,
+    item_image_key,
+    json_roundtrip,
+    save_views,
+)
+from .configs import BASE, BenchConfig
+from .settings import BenchRun, EvalViews, GenerationSettings, RunPaths, ShardStats
+
+logger = logging.getLogger(__name__)
+
+# Fault injection for the resume test: with this set to N, a process SIGKILLs itself in the middle
+# of its (N+1)-th (item, configuration), after N were committed and while the next one's staging
+# folder holds its mesh and views but no record. The test thus interrupts at a known point instead of racing
+# a poll against the workers. Unset in normal use.
+KILL_AFTER_ENV = "VLM3D_TTG_BENCH_SIGKILL_AFTER"
+
+
+def free_memory() -> None:
+    """Release what the phase that just ended held (Python garbage, cached CUDA blocks)."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+# ---------------------------------------------------------------------------------------------
+# Phase 0: input images.
+
+
+def condition_image(item: BenchItem, paths: RunPaths) -> Path:
+    """The conditioning image of an item: its own, or the one text-to-image made for it."""
+    return item.image if item.image is not None else paths.generated_input(item.id)
+
+
+def make_missing_images(items: list[BenchItem], settings: GenerationSettings, paths: RunPaths, device: str, stats: ShardStats) -> None:
+    """Phase 0: text-to-image inputs for this shard's rows without an image (skipping those already made)."""
+    todo = [item for item in items if item.image is None and not paths.generated_input(item.id).is_file()]
+    if not todo:
+        return
+    from .text2image import TextToImage
+
+    started = time.perf_counter()
+    maker = TextToImage.load(settings.text_to_image_model, device=device)
+    for item in todo:
+        maker(item.prompt, paths.generated_input(item.id), seed=item.seed_for(settings.seed))
+        stats.images_made += 1
+        logger.info("made the input image of %s by text-to-image", item.id)
+    del maker
+    free_memory()
+    stats.seconds["images"] = time.perf_counter() - started
+
+
+# ---------------------------------------------------------------------------------------------
+# Phase 1: generation.
+
+
+def load_generation_models(settings: GenerationSettings, device: str) -> Any:
+    """The shape pipeline and critic (`LoadedModels`) for this run's preset."""
+    from ..generation import load_models
+
+    return load_models(
+        tiny=settings.preset == "tiny",
+        shape_model=settings.shape_model,
+        shape_subfolder=settings.shape_subfolder,
+        vlm=settings.vlm,
+        device=device,
+        dtype=settings.dtype,
+        vlm_dtype=settings.vlm_dtype,
+        cache_dir=settings.cache_dir,
+    )
+
+
+def render_eval_views(mesh_path: Path | None, eval_views: EvalViews, device: Any) -> torch.Tensor:
+    """Images (V, 3, S, S) in [0, 1] of a mesh file from the evaluation cameras (blank background if no mesh)."""
+    from ..render import Renderer, ShadingConfig
+
+    shading = ShadingConfig()
+    size = eval_views.image_size
+    if mesh_path is None:
+        return torch.full((eval_views.num_views, 3, size, size), float(shading.background))
+    import trimesh
+
+    mesh = trimesh.load(mesh_path, force="mesh", process=False)
+    vertices = torch.as_tensor(np.asarray(mesh.vertices), dtype=torch.float32, device=device)
+    faces = torch.as_tensor(np.asarray(mesh.faces, dtype=np.int64), device=device)
+    with torch.no_grad():
+        result = Renderer("auto", shading, device=device)(vertices, faces, eval_views.cameras(device=device))
+    return result.images.detach().float().cpu().clamp(0, 1)
+
+
+class ReferenceScorer:
+    """r of final meshes under one fixed critic setting (dual query, base's views), so configurations compare.
+
+    For a configuration whose critic setting is that one already, the manifest's final r *is*
+    this number and is reused; other configurations (content-only, single-view, ...) are re-scored.
+    """
+
+    def __init__(self, models: Any, prompt: str, base_guidance: Any):
+        self.models = models
+        self.prompt = prompt
+        self.guidance = dataclasses.replace(base_guidance, query="dual")
+        self._reward = None
+
+    def same_setting(self, guidance: Any) -> bool:
+        """True when a configuration's final scoring equals the reference scoring."""
+        keys = ("query", "num_views", "view_size", "elevation", "backend")
+        return all(getattr(guidance, k) == getattr(self.guidance, k) for k in keys)
+
+    def score(self, mesh_path: Path) -> float:
+        """The reference r of a mesh file."""
+        import trimesh
+
+        from ..critic import VLMCritic
+        from ..reward import VLMReward
+
+        if self._reward is None:
+            critic = VLMCritic(self.models.vlm, self.models.processor, self.prompt, "dual")
+            self._reward = VLMReward.from_config(self.models.pipeline.vae, critic, self.guidance)
+        mesh = trimesh.load(mesh_path, force="mesh", process=False)
+        return float(self._reward.score_mesh(np.asarray(mesh.vertices), np.asarray(mesh.faces)).r)
+
+
+def generate_one(
+    item: BenchItem,
+    config: BenchConfig,
+    run: BenchRun,
+    *,
+    models: Any,
+    fingerprint: dict[str, Any],
+    reference: ReferenceScorer,
+    device: Any,
+    before_record: Callable[[Path], None] | None = None,
+) -> dict[str, Any]:
+    """Generate one (item, configuration) into a staging folder and rename it into place; return its record.
+
+    `before_record(staging)` is called when the staging folder holds everything but the record (a test hook).
+    """
+    from ..generation import generate_mesh
+
+    settings = run.settings
+    target = run.paths.config(item.id, config.name)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.parent / f".{config.name}{STAGING_MARK}{uuid.uuid4().hex[:8]}"
+    staging.mkdir()
+    started = time.perf_counter()
+    seed = item.seed_for(settings.seed) + config.seed_offset
+    status, final_r, final_p_yes, faces, error = "ok", None, None, 0, None
+    mesh_path: Path | None = staging / MESH_FILE
+    try:
+        try:
+            result = generate_mesh(
+                models,
+                image=condition_image(item, run.paths),
+                prompt=item.prompt,
+                out=mesh_path,
+                manifest_path=staging / MANIFEST_FILE,
+                guidance=config.guidance,
+                seed=seed,
+                steps=settings.steps,
+                cfg=settings.cfg,
+                octree_resolution=settings.octree_resolution,
+                checkpointing=settings.checkpointing,
+                views_dir=staging / "critic_views",
+                keep_views="summary" if config.guided else "none",
+                plot_path=staging / "r.png" if config.guided else None,
+                progress=False,
+            )
+            final_r, final_p_yes, faces = result.final_r, result.final_p_yes, result.faces
+        except EmptySurfaceError as exc:
+            status, error, mesh_path = "empty", str(exc), None
+            logger.warning("%s/%s: the final shape is empty (counted as a failure in every metric)", item.id, config.name)
+        images = render_eval_views(mesh_path, run.eval_views, device)
+        save_views(staging / EVAL_VIEWS_DIR, images)
+        if before_record is not None:
+            before_record(staging)
+        if status == "ok" and reference.same_setting(config.guidance):
+            final_r_reference = final_r
+        elif status == "ok":
+            final_r_reference = reference.score(mesh_path)
+        else:
+            final_r_reference = None
+        record = {
+            "id": uuid.uuid4().hex,
+            "item": item.id,
+            "config": config.name,
+            "status": status,
+            "error": error,
+            "seed": seed,
+            "final_r": final_r,
+            "final_p_yes": final_p_yes,
+            "final_r_reference": final_r_reference,
+            "faces": faces,
+            "seconds": time.perf_counter() - started,
+            "fingerprint": fingerprint,
+        }
+        write_manifest(staging / RECORD_FILE, record)
+        if target.exists():  # a stale or damaged result being regenerated: replace it
+            shutil.rmtree(target)
+        os.rename(staging, target)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return record
+
+
+def _sigkill_hook(stats: ShardStats) -> Callable[[Path], None] | None:
+    """The `before_record` hook that $VLM3D_TTG_BENCH_SIGKILL_AFTER asks for (None when unset)."""
+    value = os.environ.get(KILL_AFTER_ENV)
+    if not value:
+        return None
+    kill_after = int(value)
+
+    def hook(staging: Path) -> None:
+        if stats.generated < kill_after:
+            return
+        logger.warning("%s=%d: SIGKILLing this process (pid %d) with %s unfinished", KILL_AFTER_ENV, kill_after,
+                       os.getpid(), staging)
+        for handler in logging.getLogger().handlers:
+            handler.flush()  # SIGKILL runs no cleanup: make sure the test sees why the process died
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    return hook
+
+
+def generate_shard(items: list[BenchItem], run: BenchRun, device: str, stats: ShardStats, *, redo_stale: bool = False) -> None:
+    """Phase 1 on this process's items: every unfinished (item, configuration), models loaded only if needed.
+
+    A finished folder is skipped when its files are whole and (with `redo_stale`) its fingerprint
+    is this run's; a damaged one is named in a warning and regenerated.
+    """
+    started = time.perf_counter()
+    sigkill_hook = _sigkill_hook(stats)
+    models = None
+    reference: ReferenceScorer | None = None
+    base_guidance = next(c.guidance for c in run.configs if c.name == BASE)
+    for item in items:
+        image_key = item_image_key(item, run.settings)
+        reference = None
+        for config in run.configs:
+            fingerprint = json_roundtrip(generation_fingerprint(item, config, run.settings, run.eval_views, image_key))
+            record = finished_record(run.paths.config(item.id, config.name), run.eval_views)
+            if record is not None and (not redo_stale or not fingerprint_differences(record.get("fingerprint"), fingerprint)):
+                stats.skipped += 1
+                logger.info("%s/%s: finished earlier, skipped", item.id, config.name)
+                continue
+            if models is None:
+                models = load_generation_models(run.settings, device)
+            if reference is None:
+                reference = ReferenceScorer(models, item.prompt, base_guidance)
+            record = generate_one(item, config, run, models=models, fingerprint=fingerprint, reference=reference,
+                                  device=device, before_record=sigkill_hook)
+            stats.generated += 1
+            stats.empty += record["status"] == "empty"
+            logger.info("%s/%s: generated in %.1f s (final r %s)", item.id, config.name, record["seconds"],
+                        "n/a" if record["final_r"] is None else f"{record['final_r']:+.3f}")
+    del models, reference  # the scorer holds the models too
+    free_memory()
+    stats.seconds["generation"] = time.perf_counter() - started

@@ -1,0 +1,140 @@
+"""What a quality-benchmark run is: its settings, where its files live, and one process's counters.
+
+`BenchRun` bundles the six things every phase of the runner needs together (the set, the
+configurations, the generation settings, the evaluation cameras, the metric models and the
+output folder), so they are passed as one value instead of six parameters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from ..errors import InvalidInputError
+from .benchset import BenchSet
+from .configs import BenchConfig
+from .text2image import DEFAULT_TEXT_TO_IMAGE_MODEL
+
+if TYPE_CHECKING:
+    from ..render import Cameras
+
+Preset = Literal["real", "tiny"]
+
+
+@dataclass(frozen=True)
+class EvalViews:
+    """The fixed evaluation cameras: `num_views` around the object from azimuth 0 (the front, view 0)."""
+
+    num_views: int = 6
+    image_size: int = 448
+    elevation: float = 10.0
+
+    def cameras(self, device: Any = None) -> "Cameras":
+        """The orbit cameras (un-jittered, the same for every configuration)."""
+        from ..render import orbit_cameras
+
+        return orbit_cameras(self.num_views, elevation_deg=self.elevation, image_size=self.image_size, device=device)
+
+    def validate(self) -> "EvalViews":
+        """Raise InvalidInputError on a bad value; return self."""
+        from ..render import check_image_size
+
+        if self.num_views < 1:
+            raise InvalidInputError(f"--eval-views must be ≥ 1, got {self.num_views}")
+        check_image_size(self.image_size)
+        if not -89 <= self.elevation <= 89:
+            raise InvalidInputError(f"--eval-elevation must be within ±89°, got {self.elevation}")
+        return self
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """How shapes are generated (shared by every configuration) and where the models come from."""
+
+    preset: Preset = "real"
+    seed: int = 0
+    steps: int = 50
+    cfg: float = 5.0
+    octree_resolution: int = 384
+    shape_model: str = "tencent/Hunyuan3D-2"
+    shape_subfolder: str | None = None
+    vlm: str = "Qwen/Qwen2.5-VL-7B-Instruct"
+    dtype: str = "auto"
+    vlm_dtype: str = "auto"
+    checkpointing: bool = False
+    text_to_image_model: str = DEFAULT_TEXT_TO_IMAGE_MODEL
+    cache_dir: str | None = None  # tiny checkpoints ($VLM3D_TTG_CACHE when None)
+
+    def models_key(self) -> dict[str, Any]:
+        """What identifies the generating models (part of every cached result's fingerprint)."""
+        if self.preset == "tiny":
+            return {"preset": "tiny"}
+        return {"preset": "real", "shape": self.shape_model, "subfolder": self.shape_subfolder, "critic": self.vlm,
+                "dtype": self.dtype, "vlm_dtype": self.vlm_dtype}
+
+
+@dataclass(frozen=True)
+class MetricSettings:
+    """Which metric models to use (None: that metric is off) and how to summarise."""
+
+    clip: str | None = None
+    inception: str | None = None
+    judge: str | None = None
+    n_resamples: int = 1000
+    confidence: float = 0.95
+
+
+@dataclass
+class RunPaths:
+    """Where everything of a run lives (see `vlm3d_ttg.bench.runner` for the layout)."""
+
+    root: Path
+
+    @property
+    def items(self) -> Path:
+        """Folder of the per-item outputs."""
+        return self.root / "items"
+
+    @property
+    def inputs(self) -> Path:
+        """Folder of the text-to-image inputs."""
+        return self.root / "inputs"
+
+    def item(self, item_id: str) -> Path:
+        """An item's folder."""
+        return self.items / item_id
+
+    def config(self, item_id: str, config_name: str) -> Path:
+        """An (item, configuration)'s folder (present only when finished)."""
+        return self.items / item_id / config_name
+
+    def generated_input(self, item_id: str) -> Path:
+        """Where text-to-image writes an item's input image."""
+        return self.inputs / f"{item_id}.png"
+
+
+@dataclass(frozen=True)
+class BenchRun:
+    """One benchmark run: which shapes (set × configurations), made how, evaluated how, written where."""
+
+    bench: BenchSet
+    configs: list[BenchConfig]
+    settings: GenerationSettings
+    eval_views: EvalViews
+    metrics: MetricSettings
+    paths: RunPaths
+
+
+@dataclass
+class ShardStats:
+    """What one process did: counts per phase (generated vs found finished)."""
+
+    generated: int = 0
+    skipped: int = 0
+    evaluated: int = 0
+    eval_skipped: int = 0
+    images_made: int = 0
+    empty: int = 0
+    items_done_before: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)
