@@ -25,7 +25,7 @@ from PIL import Image
 
 from machine import machine_description
 from vlm3d_ttg.critic import VLMCritic
-from vlm3d_ttg.generation import load_models
+from vlm3d_ttg.generation import GenerationOptions, load_models
 from vlm3d_ttg.guidance import GuidanceConfig
 from vlm3d_ttg.reward import VLMReward
 from vlm3d_ttg.sampler import GuidedSampler
@@ -164,7 +164,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("hy3dgen.shapgen").setLevel(logging.WARNING)
-    models = load_models(tiny=True, device="cpu")
+    models = load_models(GenerationOptions(device="cpu"), tiny=True)
     base = GuidanceConfig(num_views=args.views, view_size=args.view_size, grid_resolution=args.grid,
                           max_step_ratio=args.max_step_ratio or None)
     text, raw = timing(models, base, args) if args.what == "timing" else sweep(models, base, args)

@@ -30,8 +30,13 @@ HERE = Path(__file__).resolve().parent
 DEFAULT_SET = HERE / "sets" / "shapes.json"
 
 # Sizes for --preset tiny when not given: small enough for a CPU in seconds per shape.
-TINY_DEFAULTS = dict(steps=8, views=2, view_size=56, grid=32, octree_resolution=64, eval_views=2, eval_size=56)
-REAL_DEFAULTS = dict(steps=50, views=4, view_size=448, grid=64, octree_resolution=384, eval_views=6, eval_size=448)
+TINY_DEFAULTS = dict(steps=8, num_views=2, view_size=56, grid_resolution=32, octree_resolution=64, eval_views=2, eval_size=56)
+REAL_DEFAULTS = dict(octree_resolution=384, eval_views=6, eval_size=448)
+# Options of `vlm3d-ttg generate` the benchmark does not take, and why: the configurations decide
+# whether a run is guided; --seed here is the set's base seed (its own option); processes and
+# devices come from accelerate (--cpu); the runner keeps every model resident.
+BENCH_EXCLUDED_GUIDANCE = ("enabled",)
+BENCH_EXCLUDED_GENERATION = ("seed", "device", "offload_idle")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -62,29 +67,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     run.add_argument("--cache-dir", help="Root of the tiny checkpoints (default $VLM3D_TTG_CACHE or ~/.cache/vlm3d-ttg).")
     run.add_argument("--verbose", action="store_true", help="Debug logging.")
 
+    # Generation and guidance options are declared once, on the library's dataclasses
+    # (vlm3d_ttg.options): the same flags, defaults and help as `vlm3d-ttg generate`.
+    from vlm3d_ttg.generation import GenerationOptions
+    from vlm3d_ttg.guidance import GuidanceConfig
+    from vlm3d_ttg.options import add_argparse_options
+
     gen = parser.add_argument_group("generation (shared by every configuration)")
-    gen.add_argument("--steps", type=int, help="Sampler steps (default 50; tiny 8).")
-    gen.add_argument("--cfg", type=float, default=5.0, help="Classifier-free guidance scale.")
-    gen.add_argument("--octree-resolution", type=int, help="Export grid (default 384; tiny 64).")
-    gen.add_argument("--shape-model", default="tencent/Hunyuan3D-2", help="hy3dgen shape model (repo id or variant name).")
-    gen.add_argument("--shape-subfolder", help="Subfolder of the shape repo.")
-    gen.add_argument("--vlm", default="Qwen/Qwen2.5-VL-7B-Instruct", help="Guiding critic (hub id or local folder).")
-    gen.add_argument("--dtype", default="auto", help="Shape model dtype.")
-    gen.add_argument("--vlm-dtype", default="auto", help="Critic dtype.")
-    gen.add_argument("--checkpointing", action="store_true", help="Activation checkpointing in the critic (7B on small GPUs).")
+    add_argparse_options(gen, GenerationOptions, exclude=BENCH_EXCLUDED_GENERATION,
+                         default_note={"steps": "50; tiny 8", "octree_resolution": "384; tiny 64"})
     gen.add_argument("--text-to-image", default=None, help="Text-to-image model for rows without an image (default: hy3dgen's HunyuanDiT).")
 
     guide = parser.add_argument_group("guidance (the guided configurations' shared options)")
-    guide.add_argument("--scale", type=float, default=0.03, help="Guidance strength λ.")
-    guide.add_argument("--step-norm", default="latent_rms", help="raw, latent_rms or sampler_step.")
-    guide.add_argument("--sigma-window", default="0.2,0.85", help="Guide for σ in LO,HI.")
-    guide.add_argument("--every", type=int, default=2, help="Guide every k-th step in the window.")
-    guide.add_argument("--inner-steps", type=int, default=1, help="Gradient steps per guided step.")
-    guide.add_argument("--grad-mode", default="x0", help="x0 (straight-through) or xt (through the DiT).")
-    guide.add_argument("--views", type=int, help="Views the critic sees (default 4; tiny 2).")
-    guide.add_argument("--view-size", type=int, help="Critic view side, a multiple of 28 (default 448; tiny 56).")
-    guide.add_argument("--grid", type=int, help="Guidance occupancy grid (default 64; tiny 32).")
-    guide.add_argument("--render-backend", default="auto", help="auto, cpu or nvdiffrast.")
+    add_argparse_options(guide, GuidanceConfig, exclude=BENCH_EXCLUDED_GUIDANCE,
+                         default_note={"num_views": "4; tiny 2", "view_size": "448; tiny 56", "grid_resolution": "64; tiny 32"})
 
     ev = parser.add_argument_group("evaluation")
     ev.add_argument("--eval-views", type=int, help="Evaluation views from azimuth 0 (default 6; tiny 2).")
@@ -159,7 +155,9 @@ def run(args: argparse.Namespace) -> int:
     )
     from vlm3d_ttg.bench.text2image import DEFAULT_TEXT_TO_IMAGE_MODEL
     from vlm3d_ttg.cli import quiet_hy3dgen
-    from vlm3d_ttg.guidance import GuidanceConfig, parse_sigma_window
+    from vlm3d_ttg.generation import GenerationOptions
+    from vlm3d_ttg.guidance import GuidanceConfig
+    from vlm3d_ttg.options import from_namespace
 
     use_cpu = args.cpu or not torch.cuda.is_available()
     state = PartialState(cpu=use_cpu, timeout=datetime.timedelta(hours=args.barrier_timeout_hours))
@@ -171,18 +169,16 @@ def run(args: argparse.Namespace) -> int:
     pick = lambda name: getattr(args, name) if getattr(args, name) is not None else defaults[name]  # noqa: E731
 
     bench = load_bench_set(args.set).select(args.items.split(",") if args.items else None, args.limit)
-    guidance = GuidanceConfig(
-        scale=args.scale, step_norm=args.step_norm, sigma_window=parse_sigma_window(args.sigma_window), every=args.every,
-        inner_steps=args.inner_steps, grad_mode=args.grad_mode, num_views=pick("views"), view_size=pick("view_size"),
-        grid_resolution=pick("grid"), backend=args.render_backend,
-    ).validate()
+    guidance = from_namespace(GuidanceConfig, args, defaults=defaults).validate()
+    options = from_namespace(GenerationOptions, args, defaults=defaults, seed=args.seed).validate()
     custom = load_config_file(args.config_file, guidance) if args.config_file else None
     names = [n.strip() for n in args.configs.split(",") if n.strip()]
     configs = resolve_configs(names, guidance, noise_floor=args.noise_floor, custom=custom)
     settings = GenerationSettings(
-        preset=args.preset, seed=args.seed, steps=pick("steps"), cfg=args.cfg, octree_resolution=pick("octree_resolution"),
-        shape_model=args.shape_model, shape_subfolder=args.shape_subfolder, vlm=args.vlm, dtype=args.dtype,
-        vlm_dtype=args.vlm_dtype, checkpointing=args.checkpointing,
+        preset=args.preset, seed=options.seed, steps=options.steps, cfg=options.cfg_scale,
+        octree_resolution=options.octree_resolution, shape_model=options.shape_model,
+        shape_subfolder=options.shape_subfolder, vlm=options.vlm, dtype=options.dtype, vlm_dtype=options.vlm_dtype,
+        checkpointing=options.checkpointing,
         text_to_image_model=args.text_to_image or DEFAULT_TEXT_TO_IMAGE_MODEL, cache_dir=args.cache_dir,
     )
     eval_views = EvalViews(num_views=pick("eval_views"), image_size=pick("eval_size"), elevation=args.eval_elevation)

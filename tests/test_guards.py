@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from vlm3d_ttg.generation import LoadedModels, generate_mesh
+from vlm3d_ttg.generation import GenerationOptions, LoadedModels, generate_mesh
 from vlm3d_ttg.guidance import GuidanceConfig
 from vlm3d_ttg.render.shading import ShadingConfig
 from vlm3d_ttg.reward import checked_render
@@ -43,7 +43,7 @@ def _run_with_fault(tmp_path, tiny_pipeline, tiny_vlm, install_fault, remove_fau
     try:
         result = generate_mesh(
             models, image=_image(tmp_path), prompt="a pot", out=tmp_path / "out.glb",
-            manifest_path=tmp_path / "out.json", guidance=CONFIG, steps=8, octree_resolution=48, progress=False,
+            manifest_path=tmp_path / "out.json", guidance=CONFIG, options=GenerationOptions(steps=8, octree_resolution=48), progress=False,
             step_callback=before_step,
         )
     finally:  # the models are shared with other tests: never leave a fault installed

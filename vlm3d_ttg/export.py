@@ -13,6 +13,7 @@ import trimesh
 
 from .errors import InvalidInputError
 from .io import atomic_path
+from .options import option
 
 logger = logging.getLogger(__name__)
 
@@ -23,12 +24,16 @@ MESH_SUFFIXES = (".glb", ".gltf", ".obj", ".ply", ".stl", ".off")
 class PostprocessConfig:
     """Optional clean-up of the exported mesh with hy3dgen's own postprocessors."""
 
-    remove_floaters: bool = False
-    remove_degenerate_faces: bool = False
-    max_faces: int | None = None
+    remove_floaters: bool = option(False, "Remove small disconnected parts (hy3dgen's FloaterRemover).",
+                                   negative="--keep-floaters")
+    remove_degenerate_faces: bool = option(False, "Remove degenerate faces (hy3dgen's DegenerateFaceRemover).",
+                                           flag="--remove-degenerate", negative="--keep-degenerate")
+    max_faces: int | None = option(None, "Reduce to at most this many faces (hy3dgen's FaceReducer).", cli_type=int)
 
     def validate(self) -> "PostprocessConfig":
         """Raise InvalidInputError on a bad value; return self."""
+        if self.max_faces is not None and (isinstance(self.max_faces, bool) or not isinstance(self.max_faces, int)):
+            raise InvalidInputError(f"max_faces must be an integer, got {self.max_faces!r}")
         if self.max_faces is not None and self.max_faces < 4:
             raise InvalidInputError(f"max_faces must be ≥ 4, got {self.max_faces}")
         return self

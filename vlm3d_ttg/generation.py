@@ -6,7 +6,9 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -20,11 +22,79 @@ from .export import PostprocessConfig, postprocess_mesh, save_mesh
 from .guidance import GuidanceConfig, StepRecord
 from .inputs import prepare_condition_image
 from .io import atomic_path
+from .options import option
 from .manifest import package_versions, write_manifest
 from .sampler import StepCallback
 from .models import load_shape_pipeline, load_vlm, resolve_device, resolve_dtype
 
 logger = logging.getLogger(__name__)
+
+
+MAX_SEED = 2**64  # torch generators take seeds in [0, 2^64)
+
+
+@dataclass
+class GenerationOptions:
+    """How one run samples and which models it uses: the options besides guidance and postprocessing.
+
+    Declared once here (name, default, help, validation); `vlm3d-ttg generate` and the quality
+    benchmark derive their flags from these fields.
+    """
+
+    seed: int = option(0, "Random seed (noise; the camera-jitter stream is derived from it).")
+    steps: int = option(50, "Sampler steps.")
+    cfg_scale: float = option(5.0, "Classifier-free guidance scale of the shape model (hy3dgen's guidance_scale).",
+                              aliases=("--cfg",))
+    octree_resolution: int | None = option(None, "Export grid (default 384; 128 with --preset tiny).", cli_type=int)
+    shape_model: str = option("tencent/Hunyuan3D-2", "hy3dgen shape model: repo id or variant name (e.g. hunyuan3d-2mini).")
+    shape_subfolder: str | None = option(None, "Subfolder of the shape repo (default: the repo's main DiT).", cli_type=str)
+    vlm: str = option("Qwen/Qwen2.5-VL-7B-Instruct", "Critic: Qwen2.5-VL hub id or local folder.")
+    device: str = option("auto", "cuda, cuda:N, cpu or auto.")
+    dtype: str = option("auto", "Shape model dtype (auto: float16 on CUDA, float32 on CPU).")
+    vlm_dtype: str = option("auto", "Critic dtype (auto: bfloat16 on CUDA, float32 on CPU).")
+    checkpointing: bool = option(False, "Activation checkpointing in the critic (saves memory on the 7B).",
+                                 negative="--no-checkpointing")
+    offload_idle: bool = option(False, "Keep the idle model (DiT or critic) in CPU memory on a GPU run.",
+                                negative="--no-offload-idle")
+
+    def validate(self) -> "GenerationOptions":
+        """Raise InvalidInputError naming the first bad field and what it accepts; return self."""
+        from .models import resolve_dtype
+
+        def bad(msg: str) -> None:
+            raise InvalidInputError(f"Invalid option: {msg}")
+
+        def integer(name: str) -> int:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                bad(f"{name} must be an integer, got {value!r}")
+            return value
+
+        if not 0 <= integer("seed") < MAX_SEED:
+            bad(f"seed must be in [0, 2^64), got {self.seed}")
+        if integer("steps") < 2:
+            bad(f"steps must be ≥ 2, got {self.steps}")
+        if isinstance(self.cfg_scale, bool) or not isinstance(self.cfg_scale, (int, float)) or not (
+            math.isfinite(self.cfg_scale) and self.cfg_scale >= 0
+        ):
+            bad(f"cfg_scale must be a finite number ≥ 0, got {self.cfg_scale!r}")
+        if self.octree_resolution is not None and integer("octree_resolution") < 16:
+            bad(f"octree_resolution must be ≥ 16, got {self.octree_resolution}")
+        if self.device != "auto":
+            try:
+                torch.device(self.device)
+            except (RuntimeError, TypeError):
+                bad(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        for name in ("dtype", "vlm_dtype"):
+            resolve_dtype(torch.device("cpu"), getattr(self, name))  # raises naming the accepted dtypes
+        for name in ("checkpointing", "offload_idle"):
+            if not isinstance(getattr(self, name), bool):
+                bad(f"{name} must be True or False, got {getattr(self, name)!r}")
+        return self
+
+    def to_dict(self) -> dict:
+        """A JSON-ready copy (for manifests)."""
+        return dataclasses.asdict(self)
 
 
 @dataclass
@@ -109,16 +179,10 @@ def _write_view_sheets(
 
 
 def load_models(
+    options: GenerationOptions | None = None,
     *,
     tiny: bool = False,
-    shape_model: str = "tencent/Hunyuan3D-2",
-    shape_subfolder: str | None = None,
-    vlm: str = "Qwen/Qwen2.5-VL-7B-Instruct",
-    device: str = "auto",
-    dtype: str = "auto",
-    vlm_dtype: str = "auto",
     cache_dir: str | os.PathLike | None = None,
-    offload_idle: bool = False,
 ) -> LoadedModels:
     """Load the shape pipeline and the critic (the tiny offline checkpoints when `tiny`).
 
@@ -126,9 +190,11 @@ def load_models(
     in on the GPU) and the sampler brings it over at the first guided step, so loading never
     holds both models on the GPU at once.
     """
-    torch_device = resolve_device(device)
-    critic_device = torch.device("cpu") if offload_idle else torch_device
-    critic_dtype = resolve_dtype(torch_device, vlm_dtype, half=torch.bfloat16)
+    options = (options or GenerationOptions()).validate()
+    torch_device = resolve_device(options.device)
+    dtype = options.dtype
+    critic_device = torch.device("cpu") if options.offload_idle else torch_device
+    critic_dtype = resolve_dtype(torch_device, options.vlm_dtype, half=torch.bfloat16)
     if tiny:
         from .tiny import ensure_tiny_shape_model, ensure_tiny_vlm
 
@@ -137,10 +203,10 @@ def load_models(
         vlm_path = ensure_tiny_vlm(cache_dir)
         model, processor = load_vlm(vlm_path, device=critic_device, dtype=critic_dtype)
         return LoadedModels(pipeline, model, processor, f"{ref.repo_id}/{ref.subfolder} (tiny)", f"{vlm_path} (tiny)", tiny=True)
-    pipeline = load_shape_pipeline(shape_model, shape_subfolder, device=torch_device, dtype=dtype)
-    model, processor = load_vlm(vlm, device=critic_device, dtype=critic_dtype)
+    pipeline = load_shape_pipeline(options.shape_model, options.shape_subfolder, device=torch_device, dtype=dtype)
+    model, processor = load_vlm(options.vlm, device=critic_device, dtype=critic_dtype)
     spec = pipeline.variant_spec
-    return LoadedModels(pipeline, model, processor, f"{spec.repo_id}/{spec.subfolder}", vlm)
+    return LoadedModels(pipeline, model, processor, f"{spec.repo_id}/{spec.subfolder}", options.vlm)
 
 
 def write_r_plot(path: str | os.PathLike, records: list[StepRecord], *, final_r: float | None = None) -> Path:
@@ -178,12 +244,7 @@ def generate_mesh(
     manifest_path: str | os.PathLike,
     guidance: GuidanceConfig,
     postprocess: PostprocessConfig | None = None,
-    seed: int = 0,
-    steps: int = 50,
-    cfg: float = 5.0,
-    octree_resolution: int = 384,
-    checkpointing: bool = False,
-    offload_idle: bool = False,
+    options: GenerationOptions | None = None,
     views_dir: str | os.PathLike | None = None,
     keep_views: str | list[int] = "summary",
     plot_path: str | os.PathLike | None = None,
@@ -200,6 +261,10 @@ def generate_mesh(
     from .sampler import GuidedSampler
 
     started = time.perf_counter()
+    options = (options or GenerationOptions()).validate()
+    seed, steps, cfg_scale, checkpointing = options.seed, options.steps, options.cfg_scale, options.checkpointing
+    octree_resolution = options.octree_resolution or 384
+    offload_idle = options.offload_idle
     condition = prepare_condition_image(image)
     critic = VLMCritic(models.vlm, models.processor, prompt, guidance.query, activation_checkpointing=checkpointing)
     reward = VLMReward.from_config(models.pipeline.vae, critic, guidance)
@@ -208,7 +273,7 @@ def generate_mesh(
     output = sampler(
         condition,
         num_inference_steps=steps,
-        guidance_scale=cfg,
+        guidance_scale=cfg_scale,
         seed=seed,
         octree_resolution=octree_resolution,
         progress=progress,
@@ -232,7 +297,8 @@ def generate_mesh(
         "prompt": prompt,
         "seed": seed,
         "steps": steps,
-        "cfg": cfg,
+        "cfg_scale": cfg_scale,
+        "options": options.to_dict(),
         "device": str(models.pipeline.device),
         "dtype": str(models.pipeline.dtype),
         "models": {"shape": models.shape_id, "critic": models.vlm_id, "tiny": models.tiny},

@@ -16,6 +16,7 @@ from typing import Any, Literal, Protocol
 import torch
 
 from .errors import InvalidInputError
+from .options import option
 
 StepNorm = Literal["raw", "latent_rms", "sampler_step"]
 Schedule = Literal["constant", "linear_decay"]
@@ -51,56 +52,94 @@ class GuidanceConfig:
       to render the critic's views, the export uses hy3dgen's 384³.
     """
 
-    enabled: bool = True
-    scale: float = 0.03
-    step_norm: StepNorm = "latent_rms"
-    max_step_ratio: float | None = 1.0
-    schedule: Schedule = "constant"
-    sigma_window: tuple[float, float] = (0.2, 0.85)
-    every: int = 2
-    inner_steps: int = 1
-    grad_mode: GradMode = "x0"
-    num_views: int = 4
-    view_size: int = 448
-    elevation: float = 20.0
-    azimuth_jitter: float = 15.0
-    elevation_jitter: float = 5.0
-    grid_resolution: int = 64
-    query: str = "dual"
-    backend: str = "auto"
+    enabled: bool = option(True, "Guide with the critic; --no-guidance is the unguided baseline on the same seed.",
+                           flag="--guidance", negative="--no-guidance")
+    scale: float = option(0.03, "Guidance strength λ (its unit depends on --step-norm).", aliases=("--lambda",))
+    step_norm: StepNorm = option("latent_rms", "raw (λ·∇r, the paper), latent_rms or sampler_step (scale-free).")
+    max_step_ratio: float | None = option(
+        1.0, "Cap on the guidance step relative to the sampler's own step (0: no cap).",
+        parse=lambda value: None if value == 0 else value, show=lambda value: 0.0 if value is None else value)
+    schedule: Schedule = option("constant", "constant, or linear_decay across the σ window.")
+    sigma_window: tuple[float, float] = option(
+        (0.2, 0.85), "Guide only for σ in LO,HI (σ: 0 noise → 1 data).",
+        parse=lambda text: parse_sigma_window(text), show=lambda window: f"{window[0]:g},{window[1]:g}", cli_type=str)
+    every: int = option(2, "Guide every k-th step inside the window.")
+    inner_steps: int = option(1, "Gradient steps per guided sampler step.")
+    grad_mode: GradMode = option("x0", "x0 (straight-through, default) or xt (through the DiT, exact, slower).")
+    num_views: int = option(4, "Views rendered for the critic.", flag="--views")
+    view_size: int = option(448, "View side in pixels (a multiple of 28, Qwen2.5-VL's patch × merge).")
+    elevation: float = option(20.0, "Camera elevation in degrees.")
+    azimuth_jitter: float = option(15.0, "Per-step random azimuth offset (±degrees).")
+    elevation_jitter: float = option(5.0, "Per-step random elevation offset (±degrees).")
+    grid_resolution: int = option(64, "Occupancy grid for guidance (32 · 2^k, or ≤ 32).", flag="--grid")
+    query: str = option("dual", "dual (the paper's), content, geometry, or a template with {description}.")
+    backend: str = option("auto", "Renderer: auto, cpu or nvdiffrast.", flag="--render-backend")
 
     def validate(self) -> "GuidanceConfig":
-        """Raise InvalidInputError naming the first bad field; return self."""
+        """Raise InvalidInputError naming the first bad field and what it accepts; return self.
+
+        The one validation path of guidance options (CLI, benchmark and Python callers alike), run
+        before any model loads: types, finiteness, ranges and the query template.
+        """
+        from .critic.queries import resolve_query  # the critic's own template check
+
         def bad(msg: str) -> None:
             raise InvalidInputError(f"Invalid guidance option: {msg}")
 
-        if not math.isfinite(self.scale) or self.scale < 0:
-            bad(f"scale (λ) must be a finite number ≥ 0, got {self.scale}")
+        def number(name: str, *, integer: bool = False) -> float:
+            value = getattr(self, name)
+            kinds = (int,) if integer else (int, float)
+            if isinstance(value, bool) or not isinstance(value, kinds):
+                bad(f"{name} must be {'an integer' if integer else 'a number'}, got {value!r}")
+            if not math.isfinite(value):
+                bad(f"{name} must be finite, got {value}")
+            return value
+
+        if not isinstance(self.enabled, bool):
+            bad(f"enabled must be True or False, got {self.enabled!r}")
+        if number("scale") < 0:
+            bad(f"scale (λ) must be ≥ 0, got {self.scale}")
         if self.step_norm not in ("raw", "latent_rms", "sampler_step"):
             bad(f"step_norm must be raw, latent_rms or sampler_step, got {self.step_norm!r}")
-        if self.max_step_ratio is not None and not (self.max_step_ratio > 0):
-            bad(f"max_step_ratio must be > 0 or None, got {self.max_step_ratio}")
+        if self.max_step_ratio is not None and not number("max_step_ratio") > 0:
+            bad(f"max_step_ratio must be > 0, or None for no cap, got {self.max_step_ratio}")
         if self.schedule not in ("constant", "linear_decay"):
             bad(f"schedule must be constant or linear_decay, got {self.schedule!r}")
-        lo, hi = self.sigma_window
-        if not (0.0 <= lo <= hi <= 1.0):
-            bad(f"sigma_window must satisfy 0 ≤ lo ≤ hi ≤ 1, got {self.sigma_window}")
-        if self.every < 1:
+        window = self.sigma_window
+        if not (isinstance(window, (tuple, list)) and len(window) == 2
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in window)):
+            bad(f"sigma_window must be two numbers (lo, hi), got {window!r}")
+        lo, hi = window
+        if not (0.0 <= lo < hi <= 1.0):
+            bad(f"sigma_window must satisfy 0 ≤ lo < hi ≤ 1 (a window of zero width guides nothing), got {window}")
+        if number("every", integer=True) < 1:
             bad(f"every must be ≥ 1, got {self.every}")
-        if self.inner_steps < 1:
+        if number("inner_steps", integer=True) < 1:
             bad(f"inner_steps must be ≥ 1, got {self.inner_steps}")
         if self.grad_mode not in ("x0", "xt"):
             bad(f"grad_mode must be x0 or xt, got {self.grad_mode!r}")
-        if self.num_views < 1:
+        if number("num_views", integer=True) < 1:
             bad(f"num_views must be ≥ 1, got {self.num_views}")
-        if self.view_size < 28 or self.view_size % 28:
+        if number("view_size", integer=True) < 28 or self.view_size % 28:
             bad(f"view_size must be a positive multiple of 28 (Qwen2.5-VL's patch 14 × merge 2), got {self.view_size}")
-        if self.grid_resolution < 16:
+        if not -90 < number("elevation") < 90:
+            bad(f"elevation must be in (-90, 90) degrees, got {self.elevation}")
+        if not 0 <= number("azimuth_jitter") <= 180:
+            bad(f"azimuth_jitter must be in [0, 180] degrees, got {self.azimuth_jitter}")
+        if not 0 <= number("elevation_jitter") < 90:
+            bad(f"elevation_jitter must be in [0, 90) degrees, got {self.elevation_jitter}")
+        if number("grid_resolution", integer=True) < 16:
             bad(f"grid_resolution must be ≥ 16, got {self.grid_resolution}")
+        if self.backend not in ("auto", "cpu", "nvdiffrast"):
+            bad(f"backend must be auto, cpu or nvdiffrast, got {self.backend!r}")
+        if not isinstance(self.query, str):
+            bad(f"query must be a string, got {self.query!r}")
         if self.query not in QUERIES and "{description}" not in self.query:
             bad(f"query must be one of {QUERIES} or a template containing '{{description}}', got {self.query!r}")
-        if self.azimuth_jitter < 0 or self.elevation_jitter < 0:
-            bad("camera jitter must be ≥ 0")
+        try:
+            resolve_query(self.query)  # a user template: the critic's own checks, now rather than after loading
+        except InvalidInputError as exc:
+            bad(f"query: {exc}")
         return self
 
     def to_dict(self) -> dict:

@@ -94,16 +94,8 @@ def load_generation_models(settings: GenerationSettings, device: str) -> Any:
     """The shape pipeline and critic (`LoadedModels`) for this run's preset."""
     from ..generation import load_models
 
-    return load_models(
-        tiny=settings.preset == "tiny",
-        shape_model=settings.shape_model,
-        shape_subfolder=settings.shape_subfolder,
-        vlm=settings.vlm,
-        device=device,
-        dtype=settings.dtype,
-        vlm_dtype=settings.vlm_dtype,
-        cache_dir=settings.cache_dir,
-    )
+    return load_models(settings.generation_options(device=device), tiny=settings.preset == "tiny",
+                       cache_dir=settings.cache_dir)
 
 
 def render_eval_views(mesh_path: Path | None, eval_views: EvalViews, device: Any) -> torch.Tensor:
@@ -191,11 +183,7 @@ def generate_one(
                 out=mesh_path,
                 manifest_path=staging / MANIFEST_FILE,
                 guidance=config.guidance,
-                seed=seed,
-                steps=settings.steps,
-                cfg=settings.cfg,
-                octree_resolution=settings.octree_resolution,
-                checkpointing=settings.checkpointing,
+                options=settings.generation_options(seed=seed),
                 views_dir=staging / "critic_views",
                 keep_views="summary" if config.guided else "none",
                 plot_path=staging / "r.png" if config.guided else None,

@@ -66,6 +66,16 @@ class GenerationSettings:
     text_to_image_model: str = DEFAULT_TEXT_TO_IMAGE_MODEL
     cache_dir: str | None = None  # tiny checkpoints ($VLM3D_TTG_CACHE when None)
 
+    def generation_options(self, **overrides: Any) -> Any:
+        """These settings as the library's `GenerationOptions` (what `generate_mesh` takes)."""
+        from ..generation import GenerationOptions
+
+        values = dict(seed=self.seed, steps=self.steps, cfg_scale=self.cfg, octree_resolution=self.octree_resolution,
+                      shape_model=self.shape_model, shape_subfolder=self.shape_subfolder, vlm=self.vlm,
+                      dtype=self.dtype, vlm_dtype=self.vlm_dtype, checkpointing=self.checkpointing)
+        values.update(overrides)
+        return GenerationOptions(**values)
+
     def models_key(self) -> dict[str, Any]:
         """What identifies the generating models (part of every cached result's fingerprint)."""
         if self.preset == "tiny":

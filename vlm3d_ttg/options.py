@@ -1,0 +1,140 @@
+"""Options declared once: a dataclass field carries its command-line flag, help and parsing, and the
+CLI (typer) and the benchmark (argparse) derive their flags from it.
+
+    @dataclass
+    class GuidanceConfig:
+        scale: float = option(0.03, "Guidance strength λ (see --step-norm).", flag="--scale", aliases=("--lambda",))
+
+    typer_parameters(GuidanceConfig)            # inspect.Parameters with typer.Option defaults
+    from_values(GuidanceConfig, values)         # {field: CLI value} → a GuidanceConfig
+    add_argparse_options(group, GuidanceConfig) # the same flags on an argparse group
+    from_namespace(GuidanceConfig, args, defaults)
+
+Validation is not here: each dataclass's own `validate()` is the one validation path, run by the
+CLI and the benchmark before any model loads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import inspect
+from dataclasses import dataclass
+from typing import Any, Callable
+
+
+@dataclass(frozen=True)
+class Option:
+    """How one dataclass field appears on a command line.
+
+    flag: the long flag (default: --field-name). aliases: more flags for the same option.
+    parse: command-line value → field value (e.g. "0.2,0.85" → (0.2, 0.85); 0 → None).
+    show: field default → command-line default (the inverse of `parse`).
+    cli_type: the type the command line reads (default: the type of the field's default).
+    negative: for a boolean, the flag that sets it to False (e.g. --no-guidance).
+    """
+
+    help: str
+    flag: str | None = None
+    aliases: tuple[str, ...] = ()
+    parse: Callable[[Any], Any] | None = None
+    show: Callable[[Any], Any] | None = None
+    cli_type: type | None = None
+    negative: str | None = None
+
+
+def option(default: Any, help: str, **spec: Any) -> Any:
+    """A dataclass field with `default` whose command-line form is described by `Option(help, **spec)`."""
+    return dataclasses.field(default=default, metadata={"option": Option(help=help, **spec)})
+
+
+def declared(cls: type) -> list[tuple[dataclasses.Field, Option]]:
+    """The fields of dataclass `cls` that declare a command-line option, in declaration order."""
+    return [(f, f.metadata["option"]) for f in dataclasses.fields(cls) if "option" in f.metadata]
+
+
+def flag_of(field: dataclasses.Field, spec: Option) -> str:
+    """The main flag of a field (--field-name unless declared)."""
+    return spec.flag or "--" + field.name.replace("_", "-")
+
+
+def cli_default(field: dataclasses.Field, spec: Option) -> Any:
+    """The field's default as the command line shows it."""
+    return spec.show(field.default) if spec.show is not None else field.default
+
+
+def _cli_type(field: dataclasses.Field, spec: Option) -> type:
+    if spec.cli_type is not None:
+        return spec.cli_type
+    default = cli_default(field, spec)
+    return type(default) if default is not None else str
+
+
+def _help(field: dataclasses.Field, spec: Option) -> str:
+    return spec.help + f"  [{field.name}]"
+
+
+def typer_parameters(cls: type, *, exclude: tuple[str, ...] = ()) -> list[inspect.Parameter]:
+    """Keyword parameters (typer.Option defaults) for every declared field of `cls`, for a typer command's signature."""
+    import typer
+
+    parameters = []
+    for field, spec in declared(cls):
+        if field.name in exclude:
+            continue
+        kind = _cli_type(field, spec)
+        if kind is bool:
+            decl = f"{flag_of(field, spec)}/{spec.negative}" if spec.negative else flag_of(field, spec)
+            info = typer.Option(field.default, decl, help=_help(field, spec))
+        else:
+            info = typer.Option(cli_default(field, spec), flag_of(field, spec), *spec.aliases, help=_help(field, spec))
+        parameters.append(inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY, default=info, annotation=kind))
+    return parameters
+
+
+def from_values(cls: type, values: dict[str, Any], **fixed: Any) -> Any:
+    """An instance of `cls` from command-line values keyed by field name (others keep their defaults)."""
+    kwargs = dict(fixed)
+    for field, spec in declared(cls):
+        if field.name in values and field.name not in kwargs:
+            value = values[field.name]
+            kwargs[field.name] = spec.parse(value) if spec.parse is not None else value
+    return cls(**kwargs)
+
+
+def add_argparse_options(group: Any, cls: type, *, exclude: tuple[str, ...] = (), default_note: dict[str, str] | None = None) -> None:
+    """The declared options of `cls` on an argparse parser/group; options not given stay out of the
+    namespace (see from_namespace)."""
+    notes = default_note or {}
+    for field, spec in declared(cls):
+        if field.name in exclude:
+            continue
+        kind = _cli_type(field, spec)
+        shown = notes.get(field.name, repr(cli_default(field, spec)))
+        help_text = f"{_help(field, spec)} (default: {shown})"
+        if kind is bool:
+            group.add_argument(flag_of(field, spec), dest=field.name, action=argparse.BooleanOptionalAction,
+                               default=argparse.SUPPRESS, help=help_text)
+        else:
+            # SUPPRESS: an option not given is absent from the namespace (and from "default: None" in help).
+            group.add_argument(flag_of(field, spec), *spec.aliases, dest=field.name, type=kind,
+                               default=argparse.SUPPRESS, help=help_text)
+
+
+def from_namespace(cls: type, args: argparse.Namespace, *, defaults: dict[str, Any] | None = None, **fixed: Any) -> Any:
+    """An instance of `cls` from parsed argparse options: given values, else `defaults` (field values,
+    e.g. a preset's), else the dataclass defaults."""
+    kwargs = dict(fixed)
+    for field, spec in declared(cls):
+        if field.name in kwargs:
+            continue
+        value = getattr(args, field.name, None)
+        if value is not None:
+            kwargs[field.name] = spec.parse(value) if spec.parse is not None else value
+        elif defaults and field.name in defaults:
+            kwargs[field.name] = defaults[field.name]
+    return cls(**kwargs)
+
+
+__all__ = ["Option", "add_argparse_options", "cli_default", "declared", "flag_of", "from_namespace", "from_values",
+           "option", "typer_parameters"]
