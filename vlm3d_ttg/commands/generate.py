@@ -130,7 +130,7 @@ def generate(
     if render_backend not in ("auto", "cpu", "nvdiffrast"):
         raise InvalidInputError(f"--render-backend must be auto, cpu or nvdiffrast, got {render_backend!r}")
 
-    from ..cli import quiet_hy3dgen
+    from ..logs import quiet_hy3dgen
     from ..generation import generate_mesh, load_models
 
     quiet_hy3dgen()

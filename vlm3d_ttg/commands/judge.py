@@ -169,7 +169,7 @@ def judge(
         model_id: str = str(ensure_tiny_vlm())
     else:
         model_id = vlm or DEFAULT_VLM
-    from ..cli import quiet_transformers
+    from ..logs import quiet_transformers
 
     quiet_transformers()
     model, processor = load_vlm(model_id, device=device, dtype=dtype)
