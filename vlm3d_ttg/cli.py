@@ -20,10 +20,11 @@ app = typer.Typer(
 
 
 def _register_commands() -> None:
-    from .commands import generate, judge
+    from .commands import generate, score
 
     app.command(name="generate")(generate.generate)
-    app.command(name="judge")(judge.judge)
+    app.command(name="score")(score.score)
+    app.command(name="judge", hidden=True)(score.judge_deprecated)
 
 
 def main(argv: list[str] | None = None) -> int:
