@@ -7,6 +7,7 @@ function of the images, on any device. Every constant is read from the processor
 
 from __future__ import annotations
 
+import numbers
 from typing import Any
 
 import torch
@@ -25,12 +26,12 @@ VIEW_SIDE_MULTIPLE = 28
 
 def check_view_size(view_size: int) -> int:
     """Return `view_size` if it is a positive multiple of 28 (a side the critic sees unresampled), else raise InvalidInputError."""
-    if isinstance(view_size, bool) or not isinstance(view_size, int) or view_size < 1 or view_size % VIEW_SIDE_MULTIPLE:
+    if isinstance(view_size, bool) or not isinstance(view_size, numbers.Integral) or view_size < 1 or view_size % VIEW_SIDE_MULTIPLE:
         raise InvalidInputError(
             f"View side {view_size} is not a positive multiple of {VIEW_SIDE_MULTIPLE} "
             "(Qwen2.5-VL's 14-px patches merged 2×2); use e.g. 448, 336 or 504."
         )
-    return view_size
+    return int(view_size)
 
 
 def _field(obj: Any, name: str) -> Any:
