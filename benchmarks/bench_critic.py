@@ -50,7 +50,7 @@ DESCRIPTION = "a wooden chair"
 NOTES = [
     "Notes:",
     "- r equals the stock path to float32 rounding; the stock path without 3-D positions (no "
-    "`mm_token_type_ids`, as 4.x-era code calls it) gives a different r — the silent trap of DESIGN §4.",
+    "`mm_token_type_ids`, as 4.x-era code calls it) gives a different r — the silent trap of docs/design.md §4.",
     "- The cached path saves the per-step input preparation (chat template, tokenisation, image "
     "processing) that calling the processor every step repeats; the whole-step ratio shrinks as the "
     "model's share grows, and with the 7B on a GPU it approaches 1. The cached path matters because it "
@@ -60,7 +60,7 @@ NOTES = [
     "4 × 21 ms); everything else costs the same. Not measured on a GPU.",
     "- The same views judged against several descriptions pays: the vision tower runs once.",
     "- Activation checkpointing costs a re-run of each layer's forward in the backward; what it buys is "
-    "memory (estimated ~11 GiB → ~0.6 GiB of activations for the 7B at 4 × 448², DESIGN §4), not "
+    "memory (estimated ~11 GiB → ~0.6 GiB of activations for the 7B at 4 × 448², docs/design.md §4), not "
     "measured here.",
     "- The backward at 4 × 448² is mostly that Conv3d backward on CPU; the tiny model's absolute times "
     "say little about the 7B, the preprocessing times at real sizes do.",

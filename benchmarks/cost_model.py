@@ -1,4 +1,4 @@
-"""Cost model of a guided run with the REAL model sizes (DESIGN §6): FLOPs and memory per stage.
+"""Cost model of a guided run with the REAL model sizes (docs/design.md §6): FLOPs and memory per stage.
 
 Nothing here runs a model: it counts multiply-adds of the architectures (2 FLOPs each) from their
 published sizes, so that users can see what a guided step costs before they rent a GPU, and what
@@ -87,7 +87,7 @@ def critic_forward_flops(views: int, size: int) -> float:
 
 
 def critic_activation_gib(views: int, size: int, checkpointing: bool) -> float:
-    """Saved activations for the input-only backward, scaled from DESIGN §4's 4x448² figures."""
+    """Saved activations for the input-only backward, scaled from docs/design.md §4's 4x448² figures."""
     scale = views * (size / 448) ** 2 / 4
     return (0.6 if checkpointing else 11.0) * scale
 

@@ -154,9 +154,9 @@ def run(args: argparse.Namespace) -> int:
         write_run_file,
     )
     from vlm3d_ttg.bench.text2image import DEFAULT_TEXT_TO_IMAGE_MODEL
-    from vlm3d_ttg.cli import quiet_hy3dgen
     from vlm3d_ttg.generation import GenerationOptions
     from vlm3d_ttg.guidance import GuidanceConfig
+    from vlm3d_ttg.logs import quiet_hy3dgen
     from vlm3d_ttg.options import from_namespace
 
     use_cpu = args.cpu or not torch.cuda.is_available()

@@ -11,9 +11,12 @@ from vlm3d_ttg.critic import (
     CONTENT_QUERY,
     DUAL_QUERY,
     GEOMETRY_QUERY,
+    VIEW_SIDE_MULTIPLE,
     VLMCritic,
+    check_view_size,
     format_query,
     qwen_pixel_values,
+    qwen_resized_size,
     resolve_query,
 )
 from vlm3d_ttg.errors import InvalidInputError, UnsupportedModelError
@@ -150,6 +153,24 @@ def test_pixel_values_equal_real_processor(tiny_vlm, which):
         diff64 = float((pixel_values64 - expected["pixel_values"].double()).abs().max())
         assert diff64 <= (RESIZE_TOLERANCE if resized else 2e-6), f"{name} (float64): max abs diff {diff64}"
     print(f"\nqwen_pixel_values vs {which} processor, max abs diff: " + "; ".join(report))
+
+
+def test_view_size_rule_is_exactly_the_sides_the_processor_keeps():
+    # The rule the renderer no longer knows: a side passes check_view_size iff the real 7B processor
+    # would feed it to the model unresampled (above its min_pixels = 56², where smaller sides grow).
+    processor = _processor_7b_constants()
+    assert VIEW_SIDE_MULTIPLE == int(processor.patch_size) * int(processor.merge_size)
+    for side in range(56, 1100):
+        kept = qwen_resized_size(side, side, processor) == (side, side)
+        try:
+            accepted = check_view_size(side) == side
+        except InvalidInputError as exc:
+            accepted = False
+            assert "multiple of 28" in str(exc)
+        assert accepted == kept, side
+    for bad in (0, -28, 28.0, True):
+        with pytest.raises(InvalidInputError):
+            check_view_size(bad)
 
 
 def test_pixel_values_are_differentiable_through_resize(tiny_vlm):

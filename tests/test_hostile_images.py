@@ -16,10 +16,10 @@ import torch
 from PIL import Image
 
 from vlm3d_ttg.cli import main
-from vlm3d_ttg.commands.judge import load_image, load_views
 from vlm3d_ttg.errors import InvalidInputError
-from vlm3d_ttg.images import open_image
+from vlm3d_ttg.images import load_view, open_image
 from vlm3d_ttg.inputs import check_condition_image, prepare_condition_image
+from vlm3d_ttg.scoring import load_view_files
 
 SIZE = 64
 YY, XX = np.mgrid[0:SIZE, 0:SIZE]
@@ -220,7 +220,7 @@ def test_every_mode_is_read_as_its_pixels_for_conditioning_and_scoring(case, tmp
         np.testing.assert_allclose(np.asarray(open_image(source)), expected, atol=tolerance)
 
     # Scoring: the same pixels, composited over white, in [0, 1].
-    view = load_image(source) if not isinstance(source, Image.Image) else None
+    view = load_view(source) if not isinstance(source, Image.Image) else None
     if view is not None:
         assert view.shape == (3, expected.shape[0], expected.shape[1])
         np.testing.assert_allclose(view.permute(1, 2, 0).numpy() * 255.0, on_white(expected), atol=tolerance + 0.5)
@@ -228,7 +228,7 @@ def test_every_mode_is_read_as_its_pixels_for_conditioning_and_scoring(case, tmp
 
 def test_sixteen_bit_grey_is_not_scored_as_white(tmp_path):
     path, _ = case_grey16(tmp_path)
-    view = load_views([path])[0]
+    view = load_view_files([path])[0]
     assert float(view.min()) == 0.0 and 0.2 < float(view.mean()) < 0.8
 
 
@@ -261,9 +261,9 @@ def test_images_without_a_usable_object_are_refused_alike(case, tmp_path, capsys
         check_condition_image(path)
     assert str(path) in str(conditioning.value)
     with pytest.raises(InvalidInputError, match=message):
-        load_views([path])
+        load_view_files([path])
     # The scoring command refuses it before any model loads, with exit code 2 and the message.
-    code = main(["judge", str(path), "--prompt", "a chair", "--vlm", str(tmp_path / "no-such-model")])
+    code = main(["score", str(path), "--prompt", "a chair", "--vlm", str(tmp_path / "no-such-model")])
     err = capsys.readouterr().err
     assert code == 2 and message.split(";")[0] in err and "Traceback" not in err
 
@@ -272,12 +272,12 @@ def test_scoring_refuses_a_blank_view_and_conditioning_an_unreadable_file(tmp_pa
     blank = tmp_path / "blank.png"
     Image.new("RGB", (SIZE, SIZE), (255, 255, 255)).save(blank)
     with pytest.raises(InvalidInputError, match=r"single flat colour \(255, 255, 255\)"):
-        load_views([blank])
+        load_view_files([blank])
     truncated = tmp_path / "truncated.png"
     Image.fromarray(rgba_of(COLOUR, object_alpha())).save(tmp_path / "whole.png")
     whole = (tmp_path / "whole.png").read_bytes()
     truncated.write_bytes(whole[: len(whole) // 2])
-    for check in (check_condition_image, load_image):
+    for check in (check_condition_image, load_view):
         with pytest.raises(InvalidInputError, match="Cannot read image"):
             check(truncated)
 

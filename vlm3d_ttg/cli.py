@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 
 import typer
 
 from .errors import Vlm3dError
+from .logs import configure_logging
 
 app = typer.Typer(
     name="vlm3d-ttg",
@@ -20,40 +20,16 @@ app = typer.Typer(
 
 
 def _register_commands() -> None:
-    from .commands import generate, judge
+    from .commands import generate, score
 
     app.command(name="generate")(generate.generate)
-    app.command(name="judge")(judge.judge)
-
-
-def _log_level() -> str:
-    return os.environ.get("VLM3D_TTG_LOG", "WARNING").upper()
-
-
-def _configure_logging() -> None:
-    logging.basicConfig(level=_log_level(), format="%(levelname)s %(name)s: %(message)s")
-
-
-def quiet_hy3dgen() -> None:
-    """Tame hy3dgen's logger, which sets itself to INFO with its own console handler at import."""
-    from hy3dgen.shapegen.utils import logger as hy3dgen_logger
-
-    hy3dgen_logger.setLevel(_log_level())
-    hy3dgen_logger.propagate = False  # its own handler already prints; root would print twice
-    quiet_transformers()
-
-
-def quiet_transformers() -> None:
-    """No per-load progress bars from transformers unless logging is turned up."""
-    if _log_level() not in ("DEBUG", "INFO"):
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
+    app.command(name="score")(score.score)
+    app.command(name="judge", hidden=True)(score.judge_deprecated)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the process exit code (2 for bad input)."""
-    _configure_logging()
+    configure_logging()
     _register_commands()
     try:
         # Standalone mode: typer/click report usage errors themselves (exit 2) and end with SystemExit.

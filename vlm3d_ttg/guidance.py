@@ -1,6 +1,6 @@
 """Guidance configuration and the small pure functions of the guided step.
 
-Conventions (hy3dgen 2.0.2, DESIGN §1): σ runs from 0 (noise) to 1 (data); the Euler step is
+Conventions (hy3dgen 2.0.2, docs/design.md §2): σ runs from 0 (noise) to 1 (data); the Euler step is
 x_next = x + (σ_next − σ)·v; the predicted clean latent is x̂ = x + (1 − σ)·v. The guided step
 adds a displacement `d` built from g = ∇ r (r = the critic's Yes/No log-odds) after the
 sampler's own step: x_next = Sampler(x, σ) + d  (paper eq. 10).
@@ -31,7 +31,7 @@ class GuidanceConfig:
     Defaults and why. The numbers are the λ sweep on the tiny models (20 seeds, mean gain of the
     final mesh's r over the unguided run on the same seed; benchmarks/RESULTS.md). Tiny models
     check the mechanics, not what is best for the real ones; where the tiny sweep cannot speak
-    (reward hacking, real geometry), the literature starting points of DESIGN §1 decide.
+    (reward hacking, real geometry), the literature starting points of docs/design.md §1 decide.
     - `step_norm="latent_rms"`, `scale` 0.03: the step is 3% of the latent's RMS whatever the
       scale of the log-odds. Gain +0.038 at 0.01, +0.063 at 0.03, +0.065 at 0.1: it saturates
       from 0.03 on because the cap binds. Raw steps (the paper's λ·∇r) at λ=1 gained +0.026 and
@@ -40,7 +40,7 @@ class GuidanceConfig:
       A 3× cap gained more on the tiny models (+0.085) and no cap lost a seed and doubled the
       spread; the tiny critic cannot show reward hacking, so the conservative cap stays.
     - `sigma_window` (0.2, 0.85), `every` 2: early x̂ is a blob and late guidance invites
-      high-frequency hacks (DESIGN §1). Every step gained +0.076 vs +0.060 at twice the critic
+      high-frequency hacks (docs/design.md §1). Every step gained +0.076 vs +0.060 at twice the critic
       cost; the full window +0.074; a linear decay less (+0.048).
     - `inner_steps` 1: two gained +0.075 at twice the cost per guided step.
     - `grad_mode` "x0": straight-through ∇_x̂ r, no backward through the DiT ("xt" is exact but

@@ -21,7 +21,6 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 
 from ..errors import EmptySurfaceError
@@ -100,20 +99,13 @@ def load_generation_models(settings: GenerationSettings, device: str) -> Any:
 
 def render_eval_views(mesh_path: Path | None, eval_views: EvalViews, device: Any) -> torch.Tensor:
     """Images (V, 3, S, S) in [0, 1] of a mesh file from the evaluation cameras (blank background if no mesh)."""
-    from ..render import Renderer, ShadingConfig
+    from ..render import ShadingConfig
+    from ..scoring import render_mesh_file
 
-    shading = ShadingConfig()
     size = eval_views.image_size
     if mesh_path is None:
-        return torch.full((eval_views.num_views, 3, size, size), float(shading.background))
-    import trimesh
-
-    mesh = trimesh.load(mesh_path, force="mesh", process=False)
-    vertices = torch.as_tensor(np.asarray(mesh.vertices), dtype=torch.float32, device=device)
-    faces = torch.as_tensor(np.asarray(mesh.faces, dtype=np.int64), device=device)
-    with torch.no_grad():
-        result = Renderer("auto", shading, device=device)(vertices, faces, eval_views.cameras(device=device))
-    return result.images.detach().float().cpu().clamp(0, 1)
+        return torch.full((eval_views.num_views, 3, size, size), float(ShadingConfig().background))
+    return render_mesh_file(mesh_path, eval_views.cameras(device=device), device=device).cpu()
 
 
 class ReferenceScorer:
@@ -136,16 +128,15 @@ class ReferenceScorer:
 
     def score(self, mesh_path: Path) -> float:
         """The reference r of a mesh file."""
-        import trimesh
-
         from ..critic import VLMCritic
         from ..reward import VLMReward
+        from ..scoring import load_mesh_for_scoring
 
         if self._reward is None:
             critic = VLMCritic(self.models.vlm, self.models.processor, self.prompt, "dual")
             self._reward = VLMReward.from_config(self.models.pipeline.vae, critic, self.guidance)
-        mesh = trimesh.load(mesh_path, force="mesh", process=False)
-        return float(self._reward.score_mesh(np.asarray(mesh.vertices), np.asarray(mesh.faces)).r)
+        mesh = load_mesh_for_scoring(mesh_path)
+        return float(self._reward.score_mesh(mesh.vertices, mesh.faces).r)
 
 
 def generate_one(

@@ -78,7 +78,7 @@ def _generate(
     keep_views = _parse_views_at(views_at) if save_views is not None else "none"
     check_condition_image(image)
 
-    from ..cli import quiet_hy3dgen
+    from ..logs import quiet_hy3dgen
     from ..generation import generate_mesh, load_models
 
     quiet_hy3dgen()

@@ -1,6 +1,6 @@
 """The VLM critic: Qwen2.5-VL's yes/no log-odds r = logit(Yes) - logit(No), differentiable w.r.t. pixels."""
 
-from .preprocess import qwen_image_grid, qwen_pixel_values, qwen_resized_size
+from .preprocess import VIEW_SIDE_MULTIPLE, check_view_size, qwen_image_grid, qwen_pixel_values, qwen_resized_size
 from .queries import CONTENT_QUERY, DUAL_QUERY, GEOMETRY_QUERY, QUERY_TEMPLATES, format_query, resolve_query
 from .vlm_critic import CriticOutput, PromptInputs, VLMCritic, answer_token_ids
 
@@ -11,8 +11,10 @@ __all__ = [
     "GEOMETRY_QUERY",
     "PromptInputs",
     "QUERY_TEMPLATES",
+    "VIEW_SIDE_MULTIPLE",
     "VLMCritic",
     "answer_token_ids",
+    "check_view_size",
     "format_query",
     "qwen_image_grid",
     "qwen_pixel_values",

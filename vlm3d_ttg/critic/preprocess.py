@@ -7,6 +7,7 @@ function of the images, on any device. Every constant is read from the processor
 
 from __future__ import annotations
 
+import numbers
 from typing import Any
 
 import torch
@@ -15,6 +16,22 @@ import torch.nn.functional as F
 from ..errors import InvalidInputError, UnsupportedModelError
 
 MAX_ASPECT_RATIO = 200  # smart_resize refuses anything more elongated
+
+#: Qwen2.5-VL cuts images into 14-px patches merged 2×2: a view whose side is a multiple of 28
+#: (within the processor's pixel bounds) reaches the model unresampled, so what the critic judges
+#: is exactly what was rendered. Views we render for the critic are therefore sized by this rule;
+#: images handed to the critic from elsewhere may have any size (they are smart-resized).
+VIEW_SIDE_MULTIPLE = 28
+
+
+def check_view_size(view_size: int) -> int:
+    """Return `view_size` if it is a positive multiple of 28 (a side the critic sees unresampled), else raise InvalidInputError."""
+    if isinstance(view_size, bool) or not isinstance(view_size, numbers.Integral) or view_size < 1 or view_size % VIEW_SIDE_MULTIPLE:
+        raise InvalidInputError(
+            f"View side {view_size} is not a positive multiple of {VIEW_SIDE_MULTIPLE} "
+            "(Qwen2.5-VL's 14-px patches merged 2×2); use e.g. 448, 336 or 504."
+        )
+    return int(view_size)
 
 
 def _field(obj: Any, name: str) -> Any:

@@ -246,7 +246,7 @@ class VLMCritic:
         mm_token_type_ids = encoded.get("mm_token_type_ids")
         if mm_token_type_ids is None:  # older processors: derive it from the placeholder ids
             mm_token_type_ids = (input_ids == self.model.config.image_token_id).long()
-        # The silent trap (DESIGN §4): without explicit 3-D positions the model falls back to 1-D
+        # The silent trap (docs/design.md §4): without explicit 3-D positions the model falls back to 1-D
         # ones and r is quietly wrong. Compute them once with the model's own function.
         position_ids, _ = self.model.model.get_rope_index(
             input_ids,

@@ -13,6 +13,7 @@ top-down everywhere in this package (row 0 is the top of the picture).
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -20,8 +21,8 @@ import torch
 
 from ..errors import InvalidInputError
 
-#: Qwen2.5-VL sees 14-px patches merged 2×2, so image sides are multiples of 28.
-IMAGE_SIDE_MULTIPLE = 28
+# The critic's default view side; the renderer itself renders any positive size (the critic's
+# multiple-of-28 rule is checked where critic views are configured: `vlm3d_ttg.critic.check_view_size`).
 DEFAULT_IMAGE_SIZE = 448
 DEFAULT_AZIMUTHS = (0.0, 90.0, 180.0, 270.0)
 DEFAULT_ELEVATION = 20.0
@@ -109,13 +110,10 @@ class Cameras:
 
 
 def check_image_size(image_size: int) -> int:
-    """Return `image_size` if it is a positive multiple of 28, else raise InvalidInputError."""
-    if image_size <= 0 or image_size % IMAGE_SIDE_MULTIPLE:
-        raise InvalidInputError(
-            f"Image side {image_size} is not a positive multiple of {IMAGE_SIDE_MULTIPLE} "
-            "(Qwen2.5-VL's 14-px patches merged 2×2); use e.g. 448, 336 or 504."
-        )
-    return image_size
+    """Return `image_size` if it is a positive whole number of pixels, else raise InvalidInputError."""
+    if isinstance(image_size, bool) or not isinstance(image_size, numbers.Integral) or image_size < 1:
+        raise InvalidInputError(f"Image side must be a positive whole number of pixels, got {image_size!r}.")
+    return int(image_size)
 
 
 def look_at(eye: torch.Tensor, target: torch.Tensor, up: torch.Tensor) -> torch.Tensor:

@@ -1,8 +1,8 @@
-"""`vlm3d-ttg judge`: scores equal to the library's, JSON for scripts, clear errors with exit code 2."""
+"""`vlm3d-ttg score`: scores equal to the library's, JSON for scripts, clear errors with exit code 2;
+the former name `judge` still works, with a note."""
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
 
@@ -12,8 +12,10 @@ import torch
 from PIL import Image
 
 from vlm3d_ttg.cli import main
-from vlm3d_ttg.commands.judge import load_image, load_views
 from vlm3d_ttg.critic import VLMCritic
+from vlm3d_ttg.images import load_view
+from vlm3d_ttg.render import orbit_cameras
+from vlm3d_ttg.scoring import load_view_files, render_mesh_file
 
 
 @pytest.fixture()
@@ -35,8 +37,8 @@ def view_files(tmp_path):
     return paths
 
 
-def _run(argv, capsys):
-    code = main(["judge", *map(str, argv)])
+def _run(argv, capsys, command="score"):
+    code = main([command, *map(str, argv)])
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 
@@ -48,7 +50,7 @@ def test_json_scores_equal_the_library(tiny_preset, tiny_vlm, view_files, capsys
     assert [row["query"] for row in report["results"]] == ["dual", "content", "geometry"]
     assert report["num_views"] == 3 and report["image_size"] == [56, 84]
     model, processor = tiny_vlm
-    views = load_views(view_files)
+    views = load_view_files(view_files)
     for row in report["results"]:
         expected = VLMCritic(model, processor, "a wooden chair", row["query"])(views)
         assert row["r"] == pytest.approx(float(expected.r), abs=1e-5)
@@ -71,7 +73,7 @@ def test_rgba_is_composited_over_white(tmp_path):
     pixels[:, 15:] = (0, 0, 255, 255)
     path = tmp_path / "transparent.png"
     Image.fromarray(pixels).save(path)
-    image = load_image(path)
+    image = load_view(path)
     assert image.shape == (3, 20, 30)
     assert torch.equal(image[:, :, :15], torch.ones(3, 20, 15))
     assert torch.equal(image[:, :, 15:], torch.tensor([0.0, 0.0, 1.0])[:, None, None].expand(3, 20, 15))
@@ -121,20 +123,36 @@ def test_mesh_input(tiny_preset, tiny_vlm, tmp_path, capsys):
     trimesh.creation.box(extents=(1.0, 0.6, 0.8)).export(mesh_path)
     args = [mesh_path, "-p", "a box", "--preset", "tiny", "--json", "--views", "2", "--resolution", "56"]
     code, out, err = _run(args, capsys)
-    render = importlib.import_module("vlm3d_ttg.render")
-    if getattr(render, "render_mesh", None) is None or getattr(render, "orbit_cameras", None) is None:
-        # Until the renderer lands the command says so instead of failing obscurely.
-        assert code == 2 and "not available yet" in err
-        return
     assert code == 0, err
     report = json.loads(out)
-    assert report["num_views"] == 2 and report["image_size"] == [56, 56]
-    from vlm3d_ttg.commands.judge import render_mesh_views
-
-    views = render_mesh_views(mesh_path, 2, 56, torch.device("cpu"))
+    assert report["num_views"] == 2 and report["image_size"] == [56, 56] and report["mesh_reframed"] is False
+    views = render_mesh_file(mesh_path, orbit_cameras(2, image_size=56))
     assert float(views.min()) < 0.9  # the box is visible, not just white background
     model, processor = tiny_vlm
     assert report["results"][0]["r"] == pytest.approx(float(VLMCritic(model, processor, "a box")(views).r), abs=1e-5)
-    # A resolution the critic would have to resample is refused by the renderer before any model work.
+    # A side the critic would have to resample is refused (the critic's rule) before any model work.
     code, _, err = _run([mesh_path, "-p", "a box", "--preset", "tiny", "--resolution", "50"], capsys)
     assert code == 2 and "multiple of 28" in err
+
+
+def test_mesh_outside_the_cube_is_reframed_and_said_so(tiny_preset, tmp_path, capsys):
+    import trimesh
+
+    mesh_path = tmp_path / "big_box.obj"
+    trimesh.creation.box(extents=(100.0, 60.0, 80.0)).export(mesh_path)  # centimetres, say
+    code, out, err = _run([mesh_path, "-p", "a box", "--preset", "tiny", "--views", "1", "--resolution", "56"], capsys)
+    assert code == 0, err
+    assert "centred and scaled" in err and "P(yes)" in out
+
+
+def test_former_name_judge_still_scores_with_a_note(tiny_preset, view_files, capsys):
+    args = [view_files[0], "-p", "a mug", "--preset", "tiny", "--json"]
+    code, out, err = _run(args, capsys)
+    assert code == 0, err
+    code_old, out_old, err_old = _run(args, capsys, command="judge")
+    assert code_old == 0 and json.loads(out_old) == json.loads(out)
+    notes = [line for line in err_old.splitlines() if "vlm3d-ttg score" in line]
+    assert len(notes) == 1 and "judge" in notes[0]
+    assert main(["--help"]) == 0
+    commands = [line.strip("│ ").split()[0] for line in capsys.readouterr().out.splitlines() if line.startswith("│ ") and line.strip("│ ")]
+    assert "score" in commands and "judge" not in commands  # hidden: "judge" names the independent judge

@@ -1,7 +1,13 @@
-"""`vlm3d-ttg judge`: score images (or a mesh) with the VLM critic, without guidance."""
+"""`vlm3d-ttg score`: score views (or a mesh) with the guiding critic, without generating anything.
+
+This is the critic that guides `generate` (Qwen2.5-VL and the same query), so its r is what
+guidance pushes up — not a held-out measure of quality. An independent judge (another query or
+another model) is the benchmark's `vlm3d_ttg.metrics.judge`.
+"""
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from pathlib import Path
@@ -10,38 +16,11 @@ from typing import Any, Optional
 import typer
 
 from ..errors import InvalidInputError
+from ..scoring import IMAGE_SUFFIXES, SCORABLE_MESH_SUFFIXES
 
 logger = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
-MESH_SUFFIXES = {".glb", ".gltf", ".obj", ".ply", ".stl", ".off"}
-QUERY_CHOICES = ("dual", "content", "geometry", "all")
 PRESETS = ("tiny",)
-
-
-def load_image(path: Path) -> Any:
-    """An image file as a float tensor (3, H, W) in [0, 1]; transparency is composited over white (the renders' background).
-
-    Read by the shared loader (`vlm3d_ttg.images`), so any PIL mode is handled as for conditioning.
-    """
-    from ..images import load_view
-
-    return load_view(path)
-
-
-def load_views(paths: list[Path]) -> Any:
-    """Image files of one size as a tensor (N, 3, H, W) in [0, 1]."""
-    import torch
-
-    from ..images import open_image, view_tensor
-
-    # Sizes are compared before the content checks: a set of mismatched files is the first thing to fix.
-    images = [open_image(path, what="Image") for path in paths]
-    sizes = {image.size for image in images}
-    if len(sizes) > 1:
-        listed = ", ".join(f"{path.name}: {image.size[0]}x{image.size[1]}" for path, image in zip(paths, images))
-        raise InvalidInputError(f"All images must have the same size (they are views of one object); got {listed}.")
-    return torch.stack([view_tensor(image, path, what="Image") for path, image in zip(paths, images)])
 
 
 def _check_inputs(paths: list[Path], preset: Optional[str], vlm: Optional[str]) -> tuple[list[Path], list[Path]]:
@@ -53,14 +32,14 @@ def _check_inputs(paths: list[Path], preset: Optional[str], vlm: Optional[str]) 
         if not path.is_file():
             raise InvalidInputError(f"Input '{path}' does not exist or is not a file.")
         suffix = path.suffix.lower()
-        if suffix in MESH_SUFFIXES:
+        if suffix in SCORABLE_MESH_SUFFIXES:
             meshes.append(path)
         elif suffix in IMAGE_SUFFIXES:
             images.append(path)
         else:
             raise InvalidInputError(
                 f"Input '{path}' is neither an image ({', '.join(sorted(IMAGE_SUFFIXES))}) "
-                f"nor a mesh ({', '.join(sorted(MESH_SUFFIXES))})."
+                f"nor a mesh ({', '.join(sorted(SCORABLE_MESH_SUFFIXES))})."
             )
     if images and meshes:
         raise InvalidInputError("Give either images or one mesh, not both.")
@@ -85,54 +64,7 @@ def _query_variants(query: str) -> dict[str, str]:
     return {"custom": resolve_query(query)}
 
 
-def _renderer_functions() -> tuple[Any, Any]:
-    """(orbit_cameras, render_mesh) from `vlm3d_ttg.render`, or a clear error while they are missing."""
-    import importlib
-
-    try:
-        render = importlib.import_module("vlm3d_ttg.render")
-    except ImportError:
-        render = None
-    orbit_cameras = getattr(render, "orbit_cameras", None)
-    render_mesh = getattr(render, "render_mesh", None)
-    if orbit_cameras is None or render_mesh is None:
-        raise InvalidInputError(
-            "Judging a mesh is not available yet: the renderer (vlm3d_ttg.render) is not part of this version. "
-            "Render views to PNG files and pass those instead."
-        )
-    return orbit_cameras, render_mesh
-
-
-def render_mesh_views(mesh_path: Path, num_views: int, resolution: int, device: Any) -> Any:
-    """A mesh file rendered from `num_views` orbit cameras (the renderer's defaults) as (N, 3, H, W) in [0, 1].
-
-    Meshes from hy3dgen lie in its ±1 cube and are rendered as they are; a mesh reaching outside
-    is centred and scaled into it (so any GLB/OBJ can be judged).
-    """
-    import torch
-    import trimesh
-
-    orbit_cameras, render_mesh = _renderer_functions()
-    if num_views < 1:
-        raise InvalidInputError(f"--views must be at least 1, got {num_views}.")
-    try:
-        mesh = trimesh.load(mesh_path, force="mesh", process=False)
-    except Exception as exc:  # trimesh raises many types for unreadable files
-        raise InvalidInputError(f"Cannot read mesh '{mesh_path}': {exc}") from None
-    if not isinstance(mesh, trimesh.Trimesh) or len(mesh.faces) == 0:
-        raise InvalidInputError(f"Mesh '{mesh_path}' has no triangles.")
-    vertices = torch.as_tensor(mesh.vertices, dtype=torch.float32, device=device)
-    faces = torch.as_tensor(mesh.faces, dtype=torch.long, device=device)
-    if float(vertices.abs().max()) > 1.01:
-        low, high = vertices.min(0).values, vertices.max(0).values
-        vertices = (vertices - (low + high) / 2) * (1.9 / float((high - low).max()))
-        logger.info("Mesh %s reaches outside the ±1 cube; centred and scaled into it.", mesh_path)
-    cameras = orbit_cameras(num_views, image_size=resolution, device=device)
-    with torch.no_grad():
-        return render_mesh(vertices, faces, cameras).images.clamp(0, 1)
-
-
-def judge(
+def score(
     inputs: list[Path] = typer.Argument(..., help="Views of one object (PNG/JPG, same size), or one mesh (GLB/OBJ).", show_default=False),
     prompt: str = typer.Option(..., "--prompt", "-p", help="What the object should be, e.g. 'a wooden chair'.", show_default=False),
     query: str = typer.Option(
@@ -146,22 +78,35 @@ def judge(
     resolution: int = typer.Option(448, "--resolution", help="Render size (a multiple of 28) when the input is a mesh."),
     json_output: bool = typer.Option(False, "--json", help="Print one JSON object (for scripts) instead of a table."),
 ) -> None:
-    """Score views (or a mesh) with the VLM critic: r = logit(Yes) - logit(No) and P(yes) per query variant."""
+    """Score views (or a mesh) with the guiding critic: r = logit(Yes) - logit(No) and P(yes) per query.
+
+    This is the critic that guides `generate` (same model, same query): it measures what guidance optimises, not held-out quality. For that, use another query or another model (the quality benchmark's independent judge).
+
+    A mesh inside hy3dgen's ±1 cube is rendered as it is; any other mesh is first centred and scaled into it.
+    """
     import torch
 
-    from ..critic import VLMCritic
+    from ..critic import VLMCritic, check_view_size
     from ..critic.queries import normalize_description
-    from ..models import DEFAULT_VLM, load_vlm
+    from ..logs import quiet_transformers
+    from ..models import DEFAULT_VLM, load_vlm, resolve_device
+    from ..render import orbit_cameras
+    from ..scoring import load_mesh_for_scoring, load_view_files
 
     image_paths, mesh_paths = _check_inputs(list(inputs), preset, vlm)
     description = normalize_description(prompt)
     variants = _query_variants(query)
+    reframed = False
     if image_paths:
-        pixels = load_views(image_paths)
+        pixels = load_view_files(image_paths)
     else:  # render before loading the model: a bad mesh should not cost a model load
-        from ..models import resolve_device
-
-        pixels = render_mesh_views(mesh_paths[0], views, resolution, resolve_device(device))
+        if views < 1:
+            raise InvalidInputError(f"--views must be at least 1, got {views}.")
+        check_view_size(resolution)
+        mesh = load_mesh_for_scoring(mesh_paths[0])
+        reframed = mesh.reframed
+        render_device = resolve_device(device)
+        pixels = mesh.render(orbit_cameras(views, image_size=resolution, device=render_device))
 
     if preset == "tiny":
         from ..tiny import ensure_tiny_vlm
@@ -169,8 +114,6 @@ def judge(
         model_id: str = str(ensure_tiny_vlm())
     else:
         model_id = vlm or DEFAULT_VLM
-    from ..cli import quiet_transformers
-
     quiet_transformers()
     model, processor = load_vlm(model_id, device=device, dtype=dtype)
 
@@ -183,7 +126,7 @@ def judge(
             logger.info("query %s: r=%.4f", name, results[-1]["r"])
 
     if json_output:
-        report = {
+        report: dict[str, Any] = {
             "prompt": prompt,
             "model": model_id,
             "inputs": [str(path) for path in inputs],
@@ -191,9 +134,22 @@ def judge(
             "image_size": [int(pixels.shape[2]), int(pixels.shape[3])],
             "results": results,
         }
+        if mesh_paths:
+            report["mesh_reframed"] = reframed
         typer.echo(json.dumps(report, indent=2))
         return
+    if reframed:
+        typer.echo(f"note: {mesh_paths[0]} reaches outside hy3dgen's ±1 cube; it was centred and scaled into it.", err=True)
     typer.echo(f"model: {model_id}   views: {pixels.shape[0]} x {pixels.shape[3]}x{pixels.shape[2]}   prompt: {prompt!r}")
     typer.echo(f"{'query':<10} {'r':>9} {'P(yes)':>8}")
     for row in results:
         typer.echo(f"{row['query']:<10} {row['r']:>+9.4f} {row['p_yes']:>8.4f}")
+
+
+# The former name of `score`, hidden from --help: existing scripts keep working with a one-line
+# note, while the word "judge" is left to the benchmark's independent judge. Remove in a later release.
+# (functools.wraps gives typer score's parameters, and this function score's docstring.)
+@functools.wraps(score)
+def judge_deprecated(*args: Any, **kwargs: Any) -> None:
+    typer.secho("note: `vlm3d-ttg judge` is now `vlm3d-ttg score` (the guiding critic's score); 'judge' will be removed.", err=True)
+    score(*args, **kwargs)

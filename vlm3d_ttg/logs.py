@@ -1,0 +1,40 @@
+"""How loud the package and the libraries it drives are: one level from $VLM3D_TTG_LOG for all of them.
+
+Kept apart from the CLI so that commands, benchmarks and library code can quiet hy3dgen and
+transformers without importing the command-line module (which imports the commands).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+#: Environment variable naming the log level (DEBUG, INFO, WARNING, ...); WARNING when unset.
+LOG_LEVEL_VARIABLE = "VLM3D_TTG_LOG"
+
+
+def log_level() -> str:
+    """The log level asked for in $VLM3D_TTG_LOG (upper case), WARNING when unset."""
+    return os.environ.get(LOG_LEVEL_VARIABLE, "WARNING").upper()
+
+
+def configure_logging() -> None:
+    """Root logging at `log_level()`, one line per record (for console scripts, not for library use)."""
+    logging.basicConfig(level=log_level(), format="%(levelname)s %(name)s: %(message)s")
+
+
+def quiet_hy3dgen() -> None:
+    """Tame hy3dgen's logger, which sets itself to INFO with its own console handler at import."""
+    from hy3dgen.shapegen.utils import logger as hy3dgen_logger
+
+    hy3dgen_logger.setLevel(log_level())
+    hy3dgen_logger.propagate = False  # its own handler already prints; root would print twice
+    quiet_transformers()
+
+
+def quiet_transformers() -> None:
+    """No per-load progress bars from transformers unless logging is turned up."""
+    if log_level() not in ("DEBUG", "INFO"):
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
