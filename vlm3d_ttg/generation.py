@@ -22,7 +22,7 @@ from .export import PostprocessConfig, postprocess_mesh, save_mesh
 from .guidance import GuidanceConfig, StepRecord
 from .inputs import prepare_condition_image
 from .io import atomic_path
-from .options import option
+from .options import name_the_flag, option
 from .manifest import package_versions, write_manifest
 from .sampler import StepCallback
 from .models import load_shape_pipeline, load_vlm, resolve_device, resolve_dtype
@@ -62,7 +62,7 @@ class GenerationOptions:
         from .models import resolve_dtype
 
         def bad(msg: str) -> None:
-            raise InvalidInputError(f"Invalid option: {msg}")
+            raise InvalidInputError(f"Invalid option: {name_the_flag(GenerationOptions, msg)}")
 
         def integer(name: str) -> int:
             value = getattr(self, name)

@@ -16,7 +16,7 @@ from typing import Any, Literal, Protocol
 import torch
 
 from .errors import InvalidInputError
-from .options import option
+from .options import name_the_flag, option
 
 StepNorm = Literal["raw", "latent_rms", "sampler_step"]
 Schedule = Literal["constant", "linear_decay"]
@@ -84,7 +84,7 @@ class GuidanceConfig:
         from .critic.queries import resolve_query  # the critic's own template check
 
         def bad(msg: str) -> None:
-            raise InvalidInputError(f"Invalid guidance option: {msg}")
+            raise InvalidInputError(f"Invalid guidance option: {name_the_flag(GuidanceConfig, msg)}")
 
         def number(name: str, *, integer: bool = False) -> float:
             value = getattr(self, name)

@@ -74,6 +74,16 @@ def _help(field: dataclasses.Field, spec: Option) -> str:
     return spec.help + f"  [{field.name}]"
 
 
+def name_the_flag(cls: type, message: str) -> str:
+    """A validation message that starts with a field name, with that field's flag added after it
+    ('steps must be ≥ 2' → 'steps (--steps) must be ≥ 2'), so CLI and API users both recognise it."""
+    head, _, rest = message.partition(" ")
+    for field, spec in declared(cls):
+        if head == field.name:
+            return f"{head} ({flag_of(field, spec)}) {rest}"
+    return message
+
+
 def typer_parameters(cls: type, *, exclude: tuple[str, ...] = ()) -> list[inspect.Parameter]:
     """Keyword parameters (typer.Option defaults) for every declared field of `cls`, for a typer command's signature."""
     import typer
@@ -137,4 +147,4 @@ def from_namespace(cls: type, args: argparse.Namespace, *, defaults: dict[str, A
 
 
 __all__ = ["Option", "add_argparse_options", "cli_default", "declared", "flag_of", "from_namespace", "from_values",
-           "option", "typer_parameters"]
+           "name_the_flag", "option", "typer_parameters"]

@@ -110,7 +110,7 @@ def _derived_signature() -> inspect.Signature:
     from ..guidance import GuidanceConfig
     from ..options import typer_parameters
 
-    own = [p for p in inspect.signature(_generate).parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    own = [p for p in inspect.signature(_generate, eval_str=True).parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
     derived = [*typer_parameters(GenerationOptions), *typer_parameters(PostprocessConfig), *typer_parameters(GuidanceConfig)]
     return inspect.Signature(own + derived)
 
