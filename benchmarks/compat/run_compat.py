@@ -118,7 +118,8 @@ def run_environment(name: str, pins: dict[str, str], root: Path, *, reuse: bool,
     install_log, test_log = root / f"{name}.pip.log", root / f"{name}.pytest.log"
     result: dict = {"environment": name, "pins": pins, "venv": str(venv)}
     started = time.monotonic()
-    if not (reuse and _pins_match(py, pins)):
+    result["reused"] = reuse and _pins_match(py, pins)
+    if not result["reused"]:
         install_log.write_text("")
         if _run([python, "-m", "venv", "--clear", str(venv)], install_log):
             return result | {"status": "venv creation failed", "log": str(install_log)}
@@ -189,7 +190,8 @@ def results_section(results: list[dict]) -> str:
             f"# {result['environment']} ({result.get('date', 'date unknown')}):",
             result.get("invocation", ""),
             f"python3 -m venv {result['venv']}",
-            f"{result['venv']}/bin/python -m pip install -e '.[dev]' {pins}",
+            f"{result['venv']}/bin/python -m pip install -e '.[dev]' {pins}"
+            + ("  # earlier: --reuse kept this venv, its pins matched" if result.get("reused") else ""),
         ]
         if "command" in result:
             lines.append(result["command"])
