@@ -302,7 +302,13 @@ def test_batched_view_sets_and_descriptions_equal_single_calls(critic, tiny_vlm)
 
     # Same views, several descriptions: the vision tower runs once, results as if repeated.
     views = view_sets[0].clone().requires_grad_(True)
-    shared = critic(views, descriptions=descriptions)
+    vision_calls = []
+    hook = model.model.visual.register_forward_pre_hook(lambda *args: vision_calls.append(1))
+    try:
+        shared = critic(views, descriptions=descriptions)
+    finally:
+        hook.remove()
+    assert len(vision_calls) == 1  # on every supported transformers (mm_encoder_outputs or its fallback)
     (shared_gradient,) = torch.autograd.grad(shared.r.sum(), views)
     repeated_views = view_sets[0].clone().requires_grad_(True)
     repeated = critic(repeated_views.expand(3, -1, -1, -1, -1), descriptions=descriptions)

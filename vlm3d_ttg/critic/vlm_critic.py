@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import inspect
 import logging
 import math
 from dataclasses import dataclass
@@ -89,6 +90,11 @@ def check_image_values(images: torch.Tensor) -> None:
             f"Image values must be in [0, 1]; got range [{low:.4g}, {high:.4g}]. "
             "Scale 8-bit images by 1/255, or clamp."
         )
+
+
+def _accepts_mm_encoder_outputs(model: Any) -> bool:
+    """Whether the multimodal model's forward takes precomputed vision features (transformers >= 5.18)."""
+    return "mm_encoder_outputs" in inspect.signature(model.forward).parameters
 
 
 class VLMCritic:
@@ -336,6 +342,19 @@ class VLMCritic:
             z_yes, z_no, r = z_yes[0], z_no[0], r[0]
         return CriticOutput(r=r, p_yes=torch.sigmoid(r), logit_yes=z_yes, logit_no=z_no)
 
+    def _embeds_with_features(self, input_ids: torch.Tensor, features: Sequence[torch.Tensor], repeats: int) -> torch.Tensor:
+        """Token embeddings with the image features in the image placeholders, as the model's forward builds them.
+
+        For transformers < 5.18, whose model has no `mm_encoder_outputs` input: the same steps as
+        its forward with `pixel_values` (embed, `get_placeholder_mask`, `masked_scatter`), fed
+        precomputed features.
+        """
+        inner = self.model.model
+        embeds = inner.get_input_embeddings()(input_ids)
+        image_embeds = torch.cat(tuple(features) * repeats, dim=0).to(embeds.device, embeds.dtype)
+        image_mask, _ = inner.get_placeholder_mask(input_ids, inputs_embeds=embeds, image_features=image_embeds)
+        return embeds.masked_scatter(image_mask, image_embeds)
+
     def _answer_logits(
         self, prompt: PromptInputs, pixel_values: torch.Tensor, view_grid: torch.Tensor, repeats: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -346,12 +365,16 @@ class VLMCritic:
                 features = self.model.model.get_image_features(
                     pixel_values, view_grid.to(pixel_values.device), return_dict=True
                 ).pooler_output
-                encoded = BaseModelOutputWithPooling(pooler_output=tuple(features) * repeats)
-                image_inputs: dict[str, Any] = {"mm_encoder_outputs": {"image": encoded}}
+                if _accepts_mm_encoder_outputs(self.model.model):
+                    encoded = BaseModelOutputWithPooling(pooler_output=tuple(features) * repeats)
+                    image_inputs: dict[str, Any] = {"mm_encoder_outputs": {"image": encoded}}
+                else:
+                    image_inputs = {"inputs_embeds": self._embeds_with_features(prompt.input_ids, features, repeats)}
             else:
                 image_inputs = {"pixel_values": pixel_values}
             outputs = self.model.model(
-                input_ids=prompt.input_ids,
+                # With inputs_embeds the ids are already embedded; passing both is ambiguous.
+                input_ids=None if "inputs_embeds" in image_inputs else prompt.input_ids,
                 attention_mask=prompt.attention_mask,
                 position_ids=prompt.position_ids,
                 image_grid_thw=prompt.image_grid_thw,
