@@ -197,30 +197,37 @@ def compare(reference: PrecisionRun, half: PrecisionRun) -> dict:
     }
 
 
-def step_table(result: dict) -> list[str]:
-    """Markdown rows of the per-guided-step comparison."""
+def step_table(result: dict, control: dict) -> list[str]:
+    """Markdown rows of the per-guided-step comparison, with the float32 control's cosine beside it."""
     lines = [
-        "| step | σ | skipped fp32 / half | ‖g‖ fp32 | ‖g‖ half | r fp32 | r half | cos(d_half, d_fp32) | ‖d_half‖/‖d_fp32‖ |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| step | σ | skipped fp32 / half | ‖g‖ fp32 | ‖g‖ half | r fp32 | r half | cos(d_half, d_fp32) | ‖d_half‖/‖d_fp32‖ "
+        "| control: cos, fp32 from fp16-rounded latents |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
+    control_cos = {r["step"]: r.get("cosine", float("nan")) for r in control["rows"]}
     for r in result["rows"]:
         lines.append(
             f"| {r['step']} | {r['sigma']:.3f} | {r['skipped_fp32'] or '-'} / {r['skipped_half'] or '-'} | "
             f"{r['grad_norm_fp32']:.4g} | {r['grad_norm_half']:.4g} | {r['r_fp32']:+.4f} | {r['r_half']:+.4f} | "
-            f"{r.get('cosine', float('nan')):.5f} | {r.get('norm_ratio', float('nan')):.4f} |"
+            f"{r.get('cosine', float('nan')):.5f} | {r.get('norm_ratio', float('nan')):.4f} | "
+            f"{control_cos.get(r['step'], float('nan')):.5f} |"
         )
     cosines = [r["cosine"] for r in result["rows"] if "cosine" in r]
     ratios = [r["norm_ratio"] for r in result["rows"] if "norm_ratio" in r]
     skipped = sum(bool(r["skipped_half"]) for r in result["rows"])
+    control_cosines = [c for c in control_cos.values() if c == c]
     lines += [
         "",
         f"guided steps {len(result['rows'])}, skipped in half precision {skipped}; cosine min {min(cosines):.4f} "
-        f"(mean {np.mean(cosines):.4f}); norm ratio in [{min(ratios):.4f}, {max(ratios):.4f}]",
+        f"(mean {np.mean(cosines):.4f}); norm ratio in [{min(ratios):.4f}, {max(ratios):.4f}]. Control (float32 "
+        f"throughout, each step from the float32 latents rounded to float16): cosine min {min(control_cosines):.4f} "
+        f"(mean {np.mean(control_cosines):.4f}).",
     ]
     return lines
 
 
-def markdown(gradient_lines: list[str], forced: dict, free: dict, control: dict, *, steps: int, seed: int) -> str:
+def markdown(gradient_lines: list[str], forced: dict, forced_control: dict, free: dict, control: dict, *, steps: int,
+             seed: int) -> str:
     """The comparisons as a Markdown section body."""
     lines = [
         f"Tiny models on the CPU ({machine_description()}); {steps} steps, seed {seed}, default guidance. "
@@ -236,7 +243,7 @@ def markdown(gradient_lines: list[str], forced: dict, free: dict, control: dict,
         "",
         "### Teacher-forced: each guided step (float16 DiT included) from the float32 run's latents",
         "",
-        *step_table(forced),
+        *step_table(forced, forced_control),
         "",
         "### Free-running: two trajectories",
         "",
@@ -269,12 +276,16 @@ def main() -> None:
     run = dict(steps=args.steps, seed=args.seed, config=config)
     reference = guided_run(torch.float32, torch.float32, **run)
     forced = guided_run(torch.float16, torch.bfloat16, forced_latents=reference.latents_after, **run)
+    # The control: no half precision anywhere, only the latents rounded to float16 at every step
+    # (the size of perturbation a float16 DiT adds): how much of the shortfall is the reward's chaos.
+    rounded = {step: latents.half().float() for step, latents in reference.latents_after.items()}
+    forced_control = guided_run(torch.float32, torch.float32, forced_latents=rounded, **run)
     free = guided_run(torch.float16, torch.bfloat16, **run)
     control = guided_run(torch.float32, torch.float32, perturb_noise=True, **run)
     gradient_lines = gradient_path_table(reference, config=config)
     text = markdown(
         gradient_lines,
-        compare(reference, forced), compare(reference, free), compare(reference, control), steps=args.steps, seed=args.seed
+        compare(reference, forced), compare(reference, forced_control), compare(reference, free), compare(reference, control), steps=args.steps, seed=args.seed
     )
     print(text)
     if not args.no_write:

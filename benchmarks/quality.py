@@ -175,10 +175,7 @@ def run(args: argparse.Namespace) -> int:
     names = [n.strip() for n in args.configs.split(",") if n.strip()]
     configs = resolve_configs(names, guidance, noise_floor=args.noise_floor, custom=custom)
     settings = GenerationSettings(
-        preset=args.preset, seed=options.seed, steps=options.steps, cfg=options.cfg_scale,
-        octree_resolution=options.octree_resolution, shape_model=options.shape_model,
-        shape_subfolder=options.shape_subfolder, vlm=options.vlm, dtype=options.dtype, vlm_dtype=options.vlm_dtype,
-        checkpointing=options.checkpointing,
+        preset=args.preset, options=options,
         text_to_image_model=args.text_to_image or DEFAULT_TEXT_TO_IMAGE_MODEL, cache_dir=args.cache_dir,
     )
     eval_views = EvalViews(num_views=pick("eval_views"), image_size=pick("eval_size"), elevation=args.eval_elevation)

@@ -84,8 +84,8 @@ def generation_fingerprint(
         "format": GENERATION_FORMAT,
         "item": {"id": item.id, "prompt": item.prompt, "image": image_key, "seed": item.seed_for(settings.seed)},
         "config": described,
-        "generation": {"steps": settings.steps, "cfg": settings.cfg, "octree_resolution": settings.octree_resolution,
-                       "models": settings.models_key()},
+        "generation": {"steps": settings.options.steps, "cfg_scale": settings.options.cfg_scale,
+                       "octree_resolution": settings.options.octree_resolution, "models": settings.models_key()},
         "eval_views": dataclasses.asdict(eval_views),
         # Read at call time (not imported as a value) so that a bump is seen by every later fingerprint.
         "renderer": _renderer.RENDERER_VERSION,

@@ -91,10 +91,7 @@ def check_run(run: BenchRun, *, redo_stale: bool = False) -> list[tuple[str, str
     """
     settings, metrics, paths = run.settings, run.metrics, run.paths
     run.eval_views.validate()
-    if settings.steps < 2:
-        raise InvalidInputError(f"--steps must be ≥ 2, got {settings.steps}")
-    if settings.octree_resolution < 16:
-        raise InvalidInputError(f"--octree-resolution must be ≥ 16, got {settings.octree_resolution}")
+    settings.options.validate()  # the one validation path of generation options
     if not 0.0 < metrics.confidence < 1.0:
         raise InvalidInputError(f"--confidence must be in (0, 1), got {metrics.confidence}")
     if paths.root.exists() and not paths.root.is_dir():

@@ -7,6 +7,7 @@ output folder), so they are passed as one value instead of six parameters.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -17,6 +18,7 @@ from .configs import BenchConfig
 from .text2image import DEFAULT_TEXT_TO_IMAGE_MODEL
 
 if TYPE_CHECKING:
+    from ..generation import GenerationOptions
     from ..render import Cameras
 
 Preset = Literal["real", "tiny"]
@@ -48,40 +50,41 @@ class EvalViews:
         return self
 
 
+def _default_options() -> "GenerationOptions":
+    from ..generation import GenerationOptions
+
+    return GenerationOptions(octree_resolution=384)
+
+
 @dataclass(frozen=True)
 class GenerationSettings:
-    """How shapes are generated (shared by every configuration) and where the models come from."""
+    """How shapes are generated (shared by every configuration) and where the models come from.
+
+    `options` are the library's `GenerationOptions` (declared once there, with `vlm3d-ttg
+    generate`'s flags); the rest is the benchmark's own.
+    """
 
     preset: Preset = "real"
-    seed: int = 0
-    steps: int = 50
-    cfg: float = 5.0
-    octree_resolution: int = 384
-    shape_model: str = "tencent/Hunyuan3D-2"
-    shape_subfolder: str | None = None
-    vlm: str = "Qwen/Qwen2.5-VL-7B-Instruct"
-    dtype: str = "auto"
-    vlm_dtype: str = "auto"
-    checkpointing: bool = False
+    options: "GenerationOptions" = field(default_factory=_default_options)
     text_to_image_model: str = DEFAULT_TEXT_TO_IMAGE_MODEL
     cache_dir: str | None = None  # tiny checkpoints ($VLM3D_TTG_CACHE when None)
 
-    def generation_options(self, **overrides: Any) -> Any:
-        """These settings as the library's `GenerationOptions` (what `generate_mesh` takes)."""
-        from ..generation import GenerationOptions
+    @property
+    def seed(self) -> int:
+        """The set's base seed (each item adds its own offset)."""
+        return self.options.seed
 
-        values = dict(seed=self.seed, steps=self.steps, cfg_scale=self.cfg, octree_resolution=self.octree_resolution,
-                      shape_model=self.shape_model, shape_subfolder=self.shape_subfolder, vlm=self.vlm,
-                      dtype=self.dtype, vlm_dtype=self.vlm_dtype, checkpointing=self.checkpointing)
-        values.update(overrides)
-        return GenerationOptions(**values)
+    def generation_options(self, **overrides: Any) -> "GenerationOptions":
+        """The options one generation runs with (e.g. an item's own seed, this process's device)."""
+        return dataclasses.replace(self.options, **overrides)
 
     def models_key(self) -> dict[str, Any]:
         """What identifies the generating models (part of every cached result's fingerprint)."""
         if self.preset == "tiny":
             return {"preset": "tiny"}
-        return {"preset": "real", "shape": self.shape_model, "subfolder": self.shape_subfolder, "critic": self.vlm,
-                "dtype": self.dtype, "vlm_dtype": self.vlm_dtype}
+        o = self.options
+        return {"preset": "real", "shape": o.shape_model, "subfolder": o.shape_subfolder, "critic": o.vlm,
+                "dtype": o.dtype, "vlm_dtype": o.vlm_dtype}
 
 
 @dataclass(frozen=True)
