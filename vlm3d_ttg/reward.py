@@ -56,16 +56,11 @@ class VLMReward:
         self,
         vae: torch.nn.Module,
         critic: Any,
+        config: GuidanceConfig | None = None,
         *,
-        num_views: int = 4,
-        view_size: int = 448,
-        elevation: float = 20.0,
-        azimuth_jitter: float = 15.0,
-        elevation_jitter: float = 5.0,
-        grid_resolution: int = 64,
-        backend: str = "auto",
         surface_config: SurfaceConfig | None = None,
     ):
+        config = (config or GuidanceConfig()).validate()
         self.vae = vae
         vae_dtype = next(vae.parameters()).dtype
         self.decode_dtype = decode_dtype(vae_dtype)
@@ -76,33 +71,23 @@ class VLMReward:
         else:
             self.decode_vae = vae
         self.critic = critic
-        self.num_views = num_views
-        self.view_size = view_size
-        self.elevation = elevation
+        # Views, cameras, grid and backend come from the config: declared once, in GuidanceConfig.
+        self.num_views = config.num_views
+        self.view_size = config.view_size
+        self.elevation = config.elevation
         self.jitter = (
-            CameraJitter(azimuth_deg=azimuth_jitter, elevation_deg=elevation_jitter)
-            if (azimuth_jitter or elevation_jitter)
+            CameraJitter(azimuth_deg=config.azimuth_jitter, elevation_deg=config.elevation_jitter)
+            if (config.azimuth_jitter or config.elevation_jitter)
             else None
         )
-        self.surface_config = surface_config or SurfaceConfig(
-            resolution=grid_resolution, coarse_resolution=coarse_resolution_for(grid_resolution)
-        )
-        self.renderer = Renderer(backend)
+        grid = config.grid_resolution
+        self.surface_config = surface_config or SurfaceConfig(resolution=grid, coarse_resolution=coarse_resolution_for(grid))
+        self.renderer = Renderer(config.backend)
 
     @classmethod
     def from_config(cls, vae: torch.nn.Module, critic: Any, config: GuidanceConfig) -> "VLMReward":
-        """The reward with the views, cameras, grid and backend a GuidanceConfig asks for."""
-        return cls(
-            vae,
-            critic,
-            num_views=config.num_views,
-            view_size=config.view_size,
-            elevation=config.elevation,
-            azimuth_jitter=config.azimuth_jitter,
-            elevation_jitter=config.elevation_jitter,
-            grid_resolution=config.grid_resolution,
-            backend=config.backend,
-        )
+        """The reward with the views, cameras, grid and backend a GuidanceConfig asks for (= the constructor)."""
+        return cls(vae, critic, config)
 
     def cameras(self, *, generator: torch.Generator | None = None, jitter: bool = True, device: Any = None) -> Cameras:
         """The orbit cameras of one evaluation (jittered with `generator` unless `jitter=False`)."""

@@ -355,7 +355,7 @@ def markdown_report(summary: dict[str, Any], *, figure_name: str | None = None) 
         "# Quality benchmark",
         "",
         f"Set `{run.get('set', {}).get('name', '?')}` ({summary['n_items']} items), preset `{gen.get('preset', '?')}`, "
-        f"{gen.get('steps', '?')} steps, CFG {gen.get('cfg', '?')}, base seed {gen.get('seed', '?')} (same seeds for every "
+        f"{gen.get('steps', '?')} steps, CFG {gen.get('cfg_scale', '?')}, base seed {gen.get('seed', '?')} (same seeds for every "
         "configuration). Evaluation views: "
         f"{eval_views.get('num_views', '?')} × {eval_views.get('image_size', '?')} px at elevation {eval_views.get('elevation', '?')}°, "
         "azimuth from 0 (the front view is the FID view). Metric models: CLIP "

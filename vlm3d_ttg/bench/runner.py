@@ -131,7 +131,9 @@ def write_run_file(run: BenchRun, num_processes: int) -> Path:
     content = {
         "set": {"path": str(run.bench.path), "name": run.bench.name, "items": [i.id for i in run.bench.items]},
         "configs": [c.to_dict() for c in run.configs],
-        "generation": dataclasses.asdict(run.settings),
+        # Flat: the report reads steps, cfg_scale and seed next to the preset.
+        "generation": {**{k: v for k, v in dataclasses.asdict(run.settings).items() if k != "options"},
+                       **run.settings.options.to_dict()},
         "eval_views": dataclasses.asdict(run.eval_views),
         "metrics": dataclasses.asdict(run.metrics),
         "num_processes": num_processes,

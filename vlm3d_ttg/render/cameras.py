@@ -40,10 +40,11 @@ class CameraJitter:
 
     azimuth_deg / elevation_deg: each view moves by U(-x, x) independently.
     shared_azimuth_deg: all views additionally turn together by U(-x, x) (360 = any direction).
+    No defaults: guidance's amounts are declared once, in GuidanceConfig.
     """
 
-    azimuth_deg: float = 15.0
-    elevation_deg: float = 10.0
+    azimuth_deg: float
+    elevation_deg: float
     shared_azimuth_deg: float = 0.0
 
 
