@@ -200,3 +200,32 @@ def test_unguided_sampler_reproduces_multiview_and_turbo_variants(tiny_cache, su
     ours = GuidedSampler(pipe, config=GuidanceConfig(enabled=False))(
         image, num_inference_steps=6, seed=4, output_type="latent", progress=False)
     assert torch.equal(ours.latents, reference)
+
+
+def test_a_huge_lambda_or_gradient_moves_the_latent_by_exactly_the_cap():
+    """Float32 norms of λ·g overflowed to inf and the cap then applied nothing (or NaN); the length is
+    now computed in float64 from the unit direction."""
+    g = torch.randn(1, 64, 8, generator=torch.Generator().manual_seed(0))
+    clean = torch.randn(1, 64, 8, generator=torch.Generator().manual_seed(1))
+    step = 0.01 * torch.randn(1, 64, 8, generator=torch.Generator().manual_seed(2))
+    for scale, gradient, norm in [(1e39, g, "raw"), (1e30, g, "latent_rms"), (1.0, g * 1e37, "raw"), (1.0, g * 1e-40, "raw")]:
+        d, capped = guidance_displacement(gradient, predicted_clean_latent=clean, sampler_step=step, scale=scale,
+                                          step_norm=norm, max_step_ratio=1.0)
+        assert torch.isfinite(d).all()
+        if scale * float(gradient.double().norm()) > float(step.norm()) or norm == "latent_rms":
+            assert capped and float(d.norm()) == pytest.approx(float(step.norm()), rel=1e-5)
+            cosine = torch.nn.functional.cosine_similarity(d.flatten(), g.flatten(), dim=0)
+            assert cosine == pytest.approx(1.0, abs=1e-5)  # the gradient's direction, kept
+        else:  # a tiny gradient: a tiny, uncapped, still non-zero step
+            length = float(torch.linalg.vector_norm(d, dtype=torch.float64))  # float32 squares would underflow
+            assert not capped and 0 < length < float(step.norm())
+
+
+def test_an_infinite_uncapped_step_is_skipped_not_applied():
+    from vlm3d_ttg.errors import SkippedStepError
+
+    g = torch.ones(1, 4, 2)
+    with pytest.raises(SkippedStepError) as info:
+        guidance_displacement(g * 1e300, predicted_clean_latent=g, sampler_step=g, scale=1e300, step_norm="raw",
+                              max_step_ratio=None)
+    assert info.value.reason == "non_finite_step"

@@ -39,7 +39,7 @@ class SkippedStepError(Vlm3dError):
     """A guided step cannot use the critic's answer; the sampler skips the step and records `reason`.
 
     Reasons: 'empty_surface', 'non_finite_render', 'render_out_of_range', 'non_finite_critic',
-    'non_finite_gradient'. EmptySurfaceError is the 'empty_surface' case of this family but keeps
+    'non_finite_gradient', 'non_finite_step'. EmptySurfaceError is the 'empty_surface' case of this family but keeps
     its own class (extraction raises it outside guidance too).
     """
 

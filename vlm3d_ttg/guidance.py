@@ -15,7 +15,7 @@ from typing import Any, Literal, Protocol
 
 import torch
 
-from .errors import InvalidInputError
+from .errors import InvalidInputError, SkippedStepError
 from .options import name_the_flag, option
 
 StepNorm = Literal["raw", "latent_rms", "sampler_step"]
@@ -183,8 +183,8 @@ def schedule_weight(sigma: float, config: GuidanceConfig) -> float:
 
 
 def rms(x: torch.Tensor) -> torch.Tensor:
-    """Root mean square over all elements, in float32."""
-    return x.float().pow(2).mean().sqrt()
+    """Root mean square over all elements (in float32 at least)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32)).pow(2).mean().sqrt()
 
 
 def guidance_displacement(
@@ -202,24 +202,34 @@ def guidance_displacement(
     latent_rms:   d = λ · RMS(x̂) · g / RMS(g)                  (scale-free in r)
     sampler_step: d = λ · ‖Δx‖ · g / ‖g‖                       (relative to the sampler's step Δx)
     then, if `max_step_ratio` is set, ‖d‖ ≤ max_step_ratio · ‖Δx‖.
+
+    Computed as a length times the unit direction g/‖g‖, in float64, so that neither a huge λ nor
+    a huge or tiny gradient overflows into "no guidance": a cap that binds moves the latent by
+    exactly the cap. Raises SkippedStepError('non_finite_step') when the uncapped length is not
+    finite (e.g. an enormous λ with no cap).
     """
-    g = gradient.float()
+    g = gradient.double()
+    g_norm = float(torch.linalg.vector_norm(g))
+    if g_norm == 0.0:
+        return torch.zeros_like(gradient, dtype=torch.float32), False
+    step_length = float(torch.linalg.vector_norm(sampler_step, dtype=torch.float64))
     if step_norm == "raw":
-        d = scale * g
+        length = scale * g_norm
     elif step_norm == "latent_rms":
-        d = scale * rms(predicted_clean_latent) * g / rms(g).clamp_min(1e-30)
+        # ‖λ · RMS(x̂) · g / RMS(g)‖ = λ · RMS(x̂) · √n
+        length = scale * float(rms(predicted_clean_latent.double())) * math.sqrt(g.numel())
     elif step_norm == "sampler_step":
-        d = scale * sampler_step.float().norm() * g / g.norm().clamp_min(1e-30)
+        length = scale * step_length
     else:
         raise InvalidInputError(f"unknown step_norm {step_norm!r}")
     capped = False
-    if max_step_ratio is not None:
-        limit = max_step_ratio * sampler_step.float().norm()
-        norm = d.norm()
-        if norm > limit:
-            d = d * (limit / norm.clamp_min(1e-30))
-            capped = True
-    return d.to(gradient.dtype), capped
+    if max_step_ratio is not None and length > max_step_ratio * step_length:
+        length, capped = max_step_ratio * step_length, True
+    if not math.isfinite(length):
+        raise SkippedStepError(
+            "non_finite_step", f"the guidance step's length is {length} (λ = {scale:g} with no cap); lower λ or set a cap"
+        )
+    return (g * (length / g_norm)).float(), capped
 
 
 def predicted_clean_latent(latents: torch.Tensor, velocity: torch.Tensor, sigma: float) -> torch.Tensor:

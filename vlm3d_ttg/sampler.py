@@ -326,7 +326,12 @@ class GuidedSampler:
                 record.skipped = outcome
                 break
             evaluation, gradient = outcome
-            step = guided_step(latents, sampler_next, velocity.detach(), sigma, gradient, config)
+            try:
+                step = guided_step(latents, sampler_next, velocity.detach(), sigma, gradient, config)
+            except SkippedStepError as exc:
+                record.skipped = exc.reason
+                logger.warning("step %d (σ=%.3f): skipped (%s): %s", record.step, sigma, exc.reason, exc)
+                break
             total = total + step.displacement
             grad_norm = float(torch.linalg.vector_norm(gradient, dtype=torch.float64))
             summary = {"r": float(evaluation.r.detach()), "p_yes": evaluation.p_yes, "grad_norm": grad_norm,
