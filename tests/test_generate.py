@@ -54,7 +54,7 @@ def test_generate_tiny_end_to_end(rgba_image, tmp_path, cache_env, capsys):
     assert code == 0, stderr
     mesh = trimesh.load(out, force="mesh")
     assert len(mesh.faces) > 0
-    manifest = json.loads(out.with_suffix(".json").read_text())
+    manifest = json.loads(out.with_name(out.name + ".json").read_text())
     records = manifest["records"]
     assert len(records) == 8
     guided = [r for r in records if r["guided"]]
@@ -65,7 +65,7 @@ def test_generate_tiny_end_to_end(rgba_image, tmp_path, cache_env, capsys):
     sheets = sorted(p.name for p in views.iterdir())
     assert "final.png" in sheets and len(sheets) >= 2
     assert Image.open(views / "final.png").size[0] > 56
-    assert (tmp_path / "run" / "mesh_r.png").is_file()
+    assert (tmp_path / "run" / "mesh.glb.r.png").is_file()
     assert "final r" in stdout
     assert oct(out.stat().st_mode & 0o777) == oct(0o666 & ~_umask())
     # No temp files left behind.
@@ -83,7 +83,7 @@ def test_no_guidance_baseline_matches_unguided_latents_and_is_scored(rgba_image,
     code, _, stderr = run_cli(["generate", rgba_image, "--prompt", "a pot", "--preset", "tiny", "--out", out,
                                "--no-guidance", *FAST], capsys)
     assert code == 0, stderr
-    manifest = json.loads(out.with_suffix(".json").read_text())
+    manifest = json.loads(out.with_name(out.name + ".json").read_text())
     assert not any(r["guided"] for r in manifest["records"])
     assert manifest["final_r"] is not None  # the baseline is scored by the same critic
 
@@ -121,7 +121,7 @@ def test_bad_input_is_one_clear_message_and_no_output(args, message, rgba_image,
     assert code != 0
     assert message in stderr
     assert stderr.count("error:") == 1 and "Traceback" not in stderr
-    assert not out.exists() and not out.with_suffix(".json").exists()
+    assert not out.exists() and not out.with_name(out.name + ".json").exists()
 
 
 def test_missing_real_model_is_a_clear_error_with_nonzero_exit(rgba_image, tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 import typer
@@ -31,17 +32,26 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the process exit code (2 for bad input)."""
     configure_logging()
     _register_commands()
+    previous_handler = signal.signal(signal.SIGINT, _interrupt)
     try:
         # Standalone mode: typer/click report usage errors themselves (exit 2) and end with SystemExit.
         app(args=argv, standalone_mode=True)
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except Interrupted:
+        typer.secho("interrupted: nothing of this run was written; earlier outputs are untouched", err=True)
+        return 130
     except Vlm3dError as exc:
         typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
         return 2
-    except KeyboardInterrupt:
-        typer.secho("interrupted", err=True)
-        return 130
+    except OSError as exc:
+        # The machine said no (disk full, permission, read-only file system): the user's to fix.
+        if os.environ.get("VLM3D_TTG_DEBUG"):
+            raise
+        where = getattr(exc, "filename", None) or "the file system"
+        typer.secho(f"error: {exc.strerror or exc} ({where}); nothing of this run was written", err=True,
+                    fg=typer.colors.RED)
+        return 2
     except Exception as exc:
         if os.environ.get("VLM3D_TTG_DEBUG"):
             raise
@@ -51,7 +61,17 @@ def main(argv: list[str] | None = None) -> int:
             fg=typer.colors.RED,
         )
         return 1
+    finally:
+        signal.signal(signal.SIGINT, previous_handler)
     return 0
+
+
+class Interrupted(BaseException):
+    """Ctrl-C, raised past click (which would turn a KeyboardInterrupt into 'Aborted!' and exit 1)."""
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise Interrupted()
 
 
 if __name__ == "__main__":

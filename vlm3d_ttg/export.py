@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
 from dataclasses import dataclass
@@ -114,12 +116,17 @@ def latents_to_mesh(
     """
     from hy3dgen.shapegen.pipelines import export_to_trimesh
 
-    with torch.no_grad():
+    # hy3dgen prints its own traceback to stderr when marching cubes finds no surface; keep it
+    # for --verbose (debug log) instead of showing a stranger's traceback before our message.
+    hy3dgen_said = io.StringIO()
+    with torch.no_grad(), contextlib.redirect_stderr(hy3dgen_said):
         tokens = pipeline.vae(1.0 / pipeline.vae.scale_factor * latents)
         outputs = pipeline.vae.latents2mesh(
             tokens, bounds=box_v, mc_level=mc_level, num_chunks=num_chunks, octree_resolution=octree_resolution,
             mc_algo=None, enable_pbar=False,
         )
+    if hy3dgen_said.getvalue():
+        logger.debug("hy3dgen's surface extractor reported:\n%s", hy3dgen_said.getvalue())
     mesh = export_to_trimesh(outputs)[0]
     if mesh is None or len(mesh.faces) == 0:
         logger.warning("The final latent decodes to no surface (empty mesh).")

@@ -123,6 +123,12 @@ class GenerationResult:
     plot_path: Path | None = None
 
 
+def failed_run_path(manifest_path: str | os.PathLike) -> Path:
+    """Where a failed run's record goes: next to the manifest, never over it ('run.json' → 'run.failed.json')."""
+    path = Path(manifest_path)
+    return path.with_name(path.stem + ".failed" + (path.suffix or ".json"))
+
+
 def steps_to_keep(keep_views: str | list[int], guided: list[int]) -> set[int]:
     """Which guided steps' views to keep: "summary" (first, middle, last guided step), "all",
     "none", or a list of step indices."""
@@ -323,10 +329,16 @@ def generate_mesh(
     }
     outputs: dict[str, Any] = {}
     if mesh is None:
+        # A failed run must not touch what an earlier run wrote (its mesh and manifest belong
+        # together): its record goes to a file of its own.
         content.update(final_r=None, final_p_yes=None, error="the final latent decodes to no surface")
         content["total_seconds"] = time.perf_counter() - started
-        write_manifest(manifest_path, content)
-        raise EmptySurfaceError(f"The final shape is empty (no surface at the export level); see {manifest_path}.")
+        failure_path = failed_run_path(manifest_path)
+        write_manifest(failure_path, content)
+        raise EmptySurfaceError(
+            f"The final shape is empty (no surface at the export level); nothing was written to {out}. "
+            f"The run's step records are in {failure_path}."
+        )
 
     final_r = float(final.r) if final is not None else None
     mesh_path = Path(out)

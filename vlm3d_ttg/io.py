@@ -9,6 +9,8 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Iterator
 
+from .errors import InvalidInputError
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
@@ -86,3 +88,18 @@ def write_directory_atomic(target: str | os.PathLike, write: Callable[[Path], No
         if staging.exists():
             shutil.rmtree(staging)
     return folder
+
+
+def check_distinct_outputs(outputs: dict[str, str | os.PathLike | None]) -> None:
+    """Raise InvalidInputError when two of a run's outputs (name → path) resolve to the same file,
+    before anything is written: one would silently replace the other."""
+    seen: dict[Path, str] = {}
+    for name, path in outputs.items():
+        if path is None:
+            continue
+        resolved = Path(path).expanduser().resolve()
+        if resolved in seen:
+            raise InvalidInputError(
+                f"{seen[resolved]} and {name} are the same file ({resolved}); give them different paths."
+            )
+        seen[resolved] = name

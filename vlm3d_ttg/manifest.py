@@ -25,8 +25,16 @@ def package_versions() -> dict[str, str]:
 
 
 def manifest_path_for(mesh_path: str | os.PathLike) -> Path:
-    """Default manifest location: the mesh path with its suffix replaced by `.json`."""
-    return Path(mesh_path).with_suffix(".json")
+    """Default manifest location: the mesh's full name plus `.json` ('robot.glb' → 'robot.glb.json'),
+    so that meshes differing only in format never share (and overwrite) one manifest."""
+    path = Path(mesh_path)
+    return path.with_name(path.name + ".json")
+
+
+def plot_path_for(mesh_path: str | os.PathLike) -> Path:
+    """Default location of the r plot: the mesh's full name plus `.r.png` ('robot.glb' → 'robot.glb.r.png')."""
+    path = Path(mesh_path)
+    return path.with_name(path.name + ".r.png")
 
 
 def write_manifest(path: str | os.PathLike, content: dict[str, Any]) -> Path:

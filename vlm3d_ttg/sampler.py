@@ -201,8 +201,7 @@ class GuidedSampler:
         noise is drawn): same seed → same cameras, different generators → different cameras; the
         seed used is in `SamplerOutput.camera_seed`.
         """
-        if num_inference_steps < 2:
-            raise InvalidInputError(f"num_inference_steps must be ≥ 2, got {num_inference_steps}")
+        _check_call(image, num_inference_steps, guidance_scale, seed, generator, camera_seed)
         if output_type not in ("trimesh", "latent"):
             raise InvalidInputError(f"output_type must be 'trimesh' or 'latent', got {output_type!r}")
         started = time.perf_counter()
@@ -373,6 +372,32 @@ class GuidedSampler:
             logger.warning("guided step skipped (%s): %s", exc.reason, exc)
             return exc.reason
         return evaluation, gradient
+
+
+def _check_call(image: Any, steps: Any, guidance_scale: Any, seed: Any, generator: Any, camera_seed: Any) -> None:
+    """The sampler's inputs, checked at the API boundary (not deep inside hy3dgen)."""
+    import os
+
+    from PIL import Image
+
+    def whole(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    if not (isinstance(image, (str, os.PathLike, Image.Image)) or (isinstance(image, dict) and image)):
+        raise InvalidInputError(
+            "image must be a path, a PIL.Image.Image (RGBA with a transparent background is best; see "
+            "vlm3d_ttg.inputs.prepare_condition_image) or, for multi-view models, a dict of views; "
+            f"got {type(image).__name__}."
+        )
+    if not whole(steps) or steps < 2:
+        raise InvalidInputError(f"num_inference_steps must be an integer ≥ 2, got {steps!r}")
+    if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) or not np.isfinite(guidance_scale):
+        raise InvalidInputError(f"guidance_scale (the shape model's CFG) must be a finite number, got {guidance_scale!r}")
+    for name, value in (("seed", seed), ("camera_seed", camera_seed)):
+        if value is not None and (not whole(value) or not 0 <= value < 2**64):
+            raise InvalidInputError(f"{name} must be an integer in [0, 2^64) or None, got {value!r}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise InvalidInputError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
 
 
 def _progress_postfix(record: StepRecord) -> dict[str, str]:

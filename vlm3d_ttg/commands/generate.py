@@ -9,6 +9,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import typer
 
 from ..errors import InvalidInputError
@@ -32,11 +33,12 @@ def _generate(
     image: Path = typer.Argument(..., help="Conditioning image (RGBA with a transparent background is best)."),
     prompt: str = typer.Option(..., "--prompt", "-p", help="Text description the critic checks the shape against."),
     out: Path = typer.Option(..., "--out", "-o", help="Output mesh (.glb, .gltf, .obj, .ply, .stl, .off)."),
-    manifest: Optional[Path] = typer.Option(None, help="Run manifest JSON (default: OUT with .json)."),
+    manifest: Optional[Path] = typer.Option(None, help="Run manifest JSON (default: OUT.json, e.g. robot.glb.json)."),
     preset: Preset = typer.Option(Preset.real, help="'tiny': offline tiny checkpoints (meaningless shapes, exercises the pipeline)."),
     save_views: Optional[Path] = typer.Option(None, help="Folder for contact sheets of what the critic saw."),
-    views_at: str = typer.Option("summary", help="Guided steps to save views of: summary, all, none, or 4,10,20."),
-    plot: bool = typer.Option(False, help="Also write a plot of r over the steps (OUT with _r.png)."),
+    views_at: Optional[str] = typer.Option(
+        None, help="Guided steps to save views of (with --save-views): summary (default), all, none, or 4,10,20."),
+    plot: bool = typer.Option(False, help="Also write a plot of r over the steps (OUT.r.png)."),
     quiet: bool = typer.Option(False, help="No progress bar."),
     **options: object,
 ) -> None:
@@ -45,8 +47,10 @@ def _generate(
     from ..generation import GenerationOptions
     from ..guidance import GuidanceConfig
     from ..inputs import check_condition_image
-    from ..io import check_writable
-    from ..manifest import manifest_path_for
+    from ..generation import failed_run_path
+    from ..guidance import guided_steps
+    from ..io import check_distinct_outputs, check_writable
+    from ..manifest import manifest_path_for, plot_path_for
     from ..options import from_values
 
     # ---- everything that can be wrong is checked before any model loads --------------------
@@ -63,19 +67,39 @@ def _generate(
     check_writable(out)
     check_mesh_path(out)
     manifest_path = manifest or manifest_path_for(out)
+    if manifest_path.suffix.lower() != ".json":
+        raise InvalidInputError(f"--manifest must be a .json file, got '{manifest_path}'.")
     check_writable(manifest_path)
     if save_views is not None:
         if save_views.exists() and not save_views.is_dir():
             raise InvalidInputError(f"--save-views '{save_views}' exists and is not a folder.")
         check_writable(save_views / "probe.png")
-    plot_path = out.with_name(out.stem + "_r.png") if plot else None
+    elif views_at is not None:
+        raise InvalidInputError("--views-at chooses which views --save-views writes; give --save-views DIR too.")
+    plot_path = plot_path_for(out) if plot else None
     if plot_path is not None:
         check_writable(plot_path)
         try:
             import matplotlib  # noqa: F401
         except ImportError:
             raise InvalidInputError("--plot needs matplotlib: pip install matplotlib") from None
-    keep_views = _parse_views_at(views_at) if save_views is not None else "none"
+    check_distinct_outputs({"--out": out, "--manifest": manifest_path, "the r plot": plot_path,
+                            "the failed-run record": failed_run_path(manifest_path)})
+    if preset == Preset.tiny:
+        ignored = [flag for flag, name in (("--shape-model", "shape_model"), ("--shape-subfolder", "shape_subfolder"),
+                                           ("--vlm", "vlm")) if getattr(run_options, name) != GenerationOptions().__dict__[name]]
+        if ignored:
+            raise InvalidInputError(f"{', '.join(ignored)} would be ignored with --preset tiny (it uses the tiny "
+                                    "checkpoints); drop them or use --preset real.")
+    keep_views = _parse_views_at(views_at or "summary") if save_views is not None else "none"
+    # Options that would do nothing: said now, not discovered in the manifest afterwards.
+    planned = guided_steps(list(np.linspace(0.0, 1.0, run_options.steps)) + [1.0], guidance)
+    if guidance.enabled and not planned:
+        typer.secho(f"warning: guidance is on, but no step of a {run_options.steps}-step run falls in the σ window "
+                    f"{guidance.sigma_window} (every {guidance.every}): this run will not be guided", err=True)
+    if isinstance(keep_views, list) and not set(keep_views) <= set(planned):
+        raise InvalidInputError(f"--views-at names steps that are not guided: {sorted(set(keep_views) - set(planned))}; "
+                                f"this run guides steps {planned}.")
     check_condition_image(image)
 
     from ..logs import quiet_hy3dgen
