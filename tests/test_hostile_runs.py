@@ -128,3 +128,14 @@ def test_the_sampler_checks_its_inputs_at_the_boundary(tiny_pipeline, call, acce
     sampler = GuidedSampler(tiny_pipeline, config=GuidanceConfig(enabled=False))
     with pytest.raises(InvalidInputError, match=accepted.replace("[", r"\[").replace("^", r"\^").replace(")", r"\)")):
         sampler(image, output_type="latent", progress=False, **{"num_inference_steps": 4, **call})
+
+
+def test_verbose_shows_the_third_party_traceback_the_default_hides(rgba_image, tmp_path, tiny_cache):
+    env = {**os.environ, "VLM3D_TTG_CACHE": str(tiny_cache), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    env.pop("VLM3D_TTG_LOG", None)
+    base = [sys.executable, "-m", "vlm3d_ttg.cli", *map(str, _generate(rgba_image, tmp_path / "v.glb", "--cfg-scale", "1e30"))]
+    quiet = subprocess.run(base, env=env, capture_output=True, text=True)
+    loud = subprocess.run(base + ["--verbose"], env=env, capture_output=True, text=True)
+    assert quiet.returncode == loud.returncode == 2
+    assert "Traceback" not in quiet.stderr
+    assert "hy3dgen's surface extractor reported" in loud.stderr and "Traceback" in loud.stderr

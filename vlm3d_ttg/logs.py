@@ -23,6 +23,12 @@ def configure_logging() -> None:
     logging.basicConfig(level=log_level(), format="%(levelname)s %(name)s: %(message)s")
 
 
+def be_verbose() -> None:
+    """Debug logging for this process (a command's --verbose): the same as VLM3D_TTG_LOG=DEBUG."""
+    os.environ[LOG_LEVEL_VARIABLE] = "DEBUG"
+    logging.getLogger().setLevel(logging.DEBUG)
+
+
 def quiet_hy3dgen() -> None:
     """Tame hy3dgen's logger, which sets itself to INFO with its own console handler at import."""
     from hy3dgen.shapegen.utils import logger as hy3dgen_logger

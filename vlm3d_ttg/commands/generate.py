@@ -40,6 +40,7 @@ def _generate(
         None, help="Guided steps to save views of (with --save-views): summary (default), all, none, or 4,10,20."),
     plot: bool = typer.Option(False, help="Also write a plot of r over the steps (OUT.r.png)."),
     quiet: bool = typer.Option(False, help="No progress bar."),
+    verbose: bool = typer.Option(False, help="Debug logging, with hy3dgen's and transformers' own messages and tracebacks."),
     **options: object,
 ) -> None:
     """Generate a mesh from IMAGE with Hunyuan3D-2, guided by Qwen2.5-VL's judgement of PROMPT."""
@@ -102,9 +103,11 @@ def _generate(
                                 f"this run guides steps {planned}.")
     check_condition_image(image)
 
-    from ..logs import quiet_hy3dgen
+    from ..logs import be_verbose, quiet_hy3dgen
     from ..generation import generate_mesh, load_models
 
+    if verbose:
+        be_verbose()
     quiet_hy3dgen()
 
     started = time.perf_counter()
