@@ -264,3 +264,21 @@ def test_camera_stream_follows_the_runs_generator(tiny_pipeline, tiny_vlm):
     assert first[0] != second[0] and first[1] != second[1]  # different generators: different cameras
     explicit = run(seed=5, camera_seed=first[0])
     assert explicit[0] == first[0]
+
+
+def test_no_reward_graph_outlives_its_guided_step(tiny_pipeline, tiny_vlm):
+    """The loss scale keeps the graph for retries; once the gradient is taken, the evaluation the
+    callback sees holds no graph, so the critic's activations are freed before the next DiT call."""
+    config = GuidanceConfig(**SMALL)
+    reward = VLMReward.from_config(tiny_pipeline.vae, VLMCritic(*tiny_vlm, "a pot"), config)
+    seen = []
+
+    def callback(sampler, step, sigma, state):
+        evaluation = state["evaluation"]
+        if evaluation is not None:
+            seen.append(step)
+            assert evaluation.r.grad_fn is None and not evaluation.images.requires_grad
+
+    GuidedSampler(tiny_pipeline, reward, config)(
+        robot_image(), num_inference_steps=6, seed=0, output_type="latent", callback_on_step_end=callback, progress=False)
+    assert seen  # guided steps were seen

@@ -363,6 +363,9 @@ class GuidedSampler:
             tic = time.perf_counter()
             gradient = loss_scale.gradient(evaluation.r, target)
             evaluation.timings["backward"] = time.perf_counter() - tic
+            # Drop the reward's graph now (the loss scale kept it for retries): the critic's saved
+            # activations (~11 GiB on the 7B) must not outlive the step through the callback's state.
+            evaluation.r = evaluation.r.detach()
             if not bool(torch.isfinite(gradient).all()):
                 raise SkippedStepError("non_finite_gradient", "the reward gradient is not finite at any loss scale")
         except EmptySurfaceError as exc:
