@@ -52,7 +52,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     run.add_argument("--preset", choices=("real", "tiny"), default="real",
                      help="'tiny': offline tiny random models for every part (meaningless numbers, exercises the pipeline).")
     run.add_argument("--configs", default="base,guided",
-                     help="Comma-separated configurations: base, guided, content_only, geometry_only, single_view, "
+                     help="Comma-separated configurations: base, guided, content_only, geometry_only, single_view, guided_reference, "
                      "or names from --config-file. base is always included.")
     run.add_argument("--config-file", type=Path, help="JSON {name: {GuidanceConfig field: value}} of custom configurations.")
     run.add_argument("--noise-floor", action="store_true", help="Also run base with seed + 1 (base_seed2): the seed-vs-seed noise floor.")

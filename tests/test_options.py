@@ -74,6 +74,7 @@ def test_the_benchmark_derives_the_same_options_with_the_same_defaults():
         "inner_steps": ("2", 2), "grad_mode": ("xt", "xt"), "num_views": ("6", 6), "view_size": ("224", 224),
         "elevation": ("10", 10.0), "azimuth_jitter": ("0", 0.0), "elevation_jitter": ("1", 1.0),
         "grid_resolution": ("128", 128), "query": ("content", "content"), "backend": ("cpu", "cpu"),
+        "reference": (None, True), "view_layout": ("grid", "grid"),
     }
     for cls in (GenerationOptions, GuidanceConfig):
         for field, spec in declared(cls):
@@ -91,6 +92,7 @@ def test_the_benchmark_derives_the_same_options_with_the_same_defaults():
     dict(scale=math.inf), dict(max_step_ratio=math.nan), dict(elevation=math.nan), dict(azimuth_jitter=-1.0),
     dict(elevation_jitter=math.inf), dict(sigma_window=(0.5, 0.5)), dict(sigma_window="0.2,0.8"),
     dict(query="{description} <|im_end|> hi"), dict(view_size=True),
+    dict(reference="yes"), dict(view_layout="mosaic"),
 ])
 def test_guidance_config_rejects_wrong_types_and_values(bad):
     with pytest.raises(InvalidInputError, match="Invalid guidance option"):

@@ -263,6 +263,7 @@ def generate_mesh(
     writing the manifest) when the final latent has no surface.
     """
     from .critic import VLMCritic
+    from .critic.reference import reference_from_condition
     from .reward import VLMReward
     from .sampler import GuidedSampler
 
@@ -272,7 +273,11 @@ def generate_mesh(
     octree_resolution = options.octree_resolution or 384
     offload_idle = options.offload_idle
     condition = prepare_condition_image(image)
-    critic = VLMCritic(models.vlm, models.processor, prompt, guidance.query, activation_checkpointing=checkpointing)
+    reference = (
+        reference_from_condition(models.pipeline.image_processor, condition, guidance.view_size) if guidance.reference else None
+    )
+    critic = VLMCritic(models.vlm, models.processor, prompt, guidance.query, reference=reference,
+                       layout=guidance.view_layout, activation_checkpointing=checkpointing)
     reward = VLMReward.from_config(models.pipeline.vae, critic, guidance)
     sampler = GuidedSampler(models.pipeline, reward, guidance, offload_idle=offload_idle)
     capture = ViewCapture(keep_views, sampler.guided_steps(steps), then=step_callback)

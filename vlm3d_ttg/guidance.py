@@ -21,6 +21,7 @@ from .options import name_the_flag, option
 StepNorm = Literal["raw", "latent_rms", "sampler_step"]
 Schedule = Literal["constant", "linear_decay"]
 GradMode = Literal["x0", "xt"]
+ViewLayout = Literal["separate", "grid"]  # the values of critic.layout.VIEW_LAYOUTS
 QUERIES = ("dual", "content", "geometry")
 
 
@@ -50,6 +51,9 @@ class GuidanceConfig:
       +0.063 with, +0.059 without); 448 = 16·28 needs no resampling in the critic.
     - `grid_resolution` 64: coarse-to-fine from 32³; the guidance mesh only has to be good enough
       to render the critic's views, the export uses hy3dgen's 384³.
+    - `reference` off, `view_layout` "separate": the paper's reference-free critic, one image per
+      view. The reference image costs one more image in the critic's prompt (+256 tokens at 448 px);
+      the grid cuts the views' tokens N-fold at 1/√N of their resolution (README, RESULTS.md).
     """
 
     enabled: bool = option(True, "Guide with the critic; --no-guidance is the unguided baseline on the same seed.",
@@ -73,6 +77,11 @@ class GuidanceConfig:
     elevation_jitter: float = option(5.0, "Per-step random elevation offset (±degrees).")
     grid_resolution: int = option(64, "Occupancy grid for guidance (32 · 2^k, or ≤ 32).", flag="--grid")
     query: str = option("dual", "dual (the paper's), content, geometry, or a template with {description}.")
+    reference: bool = option(
+        False, "Show the critic the conditioning image before the views (the built-in queries name it the reference).",
+        flag="--critic-reference", negative="--no-critic-reference")
+    view_layout: ViewLayout = option(
+        "separate", "separate (one image per view) or grid (all views tiled into one view-size image: ~N× fewer critic tokens).")
     backend: str = option("auto", "Renderer: auto, cpu or nvdiffrast.", flag="--render-backend")
 
     def validate(self) -> "GuidanceConfig":
@@ -81,6 +90,7 @@ class GuidanceConfig:
         The one validation path of guidance options (CLI, benchmark and Python callers alike), run
         before any model loads: types, finiteness, ranges and the query template.
         """
+        from .critic.layout import VIEW_LAYOUTS
         from .critic.queries import resolve_query  # the critic's own template check
 
         def bad(msg: str) -> None:
@@ -132,6 +142,10 @@ class GuidanceConfig:
             bad(f"grid_resolution must be ≥ 16, got {self.grid_resolution}")
         if self.backend not in ("auto", "cpu", "nvdiffrast"):
             bad(f"backend must be auto, cpu or nvdiffrast, got {self.backend!r}")
+        if not isinstance(self.reference, bool):
+            bad(f"reference must be True or False, got {self.reference!r}")
+        if self.view_layout not in VIEW_LAYOUTS:
+            bad(f"view_layout must be separate or grid, got {self.view_layout!r}")
         if not isinstance(self.query, str):
             bad(f"query must be a string, got {self.query!r}")
         if self.query not in QUERIES and "{description}" not in self.query:

@@ -10,6 +10,7 @@ with the same seeds (offset 0), so per-item differences are paired. Named preset
 | content_only  | the paper's ablation without the geometric query ("content" query)                  |
 | geometry_only | the geometric query alone                                                           |
 | single_view   | the paper's single-view ablation (the critic sees one view)                         |
+| guided_reference | dual query, the critic sees the conditioning image first (--critic-reference)    |
 | base_seed2    | base again with the seed + 1: the seed-vs-seed noise floor of every metric          |
 
 Custom configurations come from a JSON file `{"name": {GuidanceConfig field: value, ...}}`;
@@ -31,7 +32,7 @@ from ..guidance import GuidanceConfig
 
 BASE = "base"
 NOISE_FLOOR = "base_seed2"
-PRESET_NAMES = ("base", "guided", "content_only", "geometry_only", "single_view", NOISE_FLOOR)
+PRESET_NAMES = ("base", "guided", "content_only", "geometry_only", "single_view", "guided_reference", NOISE_FLOOR)
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -68,6 +69,9 @@ def preset_config(name: str, guidance: GuidanceConfig) -> BenchConfig:
         return BenchConfig(name, replace(guidance, enabled=True, query="geometry"), 0, "geometric query only")
     if name == "single_view":
         return BenchConfig(name, replace(guidance, enabled=True, query="dual", num_views=1), 0, "dual query, one view")
+    if name == "guided_reference":
+        return BenchConfig(name, replace(guidance, enabled=True, query="dual", reference=True), 0,
+                           "dual query with the reference image (critic sees the input image first)")
     if name == NOISE_FLOOR:
         return BenchConfig(name, replace(guidance, enabled=False), 1, "no guidance, seed + 1 (noise floor)")
     raise InvalidInputError(f"Unknown configuration '{name}'; presets are {list(PRESET_NAMES)} (or define it in --config-file).")

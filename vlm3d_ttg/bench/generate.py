@@ -118,12 +118,13 @@ class ReferenceScorer:
     def __init__(self, models: Any, prompt: str, base_guidance: Any):
         self.models = models
         self.prompt = prompt
-        self.guidance = dataclasses.replace(base_guidance, query="dual")
+        # The paper's critic: reference-free, one image per view, whatever the run's guidance options.
+        self.guidance = dataclasses.replace(base_guidance, query="dual", reference=False, view_layout="separate")
         self._reward = None
 
     def same_setting(self, guidance: Any) -> bool:
         """True when a configuration's final scoring equals the reference scoring."""
-        keys = ("query", "num_views", "view_size", "elevation", "backend")
+        keys = ("query", "num_views", "view_size", "elevation", "backend", "reference", "view_layout")
         return all(getattr(guidance, k) == getattr(self.guidance, k) for k in keys)
 
     def score(self, mesh_path: Path) -> float:

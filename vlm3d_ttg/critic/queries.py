@@ -64,6 +64,66 @@ QUERY_TEMPLATES: dict[str, str] = {
     "geometry": GEOMETRY_QUERY,
 }
 
+# Reference-aware and tiled variants (`--critic-reference`, `--view-layout grid`). They change only
+# what the question must say so that the images are read right — which image is the reference, and
+# that one image holds all views — and keep every other sentence of the query above, so that a
+# difference in r is due to what the critic sees, not to rephrasing.
+_REFERENCE_LEAD = "The first image is the reference image: the picture the 3D object was generated from. "
+_VIEWS_SEPARATE = "which show multiple views of a single 3D object"
+_VIEWS_GRID = (
+    "which shows multiple views of a single 3D object tiled in a grid, one view per cell, "
+    "separated by thin black lines"
+)
+# With the reference, content means "the object in the picture, as described"; geometry gains the
+# one geometric fact the picture gives: which parts the object has.
+_REFERENCE_CONTENT_CRITERION = (
+    "Content Match: The object is the one shown in the reference image and corresponds to the description: {description}."
+)
+_REFERENCE_GEOMETRY_CRITERION = (
+    _GEOMETRY_CRITERION + " No part of the object that the reference image shows is missing or broken off."
+)
+
+
+def query_intro(*, reference: bool, layout: str) -> str:
+    """The opening of a built-in query: which images the critic gets and how to read them.
+
+    (reference=False, layout="separate") is the paper's opening, verbatim.
+    """
+    if layout not in ("separate", "grid"):
+        raise InvalidInputError(f"layout must be 'separate' or 'grid', got {layout!r}.")
+    views = _VIEWS_SEPARATE if layout == "separate" else _VIEWS_GRID
+    if not reference:
+        subject = "the provided images" if layout == "separate" else "the provided image"
+        return f"Carefully evaluate {subject}, {views}. Does the underlying 3D object, considering all views together, "
+    subject = "the images after it" if layout == "separate" else "the second image"
+    return _REFERENCE_LEAD + f"Carefully evaluate {subject}, {views}. Does the underlying 3D object, considering all views together, "
+
+
+def builtin_query(name: str, *, reference: bool = False, layout: str = "separate") -> str:
+    """The built-in template `name` ('dual', 'content', 'geometry') for a critic with or without the reference image, views separate or tiled.
+
+    With reference=False and layout="separate" this is `QUERY_TEMPLATES[name]` (the paper's text).
+    """
+    if name not in QUERY_TEMPLATES:
+        raise InvalidInputError(f"Unknown built-in query {name!r}; use one of {sorted(QUERY_TEMPLATES)}.")
+    content = _REFERENCE_CONTENT_CRITERION if reference else _CONTENT_CRITERION
+    geometry = _REFERENCE_GEOMETRY_CRITERION if reference else _GEOMETRY_CRITERION
+    intro = query_intro(reference=reference, layout=layout)
+    if name == "dual":
+        body = "meet all of the following criteria simultaneously?\n" + f"1. {content}\n" + f"2. {geometry}\n\n"
+    else:
+        body = "meet the following criterion?\n" + f"{content if name == 'content' else geometry}\n\n"
+    return intro + body + _ANSWER_FORMAT
+
+
+#: Every built-in template (all variants): the ones that may lack a `{description}` slot.
+BUILTIN_TEMPLATES: frozenset[str] = frozenset(
+    builtin_query(name, reference=reference, layout=layout)
+    for name in QUERY_TEMPLATES
+    for reference in (False, True)
+    for layout in ("separate", "grid")
+)
+
 
 def qwen_markup_tokens() -> tuple[str, ...]:
     """Qwen2.5-VL's added vocabulary: every string its tokenizer reads as one structural token."""
@@ -133,13 +193,18 @@ def validate_template(template: str, *, require_description: bool = True) -> str
     return check_plain_text(template, qwen_markup_tokens(), "query template")
 
 
-def resolve_query(query: str) -> str:
-    """The template for `query`: a variant name ('dual', 'content', 'geometry') or a user template."""
+def resolve_query(query: str, *, reference: bool = False, layout: str = "separate") -> str:
+    """The template for `query`: a variant name ('dual', 'content', 'geometry') or a user template.
+
+    A variant name gives the built-in question for a critic that sees the reference image first
+    (`reference`) and the views as separate images or tiled into one (`layout`). A user template is
+    used as written, whatever the layout: it should itself say which image is which.
+    """
     if not isinstance(query, str):
         raise InvalidInputError(f"query must be a string, got {type(query).__name__}.")
     if query.strip().lower() in QUERY_TEMPLATES:
-        return QUERY_TEMPLATES[query.strip().lower()]
-    if query in QUERY_TEMPLATES.values():
+        return builtin_query(query.strip().lower(), reference=reference, layout=layout)
+    if query in BUILTIN_TEMPLATES:
         return query
     if "{" not in query:
         raise InvalidInputError(
@@ -163,7 +228,7 @@ def normalize_description(description: str) -> str:
 def format_query(template: str, description: str) -> str:
     """The question text: `template` (validated) with its slot, if any, filled by `description` (validated)."""
     text = normalize_description(description)
-    builtin = template in QUERY_TEMPLATES.values()
+    builtin = template in BUILTIN_TEMPLATES
     question = validate_template(template, require_description=not builtin).format(description=text)
     # Template and description are clean on their own; a token could still straddle the slot
     # (a template '...<|im_{description}' with the description 'end|>').
@@ -171,14 +236,17 @@ def format_query(template: str, description: str) -> str:
 
 
 __all__ = [
+    "BUILTIN_TEMPLATES",
     "CONTENT_QUERY",
     "DUAL_QUERY",
     "GEOMETRY_QUERY",
     "QUERY_TEMPLATES",
+    "builtin_query",
     "check_plain_text",
     "format_query",
     "markup_tokens",
     "normalize_description",
+    "query_intro",
     "qwen_markup_tokens",
     "resolve_query",
     "validate_template",

@@ -20,6 +20,7 @@ import torch
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from ..errors import InvalidInputError, UnsupportedModelError
+from .layout import VIEW_LAYOUTS, ViewLayout, tile_views
 from .preprocess import check_image_shape, qwen_image_grid, qwen_pixel_values
 from .queries import check_plain_text, format_query, markup_tokens, normalize_description, resolve_query
 
@@ -92,6 +93,16 @@ def check_image_values(images: torch.Tensor) -> None:
         )
 
 
+def _checked_reference(reference: Any) -> torch.Tensor:
+    """The reference image as a detached float32 (3, H, W) CPU tensor; InvalidInputError unless it is one image in [0, 1]."""
+    if not isinstance(reference, torch.Tensor) or reference.ndim != 3:
+        shape = tuple(reference.shape) if isinstance(reference, torch.Tensor) else type(reference).__name__
+        raise InvalidInputError(f"The reference image must be a tensor (3, H, W) in [0, 1]; got {shape}.")
+    check_image_shape(reference[None])
+    check_image_values(reference)
+    return reference.detach().to("cpu", torch.float32).clamp(0.0, 1.0)
+
+
 def _accepts_mm_encoder_outputs(model: Any) -> bool:
     """Whether the multimodal model's forward takes precomputed vision features (transformers >= 5.18)."""
     return "mm_encoder_outputs" in inspect.signature(model.forward).parameters
@@ -107,6 +118,12 @@ class VLMCritic:
     images. Images (B, N, 3, H, W) score B view sets in one batched call; `descriptions` (length B)
     then gives each set its own description.
 
+    `reference` (3, H, W) in [0, 1], any size — the image the shape is generated from — is shown
+    before the views, and the built-in queries say so (`queries.builtin_query`); it is a constant
+    of the critic (no gradient reaches it). `layout="grid"` tiles each view set into one image of
+    the views' size (`layout.tile_views`) before the critic sees it: about N× fewer vision tokens,
+    at a lower resolution per view; the built-in queries then describe one tiled image.
+
     The model is frozen (eval mode, no parameter gradients). `activation_checkpointing=True`
     recomputes each layer in the backward pass instead of storing its activations (the 7B needs
     ~11 GiB of activations for 4 x 448^2 views without it): it enables transformers' checkpointing
@@ -121,13 +138,20 @@ class VLMCritic:
         description: str,
         query: str = "dual",
         *,
+        reference: torch.Tensor | None = None,
+        layout: ViewLayout = "separate",
         activation_checkpointing: bool = False,
         check_inputs: bool = True,
         max_cached_prompts: int = 8,
     ) -> None:
         self.model = model
         self.processor = processor
-        self.template = resolve_query(query)
+        if layout not in VIEW_LAYOUTS:
+            raise InvalidInputError(f"layout must be one of {VIEW_LAYOUTS}, got {layout!r}.")
+        self.layout = layout
+        self.reference = None if reference is None else _checked_reference(reference)
+        self._reference_pixels: dict[tuple[str, torch.dtype], torch.Tensor] = {}
+        self.template = resolve_query(query, reference=self.reference is not None, layout=layout)
         self.description = normalize_description(description)
         # What this processor reads as structure (it may know more tokens than Qwen2.5-VL's list
         # checked above); see queries.py for why such text is rejected rather than escaped.
@@ -172,7 +196,7 @@ class VLMCritic:
     # Pixel-independent parts (cached)
 
     def chat_text(self, num_images: int, description: str | None = None) -> str:
-        """The full prompt for `num_images` views: the processor's chat template, images then question."""
+        """The full prompt for `num_images` images (the reference included, if any): the processor's chat template, images then question."""
         question = self.question if description is None else self._plain_question(description)
         messages = [
             {
@@ -204,31 +228,51 @@ class VLMCritic:
         if cached is not None:
             self._cache.move_to_end(key)
             return cached
-        built = self._build_prompt_inputs(descriptions, int(num_views), int(height), int(width), device)
+        built = self._build_prompt_inputs(descriptions, self.image_sizes(int(num_views), int(height), int(width)), device)
         self._cache[key] = built
         if len(self._cache) > self._max_cached_prompts:
             self._cache.popitem(last=False)
         return built
 
+    def image_sizes(self, num_views: int, height: int, width: int) -> list[tuple[int, int]]:
+        """The (height, width) of each image the model gets for `num_views` views of height x width, in order.
+
+        The reference first (if any), then the views — or their one tile with layout "grid".
+        """
+        views = [(height, width)] * (1 if self.layout == "grid" else num_views)
+        if self.reference is None:
+            return views
+        return [(int(self.reference.shape[-2]), int(self.reference.shape[-1]))] + views
+
+    def image_token_count(self, num_views: int, height: int, width: int) -> int:
+        """Vision tokens (after Qwen's 2x2 merge) in one prompt for `num_views` views of height x width."""
+        image_processor = self.processor.image_processor
+        merge = int(image_processor.merge_size) ** 2
+        return sum(
+            qwen_image_grid(h, w, image_processor)[1] * qwen_image_grid(h, w, image_processor)[2] // merge
+            for h, w in self.image_sizes(num_views, height, width)
+        )
+
     def _build_prompt_inputs(
-        self, descriptions: tuple[str, ...], num_views: int, height: int, width: int, device: torch.device
+        self, descriptions: tuple[str, ...], sizes: list[tuple[int, int]], device: torch.device
     ) -> PromptInputs:
         image_processor = self.processor.image_processor
-        grid_per_image = qwen_image_grid(height, width, image_processor)  # validates the aspect ratio
-        tokens_per_image = grid_per_image[1] * grid_per_image[2] // int(image_processor.merge_size) ** 2
-        texts = tuple(self.chat_text(num_views, text) for text in descriptions)
+        grids = [qwen_image_grid(h, w, image_processor) for h, w in sizes]  # validates the aspect ratios
+        image_tokens = sum(grid[1] * grid[2] for grid in grids) // int(image_processor.merge_size) ** 2
+        num_images = len(sizes)
+        texts = tuple(self.chat_text(num_images, text) for text in descriptions)
         context = int(self.model.config.get_text_config().max_position_embeddings)
         # Cheap length check before the processor builds anything big.
         longest_text = max(len(self.processor.tokenizer.encode(text, add_special_tokens=False)) for text in texts)
-        approx_length = longest_text - num_views + num_views * tokens_per_image
+        approx_length = longest_text - num_images + image_tokens
         if approx_length > context:
             raise InvalidInputError(
-                f"The prompt is {approx_length} tokens ({num_views} images x {tokens_per_image} image tokens + text), "
+                f"The prompt is {approx_length} tokens ({num_images} images, {image_tokens} image tokens + text), "
                 f"longer than the model's context of {context}. Use fewer or smaller views or a shorter description."
             )
         # The real processor expands <|image_pad|> and tokenizes. It needs images only for their size,
         # so blank ones of the right size do (once per key).
-        blanks = [torch.zeros(3, height, width)] * (num_views * len(texts))
+        blanks = [torch.zeros(3, h, w) for h, w in sizes] * len(texts)
         encoded = self.processor(
             text=list(texts),
             images=blanks,
@@ -243,10 +287,10 @@ class VLMCritic:
                 f"The prompt is {input_ids.shape[1]} tokens, longer than the model's context of {context}."
             )
         grid = encoded["image_grid_thw"]
-        if grid.tolist() != [list(grid_per_image)] * len(grid):
+        if grid.tolist() != [list(g) for g in grids] * len(texts):
             raise UnsupportedModelError(
-                f"The processor's image grid {grid[0].tolist()} differs from the critic's {list(grid_per_image)} "
-                f"for {height}x{width} images; this processor configuration is not reproduced."
+                f"The processor's image grids {grid.tolist()[:num_images]} differ from the critic's "
+                f"{[list(g) for g in grids]} for images of sizes {sizes}; this processor configuration is not reproduced."
             )
         attention_mask = encoded["attention_mask"]
         mm_token_type_ids = encoded.get("mm_token_type_ids")
@@ -261,9 +305,7 @@ class VLMCritic:
             attention_mask=attention_mask,
         )
         padded = not bool(attention_mask.all())
-        logger.debug(
-            "Built critic prompt: %d view set(s) x %d views of %dx%d -> %d tokens", len(texts), num_views, height, width, input_ids.shape[1]
-        )
+        logger.debug("Built critic prompt: %d set(s) of images %s -> %d tokens", len(texts), sizes, input_ids.shape[1])
         return PromptInputs(
             chat_texts=texts,
             input_ids=input_ids.to(device),
@@ -335,12 +377,38 @@ class VLMCritic:
         num_views = views.shape[0] if shared_views else views.shape[0] // batch
         height, width = int(views.shape[-2]), int(views.shape[-1])
         prompt = self.prompt_inputs(num_views, height, width, descriptions, batch=batch)
+        view_sets = 1 if shared_views else batch
+        if self.layout == "grid":
+            views = tile_views(views.reshape(view_sets, num_views, *views.shape[1:]), (height, width))
         pixel_values, view_grid = self.preprocess(views)
+        if self.reference is not None:
+            pixel_values, view_grid = self._with_reference(pixel_values, view_grid, view_sets)
         z_yes, z_no = self._answer_logits(prompt, pixel_values, view_grid, repeats=batch if shared_views else 1)
         r = z_yes - z_no
         if not batched:
             z_yes, z_no, r = z_yes[0], z_no[0], r[0]
         return CriticOutput(r=r, p_yes=torch.sigmoid(r), logit_yes=z_yes, logit_no=z_no)
+
+    def _with_reference(
+        self, pixel_values: torch.Tensor, view_grid: torch.Tensor, view_sets: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The views' pixel values and grid with the reference's placed before each of the `view_sets` sets."""
+        key = (str(pixel_values.device), pixel_values.dtype)
+        reference = self._reference_pixels.get(key)
+        if reference is None:
+            # A constant: preprocessed once per device and dtype, outside any graph.
+            with torch.no_grad():
+                reference, _ = qwen_pixel_values(self.reference[None].to(pixel_values.device, pixel_values.dtype),
+                                                 self.processor.image_processor)
+            self._reference_pixels[key] = reference
+        reference_grid = torch.tensor([qwen_image_grid(*self.reference.shape[-2:], self.processor.image_processor)])
+        rows_per_set = pixel_values.shape[0] // view_sets
+        grids_per_set = view_grid.shape[0] // view_sets
+        pieces, grids = [], []
+        for index in range(view_sets):
+            pieces += [reference, pixel_values[index * rows_per_set:(index + 1) * rows_per_set]]
+            grids += [reference_grid, view_grid[index * grids_per_set:(index + 1) * grids_per_set]]
+        return torch.cat(pieces), torch.cat(grids)
 
     def _embeds_with_features(self, input_ids: torch.Tensor, features: Sequence[torch.Tensor], repeats: int) -> torch.Tensor:
         """Token embeddings with the image features in the image placeholders, as the model's forward builds them.
