@@ -76,20 +76,44 @@ def geo_decoder_kv_flops_per_call() -> float:
 
 
 def critic_forward_flops(views: int, size: int) -> float:
-    patches = views * (size // 14) ** 2
+    """One critic forward for `views` separate square views of side `size` (the paper's layout)."""
+    return critic_images_forward_flops([size] * views)
+
+
+def critic_images_forward_flops(sides: list[int]) -> float:
+    """One critic forward for square images of these sides in one prompt (views, a tile, a reference)."""
     vis_linear = 2 * (4 * VIS_HIDDEN**2 + 3 * VIS_HIDDEN * VIS_MLP)
-    vis_attn = ((VIS_LAYERS - VIS_FULL_LAYERS) * 4 * VIS_WINDOW + VIS_FULL_LAYERS * 4 * (size // 14) ** 2) * VIS_HIDDEN
-    vision = patches * (VIS_LAYERS * vis_linear + vis_attn)
-    tokens = patches // 4 + PROMPT_TEXT_TOKENS
+    vision = 0.0
+    for side in sides:  # full-attention layers attend within each image only
+        patches = (side // 14) ** 2
+        vis_attn = ((VIS_LAYERS - VIS_FULL_LAYERS) * 4 * VIS_WINDOW + VIS_FULL_LAYERS * 4 * patches) * VIS_HIDDEN
+        vision += patches * (VIS_LAYERS * vis_linear + vis_attn)
+    tokens = critic_image_tokens(sides) + PROMPT_TEXT_TOKENS
     llm_linear = 2 * (LLM_HIDDEN * (LLM_HIDDEN + 2 * LLM_KV) + LLM_HIDDEN**2 + 3 * LLM_HIDDEN * LLM_MLP)
     llm = tokens * LLM_LAYERS * (llm_linear + 4 * tokens * LLM_HIDDEN)
     return vision + llm
 
 
-def critic_activation_gib(views: int, size: int, checkpointing: bool) -> float:
-    """Saved activations for the input-only backward, scaled from docs/design.md §4's 4x448² figures."""
-    scale = views * (size / 448) ** 2 / 4
-    return (0.6 if checkpointing else 11.0) * scale
+def critic_image_tokens(sides: list[int]) -> int:
+    """Vision tokens in the critic's prompt (14-px patches merged 2×2) for square images of these sides."""
+    return sum((side // 28) ** 2 for side in sides)
+
+
+def critic_sides(views: int, size: int, *, layout: str = "separate", reference: bool = False) -> list[int]:
+    """Sides of the images the critic gets: the reference (at the view size, as generation makes it), then
+    the views — or their one tile of the view size (layout "grid")."""
+    shown = [size] if layout == "grid" else [size] * views
+    return ([size] if reference else []) + shown
+
+
+def critic_activation_gib(views: int, size: int, checkpointing: bool, *, layout: str = "separate", reference: bool = False) -> float:
+    """Saved activations for the input-only backward, scaled by pixels from docs/design.md §4's 4x448² figures.
+
+    A reference image is part of the same forward as the views (its tokens are attended to), so
+    its activations are saved too although no gradient reaches it.
+    """
+    pixels = sum(side**2 for side in critic_sides(views, size, layout=layout, reference=reference))
+    return (0.6 if checkpointing else 11.0) * pixels / (4 * 448**2)
 
 
 def stage_table(run: RunShape) -> list[tuple[str, float, str]]:
@@ -165,7 +189,7 @@ def markdown() -> str:
     lines += ["", f"Guided steps at the defaults: {base.guided_steps()} of {base.steps}. "
               f"Unguided run: {base.steps} × {dit_forward_flops(2) / 1e12:.1f} = {base.steps * dit_forward_flops(2) / 1e12:.0f} TFLOP "
               f"(+ export). Guidance adds {extra_tflop_per_run(base):.0f} TFLOP "
-              f"(the guided run costs ×{1 + extra_tflop_per_run(base) / (base.steps * dit_forward_flops(2)):.2f} the unguided run's FLOPs).", ""]
+              f"(the guided run costs ×{1 + extra_tflop_per_run(base) * 1e12 / (base.steps * dit_forward_flops(2)):.2f} the unguided run's FLOPs).", ""]
     lines += ["### What each knob saves (guidance's added TFLOP per run)", "", "| knob | value | added TFLOP | vs default |", "|---|---|---:|---:|"]
     ref = extra_tflop_per_run(base)
     knobs = [
@@ -203,5 +227,41 @@ def markdown() -> str:
     return "\n".join(lines)
 
 
+# Sustained bf16 throughput used to turn TFLOP into seconds (an A100 at ~40% of peak; see markdown()).
+PLANNING_TFLOP_PER_S = 120.0
+
+
+def critic_layout_table(run: RunShape) -> list[tuple[str, int, float, float, float]]:
+    """(setting, vision tokens, TFLOP of forward + input backward, seconds at PLANNING_TFLOP_PER_S,
+    saved activations GiB without checkpointing) of one critic call, for both layouts with and without the reference."""
+    rows = []
+    for reference in (False, True):
+        for layout in ("separate", "grid"):
+            sides = critic_sides(run.views, run.view_size, layout=layout, reference=reference)
+            tflop = 2 * critic_images_forward_flops(sides) / 1e12
+            name = f"{layout}{' + reference' if reference else ''}"
+            rows.append((name, critic_image_tokens(sides), tflop, tflop / PLANNING_TFLOP_PER_S,
+                         critic_activation_gib(run.views, run.view_size, False, layout=layout, reference=reference)))
+    return rows
+
+
+def critic_layout_markdown() -> str:
+    """The cost-model table of the critic's view layouts and reference image (RESULTS.md)."""
+    base = RunShape()
+    lines = [f"### Critic: view layout and reference image ({base.views} views × {base.view_size}², Qwen2.5-VL-7B)", "",
+             "| critic sees | vision tokens | TFLOP per guided step (fwd + input bwd) | s at ~120 TFLOP/s | saved activations (GiB) | added TFLOP per run |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for name, tokens, tflop, seconds, gib in critic_layout_table(base):
+        lines.append(f"| {name} | {tokens} | {tflop:.2f} | {seconds:.3f} | {gib:.1f} | "
+                     f"{tflop * base.guided_steps():.0f} |")
+    lines += ["", f"Plus ~{PROMPT_TEXT_TOKENS} text tokens per prompt. The reference is made at the view size "
+              "(`critic/reference.py`), so it costs one view's tokens; with checkpointing every activation "
+              "figure scales by 0.6/11. The grid's tile has the view size, so each view is seen at about half its "
+              "side (223² of 448² with 2-px separators)."]
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
     print(markdown())
+    print()
+    print(critic_layout_markdown())

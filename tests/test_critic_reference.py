@@ -55,7 +55,7 @@ def _stock_r(model, processor, question: str, images: list[torch.Tensor]) -> flo
 
 def _model_images(critic: VLMCritic, views: torch.Tensor, reference: torch.Tensor) -> list[torch.Tensor]:
     """What the stock path should be given for this critic: the reference, then the views or their tile."""
-    shown = [tile_views(views, tuple(views.shape[-2:]))] if critic.layout == "grid" else list(views)
+    shown = [tile_views(views, critic.tile_size(*views.shape[:1], *views.shape[-2:]))] if critic.layout == "grid" else list(views)
     return ([reference] if critic.reference is not None else []) + shown
 
 
@@ -125,6 +125,17 @@ def test_r_equals_stock_path(critics, tiny_vlm, reference, with_reference, layou
     views = _rand(*VIEWS[:1], 3, *VIEWS[1:], seed=2)
     stock = _stock_r(model, processor, critic.question, _model_images(critic, views, reference))
     assert abs(float(critic(views).r) - stock) < 1e-5, (float(critic(views).r), stock)
+
+
+def test_views_rendered_at_the_cell_size_are_placed_into_a_tile_of_the_grid_size(tiny_vlm, reference):
+    # What generation does: 4 views rendered at 27 px (the cell of a 56-px tile with a 2-px line).
+    model, processor = tiny_vlm
+    critic = VLMCritic(model, processor, DESCRIPTION, reference=reference, layout="grid", grid_size=56)
+    views = _rand(4, 3, 27, 27, seed=6)
+    assert critic.tile_size(4, 27, 27) == (56, 56)
+    tile = tile_views(views, (56, 56))
+    assert torch.equal(tile[:, 29:, 29:], views[3])  # placed, not resampled
+    assert abs(float(critic(views).r) - _stock_r(model, processor, critic.question, [reference, tile])) < 1e-5
 
 
 def test_the_reference_changes_r_and_gets_no_gradient(tiny_vlm, critics):
@@ -268,6 +279,6 @@ def test_generate_plumbs_the_reference_and_layout_to_the_critic(tiny_pipeline, t
         critic = VLMCritic(model, processor, "a small clay pot", **critic_options)
         return float(VLMReward(tiny_pipeline.vae, critic, critic_guidance).score_mesh(mesh.vertices, mesh.faces).r)
 
-    assert abs(score(guidance, reference=reference, layout="grid") - result.final_r) < 1e-4
+    assert abs(score(guidance, reference=reference, layout="grid", grid_size=56) - result.final_r) < 1e-4
     paper = dataclasses.replace(guidance, reference=False, view_layout="separate")
     assert abs(score(paper) - result.final_r) > 1e-4

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vlm3d_ttg.critic.layout import grid_cell_sizes, grid_shape, tile_views
+from vlm3d_ttg.critic.layout import grid_cell_sizes, grid_shape, square_cell_tile, tile_views
 from vlm3d_ttg.errors import InvalidInputError
 
 
@@ -40,6 +40,14 @@ def test_views_are_resampled_into_cells_that_fill_the_size_exactly():
     assert grid_cell_sizes(5, (60, 101), separator=2) == ([29, 29], [33, 32, 32])
 
 
+@pytest.mark.parametrize("count,box,tile", [(4, 448, (448, 448, 223)), (2, 448, (223, 448, 223)), (6, 448, (298, 448, 148)),
+                                            (3, (56, 84), (56, 56, 27))])
+def test_square_cells_keep_square_views_undistorted(count, box, tile):
+    assert square_cell_tile(count, box) == tile
+    rows, columns = grid_shape(count)
+    assert grid_cell_sizes(count, tile[:2]) == ([tile[2]] * rows, [tile[2]] * columns)
+
+
 def test_batched_view_sets_tile_independently():
     view_sets = torch.rand(2, 4, 3, 20, 30, generator=torch.Generator().manual_seed(1))
     tiled = tile_views(view_sets, (28, 42))
@@ -54,7 +62,7 @@ def test_gradient_matches_finite_differences():
     views = torch.rand(2, 3, 1, 9, 8, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     views.requires_grad_(True)
     assert torch.autograd.gradcheck(lambda v: tile_views(v, (16, 13), separator=2), (views,), eps=1e-6, atol=1e-8, fast_mode=True)
-    # Every view receives gradient, the separators none.
+    # Every view receives gradient.
     (gradient,) = torch.autograd.grad(tile_views(views, (16, 13)).sum(), views)
     assert all(float(gradient[:, index].abs().sum()) > 0 for index in range(3))
 

@@ -92,7 +92,7 @@ def test_the_benchmark_derives_the_same_options_with_the_same_defaults():
     dict(scale=math.inf), dict(max_step_ratio=math.nan), dict(elevation=math.nan), dict(azimuth_jitter=-1.0),
     dict(elevation_jitter=math.inf), dict(sigma_window=(0.5, 0.5)), dict(sigma_window="0.2,0.8"),
     dict(query="{description} <|im_end|> hi"), dict(view_size=True),
-    dict(reference="yes"), dict(view_layout="mosaic"),
+    dict(reference="yes"), dict(view_layout="mosaic"), dict(view_layout="grid", num_views=400, view_size=28),
 ])
 def test_guidance_config_rejects_wrong_types_and_values(bad):
     with pytest.raises(InvalidInputError, match="Invalid guidance option"):

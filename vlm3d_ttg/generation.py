@@ -277,7 +277,7 @@ def generate_mesh(
         reference_from_condition(models.pipeline.image_processor, condition, guidance.view_size) if guidance.reference else None
     )
     critic = VLMCritic(models.vlm, models.processor, prompt, guidance.query, reference=reference,
-                       layout=guidance.view_layout, activation_checkpointing=checkpointing)
+                       layout=guidance.view_layout, grid_size=guidance.view_size, activation_checkpointing=checkpointing)
     reward = VLMReward.from_config(models.pipeline.vae, critic, guidance)
     sampler = GuidedSampler(models.pipeline, reward, guidance, offload_idle=offload_idle)
     capture = ViewCapture(keep_views, sampler.guided_steps(steps), then=step_callback)

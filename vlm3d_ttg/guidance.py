@@ -90,7 +90,7 @@ class GuidanceConfig:
         The one validation path of guidance options (CLI, benchmark and Python callers alike), run
         before any model loads: types, finiteness, ranges and the query template.
         """
-        from .critic.layout import VIEW_LAYOUTS
+        from .critic.layout import VIEW_LAYOUTS, square_cell_tile
         from .critic.queries import resolve_query  # the critic's own template check
 
         def bad(msg: str) -> None:
@@ -146,6 +146,11 @@ class GuidanceConfig:
             bad(f"reference must be True or False, got {self.reference!r}")
         if self.view_layout not in VIEW_LAYOUTS:
             bad(f"view_layout must be separate or grid, got {self.view_layout!r}")
+        if self.view_layout == "grid":
+            try:
+                square_cell_tile(self.num_views, self.view_size)
+            except InvalidInputError as exc:
+                bad(f"view_layout grid: {exc}")
         if not isinstance(self.query, str):
             bad(f"query must be a string, got {self.query!r}")
         if self.query not in QUERIES and "{description}" not in self.query:

@@ -73,7 +73,13 @@ class VLMReward:
         self.critic = critic
         # Views, cameras, grid and backend come from the config: declared once, in GuidanceConfig.
         self.num_views = config.num_views
-        self.view_size = config.view_size
+        self.render_size = config.view_size
+        if config.view_layout == "grid":
+            # The critic tiles the views into one view_size image: render them at their cell's side
+            # so that they are placed, not resampled (VLMCritic(layout="grid", grid_size=view_size)).
+            from .critic.layout import square_cell_tile
+
+            self.render_size = square_cell_tile(config.num_views, config.view_size)[2]
         self.elevation = config.elevation
         self.jitter = (
             CameraJitter(azimuth_deg=config.azimuth_jitter, elevation_deg=config.elevation_jitter)
@@ -94,7 +100,7 @@ class VLMReward:
         return orbit_cameras(
             self.num_views,
             elevation_deg=self.elevation,
-            image_size=self.view_size,
+            image_size=self.render_size,
             jitter=self.jitter if jitter else None,
             generator=generator,
             device=device,

@@ -112,6 +112,23 @@ def tile_views(
     return tiled.reshape(*batch, channels, height, width)
 
 
+def square_cell_tile(
+    num_views: int, box: int | tuple[int, int], separator: int = DEFAULT_SEPARATOR
+) -> tuple[int, int, int]:
+    """(height, width, cell side) of the largest tile of `num_views` square cells that fits in `box`.
+
+    `box` is a side or (height, width). Views rendered square keep their proportions in such a tile
+    (`tile_views` fits each view to its cell, so cells of another shape would stretch them); the
+    tile fills the box exactly when the grid is square and the box's free side divides evenly (4 views
+    in 448²: cells of 223 px with a 2-px line).
+    """
+    box_height, box_width = (box, box) if isinstance(box, numbers.Integral) else box
+    rows, columns = grid_shape(num_views)
+    row_heights, column_widths = grid_cell_sizes(num_views, (box_height, box_width), separator)
+    cell = min(min(row_heights), min(column_widths))
+    return rows * cell + (rows - 1) * separator, columns * cell + (columns - 1) * separator, cell
+
+
 __all__ = [
     "DEFAULT_SEPARATOR",
     "DEFAULT_SEPARATOR_VALUE",
@@ -119,5 +136,6 @@ __all__ = [
     "ViewLayout",
     "grid_cell_sizes",
     "grid_shape",
+    "square_cell_tile",
     "tile_views",
 ]

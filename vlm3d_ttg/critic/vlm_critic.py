@@ -20,7 +20,7 @@ import torch
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from ..errors import InvalidInputError, UnsupportedModelError
-from .layout import VIEW_LAYOUTS, ViewLayout, tile_views
+from .layout import VIEW_LAYOUTS, ViewLayout, square_cell_tile, tile_views
 from .preprocess import check_image_shape, qwen_image_grid, qwen_pixel_values
 from .queries import check_plain_text, format_query, markup_tokens, normalize_description, resolve_query
 
@@ -121,8 +121,9 @@ class VLMCritic:
     `reference` (3, H, W) in [0, 1], any size — the image the shape is generated from — is shown
     before the views, and the built-in queries say so (`queries.builtin_query`); it is a constant
     of the critic (no gradient reaches it). `layout="grid"` tiles each view set into one image of
-    the views' size (`layout.tile_views`) before the critic sees it: about N× fewer vision tokens,
-    at a lower resolution per view; the built-in queries then describe one tiled image.
+    square cells within `grid_size` px (default: the views' size; `layout.square_cell_tile`) before
+    the critic sees it: about N× fewer vision tokens, at a lower resolution per view; the built-in
+    queries then describe one tiled image. Views already of the cell's size are placed unresampled.
 
     The model is frozen (eval mode, no parameter gradients). `activation_checkpointing=True`
     recomputes each layer in the backward pass instead of storing its activations (the 7B needs
@@ -140,6 +141,7 @@ class VLMCritic:
         *,
         reference: torch.Tensor | None = None,
         layout: ViewLayout = "separate",
+        grid_size: int | None = None,
         activation_checkpointing: bool = False,
         check_inputs: bool = True,
         max_cached_prompts: int = 8,
@@ -149,6 +151,9 @@ class VLMCritic:
         if layout not in VIEW_LAYOUTS:
             raise InvalidInputError(f"layout must be one of {VIEW_LAYOUTS}, got {layout!r}.")
         self.layout = layout
+        if grid_size is not None and (isinstance(grid_size, bool) or not isinstance(grid_size, int) or grid_size < 1):
+            raise InvalidInputError(f"grid_size must be a positive number of pixels or None, got {grid_size!r}.")
+        self.grid_size = grid_size
         self.reference = None if reference is None else _checked_reference(reference)
         self._reference_pixels: dict[tuple[str, torch.dtype], torch.Tensor] = {}
         self.template = resolve_query(query, reference=self.reference is not None, layout=layout)
@@ -239,10 +244,15 @@ class VLMCritic:
 
         The reference first (if any), then the views — or their one tile with layout "grid".
         """
-        views = [(height, width)] * (1 if self.layout == "grid" else num_views)
+        views = [self.tile_size(num_views, height, width)] if self.layout == "grid" else [(height, width)] * num_views
         if self.reference is None:
             return views
         return [(int(self.reference.shape[-2]), int(self.reference.shape[-1]))] + views
+
+    def tile_size(self, num_views: int, height: int, width: int) -> tuple[int, int]:
+        """(height, width) of the one image that `num_views` views of height x width are tiled into (layout "grid")."""
+        tile_height, tile_width, _ = square_cell_tile(num_views, self.grid_size or (height, width))
+        return tile_height, tile_width
 
     def image_token_count(self, num_views: int, height: int, width: int) -> int:
         """Vision tokens (after Qwen's 2x2 merge) in one prompt for `num_views` views of height x width."""
@@ -379,7 +389,7 @@ class VLMCritic:
         prompt = self.prompt_inputs(num_views, height, width, descriptions, batch=batch)
         view_sets = 1 if shared_views else batch
         if self.layout == "grid":
-            views = tile_views(views.reshape(view_sets, num_views, *views.shape[1:]), (height, width))
+            views = tile_views(views.reshape(view_sets, num_views, *views.shape[1:]), self.tile_size(num_views, height, width))
         pixel_values, view_grid = self.preprocess(views)
         if self.reference is not None:
             pixel_values, view_grid = self._with_reference(pixel_values, view_grid, view_sets)
