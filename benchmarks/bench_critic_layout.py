@@ -125,7 +125,8 @@ def bench(model, processor, repeats: int) -> list[str]:
 NOTES = [
     "Notes:",
     "- Tokens are the 7B's too (same processor rule). The grid cuts the views' tokens exactly 4× at 4 "
-    "views; the reference adds one view's worth (256 at 448²).",
+    "views; the reference adds one view's worth (256 at 448²). The reference's vision features are "
+    "computed once per critic (before the timed runs) and cached, so a call pays only its tokens in the LLM.",
     "- On the tiny model the vision tower's patch embedding and the pixel preprocessing dominate, so "
     "time and saved activations follow the pixels the critic sees (grid: ¼ of the views' pixels); for "
     "the 7B the cost model's figures are the ones to plan with. Rendering 4 × 223² instead of 4 × 448² "

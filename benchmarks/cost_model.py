@@ -80,15 +80,16 @@ def critic_forward_flops(views: int, size: int) -> float:
     return critic_images_forward_flops([size] * views)
 
 
-def critic_images_forward_flops(sides: list[int]) -> float:
-    """One critic forward for square images of these sides in one prompt (views, a tile, a reference)."""
+def critic_images_forward_flops(sides: list[int], cached_sides: list[int] | None = None) -> float:
+    """One critic forward for square images of these sides in one prompt (views or their tile), plus
+    images whose vision features are cached (`cached_sides`: the reference) and cost only their tokens."""
     vis_linear = 2 * (4 * VIS_HIDDEN**2 + 3 * VIS_HIDDEN * VIS_MLP)
     vision = 0.0
     for side in sides:  # full-attention layers attend within each image only
         patches = (side // 14) ** 2
         vis_attn = ((VIS_LAYERS - VIS_FULL_LAYERS) * 4 * VIS_WINDOW + VIS_FULL_LAYERS * 4 * patches) * VIS_HIDDEN
         vision += patches * (VIS_LAYERS * vis_linear + vis_attn)
-    tokens = critic_image_tokens(sides) + PROMPT_TEXT_TOKENS
+    tokens = critic_image_tokens(sides + (cached_sides or [])) + PROMPT_TEXT_TOKENS
     llm_linear = 2 * (LLM_HIDDEN * (LLM_HIDDEN + 2 * LLM_KV) + LLM_HIDDEN**2 + 3 * LLM_HIDDEN * LLM_MLP)
     llm = tokens * LLM_LAYERS * (llm_linear + 4 * tokens * LLM_HIDDEN)
     return vision + llm
@@ -99,21 +100,39 @@ def critic_image_tokens(sides: list[int]) -> int:
     return sum((side // 28) ** 2 for side in sides)
 
 
-def critic_sides(views: int, size: int, *, layout: str = "separate", reference: bool = False) -> list[int]:
-    """Sides of the images the critic gets: the reference (at the view size, as generation makes it), then
-    the views — or their one tile of the view size (layout "grid")."""
-    shown = [size] if layout == "grid" else [size] * views
-    return ([size] if reference else []) + shown
+def critic_sides(views: int, size: int, *, layout: str = "separate") -> list[int]:
+    """Sides of the images the vision tower encodes at every call: the views, or their one tile of the view size (layout "grid")."""
+    return [size] if layout == "grid" else [size] * views
+
+
+def reference_sides(size: int, reference: bool) -> list[int]:
+    """Sides of the images whose features are computed once per run: the reference, made at the view size."""
+    return [size] if reference else []
+
+
+def llm_saved_gib_per_token(checkpointing: bool) -> float:
+    """Activations the LLM keeps per prompt token for the input backward (bf16).
+
+    Without checkpointing, per layer: the inputs of the two norms, of q/k/v and o, of gate/up, and
+    the gate, up and activated MLP tensors; with it, each layer's input only.
+    """
+    per_layer = LLM_HIDDEN if checkpointing else 6 * LLM_HIDDEN + 2 * LLM_KV + 3 * LLM_MLP
+    return LLM_LAYERS * per_layer * 2 / GIB
 
 
 def critic_activation_gib(views: int, size: int, checkpointing: bool, *, layout: str = "separate", reference: bool = False) -> float:
-    """Saved activations for the input-only backward, scaled by pixels from docs/design.md §4's 4x448² figures.
+    """Saved activations for the input-only backward, from docs/design.md §4's 4 × 448² figures.
 
-    A reference image is part of the same forward as the views (its tokens are attended to), so
-    its activations are saved too although no gradient reaches it.
+    Those figures are split into the LLM's share (per token, `llm_saved_gib_per_token`) and the
+    vision tower's (the rest), which scales with the pixels it encodes. The reference's features
+    are cached, so it adds only its tokens' LLM activations.
     """
-    pixels = sum(side**2 for side in critic_sides(views, size, layout=layout, reference=reference))
-    return (0.6 if checkpointing else 11.0) * pixels / (4 * 448**2)
+    paper_tokens = critic_image_tokens([448] * 4) + PROMPT_TEXT_TOKENS
+    per_token = llm_saved_gib_per_token(checkpointing)
+    vision_at_paper = (0.6 if checkpointing else 11.0) - per_token * paper_tokens
+    pixels = sum(side**2 for side in critic_sides(views, size, layout=layout))
+    tokens = critic_image_tokens(critic_sides(views, size, layout=layout) + reference_sides(size, reference)) + PROMPT_TEXT_TOKENS
+    return vision_at_paper * pixels / (4 * 448**2) + per_token * tokens
 
 
 def stage_table(run: RunShape) -> list[tuple[str, float, str]]:
@@ -237,10 +256,10 @@ def critic_layout_table(run: RunShape) -> list[tuple[str, int, float, float, flo
     rows = []
     for reference in (False, True):
         for layout in ("separate", "grid"):
-            sides = critic_sides(run.views, run.view_size, layout=layout, reference=reference)
-            tflop = 2 * critic_images_forward_flops(sides) / 1e12
+            sides, cached = critic_sides(run.views, run.view_size, layout=layout), reference_sides(run.view_size, reference)
+            tflop = 2 * critic_images_forward_flops(sides, cached) / 1e12
             name = f"{layout}{' + reference' if reference else ''}"
-            rows.append((name, critic_image_tokens(sides), tflop, tflop / PLANNING_TFLOP_PER_S,
+            rows.append((name, critic_image_tokens(sides + cached), tflop, tflop / PLANNING_TFLOP_PER_S,
                          critic_activation_gib(run.views, run.view_size, False, layout=layout, reference=reference)))
     return rows
 
@@ -249,15 +268,25 @@ def critic_layout_markdown() -> str:
     """The cost-model table of the critic's view layouts and reference image (RESULTS.md)."""
     base = RunShape()
     lines = [f"### Critic: view layout and reference image ({base.views} views × {base.view_size}², Qwen2.5-VL-7B)", "",
-             "| critic sees | vision tokens | TFLOP per guided step (fwd + input bwd) | s at ~120 TFLOP/s | saved activations (GiB) | added TFLOP per run |",
-             "|---|---:|---:|---:|---:|---:|"]
+             "| critic sees | vision tokens | critic TFLOP per guided step (fwd + input bwd) | s at ~120 TFLOP/s | "
+             "saved activations (GiB) | critic TFLOP per run | whole guided step TFLOP (all stages) |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    step = sum(t for _, t, _ in stage_table(base))
+    paper_critic = 2 * critic_forward_flops(base.views, base.view_size) / 1e12
     for name, tokens, tflop, seconds, gib in critic_layout_table(base):
         lines.append(f"| {name} | {tokens} | {tflop:.2f} | {seconds:.3f} | {gib:.1f} | "
-                     f"{tflop * base.guided_steps():.0f} |")
-    lines += ["", f"Plus ~{PROMPT_TEXT_TOKENS} text tokens per prompt. The reference is made at the view size "
-              "(`critic/reference.py`), so it costs one view's tokens; with checkpointing every activation "
-              "figure scales by 0.6/11. The grid's tile has the view size, so each view is seen at about half its "
-              "side (223² of 448² with 2-px separators)."]
+                     f"{tflop * base.guided_steps():.0f} | {step - paper_critic + tflop:.0f} (×{(step - paper_critic + tflop) / step:.2f}) |")
+    checkpointed = [critic_activation_gib(base.views, base.view_size, True, layout=layout, reference=reference)
+                    for reference in (False, True) for layout in ("separate", "grid")]
+    lines += ["", f"Plus ~{PROMPT_TEXT_TOKENS} text tokens per prompt; {base.guided_steps()} guided steps per run. The "
+              "reference is made at the view size (`critic/reference.py`), so it has one view's tokens; its vision "
+              "features are computed once per run and cached, so at each step it costs only its tokens in the LLM "
+              "(forward, backward and their activations). Activations: the LLM's share is counted per token, the "
+              "vision tower's scaled by the pixels it encodes, from the 4 × 448² figures of docs/design.md §4; with "
+              "checkpointing: " + ", ".join(f"{gib:.2f}" for gib in checkpointed) + " GiB in the order of the table. "
+              "The grid's tile has the view size and its "
+              "views are rendered at the cell size (223² of 448² with 2-px separators), so each view is seen at "
+              "about half its side; the renderer's saving is not counted."]
     return "\n".join(lines)
 
 

@@ -282,3 +282,18 @@ def test_generate_plumbs_the_reference_and_layout_to_the_critic(tiny_pipeline, t
     assert abs(score(guidance, reference=reference, layout="grid", grid_size=56) - result.final_r) < 1e-4
     paper = dataclasses.replace(guidance, reference=False, view_layout="separate")
     assert abs(score(paper) - result.final_r) > 1e-4
+
+
+def test_guided_reference_benchmark_config_is_rescored_by_the_papers_critic():
+    from vlm3d_ttg.bench.configs import PRESET_NAMES, preset_config
+    from vlm3d_ttg.bench.generate import ReferenceScorer
+    from vlm3d_ttg.guidance import GuidanceConfig
+
+    assert "guided_reference" in PRESET_NAMES
+    config = preset_config("guided_reference", GuidanceConfig(enabled=False, query="content"))
+    assert config.guided and config.guidance.reference and config.guidance.query == "dual"
+    # Configurations compare under one critic: the paper's, even if the run's options ask for the reference/grid.
+    scorer = ReferenceScorer(None, "a chair", GuidanceConfig(reference=True, view_layout="grid"))
+    assert not scorer.guidance.reference and scorer.guidance.view_layout == "separate"
+    assert not scorer.same_setting(config.guidance)
+    assert scorer.same_setting(preset_config("guided", GuidanceConfig()).guidance)

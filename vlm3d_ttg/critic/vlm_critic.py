@@ -155,7 +155,7 @@ class VLMCritic:
             raise InvalidInputError(f"grid_size must be a positive number of pixels or None, got {grid_size!r}.")
         self.grid_size = grid_size
         self.reference = None if reference is None else _checked_reference(reference)
-        self._reference_pixels: dict[tuple[str, torch.dtype], torch.Tensor] = {}
+        self._reference_cache: dict[tuple[str, torch.dtype], torch.Tensor] = {}
         self.template = resolve_query(query, reference=self.reference is not None, layout=layout)
         self.description = normalize_description(description)
         # What this processor reads as structure (it may know more tokens than Qwen2.5-VL's list
@@ -257,11 +257,8 @@ class VLMCritic:
     def image_token_count(self, num_views: int, height: int, width: int) -> int:
         """Vision tokens (after Qwen's 2x2 merge) in one prompt for `num_views` views of height x width."""
         image_processor = self.processor.image_processor
-        merge = int(image_processor.merge_size) ** 2
-        return sum(
-            qwen_image_grid(h, w, image_processor)[1] * qwen_image_grid(h, w, image_processor)[2] // merge
-            for h, w in self.image_sizes(num_views, height, width)
-        )
+        grids = [qwen_image_grid(h, w, image_processor) for h, w in self.image_sizes(num_views, height, width)]
+        return sum(rows * columns for _, rows, columns in grids) // int(image_processor.merge_size) ** 2
 
     def _build_prompt_inputs(
         self, descriptions: tuple[str, ...], sizes: list[tuple[int, int]], device: torch.device
@@ -391,34 +388,31 @@ class VLMCritic:
         if self.layout == "grid":
             views = tile_views(views.reshape(view_sets, num_views, *views.shape[1:]), self.tile_size(num_views, height, width))
         pixel_values, view_grid = self.preprocess(views)
-        if self.reference is not None:
-            pixel_values, view_grid = self._with_reference(pixel_values, view_grid, view_sets)
-        z_yes, z_no = self._answer_logits(prompt, pixel_values, view_grid, repeats=batch if shared_views else 1)
+        z_yes, z_no = self._answer_logits(prompt, pixel_values, view_grid, view_sets=view_sets, repeats=batch if shared_views else 1)
         r = z_yes - z_no
         if not batched:
             z_yes, z_no, r = z_yes[0], z_no[0], r[0]
         return CriticOutput(r=r, p_yes=torch.sigmoid(r), logit_yes=z_yes, logit_no=z_no)
 
-    def _with_reference(
-        self, pixel_values: torch.Tensor, view_grid: torch.Tensor, view_sets: int
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The views' pixel values and grid with the reference's placed before each of the `view_sets` sets."""
-        key = (str(pixel_values.device), pixel_values.dtype)
-        reference = self._reference_pixels.get(key)
-        if reference is None:
-            # A constant: preprocessed once per device and dtype, outside any graph.
+    def reference_features(self) -> torch.Tensor:
+        """The vision tower's features of the reference image (cached per device and dtype; no gradient).
+
+        Qwen2.5-VL's vision tower attends within each image only, so the reference's features do
+        not depend on the views: they are computed once, not at every call, and no activation of
+        the vision tower is kept for them.
+        """
+        if self.reference is None:
+            raise InvalidInputError("This critic has no reference image.")
+        device, dtype = self._device(), self.model.get_input_embeddings().weight.dtype
+        key = (str(device), dtype)
+        cached = self._reference_cache.get(key)
+        if cached is None:
+            self._reference_cache.clear()  # the model moved (offloading): the old copy is dead weight
             with torch.no_grad():
-                reference, _ = qwen_pixel_values(self.reference[None].to(pixel_values.device, pixel_values.dtype),
-                                                 self.processor.image_processor)
-            self._reference_pixels[key] = reference
-        reference_grid = torch.tensor([qwen_image_grid(*self.reference.shape[-2:], self.processor.image_processor)])
-        rows_per_set = pixel_values.shape[0] // view_sets
-        grids_per_set = view_grid.shape[0] // view_sets
-        pieces, grids = [], []
-        for index in range(view_sets):
-            pieces += [reference, pixel_values[index * rows_per_set:(index + 1) * rows_per_set]]
-            grids += [reference_grid, view_grid[index * grids_per_set:(index + 1) * grids_per_set]]
-        return torch.cat(pieces), torch.cat(grids)
+                pixels, grid = qwen_pixel_values(self.reference[None].to(device), self.processor.image_processor)
+                (cached,) = self.model.model.get_image_features(pixels, grid.to(device), return_dict=True).pooler_output
+            self._reference_cache[key] = cached
+        return cached
 
     def _embeds_with_features(self, input_ids: torch.Tensor, features: Sequence[torch.Tensor], repeats: int) -> torch.Tensor:
         """Token embeddings with the image features in the image placeholders, as the model's forward builds them.
@@ -434,20 +428,28 @@ class VLMCritic:
         return embeds.masked_scatter(image_mask, image_embeds)
 
     def _answer_logits(
-        self, prompt: PromptInputs, pixel_values: torch.Tensor, view_grid: torch.Tensor, repeats: int
+        self, prompt: PromptInputs, pixel_values: torch.Tensor, view_grid: torch.Tensor, *, view_sets: int, repeats: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
         with self._checkpointing_mode():
-            if repeats > 1:
-                # Several questions about the same views: encode the views once and hand the features
-                # to every sequence (the model's own `mm_encoder_outputs` input).
-                features = self.model.model.get_image_features(
+            if repeats > 1 or self.reference is not None:
+                # Several questions about the same views, or a reference image: encode the views once and
+                # hand each sequence its images' features — the cached reference's first, then its view
+                # set's (the model's own `mm_encoder_outputs` input).
+                features = tuple(self.model.model.get_image_features(
                     pixel_values, view_grid.to(pixel_values.device), return_dict=True
-                ).pooler_output
+                ).pooler_output)
+                per_set = len(features) // view_sets
+                prefix = (self.reference_features(),) if self.reference is not None else ()
+                ordered = tuple(
+                    feature
+                    for index in range(view_sets)
+                    for feature in prefix + features[index * per_set:(index + 1) * per_set]
+                ) * repeats
                 if _accepts_mm_encoder_outputs(self.model.model):
-                    encoded = BaseModelOutputWithPooling(pooler_output=tuple(features) * repeats)
+                    encoded = BaseModelOutputWithPooling(pooler_output=ordered)
                     image_inputs: dict[str, Any] = {"mm_encoder_outputs": {"image": encoded}}
                 else:
-                    image_inputs = {"inputs_embeds": self._embeds_with_features(prompt.input_ids, features, repeats)}
+                    image_inputs = {"inputs_embeds": self._embeds_with_features(prompt.input_ids, ordered, 1)}
             else:
                 image_inputs = {"pixel_values": pixel_values}
             outputs = self.model.model(
