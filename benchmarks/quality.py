@@ -76,7 +76,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     gen = parser.add_argument_group("generation (shared by every configuration)")
     add_argparse_options(gen, GenerationOptions, exclude=BENCH_EXCLUDED_GENERATION,
                          default_note={"steps": "50; tiny 8", "octree_resolution": "384; tiny 64"})
-    gen.add_argument("--text-to-image", default=None, help="Text-to-image model for rows without an image (default: hy3dgen's HunyuanDiT).")
 
     guide = parser.add_argument_group("guidance (the guided configurations' shared options)")
     add_argparse_options(guide, GuidanceConfig, exclude=BENCH_EXCLUDED_GUIDANCE,
@@ -153,7 +152,6 @@ def run(args: argparse.Namespace) -> int:
         write_report,
         write_run_file,
     )
-    from vlm3d_ttg.bench.text2image import DEFAULT_TEXT_TO_IMAGE_MODEL
     from vlm3d_ttg.generation import GenerationOptions
     from vlm3d_ttg.guidance import GuidanceConfig
     from vlm3d_ttg.logs import quiet_hy3dgen
@@ -176,7 +174,7 @@ def run(args: argparse.Namespace) -> int:
     configs = resolve_configs(names, guidance, noise_floor=args.noise_floor, custom=custom)
     settings = GenerationSettings(
         preset=args.preset, options=options,
-        text_to_image_model=args.text_to_image or DEFAULT_TEXT_TO_IMAGE_MODEL, cache_dir=args.cache_dir,
+        cache_dir=args.cache_dir,
     )
     eval_views = EvalViews(num_views=pick("eval_views"), image_size=pick("eval_size"), elevation=args.eval_elevation)
     paths = RunPaths(args.out)
