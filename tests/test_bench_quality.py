@@ -159,7 +159,10 @@ def test_rows_without_image_fail_before_any_work_when_text_to_image_is_unavailab
                            RunPaths(tmp_path / "out")))
     message = str(error.value)
     assert "2 benchmark row(s) have no image (vase, bowl)" in message
-    assert "HunyuanDiT" in message and "huggingface-cli download" in message and "u2net" in message
+    from vlm3d_ttg.inputs import default_background_removal_session
+
+    remover = default_background_removal_session()[0]  # rembg's default: u2net, or bria-rmbg since 2.0.7x
+    assert "HunyuanDiT" in message and "huggingface-cli download" in message and f"({remover})" in message
     assert "Fix: give those rows an 'image'" in message
     assert not (tmp_path / "out").exists()
 

@@ -219,6 +219,28 @@ def load_models(
     return LoadedModels(pipeline, model, processor, f"{spec.repo_id}/{spec.subfolder}", options.vlm)
 
 
+def check_models_present(options: GenerationOptions) -> None:
+    """Offline (HF_HUB_OFFLINE=1), raise the loaders' own ModelNotFoundError now if the shape model or
+    the critic is not on disk: a text-to-3D run makes its input image before they load, and that work
+    should not be wasted on a run that cannot finish. Online, nothing is checked (they may download)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    from .models import _hub_offline, hy3dgen_models_dir, resolve_shape_model
+
+    if not _hub_offline():
+        return
+    spec = resolve_shape_model(options.shape_model, options.shape_subfolder)
+    if not (hy3dgen_models_dir() / spec.repo_id / spec.subfolder / "config.yaml").is_file():
+        load_shape_pipeline(options.shape_model, options.shape_subfolder, device="cpu")  # raises, naming the fix
+    vlm = os.path.expanduser(options.vlm)
+    try:
+        cached = Path(vlm).is_dir() or isinstance(try_to_load_from_cache(vlm, "config.json"), str)
+    except ValueError:  # neither a folder nor a repo id
+        cached = False
+    if not cached:
+        load_vlm(options.vlm, device="cpu")  # raises, naming the fix
+
+
 def write_r_plot(path: str | os.PathLike, records: list[StepRecord], *, final_r: float | None = None) -> Path:
     """A PNG of r (and P(yes)) at the guided steps, σ on the x axis."""
     import matplotlib

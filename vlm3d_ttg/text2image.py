@@ -51,7 +51,10 @@ def _model_index(model: str) -> dict | None:
     else:
         from huggingface_hub import try_to_load_from_cache
 
-        found = try_to_load_from_cache(model, "model_index.json")
+        try:
+            found = try_to_load_from_cache(model, "model_index.json")
+        except ValueError:  # not a repo id either (e.g. a folder that does not exist)
+            found = None
         path = found if isinstance(found, str) else None
     if path is None:
         return None
@@ -85,8 +88,11 @@ def text_to_image_unavailable_reasons(model: str = DEFAULT_TEXT_TO_IMAGE_MODEL) 
             f"(on a machine with hub access: `huggingface-cli download {model}`, or pass a local folder with --text-to-image)"
         )
     if background_remover_model() is None:
+        from .inputs import default_background_removal_session
+
+        default = default_background_removal_session()
         reasons.append(
-            "rembg's background-removal model is not on disk "
+            f"rembg's background-removal model ({default[0] if default else 'rembg is not installed'}) is not on disk "
             "(on a machine with internet: `python -c \"import rembg; rembg.new_session()\"`)"
         )
     return reasons

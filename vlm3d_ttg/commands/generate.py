@@ -112,7 +112,10 @@ def _generate(
     if image is not None:
         check_condition_image(image)
     elif preset != Preset.tiny:
+        from ..generation import check_models_present
+
         check_text_to_image_model(run_options.text_to_image)
+        check_models_present(run_options)
 
     from ..logs import be_verbose, quiet_hy3dgen
     from ..generation import generate_mesh, load_models
