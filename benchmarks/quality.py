@@ -92,6 +92,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ev.add_argument("--no-clip", action="store_true", help="No CLIP-D / CLIP-FID.")
     ev.add_argument("--no-fid", action="store_true", help="No FID / KID.")
     ev.add_argument("--no-judge", action="store_true", help="No VLM judge.")
+    ev.add_argument("--no-judge-reference", action="store_true",
+                    help="The judge sees only the renders and the prompt, not each item's input image.")
+    ev.add_argument("--calibrate-judge", action="store_true",
+                    help="Also calibrate the judge on the base meshes: base vs base (expect 0.5) and base vs clearly "
+                         "degraded copies (holes, a part removed, surface noise, coarsened; expect ≈ 1), with CIs.")
     ev.add_argument("--bootstrap", type=int, default=1000, help="Bootstrap resamples for the CIs.")
     ev.add_argument("--confidence", type=float, default=0.95, help="Confidence level of the CIs.")
     return parser.parse_args(argv)
@@ -112,6 +117,8 @@ def _metric_settings(args: argparse.Namespace, tiny_paths: dict[str, Path] | Non
         clip=None if args.no_clip else (args.clip or clip),
         inception=None if args.no_fid else inception,
         judge=None if args.no_judge else (args.judge or judge),
+        judge_reference=not args.no_judge_reference,
+        calibrate_judge=args.calibrate_judge and not args.no_judge,
         n_resamples=args.bootstrap,
         confidence=args.confidence,
     )

@@ -97,6 +97,8 @@ class MetricSettings:
     clip: str | None = None
     inception: str | None = None
     judge: str | None = None
+    judge_reference: bool = True  # the judge sees each item's input image as the reference
+    calibrate_judge: bool = False  # also judge base vs base and base vs degraded copies (metrics/calibration.py)
     n_resamples: int = 1000
     confidence: float = 0.95
 

@@ -17,7 +17,12 @@ the objects swapped. Verdict for guided:
 Win rate = (wins + ties / 2) / N, with a percentile bootstrap CI over items; the tie rate is
 reported. A judge that always prefers position A yields ties only, i.e. 0.5, whatever the
 candidates: position bias cancels instead of leaking into the win rate. Calibrate with base vs
-base (expect ≈ 0.5).
+base (expect ≈ 0.5) and with clear gaps (a shape against a degraded copy of itself, expect ≈ 1):
+`vlm3d_ttg.metrics.calibration`.
+
+Reference: when the item has an input image, the judge sees it first, as the picture both objects
+were made from, and is asked which object matches it (and the description) better. Judging against
+words alone rewards clean but wrong shapes that fit the words and not the picture.
 """
 
 from __future__ import annotations
@@ -48,6 +53,27 @@ JUDGE_QUESTION = (
     "duplicated parts such as multiple faces, or intersecting geometry)? "
     "Answer with only the letter A or B."
 )
+
+JUDGE_QUESTION_WITH_REFERENCE = (
+    'Both objects were generated as 3D shapes from the reference image above, which shows "{prompt}". '
+    "Each object is shown as untextured renders from several viewpoints. Which object is better: does it "
+    "match the reference image's shape more closely, and is its 3D geometry more plausible (no broken or "
+    "missing surfaces, floating pieces, duplicated parts such as multiple faces, or intersecting geometry)? "
+    "Answer with only the letter A or B."
+)
+
+
+def reference_image(image: Any) -> torch.Tensor:
+    """An input image (path or PIL, any mode) as the judge's reference: (3, H, W) in [0, 1], transparent
+    background composited onto white like the renders'."""
+    from PIL import Image
+
+    from ..images import open_image
+
+    rgba = open_image(image, what="Reference image")
+    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    rgb = Image.alpha_composite(white, rgba).convert("RGB")
+    return torch.from_numpy(np.array(rgb, copy=True)).permute(2, 0, 1).float() / 255.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -185,19 +211,26 @@ def load_judge(
     return VlmJudge(judge_model, processor, torch_device, ids)
 
 
-def judge_messages(prompt: str, n_views_a: int, n_views_b: int) -> list[dict]:
-    """The chat the judge is asked: Object A's views, Object B's views, then the question."""
-    content: list[dict] = [{"type": "text", "text": "Object A:"}]
+def judge_messages(prompt: str, n_views_a: int, n_views_b: int, *, reference: bool = False) -> list[dict]:
+    """The chat the judge is asked: [the reference image,] Object A's views, Object B's views, then the question."""
+    content: list[dict] = []
+    if reference:
+        content += [{"type": "text", "text": "Reference image:"}, {"type": "image"}]
+    content += [{"type": "text", "text": "Object A:"}]
     content += [{"type": "image"} for _ in range(n_views_a)]
     content += [{"type": "text", "text": "Object B:"}]
     content += [{"type": "image"} for _ in range(n_views_b)]
-    content += [{"type": "text", "text": JUDGE_QUESTION.format(prompt=prompt)}]
+    question = JUDGE_QUESTION_WITH_REFERENCE if reference else JUDGE_QUESTION
+    content += [{"type": "text", "text": question.format(prompt=prompt)}]
     return [{"role": "user", "content": content}]
 
 
 @torch.inference_mode()
-def judge_logit_difference(judge: VlmJudge, prompt: str, views_a: ImagesInput, views_b: ImagesInput) -> float:
-    """z_A − z_B: the judge's next-token logit for answering "A" minus for "B" (> 0 prefers Object A)."""
+def judge_logit_difference(judge: VlmJudge, prompt: str, views_a: ImagesInput, views_b: ImagesInput,
+                           reference: torch.Tensor | None = None) -> float:
+    """z_A − z_B: the judge's next-token logit for answering "A" minus for "B" (> 0 prefers Object A).
+
+    `reference`: the item's input image (see `reference_image`), shown first; None: text only."""
     from ..critic.queries import check_plain_text, markup_tokens
 
     # The prompt must stay text: a special token of the judge's tokenizer in it (an end-of-turn, an
@@ -208,10 +241,11 @@ def judge_logit_difference(judge: VlmJudge, prompt: str, views_a: ImagesInput, v
         raise InvalidInputError(f"The judge's prompt must be a non-empty string, got {prompt!r}.")
     check_plain_text(prompt, markup, "prompt")
     images_a, images_b = images_to_tensor(views_a), images_to_tensor(views_b)
-    messages = judge_messages(prompt, len(images_a), len(images_b))
+    messages = judge_messages(prompt, len(images_a), len(images_b), reference=reference is not None)
     check_plain_text(messages[0]["content"][-1]["text"], markup, "judge question (with the prompt filled in)")
     chat = judge.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    pixels = [(image * 255.0).round().to(torch.uint8) for image in torch.cat([images_a, images_b])]
+    shown = ([reference] if reference is not None else []) + list(torch.cat([images_a, images_b]))
+    pixels = [(image * 255.0).round().to(torch.uint8) for image in shown]
     # The chat template already starts with the BOS token; don't let the tokenizer add another.
     inputs = judge.processor(text=[chat], images=[pixels], return_tensors="pt", add_special_tokens=False)
     inputs = {key: value.to(judge.device) for key, value in inputs.items()}
@@ -235,9 +269,10 @@ class PairwiseJudgement:
         return combine_orders(self.diff_guided_first, self.diff_base_first)
 
 
-def judge_pair(judge: VlmJudge, prompt: str, base_views: ImagesInput, guided_views: ImagesInput) -> PairwiseJudgement:
-    """Ask the judge about base vs guided in both orders."""
+def judge_pair(judge: VlmJudge, prompt: str, base_views: ImagesInput, guided_views: ImagesInput,
+               reference: torch.Tensor | None = None) -> PairwiseJudgement:
+    """Ask the judge about base vs guided in both orders (with the item's input image as `reference`, if given)."""
     return PairwiseJudgement(
-        diff_guided_first=judge_logit_difference(judge, prompt, guided_views, base_views),
-        diff_base_first=judge_logit_difference(judge, prompt, base_views, guided_views),
+        diff_guided_first=judge_logit_difference(judge, prompt, guided_views, base_views, reference),
+        diff_base_first=judge_logit_difference(judge, prompt, base_views, guided_views, reference),
     )
