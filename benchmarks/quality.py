@@ -94,6 +94,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ev.add_argument("--no-judge", action="store_true", help="No VLM judge.")
     ev.add_argument("--no-judge-reference", action="store_true",
                     help="The judge sees only the renders and the prompt, not each item's input image.")
+    ev.add_argument("--judge-layout", choices=("separate", "grid"), default=None,
+                    help="Each object's views as separate images (default), or tiled into one image per object "
+                         "(fewer images in the judge's prompt; calibrate both with --calibrate-judge before choosing).")
     ev.add_argument("--calibrate-judge", action="store_true",
                     help="Also calibrate the judge on the base meshes: base vs base (expect 0.5) and base vs clearly "
                          "degraded copies (holes, a part removed, surface noise, coarsened; expect ≈ 1), with CIs.")
@@ -119,6 +122,7 @@ def _metric_settings(args: argparse.Namespace, tiny_paths: dict[str, Path] | Non
         judge=None if args.no_judge else (args.judge or judge),
         judge_reference=not args.no_judge_reference,
         calibrate_judge=args.calibrate_judge and not args.no_judge,
+        judge_layout=args.judge_layout or MetricSettings.judge_layout,
         n_resamples=args.bootstrap,
         confidence=args.confidence,
     )

@@ -123,11 +123,12 @@ def evaluate_item(
         for config in configs:
             if config.name == BASE:
                 continue
-            pair = judge_pair(metric_models.judge, item.prompt, views[BASE], views[config.name], shown)
+            pair = judge_pair(metric_models.judge, item.prompt, views[BASE], views[config.name], shown,
+                              layout=metrics.judge_layout)
             judge[config.name] = {"diff_guided_first": pair.diff_guided_first, "diff_base_first": pair.diff_base_first,
                                   "outcome": pair.outcome}
         if metrics.calibrate_judge and records[BASE]["status"] == "ok":
-            calibration = calibrate_on_base(item, metric_models.judge, eval_views, paths, shown)
+            calibration = calibrate_on_base(item, metric_models.judge, eval_views, paths, shown, metrics.judge_layout)
     write_compare_sheet(paths.item(item.id) / "compare.png", configs, views, records, per_config, reference)
     result: dict[str, Any] = {"configs": per_config, "judge": judge}
     if calibration is not None:
@@ -136,7 +137,7 @@ def evaluate_item(
 
 
 def calibrate_on_base(item: BenchItem, judge: Any, eval_views: EvalViews, paths: RunPaths,
-                      reference: torch.Tensor | None) -> dict[str, dict[str, float]]:
+                      reference: torch.Tensor | None, layout: str = "separate") -> dict[str, dict[str, float]]:
     """The judge's answers on this item's base mesh against itself and against each default degradation
     (JSON-ready: {name: {diff_guided_first, diff_base_first}}; the original is the "guided" side)."""
     from ..metrics.calibration import CalibrationItem, calibration_judgements
@@ -150,7 +151,7 @@ def calibrate_on_base(item: BenchItem, judge: Any, eval_views: EvalViews, paths:
         return framed.render(cameras)
 
     answers = calibration_judgements(judge, [CalibrationItem(item.id, item.prompt, mesh.vertices, mesh.faces, reference)],
-                                     render, use_reference=reference is not None)
+                                     render, use_reference=reference is not None, layout=layout)
     return {name: {"diff_guided_first": js[0].diff_guided_first, "diff_base_first": js[0].diff_base_first}
             for name, js in answers.items()}
 

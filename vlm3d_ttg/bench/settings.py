@@ -99,6 +99,7 @@ class MetricSettings:
     judge: str | None = None
     judge_reference: bool = True  # the judge sees each item's input image as the reference
     calibrate_judge: bool = False  # also judge base vs base and base vs degraded copies (metrics/calibration.py)
+    judge_layout: str = "separate"  # each object's views as separate images, or tiled into one ('grid'); metrics.judge.JUDGE_LAYOUTS
     n_resamples: int = 1000
     confidence: float = 0.95
 

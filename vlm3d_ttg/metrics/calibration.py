@@ -63,7 +63,7 @@ class JudgeCalibration:
 
 def calibration_judgements(judge: Any, items: Sequence[CalibrationItem], render: Renderer,
                            degradations: Sequence[Degradation] = DEFAULT_DEGRADATIONS,
-                           *, use_reference: bool = True) -> dict[str, list[PairwiseJudgement]]:
+                           *, use_reference: bool = True, layout: str = "separate") -> dict[str, list[PairwiseJudgement]]:
     """The judge's answers: {"base_vs_base": [...], degradation name: [...]}, one judgement per item,
     the original mesh on the "guided" side and its copy (itself, or degraded) on the "base" side."""
     answers: dict[str, list[PairwiseJudgement]] = {"base_vs_base": []}
@@ -72,10 +72,10 @@ def calibration_judgements(judge: Any, items: Sequence[CalibrationItem], render:
     for item in items:
         reference = item.reference if use_reference else None
         views = render(item.vertices, item.faces)
-        answers["base_vs_base"].append(judge_pair(judge, item.prompt, views, views, reference))
+        answers["base_vs_base"].append(judge_pair(judge, item.prompt, views, views, reference, layout=layout))
         for degradation in degradations:
             degraded = render(*degradation.apply(item.vertices, item.faces))
-            answers[degradation.name].append(judge_pair(judge, item.prompt, degraded, views, reference))
+            answers[degradation.name].append(judge_pair(judge, item.prompt, degraded, views, reference, layout=layout))
     return answers
 
 
@@ -92,11 +92,12 @@ def summarize_calibration(answers: dict[str, list[PairwiseJudgement]], *, n_resa
 
 def calibrate_judge(judge: Any, items: Sequence[CalibrationItem], render: Renderer,
                     degradations: Sequence[Degradation] = DEFAULT_DEGRADATIONS, *, use_reference: bool = True,
-                    n_resamples: int = 1000, confidence: float = 0.95, seed: int = 0) -> JudgeCalibration:
+                    layout: str = "separate", n_resamples: int = 1000, confidence: float = 0.95,
+                    seed: int = 0) -> JudgeCalibration:
     """Calibrate `judge` on `items` (see the module docstring); `render` draws a mesh from the evaluation cameras."""
     if not items:
         raise ValueError("Judge calibration needs at least one mesh")
-    answers = calibration_judgements(judge, items, render, degradations, use_reference=use_reference)
+    answers = calibration_judgements(judge, items, render, degradations, use_reference=use_reference, layout=layout)
     return summarize_calibration(answers, n_resamples=n_resamples, confidence=confidence, seed=seed)
 
 

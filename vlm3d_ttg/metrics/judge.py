@@ -42,6 +42,11 @@ from .features import ImagesInput, images_to_tensor, load_pretrained_local_first
 logger = logging.getLogger(__name__)
 
 DEFAULT_JUDGE_MODEL = "google/gemma-3-12b-it"
+# How each object's views reach the judge: one image per view (default), or tiled into one image.
+# The default stays 'separate' until a calibration of the real judge (--calibrate-judge, both layouts)
+# shows 'grid' keeps its clear-gap win rates; see the README's "Calibrating the judge".
+JUDGE_LAYOUTS = ("separate", "grid")
+DEFAULT_JUDGE_LAYOUT = "separate"
 ANSWER_LETTERS = ("A", "B")
 # Families that share weights or training lineage with the guiding critic (Qwen2.5-VL).
 CRITIC_FAMILY_MODEL_TYPES = ("qwen", "internvl")
@@ -226,11 +231,24 @@ def judge_messages(prompt: str, n_views_a: int, n_views_b: int, *, reference: bo
 
 
 @torch.inference_mode()
+def lay_out_views(views: torch.Tensor, layout: str) -> torch.Tensor:
+    """An object's views as the judge sees them: unchanged ('separate'), or tiled into one image of the
+    views' size ('grid', `critic.layout.tile_views`: fewer images in the prompt, less resolution each)."""
+    if layout == "separate":
+        return views
+    if layout == "grid":
+        from ..critic.layout import tile_views
+
+        return tile_views(views, (views.shape[-2], views.shape[-1]))[None]
+    raise InvalidInputError(f"Judge layout must be one of {JUDGE_LAYOUTS}, got {layout!r}.")
+
+
 def judge_logit_difference(judge: VlmJudge, prompt: str, views_a: ImagesInput, views_b: ImagesInput,
-                           reference: torch.Tensor | None = None) -> float:
+                           reference: torch.Tensor | None = None, *, layout: str = "separate") -> float:
     """z_A − z_B: the judge's next-token logit for answering "A" minus for "B" (> 0 prefers Object A).
 
-    `reference`: the item's input image (see `reference_image`), shown first; None: text only."""
+    `reference`: the item's input image (see `reference_image`), shown first; None: text only.
+    `layout`: each object's views as separate images, or tiled into one ('grid')."""
     from ..critic.queries import check_plain_text, markup_tokens
 
     # The prompt must stay text: a special token of the judge's tokenizer in it (an end-of-turn, an
@@ -240,7 +258,8 @@ def judge_logit_difference(judge: VlmJudge, prompt: str, views_a: ImagesInput, v
     if not isinstance(prompt, str) or not prompt.strip():
         raise InvalidInputError(f"The judge's prompt must be a non-empty string, got {prompt!r}.")
     check_plain_text(prompt, markup, "prompt")
-    images_a, images_b = images_to_tensor(views_a), images_to_tensor(views_b)
+    images_a = lay_out_views(images_to_tensor(views_a), layout)
+    images_b = lay_out_views(images_to_tensor(views_b), layout)
     messages = judge_messages(prompt, len(images_a), len(images_b), reference=reference is not None)
     check_plain_text(messages[0]["content"][-1]["text"], markup, "judge question (with the prompt filled in)")
     chat = judge.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
@@ -270,9 +289,10 @@ class PairwiseJudgement:
 
 
 def judge_pair(judge: VlmJudge, prompt: str, base_views: ImagesInput, guided_views: ImagesInput,
-               reference: torch.Tensor | None = None) -> PairwiseJudgement:
-    """Ask the judge about base vs guided in both orders (with the item's input image as `reference`, if given)."""
+               reference: torch.Tensor | None = None, *, layout: str = "separate") -> PairwiseJudgement:
+    """Ask the judge about base vs guided in both orders (with the item's input image as `reference`, if
+    given; each object's views laid out as `layout`)."""
     return PairwiseJudgement(
-        diff_guided_first=judge_logit_difference(judge, prompt, guided_views, base_views, reference),
-        diff_base_first=judge_logit_difference(judge, prompt, base_views, guided_views, reference),
+        diff_guided_first=judge_logit_difference(judge, prompt, guided_views, base_views, reference, layout=layout),
+        diff_base_first=judge_logit_difference(judge, prompt, base_views, guided_views, reference, layout=layout),
     )
