@@ -110,3 +110,11 @@ def test_missing_shape_model_is_reported_before_text_to_image_runs(tmp_path, cap
                                "--text-to-image", folder], capsys)
     assert code == 2 and "tencent/Hunyuan3D-2" in stderr and "was not found" in stderr
     assert not list(tmp_path.glob("chair*"))
+
+
+def test_text_to_image_option_with_an_image_is_refused(tmp_path, capsys):
+    image = tmp_path / "object.png"
+    Image.new("RGBA", (64, 64), (200, 10, 10, 255)).save(image)
+    code, _, stderr = run_cli(["generate", image, "--prompt", "a chair", "--device", "cpu", "--out", tmp_path / "c.glb",
+                               "--text-to-image", "some/model"], capsys)
+    assert code == 2 and "--text-to-image" in stderr and "IMAGE" in stderr

@@ -265,6 +265,10 @@ def make_input_image(prompt: str, path: str | os.PathLike, *, model: str = DEFAU
     finally:
         del maker
         gc.collect()
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()  # the shape model and critic load next
     return GeneratedInput(image, Path(path), model, seed, steps)
 
 

@@ -109,6 +109,9 @@ def _generate(
     if isinstance(keep_views, list) and not set(keep_views) <= set(planned):
         raise InvalidInputError(f"--views-at names steps that are not guided: {sorted(set(keep_views) - set(planned))}; "
                                 f"this run guides steps {planned}.")
+    if image is not None and run_options.text_to_image != GenerationOptions().text_to_image:
+        raise InvalidInputError("--text-to-image makes the input image when no IMAGE is given; with IMAGE it would "
+                                "be ignored: drop one of them.")
     if image is not None:
         check_condition_image(image)
     elif preset != Preset.tiny:
