@@ -76,7 +76,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     gen = parser.add_argument_group("generation (shared by every configuration)")
     add_argparse_options(gen, GenerationOptions, exclude=BENCH_EXCLUDED_GENERATION,
                          default_note={"steps": "50; tiny 8", "octree_resolution": "384; tiny 64"})
-    gen.add_argument("--text-to-image", default=None, help="Text-to-image model for rows without an image (default: hy3dgen's HunyuanDiT).")
 
     guide = parser.add_argument_group("guidance (the guided configurations' shared options)")
     add_argparse_options(guide, GuidanceConfig, exclude=BENCH_EXCLUDED_GUIDANCE,
@@ -93,6 +92,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ev.add_argument("--no-clip", action="store_true", help="No CLIP-D / CLIP-FID.")
     ev.add_argument("--no-fid", action="store_true", help="No FID / KID.")
     ev.add_argument("--no-judge", action="store_true", help="No VLM judge.")
+    ev.add_argument("--no-judge-reference", action="store_true",
+                    help="The judge sees only the renders and the prompt, not each item's input image.")
+    ev.add_argument("--judge-layout", choices=("separate", "grid"), default=None,
+                    help="Each object's views as separate images (default), or tiled into one image per object "
+                         "(fewer images in the judge's prompt; calibrate both with --calibrate-judge before choosing).")
+    ev.add_argument("--calibrate-judge", action="store_true",
+                    help="Also calibrate the judge on the base meshes: base vs base (expect 0.5) and base vs clearly "
+                         "degraded copies (holes, a part removed, surface noise, coarsened; expect ≈ 1), with CIs.")
     ev.add_argument("--bootstrap", type=int, default=1000, help="Bootstrap resamples for the CIs.")
     ev.add_argument("--confidence", type=float, default=0.95, help="Confidence level of the CIs.")
     return parser.parse_args(argv)
@@ -113,6 +120,9 @@ def _metric_settings(args: argparse.Namespace, tiny_paths: dict[str, Path] | Non
         clip=None if args.no_clip else (args.clip or clip),
         inception=None if args.no_fid else inception,
         judge=None if args.no_judge else (args.judge or judge),
+        judge_reference=not args.no_judge_reference,
+        calibrate_judge=args.calibrate_judge and not args.no_judge,
+        judge_layout=args.judge_layout or MetricSettings.judge_layout,
         n_resamples=args.bootstrap,
         confidence=args.confidence,
     )
@@ -153,7 +163,6 @@ def run(args: argparse.Namespace) -> int:
         write_report,
         write_run_file,
     )
-    from vlm3d_ttg.bench.text2image import DEFAULT_TEXT_TO_IMAGE_MODEL
     from vlm3d_ttg.generation import GenerationOptions
     from vlm3d_ttg.guidance import GuidanceConfig
     from vlm3d_ttg.logs import quiet_hy3dgen
@@ -176,7 +185,7 @@ def run(args: argparse.Namespace) -> int:
     configs = resolve_configs(names, guidance, noise_floor=args.noise_floor, custom=custom)
     settings = GenerationSettings(
         preset=args.preset, options=options,
-        text_to_image_model=args.text_to_image or DEFAULT_TEXT_TO_IMAGE_MODEL, cache_dir=args.cache_dir,
+        cache_dir=args.cache_dir,
     )
     eval_views = EvalViews(num_views=pick("eval_views"), image_size=pick("eval_size"), elevation=args.eval_elevation)
     paths = RunPaths(args.out)

@@ -49,3 +49,11 @@ def tiny_vlm(tiny_vlm_path):
     from vlm3d_ttg import load_vlm
 
     return load_vlm(tiny_vlm_path, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def session_tiny_judge_path(tiny_cache):
+    """The tiny Gemma-3 judge folder, written once per session (several test modules load it)."""
+    from vlm3d_ttg.tiny.metric_models import write_tiny_judge
+
+    return write_tiny_judge(tiny_cache / "judge", seed=0)

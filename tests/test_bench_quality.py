@@ -159,7 +159,10 @@ def test_rows_without_image_fail_before_any_work_when_text_to_image_is_unavailab
                            RunPaths(tmp_path / "out")))
     message = str(error.value)
     assert "2 benchmark row(s) have no image (vase, bowl)" in message
-    assert "HunyuanDiT" in message and "huggingface-cli download" in message and "u2net" in message
+    from vlm3d_ttg.inputs import default_background_removal_session
+
+    remover = default_background_removal_session()[0]  # rembg's default: u2net, or bria-rmbg since 2.0.7x
+    assert "HunyuanDiT" in message and "huggingface-cli download" in message and f"({remover})" in message
     assert "Fix: give those rows an 'image'" in message
     assert not (tmp_path / "out").exists()
 
@@ -272,6 +275,9 @@ def _run_in_process(script, argv: list[str], capsys) -> tuple[int, str]:
     return code, captured.out + captured.err
 
 
+CALIBRATE = ["--calibrate-judge"]
+
+
 def test_quality_benchmark_two_processes_killed_and_resumed(tiny_cache, tmp_path, capsys):
     out = tmp_path / "run"
     items = [i.id for i in load_bench_set(SHAPES).items[:3]]
@@ -280,7 +286,7 @@ def test_quality_benchmark_two_processes_killed_and_resumed(tiny_cache, tmp_path
 
     # 1. Rank 0 SIGKILLs itself after committing 2 (item, config) folders (its first item), in the
     #    middle of the next one; no cleanup code runs. The launcher then stops rank 1 wherever it is.
-    first = _run_launcher(_launch_command(out), _env(tiny_cache, **{KILL_AFTER_ENV: "2"}), tmp_path, timeout=300)
+    first = _run_launcher(_launch_command(out, CALIBRATE), _env(tiny_cache, **{KILL_AFTER_ENV: "2"}), tmp_path, timeout=300)
     assert first.returncode != 0, first.stdout
     assert re.search(rf"\[rank 0\] WARNING .*{KILL_AFTER_ENV}=2: SIGKILLing this process", first.stdout), first.stdout
     assert _finished(out, first_of_rank0)
@@ -291,7 +297,7 @@ def test_quality_benchmark_two_processes_killed_and_resumed(tiny_cache, tmp_path
     assert 2 <= len(snapshot) <= 4 and not (out / "results.md").exists()
 
     # 2. Restart: finished items are not redone, the rest is completed and merged.
-    second = _run_launcher(_launch_command(out), _env(tiny_cache), tmp_path, timeout=300)
+    second = _run_launcher(_launch_command(out, CALIBRATE), _env(tiny_cache), tmp_path, timeout=300)
     output = second.stdout
     assert second.returncode == 0, output
     after = _snapshot(out)
@@ -329,6 +335,11 @@ def test_quality_benchmark_two_processes_killed_and_resumed(tiny_cache, tmp_path
     judge = results["metrics"]["guided"]["judge"]
     assert judge["wins"] + judge["ties"] + judge["losses"] == 3 and 0.0 <= judge["win_rate"] <= 1.0
     assert results["metrics"]["base"]["judge"] is None
+    # The judge's calibration on the base meshes, reported next to its win rate.
+    calibration = results["judge_calibration"]
+    base_vs_base = calibration["base_vs_base"]
+    assert base_vs_base["n_items"] == 3 and base_vs_base["ties"] == 3 and base_vs_base["win_rate"] == 0.5
+    assert len(calibration["clear_gap"]) == 4 and all(g["n_items"] == 3 for g in calibration["clear_gap"].values())
     paired = results["paired_vs_base"]["guided"]
     clip_deltas = [results["per_item"]["guided"][i]["clip_d"] - results["per_item"]["base"][i]["clip_d"] for i in items]
     assert paired["clip_d"]["value"] == pytest.approx(np.mean(clip_deltas))
@@ -341,6 +352,8 @@ def test_quality_benchmark_two_processes_killed_and_resumed(tiny_cache, tmp_path
     assert "| config | N | CLIP-D ↓ | FID ↓ | CLIP-FID ↓ | KID ↓ | Geo ↓ | judge win vs base ↑ (W/T/L) | final r ↑ |" in markdown
     guided_row = next(line for line in markdown.splitlines() if line.startswith("| guided | 3 |"))
     assert f"{results['metrics']['guided']['clip_d']['value']:.3f}" in guided_row
+    assert "cal. base/base 0.50 [0.50, 0.50]" in guided_row and "N=3" in guided_row
+    assert "## Judge calibration" in markdown and "clear gap: holes×6" in markdown
     assert "our definition" in markdown and "input images" in markdown
     figure = Image.open(out / "results.png")
     assert figure.size[0] > 800 and figure.size[1] > 600
@@ -351,7 +364,7 @@ def test_quality_benchmark_two_processes_killed_and_resumed(tiny_cache, tmp_path
     # 4. Different settings on the same folder: an error before any model loads, nothing changed.
     #    (In this process: an uncaught exception would fail the test, as a traceback would.)
     code, output = _run_in_process(_load_quality_script(), ["--set", str(SHAPES), "--limit", "3", "--out", str(out),
-                                                            *TINY, "--cache-dir", str(tiny_cache), "--scale", "0.5"], capsys)
+                                                            *TINY, *CALIBRATE, "--cache-dir", str(tiny_cache), "--scale", "0.5"], capsys)
     assert code == 2, output
     assert "made with other settings" in output and "config.guidance.scale: cached 0.03, now 0.5" in output
     assert "--redo-stale" in output

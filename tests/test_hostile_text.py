@@ -105,11 +105,10 @@ def test_commands_refuse_markup_before_loading_a_model(tmp_path, capsys):
 
 
 @pytest.fixture(scope="module")
-def tiny_judge(tmp_path_factory):
+def tiny_judge(session_tiny_judge_path):
     from vlm3d_ttg.metrics.judge import load_judge
-    from vlm3d_ttg.tiny.metric_models import write_tiny_judge
 
-    return load_judge(write_tiny_judge(tmp_path_factory.mktemp("judge") / "judge", seed=0), device="cpu")
+    return load_judge(session_tiny_judge_path, device="cpu")
 
 
 def test_independent_judge_refuses_its_tokenizers_markup(tiny_judge):

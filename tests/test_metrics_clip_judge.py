@@ -40,8 +40,8 @@ def tiny_clip_path(metric_models_dir):
 
 
 @pytest.fixture(scope="module")
-def tiny_judge_path(metric_models_dir):
-    return write_tiny_judge(metric_models_dir / "judge", seed=0)
+def tiny_judge_path(session_tiny_judge_path):
+    return session_tiny_judge_path
 
 
 @pytest.fixture(scope="module")

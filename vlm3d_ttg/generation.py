@@ -25,6 +25,7 @@ from .io import atomic_path
 from .options import name_the_flag, option
 from .manifest import package_versions, write_manifest
 from .sampler import StepCallback
+from .text2image import DEFAULT_TEXT_TO_IMAGE_MODEL
 from .models import load_shape_pipeline, load_vlm, resolve_device, resolve_dtype
 
 logger = logging.getLogger(__name__)
@@ -49,6 +50,8 @@ class GenerationOptions:
     shape_model: str = option("tencent/Hunyuan3D-2", "hy3dgen shape model: repo id or variant name (e.g. hunyuan3d-2mini).")
     shape_subfolder: str | None = option(None, "Subfolder of the shape repo (default: the repo's main DiT).", cli_type=str)
     vlm: str = option("Qwen/Qwen2.5-VL-7B-Instruct", "Critic: Qwen2.5-VL hub id or local folder.")
+    text_to_image: str = option(DEFAULT_TEXT_TO_IMAGE_MODEL, "Text-to-image model that makes the input image when none is "
+                                "given: hub id or local diffusers folder (hy3dgen's HunyuanDiT by default).")
     device: str = option("auto", "cuda, cuda:N, cpu or auto.")
     dtype: str = option("auto", "Shape model dtype (auto: float16 on CUDA, float32 on CPU).")
     vlm_dtype: str = option("auto", "Critic dtype (auto: bfloat16 on CUDA, float32 on CPU).")
@@ -121,6 +124,7 @@ class GenerationResult:
     final_p_yes: float | None
     view_sheets: list[Path] = field(default_factory=list)
     plot_path: Path | None = None
+    input_image_path: Path | None = None  # the input image text-to-image made (text-to-3D runs)
 
 
 def failed_run_path(manifest_path: str | os.PathLike) -> Path:
@@ -215,6 +219,28 @@ def load_models(
     return LoadedModels(pipeline, model, processor, f"{spec.repo_id}/{spec.subfolder}", options.vlm)
 
 
+def check_models_present(options: GenerationOptions) -> None:
+    """Offline (HF_HUB_OFFLINE=1), raise the loaders' own ModelNotFoundError now if the shape model or
+    the critic is not on disk: a text-to-3D run makes its input image before they load, and that work
+    should not be wasted on a run that cannot finish. Online, nothing is checked (they may download)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    from .models import _hub_offline, hy3dgen_models_dir, resolve_shape_model
+
+    if not _hub_offline():
+        return
+    spec = resolve_shape_model(options.shape_model, options.shape_subfolder)
+    if not (hy3dgen_models_dir() / spec.repo_id / spec.subfolder / "config.yaml").is_file():
+        load_shape_pipeline(options.shape_model, options.shape_subfolder, device="cpu")  # raises, naming the fix
+    vlm = os.path.expanduser(options.vlm)
+    try:
+        cached = Path(vlm).is_dir() or isinstance(try_to_load_from_cache(vlm, "config.json"), str)
+    except ValueError:  # neither a folder nor a repo id
+        cached = False
+    if not cached:
+        load_vlm(options.vlm, device="cpu")  # raises, naming the fix
+
+
 def write_r_plot(path: str | os.PathLike, records: list[StepRecord], *, final_r: float | None = None) -> Path:
     """A PNG of r (and P(yes)) at the guided steps, σ on the x axis."""
     import matplotlib
@@ -244,7 +270,7 @@ def write_r_plot(path: str | os.PathLike, records: list[StepRecord], *, final_r:
 def generate_mesh(
     models: LoadedModels,
     *,
-    image: str | os.PathLike,
+    image: str | os.PathLike | None = None,
     prompt: str,
     out: str | os.PathLike,
     manifest_path: str | os.PathLike,
@@ -256,10 +282,13 @@ def generate_mesh(
     plot_path: str | os.PathLike | None = None,
     progress: bool = True,
     step_callback: StepCallback | None = None,
+    generated_input: Any | None = None,
 ) -> GenerationResult:
     """Run one (guided) generation and write its outputs atomically; see `vlm3d-ttg generate --help`.
 
-    `step_callback` is the sampler's `callback_on_step_end`. Raises EmptySurfaceError (after
+    `step_callback` is the sampler's `callback_on_step_end`. `generated_input` (a
+    `text2image.GeneratedInput`): the input image was made from the prompt; it is the conditioning
+    image, is saved with the other outputs and recorded in the manifest. Raises EmptySurfaceError (after
     writing the manifest) when the final latent has no surface.
     """
     from .critic import VLMCritic
@@ -268,11 +297,13 @@ def generate_mesh(
     from .sampler import GuidedSampler
 
     started = time.perf_counter()
+    if (image is None) == (generated_input is None):
+        raise InvalidInputError("generate_mesh needs exactly one of `image` and `generated_input`.")
     options = (options or GenerationOptions()).validate()
     seed, steps, cfg_scale, checkpointing = options.seed, options.steps, options.cfg_scale, options.checkpointing
     octree_resolution = options.octree_resolution or 384
     offload_idle = options.offload_idle
-    condition = prepare_condition_image(image)
+    condition = prepare_condition_image(generated_input.image if generated_input is not None else image)
     reference = (
         reference_from_condition(models.pipeline.image_processor, condition, guidance.view_size) if guidance.reference else None
     )
@@ -304,7 +335,8 @@ def generate_mesh(
             sampler.offload.restore()
     content: dict[str, Any] = {
         "tool": "vlm3d-ttg generate",
-        "image": str(image),
+        "image": str(generated_input.path if generated_input is not None else image),
+        "input_image": generated_input.to_dict() if generated_input is not None else {"generated": False},
         "prompt": prompt,
         "seed": seed,
         "steps": steps,
@@ -355,6 +387,9 @@ def generate_mesh(
 
         save_mesh(mesh, staged(mesh_path))
         outputs["mesh"] = str(mesh_path)
+        if generated_input is not None:
+            generated_input.image.save(staged(generated_input.path), format="PNG")
+            outputs["input_image"] = str(generated_input.path)
         sheets = (_write_view_sheets(views_dir, output.records, capture.views, final, staged)
                   if views_dir is not None else [])
         if sheets:
@@ -379,4 +414,5 @@ def generate_mesh(
         final_p_yes=final.p_yes if final is not None else None,
         view_sheets=sheets,
         plot_path=Path(plot_path) if plot_path is not None else None,
+        input_image_path=generated_input.path if generated_input is not None else None,
     )

@@ -27,17 +27,33 @@ __all__ = [
 ]
 
 
-def background_removal_model() -> str | None:
-    """Path of rembg's u2net model if it is already on disk (hy3dgen's background remover uses it)."""
+def default_background_removal_session() -> tuple[str, type] | None:
+    """(name, session class) of the model hy3dgen's `BackgroundRemover` loads: rembg's default
+    session (u2net up to rembg 2.0.6x, bria-rmbg since), or None when rembg is missing."""
     try:
-        from rembg.sessions.u2net import U2netSession
+        import inspect
 
-        found = U2netSession.resolve_existing("u2net.onnx")
-        if found:
-            return found
-    except Exception:  # rembg missing or its layout changed: fall back to the classic location
-        pass
-    legacy = Path(os.path.expanduser(os.environ.get("U2NET_HOME", "~/.u2net"))) / "u2net.onnx"
+        from rembg import new_session
+        from rembg.sessions import sessions
+
+        name = inspect.signature(new_session).parameters["model_name"].default
+        return name, sessions[name]
+    except Exception:  # rembg missing or its layout changed
+        return None
+
+
+def background_removal_model() -> str | None:
+    """Path of the model hy3dgen's background remover uses (rembg's default session) if it is already on disk."""
+    default = default_background_removal_session()
+    if default is not None:
+        name, session = default
+        try:
+            found = session.resolve_existing(f"{name}.onnx")
+            if found:
+                return found
+        except Exception:  # an older rembg without resolve_existing: fall back to the classic location
+            pass
+    legacy = Path(os.path.expanduser(os.environ.get("U2NET_HOME", "~/.u2net"))) / f"{default[0] if default else 'u2net'}.onnx"
     return str(legacy) if legacy.is_file() else None
 
 
@@ -47,7 +63,7 @@ def check_condition_image(image: str | os.PathLike | Image.Image) -> tuple[Image
     Any PIL mode is accepted (see `vlm3d_ttg.images.to_rgba`). Raises InvalidInputError for another
     type, a missing/unreadable/too small image, a fully transparent one or one whose object is too
     small, and for an image without a useful alpha channel when hy3dgen's background remover
-    (rembg's u2net model) is not on disk.
+    (rembg's background-removal model) is not on disk.
     """
     rgba = open_image(image, what="Input image")
     alpha_low, _ = rgba.getchannel("A").getextrema()
@@ -57,7 +73,7 @@ def check_condition_image(image: str | os.PathLike | Image.Image) -> tuple[Image
     if needs_removal and background_removal_model() is None:
         raise InvalidInputError(
             f"Input image {describe_source(image)} has no transparent background, and background removal is unavailable "
-            "(rembg's u2net model is not on disk and cannot be downloaded here). Fix: give an RGBA "
+            "(rembg's background-removal model is not on disk and cannot be downloaded here). Fix: give an RGBA "
             "image whose background is transparent, or on a machine with internet run "
             "`python -c \"import rembg; rembg.new_session()\"` once to fetch the model."
         )

@@ -95,6 +95,8 @@ def generation_fingerprint(
 def evaluation_key(metrics: MetricSettings, eval_views: EvalViews) -> dict[str, Any]:
     """What identifies a per-item evaluation (recomputed when it changes)."""
     return {"format": EVAL_FORMAT, "clip": metrics.clip, "inception": metrics.inception, "judge": metrics.judge,
+            "judge_reference": metrics.judge_reference, "calibrate_judge": metrics.calibrate_judge,
+            "judge_layout": metrics.judge_layout,
             "eval_views": dataclasses.asdict(eval_views)}
 
 

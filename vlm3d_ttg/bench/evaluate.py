@@ -81,8 +81,12 @@ def evaluate_item(
     metric_models: MetricModels,
     eval_views: EvalViews,
     paths: RunPaths,
+    metrics: MetricSettings | None = None,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """Per-item metrics of every configuration (JSON-ready) and the features FID/KID need."""
+    """Per-item metrics of every configuration (JSON-ready) and the features FID/KID need.
+
+    `metrics`: whether the judge sees the input image, and whether it is calibrated on this item's
+    base mesh (default: MetricSettings())."""
     from ..metrics import clip_distance, geometry_score, judge_pair
 
     views = {c.name: load_views(paths.config(item.id, c.name) / EVAL_VIEWS_DIR) for c in configs}
@@ -109,16 +113,47 @@ def evaluate_item(
         else:
             entry["geometry"] = None
         per_config[config.name] = entry
+    metrics = metrics or MetricSettings()
     judge: dict[str, dict[str, float]] = {}
+    calibration: dict[str, dict[str, float]] | None = None
     if metric_models.judge is not None:
+        from ..metrics.judge import reference_image as judge_reference_image
+
+        shown = judge_reference_image(condition_image(item, paths)) if metrics.judge_reference else None
         for config in configs:
             if config.name == BASE:
                 continue
-            pair = judge_pair(metric_models.judge, item.prompt, views[BASE], views[config.name])
+            pair = judge_pair(metric_models.judge, item.prompt, views[BASE], views[config.name], shown,
+                              layout=metrics.judge_layout)
             judge[config.name] = {"diff_guided_first": pair.diff_guided_first, "diff_base_first": pair.diff_base_first,
                                   "outcome": pair.outcome}
+        if metrics.calibrate_judge and records[BASE]["status"] == "ok":
+            calibration = calibrate_on_base(item, metric_models.judge, eval_views, paths, shown, metrics.judge_layout)
     write_compare_sheet(paths.item(item.id) / "compare.png", configs, views, records, per_config, reference)
-    return {"configs": per_config, "judge": judge}, features
+    result: dict[str, Any] = {"configs": per_config, "judge": judge}
+    if calibration is not None:
+        result["judge_calibration"] = calibration
+    return result, features
+
+
+def calibrate_on_base(item: BenchItem, judge: Any, eval_views: EvalViews, paths: RunPaths,
+                      reference: torch.Tensor | None, layout: str = "separate") -> dict[str, dict[str, float]]:
+    """The judge's answers on this item's base mesh against itself and against each default degradation
+    (JSON-ready: {name: {diff_guided_first, diff_base_first}}; the original is the "guided" side)."""
+    from ..metrics.calibration import CalibrationItem, calibration_judgements
+    from ..scoring import ScoringMesh, load_mesh_for_scoring
+
+    mesh = load_mesh_for_scoring(paths.config(item.id, BASE) / MESH_FILE)
+    cameras = eval_views.cameras(device=judge.device)
+
+    def render(vertices: np.ndarray, faces: np.ndarray) -> torch.Tensor:
+        framed = ScoringMesh(np.asarray(vertices, np.float32), np.asarray(faces, np.int64), False, mesh.source)
+        return framed.render(cameras)
+
+    answers = calibration_judgements(judge, [CalibrationItem(item.id, item.prompt, mesh.vertices, mesh.faces, reference)],
+                                     render, use_reference=reference is not None, layout=layout)
+    return {name: {"diff_guided_first": js[0].diff_guided_first, "diff_base_first": js[0].diff_base_first}
+            for name, js in answers.items()}
 
 
 def write_compare_sheet(path: Path, configs: list[BenchConfig], views: dict[str, torch.Tensor],
@@ -173,7 +208,8 @@ def evaluate_shard(items: list[BenchItem], run: BenchRun, device: str, stats: Sh
             continue
         if metric_models is None:
             metric_models = load_metric_models(run.metrics, device)
-        evaluation, features = evaluate_item(item, run.configs, records, metric_models, run.eval_views, paths)  # type: ignore[arg-type]
+        evaluation, features = evaluate_item(item, run.configs, records, metric_models, run.eval_views, paths,  # type: ignore[arg-type]
+                                             run.metrics)
         feature_path = paths.item(item.id) / FEATURES_FILE
         with atomic_path(feature_path) as tmp:
             np.savez(tmp, **{k.replace("/", "__"): v for k, v in features.items()})

@@ -72,7 +72,7 @@ def make_missing_images(items: list[BenchItem], settings: GenerationSettings, pa
     todo = [item for item in items if item.image is None and not paths.generated_input(item.id).is_file()]
     if not todo:
         return
-    from .text2image import TextToImage
+    from ..text2image import TextToImage
 
     started = time.perf_counter()
     maker = TextToImage.load(settings.text_to_image_model, device=device)

@@ -85,6 +85,8 @@ class Collected:
     reference_inception: np.ndarray | None
     reference_clip: np.ndarray | None
     run: dict[str, Any]
+    # Judge calibration answers per check (base vs base, each degradation): (z_A − z_B original first, degraded first)
+    judge_calibration: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
 
 
 def collect(bench: BenchSet, configs: list[BenchConfig], paths: RunPaths) -> Collected:
@@ -157,8 +159,12 @@ def collect(bench: BenchSet, configs: list[BenchConfig], paths: RunPaths) -> Col
         )
     run_file = paths.root / "run.json"
     run = json.loads(run_file.read_text()) if run_file.is_file() else {}
+    calibration: dict[str, list[tuple[float, float]]] = {}
+    for item in bench.items:
+        for check, answer in evaluations[item.id].get("judge_calibration", {}).items():
+            calibration.setdefault(check, []).append((answer["diff_guided_first"], answer["diff_base_first"]))
     return Collected([i.id for i in bench.items], [i.prompt for i in bench.items], configs, data,
-                     stack(ref_inception), stack(ref_clip), run)
+                     stack(ref_inception), stack(ref_clip), run, calibration)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -250,9 +256,24 @@ def summarize(collected: Collected, *, n_resamples: int = 1000, confidence: floa
     if collected.run.get("generation", {}).get("preset") == "tiny":
         warnings.append("Preset tiny: random tiny shape, critic and metric models; every number here is meaningless "
                         "and only shows that the pipeline runs.")
+    calibration = None
+    if collected.judge_calibration:
+        from ..metrics.calibration import summarize_calibration
+        from ..metrics.judge import PairwiseJudgement
+
+        answers = {check: [PairwiseJudgement(a, b) for a, b in pairs] for check, pairs in collected.judge_calibration.items()}
+        judged = summarize_calibration(answers, n_resamples=n_resamples, confidence=confidence, seed=seed + 997)
+        calibration = {**judged.to_dict(), "trustworthy": judged.trustworthy(), "lines": judged.lines()}
+        if not judged.trustworthy():
+            warnings.append("judge calibration failed (base vs base's CI misses 0.5, or a clear gap's CI reaches 0.5): "
+                            "its win rates above do not tell good from bad shapes reliably.")
+    elif any(metrics[c.name]["judge"] is not None for c in collected.configs):
+        warnings.append("The judge was not calibrated (--calibrate-judge): its win rates come without a check that it "
+                        "tells a shape from a clearly degraded copy.")
     for w in warnings:
         logger.info("report warning: %s", w)
     return {
+        "judge_calibration": calibration,
         "n_items": n,
         "items": collected.items,
         "configs": [c.to_dict() for c in collected.configs],
@@ -336,11 +357,18 @@ def _cell(entry: dict[str, Any] | None, key: str = "value", low: str = "ci_low",
     return f"{_fmt(entry[key], spec=spec)} [{_fmt(entry[low], spec=spec)}, {_fmt(entry[high], spec=spec)}]"
 
 
-def _judge_cell(judge: dict[str, Any] | None) -> str:
+def _judge_cell(judge: dict[str, Any] | None, calibration: dict[str, Any] | None = None) -> str:
     if judge is None:
         return "—"
-    return (f"{_fmt(judge['win_rate'], 2)} [{_fmt(judge['ci_low'], 2)}, {_fmt(judge['ci_high'], 2)}] "
+    cell = (f"{_fmt(judge['win_rate'], 2)} [{_fmt(judge['ci_low'], 2)}, {_fmt(judge['ci_high'], 2)}] "
             f"({judge['wins']}/{judge['ties']}/{judge['losses']})")
+    if calibration is None:
+        return cell + " · uncalibrated"
+    # The calibration next to every win rate: base vs base, and the weakest clear gap.
+    b = calibration["base_vs_base"]
+    gap_name, gap = min(calibration["clear_gap"].items(), key=lambda kv: kv[1]["ci_low"])
+    return (cell + f" · cal. base/base {_fmt(b['win_rate'], 2)} [{_fmt(b['ci_low'], 2)}, {_fmt(b['ci_high'], 2)}], "
+            f"weakest gap ({gap_name}) {_fmt(gap['win_rate'], 2)} [{_fmt(gap['ci_low'], 2)}, {_fmt(gap['ci_high'], 2)}] N={gap['n_items']}")
 
 
 def markdown_report(summary: dict[str, Any], *, figure_name: str | None = None) -> str:
@@ -373,7 +401,7 @@ def markdown_report(summary: dict[str, Any], *, figure_name: str | None = None) 
         empty = f" ({m['n_empty']} empty)" if m["n_empty"] else ""
         lines.append(
             f"| {name} | {m['n_items']}{empty} | {_cell(m['clip_d'])} | {_cell(m['fid'])} | {_cell(m['clip_fid'])} | "
-            f"{_cell(m['kid'])} | {_cell(m['geometry'])} | {_judge_cell(m['judge'])} | {_cell(m['final_r'])} |"
+            f"{_cell(m['kid'])} | {_cell(m['geometry'])} | {_judge_cell(m['judge'], summary.get('judge_calibration'))} | {_cell(m['final_r'])} |"
         )
     if paired:
         lines += [
@@ -401,6 +429,12 @@ def markdown_report(summary: dict[str, Any], *, figure_name: str | None = None) 
     for config in summary["configs"]:
         comps = metrics[config["name"]]["geometry_components"]
         lines.append(f"| {config['name']} | " + " | ".join(_fmt(comps[c]) for c in COMPONENT_NAMES) + " |")
+    calibration = summary.get("judge_calibration")
+    if calibration is not None:
+        lines += ["", "## Judge calibration (the base meshes; original vs itself, and vs clearly degraded copies)", "",
+                  "Win rate of the original [CI] with N. Trust the judge's win rates only if base vs base is ≈ 0.5 and "
+                  "every clear gap is well above 0.5" + (" — it passes." if calibration["trustworthy"] else " — it does NOT pass."),
+                  "", "```"] + calibration["lines"] + ["```"]
     if figure_name:
         lines += ["", f"![per-item differences and critic r curves]({figure_name})"]
     lines += ["", "## Definitions", ""] + [f"- **{k}**: {v}" for k, v in summary["definitions"].items()]

@@ -47,7 +47,7 @@ from .cache import evaluation_is_current, evaluation_key, find_stale, finished_r
 from .evaluate import evaluate_shard
 from .generate import generate_shard, make_missing_images
 from .settings import BenchRun, GenerationSettings, MetricSettings, ShardStats
-from .text2image import check_text_to_image
+from ..text2image import check_text_to_image
 
 logger = logging.getLogger(__name__)
 

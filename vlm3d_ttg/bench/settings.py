@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any, Literal
 from ..errors import InvalidInputError
 from .benchset import BenchSet
 from .configs import BenchConfig
-from .text2image import DEFAULT_TEXT_TO_IMAGE_MODEL
 
 if TYPE_CHECKING:
     from ..generation import GenerationOptions
@@ -66,8 +65,12 @@ class GenerationSettings:
 
     preset: Preset = "real"
     options: "GenerationOptions" = field(default_factory=_default_options)
-    text_to_image_model: str = DEFAULT_TEXT_TO_IMAGE_MODEL
     cache_dir: str | None = None  # tiny checkpoints ($VLM3D_TTG_CACHE when None)
+
+    @property
+    def text_to_image_model(self) -> str:
+        """The text-to-image model for rows without an image (`GenerationOptions.text_to_image`, --text-to-image)."""
+        return self.options.text_to_image
 
     @property
     def seed(self) -> int:
@@ -94,6 +97,9 @@ class MetricSettings:
     clip: str | None = None
     inception: str | None = None
     judge: str | None = None
+    judge_reference: bool = True  # the judge sees each item's input image as the reference
+    calibrate_judge: bool = False  # also judge base vs base and base vs degraded copies (metrics/calibration.py)
+    judge_layout: str = "separate"  # each object's views as separate images, or tiled into one ('grid'); metrics.judge.JUDGE_LAYOUTS
     n_resamples: int = 1000
     confidence: float = 0.95
 

@@ -30,7 +30,9 @@ def _parse_views_at(text: str) -> str | list[int]:
 
 
 def _generate(
-    image: Path = typer.Argument(..., help="Conditioning image (RGBA with a transparent background is best)."),
+    image: Optional[Path] = typer.Argument(
+        None, help="Conditioning image (RGBA with a transparent background is best). Without it, text-to-3D: the "
+                   "image is made from --prompt by text-to-image + background removal and saved as OUT.input.png."),
     prompt: str = typer.Option(..., "--prompt", "-p", help="Text description the critic checks the shape against."),
     out: Path = typer.Option(..., "--out", "-o", help="Output mesh (.glb, .gltf, .obj, .ply, .stl, .off)."),
     manifest: Optional[Path] = typer.Option(None, help="Run manifest JSON (default: OUT.json, e.g. robot.glb.json)."),
@@ -43,7 +45,7 @@ def _generate(
     verbose: bool = typer.Option(False, help="Debug logging, with hy3dgen's and transformers' own messages and tracebacks."),
     **options: object,
 ) -> None:
-    """Generate a mesh from IMAGE with Hunyuan3D-2, guided by Qwen2.5-VL's judgement of PROMPT."""
+    """Generate a mesh from IMAGE (or, without one, from PROMPT alone) with Hunyuan3D-2, guided by Qwen2.5-VL's judgement of PROMPT."""
     from ..export import PostprocessConfig, check_mesh_path
     from ..generation import GenerationOptions
     from ..guidance import GuidanceConfig
@@ -77,6 +79,11 @@ def _generate(
         check_writable(save_views / "probe.png")
     elif views_at is not None:
         raise InvalidInputError("--views-at chooses which views --save-views writes; give --save-views DIR too.")
+    from ..text2image import check_text_to_image_model, input_image_path_for
+
+    input_image_path = input_image_path_for(out) if image is None else None
+    if input_image_path is not None:
+        check_writable(input_image_path)
     plot_path = plot_path_for(out) if plot else None
     if plot_path is not None:
         check_writable(plot_path)
@@ -85,10 +92,11 @@ def _generate(
         except ImportError:
             raise InvalidInputError("--plot needs matplotlib: pip install matplotlib") from None
     check_distinct_outputs({"--out": out, "--manifest": manifest_path, "the r plot": plot_path,
-                            "the failed-run record": failed_run_path(manifest_path)})
+                            "the failed-run record": failed_run_path(manifest_path),
+                            "the generated input image": input_image_path})
     if preset == Preset.tiny:
         ignored = [flag for flag, name in (("--shape-model", "shape_model"), ("--shape-subfolder", "shape_subfolder"),
-                                           ("--vlm", "vlm")) if getattr(run_options, name) != GenerationOptions().__dict__[name]]
+                                           ("--vlm", "vlm"), ("--text-to-image", "text_to_image")) if getattr(run_options, name) != GenerationOptions().__dict__[name]]
         if ignored:
             raise InvalidInputError(f"{', '.join(ignored)} would be ignored with --preset tiny (it uses the tiny "
                                     "checkpoints); drop them or use --preset real.")
@@ -101,7 +109,16 @@ def _generate(
     if isinstance(keep_views, list) and not set(keep_views) <= set(planned):
         raise InvalidInputError(f"--views-at names steps that are not guided: {sorted(set(keep_views) - set(planned))}; "
                                 f"this run guides steps {planned}.")
-    check_condition_image(image)
+    if image is not None and run_options.text_to_image != GenerationOptions().text_to_image:
+        raise InvalidInputError("--text-to-image makes the input image when no IMAGE is given; with IMAGE it would "
+                                "be ignored: drop one of them.")
+    if image is not None:
+        check_condition_image(image)
+    elif preset != Preset.tiny:
+        from ..generation import check_models_present
+
+        check_text_to_image_model(run_options.text_to_image)
+        check_models_present(run_options)
 
     from ..logs import be_verbose, quiet_hy3dgen
     from ..generation import generate_mesh, load_models
@@ -111,10 +128,18 @@ def _generate(
     quiet_hy3dgen()
 
     started = time.perf_counter()
+    generated_input = None
+    if input_image_path is not None:
+        from ..text2image import make_input_image
+
+        # Made (and its models released) before the shape model and critic load: never all three at once.
+        generated_input = make_input_image(prompt, input_image_path, model=run_options.text_to_image,
+                                           device=run_options.device, seed=run_options.seed, tiny=preset == Preset.tiny)
     models = load_models(run_options, tiny=preset == Preset.tiny)
     result = generate_mesh(
         models,
         image=image,
+        generated_input=generated_input,
         prompt=prompt,
         out=out,
         manifest_path=manifest_path,
@@ -143,7 +168,7 @@ def _derived_signature() -> inspect.Signature:
 
 
 def generate(**values: object) -> None:
-    """Generate a mesh from IMAGE with Hunyuan3D-2, guided by Qwen2.5-VL's judgement of PROMPT."""
+    """Generate a mesh from IMAGE (or, without one, from PROMPT alone) with Hunyuan3D-2, guided by Qwen2.5-VL's judgement of PROMPT."""
     _generate(**values)
 
 
@@ -156,6 +181,8 @@ def _print_summary(result, guidance, seconds: float) -> None:
     skipped = [r for r in guided if r.skipped]
     scored = [r.r for r in guided if r.r is not None]
     typer.echo(f"mesh      {result.mesh_path}  ({result.faces} faces)")
+    if result.input_image_path is not None:
+        typer.echo(f"input     {result.input_image_path}  (made from the prompt by text-to-image)")
     typer.echo(f"manifest  {result.manifest_path}")
     for path in result.view_sheets:
         typer.echo(f"views     {path}")

@@ -17,7 +17,12 @@ the objects swapped. Verdict for guided:
 Win rate = (wins + ties / 2) / N, with a percentile bootstrap CI over items; the tie rate is
 reported. A judge that always prefers position A yields ties only, i.e. 0.5, whatever the
 candidates: position bias cancels instead of leaking into the win rate. Calibrate with base vs
-base (expect ≈ 0.5).
+base (expect ≈ 0.5) and with clear gaps (a shape against a degraded copy of itself, expect ≈ 1):
+`vlm3d_ttg.metrics.calibration`.
+
+Reference: when the item has an input image, the judge sees it first, as the picture both objects
+were made from, and is asked which object matches it (and the description) better. Judging against
+words alone rewards clean but wrong shapes that fit the words and not the picture.
 """
 
 from __future__ import annotations
@@ -37,6 +42,11 @@ from .features import ImagesInput, images_to_tensor, load_pretrained_local_first
 logger = logging.getLogger(__name__)
 
 DEFAULT_JUDGE_MODEL = "google/gemma-3-12b-it"
+# How each object's views reach the judge: one image per view (default), or tiled into one image.
+# The default stays 'separate' until a calibration of the real judge (--calibrate-judge, both layouts)
+# shows 'grid' keeps its clear-gap win rates; see the README's "Calibrating the judge".
+JUDGE_LAYOUTS = ("separate", "grid")
+DEFAULT_JUDGE_LAYOUT = "separate"
 ANSWER_LETTERS = ("A", "B")
 # Families that share weights or training lineage with the guiding critic (Qwen2.5-VL).
 CRITIC_FAMILY_MODEL_TYPES = ("qwen", "internvl")
@@ -48,6 +58,27 @@ JUDGE_QUESTION = (
     "duplicated parts such as multiple faces, or intersecting geometry)? "
     "Answer with only the letter A or B."
 )
+
+JUDGE_QUESTION_WITH_REFERENCE = (
+    'Both objects were generated as 3D shapes from the reference image above, which shows "{prompt}". '
+    "Each object is shown as untextured renders from several viewpoints. Which object is better: does it "
+    "match the reference image's shape more closely, and is its 3D geometry more plausible (no broken or "
+    "missing surfaces, floating pieces, duplicated parts such as multiple faces, or intersecting geometry)? "
+    "Answer with only the letter A or B."
+)
+
+
+def reference_image(image: Any) -> torch.Tensor:
+    """An input image (path or PIL, any mode) as the judge's reference: (3, H, W) in [0, 1], transparent
+    background composited onto white like the renders'."""
+    from PIL import Image
+
+    from ..images import open_image
+
+    rgba = open_image(image, what="Reference image")
+    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    rgb = Image.alpha_composite(white, rgba).convert("RGB")
+    return torch.from_numpy(np.array(rgb, copy=True)).permute(2, 0, 1).float() / 255.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -185,19 +216,39 @@ def load_judge(
     return VlmJudge(judge_model, processor, torch_device, ids)
 
 
-def judge_messages(prompt: str, n_views_a: int, n_views_b: int) -> list[dict]:
-    """The chat the judge is asked: Object A's views, Object B's views, then the question."""
-    content: list[dict] = [{"type": "text", "text": "Object A:"}]
+def judge_messages(prompt: str, n_views_a: int, n_views_b: int, *, reference: bool = False) -> list[dict]:
+    """The chat the judge is asked: [the reference image,] Object A's views, Object B's views, then the question."""
+    content: list[dict] = []
+    if reference:
+        content += [{"type": "text", "text": "Reference image:"}, {"type": "image"}]
+    content += [{"type": "text", "text": "Object A:"}]
     content += [{"type": "image"} for _ in range(n_views_a)]
     content += [{"type": "text", "text": "Object B:"}]
     content += [{"type": "image"} for _ in range(n_views_b)]
-    content += [{"type": "text", "text": JUDGE_QUESTION.format(prompt=prompt)}]
+    question = JUDGE_QUESTION_WITH_REFERENCE if reference else JUDGE_QUESTION
+    content += [{"type": "text", "text": question.format(prompt=prompt)}]
     return [{"role": "user", "content": content}]
 
 
 @torch.inference_mode()
-def judge_logit_difference(judge: VlmJudge, prompt: str, views_a: ImagesInput, views_b: ImagesInput) -> float:
-    """z_A − z_B: the judge's next-token logit for answering "A" minus for "B" (> 0 prefers Object A)."""
+def lay_out_views(views: torch.Tensor, layout: str) -> torch.Tensor:
+    """An object's views as the judge sees them: unchanged ('separate'), or tiled into one image of the
+    views' size ('grid', `critic.layout.tile_views`: fewer images in the prompt, less resolution each)."""
+    if layout == "separate":
+        return views
+    if layout == "grid":
+        from ..critic.layout import tile_views
+
+        return tile_views(views, (views.shape[-2], views.shape[-1]))[None]
+    raise InvalidInputError(f"Judge layout must be one of {JUDGE_LAYOUTS}, got {layout!r}.")
+
+
+def judge_logit_difference(judge: VlmJudge, prompt: str, views_a: ImagesInput, views_b: ImagesInput,
+                           reference: torch.Tensor | None = None, *, layout: str = "separate") -> float:
+    """z_A − z_B: the judge's next-token logit for answering "A" minus for "B" (> 0 prefers Object A).
+
+    `reference`: the item's input image (see `reference_image`), shown first; None: text only.
+    `layout`: each object's views as separate images, or tiled into one ('grid')."""
     from ..critic.queries import check_plain_text, markup_tokens
 
     # The prompt must stay text: a special token of the judge's tokenizer in it (an end-of-turn, an
@@ -207,11 +258,13 @@ def judge_logit_difference(judge: VlmJudge, prompt: str, views_a: ImagesInput, v
     if not isinstance(prompt, str) or not prompt.strip():
         raise InvalidInputError(f"The judge's prompt must be a non-empty string, got {prompt!r}.")
     check_plain_text(prompt, markup, "prompt")
-    images_a, images_b = images_to_tensor(views_a), images_to_tensor(views_b)
-    messages = judge_messages(prompt, len(images_a), len(images_b))
+    images_a = lay_out_views(images_to_tensor(views_a), layout)
+    images_b = lay_out_views(images_to_tensor(views_b), layout)
+    messages = judge_messages(prompt, len(images_a), len(images_b), reference=reference is not None)
     check_plain_text(messages[0]["content"][-1]["text"], markup, "judge question (with the prompt filled in)")
     chat = judge.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    pixels = [(image * 255.0).round().to(torch.uint8) for image in torch.cat([images_a, images_b])]
+    shown = ([reference] if reference is not None else []) + list(torch.cat([images_a, images_b]))
+    pixels = [(image * 255.0).round().to(torch.uint8) for image in shown]
     # The chat template already starts with the BOS token; don't let the tokenizer add another.
     inputs = judge.processor(text=[chat], images=[pixels], return_tensors="pt", add_special_tokens=False)
     inputs = {key: value.to(judge.device) for key, value in inputs.items()}
@@ -235,9 +288,11 @@ class PairwiseJudgement:
         return combine_orders(self.diff_guided_first, self.diff_base_first)
 
 
-def judge_pair(judge: VlmJudge, prompt: str, base_views: ImagesInput, guided_views: ImagesInput) -> PairwiseJudgement:
-    """Ask the judge about base vs guided in both orders."""
+def judge_pair(judge: VlmJudge, prompt: str, base_views: ImagesInput, guided_views: ImagesInput,
+               reference: torch.Tensor | None = None, *, layout: str = "separate") -> PairwiseJudgement:
+    """Ask the judge about base vs guided in both orders (with the item's input image as `reference`, if
+    given; each object's views laid out as `layout`)."""
     return PairwiseJudgement(
-        diff_guided_first=judge_logit_difference(judge, prompt, guided_views, base_views),
-        diff_base_first=judge_logit_difference(judge, prompt, base_views, guided_views),
+        diff_guided_first=judge_logit_difference(judge, prompt, guided_views, base_views, reference, layout=layout),
+        diff_base_first=judge_logit_difference(judge, prompt, base_views, guided_views, reference, layout=layout),
     )

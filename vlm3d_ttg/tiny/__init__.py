@@ -61,7 +61,27 @@ def ensure_tiny_vlm(cache_dir: str | os.PathLike | None = None, *, seed: int = 0
     return write_tiny_vlm(tiny_cache_dir(cache_dir) / "qwen2_5_vl", seed=seed)
 
 
+@dataclass(frozen=True)
+class TinyTextToImage:
+    """Where the tiny text-to-image pipeline and background-removal model live."""
+
+    model: Path  # a diffusers folder, passed as the text-to-image model
+    rembg_home: Path  # rembg's U2NET_HOME for the tiny background remover
+
+
+def ensure_tiny_text_to_image(cache_dir: str | os.PathLike | None = None, *, seed: int = 0) -> TinyTextToImage:
+    """Write the tiny HunyuanDiT folder and the tiny background-removal model once (if missing); say where."""
+    from .text2image import write_tiny_background_remover, write_tiny_hunyuan_dit
+
+    root = tiny_cache_dir(cache_dir)
+    model = write_tiny_hunyuan_dit(root / "hunyuan_dit", seed=seed)
+    remover = write_tiny_background_remover(root / "rembg", seed=seed)
+    return TinyTextToImage(model, remover.parent)
+
+
 __all__ = [
+    "TinyTextToImage",
+    "ensure_tiny_text_to_image",
     "TINY_SHAPE_REPO",
     "TINY_SHAPE_SUBFOLDER",
     "TinyShapeModel",
