@@ -171,7 +171,6 @@ def build_realsize_pipeline(depth: int | None = None, *, device: str | torch.dev
     from hy3dgen.shapegen.pipelines import Hunyuan3DDiTFlowMatchingPipeline, instantiate_from_config
 
     from ..models import ShapeVariant, freeze
-    from .hunyuan import _set_analytic_geo_decoder
 
     config = full_depth_shape_config() if depth is None else realsize_shape_config(depth)
     torch_device = torch.device(device)
@@ -180,10 +179,7 @@ def build_realsize_pipeline(depth: int | None = None, *, device: str | torch.dev
         with torch.device(torch_device):  # default initialisation on the GPU: seconds, not minutes
             dit = instantiate_from_config(config["model"])
             conditioner = instantiate_from_config(config["conditioner"])
-        # The ShapeVAE (0.2 B at full depth) is built on the CPU: its analytic geo-decoder is
-        # written with a CPU generator, exactly as in the checkpoint writer.
-        vae = instantiate_from_config(config["vae"])
-    _set_analytic_geo_decoder(vae, torch.Generator().manual_seed(seed))
+    vae = build_realsize_vae(depth, seed=seed)
     scheduler = instantiate_from_config(config["scheduler"])
     image_processor = instantiate_from_config(config["image_processor"])
     pipeline = Hunyuan3DDiTFlowMatchingPipeline(vae=vae, model=dit, scheduler=scheduler, conditioner=conditioner,
@@ -192,6 +188,24 @@ def build_realsize_pipeline(depth: int | None = None, *, device: str | torch.dev
     pipeline.variant_spec = ShapeVariant(REALSIZE_SHAPE_REPO, REALSIZE_SHAPE_SUBFOLDER)
     freeze(pipeline.model, pipeline.vae, pipeline.conditioner)
     return pipeline
+
+
+def build_realsize_vae(depth: int | None = None, *, seed: int = 0) -> torch.nn.Module:
+    """The realsize ShapeVAE (float32, CPU) with seeded random weights and the analytic closed-surface geo-decoder.
+
+    Built on the CPU even for a GPU run (0.2 B parameters at full depth): the analytic decoder is
+    written with a CPU generator, exactly as in the checkpoint writer.
+    """
+    from hy3dgen.shapegen.pipelines import instantiate_from_config
+
+    from .hunyuan import _set_analytic_geo_decoder
+
+    config = full_depth_shape_config() if depth is None else realsize_shape_config(depth)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        vae = instantiate_from_config(config["vae"])
+    _set_analytic_geo_decoder(vae, torch.Generator().manual_seed(seed))
+    return vae
 
 
 # ---------------------------------------------------------------------------------------------
@@ -353,6 +367,7 @@ __all__ = [
     "build_realsize_pipeline",
     "build_realsize_processor",
     "build_realsize_tokenizer",
+    "build_realsize_vae",
     "build_realsize_vlm",
     "ensure_realsize_shape_model",
     "ensure_realsize_vlm",
