@@ -255,14 +255,35 @@ def markdown(result: dict, rates: dict[str, float]) -> str:
         here = 1  # depth 1: one block of each kind (the vision tower has one window and one full block)
         lines.append(f"| {kind} | {count} / {here} | {pf.get(kind, float('nan')):.3f} | "
                      + (f"{pb[kind]:.3f}" if kind in pb else "–") + " |")
-    lines += ["", "Why ratios differ from 1 (factors > 2 are the ones to read):",
-              "- the cost model counts matrix FLOPs only; attention over 4442 DiT tokens and 3072 VAE tokens, LayerNorms, "
-              "GELU/SiLU and the fp32 casts are memory-bound on a CPU and run far below the GEMM rate;",
-              "- the critic backward to pixels skips weight gradients, so it costs ~1× the forward, not the 2× a training "
-              "backward would (the cost model's 'critic forward + input backward' counts 2×forward for both);",
-              "- rows without FLOPs (marching cubes, rendering) are CPU code in any case;",
-              "- the extrapolation assumes every block of a kind costs the same as the one measured; the shared parts "
-              "(embeddings, the 152064-row embedding lookup, merger, final layers) are counted once.", END, ""]
+    unguided = s["DiT forward (CFG batch 2)"]
+    extra_rows = [r for r in rows if not r[0].startswith("DiT")]
+    guided = unguided + sum(r[1] for r in extra_rows)
+    real_rows = {name: (extrapolate(m, pf, k) if not name.startswith("backward") else m) for name, m, k, _, _ in rows}
+    real_rows["backward: critic"] = s["backward: critic (to pixels)"] + sum(
+        pb.get(k, 0.0) * (REAL_COUNTS[k] - 1) for k in ("vision_window_block", "vision_full_block", "lm_layer"))
+    real_rows["backward: vertex re-query + VAE transformer"] = (
+        s["backward: vertex re-query + VAE transformer (to latent)"] + pb.get("vae_layer", 0.0) * (REAL_COUNTS["vae_layer"] - 1))
+    real_unguided = real_rows["DiT forward (CFG batch 2)"]
+    real_guided = sum(real_rows.values())
+    lines += ["", f"Step totals: unguided {unguided:.0f} s, guided {guided:.0f} s at depth 1 (×{guided / unguided:.1f}); "
+              f"extrapolated to the real depths: unguided {real_unguided:.0f} s, guided {real_guided:.0f} s "
+              f"(×{real_guided / real_unguided:.1f}) on this 2-core CPU.", "",
+              "Why measured ÷ predicted differs from 1:",
+              "- surface rows (fp32 GEMMs: VAE transformer, decoder queries, vertex re-queries) are ≈ 1: the cost model's "
+              "FLOP counts hold there;",
+              "- DiT (> 2): joint attention over 4442 tokens is ~40% of its FLOPs (4·L²·d against 24·L·d² per block) and "
+              "CPU attention in bf16 runs far below the GEMM rate, as do modulation, LayerNorm and RoPE (memory-bound); "
+              "a GPU's fused attention closes most of this — gpu_check part b measures it;",
+              "- critic backward (> 2): an input-only backward has about the forward's FLOPs (activation gradients, no "
+              f"weight gradients) — the cost model counts it so — but here it took "
+              f"{s['backward: critic (to pixels)'] / s['critic forward']:.1f}× the forward: the bf16 autograd "
+              "kernels of attention, RMSNorm and the SiLU gate are memory-bound on a CPU; the critic forward "
+              "pays the same for its 16 windows of 64 patches per view in the window-attention blocks;",
+              "- rows without FLOPs (marching cubes, rendering) are CPU code on any machine;",
+              "- the extrapolation assumes every block of a kind costs what the measured one did; the shared parts "
+              "(embeddings, merger, final layers) are counted once;",
+              "- peak RSS growth is a rough lower bound of a stage's transient memory (the allocator reuses freed "
+              "blocks; 2 ms sampling misses short peaks); GPU peaks come from gpu_check part b.", END, ""]
     return "\n".join(lines)
 
 
