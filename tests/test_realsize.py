@@ -107,3 +107,13 @@ def test_generate_realsize_end_to_end_through_the_real_loaders(object_image, rea
     embed = next(v for k, v in shapes.items() if k.endswith("embed_tokens.weight"))
     head = next(v for k, v in shapes.items() if k.endswith("lm_head.weight"))
     assert embed == head == ([152064, 3584], "BF16")  # untied, like the real checkpoint
+
+
+def test_realsize_depth_without_the_realsize_preset_is_refused_before_loading(object_image, tmp_path, capsys):
+    code = main(["generate", str(object_image), "--prompt", "a pot", "--preset", "tiny", "--out", str(tmp_path / "m.glb"),
+                 "--realsize-depth", "2"])
+    assert code == 2 and "--realsize-depth only applies to --preset realsize" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+    code = main(["generate", str(object_image), "--prompt", "a pot", "--preset", "realsize", "--out", str(tmp_path / "m.glb"),
+                 "--realsize-depth", "0"])
+    assert code == 2 and "realsize-depth" in capsys.readouterr().err
