@@ -63,7 +63,7 @@ def test_the_benchmark_derives_the_same_options_with_the_same_defaults():
     assert from_namespace(GuidanceConfig, parser_args) == GuidanceConfig()
     assert dataclasses.replace(from_namespace(GenerationOptions, parser_args), seed=0) == GenerationOptions()
     excluded = set(quality.BENCH_EXCLUDED_GUIDANCE) | set(quality.BENCH_EXCLUDED_GENERATION)
-    assert excluded == {"enabled", "seed", "device", "offload_idle"}  # each with its reason in quality.py
+    assert excluded == {"enabled", "seed", "device", "offload_idle", "realsize_depth"}  # each with its reason in quality.py
     # A non-default value for every option the benchmark takes: the flag reaches the field.
     given = {
         "steps": ("12", 12), "cfg_scale": ("3.5", 3.5), "octree_resolution": ("96", 96),

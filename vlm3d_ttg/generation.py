@@ -59,6 +59,8 @@ class GenerationOptions:
                                  negative="--no-checkpointing")
     offload_idle: bool = option(False, "Keep the idle model (DiT or critic) in CPU memory on a GPU run.",
                                 negative="--no-offload-idle")
+    realsize_depth: int = option(1, "With --preset realsize: blocks/layers of each kind (the real models' widths, "
+                                 "random weights; the real depths are 16+32 DiT, 16 VAE, 40 DINOv2, 32 vision, 28 LM).")
 
     def validate(self) -> "GenerationOptions":
         """Raise InvalidInputError naming the first bad field and what it accepts; return self."""
@@ -90,6 +92,8 @@ class GenerationOptions:
                 bad(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         for name in ("dtype", "vlm_dtype"):
             resolve_dtype(torch.device("cpu"), getattr(self, name))  # raises naming the accepted dtypes
+        if integer("realsize_depth") < 1:
+            bad(f"realsize_depth must be ≥ 1, got {self.realsize_depth}")
         for name in ("checkpointing", "offload_idle"):
             if not isinstance(getattr(self, name), bool):
                 bad(f"{name} must be True or False, got {getattr(self, name)!r}")
@@ -110,6 +114,7 @@ class LoadedModels:
     shape_id: str
     vlm_id: str
     tiny: bool = False
+    preset: str = "real"  # real, tiny or realsize (see PRESETS)
 
 
 @dataclass
@@ -188,13 +193,23 @@ def _write_view_sheets(
     return sheets
 
 
+#: Which checkpoints `load_models` loads: the real ones (hub or local cache), the tiny offline ones
+#: (vlm3d_ttg.tiny), or the realsize offline ones (the real models' shapes with random weights and
+#: `GenerationOptions.realsize_depth` blocks of each kind; vlm3d_ttg.tiny.realsize).
+PRESETS = ("real", "tiny", "realsize")
+
+
 def load_models(
     options: GenerationOptions | None = None,
     *,
+    preset: str | None = None,
     tiny: bool = False,
     cache_dir: str | os.PathLike | None = None,
 ) -> LoadedModels:
-    """Load the shape pipeline and the critic (the tiny offline checkpoints when `tiny`).
+    """Load the shape pipeline and the critic of `preset` (one of PRESETS; `tiny=True` is preset "tiny").
+
+    The offline presets write their checkpoints once under `cache_dir` ($VLM3D_TTG_CACHE,
+    ~/.cache/vlm3d-ttg) and load them through the same loaders as the real models.
 
     With `offload_idle` on a GPU the critic is loaded into CPU memory (in the dtype it will run
     in on the GPU) and the sampler brings it over at the first guided step, so loading never
@@ -205,14 +220,28 @@ def load_models(
     dtype = options.dtype
     critic_device = torch.device("cpu") if options.offload_idle else torch_device
     critic_dtype = resolve_dtype(torch_device, options.vlm_dtype, half=torch.bfloat16)
-    if tiny:
+    preset = preset or ("tiny" if tiny else "real")
+    if preset not in PRESETS or (tiny and preset != "tiny"):
+        raise InvalidInputError(f"Unknown preset {preset!r} (tiny={tiny}); use one of {', '.join(PRESETS)}.")
+    if preset == "realsize":
+        from .tiny.realsize import ensure_realsize_shape_model, ensure_realsize_vlm
+
+        depth = options.realsize_depth
+        shape_ref = ensure_realsize_shape_model(cache_dir, depth=depth)
+        pipeline = load_shape_pipeline(shape_ref.repo_id, shape_ref.subfolder, models_dir=shape_ref.models_dir,
+                                       device=torch_device, dtype=dtype)
+        vlm_path = ensure_realsize_vlm(cache_dir, depth=depth)
+        model, processor = load_vlm(vlm_path, device=critic_device, dtype=critic_dtype)
+        return LoadedModels(pipeline, model, processor, f"{shape_ref.repo_id}/{shape_ref.subfolder} (realsize, depth {depth})",
+                            f"{vlm_path} (realsize, depth {depth})", preset="realsize")
+    if preset == "tiny":
         from .tiny import ensure_tiny_shape_model, ensure_tiny_vlm
 
         ref = ensure_tiny_shape_model(cache_dir)
         pipeline = load_shape_pipeline(ref.repo_id, ref.subfolder, models_dir=ref.models_dir, device=torch_device, dtype=dtype)
         vlm_path = ensure_tiny_vlm(cache_dir)
         model, processor = load_vlm(vlm_path, device=critic_device, dtype=critic_dtype)
-        return LoadedModels(pipeline, model, processor, f"{ref.repo_id}/{ref.subfolder} (tiny)", f"{vlm_path} (tiny)", tiny=True)
+        return LoadedModels(pipeline, model, processor, f"{ref.repo_id}/{ref.subfolder} (tiny)", f"{vlm_path} (tiny)", tiny=True, preset="tiny")
     pipeline = load_shape_pipeline(options.shape_model, options.shape_subfolder, device=torch_device, dtype=dtype)
     model, processor = load_vlm(options.vlm, device=critic_device, dtype=critic_dtype)
     spec = pipeline.variant_spec
@@ -344,7 +373,7 @@ def generate_mesh(
         "options": options.to_dict(),
         "device": str(models.pipeline.device),
         "dtype": str(models.pipeline.dtype),
-        "models": {"shape": models.shape_id, "critic": models.vlm_id, "tiny": models.tiny},
+        "models": {"shape": models.shape_id, "critic": models.vlm_id, "tiny": models.tiny, "preset": models.preset},
         "guidance": guidance.to_dict(),
         "camera_seed": output.camera_seed,
         "precision": {

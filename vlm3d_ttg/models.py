@@ -258,3 +258,47 @@ def load_vlm(
     freeze(vlm)
     logger.info("Loaded VLM %s on %s (%s)", model_id, torch_device, torch_dtype)
     return vlm, processor
+
+
+def _missing_class(package: str, name: str, why: str) -> type:
+    """A class standing for `package.name` (so type hints naming it still evaluate); instantiating it raises ImportError."""
+
+    def refuse(self: Any, *args: Any, **kwargs: Any) -> None:
+        raise ImportError(f"{package}.{name} is unavailable: {why}")
+
+    return type(name, (), {"__init__": refuse, "__module__": package})
+
+
+def allow_missing_pymeshlab() -> bool:
+    """Let `import hy3dgen.shapegen` succeed where pymeshlab is not installed; True when that was needed.
+
+    hy3dgen's package __init__ imports its mesh postprocessors (FaceReducer, FloaterRemover, ...),
+    which import pymeshlab (~280 MB installed) at module level and name its classes in signatures.
+    Sampling, guidance and export never use them; `--remove-floaters`-style postprocessing does.
+    Where pymeshlab is missing, this registers a placeholder module whose every attribute raises
+    ImportError when used, so the postprocessors fail loudly if called and nothing else changes.
+    Call it before the first hy3dgen import (benchmarks/gpu_check.py does).
+    """
+    import importlib
+    import sys
+    import types
+
+    if sys.modules.get("pymeshlab") is not None:
+        return False
+    try:
+        importlib.import_module("pymeshlab")
+        return False
+    except ImportError:
+        pass
+    why = "pymeshlab is not installed (only hy3dgen's mesh postprocessors need it: pip install pymeshlab)"
+    placeholder = types.ModuleType("pymeshlab", why)
+
+    def missing(name: str) -> Any:
+        if name.startswith("__"):  # module protocol (__file__, __path__, ...): a plain missing attribute
+            raise AttributeError(name)
+        return _missing_class("pymeshlab", name, why)
+
+    placeholder.__getattr__ = missing  # type: ignore[attr-defined]
+    sys.modules["pymeshlab"] = placeholder
+    logger.warning("pymeshlab is not installed: hy3dgen's mesh postprocessors are unavailable (sampling is unaffected)")
+    return True

@@ -18,6 +18,7 @@ from ..errors import InvalidInputError
 class Preset(str, Enum):
     real = "real"
     tiny = "tiny"
+    realsize = "realsize"
 
 
 def _parse_views_at(text: str) -> str | list[int]:
@@ -36,7 +37,8 @@ def _generate(
     prompt: str = typer.Option(..., "--prompt", "-p", help="Text description the critic checks the shape against."),
     out: Path = typer.Option(..., "--out", "-o", help="Output mesh (.glb, .gltf, .obj, .ply, .stl, .off)."),
     manifest: Optional[Path] = typer.Option(None, help="Run manifest JSON (default: OUT.json, e.g. robot.glb.json)."),
-    preset: Preset = typer.Option(Preset.real, help="'tiny': offline tiny checkpoints (meaningless shapes, exercises the pipeline)."),
+    preset: Preset = typer.Option(Preset.real, help="'tiny': offline tiny checkpoints (meaningless shapes, exercises the pipeline); 'realsize': offline "
+                                              "random-weight checkpoints of the real models' sizes, --realsize-depth blocks of each kind."),
     save_views: Optional[Path] = typer.Option(None, help="Folder for contact sheets of what the critic saw."),
     views_at: Optional[str] = typer.Option(
         None, help="Guided steps to save views of (with --save-views): summary (default), all, none, or 4,10,20."),
@@ -94,12 +96,14 @@ def _generate(
     check_distinct_outputs({"--out": out, "--manifest": manifest_path, "the r plot": plot_path,
                             "the failed-run record": failed_run_path(manifest_path),
                             "the generated input image": input_image_path})
-    if preset == Preset.tiny:
+    if preset in (Preset.tiny, Preset.realsize):
         ignored = [flag for flag, name in (("--shape-model", "shape_model"), ("--shape-subfolder", "shape_subfolder"),
                                            ("--vlm", "vlm"), ("--text-to-image", "text_to_image")) if getattr(run_options, name) != GenerationOptions().__dict__[name]]
         if ignored:
-            raise InvalidInputError(f"{', '.join(ignored)} would be ignored with --preset tiny (it uses the tiny "
-                                    "checkpoints); drop them or use --preset real.")
+            raise InvalidInputError(f"{', '.join(ignored)} would be ignored with --preset {preset.value} (it uses "
+                                    f"its own offline checkpoints); drop them or use --preset real.")
+    if preset != Preset.realsize and run_options.realsize_depth != GenerationOptions().realsize_depth:
+        raise InvalidInputError("--realsize-depth only applies to --preset realsize; drop it or add --preset realsize.")
     keep_views = _parse_views_at(views_at or "summary") if save_views is not None else "none"
     # Options that would do nothing: said now, not discovered in the manifest afterwards.
     planned = guided_steps(list(np.linspace(0.0, 1.0, run_options.steps)) + [1.0], guidance)
@@ -114,7 +118,7 @@ def _generate(
                                 "be ignored: drop one of them.")
     if image is not None:
         check_condition_image(image)
-    elif preset != Preset.tiny:
+    elif preset == Preset.real:  # the offline presets write their own models
         from ..generation import check_models_present
 
         check_text_to_image_model(run_options.text_to_image)
@@ -133,9 +137,10 @@ def _generate(
         from ..text2image import make_input_image
 
         # Made (and its models released) before the shape model and critic load: never all three at once.
-        generated_input = make_input_image(prompt, input_image_path, model=run_options.text_to_image,
-                                           device=run_options.device, seed=run_options.seed, tiny=preset == Preset.tiny)
-    models = load_models(run_options, tiny=preset == Preset.tiny)
+        # The offline presets have no real text-to-image model: both use the tiny one.
+        generated_input = make_input_image(prompt, input_image_path, model=run_options.text_to_image, device=run_options.device,
+                                           seed=run_options.seed, tiny=preset in (Preset.tiny, Preset.realsize))
+    models = load_models(run_options, preset=preset.value)
     result = generate_mesh(
         models,
         image=image,

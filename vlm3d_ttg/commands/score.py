@@ -20,7 +20,7 @@ from ..scoring import IMAGE_SUFFIXES, SCORABLE_MESH_SUFFIXES
 
 logger = logging.getLogger(__name__)
 
-PRESETS = ("tiny",)
+PRESETS = ("tiny", "realsize")
 
 
 def _check_inputs(paths: list[Path], preset: Optional[str], vlm: Optional[str]) -> tuple[list[Path], list[Path]]:
@@ -71,7 +71,8 @@ def score(
         "dual", "--query", "-q", help="dual | content | geometry | all, or your own question with a '{description}' slot."
     ),
     vlm: Optional[str] = typer.Option(None, "--vlm", help="Qwen2.5-VL hub id or local folder (default: Qwen/Qwen2.5-VL-7B-Instruct)."),
-    preset: Optional[str] = typer.Option(None, "--preset", help="'tiny': the offline tiny Qwen2.5-VL (meaningless scores; for smoke tests)."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="'tiny': the offline tiny Qwen2.5-VL; 'realsize': Qwen2.5-VL-7B's sizes at depth 1, random weights "
+                                                                      "(meaningless scores; for smoke tests)."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="float32 | bfloat16 | float16 (default: bf16 on CUDA, fp32 on CPU)."),
     views: int = typer.Option(4, "--views", help="Views to render when the input is a mesh."),
@@ -112,6 +113,10 @@ def score(
         from ..tiny import ensure_tiny_vlm
 
         model_id: str = str(ensure_tiny_vlm())
+    elif preset == "realsize":
+        from ..tiny.realsize import ensure_realsize_vlm
+
+        model_id = str(ensure_realsize_vlm())
     else:
         model_id = vlm or DEFAULT_VLM
     quiet_transformers()

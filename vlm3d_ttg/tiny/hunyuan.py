@@ -136,71 +136,93 @@ def tiny_shape_config(*, guidance_embed: bool = False, multiview: bool = False, 
 
 
 def _set_analytic_geo_decoder(vae: torch.nn.Module, generator: torch.Generator) -> None:
-    """Give the tiny ShapeVAE the analytic occupancy field described in the module docstring."""
-    width, heads = _VAE_WIDTH, _VAE_HEADS
+    """Give a ShapeVAE the analytic occupancy field described in the module docstring.
+
+    Sizes are read from `vae`, so the same construction serves the tiny model and the realsize
+    one (width 1024, 64 latent channels, no π in the Fourier features). The constants above are
+    tuned at the tiny sizes; at other sizes three of them are rescaled so that the field keeps
+    the same typical magnitudes (for the tiny sizes every factor is exactly 1, same bytes):
+    - the small random weights by tiny_width / width: their sums over `width` (and 4·width MLP)
+      LayerNorm-amplified channels would otherwise swamp the construction;
+    - ρ by the typical |u_j| ratio: u_j = LN(post_kl(z_j))[3] has typical size √(width / 2·embed_dim);
+    - the bowl c by 2 / (1 - cos 1) without π, so the bowl still reaches 2c-equivalent (= 2) at
+      the middle of a box face and the surface stays inside the box.
+    """
+    width = vae.post_kl.out_features
+    embed_dim = vae.post_kl.in_features
+    heads = vae.geo_decoder.cross_attn_decoder.attn.heads
+    num_freqs = vae.fourier_embedder.num_freqs
+    include_pi = float(vae.fourier_embedder.frequencies[0]) > 1.5
     head_dim = width // heads
-    n_freq_feats = 3 * _NUM_FREQS
+    n_freq_feats = 3 * num_freqs
+    noise = _NOISE * (_VAE_WIDTH / width)
+    rho = _RHO * math.sqrt((_VAE_WIDTH / (2 * _EMBED_DIM)) / (width / (2 * embed_dim)))
+    bowl = _C_BOWL if include_pi else _C_BOWL * 2.0 / (1.0 - math.cos(1.0))
 
     def small(shape: tuple[int, ...]) -> torch.Tensor:
-        return torch.randn(shape, generator=generator) * _NOISE
+        return torch.randn(shape, generator=generator) * noise
+
+    def zero_bias(lin: torch.nn.Linear) -> None:
+        if lin.bias is not None:  # the real config has qkv_bias: false
+            lin.bias.zero_()
 
     with torch.no_grad():
         # post_kl: token z_j -> [z_j + b, -(z_j + b), 0, ...]; the mirrored copy keeps the
-        # LayerNorm mean at ~0 so LN(data_j)[:8] is a scaled direction of z_j.
+        # LayerNorm mean at ~0 so LN(data_j)[:embed_dim] is a scaled direction of z_j.
         post = vae.post_kl
         post.weight.zero_()
         post.bias.zero_()
-        eye = torch.eye(_EMBED_DIM)
-        post.weight[:_EMBED_DIM] = eye
-        post.weight[_EMBED_DIM : 2 * _EMBED_DIM] = -eye
-        offset = torch.randn(_EMBED_DIM, generator=generator) * 0.3  # breaks scale invariance in z
-        post.bias[:_EMBED_DIM] = offset
-        post.bias[_EMBED_DIM : 2 * _EMBED_DIM] = -offset
+        eye = torch.eye(embed_dim)
+        post.weight[:embed_dim] = eye
+        post.weight[embed_dim : 2 * embed_dim] = -eye
+        offset = torch.randn(embed_dim, generator=generator) * 0.3  # breaks scale invariance in z
+        post.bias[:embed_dim] = offset
+        post.bias[embed_dim : 2 * embed_dim] = -offset
         post.weight.add_(small(post.weight.shape))
 
         # VAE transformer: near-identity residual blocks (small random residual branches).
         for block in vae.transformer.resblocks:
             for lin in (block.attn.c_qkv, block.mlp.c_fc):
                 lin.weight.copy_(torch.randn(lin.weight.shape, generator=generator) / math.sqrt(width))
-                lin.bias.zero_()
+                zero_bias(lin)
             for lin in (block.attn.c_proj, block.mlp.c_proj):
                 lin.weight.copy_(small(lin.weight.shape))
-                lin.bias.zero_()
+                zero_bias(lin)
 
         dec = vae.geo_decoder
         # query_proj: Fourier features -> residual channels
-        #   ch0 = R0 - c Σ(1 - cos πx_i) (the bowl), ch1 = -ch0,
+        #   ch0 = R0 - c Σ(1 - cos f0·x) (the bowl; f0 = π or 1), ch1 = -ch0,
         #   ch2/ch3 = ±anchor, ch4..6 = g·x, ch7..9 = -g·x.
         qp = dec.query_proj
         qp.weight.zero_()
         qp.bias.zero_()
         for i in range(3):
-            cos_index = 3 + n_freq_feats + i * _NUM_FREQS  # cos(π x_i): frequency 2^0 · π
-            qp.weight[0, cos_index] = _C_BOWL
-            qp.weight[1, cos_index] = -_C_BOWL
+            cos_index = 3 + n_freq_feats + i * num_freqs  # cos(f0 · x_i): the lowest frequency
+            qp.weight[0, cos_index] = bowl
+            qp.weight[1, cos_index] = -bowl
             qp.weight[4 + i, i] = _DIR_GAIN
             qp.weight[7 + i, i] = -_DIR_GAIN
-        qp.bias[0] = _R0 - 3 * _C_BOWL
-        qp.bias[1] = -(_R0 - 3 * _C_BOWL)
+        qp.bias[0] = _R0 - 3 * bowl
+        qp.bias[1] = -(_R0 - 3 * bowl)
         qp.bias[2] = _ANCHOR
         qp.bias[3] = -_ANCHOR
 
         attn = dec.cross_attn_decoder.attn
         # c_q: head 0's query = sharpness · LN(q)[4:7] (a direction of x).
         attn.c_q.weight.copy_(small(attn.c_q.weight.shape))
-        attn.c_q.bias.zero_()
+        zero_bias(attn.c_q)
         attn.c_q.weight[0:3, 4:7] = _ATTN_SHARPNESS * torch.eye(3)
         # c_kv: per head h, channels [h·2d, h·2d+d) are keys and [h·2d+d, (h+1)·2d) values.
         # Head 0: key = LN(data_j)[0:3] (a direction from the latent), value[0] = LN(data_j)[3] = u_j.
         attn.c_kv.weight.copy_(small(attn.c_kv.weight.shape))
-        attn.c_kv.bias.zero_()
+        zero_bias(attn.c_kv)
         attn.c_kv.weight[0:3, 0:3] = _KEY_GAIN * torch.eye(3)
         attn.c_kv.weight[head_dim, 3] = 1.0
-        # c_proj: residual ch0 += ρ·(head-0 value 0), ch1 -= the same: f = R - c Σ(1 - cos πx).
+        # c_proj: residual ch0 += ρ·(head-0 value 0), ch1 -= the same: f = R - c Σ(1 - cos f0·x).
         attn.c_proj.weight.copy_(small(attn.c_proj.weight.shape))
         attn.c_proj.bias.zero_()
-        attn.c_proj.weight[0, 0] = _RHO
-        attn.c_proj.weight[1, 0] = -_RHO
+        attn.c_proj.weight[0, 0] = rho
+        attn.c_proj.weight[1, 0] = -rho
         attn.c_proj.weight[0:2, 1:] = 0.0
 
         # MLP after the cross-attention: a small random perturbation of the field.
