@@ -202,7 +202,6 @@ def extrapolate(total: float, per_block: dict[str, float], kinds: list[str]) -> 
 
 def markdown(result: dict, rates: dict[str, float]) -> str:
     s, pf, pb = result["seconds"], result["per_block_forward"], result["per_block_backward"]
-    run = cost_model.RunShape()
     queries = result["grid_queries"]
     bf16, fp32 = rates["bf16"], rates["fp32"]
     critic_fwd = cost_model.critic_forward_flops(4, 448)

@@ -57,3 +57,18 @@ def session_tiny_judge_path(tiny_cache):
     from vlm3d_ttg.tiny.metric_models import write_tiny_judge
 
     return write_tiny_judge(tiny_cache / "judge", seed=0)
+
+
+@pytest.fixture(scope="session")
+def rgba_image(tmp_path_factory):
+    """A 96² RGBA picture of one orange ellipse on transparency: a valid condition image."""
+    import numpy as np
+    from PIL import Image
+
+    size = 96
+    yy, xx = np.mgrid[:size, :size]
+    rgba = np.zeros((size, size, 4), np.uint8)
+    rgba[(xx - 48) ** 2 + ((yy - 48) * 1.2) ** 2 < 900] = (180, 90, 40, 255)
+    path = tmp_path_factory.mktemp("img") / "object.png"
+    Image.fromarray(rgba, "RGBA").save(path)
+    return path

@@ -242,13 +242,12 @@ def test_reference_is_the_condition_image_as_the_shape_model_sees_it(tiny_pipeli
         reference_from_condition(tiny_pipeline.image_processor, image, 50)
 
 
-def test_generate_plumbs_the_reference_and_layout_to_the_critic(tiny_pipeline, tiny_vlm, tmp_path):
+def test_generate_plumbs_the_reference_and_layout_to_the_critic(tiny_pipeline, tiny_vlm, rgba_image, tmp_path):
     """generate_mesh with --critic-reference --view-layout grid: its final r is the reference-aware grid
     critic's score of the mesh it wrote, not the paper critic's."""
     import dataclasses
     import json
 
-    import numpy as np
     import trimesh
     from PIL import Image
 
@@ -258,11 +257,7 @@ def test_generate_plumbs_the_reference_and_layout_to_the_critic(tiny_pipeline, t
     from vlm3d_ttg.reward import VLMReward
 
     model, processor = tiny_vlm
-    rgba = np.zeros((96, 96, 4), np.uint8)
-    yy, xx = np.mgrid[:96, :96]
-    rgba[(xx - 48) ** 2 + ((yy - 48) * 1.2) ** 2 < 900] = (180, 90, 40, 255)
-    image = tmp_path / "object.png"
-    Image.fromarray(rgba, "RGBA").save(image)
+    image = rgba_image
     guidance = GuidanceConfig(reference=True, view_layout="grid", num_views=4, view_size=56, grid_resolution=32,
                               sigma_window=(0.1, 0.9))
     models = LoadedModels(tiny_pipeline, model, processor, "tiny shape", "tiny vlm", tiny=True)

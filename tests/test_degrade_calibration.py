@@ -149,7 +149,6 @@ def test_base_vs_base_is_exactly_one_half_all_ties(calibration):
 
 
 def test_clear_gap_puts_the_original_on_the_guided_side_with_its_reference(calibration, tiny_judge):
-    from vlm3d_ttg.metrics.degrade import DEFAULT_DEGRADATIONS
     from vlm3d_ttg.metrics.judge import judge_logit_difference
 
     items, answers = calibration

@@ -7,9 +7,7 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import trimesh
@@ -21,17 +19,6 @@ from vlm3d_ttg.sampler import GuidedSampler
 
 FAST = ["--steps", "8", "--views", "2", "--view-size", "56", "--grid", "32", "--octree-resolution", "48",
         "--sigma-window", "0.1,0.9", "--every", "2", "--quiet"]
-
-
-@pytest.fixture(scope="module")
-def rgba_image(tmp_path_factory) -> Path:
-    size = 96
-    yy, xx = np.mgrid[:size, :size]
-    rgba = np.zeros((size, size, 4), np.uint8)
-    rgba[(xx - 48) ** 2 + ((yy - 48) * 1.2) ** 2 < 900] = (180, 90, 40, 255)
-    path = tmp_path_factory.mktemp("img") / "object.png"
-    Image.fromarray(rgba, "RGBA").save(path)
-    return path
 
 
 @pytest.fixture()

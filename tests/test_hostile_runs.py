@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from test_generate import FAST, rgba_image, run_cli  # noqa: F401  (fixture and helpers shared)
+from test_generate import FAST, run_cli  # shared helpers (rgba_image is a conftest fixture)
 
 REPO = Path(__file__).resolve().parent.parent
 

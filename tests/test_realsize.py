@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 import trimesh
 import yaml
-from PIL import Image
 
 from vlm3d_ttg.cli import main
 
@@ -28,17 +27,6 @@ import cost_model  # noqa: E402
 def realsize_cache(tmp_path_factory) -> Path:
     explicit = os.environ.get("VLM3D_TTG_REALSIZE_TEST_CACHE")
     return Path(explicit) if explicit else tmp_path_factory.getbasetemp().parent / "vlm3d-realsize-cache"
-
-
-@pytest.fixture(scope="module")
-def object_image(tmp_path_factory) -> Path:
-    size = 96
-    yy, xx = np.mgrid[:size, :size]
-    rgba = np.zeros((size, size, 4), np.uint8)
-    rgba[(xx - 48) ** 2 + ((yy - 48) * 1.2) ** 2 < 900] = (180, 90, 40, 255)
-    path = tmp_path_factory.mktemp("img") / "object.png"
-    Image.fromarray(rgba, "RGBA").save(path)
-    return path
 
 
 def test_realsize_configs_are_the_real_ones_except_depth():
@@ -70,13 +58,13 @@ def test_realsize_configs_are_the_real_ones_except_depth():
     assert (real.image_token_id, real.video_token_id, real.vision_start_token_id, real.vision_end_token_id) == (151655, 151656, 151652, 151653)
 
 
-def test_generate_realsize_end_to_end_through_the_real_loaders(object_image, realsize_cache, tmp_path, monkeypatch, capsys):
+def test_generate_realsize_end_to_end_through_the_real_loaders(rgba_image, realsize_cache, tmp_path, monkeypatch, capsys):
     """`vlm3d-ttg generate --preset realsize` at depth 1: one guided step at the real widths, a closed mesh."""
     monkeypatch.setenv("VLM3D_TTG_CACHE", str(realsize_cache))
     out = tmp_path / "mesh.glb"
     # Two steps with the window opened to σ = 0 give one guided step; bf16 runs ~4x faster than fp32
     # on AVX-512 CPUs (the guidance decode stays fp32 by the precision policy).
-    code = main(["generate", str(object_image), "--prompt", "a clay pot", "--preset", "realsize", "--out", str(out),
+    code = main(["generate", str(rgba_image), "--prompt", "a clay pot", "--preset", "realsize", "--out", str(out),
                  "--steps", "2", "--sigma-window", "0,0.9", "--views", "2", "--view-size", "56", "--grid", "16",
                  "--octree-resolution", "16", "--dtype", "bfloat16", "--vlm-dtype", "bfloat16", "--quiet"])
     captured = capsys.readouterr()
@@ -109,11 +97,11 @@ def test_generate_realsize_end_to_end_through_the_real_loaders(object_image, rea
     assert embed == head == ([152064, 3584], "BF16")  # untied, like the real checkpoint
 
 
-def test_realsize_depth_without_the_realsize_preset_is_refused_before_loading(object_image, tmp_path, capsys):
-    code = main(["generate", str(object_image), "--prompt", "a pot", "--preset", "tiny", "--out", str(tmp_path / "m.glb"),
+def test_realsize_depth_without_the_realsize_preset_is_refused_before_loading(rgba_image, tmp_path, capsys):
+    code = main(["generate", str(rgba_image), "--prompt", "a pot", "--preset", "tiny", "--out", str(tmp_path / "m.glb"),
                  "--realsize-depth", "2"])
     assert code == 2 and "--realsize-depth only applies to --preset realsize" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
-    code = main(["generate", str(object_image), "--prompt", "a pot", "--preset", "realsize", "--out", str(tmp_path / "m.glb"),
+    code = main(["generate", str(rgba_image), "--prompt", "a pot", "--preset", "realsize", "--out", str(tmp_path / "m.glb"),
                  "--realsize-depth", "0"])
     assert code == 2 and "realsize-depth" in capsys.readouterr().err

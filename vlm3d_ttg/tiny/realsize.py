@@ -23,7 +23,6 @@ directly in GPU memory from the same configs instead (`build_realsize_pipeline`,
 from __future__ import annotations
 
 import logging
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
