@@ -25,6 +25,7 @@ from .io import atomic_path
 from .options import name_the_flag, option
 from .manifest import package_versions, write_manifest
 from .sampler import StepCallback
+from .search import SearchOptions, SearchRecord
 from .models import load_shape_pipeline, load_vlm, resolve_device, resolve_dtype
 
 logger = logging.getLogger(__name__)
@@ -121,6 +122,7 @@ class GenerationResult:
     final_p_yes: float | None
     view_sheets: list[Path] = field(default_factory=list)
     plot_path: Path | None = None
+    search: SearchRecord | None = None
 
 
 def failed_run_path(manifest_path: str | os.PathLike) -> Path:
@@ -182,6 +184,22 @@ def _write_view_sheets(
         write_contact_sheet(staged(folder / "final.png"), final.images.clamp(0, 1), labels, title=title)
         sheets.append(folder / "final.png")
     return sheets
+
+
+def _write_candidate_sheet(views_dir: str | os.PathLike, found: SearchRecord, staged: Callable[[Path], Path]) -> Path:
+    """A contact sheet of every candidate's first view at the selection step, captioned with its
+    index, r (and P(yes) when the views are wide enough) and whether it was kept; returns its final path."""
+    from .render import write_contact_sheet
+
+    path = Path(views_dir) / "candidates.png"
+    shown = [c for c in found.candidates if c.index in found.views]
+    images = torch.cat([found.views[c.index] for c in shown]).float() / 255
+    wide = images.shape[-1] >= 160  # room for P(yes) under the view
+    labels = [f"#{c.index} {c.r:+.2f}" + (f" P={c.p_yes:.2f}" if wide else "") + ("*" if c.chosen else "+" if c.kept else "")
+              for c in shown]
+    title = f"candidates, sigma={found.select_sigma:.2f}: r (+ kept, * output)"
+    write_contact_sheet(staged(path), images, labels, title=title)
+    return path
 
 
 def load_models(
@@ -256,11 +274,13 @@ def generate_mesh(
     plot_path: str | os.PathLike | None = None,
     progress: bool = True,
     step_callback: StepCallback | None = None,
+    search: SearchOptions | None = None,
 ) -> GenerationResult:
     """Run one (guided) generation and write its outputs atomically; see `vlm3d-ttg generate --help`.
 
-    `step_callback` is the sampler's `callback_on_step_end`. Raises EmptySurfaceError (after
-    writing the manifest) when the final latent has no surface.
+    `step_callback` is the sampler's `callback_on_step_end`; `search` samples several candidates
+    and keeps the critic's favourite (vlm3d_ttg.search). Raises EmptySurfaceError (after writing
+    the manifest) when the final latent has no surface.
     """
     from .critic import VLMCritic
     from .reward import VLMReward
@@ -284,6 +304,7 @@ def generate_mesh(
         octree_resolution=octree_resolution,
         progress=progress,
         callback_on_step_end=capture,
+        search=search,
     )
 
     mesh = output.mesh
@@ -294,7 +315,10 @@ def generate_mesh(
     if mesh is not None and len(mesh.faces):
         try:
             sampler.offload.activate("critic")
+            tic = time.perf_counter()
             final = reward.score_mesh(mesh.vertices, mesh.faces)
+            output.compute.critic_forwards += 1
+            output.compute.add_time("final_score", time.perf_counter() - tic)
         finally:
             sampler.offload.restore()
     content: dict[str, Any] = {
@@ -326,6 +350,8 @@ def generate_mesh(
         "versions": package_versions(),
         "records": [r.to_dict() for r in output.records],
         "sampling_seconds": output.seconds,
+        "search": output.search.to_dict() if output.search is not None else None,
+        "compute": output.compute.to_dict(),
     }
     outputs: dict[str, Any] = {}
     if mesh is None:
@@ -352,6 +378,8 @@ def generate_mesh(
         outputs["mesh"] = str(mesh_path)
         sheets = (_write_view_sheets(views_dir, output.records, capture.views, final, staged)
                   if views_dir is not None else [])
+        if views_dir is not None and output.search is not None and output.search.views:
+            sheets.append(_write_candidate_sheet(views_dir, output.search, staged))
         if sheets:
             outputs["views"] = [str(p) for p in sheets]
         if plot_path is not None:
@@ -374,4 +402,5 @@ def generate_mesh(
         final_p_yes=final.p_yes if final is not None else None,
         view_sheets=sheets,
         plot_path=Path(plot_path) if plot_path is not None else None,
+        search=output.search,
     )
