@@ -282,6 +282,9 @@ class GuidedSampler:
                     velocity = self._batched_velocity(latents_in.to(pipe.dtype), i, context, search.batch(), compute)
                 record.timings["dit"] = time.perf_counter() - tic
                 compute.add_time("dit", record.timings["dit"])
+                for other in step_records.values():  # one batched call: every candidate's step shares it
+                    other.timings.setdefault("dit", record.timings["dit"])
+                    other.timings.setdefault("offload", record.timings["offload"])
 
                 # 3. The sampler's own step (hy3dgen's scheduler: x + (σ_next − σ)·v).
                 next_latents = pipe.scheduler.step(velocity.detach(), t, latents).prev_sample
