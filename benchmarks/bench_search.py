@@ -168,7 +168,10 @@ def report(raw: dict) -> str:
                  "count whose planned real-size TFLOP is closest to the guided run's (search_guided: at least 2). "
                  "Final r: the critic's score of the exported mesh from fixed cameras, dual query. Compute: the run's "
                  "counted DiT rows, critic forwards and backwards priced at real sizes (benchmarks/cost_model.py).",
-                 "", *equal_compute_table(raw["equal_compute"]), ""]
+                 "", *equal_compute_table(raw["equal_compute"]), "",
+                 "N is a whole number, so 'equal' is the nearest achievable: at few steps a second candidate costs "
+                 "more than guidance adds, and the search rows spend somewhat more than guided (column 'vs guided').",
+                 ""]
     text += [f"Wall time {raw['seconds']:.0f} s (seeds run one after another, both parts per seed).", END]
     return "\n".join(text)
 
