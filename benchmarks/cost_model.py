@@ -37,7 +37,7 @@ class RunShape:
     """The knobs of a guided run."""
 
     steps: int = 50
-    window: tuple[float, float] = (0.2, 0.85)
+    window: tuple[float, float] | None = (0.2, 0.85)  # None: unguided
     every: int = 2
     grid: int = 64
     coarse_to_fine_reduction: float = 6.0  # decoder-query saving of coarse-to-fine (measured on the tiny model)
@@ -46,8 +46,14 @@ class RunShape:
     view_size: int = 448
     grad_mode: str = "x0"
     checkpointing: bool = False
+    # Candidate search (vlm3d_ttg.search): N candidates, selection at σ_s (1: among final meshes), k kept.
+    candidates: int = 1
+    select_at: float = 1.0
+    keep: int = 1
 
     def guided_steps(self) -> int:
+        if self.window is None:
+            return 0
         sigmas = [i / (self.steps - 1) for i in range(self.steps)]
         lo, hi = self.window
         return len([i for i, s in enumerate(sigmas[:-1]) if lo <= s <= hi][:: self.every])
@@ -160,6 +166,41 @@ def extra_tflop_per_run(run: RunShape) -> float:
     return per_step * run.guided_steps()
 
 
+def unit_costs(run: RunShape) -> tuple[float, float, float]:
+    """TFLOP of (one DiT latent row, one forward-only critic score of a latent, what a guided step
+    adds to that forward): the weights of vlm3d_ttg.search.CostWeights."""
+    grid_queries = (run.grid + 1) ** 3 / run.coarse_to_fine_reduction
+    chunks = math.ceil(grid_queries / 8000)
+    forward = (vae_transformer_flops() + grid_queries * geo_decoder_flops_per_query()
+               + chunks * geo_decoder_kv_flops_per_call() + run.visible_vertices * geo_decoder_flops_per_query()
+               + critic_forward_flops(run.views, run.view_size))
+    guided = sum(t for name, t, _ in stage_table(run) if not name.startswith("DiT forward")) * 1e12
+    return dit_forward_flops(1) / 1e12, forward / 1e12, (guided - forward) / 1e12
+
+
+def search_tflop(run: RunShape) -> float:
+    """A whole run's TFLOP (DiT, guidance, candidate scoring, final scoring) with the search knobs."""
+    from vlm3d_ttg.guidance import GuidanceConfig
+    from vlm3d_ttg.search import CostWeights, SearchOptions, compute_tflop, planned_compute
+
+    guidance = GuidanceConfig(enabled=run.window is not None, sigma_window=run.window or (0.2, 0.85),
+                              every=run.every, grad_mode=run.grad_mode)
+    search = SearchOptions(candidates=run.candidates, select_at=run.select_at, keep=run.keep)
+    return compute_tflop(planned_compute(run.steps, guidance, search), CostWeights(*unit_costs(run)))
+
+
+def search_table() -> list[tuple[str, float]]:
+    """(configuration, TFLOP per run) for the search knobs at the default guidance knobs."""
+    base = RunShape()
+    rows = [("unguided, 1 candidate", replace(base, window=None)), ("guided (default)", base)]
+    for n in (2, 4, 8):
+        rows.append((f"best-of-{n} on final meshes, unguided", replace(base, window=None, candidates=n)))
+    for n, at in ((4, 0.3), (8, 0.3), (8, 0.2), (8, 0.5)):
+        rows.append((f"search {n} at σ_s={at}, keep 1, then guided", replace(base, candidates=n, select_at=at)))
+        rows.append((f"search {n} at σ_s={at}, keep 1, unguided", replace(base, window=None, candidates=n, select_at=at)))
+    return [(name, search_tflop(run)) for name, run in rows]
+
+
 def memory_table(run: RunShape) -> list[tuple[str, float]]:
     """(item, GiB) resident on the GPU when everything stays there."""
     return [
@@ -238,6 +279,20 @@ def markdown() -> str:
               f"{offload_peak_gib(base):.1f} GiB ({offload_peak_gib(replace(base, checkpointing=True)):.1f} GiB with "
               "checkpointing). Measured copy seconds are in each step's `timings.offload` in the manifest. "
               "Not available with grad_mode xt (the DiT's graph would keep its weights on the GPU)."]
+    lines += ["", "### Candidate search (vlm3d_ttg.search): TFLOP per run", "",
+              "Counts from `planned_compute` (the same function the benchmark uses to set best-of-N's N), "
+              "priced with the unit costs above: a DiT latent row "
+              f"{unit_costs(base)[0]:.2f}, a forward-only critic score (decode, grid, render, critic) "
+              f"{unit_costs(base)[1]:.2f}, a guided step's backward on top {unit_costs(base)[2]:.2f} TFLOP. "
+              "Each run includes the final mesh's score.", "",
+              "| configuration | TFLOP | vs guided |", "|---|---:|---:|"]
+    table = search_table()
+    guided_cost = dict(table)["guided (default)"]
+    for name, tflop in table:
+        lines.append(f"| {name} | {tflop:.0f} | ×{tflop / guided_cost:.2f} |")
+    lines += ["", "Early selection is cheap per candidate only when σ_s is early: a candidate costs its DiT rows up "
+              "to σ_s plus one forward-only score. At the default knobs the guided run costs about two unguided "
+              "runs, so best-of-N at equal compute is best-of-2."]
     lines += ["", "Time: divide TFLOP by your GPU's sustained throughput (e.g. ~120 TFLOP/s for bf16 "
               "on an A100 at ~40% of peak: the default guided step's "
               f"{sum(t for _, t, _ in stage_table(base)):.0f} TFLOP ≈ "

@@ -183,7 +183,7 @@ def run(args: argparse.Namespace) -> int:
     options = from_namespace(GenerationOptions, args, defaults=defaults, seed=args.seed).validate()
     custom = load_config_file(args.config_file, guidance) if args.config_file else None
     names = [n.strip() for n in args.configs.split(",") if n.strip()]
-    configs = resolve_configs(names, guidance, noise_floor=args.noise_floor, custom=custom)
+    configs = resolve_configs(names, guidance, noise_floor=args.noise_floor, custom=custom, steps=options.steps)
     settings = GenerationSettings(
         preset=args.preset, options=options,
         cache_dir=args.cache_dir,

@@ -349,7 +349,10 @@ def test_quality_benchmark_two_processes_killed_and_resumed(tiny_cache, tmp_path
     assert "No seed-vs-seed noise floor" in warnings
 
     markdown = (out / "results.md").read_text()
-    assert "| config | N | CLIP-D ↓ | FID ↓ | CLIP-FID ↓ | KID ↓ | Geo ↓ | judge win vs base ↑ (W/T/L) | final r ↑ |" in markdown
+    assert ("| config | N | CLIP-D ↓ | FID ↓ | CLIP-FID ↓ | KID ↓ | Geo ↓ | judge win vs base ↑ (W/T/L) | final r ↑ "
+            "| compute TFLOP/item |") in markdown
+    # Compute per item beside the metrics: the guided runs' critic work costs more than base's DiT-only runs.
+    assert results["metrics"]["guided"]["compute_tflop"] > results["metrics"]["base"]["compute_tflop"] > 0
     guided_row = next(line for line in markdown.splitlines() if line.startswith("| guided | 3 |"))
     assert f"{results['metrics']['guided']['clip_d']['value']:.3f}" in guided_row
     assert "cal. base/base 0.50 [0.50, 0.50]" in guided_row and "N=3" in guided_row

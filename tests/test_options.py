@@ -21,7 +21,11 @@ from vlm3d_ttg.guidance import GuidanceConfig
 from vlm3d_ttg.options import cli_default, declared, flag_of, from_values
 
 ROOT = Path(__file__).resolve().parent.parent
-OPTION_CLASSES = (GenerationOptions, PostprocessConfig, GuidanceConfig)
+from vlm3d_ttg.search import SearchOptions
+
+# SearchOptions is per configuration in the benchmark (presets best_of_n, search_guided, or "search"
+# in --config-file), so only `generate` has its flags.
+OPTION_CLASSES = (GenerationOptions, PostprocessConfig, GuidanceConfig, SearchOptions)
 
 
 def _generate_command() -> click.Command:

@@ -26,6 +26,7 @@ from .options import name_the_flag, option
 from .manifest import package_versions, write_manifest
 from .sampler import StepCallback
 from .text2image import DEFAULT_TEXT_TO_IMAGE_MODEL
+from .search import SearchOptions, SearchRecord
 from .models import load_shape_pipeline, load_vlm, resolve_device, resolve_dtype
 
 logger = logging.getLogger(__name__)
@@ -130,6 +131,7 @@ class GenerationResult:
     view_sheets: list[Path] = field(default_factory=list)
     plot_path: Path | None = None
     input_image_path: Path | None = None  # the input image text-to-image made (text-to-3D runs)
+    search: SearchRecord | None = None
 
 
 def failed_run_path(manifest_path: str | os.PathLike) -> Path:
@@ -197,6 +199,22 @@ def _write_view_sheets(
 #: (vlm3d_ttg.tiny), or the realsize offline ones (the real models' shapes with random weights and
 #: `GenerationOptions.realsize_depth` blocks of each kind; vlm3d_ttg.tiny.realsize).
 PRESETS = ("real", "tiny", "realsize")
+
+
+def _write_candidate_sheet(views_dir: str | os.PathLike, found: SearchRecord, staged: Callable[[Path], Path]) -> Path:
+    """A contact sheet of every candidate's first view at the selection step, captioned with its
+    index, r (and P(yes) when the views are wide enough) and whether it was kept; returns its final path."""
+    from .render import write_contact_sheet
+
+    path = Path(views_dir) / "candidates.png"
+    shown = [c for c in found.candidates if c.index in found.views]
+    images = torch.cat([found.views[c.index] for c in shown]).float() / 255
+    wide = images.shape[-1] >= 160  # room for P(yes) under the view
+    labels = [f"#{c.index} {c.r:+.2f}" + (f" P={c.p_yes:.2f}" if wide else "") + ("*" if c.chosen else "+" if c.kept else "")
+              for c in shown]
+    title = f"candidates, sigma={found.select_sigma:.2f}: r (+ kept, * output)"
+    write_contact_sheet(staged(path), images, labels, title=title)
+    return path
 
 
 def load_models(
@@ -312,12 +330,14 @@ def generate_mesh(
     progress: bool = True,
     step_callback: StepCallback | None = None,
     generated_input: Any | None = None,
+    search: SearchOptions | None = None,
 ) -> GenerationResult:
     """Run one (guided) generation and write its outputs atomically; see `vlm3d-ttg generate --help`.
 
     `step_callback` is the sampler's `callback_on_step_end`. `generated_input` (a
     `text2image.GeneratedInput`): the input image was made from the prompt; it is the conditioning
-    image, is saved with the other outputs and recorded in the manifest. Raises EmptySurfaceError (after
+    image, is saved with the other outputs and recorded in the manifest. `search` samples several
+    candidates and keeps the critic's favourite (vlm3d_ttg.search). Raises EmptySurfaceError (after
     writing the manifest) when the final latent has no surface.
     """
     from .critic import VLMCritic
@@ -349,6 +369,7 @@ def generate_mesh(
         octree_resolution=octree_resolution,
         progress=progress,
         callback_on_step_end=capture,
+        search=search,
     )
 
     mesh = output.mesh
@@ -359,7 +380,10 @@ def generate_mesh(
     if mesh is not None and len(mesh.faces):
         try:
             sampler.offload.activate("critic")
+            tic = time.perf_counter()
             final = reward.score_mesh(mesh.vertices, mesh.faces)
+            output.compute.critic_forwards += 1
+            output.compute.add_time("final_score", time.perf_counter() - tic)
         finally:
             sampler.offload.restore()
     content: dict[str, Any] = {
@@ -392,6 +416,8 @@ def generate_mesh(
         "versions": package_versions(),
         "records": [r.to_dict() for r in output.records],
         "sampling_seconds": output.seconds,
+        "search": output.search.to_dict() if output.search is not None else None,
+        "compute": output.compute.to_dict(),
     }
     outputs: dict[str, Any] = {}
     if mesh is None:
@@ -421,6 +447,8 @@ def generate_mesh(
             outputs["input_image"] = str(generated_input.path)
         sheets = (_write_view_sheets(views_dir, output.records, capture.views, final, staged)
                   if views_dir is not None else [])
+        if views_dir is not None and output.search is not None and output.search.views:
+            sheets.append(_write_candidate_sheet(views_dir, output.search, staged))
         if sheets:
             outputs["views"] = [str(p) for p in sheets]
         if plot_path is not None:
@@ -444,4 +472,5 @@ def generate_mesh(
         view_sheets=sheets,
         plot_path=Path(plot_path) if plot_path is not None else None,
         input_image_path=generated_input.path if generated_input is not None else None,
+        search=output.search,
     )

@@ -106,10 +106,13 @@ class VLMReward:
             device=device,
         )
 
-    def __call__(self, latent: torch.Tensor, *, generator: torch.Generator | None = None) -> RewardEvaluation:
+    def __call__(
+        self, latent: torch.Tensor, *, generator: torch.Generator | None = None, jitter: bool = True
+    ) -> RewardEvaluation:
         """Evaluate r at a latent (1, L, C); r is differentiable w.r.t. `latent`.
 
-        Raises EmptySurfaceError when the latent decodes to no surface.
+        `jitter=False` renders from the fixed cameras (as `score_mesh` does). Raises
+        EmptySurfaceError when the latent decodes to no surface.
         """
         timings: dict[str, float] = {}
         tic = time.perf_counter()
@@ -117,7 +120,7 @@ class VLMReward:
         timings["surface"] = time.perf_counter() - tic
 
         tic = time.perf_counter()
-        cameras = self.cameras(generator=generator, device=surface.vertices.device)
+        cameras = self.cameras(generator=generator, jitter=jitter, device=surface.vertices.device)
         views = self.renderer(surface.vertices.float(), surface.faces, cameras)
         images = checked_render(views.images)
         timings["render"] = time.perf_counter() - tic
@@ -144,6 +147,11 @@ class VLMReward:
     def offload_modules(self) -> list[torch.nn.Module]:
         """The heavy models this reward owns, for `vlm3d_ttg.offload.IdleOffload` (the critic's)."""
         return [self.critic.model]
+
+    @torch.no_grad()
+    def score_latent(self, latent: torch.Tensor) -> RewardEvaluation:
+        """r at a latent from the un-jittered cameras, forward only (how candidate search ranks x̂)."""
+        return self(latent, jitter=False)
 
     @torch.no_grad()
     def score_mesh(self, vertices: np.ndarray, faces: np.ndarray) -> RewardEvaluation:

@@ -9,6 +9,7 @@ the latent after the Euler step. With guidance off it reproduces the pipeline's 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import secrets
@@ -33,6 +34,17 @@ from .guidance import (
 from .export import latents_to_mesh
 from .offload import IdleOffload
 from .precision import LossScale, is_half
+from .search import (
+    CandidateRecord,
+    Compute,
+    SearchOptions,
+    SearchRecord,
+    candidate_seeds,
+    check_search_with_guidance,
+    expand_condition,
+    select_candidates,
+    selection_step,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +61,8 @@ class SamplerOutput:
     camera_seed: int | None = None
     offload_seconds: float = 0.0  # host<->device copies of --offload-idle, all steps together
     loss_scale_overflows: int = 0  # half-precision backwards redone at a smaller loss scale
+    search: SearchRecord | None = None  # the candidates of a search (None: one sample)
+    compute: Compute = field(default_factory=Compute)
 
 
 @dataclass
@@ -188,6 +202,7 @@ class GuidedSampler:
         box_v: float = 1.01,
         callback_on_step_end: StepCallback | None = None,
         progress: bool = True,
+        search: SearchOptions | None = None,
     ) -> SamplerOutput:
         """Run the (guided) flow loop for one conditioning image; return latents, mesh and records.
 
@@ -195,15 +210,24 @@ class GuidedSampler:
         critic's strength is `GuidanceConfig.scale`. `callback_on_step_end(sampler, step, sigma,
         state)` is called after every step with state {"latents", "record", "displacement" (the
         guidance added at this step, float32, or None), "evaluation" (the critic's
-        RewardEvaluation at a guided step: r, the views it saw, ...; or None)}; it may return
-        {"latents": tensor} to replace the latents. Camera jitter draws from its own stream,
-        seeded by `camera_seed` or else derived from the run's generator (its state before the
-        noise is drawn): same seed → same cameras, different generators → different cameras; the
-        seed used is in `SamplerOutput.camera_seed`.
+        RewardEvaluation at a guided step: r, the views it saw, ...; or None), "candidates" (the
+        indices of the live candidates, the rows of "latents")}; it may return {"latents": tensor}
+        to replace the latents. Camera jitter draws from its own stream, seeded by `camera_seed`
+        or else derived from the run's generator (its state before the noise is drawn): same
+        seed → same cameras, different generators → different cameras; the seed used is in
+        `SamplerOutput.camera_seed`.
+
+        `search` (vlm3d_ttg.search) samples several candidates and keeps the critic's favourite;
+        with one candidate (the default) the run is exactly the plain loop. With several, the
+        callback's "record" and "evaluation" are the first live candidate's.
         """
         _check_call(image, num_inference_steps, guidance_scale, seed, generator, camera_seed)
         if output_type not in ("trimesh", "latent"):
             raise InvalidInputError(f"output_type must be 'trimesh' or 'latent', got {output_type!r}")
+        search = (search or SearchOptions()).validate()
+        check_search_with_guidance(search, self.config)
+        if search.searching and self.reward is None:
+            raise InvalidInputError("Candidate search needs a reward (critic) to choose among the candidates.")
         started = time.perf_counter()
         pipe, config, offload = self.pipeline, self.config, self.offload
         if generator is None and seed is not None:
@@ -213,50 +237,93 @@ class GuidedSampler:
         # Camera jitter draws from its own stream so guidance never shifts the sampler's noise.
         camera_generator = torch.Generator(device="cpu").manual_seed(camera_seed)
         loss_scale = LossScale.for_half_backward(self._half_backward())
-        records: list[StepRecord] = []
+        compute = Compute()
+        found: SearchRecord | None = None
         try:
-            # 1. Encode the condition; draw the initial noise.
+            # 1. Encode the condition; draw the initial noise (one row per candidate).
             offload.activate("condition")
+            tic = time.perf_counter()
             context = self.prepare(image, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale)
+            compute.add_time("condition", time.perf_counter() - tic)
             offload.activate("denoise")
-            if context.batch_size != 1 and config.enabled:
-                raise InvalidInputError("Guided sampling takes one conditioning image (or one multi-view dict) per call.")
-            latents = pipe.prepare_latents(context.batch_size, pipe.dtype, pipe.device, generator)
+            if context.batch_size != 1 and (config.enabled or search.searching):
+                raise InvalidInputError("Guided sampling and candidate search take one conditioning image (or one "
+                                        "multi-view dict) per call.")
+            if search.searching:
+                seeds = candidate_seeds(seed, generator, search.candidates)
+                latents = torch.cat([pipe.prepare_latents(1, pipe.dtype, pipe.device, torch.Generator().manual_seed(s))
+                                     for s in seeds])
+                found = SearchRecord(search, selection_step(context.sigmas, search.select_at), None,
+                                     [CandidateRecord(index=j, seed=s) for j, s in enumerate(seeds)])
+            else:
+                latents = pipe.prepare_latents(context.batch_size, pipe.dtype, pipe.device, generator)
+            select_step = found.select_step if found is not None else None
+            # The live candidates (rows of `latents`) and each one's step records.
+            alive = list(range(latents.shape[0] if found is not None else 1))
+            records_of: dict[int, list[StepRecord]] = {j: [] for j in alive}
             guided = set(guided_steps(context.sigmas, config)) if self.reward is not None else set()
+            if select_step is not None:
+                guided = {i for i in guided if i > select_step}  # the search phase is forward-only
 
             bar = tqdm(total=len(context.timesteps), desc="guided sampling" if guided else "sampling",
                        disable=not progress, leave=False)
             for i, t in enumerate(context.timesteps):
                 sigma = context.sigmas[i]
-                record = StepRecord(step=i, sigma=sigma, guided=i in guided)
+                step_records = {j: StepRecord(step=i, sigma=sigma, guided=i in guided) for j in alive}
+                record = step_records[alive[0]]
                 exact_gradient = record.guided and config.grad_mode == "xt"
 
-                # 2. The DiT's velocity (with a graph only for the exact gradient).
+                # 2. The DiT's velocity (with a graph only for the exact gradient), candidates in batches.
                 record.timings["offload"] = offload.activate("denoise")
                 tic = time.perf_counter()
                 with torch.set_grad_enabled(exact_gradient):
                     # xt: a float32 leaf, so the (loss-scaled) gradient reaches it in float32.
                     latents_in = latents.detach().float().requires_grad_(True) if exact_gradient else latents
-                    velocity = self.velocity(latents_in.to(pipe.dtype), i, context)
+                    velocity = self._batched_velocity(latents_in.to(pipe.dtype), i, context, search.batch(), compute)
                 record.timings["dit"] = time.perf_counter() - tic
+                compute.add_time("dit", record.timings["dit"])
+                for other in step_records.values():  # one batched call: every candidate's step shares it
+                    other.timings.setdefault("dit", record.timings["dit"])
+                    other.timings.setdefault("offload", record.timings["offload"])
 
                 # 3. The sampler's own step (hy3dgen's scheduler: x + (σ_next − σ)·v).
                 next_latents = pipe.scheduler.step(velocity.detach(), t, latents).prev_sample
+
+                # 3b. Search: the critic scores every candidate's x̂ (forward only); the best continue.
+                if i == select_step:
+                    offload.activate("critic")
+                    rows = self._select(found, alive, latents, velocity, sigma, compute)
+                    latents, velocity, next_latents = latents[rows], velocity[rows], next_latents[rows]
+                    alive = [alive[row] for row in rows]
+                    record = step_records[alive[0]]
 
                 # 4. Guidance: x_next = Sampler(x, σ) + d(∇r)   (paper eq. 10; guidance.guided_step)
                 displacement, evaluation = None, None
                 if record.guided:
                     record.timings["offload"] += offload.activate("critic")
-                    displacement, evaluation = self._guide(
-                        record, latents, latents_in, velocity, next_latents, sigma, camera_generator, loss_scale)
-                    if displacement is not None:
-                        next_latents = next_latents + displacement.to(next_latents.dtype)
+                    tic = time.perf_counter()
+                    moved = []
+                    for row, j in enumerate(alive):
+                        one = slice(row, row + 1) if len(alive) > 1 else slice(None)
+                        step_displacement, step_evaluation = self._guide(
+                            step_records[j], latents[one], latents_in if len(alive) == 1 else None, velocity[one],
+                            next_latents[one], sigma, camera_generator, loss_scale, compute)
+                        if step_displacement is not None:
+                            moved.append(next_latents[one] + step_displacement.to(next_latents.dtype))
+                        else:
+                            moved.append(next_latents[one])
+                        if row == 0:
+                            displacement, evaluation = step_displacement, step_evaluation
+                    next_latents = moved[0] if len(moved) == 1 else torch.cat(moved)
+                    compute.add_time("guidance", time.perf_counter() - tic)
                 latents = next_latents.detach()
-                records.append(record)
+                for j in alive:
+                    records_of[j].append(step_records[j])
 
                 # 5. The step callback (diffusers' callback_on_step_end).
                 if callback_on_step_end is not None:
-                    state = {"latents": latents, "record": record, "displacement": displacement, "evaluation": evaluation}
+                    state = {"latents": latents, "record": record, "displacement": displacement,
+                             "evaluation": evaluation, "candidates": list(alive)}
                     replaced = callback_on_step_end(self, i, sigma, state)
                     if replaced and "latents" in replaced:
                         latents = replaced["latents"]
@@ -264,25 +331,137 @@ class GuidedSampler:
                 bar.update(1)
             bar.close()
 
-            # 6. Decode the final latent to a mesh (hy3dgen's export, with its VAE next to the DiT).
-            mesh = None
-            if output_type == "trimesh":
+            # 6. Decode the final latent to a mesh (hy3dgen's export, with its VAE next to the DiT);
+            #    several live candidates: decode each, keep the one whose mesh the critic likes best.
+            mesh, winner = None, 0
+            if len(alive) > 1:
+                winner, mesh = self._select_final(found, alive, latents, output_type, compute, dict(
+                    box_v=box_v, mc_level=mc_level, num_chunks=num_chunks, octree_resolution=octree_resolution))
+            elif output_type == "trimesh":
                 offload.activate("denoise")
+                tic = time.perf_counter()
                 mesh = latents_to_mesh(pipe, latents, box_v=box_v, mc_level=mc_level, num_chunks=num_chunks,
                                        octree_resolution=octree_resolution)
+                compute.add_time("decode", time.perf_counter() - tic)
+            latents = latents[winner:winner + 1] if len(alive) > 1 else latents
+            if found is not None:
+                found.chosen = alive[winner]
+                found.candidates[alive[winner]].chosen = True
         finally:
             # Every model back where it was, also when a step raised or the user pressed Ctrl-C.
             offload.restore()
         return SamplerOutput(
             latents=latents,
             mesh=mesh,
-            records=records,
+            records=records_of[alive[winner]],
             seconds=time.perf_counter() - started,
             seed=seed,
             camera_seed=camera_seed,
             offload_seconds=offload.seconds,
             loss_scale_overflows=loss_scale.overflows,
+            search=found,
+            compute=compute,
         )
+
+    def _batched_velocity(
+        self, latents: torch.Tensor, step: int, context: SamplingContext, batch: int, compute: Compute
+    ) -> torch.Tensor:
+        """`velocity` for a batch of candidates, `batch` rows per DiT call (one row: the plain call)."""
+        rows = latents.shape[0]
+        if rows == 1:
+            compute.dit_calls += 1
+            compute.dit_rows += 2 if context.do_cfg else 1
+            return self.velocity(latents, step, context)
+        parts = []
+        for start in range(0, rows, batch):
+            chunk = latents[start:start + batch]
+            compute.dit_calls += 1
+            compute.dit_rows += chunk.shape[0] * (2 if context.do_cfg else 1)
+            parts.append(self.velocity(chunk, step, _context_for_rows(context, chunk.shape[0])))
+        return torch.cat(parts)
+
+    # ----------------------------------------------------------------- search
+    def _select(
+        self, found: SearchRecord, alive: list[int], latents: torch.Tensor, velocity: torch.Tensor, sigma: float,
+        compute: Compute,
+    ) -> list[int]:
+        """Score every live candidate's x̂ at σ_s (forward only, un-jittered cameras); return the rows
+        of the best `keep`, best first, and fill the candidates' records."""
+        tic = time.perf_counter()
+        found.select_sigma = sigma
+        with torch.no_grad():
+            clean = predicted_clean_latent(latents.float(), velocity.detach().float(), sigma)
+        scores: list[float | None] = []
+        for row, j in enumerate(alive):
+            candidate = found.candidates[j]
+            outcome = self._score_latent(clean[row:row + 1], compute)
+            if isinstance(outcome, str):
+                candidate.skipped = outcome
+                scores.append(None)
+                continue
+            candidate.r, candidate.p_yes = float(outcome.r), outcome.p_yes
+            if outcome.images is not None:
+                found.views[j] = (outcome.images[:1].clamp(0, 1) * 255).round().to(torch.uint8).cpu()
+            scores.append(candidate.r)
+        rows = select_candidates(scores, found.options.keep)
+        for row in rows:
+            found.candidates[alive[row]].kept = True
+        logger.info("search at σ=%.3f: kept candidate(s) %s of %d (r %s)", sigma, [alive[r] for r in rows],
+                    len(alive), ", ".join("n/a" if s is None else f"{s:+.3f}" for s in scores))
+        compute.add_time("selection", time.perf_counter() - tic)
+        return rows
+
+    def _select_final(
+        self, found: SearchRecord, alive: list[int], latents: torch.Tensor, output_type: str, compute: Compute,
+        export: dict[str, Any],
+    ) -> tuple[int, Any]:
+        """Decode every live candidate, score its mesh from the un-jittered cameras; return (row of
+        the best, its mesh or None for output_type 'latent')."""
+        assert self.reward is not None
+        meshes, scores = [], []
+        for row, j in enumerate(alive):
+            self.offload.activate("denoise")
+            tic = time.perf_counter()
+            mesh = latents_to_mesh(self.pipeline, latents[row:row + 1], **export)
+            compute.add_time("decode", time.perf_counter() - tic)
+            meshes.append(mesh)
+            candidate = found.candidates[j]
+            candidate.kept = candidate.kept or found.select_step is None
+            if mesh is None or not len(mesh.faces):
+                candidate.skipped = candidate.skipped or "empty_surface"
+                scores.append(None)
+                continue
+            self.offload.activate("critic")
+            tic = time.perf_counter()
+            try:
+                evaluation = self.reward.score_mesh(mesh.vertices, mesh.faces)
+            except (EmptySurfaceError, SkippedStepError) as exc:
+                logger.warning("candidate %d: its final mesh could not be scored: %s", j, exc)
+                scores.append(None)
+                continue
+            finally:
+                compute.add_time("final_selection", time.perf_counter() - tic)
+            compute.critic_forwards += 1
+            candidate.final_r, candidate.final_p_yes = float(evaluation.r), evaluation.p_yes
+            scores.append(candidate.final_r)
+        (best,) = select_candidates(scores, 1)
+        return best, meshes[best] if output_type == "trimesh" else None
+
+    def _score_latent(self, clean: torch.Tensor, compute: Compute) -> RewardEvaluation | str:
+        """The critic's forward-only verdict on a latent from the un-jittered cameras, or why it failed."""
+        assert self.reward is not None
+        score = getattr(self.reward, "score_latent", None)
+        try:
+            with torch.no_grad():
+                evaluation = score(clean) if score is not None else self.reward(clean)
+        except EmptySurfaceError:
+            return "empty_surface"
+        except SkippedStepError as exc:
+            return exc.reason
+        finally:
+            compute.critic_forwards += 1
+        evaluation.r = evaluation.r.detach()
+        return evaluation
 
     # ----------------------------------------------------------------- precision
     def _half_backward(self) -> bool:
@@ -303,6 +482,7 @@ class GuidedSampler:
         sigma: float,
         camera_generator: torch.Generator,
         loss_scale: LossScale,
+        compute: Compute,
     ) -> tuple[torch.Tensor | None, RewardEvaluation | None]:
         """Ask the critic at x̂ and build this step's displacement (summed over inner steps); fill the
         record, or mark the step skipped. Returns (displacement or None, the first evaluation)."""
@@ -320,7 +500,8 @@ class GuidedSampler:
         total = torch.zeros_like(clean, dtype=torch.float32)
         first = None
         for inner in range(config.inner_steps):
-            outcome = self._reward_gradient(clean + total if inner else clean, target, camera_generator, loss_scale)
+            outcome = self._reward_gradient(clean + total if inner else clean, target, camera_generator, loss_scale,
+                                            compute)
             if isinstance(outcome, str):
                 record.skipped = outcome
                 break
@@ -355,12 +536,15 @@ class GuidedSampler:
         return total.detach(), first
 
     def _reward_gradient(
-        self, clean: torch.Tensor, target: torch.Tensor, camera_generator: torch.Generator, loss_scale: LossScale
+        self, clean: torch.Tensor, target: torch.Tensor, camera_generator: torch.Generator, loss_scale: LossScale,
+        compute: Compute,
     ) -> tuple[RewardEvaluation, torch.Tensor] | str:
         """(the critic's evaluation at `clean`, ∇_target r in float32), or the reason the step is skipped."""
         try:
+            compute.critic_forwards += 1
             evaluation = self.reward(clean, generator=camera_generator)
             tic = time.perf_counter()
+            compute.critic_backwards += 1
             gradient = loss_scale.gradient(evaluation.r, target)
             evaluation.timings["backward"] = time.perf_counter() - tic
             # Drop the reward's graph now (the loss scale kept it for retries): the critic's saved
@@ -401,6 +585,17 @@ def _check_call(image: Any, steps: Any, guidance_scale: Any, seed: Any, generato
             raise InvalidInputError(f"{name} must be an integer in [0, 2^64) or None, got {value!r}")
     if generator is not None and not isinstance(generator, torch.Generator):
         raise InvalidInputError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+
+
+def _context_for_rows(context: SamplingContext, rows: int) -> SamplingContext:
+    """The context of one conditioning image, repeated for a DiT call on `rows` candidates."""
+    embedding = context.guidance_embedding
+    return dataclasses.replace(
+        context,
+        cond=expand_condition(context.cond, rows, context.do_cfg),
+        guidance_embedding=embedding.repeat_interleave(rows, 0) if embedding is not None else None,
+        batch_size=rows,
+    )
 
 
 def _progress_postfix(record: StepRecord) -> dict[str, str]:

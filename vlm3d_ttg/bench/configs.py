@@ -12,9 +12,16 @@ with the same seeds (offset 0), so per-item differences are paired. Named preset
 | single_view   | the paper's single-view ablation (the critic sees one view)                         |
 | guided_reference | dual query, the critic sees the conditioning image first (--critic-reference)    |
 | base_seed2    | base again with the seed + 1: the seed-vs-seed noise floor of every metric          |
+| best_of_n     | unguided best-of-N on the final meshes, N set so its compute equals `guided`'s        |
+| search_guided | N candidates, the critic keeps the best at σ_s = 0.3, then guided (N: equal compute, ≥ 2) |
+
+Compute is real-size TFLOP (vlm3d_ttg.search.compute_tflop): the counted DiT rows, critic
+forwards and backwards priced with benchmarks/cost_model.py's unit costs, so configurations are
+compared by what they would cost with the real models whatever models the benchmark runs.
 
 Custom configurations come from a JSON file `{"name": {GuidanceConfig field: value, ...}}`;
-fields not given take the run's guidance options. `"seed_offset"` is accepted too.
+fields not given take the run's guidance options. `"seed_offset"` is accepted too, and
+`"search": {SearchOptions field: value}` (e.g. `{"candidates": 4, "select_at": 0.5}`).
 """
 
 from __future__ import annotations
@@ -29,10 +36,12 @@ from typing import Any
 
 from ..errors import InvalidInputError
 from ..guidance import GuidanceConfig
+from ..search import SearchOptions, equal_compute_candidates
 
 BASE = "base"
 NOISE_FLOOR = "base_seed2"
-PRESET_NAMES = ("base", "guided", "content_only", "geometry_only", "single_view", "guided_reference", NOISE_FLOOR)
+PRESET_NAMES = ("base", "guided", "content_only", "geometry_only", "single_view", "guided_reference", NOISE_FLOOR, "best_of_n", "search_guided")
+SEARCH_SELECT_AT = 0.3  # search_guided's σ_s
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -44,6 +53,7 @@ class BenchConfig:
     guidance: GuidanceConfig
     seed_offset: int = 0
     description: str = ""
+    search: SearchOptions = dataclasses.field(default_factory=SearchOptions)
 
     @property
     def guided(self) -> bool:
@@ -52,13 +62,27 @@ class BenchConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready description (for records and results)."""
-        return {"name": self.name, "seed_offset": self.seed_offset, "description": self.description,
-                "guidance": self.guidance.to_dict()}
+        described = {"name": self.name, "seed_offset": self.seed_offset, "description": self.description,
+                     "guidance": self.guidance.to_dict()}
+        if self.search.searching:  # absent otherwise, so results cached before search keep their fingerprint
+            described["search"] = self.search.to_dict()
+        return described
 
 
-def preset_config(name: str, guidance: GuidanceConfig) -> BenchConfig:
-    """The named preset (see the module docstring) built on the run's guidance options."""
+def preset_config(name: str, guidance: GuidanceConfig, *, steps: int = 50) -> BenchConfig:
+    """The named preset (see the module docstring) built on the run's guidance options (`steps`:
+    the run's sampler steps, which set the equal-compute N of the search presets)."""
     replace = dataclasses.replace
+    if name in ("best_of_n", "search_guided"):
+        guided = replace(guidance, enabled=True, query="dual")
+        if name == "best_of_n":
+            config, search = replace(guidance, enabled=False), SearchOptions(candidates=2)
+        else:
+            config, search = guided, SearchOptions(candidates=2, select_at=SEARCH_SELECT_AT)
+        n = equal_compute_candidates(steps, guided, search, config)
+        search = replace(search, candidates=n).validate()
+        what = ("unguided, best final mesh of" if name == "best_of_n" else f"select at σ={SEARCH_SELECT_AT:g} among")
+        return BenchConfig(name, config, 0, f"{what} {n} candidates (compute ≈ guided)", search)
     if name == "base":
         return BenchConfig(name, replace(guidance, enabled=False), 0, "no guidance")
     if name == "guided":
@@ -97,6 +121,7 @@ def load_config_file(path: str | os.PathLike, guidance: GuidanceConfig) -> dict[
             raise InvalidInputError(f"--config-file: configuration '{name}' must map to an object of GuidanceConfig fields.")
         overrides = dict(overrides)
         seed_offset = overrides.pop("seed_offset", 0)
+        search_fields = overrides.pop("search", {})
         description = str(overrides.pop("description", ""))
         unknown = sorted(set(overrides) - fields)
         if unknown:
@@ -110,12 +135,21 @@ def load_config_file(path: str | os.PathLike, guidance: GuidanceConfig) -> dict[
             config.validate()
         except InvalidInputError as exc:
             raise InvalidInputError(f"--config-file: configuration '{name}': {exc}") from None
-        configs[name] = BenchConfig(name, config, seed_offset, description or "custom")
+        if not isinstance(search_fields, dict):
+            raise InvalidInputError(f"--config-file: 'search' of '{name}' must be an object of SearchOptions fields.")
+        try:
+            search = SearchOptions(**search_fields).validate()
+        except TypeError as exc:
+            raise InvalidInputError(f"--config-file: configuration '{name}': search: {exc}") from None
+        except InvalidInputError as exc:
+            raise InvalidInputError(f"--config-file: configuration '{name}': {exc}") from None
+        configs[name] = BenchConfig(name, config, seed_offset, description or "custom", search)
     return configs
 
 
 def resolve_configs(
-    names: list[str], guidance: GuidanceConfig, *, noise_floor: bool = False, custom: dict[str, BenchConfig] | None = None
+    names: list[str], guidance: GuidanceConfig, *, noise_floor: bool = False, custom: dict[str, BenchConfig] | None = None,
+    steps: int = 50,
 ) -> list[BenchConfig]:
     """The configurations to run, base first (added if missing), then `names` in order, then the noise floor."""
     custom = custom or {}
@@ -126,7 +160,7 @@ def resolve_configs(
         raise InvalidInputError(f"Configuration names repeat: {names}")
     configs = []
     for name in ordered:
-        config = custom[name] if name in custom else preset_config(name, guidance)
+        config = custom[name] if name in custom else preset_config(name, guidance, steps=steps)
         config.guidance.validate()
         configs.append(config)
     if custom.get(BASE) is not None and custom[BASE].guided:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import json
 import logging
 import os
 import shutil
@@ -164,7 +165,7 @@ def generate_one(
     staging.mkdir()
     started = time.perf_counter()
     seed = item.seed_for(settings.seed) + config.seed_offset
-    status, final_r, final_p_yes, faces, error = "ok", None, None, 0, None
+    status, final_r, final_p_yes, faces, error, compute = "ok", None, None, 0, None, None
     mesh_path: Path | None = staging / MESH_FILE
     try:
         try:
@@ -180,8 +181,10 @@ def generate_one(
                 keep_views="summary" if config.guided else "none",
                 plot_path=staging / "r.png" if config.guided else None,
                 progress=False,
+                search=config.search,
             )
             final_r, final_p_yes, faces = result.final_r, result.final_p_yes, result.faces
+            compute = json.loads((staging / MANIFEST_FILE).read_text(encoding="utf-8")).get("compute")
         except EmptySurfaceError as exc:
             status, error, mesh_path = "empty", str(exc), None
             logger.warning("%s/%s: the final shape is empty (counted as a failure in every metric)", item.id, config.name)
@@ -206,6 +209,7 @@ def generate_one(
             "final_p_yes": final_p_yes,
             "final_r_reference": final_r_reference,
             "faces": faces,
+            "compute": compute,  # the run's counted work (vlm3d_ttg.search.Compute)
             "seconds": time.perf_counter() - started,
             "fingerprint": fingerprint,
         }

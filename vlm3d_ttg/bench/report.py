@@ -31,6 +31,7 @@ import numpy as np
 
 from ..errors import Vlm3dError
 from ..io import atomic_path, write_text_atomic
+from ..search import compute_tflop
 from ..metrics import (
     bootstrap_ci,
     frechet_difference_with_ci,
@@ -72,6 +73,7 @@ class ConfigData:
     judge_first: np.ndarray | None = None  # z_A − z_B with this configuration as A
     judge_second: np.ndarray | None = None  # with base as A
     r_curves: list[list[tuple[float, float]]] = field(default_factory=list)  # per item: (σ, r) at guided steps
+    compute_tflop: np.ndarray | None = None  # per item: real-size TFLOP of its counted work (vlm3d_ttg.search)
 
 
 @dataclass
@@ -106,7 +108,7 @@ def collect(bench: BenchSet, configs: list[BenchConfig], paths: RunPaths) -> Col
     arrays: dict[str, dict[str, Any]] = {
         name: {"clip_d": nan(), "geometry": nan(), "final_r": nan(), "final_r_own": nan(), "empty": np.zeros(n, bool),
                "components": {c: nan() for c in COMPONENT_NAMES}, "inception": [], "clip": [], "j1": nan(), "j2": nan(),
-               "curves": []}
+               "curves": [], "tflop": nan()}
         for name in names
     }
     ref_inception, ref_clip = [], []
@@ -119,6 +121,8 @@ def collect(bench: BenchSet, configs: list[BenchConfig], paths: RunPaths) -> Col
                 raise IncompleteRunError(f"{item.id}/{name}: not generated, or its evaluation is outdated; run the benchmark again to complete it.")
             entry, a = evaluation["configs"][name], arrays[name]
             a["empty"][i] = record["status"] != "ok"
+            if record.get("compute"):
+                a["tflop"][i] = compute_tflop(record["compute"])
             if "clip_d" in entry:
                 a["clip_d"][i] = entry["clip_d"]
             if entry.get("geometry") is not None:
@@ -156,6 +160,7 @@ def collect(bench: BenchSet, configs: list[BenchConfig], paths: RunPaths) -> Col
             clip_d=a["clip_d"], geometry=a["geometry"], components=a["components"], final_r=a["final_r"],
             final_r_own=a["final_r_own"], empty=a["empty"], inception=stack(a["inception"]), clip_features=stack(a["clip"]),
             judge_first=a["j1"] if judged else None, judge_second=a["j2"] if judged else None, r_curves=a["curves"],
+            compute_tflop=a["tflop"],
         )
     run_file = paths.root / "run.json"
     run = json.loads(run_file.read_text()) if run_file.is_file() else {}
@@ -199,6 +204,8 @@ def summarize(collected: Collected, *, n_resamples: int = 1000, confidence: floa
             "final_r": _ci_dict(d.final_r, n_resamples, confidence, s + 2),
             "final_r_own_query": _ci_dict(d.final_r_own, n_resamples, confidence, s + 3),
             "fid": None, "clip_fid": None, "kid": None, "judge": None,
+            "compute_tflop": (float(np.nanmean(d.compute_tflop))
+                              if d.compute_tflop is not None and np.isfinite(d.compute_tflop).any() else None),
         }
         if n >= 2 and d.inception is not None and collected.reference_inception is not None:
             row["fid"] = frechet_distance_with_ci(d.inception, collected.reference_inception, paired=True,
@@ -392,8 +399,13 @@ def markdown_report(summary: dict[str, Any], *, figure_name: str | None = None) 
         f"Cells: value [{confidence:.0%} bootstrap CI over items]. N = items per configuration (FID/KID: N generated "
         "front views vs the N input images). ↓ lower is better, ↑ higher is better.",
         "",
-        "| config | N | CLIP-D ↓ | FID ↓ | CLIP-FID ↓ | KID ↓ | Geo ↓ | judge win vs base ↑ (W/T/L) | final r ↑ |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "Compute: mean real-size TFLOP per item (the run's counted DiT rows, critic forwards and backwards "
+        "priced with benchmarks/cost_model.py; vlm3d_ttg.search.compute_tflop), so configurations compare at "
+        "what they would cost with the real models.",
+        "",
+        "| config | N | CLIP-D ↓ | FID ↓ | CLIP-FID ↓ | KID ↓ | Geo ↓ | judge win vs base ↑ (W/T/L) | final r ↑ "
+        "| compute TFLOP/item |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for config in summary["configs"]:
         name = config["name"]
@@ -401,7 +413,8 @@ def markdown_report(summary: dict[str, Any], *, figure_name: str | None = None) 
         empty = f" ({m['n_empty']} empty)" if m["n_empty"] else ""
         lines.append(
             f"| {name} | {m['n_items']}{empty} | {_cell(m['clip_d'])} | {_cell(m['fid'])} | {_cell(m['clip_fid'])} | "
-            f"{_cell(m['kid'])} | {_cell(m['geometry'])} | {_judge_cell(m['judge'], summary.get('judge_calibration'))} | {_cell(m['final_r'])} |"
+            f"{_cell(m['kid'])} | {_cell(m['geometry'])} | {_judge_cell(m['judge'], summary.get('judge_calibration'))} | {_cell(m['final_r'])} | "
+            f"{_fmt(m.get('compute_tflop'), spec='.0f') if m.get('compute_tflop') is not None else '—'} |"
         )
     if paired:
         lines += [

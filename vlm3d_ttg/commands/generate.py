@@ -67,6 +67,10 @@ def _generate(
     guidance = from_values(GuidanceConfig, options).validate()
     postprocess = from_values(PostprocessConfig, options).validate()
     run_options = from_values(GenerationOptions, options).validate()
+    from ..search import SearchOptions, check_search_with_guidance
+
+    search = from_values(SearchOptions, options).validate()
+    check_search_with_guidance(search, guidance)
     if run_options.octree_resolution is None:
         run_options = dataclasses.replace(run_options, octree_resolution=128 if preset == Preset.tiny else 384)
     check_writable(out)
@@ -155,6 +159,7 @@ def _generate(
         keep_views=keep_views,
         plot_path=plot_path,
         progress=not quiet,
+        search=search,
     )
     _print_summary(result, guidance, time.perf_counter() - started)
 
@@ -166,9 +171,11 @@ def _derived_signature() -> inspect.Signature:
     from ..generation import GenerationOptions
     from ..guidance import GuidanceConfig
     from ..options import typer_parameters
+    from ..search import SearchOptions
 
     own = [p for p in inspect.signature(_generate, eval_str=True).parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
-    derived = [*typer_parameters(GenerationOptions), *typer_parameters(PostprocessConfig), *typer_parameters(GuidanceConfig)]
+    derived = [*typer_parameters(GenerationOptions), *typer_parameters(PostprocessConfig), *typer_parameters(GuidanceConfig),
+               *typer_parameters(SearchOptions)]
     return inspect.Signature(own + derived)
 
 
@@ -200,6 +207,11 @@ def _print_summary(result, guidance, seconds: float) -> None:
         typer.echo("guidance  off (--no-guidance)")
     else:
         typer.echo(f"guidance  on, but no step of this run fell in the σ window {guidance.sigma_window}: nothing was guided")
+    if result.search is not None:
+        chosen = result.search.candidates[result.search.chosen]
+        where = "final meshes" if result.search.select_step is None else f"σ={result.search.select_sigma:.2f}"
+        typer.echo(f"search    {len(result.search.candidates)} candidates, selected at {where}: "
+                   f"kept #{chosen.index} (seed {chosen.seed})")
     if result.final_r is not None:
         typer.echo(f"critic    final r = {result.final_r:+.3f}  P(yes) = {result.final_p_yes:.3f}")
     typer.echo(f"time      {seconds:.1f} s")

@@ -1,0 +1,307 @@
+"""Candidate search: sample N seeds together, let the critic pick the best early, guide the survivor.
+
+Best-of-N / noise search (Ma et al. 2025, "inference-time scaling for diffusion models") spends the
+critic on forward passes only: N candidates from seeds derived from the run's seed run through the
+DiT as one batch up to σ_s; there each candidate's predicted clean latent x̂ is scored with the
+critic from the un-jittered cameras (no graph kept), and the best k continue (with or without
+guidance, per GuidanceConfig). σ_s = 1 skips the early selection: every candidate runs to the
+end, and the exported meshes are scored (plain best-of-N).
+
+What comes out when k > 1: one mesh. The k survivors all run to the end and the one whose
+exported mesh scores best is the output: the final mesh is what users get and what the critic
+judges most reliably (r of an early x̂ correlates only partly with the final r; RESULTS.md), so
+k > 1 buys a second, better-informed selection among the early favourites. σ_s = 1 is the same
+rule with k = N.
+
+Guidance and the search phase: steps before the selection step are not guided (the search is
+forward-only); with σ_s = 1 there is no search phase and every candidate is guided.
+
+This module holds the options (declared once, for the CLI and the benchmark), the pure
+selection rules and the records; the loop itself is in `vlm3d_ttg.sampler`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import secrets
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+
+from .errors import InvalidInputError
+from .options import name_the_flag, option
+
+FINAL = 1.0  # select_at = 1: select among the finished meshes
+
+
+@dataclass
+class SearchOptions:
+    """How many candidates a run samples, where the critic chooses among them, and how many survive."""
+
+    candidates: int = option(1, "Candidates sampled together from seeds derived from --seed (best-of-N search); "
+                                "1: one sample, exactly the plain sampler.")
+    select_at: float = option(1.0, "σ at which the critic scores each candidate's predicted clean shape (forward "
+                                   "only) and the best --keep continue; 1: run all to the end, keep the best mesh.")
+    keep: int = option(1, "Candidates that survive the selection at --select-at; with more than one, all run to "
+                          "the end and the best final mesh is the output.")
+    candidate_batch: int = option(0, "Candidates per DiT batch (0: all at once); lower it to fit GPU memory.")
+
+    def validate(self) -> "SearchOptions":
+        """Raise InvalidInputError naming the first bad field and what it accepts; return self."""
+
+        def bad(msg: str) -> None:
+            raise InvalidInputError(f"Invalid search option: {name_the_flag(SearchOptions, msg)}")
+
+        def integer(name: str) -> int:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                bad(f"{name} must be an integer, got {value!r}")
+            return value
+
+        if integer("candidates") < 1:
+            bad(f"candidates must be ≥ 1 (1 is the plain sampler), got {self.candidates}")
+        value = self.select_at
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            bad(f"select_at must be a number in (0, 1], got {value!r}")
+        if not 0.0 < value <= 1.0:
+            bad(f"select_at must be in (0, 1] (σ: 0 noise → 1 data; 1 selects among the final meshes), got {value}")
+        if integer("keep") < 1:
+            bad(f"keep must be ≥ 1, got {self.keep}")
+        if self.keep > self.candidates:
+            bad(f"keep must be ≤ candidates ({self.candidates}), got {self.keep}")
+        if integer("candidate_batch") < 0:
+            bad(f"candidate_batch must be ≥ 0 (0: all candidates in one batch), got {self.candidate_batch}")
+        if self.candidates == 1 and self.select_at != FINAL:
+            bad(f"select_at ({self.select_at}) chooses among candidates; give candidates > 1 too")
+        if self.candidates > 1 and self.select_at < FINAL and self.keep == self.candidates:
+            bad(f"keep must be < candidates when select_at < 1 (keeping all {self.candidates} selects nothing; "
+                "use select_at 1 for best-of-N on the final meshes)")
+        if self.select_at == FINAL and self.keep != 1:
+            bad(f"keep ({self.keep}) applies to the selection at select_at < 1; with select_at 1 the best final "
+                "mesh is kept")
+        return self
+
+    @property
+    def searching(self) -> bool:
+        """True when the run samples more than one candidate."""
+        return self.candidates > 1
+
+    def batch(self) -> int:
+        """Candidates per DiT call."""
+        return self.candidate_batch or self.candidates
+
+    def to_dict(self) -> dict:
+        """A JSON-ready copy (for manifests)."""
+        return dataclasses.asdict(self)
+
+
+def check_search_with_guidance(search: SearchOptions, guidance: Any) -> None:
+    """Refuse search combined with guidance options it cannot serve (before any model loads)."""
+    if not search.searching:
+        return
+    several_guided = search.keep > 1 or search.select_at == FINAL
+    if several_guided and guidance.enabled and guidance.scale > 0 and guidance.grad_mode == "xt":
+        raise InvalidInputError(
+            "grad_mode xt (--grad-mode) differentiates through one DiT call per guided sample; it cannot guide "
+            "several candidates at once (--keep > 1 or --select-at 1). Use --grad-mode x0 or --keep 1 with "
+            "--select-at below 1.")
+
+
+def candidate_seeds(seed: int | None, generator: torch.Generator | None, count: int) -> list[int]:
+    """The noise seeds of `count` candidates: the run's seed first (candidate 0 starts from the
+    plain run's noise), then seeds hashed from it, so the same --seed gives the same candidates.
+    Without a seed they are hashed from the generator's state (or fresh randomness)."""
+    if seed is None:
+        if generator is None:
+            root = secrets.token_bytes(16)
+        else:
+            root = generator.get_state().cpu().numpy().tobytes()
+        first = None
+    else:
+        root, first = int(seed).to_bytes(8, "little"), int(seed)
+    seeds: list[int] = [] if first is None else [first]
+    index = len(seeds)
+    while len(seeds) < count:
+        digest = hashlib.sha256(b"vlm3d-ttg candidate\0" + root + index.to_bytes(4, "little")).digest()
+        seeds.append(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+        index += 1
+    return seeds
+
+
+def selection_step(sigmas: Sequence[float], select_at: float) -> int | None:
+    """The step at which candidates are scored: the first whose σ is ≥ `select_at` (its x̂ is the
+    prediction from there), or None for select_at = 1 (selection among the final meshes)."""
+    if select_at >= FINAL:
+        return None
+    for index, sigma in enumerate(sigmas):
+        if sigma >= select_at:
+            return index
+    return len(sigmas) - 1
+
+
+def select_candidates(scores: Sequence[float | None], keep: int) -> list[int]:
+    """Indices of the `keep` best scores, best first; unscored (None or NaN) rank last; ties go to
+    the lower index, so the choice is deterministic."""
+    if keep < 1:
+        raise InvalidInputError(f"keep must be ≥ 1, got {keep}")
+
+    def key(index: int) -> tuple[int, float, int]:
+        score = scores[index]
+        if score is None or not math.isfinite(score):
+            return (1, 0.0, index)
+        return (0, -score, index)
+
+    return sorted(range(len(scores)), key=key)[:keep]
+
+
+@dataclass
+class CandidateRecord:
+    """One candidate of a search: its seed, the critic's verdicts, and whether it survived."""
+
+    index: int
+    seed: int
+    r: float | None = None  # at the selection step (None: not scored there, or scoring failed)
+    p_yes: float | None = None
+    skipped: str | None = None  # why scoring at σ_s failed (e.g. empty_surface): ranked last
+    kept: bool = False  # survived the selection at σ_s (all do when select_at = 1)
+    final_r: float | None = None  # its exported mesh's r (when several ran to the end)
+    final_p_yes: float | None = None
+    chosen: bool = False  # the run's output
+
+    def to_dict(self) -> dict:
+        """A JSON-ready copy."""
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class SearchRecord:
+    """What a search did: where it selected and what became of every candidate."""
+
+    options: SearchOptions
+    select_step: int | None
+    select_sigma: float | None
+    candidates: list[CandidateRecord]
+    chosen: int | None = None
+    views: dict[int, torch.Tensor] = field(default_factory=dict)  # candidate → uint8 view 0 at σ_s (not in JSON)
+
+    def to_dict(self) -> dict:
+        """A JSON-ready copy (without the views)."""
+        return {"options": self.options.to_dict(), "select_step": self.select_step, "select_sigma": self.select_sigma,
+                "chosen": self.chosen, "candidates": [c.to_dict() for c in self.candidates]}
+
+
+@dataclass
+class Compute:
+    """The work a run did, counted as it happens (the manifest's "compute").
+
+    dit_rows counts latent rows through the DiT (a CFG call on B candidates is 2B rows); critic
+    forwards/backwards count calls of the critic on one candidate's views (a backward redone at a
+    smaller loss scale is in `precision.loss_scale_overflows`, not here). Seconds are wall time by phase.
+    """
+
+    dit_calls: int = 0
+    dit_rows: int = 0
+    critic_forwards: int = 0
+    critic_backwards: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def add_time(self, phase: str, seconds: float) -> None:
+        """Add `seconds` to a phase's wall time."""
+        self.seconds[phase] = self.seconds.get(phase, 0.0) + seconds
+
+    def to_dict(self) -> dict:
+        """A JSON-ready copy."""
+        return dataclasses.asdict(self)
+
+
+def expand_condition(cond: Any, rows: int, do_cfg: bool) -> Any:
+    """The conditioning of one image repeated for `rows` latents, kept in hy3dgen's [cond…, uncond…]
+    order when classifier-free guidance doubles the batch."""
+    if isinstance(cond, torch.Tensor):
+        if do_cfg:
+            positive, negative = cond.chunk(2)
+            return torch.cat([positive.repeat_interleave(rows, 0), negative.repeat_interleave(rows, 0)])
+        return cond.repeat_interleave(rows, 0)
+    if isinstance(cond, dict):
+        return {key: expand_condition(value, rows, do_cfg) for key, value in cond.items()}
+    return cond
+
+
+__all__ = ["REAL_SIZE_COST", "CandidateRecord", "Compute", "CostWeights", "SearchOptions", "SearchRecord", "candidate_seeds",
+           "compute_tflop", "equal_compute_candidates", "planned_compute",
+           "check_search_with_guidance", "expand_condition", "select_candidates", "selection_step"]
+
+
+# ----------------------------------------------------------------- compute: what a run costs
+@dataclass(frozen=True)
+class CostWeights:
+    """Real-size TFLOP of one unit of each kind of counted work (Hunyuan3D-2 + Qwen2.5-VL-7B at the
+    default knobs: 4 views × 448², 64³ guidance grid). From benchmarks/cost_model.py
+    (`unit_costs`); tests/test_search.py keeps the two in step.
+
+    dit_row: one latent row through the DiT (a CFG call on one candidate is 2 rows).
+    critic_forward: decode + grid + vertex query + render + critic forward (a forward-only score).
+    critic_backward: what a guided step adds to its forward (ShapeVAE and vertex backward, the
+    critic's input backward).
+    """
+
+    dit_row: float = 9.245
+    critic_forward: float = 27.352
+    critic_backward: float = 29.609
+
+
+REAL_SIZE_COST = CostWeights()
+
+
+def compute_tflop(compute: Compute | dict, weights: CostWeights = REAL_SIZE_COST) -> float:
+    """A run's counted work in real-size TFLOP: what the same counts cost with the real models.
+
+    This is the benchmark's compute unit: on the tiny models it compares configurations by the
+    work they would cost for real, not by the tiny models' CPU seconds.
+    """
+    counts = compute.to_dict() if isinstance(compute, Compute) else compute
+    return (counts["dit_rows"] * weights.dit_row + counts["critic_forwards"] * weights.critic_forward
+            + counts["critic_backwards"] * weights.critic_backward)
+
+
+def planned_compute(steps: int, guidance: Any, search: SearchOptions, *, cfg: bool = True) -> Compute:
+    """The counts a `vlm3d-ttg generate` run will spend (no skipped step; the final mesh scored once
+    more after export). `cfg`: the shape model runs classifier-free guidance (2 rows per latent)."""
+    from .guidance import guided_steps
+
+    sigmas = [index / (steps - 1) for index in range(steps)] + [1.0]
+    rows_per = 2 if cfg else 1
+    select = selection_step(sigmas, search.select_at) if search.searching else None
+    guided = guided_steps(sigmas, guidance)
+    if select is None:
+        finishers = search.candidates
+        rows = finishers * rows_per * steps
+        forwards = 0
+    else:
+        finishers = search.keep
+        rows = search.candidates * rows_per * (select + 1) + finishers * rows_per * (steps - select - 1)
+        forwards = search.candidates
+        guided = [i for i in guided if i > select]
+    backwards = finishers * len(guided) * guidance.inner_steps
+    forwards += backwards + (finishers if finishers > 1 else 0) + 1
+    calls_per_step = 1 if not search.searching else math.ceil(search.candidates / search.batch())
+    calls = calls_per_step * steps if select is None else calls_per_step * (select + 1) + (
+        math.ceil(finishers / search.batch()) if finishers > 1 else 1) * (steps - select - 1)
+    return Compute(dit_calls=calls, dit_rows=rows, critic_forwards=forwards, critic_backwards=backwards)
+
+
+def equal_compute_candidates(steps: int, reference: Any, search: SearchOptions, guidance: Any,
+                             weights: CostWeights = REAL_SIZE_COST, *, minimum: int = 2) -> int:
+    """The number of candidates for which a search (`search` with `guidance`) costs closest to a run
+    with `reference` guidance and one candidate (at least `minimum`), in real-size TFLOP."""
+    target = compute_tflop(planned_compute(steps, reference, SearchOptions()), weights)
+    best, best_gap = minimum, math.inf
+    for count in range(minimum, 257):
+        trial = dataclasses.replace(search, candidates=count, keep=min(search.keep, count - 1) if search.select_at < FINAL else 1)
+        gap = abs(compute_tflop(planned_compute(steps, guidance, trial), weights) - target)
+        if gap < best_gap:
+            best, best_gap = count, gap
+    return best
