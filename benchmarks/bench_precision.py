@@ -85,13 +85,14 @@ def guided_run(
     octree_resolution: int = 96,
     forced_latents: dict[int, torch.Tensor] | None = None,
     perturb_noise: bool = False,
+    device: str | torch.device = "cpu",
 ) -> PrecisionRun:
     """The tiny guided run on the CPU with the given dtypes; collects each guided step's displacement
     and the latents after every step. `forced_latents` (step → latents) replaces the latents after
     each step (teacher forcing); `perturb_noise` rounds the initial noise to float16."""
     ref = ensure_tiny_shape_model(cache_dir)
-    pipeline = load_shape_pipeline(ref.repo_id, ref.subfolder, models_dir=ref.models_dir, device="cpu", dtype=shape_dtype)
-    model, processor = load_vlm(ensure_tiny_vlm(cache_dir), device="cpu", dtype=critic_dtype)
+    pipeline = load_shape_pipeline(ref.repo_id, ref.subfolder, models_dir=ref.models_dir, device=device, dtype=shape_dtype)
+    model, processor = load_vlm(ensure_tiny_vlm(cache_dir), device=device, dtype=critic_dtype)
     critic = VLMCritic(model, processor, PROMPT, config.query)
     reward = VLMReward.from_config(pipeline.vae, critic, config)
     recording = RecordingReward(reward)
@@ -146,10 +147,11 @@ def sensitivity_table(reference: PrecisionRun, forced: PrecisionRun, *, seed: in
         clean, cameras = reference.reward_inputs[step]
         moved = (forced.reward_inputs[step][0] - clean).norm() / clean.norm()
         gradient = reward_gradient(reference.reward, clean, cameras)
-        direction = torch.randn(clean.shape, generator=noise)
+        direction = torch.randn(clean.shape, generator=noise).to(clean.device)
         perturbed = clean + direction / direction.norm() * moved * clean.norm()
         fp32_moved = cos(gradient, reward_gradient(reference.reward, perturbed, cameras))
-        other_cameras = reference.reward_inputs[steps[(index + 1) % len(steps)]][1]
+        other_cameras = (reference.reward_inputs[steps[(index + 1) % len(steps)]][1] if len(steps) > 1
+                         else torch.Generator().manual_seed(seed + 1).get_state())  # one step: a fresh draw
         cameras_cos = cos(gradient, reward_gradient(reference.reward, clean, other_cameras))
         half = cos(forced.displacements[step], reference.displacements[step])
         for key, value in (("half", half), ("fp32_moved", fp32_moved), ("cameras", cameras_cos)):
@@ -169,7 +171,8 @@ def sensitivity_table(reference: PrecisionRun, forced: PrecisionRun, *, seed: in
     ]
 
 
-def gradient_path_table(reference: PrecisionRun, *, config: GuidanceConfig, cache_dir: str | None = None) -> list[str]:
+def gradient_path_table(reference: PrecisionRun, *, config: GuidanceConfig, cache_dir: str | None = None,
+                        device: str | torch.device = "cpu") -> list[str]:
     """∇r at the float32 run's latents after each guided step, for each precision of the gradient
     path, against float32: the measurement behind the policy in `vlm3d_ttg/precision.py`."""
     from vlm3d_ttg.precision import LossScale
@@ -178,8 +181,8 @@ def gradient_path_table(reference: PrecisionRun, *, config: GuidanceConfig, cach
     vlm_path = ensure_tiny_vlm(cache_dir)
 
     def reward_for(shape_dtype, critic_dtype, *, half_decode=False):
-        pipeline = load_shape_pipeline(ref.repo_id, ref.subfolder, models_dir=ref.models_dir, device="cpu", dtype=shape_dtype)
-        model, processor = load_vlm(vlm_path, device="cpu", dtype=critic_dtype)
+        pipeline = load_shape_pipeline(ref.repo_id, ref.subfolder, models_dir=ref.models_dir, device=device, dtype=shape_dtype)
+        model, processor = load_vlm(vlm_path, device=device, dtype=critic_dtype)
         reward = VLMReward.from_config(pipeline.vae, VLMCritic(model, processor, PROMPT, config.query), config)
         if half_decode:  # what the code did before the policy: decode with the float16 VAE itself
             reward.decode_vae, reward.decode_dtype = pipeline.vae, torch.float16
