@@ -233,3 +233,50 @@ def test_cost_weights_follow_the_cost_model_and_best_of_n_matches_guided_compute
         costs = [compute_tflop(planned_compute(steps, GuidanceConfig(enabled=False), SearchOptions(candidates=m)))
                  for m in (n - 1, n, n + 1)]
         assert abs(costs[1] - target) <= min(abs(costs[0] - target), abs(costs[2] - target))
+
+
+class CameraDependentReward:
+    """r = Σ w·tanh(x̂)·u with u drawn from the camera stream: nonlinear in the latent and consuming
+    the camera generator the way the renderer's jitter does."""
+
+    def __call__(self, latent, *, generator=None):
+        u = torch.rand((), generator=generator) + 0.5
+        r = (WEIGHTS.to(latent.dtype) * torch.tanh(latent)).sum() * u
+        return RewardEvaluation(r=r, p_yes=float(torch.sigmoid(r.detach())))
+
+
+def plain_guided_loop(pipeline, reward, config, image, *, steps: int, seed: int, camera_seed: int) -> torch.Tensor:
+    """The guided loop written out from its public parts (paper eq. 10 at each guided step, x0 mode):
+    what the sampler with one candidate must equal bit for bit."""
+    from vlm3d_ttg.guidance import guided_step, guided_steps, predicted_clean_latent
+
+    parts = GuidedSampler(pipeline, reward, config)  # only its conditioning and velocity
+    context = parts.prepare(image, num_inference_steps=steps, guidance_scale=5.0)
+    latents = pipeline.prepare_latents(1, pipeline.dtype, pipeline.device, torch.Generator().manual_seed(seed))
+    cameras = torch.Generator().manual_seed(camera_seed)
+    guided = set(guided_steps(context.sigmas, config))
+    for i, t in enumerate(context.timesteps):
+        sigma = context.sigmas[i]
+        velocity = parts.velocity(latents, i, context)
+        sampler_next = pipeline.scheduler.step(velocity, t, latents).prev_sample
+        if i in guided:
+            clean = predicted_clean_latent(latents.float(), velocity.float(), sigma).requires_grad_(True)
+            (gradient,) = torch.autograd.grad(reward(clean, generator=cameras).r, clean)
+            sampler_next = guided_step(latents, sampler_next, velocity, sigma, gradient, config).next_latents
+        latents = sampler_next
+    return latents
+
+
+@pytest.mark.parametrize("search", [None, SearchOptions(candidates=1)], ids=["default", "candidates=1"])
+def test_one_candidate_is_exactly_the_plain_guided_loop(tiny_pipeline, search):
+    """N = 1 adds nothing to the loop: the sampler's latents equal the written-out guided loop's bit for bit."""
+    config = GuidanceConfig(scale=0.05, sigma_window=(0.3, 0.95), every=1)
+    reward = CameraDependentReward()
+    ours = GuidedSampler(tiny_pipeline, reward, config)(
+        disc_image(), num_inference_steps=8, seed=5, camera_seed=9, output_type="latent", progress=False, search=search)
+    assert sum(r.guided and not r.skipped for r in ours.records) >= 3
+    expected = plain_guided_loop(tiny_pipeline, reward, config, disc_image(), steps=8, seed=5, camera_seed=9)
+    assert torch.equal(ours.latents, expected)
+    unguided = plain_guided_loop(tiny_pipeline, reward, GuidanceConfig(enabled=False), disc_image(), steps=8, seed=5,
+                                 camera_seed=9)
+    assert not torch.equal(ours.latents, unguided)  # the guidance did move it
