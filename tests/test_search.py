@@ -280,3 +280,29 @@ def test_one_candidate_is_exactly_the_plain_guided_loop(tiny_pipeline, search):
     unguided = plain_guided_loop(tiny_pipeline, reward, GuidanceConfig(enabled=False), disc_image(), steps=8, seed=5,
                                  camera_seed=9)
     assert not torch.equal(ours.latents, unguided)  # the guidance did move it
+
+
+class GradModeRecordingReward(LinearReward):
+    """LinearReward that records, per call, whether autograd was recording and the input had a graph."""
+
+    def __init__(self, weights):
+        super().__init__(weights)
+        self.modes: list[tuple[bool, bool]] = []
+
+    def __call__(self, latent, *, generator=None):
+        self.modes.append((torch.is_grad_enabled(), latent.requires_grad or latent.grad_fn is not None))
+        return super().__call__(latent, generator=generator)
+
+
+def test_candidate_scoring_is_forward_only_and_keeps_no_graph(tiny_pipeline):
+    """The N selection scores run with autograd off on graph-free latents; only the survivor's guided
+    steps build a graph (one per guided step); nothing returned holds one."""
+    config = GuidanceConfig(scale=0.05, sigma_window=(0.3, 0.95), every=1)
+    reward = GradModeRecordingReward(WEIGHTS)
+    out = GuidedSampler(tiny_pipeline, reward, config)(
+        disc_image(), num_inference_steps=8, seed=5, camera_seed=9, output_type="latent", progress=False,
+        search=SearchOptions(candidates=4, select_at=0.3))
+    guided = [r for r in out.records if r.guided and not r.skipped]
+    assert reward.modes[:4] == [(False, False)] * 4  # the four candidates' scores at σ_s
+    assert reward.modes[4:] == [(True, True)] * len(guided) and guided
+    assert out.latents.grad_fn is None and not out.latents.requires_grad
