@@ -213,6 +213,28 @@ def test_cli_bad_search_values_exit_2_before_loading(flags, message, rgba_path, 
     assert not out.exists() and not (tmp_path / "empty-cache").exists()
 
 
+def test_the_search_phase_is_never_guided_and_the_cli_says_so_before_loading(rgba_path, tmp_path, monkeypatch, capsys):
+    """Steps up to σ_s's are forward-only: they are not in the run's guided steps, `--views-at` may not
+    name them, and a window that lies inside the search phase draws the no-guidance warning."""
+    from vlm3d_ttg.search import guided_steps_with_search
+
+    sigmas = [i / 9 for i in range(10)] + [1.0]
+    config = GuidanceConfig(sigma_window=(0.1, 0.9), every=1)
+    plain = guided_steps_with_search(sigmas, config, SearchOptions())
+    searched = guided_steps_with_search(sigmas, config, SearchOptions(candidates=4, select_at=0.5))
+    assert plain == list(range(1, 9)) and searched == [i for i in plain if i > selection_step(sigmas, 0.5)] == [6, 7, 8]
+    assert guided_steps_with_search(sigmas, config, SearchOptions(candidates=4)) == plain  # σ_s = 1: final meshes
+
+    monkeypatch.setenv("VLM3D_TTG_CACHE", str(tmp_path / "empty-cache"))
+    common = ["generate", str(rgba_path), "--prompt", "a pot", "--preset", "tiny", "--out", str(tmp_path / "m.glb"),
+              "--steps", "10", "--candidates", "4", "--select-at", "0.5"]
+    assert main([*common, "--save-views", str(tmp_path / "views"), "--views-at", "2"]) == 2
+    assert "not guided" in capsys.readouterr().err and not (tmp_path / "empty-cache").exists()
+    assert main([*common, "--sigma-window", "0.1,0.4", "--views-at", "2", "--save-views", str(tmp_path / "v")]) == 2
+    err = capsys.readouterr().err
+    assert "after the candidate search" in err and "will not be guided" in err
+
+
 def test_cost_weights_follow_the_cost_model_and_best_of_n_matches_guided_compute():
     import importlib.util
     from pathlib import Path

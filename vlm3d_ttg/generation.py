@@ -360,7 +360,7 @@ def generate_mesh(
                        layout=guidance.view_layout, grid_size=guidance.view_size, activation_checkpointing=checkpointing)
     reward = VLMReward.from_config(models.pipeline.vae, critic, guidance)
     sampler = GuidedSampler(models.pipeline, reward, guidance, offload_idle=offload_idle)
-    capture = ViewCapture(keep_views, sampler.guided_steps(steps), then=step_callback)
+    capture = ViewCapture(keep_views, sampler.guided_steps(steps, search), then=step_callback)
     output = sampler(
         condition,
         num_inference_steps=steps,

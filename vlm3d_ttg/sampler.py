@@ -28,7 +28,6 @@ from .guidance import (
     RewardEvaluation,
     StepRecord,
     guided_step,
-    guided_steps,
     predicted_clean_latent,
 )
 from .export import latents_to_mesh
@@ -42,6 +41,7 @@ from .search import (
     candidate_seeds,
     check_search_with_guidance,
     expand_condition,
+    guided_steps_with_search,
     select_candidates,
     selection_step,
 )
@@ -170,11 +170,11 @@ class GuidedSampler:
         retrieve_timesteps(pipe.scheduler, num_inference_steps, pipe.device, sigmas=np.linspace(0, 1, num_inference_steps))
         return [float(s) for s in _scheduler_sigmas(pipe.scheduler)]
 
-    def guided_steps(self, num_inference_steps: int) -> list[int]:
-        """The steps a run with `num_inference_steps` will guide (none without a reward)."""
+    def guided_steps(self, num_inference_steps: int, search: SearchOptions | None = None) -> list[int]:
+        """The steps a run with `num_inference_steps` (and `search`) will guide (none without a reward)."""
         if self.reward is None:
             return []
-        return guided_steps(self.schedule(num_inference_steps), self.config)
+        return guided_steps_with_search(self.schedule(num_inference_steps), self.config, search or SearchOptions())
 
     def velocity(self, latents: torch.Tensor, step: int, context: SamplingContext) -> torch.Tensor:
         """The DiT's (CFG-combined) velocity at `latents` for step `step`, exactly as hy3dgen computes it."""
@@ -261,9 +261,7 @@ class GuidedSampler:
             # The live candidates (rows of `latents`) and each one's step records.
             alive = list(range(latents.shape[0] if found is not None else 1))
             records_of: dict[int, list[StepRecord]] = {j: [] for j in alive}
-            guided = set(guided_steps(context.sigmas, config)) if self.reward is not None else set()
-            if select_step is not None:
-                guided = {i for i in guided if i > select_step}  # the search phase is forward-only
+            guided = set(guided_steps_with_search(context.sigmas, config, search)) if self.reward is not None else set()
 
             bar = tqdm(total=len(context.timesteps), desc="guided sampling" if guided else "sampling",
                        disable=not progress, leave=False)

@@ -142,6 +142,16 @@ def selection_step(sigmas: Sequence[float], select_at: float) -> int | None:
     return len(sigmas) - 1
 
 
+def guided_steps_with_search(sigmas: Sequence[float], config: Any, search: "SearchOptions") -> list[int]:
+    """The steps a run guides (`guidance.guided_steps`) without the search phase: the steps up to and
+    including the selection step are forward-only."""
+    from .guidance import guided_steps
+
+    steps = guided_steps(list(sigmas), config)
+    select = selection_step(sigmas, search.select_at) if search.searching else None
+    return steps if select is None else [i for i in steps if i > select]
+
+
 def select_candidates(scores: Sequence[float | None], keep: int) -> list[int]:
     """Indices of the `keep` best scores, best first; unscored (None or NaN) rank last; ties go to
     the lower index, so the choice is deterministic."""

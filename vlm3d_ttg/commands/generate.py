@@ -53,7 +53,6 @@ def _generate(
     from ..guidance import GuidanceConfig
     from ..inputs import check_condition_image
     from ..generation import failed_run_path
-    from ..guidance import guided_steps
     from ..io import check_distinct_outputs, check_writable
     from ..manifest import manifest_path_for, plot_path_for
     from ..options import from_values
@@ -67,7 +66,7 @@ def _generate(
     guidance = from_values(GuidanceConfig, options).validate()
     postprocess = from_values(PostprocessConfig, options).validate()
     run_options = from_values(GenerationOptions, options).validate()
-    from ..search import SearchOptions, check_search_with_guidance
+    from ..search import SearchOptions, check_search_with_guidance, guided_steps_with_search
 
     search = from_values(SearchOptions, options).validate()
     check_search_with_guidance(search, guidance)
@@ -110,10 +109,11 @@ def _generate(
         raise InvalidInputError("--realsize-depth only applies to --preset realsize; drop it or add --preset realsize.")
     keep_views = _parse_views_at(views_at or "summary") if save_views is not None else "none"
     # Options that would do nothing: said now, not discovered in the manifest afterwards.
-    planned = guided_steps(list(np.linspace(0.0, 1.0, run_options.steps)) + [1.0], guidance)
+    planned = guided_steps_with_search(list(np.linspace(0.0, 1.0, run_options.steps)) + [1.0], guidance, search)
     if guidance.enabled and not planned:
+        after_search = f" after the candidate search at σ ≥ {search.select_at:g}" if search.searching else ""
         typer.secho(f"warning: guidance is on, but no step of a {run_options.steps}-step run falls in the σ window "
-                    f"{guidance.sigma_window} (every {guidance.every}): this run will not be guided", err=True)
+                    f"{guidance.sigma_window} (every {guidance.every}){after_search}: this run will not be guided", err=True)
     if isinstance(keep_views, list) and not set(keep_views) <= set(planned):
         raise InvalidInputError(f"--views-at names steps that are not guided: {sorted(set(keep_views) - set(planned))}; "
                                 f"this run guides steps {planned}.")
