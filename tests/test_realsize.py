@@ -76,10 +76,14 @@ def test_generate_realsize_end_to_end_through_the_real_loaders(rgba_image, reals
     assert np.isfinite(guided[0]["r"]) and guided[0]["grad_norm"] > 0 and guided[0]["applied_norm"] > 0
     assert manifest["final_r"] is not None and np.isfinite(manifest["final_r"])
     mesh = trimesh.load(out, force="mesh")
-    assert len(mesh.faces) > 100 and mesh.is_watertight  # the analytic geo-decoder's closed surface
+    # The analytic geo-decoder's closed surface: one watertight body with (almost) every face. At a
+    # 16³ export grid marching cubes may leave a few stray single faces, depending on the weights
+    # (they differ with the transformers that wrote them: module init order), so those are allowed.
+    body = max(mesh.split(only_watertight=False), key=lambda part: len(part.faces))
+    assert len(body.faces) > 100 and body.is_watertight and len(body.faces) >= 0.98 * len(mesh.faces)
 
     # What was loaded is what was written: the real sizes on disk, in half precision.
-    depth_dir = realsize_cache / "realsize-v1" / "depth-1"
+    depth_dir = realsize_cache / "realsize-v2" / "depth-1"
     shape_config = yaml.safe_load(next(depth_dir.rglob("config.yaml")).read_text())
     assert shape_config["vae"]["params"]["num_latents"] == 3072 and shape_config["model"]["params"]["depth"] == 1
     vlm_config = json.loads((depth_dir / "qwen2_5_vl" / "config.json").read_text())

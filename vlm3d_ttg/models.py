@@ -177,9 +177,13 @@ def load_shape_pipeline(
 
     from hy3dgen.shapegen import Hunyuan3DDiTFlowMatchingPipeline
 
+    from .dinov2_names import hy3dgen_accepts_both_dinov2_namings
+
     logger.info("Loading shape model %s/%s on %s (%s)", spec.repo_id, spec.subfolder, torch_device, torch_dtype)
     try:
-        with _hy3dgen_models_env(base):
+        # The checkpoint names DINOv2's weights as transformers did when Hunyuan3D-2 was released;
+        # newer transformers renamed them (vlm3d_ttg.dinov2_names).
+        with _hy3dgen_models_env(base), hy3dgen_accepts_both_dinov2_namings():
             pipeline = Hunyuan3DDiTFlowMatchingPipeline.from_pretrained(
                 spec.repo_id,
                 subfolder=spec.subfolder,

@@ -13,7 +13,7 @@ from pathlib import Path
 from .hunyuan import TINY_SHAPE_REPO, TINY_SHAPE_SUBFOLDER, folder_digest, write_tiny_shape_model
 
 # Bump when the tiny models change, so a stale cache is never loaded.
-TINY_VERSION = "v1"
+TINY_VERSION = "v2"
 
 
 def tiny_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:

@@ -244,6 +244,8 @@ def build_tiny_shape_state(config: dict, seed: int) -> dict[str, torch.Tensor]:
     """Instantiate the hy3dgen modules from `config` with seeded weights; return the prefixed state dict."""
     from hy3dgen.shapegen.pipelines import instantiate_from_config
 
+    from ..dinov2_names import to_checkpoint_names
+
     generator = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -253,7 +255,9 @@ def build_tiny_shape_state(config: dict, seed: int) -> dict[str, torch.Tensor]:
     _set_analytic_geo_decoder(vae, generator)
     state: dict[str, torch.Tensor] = {}
     for prefix, module in (("model", dit), ("vae", vae), ("conditioner", conditioner)):
-        for key, value in module.state_dict().items():
+        # DINOv2 under the checkpoint's names (the real on-disk format), whatever transformers calls them.
+        weights = to_checkpoint_names(module.state_dict()) if prefix == "conditioner" else module.state_dict()
+        for key, value in weights.items():
             state[f"{prefix}.{key}"] = value.detach().to(torch.float16).contiguous()
     return state
 

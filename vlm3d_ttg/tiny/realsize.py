@@ -36,7 +36,7 @@ from ..io import write_directory_atomic
 logger = logging.getLogger(__name__)
 
 # Bump when the realsize models change, so a stale cache is never loaded.
-REALSIZE_VERSION = "v1"
+REALSIZE_VERSION = "v2"
 REALSIZE_SHAPE_REPO = "vlm3d-ttg/realsize-Hunyuan3D-2"
 REALSIZE_SHAPE_SUBFOLDER = "hunyuan3d-dit-v2-0"
 DEFAULT_REALSIZE_DEPTH = 1
