@@ -135,35 +135,44 @@ def reward_gradient(reward: VLMReward, latent: torch.Tensor, camera_state: torch
     return gradient
 
 
-def sensitivity_table(reference: PrecisionRun, forced: PrecisionRun, *, seed: int) -> list[str]:
-    """How far the half-precision step moves the predicted clean latent, and what a move of that size
-    does to float32's own gradient (random direction, same cameras), beside what the method's own
-    camera jitter does to it (same latent, the next guided step's cameras)."""
+def sensitivity_rows(reference: PrecisionRun, forced: PrecisionRun, *, seed: int) -> list[dict]:
+    """Per guided step: how far the half-precision step moved the predicted clean latent, the half
+    step's cosine against float32's, float32's own cosine when its x̂ is moved as far in a random
+    direction (same cameras), and float32's cosine under another camera draw (same x̂)."""
     cos = lambda a, b: float(torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0))  # noqa: E731
     noise = torch.Generator().manual_seed(seed)
-    steps = sorted(set(reference.reward_inputs) & set(forced.reward_inputs))
-    rows, columns = [], {"half": [], "fp32_moved": [], "cameras": []}
+    steps = sorted(set(reference.reward_inputs) & set(forced.reward_inputs)
+                   & set(reference.displacements) & set(forced.displacements))
+    rows = []
     for index, step in enumerate(steps):
         clean, cameras = reference.reward_inputs[step]
-        moved = (forced.reward_inputs[step][0] - clean).norm() / clean.norm()
+        moved = float((forced.reward_inputs[step][0] - clean).norm() / clean.norm())
         gradient = reward_gradient(reference.reward, clean, cameras)
         direction = torch.randn(clean.shape, generator=noise).to(clean.device)
         perturbed = clean + direction / direction.norm() * moved * clean.norm()
-        fp32_moved = cos(gradient, reward_gradient(reference.reward, perturbed, cameras))
         other_cameras = (reference.reward_inputs[steps[(index + 1) % len(steps)]][1] if len(steps) > 1
                          else torch.Generator().manual_seed(seed + 1).get_state())  # one step: a fresh draw
-        cameras_cos = cos(gradient, reward_gradient(reference.reward, clean, other_cameras))
-        half = cos(forced.displacements[step], reference.displacements[step])
-        for key, value in (("half", half), ("fp32_moved", fp32_moved), ("cameras", cameras_cos)):
-            columns[key].append(value)
-        rows.append(f"| {step} | {float(moved):.2e} | {half:.4f} | {fp32_moved:.4f} | {cameras_cos:+.3f} |")
-    mean = {key: float(np.mean(values)) for key, values in columns.items()}
-    low = {key: float(np.min(values)) for key, values in columns.items()}
+        rows.append({
+            "step": step,
+            "moved": moved,
+            "half": cos(forced.displacements[step], reference.displacements[step]),
+            "norm_ratio": float(forced.displacements[step].norm() / reference.displacements[step].norm()),
+            "fp32_moved": cos(gradient, reward_gradient(reference.reward, perturbed, cameras)),
+            "cameras": cos(gradient, reward_gradient(reference.reward, clean, other_cameras)),
+        })
+    return rows
+
+
+def sensitivity_table(reference: PrecisionRun, forced: PrecisionRun, *, seed: int) -> list[str]:
+    """`sensitivity_rows` as a Markdown table with means and minima."""
+    rows = sensitivity_rows(reference, forced, seed=seed)
+    mean = {key: float(np.mean([r[key] for r in rows])) for key in ("half", "fp32_moved", "cameras")}
+    low = {key: float(np.min([r[key] for r in rows])) for key in ("half", "fp32_moved", "cameras")}
     return [
         "| step | ‖x̂_half − x̂_fp32‖/‖x̂_fp32‖ | cos: half step vs fp32 | cos: fp32, x̂ moved as far, random direction "
         "| cos: fp32, same x̂, another camera draw |",
         "|---|---|---|---|---|",
-        *rows,
+        *(f"| {r['step']} | {r['moved']:.2e} | {r['half']:.4f} | {r['fp32_moved']:.4f} | {r['cameras']:+.3f} |" for r in rows),
         "",
         f"Mean (min): half vs fp32 {mean['half']:.4f} ({low['half']:.4f}); float32 against itself moved as far "
         f"{mean['fp32_moved']:.4f} ({low['fp32_moved']:.4f}); another camera draw {mean['cameras']:+.3f} "

@@ -3,6 +3,7 @@ bookkeeping and camera streams (issue: correct in the configuration users actual
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -85,29 +86,37 @@ def test_half_precision_gradient_path_matches_float32(tiny_shape_ref, tiny_vlm_p
         assert float(g_half.norm() / g_ref.norm()) == pytest.approx(1.0, abs=0.05), step
 
 
-def test_half_precision_guided_steps_follow_float32(tiny_shape_ref, tiny_vlm_path, float32_run):
-    """The whole guided step in half precision, restarted every step from the float32 run's latents:
-    no skipped step, finite non-zero gradients, displacements within ±5 % and close in direction.
-    What remains is the float16 rounding of the latents and of x̂ (~1e-3), and the reward gradient
-    is a chaotic function of the latent (marching cubes, silhouettes): a float32 run fed the same
-    latents rounded to float16 turns its steps about as much (benchmarks/RESULTS.md), so the
-    direction bound here is looser than the gradient path's at equal latents (the test above)."""
-    reference, ref_displacements, ref_latents = float32_run
-    config = GuidanceConfig(**SMALL)
-    sampler = guided_sampler(tiny_shape_ref, tiny_vlm_path, torch.float16, torch.bfloat16, config)
-    assert sampler.pipeline.dtype == torch.float16 and sampler.reward.decode_dtype == torch.float32
-    half, half_displacements, _ = run_collecting(sampler, steps=8, forced=ref_latents)
+def test_half_precision_guided_steps_follow_float32(tiny_cache):
+    """The whole guided step in half precision (fp16 shape model, bf16 critic), restarted every step
+    from the float32 run's latents (benchmarks/bench_precision.py's teacher forcing): no skipped
+    step, finite non-zero gradients, displacement norms within ±5 %, and directions as close to
+    float32's as float32's own are to themselves when its x̂ is moved as far as the float16 DiT
+    moves it. The reward gradient is not smooth at that distance in any precision (pixels flip
+    between triangles and background), so the direction is compared with that, averaged over the
+    guided steps, not with a fixed per-step bound (benchmarks/RESULTS.md, "Half precision")."""
+    import sys
+    from pathlib import Path
 
-    guided = [r for r in half.records if r.guided]
-    assert [r.step for r in guided] == [r.step for r in reference.records if r.guided] and len(guided) == 4
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import bench_precision
+
+    run = dict(steps=8, seed=0, config=GuidanceConfig(**SMALL), cache_dir=str(tiny_cache), octree_resolution=48)
+    reference = bench_precision.guided_run(torch.float32, torch.float32, **run)
+    forced = bench_precision.guided_run(torch.float16, torch.bfloat16, forced_latents=reference.latents_after, **run)
+    assert forced.reward.decode_dtype == torch.float32
+    guided = [r for r in forced.output.records if r.guided]
+    assert [r.step for r in guided] == [r.step for r in reference.output.records if r.guided] and len(guided) == 4
     for record in guided:
         assert record.skipped is None, record
         assert record.grad_norm is not None and 0 < record.grad_norm < float("inf")
-        d_half, d_ref = half_displacements[record.step], ref_displacements[record.step]
-        cosine = torch.nn.functional.cosine_similarity(d_half.flatten(), d_ref.flatten(), dim=0)
-        assert cosine >= 0.85, (record.step, float(cosine))
-        assert float(d_half.norm() / d_ref.norm()) == pytest.approx(1.0, abs=0.05)
-    assert half.mesh is not None
+    rows = bench_precision.sensitivity_rows(reference, forced, seed=0)
+    assert len(rows) == 4 and all(0 < r["moved"] < 0.01 for r in rows)  # the DiT's float16 error, not a bug
+    for row in rows:
+        assert row["norm_ratio"] == pytest.approx(1.0, abs=0.05), row
+    half = np.mean([r["half"] for r in rows])
+    float32_itself = np.mean([r["fp32_moved"] for r in rows])
+    assert half >= min(0.98, float32_itself) - 0.05, rows
+    assert forced.output.mesh is not None
 
 
 def test_half_precision_free_run_ends_close_to_float32(tiny_shape_ref, tiny_vlm_path, float32_run):
