@@ -229,3 +229,19 @@ def test_an_infinite_uncapped_step_is_skipped_not_applied():
         guidance_displacement(g * 1e300, predicted_clean_latent=g, sampler_step=g, scale=1e300, step_norm="raw",
                               max_step_ratio=None)
     assert info.value.reason == "non_finite_step"
+
+
+def test_a_guided_run_is_reproducible_bit_for_bit(tiny_pipeline, tiny_vlm):
+    """Same seed → the same latents, guided, on the CPU with several threads: the reward's backward
+    (the renderer's scatter-adds) runs with deterministic kernels (sampler.deterministic_backward)."""
+    from vlm3d_ttg.critic import VLMCritic
+    from vlm3d_ttg.reward import VLMReward
+
+    model, processor = tiny_vlm
+    config = GuidanceConfig(num_views=4, view_size=112, grid_resolution=48, sigma_window=(0.1, 0.9), every=1)
+    reward = VLMReward.from_config(tiny_pipeline.vae, VLMCritic(model, processor, "a blue robot", config.query), config)
+    sampler = GuidedSampler(tiny_pipeline, reward, config)
+    runs = [sampler(disc_image(), num_inference_steps=10, seed=3, output_type="latent", progress=False) for _ in range(2)]
+    assert sum(r.guided and not r.skipped for r in runs[0].records) >= 6
+    assert torch.are_deterministic_algorithms_enabled() is False  # the previous mode is back
+    assert torch.equal(runs[0].latents, runs[1].latents)

@@ -14,8 +14,9 @@ import hashlib
 import logging
 import secrets
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -543,7 +544,8 @@ class GuidedSampler:
             evaluation = self.reward(clean, generator=camera_generator)
             tic = time.perf_counter()
             compute.critic_backwards += 1
-            gradient = loss_scale.gradient(evaluation.r, target)
+            with deterministic_backward(target.device):
+                gradient = loss_scale.gradient(evaluation.r, target)
             evaluation.timings["backward"] = time.perf_counter() - tic
             # Drop the reward's graph now (the loss scale kept it for retries): the critic's saved
             # activations (~11 GiB on the 7B) must not outlive the step through the callback's state.
@@ -557,6 +559,28 @@ class GuidedSampler:
             logger.warning("guided step skipped (%s): %s", exc.reason, exc)
             return exc.reason
         return evaluation, gradient
+
+
+@contextmanager
+def deterministic_backward(device: torch.device) -> Iterator[None]:
+    """On the CPU, torch's deterministic kernels for the reward's backward, then the previous mode.
+
+    The CPU renderer's backward accumulates vertex gradients with multi-threaded scatter-adds whose
+    summation order varies run to run (differences of ~1e-10); the guided trajectory amplifies
+    them, so two runs with the same seed ended with different meshes. The deterministic kernels
+    make same seed → same mesh. Not on CUDA: nvdiffrast's backward uses atomics either way, and
+    deterministic cuBLAS needs an environment variable set before CUDA starts.
+    """
+    if device.type != "cpu":
+        yield
+        return
+    previous = torch.are_deterministic_algorithms_enabled()
+    previous_warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous, warn_only=previous_warn_only)
 
 
 def _check_call(image: Any, steps: Any, guidance_scale: Any, seed: Any, generator: Any, camera_seed: Any) -> None:
