@@ -262,6 +262,7 @@ class GuidedSampler:
             # The live candidates (rows of `latents`) and each one's step records.
             alive = list(range(latents.shape[0] if found is not None else 1))
             records_of: dict[int, list[StepRecord]] = {j: [] for j in alive}
+            row_contexts: dict[int, SamplingContext] = {}  # conditioning per candidate-chunk size
             guided = set(guided_steps_with_search(context.sigmas, config, search)) if self.reward is not None else set()
 
             bar = tqdm(total=len(context.timesteps), desc="guided sampling" if guided else "sampling",
@@ -278,7 +279,8 @@ class GuidedSampler:
                 with torch.set_grad_enabled(exact_gradient):
                     # xt: a float32 leaf, so the (loss-scaled) gradient reaches it in float32.
                     latents_in = latents.detach().float().requires_grad_(True) if exact_gradient else latents
-                    velocity = self._batched_velocity(latents_in.to(pipe.dtype), i, context, search.batch(), compute)
+                    velocity = self._batched_velocity(latents_in.to(pipe.dtype), i, context, search.batch(), compute,
+                                                     row_contexts)
                 record.timings["dit"] = time.perf_counter() - tic
                 compute.add_time("dit", record.timings["dit"])
                 for other in step_records.values():  # one batched call: every candidate's step shares it
@@ -363,21 +365,23 @@ class GuidedSampler:
         )
 
     def _batched_velocity(
-        self, latents: torch.Tensor, step: int, context: SamplingContext, batch: int, compute: Compute
+        self, latents: torch.Tensor, step: int, context: SamplingContext, batch: int, compute: Compute,
+        contexts: dict[int, SamplingContext],
     ) -> torch.Tensor:
-        """`velocity` for a batch of candidates, `batch` rows per DiT call (one row: the plain call)."""
-        rows = latents.shape[0]
-        if rows == 1:
-            compute.dit_calls += 1
-            compute.dit_rows += 2 if context.do_cfg else 1
-            return self.velocity(latents, step, context)
+        """`velocity` for a batch of candidates, `batch` rows per DiT call (one row: the plain call).
+
+        `contexts` holds the conditioning repeated for each chunk size, built once per run rather
+        than at every step."""
         parts = []
-        for start in range(0, rows, batch):
+        for start in range(0, latents.shape[0], batch):
             chunk = latents[start:start + batch]
+            rows = chunk.shape[0]
             compute.dit_calls += 1
-            compute.dit_rows += chunk.shape[0] * (2 if context.do_cfg else 1)
-            parts.append(self.velocity(chunk, step, _context_for_rows(context, chunk.shape[0])))
-        return torch.cat(parts)
+            compute.dit_rows += rows * (2 if context.do_cfg else 1)
+            if rows not in contexts:
+                contexts[rows] = context if rows == 1 else _context_for_rows(context, rows)
+            parts.append(self.velocity(chunk, step, contexts[rows]))
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     # ----------------------------------------------------------------- search
     def _select(
