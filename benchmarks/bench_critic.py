@@ -27,7 +27,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -174,7 +175,7 @@ def split_call(critic: VLMCritic, views: torch.Tensor, repeats: int) -> tuple[fl
         start = time.perf_counter()
         pixel_values, grid = critic.preprocess(leaf)
         after_pre = time.perf_counter()
-        z_yes, z_no = critic._answer_logits(prompt, pixel_values, grid, repeats=1)
+        z_yes, z_no = critic._answer_logits(prompt, pixel_values, grid, view_sets=1, repeats=1)
         r = (z_yes - z_no)[0]
         after_forward = time.perf_counter()
         torch.autograd.grad(r, leaf)
@@ -276,8 +277,9 @@ def bench_batching(model, processor, repeats: int) -> list[str]:
     ]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def critic_bench_arguments(description: str) -> argparse.Namespace:
+    """The tiny-critic benchmarks' common flags (--repeats, --threads, --cache-dir, --write), applied."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     parser.add_argument("--cache-dir", default=None, help="where the tiny checkpoint is written (default: a temp dir)")
@@ -286,10 +288,20 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    return args
 
-    machine = machine_description()
+
+@contextmanager
+def tiny_critic_model(cache_dir: str | None) -> Iterator[tuple[Any, Any]]:
+    """(model, processor) of the tiny Qwen2.5-VL on the CPU, written to `cache_dir` or a temp dir."""
     with tempfile.TemporaryDirectory() as temp:
-        model, processor = load_vlm(ensure_tiny_vlm(args.cache_dir or temp), device="cpu")
+        yield load_vlm(ensure_tiny_vlm(cache_dir or temp), device="cpu")
+
+
+def main() -> None:
+    args = critic_bench_arguments(__doc__)
+    machine = machine_description()
+    with tiny_critic_model(args.cache_dir) as (model, processor):
         sections = [
             ("Equality with the real processor and the stock path (not timings)", bench_equality(model, processor)),
             ("Preprocessing at the 7B's sizes (4 views; processor constants of Qwen2.5-VL-7B-Instruct)", bench_preprocessing(args.repeats)),

@@ -20,10 +20,8 @@ are the cost model's (`cost_model.py`, "Critic: view layout and reference image"
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable
@@ -36,10 +34,8 @@ from results_file import write_results_section
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from vlm3d_ttg import load_vlm  # noqa: E402
 from vlm3d_ttg.critic import VLMCritic  # noqa: E402
 from vlm3d_ttg.critic.layout import square_cell_tile, tile_views  # noqa: E402
-from vlm3d_ttg.tiny import ensure_tiny_vlm  # noqa: E402
 
 SECTION_BEGIN = "<!-- bench_critic_layout:begin -->"
 SECTION_END = "<!-- bench_critic_layout:end -->"
@@ -139,19 +135,11 @@ NOTES = [
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
-    parser.add_argument("--cache-dir", default=None, help="where the tiny checkpoint is written (default: a temp dir)")
-    parser.add_argument("--write", action="store_true", help="replace this benchmark's section of benchmarks/RESULTS.md")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from bench_critic import critic_bench_arguments, tiny_critic_model
 
+    args = critic_bench_arguments(__doc__)
     machine = machine_description()
-    with tempfile.TemporaryDirectory() as temp:
-        model, processor = load_vlm(ensure_tiny_vlm(args.cache_dir or temp), device="cpu")
+    with tiny_critic_model(args.cache_dir) as (model, processor):
         rows = bench(model, processor, args.repeats)
     load_end = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     lines = [
