@@ -260,7 +260,7 @@ def test_generate_plumbs_the_reference_and_layout_to_the_critic(tiny_pipeline, t
     image = rgba_image
     guidance = GuidanceConfig(reference=True, view_layout="grid", num_views=4, view_size=56, grid_resolution=32,
                               sigma_window=(0.1, 0.9))
-    models = LoadedModels(tiny_pipeline, model, processor, "tiny shape", "tiny vlm", tiny=True)
+    models = LoadedModels(tiny_pipeline, model, processor, "tiny shape", "tiny vlm", preset="tiny")
     result = generate_mesh(models, image=image, prompt="a small clay pot", out=tmp_path / "mesh.glb",
                            manifest_path=tmp_path / "mesh.glb.json", guidance=guidance,
                            options=GenerationOptions(steps=6, octree_resolution=32), keep_views="none", progress=False)

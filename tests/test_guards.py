@@ -29,7 +29,7 @@ def _image(tmp_path):
 def _run_with_fault(tmp_path, tiny_pipeline, tiny_vlm, install_fault, remove_fault):
     """A real generation run in which `install_fault(critic, reward)` is active at FAULT_STEP only."""
     model, processor = tiny_vlm
-    models = LoadedModels(tiny_pipeline, model, processor, "tiny shape", "tiny critic", tiny=True)
+    models = LoadedModels(tiny_pipeline, model, processor, "tiny shape", "tiny critic", preset="tiny")
     state = {}
 
     def before_step(sampler, step, sigma, _state):

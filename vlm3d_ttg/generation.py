@@ -114,8 +114,12 @@ class LoadedModels:
     processor: Any
     shape_id: str
     vlm_id: str
-    tiny: bool = False
     preset: str = "real"  # real, tiny or realsize (see PRESETS)
+
+    @property
+    def tiny(self) -> bool:
+        """Whether these are the tiny offline checkpoints."""
+        return self.preset == "tiny"
 
 
 @dataclass
@@ -259,7 +263,7 @@ def load_models(
         pipeline = load_shape_pipeline(ref.repo_id, ref.subfolder, models_dir=ref.models_dir, device=torch_device, dtype=dtype)
         vlm_path = ensure_tiny_vlm(cache_dir)
         model, processor = load_vlm(vlm_path, device=critic_device, dtype=critic_dtype)
-        return LoadedModels(pipeline, model, processor, f"{ref.repo_id}/{ref.subfolder} (tiny)", f"{vlm_path} (tiny)", tiny=True, preset="tiny")
+        return LoadedModels(pipeline, model, processor, f"{ref.repo_id}/{ref.subfolder} (tiny)", f"{vlm_path} (tiny)", preset="tiny")
     pipeline = load_shape_pipeline(options.shape_model, options.shape_subfolder, device=torch_device, dtype=dtype)
     model, processor = load_vlm(options.vlm, device=critic_device, dtype=critic_dtype)
     spec = pipeline.variant_spec
