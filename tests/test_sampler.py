@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from vlm3d_ttg.errors import InvalidInputError
-from vlm3d_ttg.guidance import GuidanceConfig, guidance_displacement, guided_steps, schedule_weight
+from vlm3d_ttg.guidance import GuidanceConfig, LatentFunctionReward, guidance_displacement, guided_steps, schedule_weight
 from vlm3d_ttg.sampler import GuidedSampler
 
 
@@ -96,7 +96,7 @@ def test_guidance_without_reward_is_an_error(tiny_pipeline):
         GuidedSampler(tiny_pipeline, reward=None, config=GuidanceConfig())
 
 
-class LinearLatentReward:
+class LinearLatentReward(LatentFunctionReward):
     """r = Σ w·latent: a smooth reward of the latent, to check the sampler's gradient plumbing
     (the real critic path is checked end to end in test_generate.py and against finite
     differences piece by piece in test_surface/test_render/test_critic)."""

@@ -14,7 +14,7 @@ from PIL import Image
 
 from vlm3d_ttg.cli import main
 from vlm3d_ttg.errors import InvalidInputError
-from vlm3d_ttg.guidance import GuidanceConfig, RewardEvaluation
+from vlm3d_ttg.guidance import GuidanceConfig, LatentFunctionReward, RewardEvaluation
 from vlm3d_ttg.sampler import GuidedSampler
 from vlm3d_ttg.search import (
     SearchOptions,
@@ -33,7 +33,7 @@ def disc_image(size: int = 96) -> Image.Image:
     return Image.fromarray(rgba, "RGBA")
 
 
-class LinearReward:
+class LinearReward(LatentFunctionReward):
     """r = Σ w·latent for latents; r of a mesh = the mean x of its vertices (a cheap, deterministic,
     non-constant score, so that which candidate wins is decided by the shapes)."""
 
@@ -257,7 +257,7 @@ def test_cost_weights_follow_the_cost_model_and_best_of_n_matches_guided_compute
         assert abs(costs[1] - target) <= min(abs(costs[0] - target), abs(costs[2] - target))
 
 
-class CameraDependentReward:
+class CameraDependentReward(LatentFunctionReward):
     """r = Σ w·tanh(x̂)·u with u drawn from the camera stream: nonlinear in the latent and consuming
     the camera generator the way the renderer's jitter does."""
 

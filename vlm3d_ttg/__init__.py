@@ -15,6 +15,10 @@ _EXPORTS = {
     "GuidanceConfig": ".guidance",
     "GuidedSampler": ".sampler",
     "VLMReward": ".reward",
+    "RewardTerm": ".terms",
+    "TermValue": ".terms",
+    "Views": ".terms",
+    "Critic": ".critic",
     "VLMCritic": ".critic",
     "qwen_pixel_values": ".critic",
 }

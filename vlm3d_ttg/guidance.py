@@ -294,27 +294,85 @@ def guided_step(
 
 @dataclass
 class RewardEvaluation:
-    """One critic evaluation of a latent: `r` is differentiable w.r.t. the latent it was given.
+    """One evaluation of a latent (or a mesh): `r` is differentiable w.r.t. the latent it was given.
 
-    `images` (N, 3, H, W, detached) are what the critic saw; `info` holds reward-specific facts
-    that go into the step's record as they are (e.g. the guidance mesh's face count).
+    `r` is the reward guidance follows: the weighted sum of the reward's terms (`vlm3d_ttg.terms`;
+    by default the VLM critic's log-odds alone). `terms` holds each term's own (unweighted) value,
+    `p_yes` the VLM critic's P(yes) when a critic term ran (else None). `images` (N, 3, H, W,
+    detached) are the orbit views the critic saw; `info` holds facts that go into the step's record
+    as they are (e.g. the guidance mesh's face count, each term's named parts as "term.part").
     """
 
     r: torch.Tensor
-    p_yes: float
+    p_yes: float | None
     images: torch.Tensor | None = None
     info: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    terms: dict[str, float] = field(default_factory=dict)
 
 
 class LatentReward(Protocol):
-    """What the sampler needs from a critic: a differentiable score of a latent.
+    """Everything the sampler and search call on a reward: a differentiable score of a latent.
 
     Raise `errors.SkippedStepError` (or `EmptySurfaceError`) for a latent that cannot be scored;
-    the sampler skips that step and records why.
+    the sampler skips that step and records why. `vlm3d_ttg.reward.VLMReward` is the implementation
+    (surface → renders → weighted reward terms); tests use small analytic ones.
     """
 
-    def __call__(self, latent: torch.Tensor, *, generator: torch.Generator | None = None) -> RewardEvaluation: ...
+    def __call__(self, latent: torch.Tensor, *, generator: torch.Generator | None = None) -> RewardEvaluation:
+        """r at a latent (1, L, C), differentiable w.r.t. it; cameras jittered from `generator`."""
+        ...
+
+    def score_latent(self, latent: torch.Tensor) -> RewardEvaluation:
+        """r at a latent from fixed (un-jittered) cameras, forward only: how candidate search ranks x̂."""
+        ...
+
+    def score_mesh(self, vertices: Any, faces: Any) -> RewardEvaluation:
+        """r of a finished mesh from fixed cameras (no gradient): final scores and final candidate choice."""
+        ...
+
+    def offload_modules(self) -> list[torch.nn.Module]:
+        """The heavy models this reward runs (what `--offload-idle` moves between phases)."""
+        ...
+
+    @property
+    def half_backward(self) -> bool:
+        """Whether a float16 backward lies on this reward's gradient path (the sampler then loss-scales)."""
+        ...
+
+
+class LatentFunctionReward:
+    """A base for rewards that are plain functions of the latent (no renders, no models).
+
+    Subclasses define `__call__(latent, *, generator=None) -> RewardEvaluation`; the rest of
+    `LatentReward` follows: a forward-only `score_latent`, nothing to offload, no half-precision
+    backward. `score_mesh` is for rewards that can also judge a finished mesh (search's final
+    choice among several survivors); this base cannot.
+    """
+
+    def __call__(self, latent: torch.Tensor, *, generator: torch.Generator | None = None) -> RewardEvaluation:
+        """r at a latent, differentiable w.r.t. it."""
+        raise NotImplementedError
+
+    def score_latent(self, latent: torch.Tensor) -> RewardEvaluation:
+        """r at a latent, forward only."""
+        with torch.no_grad():
+            return self(latent)
+
+    def score_mesh(self, vertices: Any, faces: Any) -> RewardEvaluation:
+        """Not available for a function of the latent: raises UnsupportedModelError."""
+        from .errors import UnsupportedModelError
+
+        raise UnsupportedModelError(f"{type(self).__name__} scores latents, not meshes.")
+
+    def offload_modules(self) -> list[torch.nn.Module]:
+        """No models."""
+        return []
+
+    @property
+    def half_backward(self) -> bool:
+        """Whatever precision the latent has, no float16 model lies on the path."""
+        return False
 
 
 @dataclass
@@ -333,6 +391,7 @@ class StepRecord:
     skipped: str | None = None  # why the step applied no guidance (see errors.SkippedStepError)
     loss_scale: float | None = None  # the loss scale of a half-precision backward (None: unscaled)
     reward_info: dict[str, Any] = field(default_factory=dict)  # RewardEvaluation.info (e.g. faces)
+    terms: dict[str, float] = field(default_factory=dict)  # each reward term's value (r is their weighted sum)
     timings: dict[str, float] = field(default_factory=dict)
     inner: list[dict] = field(default_factory=list)
 

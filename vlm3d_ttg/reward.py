@@ -1,7 +1,7 @@
-"""The VLM reward of a latent: latent → surface → views → critic → r, differentiable end to end.
+"""The reward of a latent: latent → surface → views → reward terms (the VLM critic first) → r, differentiable end to end.
 
 This is the only place that knows how the pieces connect; the sampler sees a `LatentReward`,
-the critic sees images, the renderer sees a mesh.
+a term sees renders, the critic sees images, the renderer sees a mesh.
 """
 
 from __future__ import annotations
@@ -9,16 +9,18 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
-from .errors import EmptySurfaceError, SkippedStepError
+from .critic.protocol import Critic
+from .errors import EmptySurfaceError, InvalidInputError, SkippedStepError
 from .guidance import GuidanceConfig, RewardEvaluation
 from .precision import decode_dtype, is_half, upcast_copy
 from .render import CameraJitter, Cameras, Renderer, orbit_cameras
 from .surface import SurfaceConfig, extract_surface
+from .terms import CriticTerm, RewardTerm, Views, weighted_sum
 
 logger = logging.getLogger(__name__)
 
@@ -39,28 +41,33 @@ def coarse_resolution_for(resolution: int, finest_coarse: int = 32) -> int | Non
 
 
 class VLMReward:
-    """r_VLM of a Hunyuan3D-2 latent: decode with the pipeline's ShapeVAE, render orbit views, ask the critic.
+    """The reward of a Hunyuan3D-2 latent: decode with the pipeline's ShapeVAE, render, score with reward terms.
 
-    `critic` is a `vlm3d_ttg.VLMCritic` (or anything mapping images (N,3,H,W) in [0,1] to an
-    output with `.r` and `.p_yes`). Cameras are re-drawn with jitter at every call (against
-    reward hacking); `score_mesh` uses the un-jittered cameras, so final scores are comparable.
+    r = Σ w_k · term_k (`vlm3d_ttg.terms`). `critic` (a `critic.Critic`, e.g. `VLMCritic`) becomes
+    the term "vlm" with weight 1 — the paper's reward, and the whole reward by default; `terms` adds
+    (weight, term) pairs (a term with weight 0 is never evaluated). `critic=None` is allowed only
+    when `terms` has a non-zero weight. Orbit cameras are re-drawn with jitter at every call
+    (against reward hacking); `score_mesh` and `score_latent` use the un-jittered cameras, so final
+    scores are comparable.
 
     Precision (`vlm3d_ttg.precision`): the guidance decode runs in at least float32 — a float32
     copy of a half-precision VAE is made once — so the implicit-function weights neither overflow
-    nor underflow; renders are float32 and clamped into [0, 1] before the critic.
-    Faults in the chain (no surface, a non-finite or broken render, a non-finite critic answer)
-    raise `SkippedStepError`/`EmptySurfaceError` for the sampler to skip and record the step.
+    nor underflow; renders are float32 and clamped into [0, 1] before any term.
+    Faults in the chain (no surface, a non-finite or broken render, a non-finite term) raise
+    `SkippedStepError`/`EmptySurfaceError` for the sampler to skip and record the step.
     """
 
     def __init__(
         self,
         vae: torch.nn.Module,
-        critic: Any,
+        critic: Critic | None,
         config: GuidanceConfig | None = None,
         *,
+        terms: Sequence[tuple[float, RewardTerm]] = (),
         surface_config: SurfaceConfig | None = None,
     ):
         config = (config or GuidanceConfig()).validate()
+        self.terms = _checked_terms(critic, terms)
         self.vae = vae
         vae_dtype = next(vae.parameters()).dtype
         self.decode_dtype = decode_dtype(vae_dtype)
@@ -91,9 +98,12 @@ class VLMReward:
         self.renderer = Renderer(config.backend)
 
     @classmethod
-    def from_config(cls, vae: torch.nn.Module, critic: Any, config: GuidanceConfig) -> "VLMReward":
+    def from_config(
+        cls, vae: torch.nn.Module, critic: Critic | None, config: GuidanceConfig,
+        *, terms: Sequence[tuple[float, RewardTerm]] = (),
+    ) -> "VLMReward":
         """The reward with the views, cameras, grid and backend a GuidanceConfig asks for (= the constructor)."""
-        return cls(vae, critic, config)
+        return cls(vae, critic, config, terms=terms)
 
     def cameras(self, *, generator: torch.Generator | None = None, jitter: bool = True, device: Any = None) -> Cameras:
         """The orbit cameras of one evaluation (jittered with `generator` unless `jitter=False`)."""
@@ -118,35 +128,55 @@ class VLMReward:
         tic = time.perf_counter()
         surface = extract_surface(self.decode_vae, latent.to(self.decode_dtype), self.surface_config)
         timings["surface"] = time.perf_counter() - tic
+        orbit = self.cameras(generator=generator, jitter=jitter, device=surface.vertices.device)
+        return self.evaluate(surface.vertices.float(), surface.faces, orbit, timings)
 
-        tic = time.perf_counter()
-        cameras = self.cameras(generator=generator, jitter=jitter, device=surface.vertices.device)
-        views = self.renderer(surface.vertices.float(), surface.faces, cameras)
-        images = checked_render(views.images)
-        timings["render"] = time.perf_counter() - tic
-
-        tic = time.perf_counter()
-        output = self.critic(images)
-        timings["critic"] = time.perf_counter() - tic
-        r = output.r.reshape(())
-        if not math.isfinite(float(r.detach())):
-            raise SkippedStepError("non_finite_critic", f"The critic's log-odds r is {float(r.detach())}.")
+    def evaluate(
+        self, vertices: torch.Tensor, faces: torch.Tensor, orbit: Cameras, timings: dict[str, float] | None = None
+    ) -> RewardEvaluation:
+        """Render the mesh through every camera set the terms ask for (once per distinct set), then
+        r = Σ w_k · term_k. Gradients flow to whatever `vertices` depend on."""
+        timings = {} if timings is None else timings
+        rendered: dict[int, Views] = {}  # by id() of the camera set: terms sharing cameras share renders
+        values: list[tuple[float, torch.Tensor]] = []
+        terms: dict[str, float] = {}
+        info: dict[str, Any] = {"faces": int(faces.shape[0])}
+        for weight, term in self.terms:
+            cameras = term.cameras(orbit)
+            if id(cameras) not in rendered:
+                tic = time.perf_counter()
+                result = self.renderer(vertices, faces, cameras)
+                rendered[id(cameras)] = Views(checked_render(result.images), result.masks, cameras)
+                timings["render"] = timings.get("render", 0.0) + time.perf_counter() - tic
+            tic = time.perf_counter()
+            outcome = term(rendered[id(cameras)])
+            timings[_timing_key(term.name)] = time.perf_counter() - tic
+            value = outcome.value.reshape(())
+            if not math.isfinite(float(value.detach())):
+                raise SkippedStepError("non_finite_reward", f"The reward term {term.name!r} is {float(value.detach())}.")
+            values.append((weight, value))
+            terms[term.name] = float(value.detach())
+            info.update({f"{term.name}.{part}": number for part, number in outcome.parts.items()})
+        orbit_views = rendered.get(id(orbit))
         return RewardEvaluation(
-            r=r,
-            p_yes=float(output.p_yes.detach()),
-            images=images.detach(),
-            info={"faces": int(surface.faces.shape[0])},
+            r=weighted_sum(values),
+            p_yes=info.get("vlm.p_yes"),
+            images=orbit_views.images.detach() if orbit_views is not None else None,
+            info=info,
             timings=timings,
+            terms=terms,
         )
 
     @property
     def half_backward(self) -> bool:
         """Whether a float16 backward is on this reward's gradient path (then the sampler loss-scales)."""
-        return is_half(self.decode_dtype) or is_half(next(self.critic.model.parameters()).dtype)
+        return is_half(self.decode_dtype) or any(
+            is_half(parameter.dtype) for module in self.offload_modules() for parameter in module.parameters()
+        )
 
     def offload_modules(self) -> list[torch.nn.Module]:
-        """The heavy models this reward owns, for `vlm3d_ttg.offload.IdleOffload` (the critic's)."""
-        return [self.critic.model]
+        """The heavy models this reward's terms run, for `vlm3d_ttg.offload.IdleOffload` (the critic's)."""
+        return [module for _, term in self.terms for module in term.modules()]
 
     @torch.no_grad()
     def score_latent(self, latent: torch.Tensor) -> RewardEvaluation:
@@ -158,22 +188,41 @@ class VLMReward:
         """r of a finished mesh from the un-jittered cameras (no gradient)."""
         if len(faces) == 0:
             raise EmptySurfaceError("The mesh has no faces.")
-        tic = time.perf_counter()
         device = next(self.vae.parameters()).device
         vertices_t = torch.as_tensor(np.asarray(vertices), dtype=torch.float32, device=device)
         faces_t = torch.as_tensor(np.asarray(faces, dtype=np.int64), device=device)
-        views = self.renderer(vertices_t, faces_t, self.cameras(jitter=False, device=device))
-        images = checked_render(views.images)
-        render_seconds = time.perf_counter() - tic
-        tic = time.perf_counter()
-        output = self.critic(images)
-        return RewardEvaluation(
-            r=output.r.reshape(()).detach(),
-            p_yes=float(output.p_yes.detach()),
-            images=images,
-            info={"faces": int(faces_t.shape[0])},
-            timings={"render": render_seconds, "critic": time.perf_counter() - tic},
-        )
+        evaluation = self.evaluate(vertices_t, faces_t, self.cameras(jitter=False, device=device))
+        evaluation.r = evaluation.r.detach()
+        return evaluation
+
+
+def _timing_key(term_name: str) -> str:
+    # The VLM term's time keeps its historical name in step records and benchmarks.
+    return "critic" if term_name == "vlm" else f"term.{term_name}"
+
+
+def _checked_terms(critic: Critic | None, terms: Sequence[tuple[float, RewardTerm]]) -> list[tuple[float, RewardTerm]]:
+    """(weight, term) pairs with the critic first, weight-0 terms dropped; InvalidInputError for a bad list."""
+    pairs: list[tuple[float, RewardTerm]] = [(1.0, CriticTerm(critic))] if critic is not None else []
+    for item in terms:
+        if not (isinstance(item, tuple) and len(item) == 2):
+            raise InvalidInputError(f"terms must be (weight, term) pairs, got {item!r}")
+        weight, term = item
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight):
+            raise InvalidInputError(f"The weight of reward term {getattr(term, 'name', term)!r} must be a finite number, got {weight!r}")
+        if not isinstance(term, RewardTerm):
+            raise InvalidInputError(
+                f"{type(term).__name__} is not a reward term: it needs `name`, `cameras(orbit)`, `__call__(views)` "
+                "and `modules()` (see vlm3d_ttg.terms)."
+            )
+        if weight != 0:
+            pairs.append((float(weight), term))
+    names = [term.name for _, term in pairs]
+    if len(set(names)) != len(names):
+        raise InvalidInputError(f"Reward term names must be unique, got {names}")
+    if not pairs:
+        raise InvalidInputError("The reward has nothing to score: give a critic or a reward term with a non-zero weight.")
+    return pairs
 
 
 def checked_render(images: torch.Tensor) -> torch.Tensor:

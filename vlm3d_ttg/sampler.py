@@ -132,7 +132,7 @@ class GuidedSampler:
                 "on the GPU until the critic's backward, so offloading would free nothing. Use grad_mode='x0' "
                 "(the default) or drop offload_idle."
             )
-        critic_models = reward.offload_modules() if reward is not None and hasattr(reward, "offload_modules") else []
+        critic_models = reward.offload_modules() if reward is not None else []
         self.offload = IdleOffload(
             {"condition": [pipeline.conditioner], "denoise": [pipeline.model], "critic": critic_models},
             pipeline.device,
@@ -453,10 +453,9 @@ class GuidedSampler:
     def _score_latent(self, clean: torch.Tensor, compute: Compute) -> RewardEvaluation | str:
         """The critic's forward-only verdict on a latent from the un-jittered cameras, or why it failed."""
         assert self.reward is not None
-        score = getattr(self.reward, "score_latent", None)
         try:
             with torch.no_grad():
-                evaluation = score(clean) if score is not None else self.reward(clean)
+                evaluation = self.reward.score_latent(clean)
         except EmptySurfaceError:
             return "empty_surface"
         except SkippedStepError as exc:
@@ -472,7 +471,7 @@ class GuidedSampler:
         if self.reward is None or not self.config.enabled:
             return False
         dit_half = self.config.grad_mode == "xt" and is_half(self.pipeline.dtype)
-        return dit_half or bool(getattr(self.reward, "half_backward", False))
+        return dit_half or bool(self.reward.half_backward)
 
     # ----------------------------------------------------------------- guidance
     def _guide(
@@ -518,12 +517,14 @@ class GuidedSampler:
             total = total + step.displacement
             grad_norm = float(torch.linalg.vector_norm(gradient, dtype=torch.float64))
             summary = {"r": float(evaluation.r.detach()), "p_yes": evaluation.p_yes, "grad_norm": grad_norm,
-                       "capped": step.capped, "timings": evaluation.timings, **evaluation.info}
+                       "capped": step.capped, "terms": dict(evaluation.terms), "timings": evaluation.timings,
+                       **evaluation.info}
             if inner == 0:
                 first = evaluation
                 record.r, record.p_yes, record.grad_norm, record.capped = summary["r"], evaluation.p_yes, grad_norm, step.capped
                 record.loss_scale = loss_scale.value if loss_scale.enabled else None
                 record.reward_info = dict(evaluation.info)
+                record.terms = dict(evaluation.terms)
                 record.timings.update(evaluation.timings)
             else:
                 record.inner.append(summary)

@@ -21,7 +21,8 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from ..errors import InvalidInputError, UnsupportedModelError
 from .layout import VIEW_LAYOUTS, ViewLayout, square_cell_tile, tile_views
-from .preprocess import check_image_shape, qwen_image_grid, qwen_pixel_values
+from .preprocess import VIEW_SIDE_MULTIPLE, check_image_shape, qwen_image_grid, qwen_pixel_values
+from .protocol import CriticOutput
 from .queries import check_plain_text, format_query, markup_tokens, normalize_description, resolve_query
 
 logger = logging.getLogger(__name__)
@@ -30,20 +31,6 @@ ANSWER_YES = "Yes"
 ANSWER_NO = "No"
 # Renderers produce values a few ulps outside [0, 1]; anything further out is a caller's bug.
 RANGE_TOLERANCE = 1e-4
-
-
-@dataclass(frozen=True)
-class CriticOutput:
-    """What the critic says about one or several view sets.
-
-    `r` = logit(Yes) - logit(No) (fp32; differentiable w.r.t. the images), `p_yes` = sigmoid(r) =
-    P(Yes | the answer is Yes or No). Scalars for one view set, shape (B,) for a batch.
-    """
-
-    r: torch.Tensor
-    p_yes: torch.Tensor
-    logit_yes: torch.Tensor
-    logit_no: torch.Tensor
 
 
 @dataclass(frozen=True)
@@ -132,6 +119,10 @@ class VLMCritic:
     (checkpointing only acts in train mode; Qwen2.5-VL has no dropout, so outputs do not change).
     """
 
+    #: The `critic.protocol.Critic` properties of this family.
+    family = "qwen2.5-vl"
+    view_multiple = VIEW_SIDE_MULTIPLE
+
     def __init__(
         self,
         model: Any,
@@ -196,6 +187,10 @@ class VLMCritic:
             # Enabling checkpointing also hooks the input embeddings to require grad (meant for
             # adapters); with frozen weights that only adds a useless gradient buffer.
             model.disable_input_require_grads()
+
+    def modules(self) -> list[torch.nn.Module]:
+        """The critic's weights: the one Qwen2.5-VL model (what an idle-offload moves)."""
+        return [self.model]
 
     # ----------------------------------------------------------------------------------------
     # Pixel-independent parts (cached)
