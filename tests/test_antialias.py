@@ -20,7 +20,8 @@ import trimesh
 from vlm3d_ttg.render import Renderer, ShadingConfig, orbit_cameras, render_mesh
 from vlm3d_ttg.render import antialias as aa
 from vlm3d_ttg.render.raster_cpu import clip_positions, fragments_from_face_ids, zbuffer_face_ids
-from vlm3d_ttg.surface import SurfaceConfig, extract_surface, extract_surface_from_field
+from vlm3d_ttg.backbones.hunyuan3d2 import extract_shapevae_surface as extract_surface
+from vlm3d_ttg.surface import SurfaceConfig, extract_surface_from_field
 
 from test_render import body_with_marker, mesh_tensors
 from test_surface import field_normals, level_set_offsets

@@ -272,7 +272,7 @@ def test_generate_plumbs_the_reference_and_layout_to_the_critic(tiny_pipeline, t
 
     def score(critic_guidance: GuidanceConfig, **critic_options) -> float:
         critic = VLMCritic(model, processor, "a small clay pot", **critic_options)
-        return float(VLMReward(tiny_pipeline.vae, critic, critic_guidance).score_mesh(mesh.vertices, mesh.faces).r)
+        return float(VLMReward(tiny_pipeline, critic, critic_guidance).score_mesh(mesh.vertices, mesh.faces).r)
 
     assert abs(score(guidance, reference=reference, layout="grid", grid_size=56) - result.final_r) < 1e-4
     paper = dataclasses.replace(guidance, reference=False, view_layout="separate")

@@ -145,7 +145,7 @@ def test_empty_surface_and_non_finite_gradient_steps_are_skipped_and_recorded(ti
     from vlm3d_ttg.reward import VLMReward
 
     config = GuidanceConfig(num_views=2, view_size=56, grid_resolution=32, sigma_window=(0.1, 0.9), every=1)
-    reward = VLMReward.from_config(tiny_pipeline.vae, VLMCritic(*tiny_vlm, "a pot"), config)
+    reward = VLMReward.from_config(tiny_pipeline, VLMCritic(*tiny_vlm, "a pot"), config)
     wrapped = _NaNGradientOnce(reward, bad_call=2)
     normal_surface = reward.surface_config
 

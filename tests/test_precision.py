@@ -33,7 +33,7 @@ def guided_sampler(shape_ref, vlm_path, shape_dtype, critic_dtype, config, **kwa
         shape_ref.repo_id, shape_ref.subfolder, models_dir=shape_ref.models_dir, device="cpu", dtype=shape_dtype
     )
     model, processor = load_vlm(vlm_path, device="cpu", dtype=critic_dtype)
-    reward = VLMReward.from_config(pipeline.vae, VLMCritic(model, processor, "a blue robot", config.query), config)
+    reward = VLMReward.from_config(pipeline, VLMCritic(model, processor, "a blue robot", config.query), config)
     return GuidedSampler(pipeline, reward, config, **kwargs)
 
 
@@ -134,8 +134,8 @@ def test_half_precision_free_run_ends_close_to_float32(tiny_shape_ref, tiny_vlm_
     # size carry a free-running trajectory with no half-precision arithmetic at all (the reward
     # gradient is not smooth; see benchmarks/RESULTS.md, "Half precision vs float32").
     control_sampler = guided_sampler(tiny_shape_ref, tiny_vlm_path, torch.float32, torch.float32, config)
-    exact_noise = control_sampler.pipeline.prepare_latents
-    control_sampler.pipeline.prepare_latents = lambda *a, **k: exact_noise(*a, **k).half().float()
+    exact_noise = control_sampler.backbone.pipeline.prepare_latents
+    control_sampler.backbone.pipeline.prepare_latents = lambda *a, **k: exact_noise(*a, **k).half().float()
     control = control_sampler(robot_image(), num_inference_steps=8, seed=0, octree_resolution=48, progress=False,
                               callback_on_step_end=lambda _s, _i, _sigma, state: {"latents": state["latents"].half().float()})
 
@@ -165,7 +165,7 @@ def test_models_are_frozen_and_no_parameter_gets_a_gradient(tiny_shape_ref, tiny
     every parameter without `.grad`."""
     config = GuidanceConfig(**{**SMALL, "grad_mode": "xt"})
     sampler = guided_sampler(tiny_shape_ref, tiny_vlm_path, torch.float32, torch.float32, config)
-    pipe = sampler.pipeline
+    pipe = sampler.backbone.pipeline
     modules = [pipe.model, pipe.vae, pipe.conditioner, sampler.reward.critic.model]
     for module in modules:
         assert not any(p.requires_grad for p in module.parameters())
@@ -212,7 +212,7 @@ def test_xt_mode_through_a_float16_dit_is_loss_scaled_and_finite(tiny_shape_ref,
 
 
 def test_offload_refuses_exact_gradients(tiny_pipeline, tiny_vlm):
-    reward = VLMReward.from_config(tiny_pipeline.vae, VLMCritic(*tiny_vlm, "a pot"), GuidanceConfig(**SMALL))
+    reward = VLMReward.from_config(tiny_pipeline, VLMCritic(*tiny_vlm, "a pot"), GuidanceConfig(**SMALL))
     with pytest.raises(InvalidInputError, match="offload_idle cannot be combined with grad_mode='xt'"):
         GuidedSampler(tiny_pipeline, reward, GuidanceConfig(**{**SMALL, "grad_mode": "xt"}), offload_idle=True)
 
@@ -221,7 +221,7 @@ def test_offload_phases_follow_the_loop_and_placement_is_restored_after_a_failur
     """The bookkeeping of --offload-idle, on the CPU: which phase is active at each step, and that a
     failure mid-run leaves every model where it was (the moves themselves are no-ops on a CPU)."""
     config = GuidanceConfig(**SMALL)
-    reward = VLMReward.from_config(tiny_pipeline.vae, VLMCritic(*tiny_vlm, "a pot"), config)
+    reward = VLMReward.from_config(tiny_pipeline, VLMCritic(*tiny_vlm, "a pot"), config)
     sampler = GuidedSampler(tiny_pipeline, reward, config, offload_idle=True)
     assert not sampler.offload.enabled  # a CPU run: nothing to offload
     sampler.offload.enabled = True  # exercise the bookkeeping anyway
@@ -259,7 +259,7 @@ def test_x0_mode_keeps_no_dit_weights_in_any_autograd_graph(tiny_pipeline, tiny_
 
     def saved_dit_weights(grad_mode: str) -> int:
         config = GuidanceConfig(**{**SMALL, "grad_mode": grad_mode})
-        reward = VLMReward.from_config(tiny_pipeline.vae, VLMCritic(*tiny_vlm, "a pot"), config)
+        reward = VLMReward.from_config(tiny_pipeline, VLMCritic(*tiny_vlm, "a pot"), config)
         count = 0
 
         def pack(tensor):
@@ -280,7 +280,7 @@ def test_camera_stream_follows_the_runs_generator(tiny_pipeline, tiny_vlm):
     seeded = [derive_camera_seed(torch.Generator().manual_seed(s)) for s in (0, 0, 1)]
     assert seeded[0] == seeded[1] != seeded[2]
     config = GuidanceConfig(**{**SMALL, "sigma_window": (0.4, 0.6)})
-    reward = VLMReward.from_config(tiny_pipeline.vae, VLMCritic(*tiny_vlm, "a pot"), config)
+    reward = VLMReward.from_config(tiny_pipeline, VLMCritic(*tiny_vlm, "a pot"), config)
     sampler = GuidedSampler(tiny_pipeline, reward, config)
 
     def run(**kwargs):
@@ -300,7 +300,7 @@ def test_no_reward_graph_outlives_its_guided_step(tiny_pipeline, tiny_vlm):
     """The loss scale keeps the graph for retries; once the gradient is taken, the evaluation the
     callback sees holds no graph, so the critic's activations are freed before the next DiT call."""
     config = GuidanceConfig(**SMALL)
-    reward = VLMReward.from_config(tiny_pipeline.vae, VLMCritic(*tiny_vlm, "a pot"), config)
+    reward = VLMReward.from_config(tiny_pipeline, VLMCritic(*tiny_vlm, "a pot"), config)
     seen = []
 
     def callback(sampler, step, sigma, state):

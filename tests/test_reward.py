@@ -18,7 +18,7 @@ from vlm3d_ttg.reward import VLMReward, coarse_resolution_for
 def reward(tiny_pipeline, tiny_vlm):
     critic = VLMCritic(*tiny_vlm, "a toy robot")
     # Fixed cameras: the same function is evaluated at every point.
-    return VLMReward(tiny_pipeline.vae, critic, GuidanceConfig(num_views=2, view_size=112, grid_resolution=64,
+    return VLMReward(tiny_pipeline, critic, GuidanceConfig(num_views=2, view_size=112, grid_resolution=64,
                                                                azimuth_jitter=0.0, elevation_jitter=0.0))
 
 

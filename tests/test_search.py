@@ -16,11 +16,11 @@ from vlm3d_ttg.cli import main
 from vlm3d_ttg.errors import InvalidInputError
 from vlm3d_ttg.guidance import GuidanceConfig, LatentFunctionReward, RewardEvaluation
 from vlm3d_ttg.sampler import GuidedSampler
+from vlm3d_ttg.compute import planned_compute
 from vlm3d_ttg.search import (
     SearchOptions,
     candidate_seeds,
     check_search_with_guidance,
-    planned_compute,
     select_candidates,
     selection_step,
 )
@@ -192,7 +192,7 @@ def test_cli_search_keeps_the_best_candidate_and_a_rerun_picks_it_again(rgba_pat
 
     config = GuidanceConfig(**manifest["guidance"] | {"enabled": False, "sigma_window": (0.1, 0.9)})
     critic = VLMCritic(*tiny_vlm, "a clay pot", config.query)
-    rerun = GuidedSampler(tiny_pipeline, VLMReward.from_config(tiny_pipeline.vae, critic, config), config)(
+    rerun = GuidedSampler(tiny_pipeline, VLMReward.from_config(tiny_pipeline, critic, config), config)(
         prepare_condition_image(rgba_path), num_inference_steps=6, seed=4, output_type="latent", progress=False,
         search=SearchOptions(candidates=8, select_at=0.3)).search
     assert rerun.chosen == chosen
@@ -239,7 +239,7 @@ def test_cost_weights_follow_the_cost_model_and_best_of_n_matches_guided_compute
     import importlib.util
     from pathlib import Path
 
-    from vlm3d_ttg.search import REAL_SIZE_COST, compute_tflop, equal_compute_candidates
+    from vlm3d_ttg.compute import REAL_SIZE_COST, compute_tflop, equal_compute_candidates
 
     path = Path(__file__).resolve().parent.parent / "benchmarks" / "cost_model.py"
     spec = importlib.util.spec_from_file_location("cost_model_for_search", path)

@@ -18,15 +18,9 @@ import torch
 
 from vlm3d_ttg.errors import EmptySurfaceError, InvalidInputError
 from vlm3d_ttg.render import orbit_cameras, render_mesh
-from vlm3d_ttg.surface import (
-    SurfaceConfig,
-    evaluate_occupancy_grid,
-    extract_surface,
-    extract_surface_from_field,
-    plain_cross_attention,
-    shapevae_field,
-    shapevae_tokens,
-)
+from vlm3d_ttg.backbones.hunyuan3d2 import extract_shapevae_surface as extract_surface
+from vlm3d_ttg.backbones.hunyuan3d2 import plain_cross_attention, shapevae_field, shapevae_tokens
+from vlm3d_ttg.surface import SurfaceConfig, evaluate_occupancy_grid, extract_surface_from_field
 
 
 def sphere_logits(scale: float, shape: str = "linear"):

@@ -55,8 +55,8 @@ def test_the_sum_is_what_the_gradient_follows(tiny_pipeline, critic):
     """r = r_vlm + w·coverage in value and in gradient; the term sees its own cameras' renders."""
     config = GuidanceConfig(**CONFIG)
     term = Coverage(own_cameras=True)
-    vlm_only = VLMReward(tiny_pipeline.vae, critic, config)
-    both = VLMReward(tiny_pipeline.vae, critic, config, terms=[(3.0, term)])
+    vlm_only = VLMReward(tiny_pipeline, critic, config)
+    both = VLMReward(tiny_pipeline, critic, config, terms=[(3.0, term)])
     latent = _latent(0).requires_grad_(True)
     alone = vlm_only(latent)
     combined = both(latent)
@@ -70,7 +70,7 @@ def test_the_sum_is_what_the_gradient_follows(tiny_pipeline, critic):
     assert combined.p_yes == pytest.approx(float(torch.sigmoid(alone.r)), abs=1e-6)
     (g_both,) = torch.autograd.grad(combined.r, latent)
     (g_vlm,) = torch.autograd.grad(vlm_only(latent).r, latent)
-    coverage_only = VLMReward(tiny_pipeline.vae, None, config, terms=[(1.0, Coverage(own_cameras=True))])
+    coverage_only = VLMReward(tiny_pipeline, None, config, terms=[(1.0, Coverage(own_cameras=True))])
     (g_cov,) = torch.autograd.grad(coverage_only(latent).r, latent)
     assert float(g_cov.norm()) > 0
     torch.testing.assert_close(g_both, g_vlm + 3.0 * g_cov, rtol=1e-4, atol=1e-6)
@@ -78,7 +78,7 @@ def test_the_sum_is_what_the_gradient_follows(tiny_pipeline, critic):
 
 def test_terms_on_the_orbit_share_its_render(tiny_pipeline, critic):
     term = Coverage(own_cameras=False)
-    evaluation = VLMReward(tiny_pipeline.vae, critic, GuidanceConfig(**CONFIG), terms=[(1.0, term)])(_latent(1))
+    evaluation = VLMReward(tiny_pipeline, critic, GuidanceConfig(**CONFIG), terms=[(1.0, term)])(_latent(1))
     assert term.seen == [(2, 56)]
     assert set(evaluation.timings) == {"surface", "render", "critic", "term.coverage"}
 
@@ -86,17 +86,17 @@ def test_terms_on_the_orbit_share_its_render(tiny_pipeline, critic):
 def test_bad_term_lists_are_refused(tiny_pipeline, critic):
     config = GuidanceConfig(**CONFIG)
     with pytest.raises(InvalidInputError, match="nothing to score"):
-        VLMReward(tiny_pipeline.vae, None, config)
+        VLMReward(tiny_pipeline, None, config)
     with pytest.raises(InvalidInputError, match="nothing to score"):
-        VLMReward(tiny_pipeline.vae, None, config, terms=[(0.0, Coverage(False))])
+        VLMReward(tiny_pipeline, None, config, terms=[(0.0, Coverage(False))])
     with pytest.raises(InvalidInputError, match="not a reward term"):
-        VLMReward(tiny_pipeline.vae, critic, config, terms=[(1.0, object())])
+        VLMReward(tiny_pipeline, critic, config, terms=[(1.0, object())])
     with pytest.raises(InvalidInputError, match="finite"):
-        VLMReward(tiny_pipeline.vae, critic, config, terms=[(float("nan"), Coverage(False))])
+        VLMReward(tiny_pipeline, critic, config, terms=[(float("nan"), Coverage(False))])
     named_vlm = Coverage(False)
     named_vlm.name = "vlm"
     with pytest.raises(InvalidInputError, match="unique"):
-        VLMReward(tiny_pipeline.vae, critic, config, terms=[(1.0, named_vlm)])
+        VLMReward(tiny_pipeline, critic, config, terms=[(1.0, named_vlm)])
     assert isinstance(Coverage(False), RewardTerm)
 
 
@@ -111,14 +111,14 @@ def _disc() -> Image.Image:
 def test_a_zero_weight_term_changes_nothing_and_records_carry_every_term(tiny_pipeline, critic):
     config = GuidanceConfig(scale=0.05, sigma_window=(0.3, 0.95), every=1, **CONFIG)
     run = dict(num_inference_steps=6, seed=3, output_type="latent", progress=False)
-    default = GuidedSampler(tiny_pipeline, VLMReward(tiny_pipeline.vae, critic, config), config)(_disc(), **run)
-    zero = GuidedSampler(tiny_pipeline, VLMReward(tiny_pipeline.vae, critic, config, terms=[(0.0, Coverage(True))]),
+    default = GuidedSampler(tiny_pipeline, VLMReward(tiny_pipeline, critic, config), config)(_disc(), **run)
+    zero = GuidedSampler(tiny_pipeline, VLMReward(tiny_pipeline, critic, config, terms=[(0.0, Coverage(True))]),
                          config)(_disc(), **run)
     assert torch.equal(default.latents, zero.latents)
     guided = [r for r in default.records if r.guided and not r.skipped]
     assert guided and all(set(r.terms) == {"vlm"} and r.terms["vlm"] == r.r for r in guided)
 
-    weighted = GuidedSampler(tiny_pipeline, VLMReward(tiny_pipeline.vae, critic, config, terms=[(2.0, Coverage(True))]),
+    weighted = GuidedSampler(tiny_pipeline, VLMReward(tiny_pipeline, critic, config, terms=[(2.0, Coverage(True))]),
                              config)(_disc(), **run)
     steps = [r for r in weighted.records if r.guided and not r.skipped]
     assert steps and all(set(r.terms) == {"vlm", "coverage"} for r in steps)

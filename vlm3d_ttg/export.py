@@ -1,16 +1,14 @@
-"""Final mesh: hy3dgen's postprocessors (optional) and an atomic write in the format of the suffix."""
+"""Final mesh: the export grid's default, hy3dgen's postprocessors (optional) and an atomic write in the format of the suffix.
+
+The decode of a final latent to a mesh is the backbone's (`Backbone.to_mesh`)."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import torch
 import trimesh
 
 from .errors import InvalidInputError
@@ -20,6 +18,15 @@ from .options import option
 logger = logging.getLogger(__name__)
 
 MESH_SUFFIXES = (".glb", ".gltf", ".obj", ".ply", ".stl", ".off")
+#: Cells per axis of the export grid: hy3dgen's 384 for real runs; the tiny preset's shapes need
+#: no more than 128 (`export_resolution`).
+EXPORT_RESOLUTION = 384
+TINY_EXPORT_RESOLUTION = 128
+
+
+def export_resolution(preset: str) -> int:
+    """The default export grid of a preset ("tiny": TINY_EXPORT_RESOLUTION, else EXPORT_RESOLUTION)."""
+    return TINY_EXPORT_RESOLUTION if preset == "tiny" else EXPORT_RESOLUTION
 
 
 @dataclass
@@ -97,38 +104,3 @@ def save_mesh(mesh: trimesh.Trimesh, path: str | os.PathLike) -> Path:
     with atomic_path(target) as tmp:
         tmp.write_bytes(data)
     return target
-
-
-def latents_to_mesh(
-    pipeline: Any,
-    latents: torch.Tensor,
-    *,
-    box_v: float = 1.01,
-    mc_level: float = 0.0,
-    num_chunks: int = 8000,
-    octree_resolution: int = 384,
-) -> trimesh.Trimesh | None:
-    """Decode a final latent (1, L, C) to a mesh exactly as hy3dgen's pipeline does at the end of a run.
-
-    The same operations as the pipeline's (private) `_export`, through its public parts: the
-    ShapeVAE, `latents2mesh` (hy3dgen's volume decoder + marching cubes) and `export_to_trimesh`.
-    None when the latent decodes to no surface.
-    """
-    from hy3dgen.shapegen.pipelines import export_to_trimesh
-
-    # hy3dgen prints its own traceback to stderr when marching cubes finds no surface; keep it
-    # for --verbose (debug log) instead of showing a stranger's traceback before our message.
-    hy3dgen_said = io.StringIO()
-    with torch.no_grad(), contextlib.redirect_stderr(hy3dgen_said):
-        tokens = pipeline.vae(1.0 / pipeline.vae.scale_factor * latents)
-        outputs = pipeline.vae.latents2mesh(
-            tokens, bounds=box_v, mc_level=mc_level, num_chunks=num_chunks, octree_resolution=octree_resolution,
-            mc_algo=None, enable_pbar=False,
-        )
-    if hy3dgen_said.getvalue():
-        logger.debug("hy3dgen's surface extractor reported:\n%s", hy3dgen_said.getvalue())
-    mesh = export_to_trimesh(outputs)[0]
-    if mesh is None or len(mesh.faces) == 0:
-        logger.warning("The final latent decodes to no surface (empty mesh).")
-        return None
-    return mesh

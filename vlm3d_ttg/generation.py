@@ -18,7 +18,14 @@ from typing import Any, Callable
 import torch
 
 from .errors import EmptySurfaceError, InvalidInputError
-from .export import PostprocessConfig, postprocess_mesh, save_mesh
+from .export import (
+    EXPORT_RESOLUTION,
+    TINY_EXPORT_RESOLUTION,
+    PostprocessConfig,
+    export_resolution,
+    postprocess_mesh,
+    save_mesh,
+)
 from .guidance import GuidanceConfig, StepRecord
 from .inputs import prepare_condition_image
 from .io import atomic_path
@@ -27,7 +34,7 @@ from .manifest import package_versions, write_manifest
 from .sampler import StepCallback
 from .text2image import DEFAULT_TEXT_TO_IMAGE_MODEL
 from .search import SearchOptions, SearchRecord
-from .models import load_shape_pipeline, load_vlm, resolve_device, resolve_dtype
+from .models import load_shape_pipeline, load_vlm, resolve_device, resolve_dtype, resolve_shape_model
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +54,8 @@ class GenerationOptions:
     steps: int = option(50, "Sampler steps.")
     cfg_scale: float = option(5.0, "Classifier-free guidance scale of the shape model (hy3dgen's guidance_scale).",
                               aliases=("--cfg",))
-    octree_resolution: int | None = option(None, "Export grid (default 384; 128 with --preset tiny).", cli_type=int)
+    octree_resolution: int | None = option(None, f"Export grid (default {EXPORT_RESOLUTION}; {TINY_EXPORT_RESOLUTION} with "
+                                           "--preset tiny).", cli_type=int)
     shape_model: str = option("tencent/Hunyuan3D-2", "hy3dgen shape model: repo id or variant name (e.g. hunyuan3d-2mini).")
     shape_subfolder: str | None = option(None, "Subfolder of the shape repo (default: the repo's main DiT).", cli_type=str)
     vlm: str = option("Qwen/Qwen2.5-VL-7B-Instruct", "Critic: Qwen2.5-VL hub id or local folder.")
@@ -107,14 +115,22 @@ class GenerationOptions:
 
 @dataclass
 class LoadedModels:
-    """The shape pipeline and the critic's model + processor, with where they came from."""
+    """The shape model (a backbone) and the critic's model + processor, with where they came from.
 
-    pipeline: Any
+    `backbone` is a `backbones.Backbone`; a model one wraps (a loaded hy3dgen pipeline) is wrapped.
+    """
+
+    backbone: Any
     vlm: Any
     processor: Any
     shape_id: str
     vlm_id: str
     preset: str = "real"  # real, tiny or realsize (see PRESETS)
+
+    def __post_init__(self) -> None:
+        from .backbones import as_backbone
+
+        self.backbone = as_backbone(self.backbone)
 
     @property
     def tiny(self) -> bool:
@@ -231,7 +247,9 @@ def load_models(
     """Load the shape pipeline and the critic of `preset` (one of PRESETS; `tiny=True` is preset "tiny").
 
     The offline presets write their checkpoints once under `cache_dir` ($VLM3D_TTG_CACHE,
-    ~/.cache/vlm3d-ttg) and load them through the same loaders as the real models.
+    ~/.cache/vlm3d-ttg) and load them through the same loaders as the real models. The tiny preset
+    writes the tiny checkpoint of the variant `options.shape_model` names (its subfolder: -fast,
+    -turbo, -mv), so e.g. `--preset tiny --shape-model hunyuan3d-2mv` runs multi-view offline.
 
     With `offload_idle` on a GPU the critic is loaded into CPU memory (in the dtype it will run
     in on the GPU) and the sampler brings it over at the first guided step, so loading never
@@ -259,7 +277,9 @@ def load_models(
     if preset == "tiny":
         from .tiny import ensure_tiny_shape_model, ensure_tiny_vlm
 
-        ref = ensure_tiny_shape_model(cache_dir)
+        # The tiny checkpoint of the variant asked for (e.g. --shape-model hunyuan3d-2mv: the tiny -mv one).
+        ref = ensure_tiny_shape_model(cache_dir, subfolder=resolve_shape_model(options.shape_model,
+                                                                               options.shape_subfolder).subfolder)
         pipeline = load_shape_pipeline(ref.repo_id, ref.subfolder, models_dir=ref.models_dir, device=torch_device, dtype=dtype)
         vlm_path = ensure_tiny_vlm(cache_dir)
         model, processor = load_vlm(vlm_path, device=critic_device, dtype=critic_dtype)
@@ -345,7 +365,6 @@ def generate_mesh(
     writing the manifest) when the final latent has no surface.
     """
     from .critic import VLMCritic
-    from .critic.reference import reference_from_condition
     from .reward import VLMReward
     from .sampler import GuidedSampler
 
@@ -354,16 +373,15 @@ def generate_mesh(
         raise InvalidInputError("generate_mesh needs exactly one of `image` and `generated_input`.")
     options = (options or GenerationOptions()).validate()
     seed, steps, cfg_scale, checkpointing = options.seed, options.steps, options.cfg_scale, options.checkpointing
-    octree_resolution = options.octree_resolution or 384
+    octree_resolution = options.octree_resolution or export_resolution(models.preset)
     offload_idle = options.offload_idle
+    backbone = models.backbone
     condition = prepare_condition_image(generated_input.image if generated_input is not None else image)
-    reference = (
-        reference_from_condition(models.pipeline.image_processor, condition, guidance.view_size) if guidance.reference else None
-    )
+    reference = backbone.reference_image(condition, guidance.view_size) if guidance.reference else None
     critic = VLMCritic(models.vlm, models.processor, prompt, guidance.query, reference=reference,
                        layout=guidance.view_layout, grid_size=guidance.view_size, activation_checkpointing=checkpointing)
-    reward = VLMReward.from_config(models.pipeline.vae, critic, guidance)
-    sampler = GuidedSampler(models.pipeline, reward, guidance, offload_idle=offload_idle)
+    reward = VLMReward.from_config(backbone, critic, guidance)
+    sampler = GuidedSampler(backbone, reward, guidance, offload_idle=offload_idle)
     capture = ViewCapture(keep_views, sampler.guided_steps(steps, search), then=step_callback)
     output = sampler(
         condition,
@@ -399,16 +417,17 @@ def generate_mesh(
         "steps": steps,
         "cfg_scale": cfg_scale,
         "options": options.to_dict(),
-        "device": str(models.pipeline.device),
-        "dtype": str(models.pipeline.dtype),
-        "models": {"shape": models.shape_id, "critic": models.vlm_id, "tiny": models.tiny, "preset": models.preset},
+        "device": str(backbone.device),
+        "dtype": str(backbone.dtype),
+        "models": {"shape": models.shape_id, "backbone": backbone.name, "critic": models.vlm_id, "tiny": models.tiny,
+                   "preset": models.preset},
         "guidance": guidance.to_dict(),
         "camera_seed": output.camera_seed,
         "precision": {
-            "shape_model": str(models.pipeline.dtype),
+            "shape_model": str(backbone.dtype),
             "guidance_decode": str(reward.decode_dtype),
             "critic": str(next(models.vlm.parameters()).dtype),
-            "loss_scaled_backward": sampler._half_backward(),
+            "loss_scaled_backward": sampler.half_backward,
             "loss_scale_overflows": output.loss_scale_overflows,
         },
         "memory": {

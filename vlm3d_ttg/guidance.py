@@ -161,6 +161,11 @@ class GuidanceConfig:
             bad(f"query: {exc}")
         return self
 
+    @property
+    def active(self) -> bool:
+        """Whether the critic's gradient can move the latent at all: enabled with λ > 0 (the one rule)."""
+        return self.enabled and self.scale > 0
+
     def to_dict(self) -> dict:
         """A JSON-ready copy (for manifests)."""
         return dataclasses.asdict(self)
@@ -182,7 +187,7 @@ def guided_steps(sigmas: list[float], config: GuidanceConfig) -> list[int]:
     step lands (the scheduler appends σ = 1). A step of zero length (hy3dgen's last one,
     σ = 1 → 1) is never guided: the cap relative to the sampler's step would make it a no-op.
     """
-    if not config.enabled or config.scale == 0:
+    if not config.active:
         return []
     lo, hi = config.sigma_window
     in_window = [

@@ -14,10 +14,11 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from .backbones import Backbone, as_backbone
 from .critic.protocol import Critic
 from .errors import EmptySurfaceError, InvalidInputError, SkippedStepError
 from .guidance import GuidanceConfig, RewardEvaluation
-from .precision import decode_dtype, is_half, upcast_copy
+from .precision import is_half
 from .render import CameraJitter, Cameras, Renderer, orbit_cameras
 from .surface import SurfaceConfig, extract_surface
 from .terms import CriticTerm, RewardTerm, Views, weighted_sum
@@ -41,7 +42,7 @@ def coarse_resolution_for(resolution: int, finest_coarse: int = 32) -> int | Non
 
 
 class VLMReward:
-    """The reward of a Hunyuan3D-2 latent: decode with the pipeline's ShapeVAE, render, score with reward terms.
+    """The reward of a latent: decode it through its backbone's occupancy field, render, score with reward terms.
 
     r = Σ w_k · term_k (`vlm3d_ttg.terms`). `critic` (a `critic.Critic`, e.g. `VLMCritic`) becomes
     the term "vlm" with weight 1 — the paper's reward, and the whole reward by default; `terms` adds
@@ -50,8 +51,10 @@ class VLMReward:
     (against reward hacking); `score_mesh` and `score_latent` use the un-jittered cameras, so final
     scores are comparable.
 
-    Precision (`vlm3d_ttg.precision`): the guidance decode runs in at least float32 — a float32
-    copy of a half-precision VAE is made once — so the implicit-function weights neither overflow
+    `backbone` (a `backbones.Backbone`, or a model one wraps such as a loaded hy3dgen pipeline)
+    decodes the latent: its `occupancy_field`, surface level and cube. Precision
+    (`vlm3d_ttg.precision`): the backbone decodes in at least float32 (`decode_dtype`; Hunyuan3D-2
+    with a float32 copy of a half-precision VAE) so the implicit-function weights neither overflow
     nor underflow; renders are float32 and clamped into [0, 1] before any term.
     Faults in the chain (no surface, a non-finite or broken render, a non-finite term) raise
     `SkippedStepError`/`EmptySurfaceError` for the sampler to skip and record the step.
@@ -59,7 +62,7 @@ class VLMReward:
 
     def __init__(
         self,
-        vae: torch.nn.Module,
+        backbone: Backbone | Any,
         critic: Critic | None,
         config: GuidanceConfig | None = None,
         *,
@@ -68,15 +71,7 @@ class VLMReward:
     ):
         config = (config or GuidanceConfig()).validate()
         self.terms = _checked_terms(critic, terms)
-        self.vae = vae
-        vae_dtype = next(vae.parameters()).dtype
-        self.decode_dtype = decode_dtype(vae_dtype)
-        if self.decode_dtype != vae_dtype:
-            # The pipeline keeps its half-precision VAE for the export; guidance decodes with a copy.
-            self.decode_vae = upcast_copy(vae, self.decode_dtype)
-            logger.info("Guidance decodes with a %s copy of the %s ShapeVAE", self.decode_dtype, vae_dtype)
-        else:
-            self.decode_vae = vae
+        self.backbone = as_backbone(backbone)
         self.critic = critic
         # Views, cameras, grid and backend come from the config: declared once, in GuidanceConfig.
         self.num_views = config.num_views
@@ -94,16 +89,23 @@ class VLMReward:
             else None
         )
         grid = config.grid_resolution
-        self.surface_config = surface_config or SurfaceConfig(resolution=grid, coarse_resolution=coarse_resolution_for(grid))
+        self.surface_config = surface_config or SurfaceConfig(
+            resolution=grid, coarse_resolution=coarse_resolution_for(grid), bounds=self.backbone.bounds,
+            level=self.backbone.level)
         self.renderer = Renderer(config.backend)
 
     @classmethod
     def from_config(
-        cls, vae: torch.nn.Module, critic: Critic | None, config: GuidanceConfig,
+        cls, backbone: Backbone | Any, critic: Critic | None, config: GuidanceConfig,
         *, terms: Sequence[tuple[float, RewardTerm]] = (),
     ) -> "VLMReward":
         """The reward with the views, cameras, grid and backend a GuidanceConfig asks for (= the constructor)."""
-        return cls(vae, critic, config, terms=terms)
+        return cls(backbone, critic, config, terms=terms)
+
+    @property
+    def decode_dtype(self) -> torch.dtype:
+        """The dtype the guidance decode runs in (the backbone's)."""
+        return self.backbone.decode_dtype
 
     def cameras(self, *, generator: torch.Generator | None = None, jitter: bool = True, device: Any = None) -> Cameras:
         """The orbit cameras of one evaluation (jittered with `generator` unless `jitter=False`)."""
@@ -126,7 +128,7 @@ class VLMReward:
         """
         timings: dict[str, float] = {}
         tic = time.perf_counter()
-        surface = extract_surface(self.decode_vae, latent.to(self.decode_dtype), self.surface_config)
+        surface = extract_surface(self.backbone.occupancy_field(latent), self.surface_config)
         timings["surface"] = time.perf_counter() - tic
         orbit = self.cameras(generator=generator, jitter=jitter, device=surface.vertices.device)
         return self.evaluate(surface.vertices.float(), surface.faces, orbit, timings)
@@ -188,7 +190,7 @@ class VLMReward:
         """r of a finished mesh from the un-jittered cameras (no gradient)."""
         if len(faces) == 0:
             raise EmptySurfaceError("The mesh has no faces.")
-        device = next(self.vae.parameters()).device
+        device = self.backbone.device
         vertices_t = torch.as_tensor(np.asarray(vertices), dtype=torch.float32, device=device)
         faces_t = torch.as_tensor(np.asarray(faces, dtype=np.int64), device=device)
         evaluation = self.evaluate(vertices_t, faces_t, self.cameras(jitter=False, device=device))

@@ -1,15 +1,15 @@
-"""GuidedSampler: Hunyuan3D-2's flow-matching loop with VLM test-time guidance inserted.
+"""GuidedSampler: a flow-matching loop with VLM test-time guidance inserted, over any backbone.
 
-hy3dgen's pipeline `__call__` runs under `torch.inference_mode()`, so nothing inside it can be
-differentiated. This sampler runs the same loop itself, reusing the pipeline's own parts
-(image processor, conditioner, scheduler, DiT, CFG rule, VAE and export), and inserts one thing:
-at guided steps, the gradient of the critic's log-odds w.r.t. the predicted clean latent moves
-the latent after the Euler step. With guidance off it reproduces the pipeline's latents.
+The loop sees a `backbones.Backbone` (condition, velocity with its CFG, σ schedule and Euler step,
+noise, the occupancy field of a clean latent, the export) and a `guidance.LatentReward`; it holds
+latents, σ and records. It inserts one thing into the generator's own loop: at guided steps, the
+gradient of the reward w.r.t. the predicted clean latent moves the latent after the Euler step.
+With guidance off it reproduces the generator's latents (hy3dgen's, bit for bit: its pipeline's
+`__call__` runs under `torch.inference_mode()`, which is why this loop exists).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import logging
 import secrets
@@ -22,7 +22,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .errors import EmptySurfaceError, InvalidInputError, SkippedStepError, UnsupportedModelError
+from .backbones import Backbone, SamplingContext, as_backbone, check_views
+from .compute import Compute
+from .errors import EmptySurfaceError, InvalidInputError, SkippedStepError
+from .export import EXPORT_RESOLUTION
 from .guidance import (
     GuidanceConfig,
     LatentReward,
@@ -31,17 +34,14 @@ from .guidance import (
     guided_step,
     predicted_clean_latent,
 )
-from .export import latents_to_mesh
 from .offload import IdleOffload
 from .precision import LossScale, is_half
 from .search import (
     CandidateRecord,
-    Compute,
     SearchOptions,
     SearchRecord,
     candidate_seeds,
     check_search_with_guidance,
-    expand_condition,
     guided_steps_with_search,
     select_candidates,
     selection_step,
@@ -66,65 +66,75 @@ class SamplerOutput:
     compute: Compute = field(default_factory=Compute)
 
 
-@dataclass
-class SamplingContext:
-    """Everything a run fixes before its first step: conditioning, CFG mode and the σ schedule."""
-
-    cond: Any
-    do_cfg: bool
-    guidance_scale: float
-    guidance_embedding: torch.Tensor | None
-    timesteps: torch.Tensor
-    sigmas: list[float]  # σ of each step, plus the scheduler's appended final σ = 1
-    batch_size: int
-
-
 StepCallback = Callable[["GuidedSampler", int, float, dict[str, Any]], dict[str, Any] | None]
 
 __all__ = ["GuidedSampler", "LatentReward", "RewardEvaluation", "SamplerOutput", "SamplingContext", "derive_camera_seed"]
 
 
-def classifier_free_guidance(velocity_batch: torch.Tensor, guidance_scale: float) -> torch.Tensor:
-    """v = v_uncond + w·(v_cond − v_uncond) for a batch ordered [cond, uncond] (hy3dgen's order)."""
-    cond, uncond = velocity_batch.chunk(2)
-    return uncond + guidance_scale * (cond - uncond)
+@dataclass
+class _Candidates:
+    """The live candidates of a run (the rows of the latents, by candidate index) and each one's step records."""
+
+    alive: list[int]
+    records: dict[int, list[StepRecord]]
+    found: SearchRecord | None  # None: one sample, no search
+
+    @classmethod
+    def start(cls, rows: int, found: SearchRecord | None) -> "_Candidates":
+        alive = list(range(rows if found is not None else 1))
+        return cls(alive, {j: [] for j in alive}, found)
+
+    def new_records(self, step: int, sigma: float, guided: bool) -> dict[int, StepRecord]:
+        """One fresh record per live candidate for this step."""
+        return {j: StepRecord(step=step, sigma=sigma, guided=guided) for j in self.alive}
+
+    def keep(self, rows: list[int]) -> None:
+        """Only these rows (best first) stay alive."""
+        self.alive = [self.alive[row] for row in rows]
+
+    def append(self, step_records: dict[int, StepRecord]) -> None:
+        for j in self.alive:
+            self.records[j].append(step_records[j])
 
 
-def _scheduler_sigmas(scheduler: Any) -> torch.Tensor:
-    # The consistency scheduler (-turbo) keeps its per-run sigmas in `sigmas_`.
-    return getattr(scheduler, "sigmas_", scheduler.sigmas)
+@contextmanager
+def _timed(compute: Compute, phase: str, record: StepRecord | None = None) -> Iterator[None]:
+    """Add the block's wall time to `compute`'s phase (and to the step record's timings)."""
+    tic = time.perf_counter()
+    try:
+        yield
+    finally:
+        seconds = time.perf_counter() - tic
+        compute.add_time(phase, seconds)
+        if record is not None:
+            record.timings[phase] = seconds
 
 
 class GuidedSampler:
-    """Drop-in guided sampler around a loaded hy3dgen `Hunyuan3DDiTFlowMatchingPipeline`.
+    """Drop-in guided sampler around a backbone (`vlm3d_ttg.backbones`; a loaded hy3dgen pipeline is
+    wrapped in its backbone).
 
-    `reward` scores a latent (see `vlm3d_ttg.reward.VLMReward`); without it, or with
-    `config.enabled=False`, the sampler is the pipeline's own loop. `offload_idle` keeps the
-    model that is not running on the CPU (only meaningful on a GPU).
+    `reward` scores a latent (see `vlm3d_ttg.reward.VLMReward`); without it, or with guidance
+    inactive (`GuidanceConfig.active`), the sampler is the generator's own loop. `offload_idle`
+    keeps the model that is not running on the CPU (only meaningful on a GPU).
     """
 
     def __init__(
         self,
-        pipeline: Any,
+        backbone: Backbone | Any,
         reward: LatentReward | None = None,
         config: GuidanceConfig | None = None,
         *,
         offload_idle: bool = False,
     ):
-        from hy3dgen.shapegen.pipelines import Hunyuan3DDiTFlowMatchingPipeline
-
-        if not isinstance(pipeline, Hunyuan3DDiTFlowMatchingPipeline):
-            raise UnsupportedModelError(
-                f"GuidedSampler drives hy3dgen's Hunyuan3DDiTFlowMatchingPipeline, got {type(pipeline).__name__}."
-            )
-        self.pipeline = pipeline
+        self.backbone = as_backbone(backbone)
         self.reward = reward
         # Keep whichever model is idle in CPU memory: the DiT and conditioner while the critic
         # runs, the critic while the DiT runs. Saves GPU memory at the price of host<->device
         # copies at every guided step (the 7B critic is ~15.5 GiB in bf16).
         self.offload_idle = offload_idle
         self.config = (config or GuidanceConfig()).validate()
-        if self.config.enabled and self.config.scale > 0 and reward is None:
+        if self.config.active and reward is None:
             raise InvalidInputError("Guidance is enabled but no reward (critic) was given; pass one or disable guidance.")
         if offload_idle and self.config.enabled and self.config.grad_mode == "xt":
             raise InvalidInputError(
@@ -133,43 +143,19 @@ class GuidedSampler:
                 "(the default) or drop offload_idle."
             )
         critic_models = reward.offload_modules() if reward is not None else []
-        self.offload = IdleOffload(
-            {"condition": [pipeline.conditioner], "denoise": [pipeline.model], "critic": critic_models},
-            pipeline.device,
-            enabled=offload_idle and pipeline.device.type != "cpu",
-        )
+        device = torch.device(self.backbone.device)
+        self.offload = IdleOffload({**self.backbone.offload_groups(), "critic": critic_models}, device,
+                                   enabled=offload_idle and device.type != "cpu")
 
     # ----------------------------------------------------------------- setup and model call
     def prepare(self, image: Any, *, num_inference_steps: int = 50, guidance_scale: float = 5.0) -> SamplingContext:
-        """Encode the conditioning image and set the scheduler's timesteps, as hy3dgen's pipeline does."""
-        from hy3dgen.shapegen.pipelines import retrieve_timesteps
-
-        pipe = self.pipeline
-        distilled = getattr(pipe.model, "guidance_embed", False) is True
-        do_cfg = guidance_scale >= 0 and not distilled
-        with torch.no_grad():
-            cond_inputs = pipe.prepare_image(image)
-            cond_image = cond_inputs.pop("image")
-            cond = pipe.encode_cond(
-                image=cond_image, additional_cond_inputs=cond_inputs, do_classifier_free_guidance=do_cfg, dual_guidance=False
-            )
-        batch_size = cond_image.shape[0]
-        timesteps, _ = retrieve_timesteps(
-            pipe.scheduler, num_inference_steps, pipe.device, sigmas=np.linspace(0, 1, num_inference_steps)
-        )
-        guidance_embedding = (
-            torch.tensor([guidance_scale] * batch_size, device=pipe.device, dtype=pipe.dtype) if distilled else None
-        )
-        sigmas = [float(s) for s in _scheduler_sigmas(pipe.scheduler)]
-        return SamplingContext(cond, do_cfg, guidance_scale, guidance_embedding, timesteps, sigmas, batch_size)
+        """Encode the conditioning image(s) and fix the σ schedule (the backbone's `prepare`)."""
+        check_views(image, self.backbone.views)
+        return self.backbone.prepare(image, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale)
 
     def schedule(self, num_inference_steps: int) -> list[float]:
-        """σ of each step of a run with `num_inference_steps` (plus the scheduler's appended σ = 1)."""
-        from hy3dgen.shapegen.pipelines import retrieve_timesteps
-
-        pipe = self.pipeline
-        retrieve_timesteps(pipe.scheduler, num_inference_steps, pipe.device, sigmas=np.linspace(0, 1, num_inference_steps))
-        return [float(s) for s in _scheduler_sigmas(pipe.scheduler)]
+        """σ of each step of a run with `num_inference_steps` (plus the final σ the last step lands on)."""
+        return self.backbone.schedule(num_inference_steps)
 
     def guided_steps(self, num_inference_steps: int, search: SearchOptions | None = None) -> list[int]:
         """The steps a run with `num_inference_steps` (and `search`) will guide (none without a reward)."""
@@ -178,13 +164,16 @@ class GuidedSampler:
         return guided_steps_with_search(self.schedule(num_inference_steps), self.config, search or SearchOptions())
 
     def velocity(self, latents: torch.Tensor, step: int, context: SamplingContext) -> torch.Tensor:
-        """The DiT's (CFG-combined) velocity at `latents` for step `step`, exactly as hy3dgen computes it."""
-        pipe = self.pipeline
-        t = context.timesteps[step]
-        model_input = torch.cat([latents] * 2) if context.do_cfg else latents
-        timestep = t.expand(model_input.shape[0]).to(latents.dtype) / pipe.scheduler.config.num_train_timesteps
-        velocity = pipe.model(model_input, timestep, context.cond, guidance=context.guidance_embedding)
-        return classifier_free_guidance(velocity, context.guidance_scale) if context.do_cfg else velocity
+        """The backbone's (CFG-combined) velocity at `latents` for step `step`."""
+        return self.backbone.velocity(latents, step, context)
+
+    @property
+    def half_backward(self) -> bool:
+        """Whether any backward of this run's guidance passes through float16 (then it is loss-scaled)."""
+        if self.reward is None or not self.config.enabled:
+            return False
+        dit_half = self.config.grad_mode == "xt" and is_half(self.backbone.dtype)
+        return dit_half or bool(self.reward.half_backward)
 
     # ----------------------------------------------------------------- the loop
     def __call__(
@@ -197,16 +186,17 @@ class GuidedSampler:
         generator: torch.Generator | None = None,
         camera_seed: int | None = None,
         output_type: str = "trimesh",
-        octree_resolution: int = 384,
+        octree_resolution: int = EXPORT_RESOLUTION,
         num_chunks: int = 8000,
-        mc_level: float = 0.0,
-        box_v: float = 1.01,
+        mc_level: float | None = None,
+        box_v: float | None = None,
         callback_on_step_end: StepCallback | None = None,
         progress: bool = True,
         search: SearchOptions | None = None,
     ) -> SamplerOutput:
-        """Run the (guided) flow loop for one conditioning image; return latents, mesh and records.
+        """Run the (guided) flow loop for one conditioning input; return latents, mesh and records.
 
+        `image` is one image, or for a multi-view backbone a dict of views ("front" required).
         `guidance_scale` is the shape model's classifier-free guidance (hy3dgen's name); the
         critic's strength is `GuidanceConfig.scale`. `callback_on_step_end(sampler, step, sigma,
         state)` is called after every step with state {"latents", "record", "displacement" (the
@@ -216,7 +206,8 @@ class GuidedSampler:
         to replace the latents. Camera jitter draws from its own stream, seeded by `camera_seed`
         or else derived from the run's generator (its state before the noise is drawn): same
         seed → same cameras, different generators → different cameras; the seed used is in
-        `SamplerOutput.camera_seed`.
+        `SamplerOutput.camera_seed`. `box_v` and `mc_level` (the export's cube and level) default
+        to the backbone's.
 
         `search` (vlm3d_ttg.search) samples several candidates and keeps the critic's favourite;
         with one candidate (the default) the run is exactly the plain loop. With several, the
@@ -225,106 +216,75 @@ class GuidedSampler:
         _check_call(image, num_inference_steps, guidance_scale, seed, generator, camera_seed)
         if output_type not in ("trimesh", "latent"):
             raise InvalidInputError(f"output_type must be 'trimesh' or 'latent', got {output_type!r}")
+        check_views(image, self.backbone.views)
         search = (search or SearchOptions()).validate()
         check_search_with_guidance(search, self.config)
         if search.searching and self.reward is None:
             raise InvalidInputError("Candidate search needs a reward (critic) to choose among the candidates.")
         started = time.perf_counter()
-        pipe, config, offload = self.pipeline, self.config, self.offload
+        config, offload = self.config, self.offload
         if generator is None and seed is not None:
             generator = torch.Generator(device="cpu").manual_seed(seed)
         if camera_seed is None:
             camera_seed = derive_camera_seed(generator)
         # Camera jitter draws from its own stream so guidance never shifts the sampler's noise.
         camera_generator = torch.Generator(device="cpu").manual_seed(camera_seed)
-        loss_scale = LossScale.for_half_backward(self._half_backward())
+        loss_scale = LossScale.for_half_backward(self.half_backward)
         compute = Compute()
-        found: SearchRecord | None = None
+        export = dict(octree_resolution=octree_resolution, num_chunks=num_chunks,
+                      bounds=self.backbone.bounds if box_v is None else box_v,
+                      level=self.backbone.level if mc_level is None else mc_level)
         try:
             # 1. Encode the condition; draw the initial noise (one row per candidate).
             offload.activate("condition")
-            tic = time.perf_counter()
-            context = self.prepare(image, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale)
-            compute.add_time("condition", time.perf_counter() - tic)
+            with _timed(compute, "condition"):
+                context = self.prepare(image, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale)
             offload.activate("denoise")
             if context.batch_size != 1 and (config.enabled or search.searching):
                 raise InvalidInputError("Guided sampling and candidate search take one conditioning image (or one "
                                         "multi-view dict) per call.")
-            if search.searching:
-                seeds = candidate_seeds(seed, generator, search.candidates)
-                latents = torch.cat([pipe.prepare_latents(1, pipe.dtype, pipe.device, torch.Generator().manual_seed(s))
-                                     for s in seeds])
-                found = SearchRecord(search, selection_step(context.sigmas, search.select_at), None,
-                                     [CandidateRecord(index=j, seed=s) for j, s in enumerate(seeds)])
-            else:
-                latents = pipe.prepare_latents(context.batch_size, pipe.dtype, pipe.device, generator)
+            latents, found = self._initial_latents(context, search, seed, generator)
+            live = _Candidates.start(latents.shape[0], found)
             select_step = found.select_step if found is not None else None
-            # The live candidates (rows of `latents`) and each one's step records.
-            alive = list(range(latents.shape[0] if found is not None else 1))
-            records_of: dict[int, list[StepRecord]] = {j: [] for j in alive}
             row_contexts: dict[int, SamplingContext] = {}  # conditioning per candidate-chunk size
             guided = set(guided_steps_with_search(context.sigmas, config, search)) if self.reward is not None else set()
-
-            bar = tqdm(total=len(context.timesteps), desc="guided sampling" if guided else "sampling",
-                       disable=not progress, leave=False)
-            for i, t in enumerate(context.timesteps):
+            steps = len(context.sigmas) - 1
+            bar = tqdm(total=steps, desc="guided sampling" if guided else "sampling", disable=not progress, leave=False)
+            for i in range(steps):
                 sigma = context.sigmas[i]
-                step_records = {j: StepRecord(step=i, sigma=sigma, guided=i in guided) for j in alive}
-                record = step_records[alive[0]]
-                exact_gradient = record.guided and config.grad_mode == "xt"
+                step_records = live.new_records(i, sigma, i in guided)
+                record = step_records[live.alive[0]]
 
-                # 2. The DiT's velocity (with a graph only for the exact gradient), candidates in batches.
-                record.timings["offload"] = offload.activate("denoise")
-                tic = time.perf_counter()
-                with torch.set_grad_enabled(exact_gradient):
-                    # xt: a float32 leaf, so the (loss-scaled) gradient reaches it in float32.
-                    latents_in = latents.detach().float().requires_grad_(True) if exact_gradient else latents
-                    velocity = self._batched_velocity(latents_in.to(pipe.dtype), i, context, search.batch(), compute,
-                                                     row_contexts)
-                record.timings["dit"] = time.perf_counter() - tic
-                compute.add_time("dit", record.timings["dit"])
-                for other in step_records.values():  # one batched call: every candidate's step shares it
-                    other.timings.setdefault("dit", record.timings["dit"])
-                    other.timings.setdefault("offload", record.timings["offload"])
+                # 2. The velocity (with a graph only for the exact gradient), candidates in batches.
+                latents_in, velocity = self._velocity_step(latents, i, context, record, step_records, search,
+                                                           compute, row_contexts)
 
-                # 3. The sampler's own step (hy3dgen's scheduler: x + (σ_next − σ)·v).
-                next_latents = pipe.scheduler.step(velocity.detach(), t, latents).prev_sample
+                # 3. The sampler's own step (the backbone's Euler step: x + (σ_next − σ)·v).
+                next_latents = self.backbone.step(velocity.detach(), i, latents, context)
 
                 # 3b. Search: the critic scores every candidate's x̂ (forward only); the best continue.
                 if i == select_step:
                     offload.activate("critic")
-                    rows = self._select(found, alive, latents, velocity, sigma, compute)
+                    rows = self._select(found, live.alive, latents, velocity, sigma, compute)
                     latents, velocity, next_latents = latents[rows], velocity[rows], next_latents[rows]
-                    alive = [alive[row] for row in rows]
-                    record = step_records[alive[0]]
+                    live.keep(rows)
+                    record = step_records[live.alive[0]]
 
                 # 4. Guidance: x_next = Sampler(x, σ) + d(∇r)   (paper eq. 10; guidance.guided_step)
                 displacement, evaluation = None, None
                 if record.guided:
                     record.timings["offload"] += offload.activate("critic")
-                    tic = time.perf_counter()
-                    moved = []
-                    for row, j in enumerate(alive):
-                        one = slice(row, row + 1) if len(alive) > 1 else slice(None)
-                        step_displacement, step_evaluation = self._guide(
-                            step_records[j], latents[one], latents_in if len(alive) == 1 else None, velocity[one],
-                            next_latents[one], sigma, camera_generator, loss_scale, compute)
-                        if step_displacement is not None:
-                            moved.append(next_latents[one] + step_displacement.to(next_latents.dtype))
-                        else:
-                            moved.append(next_latents[one])
-                        if row == 0:
-                            displacement, evaluation = step_displacement, step_evaluation
-                    next_latents = moved[0] if len(moved) == 1 else torch.cat(moved)
-                    compute.add_time("guidance", time.perf_counter() - tic)
+                    with _timed(compute, "guidance"):
+                        next_latents, displacement, evaluation = self._guide_candidates(
+                            live.alive, step_records, latents, latents_in, velocity, next_latents, sigma,
+                            camera_generator, loss_scale, compute)
                 latents = next_latents.detach()
-                for j in alive:
-                    records_of[j].append(step_records[j])
+                live.append(step_records)
 
                 # 5. The step callback (diffusers' callback_on_step_end).
                 if callback_on_step_end is not None:
                     state = {"latents": latents, "record": record, "displacement": displacement,
-                             "evaluation": evaluation, "candidates": list(alive)}
+                             "evaluation": evaluation, "candidates": list(live.alive)}
                     replaced = callback_on_step_end(self, i, sigma, state)
                     if replaced and "latents" in replaced:
                         latents = replaced["latents"]
@@ -332,29 +292,26 @@ class GuidedSampler:
                 bar.update(1)
             bar.close()
 
-            # 6. Decode the final latent to a mesh (hy3dgen's export, with its VAE next to the DiT);
+            # 6. Decode the final latent to a mesh (the backbone's export, with its VAE next to the DiT);
             #    several live candidates: decode each, keep the one whose mesh the critic likes best.
             mesh, winner = None, 0
-            if len(alive) > 1:
-                winner, mesh = self._select_final(found, alive, latents, output_type, compute, dict(
-                    box_v=box_v, mc_level=mc_level, num_chunks=num_chunks, octree_resolution=octree_resolution))
+            if len(live.alive) > 1:
+                winner, mesh = self._select_final(found, live.alive, latents, output_type, compute, export)
+                latents = latents[winner:winner + 1]
             elif output_type == "trimesh":
                 offload.activate("denoise")
-                tic = time.perf_counter()
-                mesh = latents_to_mesh(pipe, latents, box_v=box_v, mc_level=mc_level, num_chunks=num_chunks,
-                                       octree_resolution=octree_resolution)
-                compute.add_time("decode", time.perf_counter() - tic)
-            latents = latents[winner:winner + 1] if len(alive) > 1 else latents
+                with _timed(compute, "decode"):
+                    mesh = self.backbone.to_mesh(latents, **export)
             if found is not None:
-                found.chosen = alive[winner]
-                found.candidates[alive[winner]].chosen = True
+                found.chosen = live.alive[winner]
+                found.candidates[live.alive[winner]].chosen = True
         finally:
             # Every model back where it was, also when a step raised or the user pressed Ctrl-C.
             offload.restore()
         return SamplerOutput(
             latents=latents,
             mesh=mesh,
-            records=records_of[alive[winner]],
+            records=live.records[live.alive[winner]],
             seconds=time.perf_counter() - started,
             seed=seed,
             camera_seed=camera_seed,
@@ -363,6 +320,60 @@ class GuidedSampler:
             search=found,
             compute=compute,
         )
+
+    # ----------------------------------------------------------------- the loop's steps
+    def _initial_latents(
+        self, context: SamplingContext, search: SearchOptions, seed: int | None, generator: torch.Generator | None
+    ) -> tuple[torch.Tensor, SearchRecord | None]:
+        """The starting noise: one row from the run's generator, or one row per candidate from its own
+        seed (then also the search's record)."""
+        if not search.searching:
+            return self.backbone.noise(context.batch_size, generator), None
+        seeds = candidate_seeds(seed, generator, search.candidates)
+        latents = torch.cat([self.backbone.noise(1, torch.Generator().manual_seed(s)) for s in seeds])
+        found = SearchRecord(search, selection_step(context.sigmas, search.select_at), None,
+                             [CandidateRecord(index=j, seed=s) for j, s in enumerate(seeds)])
+        return latents, found
+
+    def _velocity_step(
+        self, latents: torch.Tensor, step: int, context: SamplingContext, record: StepRecord,
+        step_records: dict[int, StepRecord], search: SearchOptions, compute: Compute,
+        row_contexts: dict[int, SamplingContext],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the latents the velocity was computed from — a float32 leaf for the exact gradient —, the
+        velocity); the timings go to every live candidate's record (one batched call serves them all)."""
+        exact_gradient = record.guided and self.config.grad_mode == "xt"
+        record.timings["offload"] = self.offload.activate("denoise")
+        with _timed(compute, "dit", record), torch.set_grad_enabled(exact_gradient):
+            # xt: a float32 leaf, so the (loss-scaled) gradient reaches it in float32.
+            latents_in = latents.detach().float().requires_grad_(True) if exact_gradient else latents
+            velocity = self._batched_velocity(latents_in.to(self.backbone.dtype), step, context, search.batch(),
+                                              compute, row_contexts)
+        for other in step_records.values():
+            other.timings.setdefault("dit", record.timings["dit"])
+            other.timings.setdefault("offload", record.timings["offload"])
+        return latents_in, velocity
+
+    def _guide_candidates(
+        self, alive: list[int], step_records: dict[int, StepRecord], latents: torch.Tensor, latents_in: torch.Tensor,
+        velocity: torch.Tensor, next_latents: torch.Tensor, sigma: float, camera_generator: torch.Generator,
+        loss_scale: LossScale, compute: Compute,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, RewardEvaluation | None]:
+        """Guide each live candidate's step; return (the next latents, the first candidate's displacement
+        and evaluation)."""
+        moved, displacement, evaluation = [], None, None
+        for row, j in enumerate(alive):
+            one = slice(row, row + 1) if len(alive) > 1 else slice(None)
+            step_displacement, step_evaluation = self._guide(
+                step_records[j], latents[one], latents_in if len(alive) == 1 else None, velocity[one],
+                next_latents[one], sigma, camera_generator, loss_scale, compute)
+            if step_displacement is not None:
+                moved.append(next_latents[one] + step_displacement.to(next_latents.dtype))
+            else:
+                moved.append(next_latents[one])
+            if row == 0:
+                displacement, evaluation = step_displacement, step_evaluation
+        return (moved[0] if len(moved) == 1 else torch.cat(moved)), displacement, evaluation
 
     def _batched_velocity(
         self, latents: torch.Tensor, step: int, context: SamplingContext, batch: int, compute: Compute,
@@ -377,9 +388,9 @@ class GuidedSampler:
             chunk = latents[start:start + batch]
             rows = chunk.shape[0]
             compute.dit_calls += 1
-            compute.dit_rows += rows * (2 if context.do_cfg else 1)
+            compute.dit_rows += rows * context.rows_per_latent
             if rows not in contexts:
-                contexts[rows] = context if rows == 1 else _context_for_rows(context, rows)
+                contexts[rows] = self.backbone.for_rows(context, rows)
             parts.append(self.velocity(chunk, step, contexts[rows]))
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
@@ -390,7 +401,13 @@ class GuidedSampler:
     ) -> list[int]:
         """Score every live candidate's x̂ at σ_s (forward only, un-jittered cameras); return the rows
         of the best `keep`, best first, and fill the candidates' records."""
-        tic = time.perf_counter()
+        with _timed(compute, "selection"):
+            return self._select_timed(found, alive, latents, velocity, sigma, compute)
+
+    def _select_timed(
+        self, found: SearchRecord, alive: list[int], latents: torch.Tensor, velocity: torch.Tensor, sigma: float,
+        compute: Compute,
+    ) -> list[int]:
         found.select_sigma = sigma
         with torch.no_grad():
             clean = predicted_clean_latent(latents.float(), velocity.detach().float(), sigma)
@@ -411,7 +428,6 @@ class GuidedSampler:
             found.candidates[alive[row]].kept = True
         logger.info("search at σ=%.3f: kept candidate(s) %s of %d (r %s)", sigma, [alive[r] for r in rows],
                     len(alive), ", ".join("n/a" if s is None else f"{s:+.3f}" for s in scores))
-        compute.add_time("selection", time.perf_counter() - tic)
         return rows
 
     def _select_final(
@@ -424,9 +440,8 @@ class GuidedSampler:
         meshes, scores = [], []
         for row, j in enumerate(alive):
             self.offload.activate("denoise")
-            tic = time.perf_counter()
-            mesh = latents_to_mesh(self.pipeline, latents[row:row + 1], **export)
-            compute.add_time("decode", time.perf_counter() - tic)
+            with _timed(compute, "decode"):
+                mesh = self.backbone.to_mesh(latents[row:row + 1], **export)
             meshes.append(mesh)
             candidate = found.candidates[j]
             candidate.kept = candidate.kept or found.select_step is None
@@ -435,15 +450,13 @@ class GuidedSampler:
                 scores.append(None)
                 continue
             self.offload.activate("critic")
-            tic = time.perf_counter()
             try:
-                evaluation = self.reward.score_mesh(mesh.vertices, mesh.faces)
+                with _timed(compute, "final_selection"):
+                    evaluation = self.reward.score_mesh(mesh.vertices, mesh.faces)
             except (EmptySurfaceError, SkippedStepError) as exc:
                 logger.warning("candidate %d: its final mesh could not be scored: %s", j, exc)
                 scores.append(None)
                 continue
-            finally:
-                compute.add_time("final_selection", time.perf_counter() - tic)
             compute.critic_forwards += 1
             candidate.final_r, candidate.final_p_yes = float(evaluation.r), evaluation.p_yes
             scores.append(candidate.final_r)
@@ -464,14 +477,6 @@ class GuidedSampler:
             compute.critic_forwards += 1
         evaluation.r = evaluation.r.detach()
         return evaluation
-
-    # ----------------------------------------------------------------- precision
-    def _half_backward(self) -> bool:
-        """Whether any backward of this run's guidance passes through float16 (then it is loss-scaled)."""
-        if self.reward is None or not self.config.enabled:
-            return False
-        dit_half = self.config.grad_mode == "xt" and is_half(self.pipeline.dtype)
-        return dit_half or bool(self.reward.half_backward)
 
     # ----------------------------------------------------------------- guidance
     def _guide(
@@ -612,17 +617,6 @@ def _check_call(image: Any, steps: Any, guidance_scale: Any, seed: Any, generato
             raise InvalidInputError(f"{name} must be an integer in [0, 2^64) or None, got {value!r}")
     if generator is not None and not isinstance(generator, torch.Generator):
         raise InvalidInputError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
-
-
-def _context_for_rows(context: SamplingContext, rows: int) -> SamplingContext:
-    """The context of one conditioning image, repeated for a DiT call on `rows` candidates."""
-    embedding = context.guidance_embedding
-    return dataclasses.replace(
-        context,
-        cond=expand_condition(context.cond, rows, context.do_cfg),
-        guidance_embedding=embedding.repeat_interleave(rows, 0) if embedding is not None else None,
-        batch_size=rows,
-    )
 
 
 def _progress_postfix(record: StepRecord) -> dict[str, str]:

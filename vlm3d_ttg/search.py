@@ -103,7 +103,7 @@ def check_search_with_guidance(search: SearchOptions, guidance: Any) -> None:
     if not search.searching:
         return
     several_guided = search.keep > 1 or search.select_at == FINAL
-    if several_guided and guidance.enabled and guidance.scale > 0 and guidance.grad_mode == "xt":
+    if several_guided and guidance.active and guidance.grad_mode == "xt":
         raise InvalidInputError(
             "grad_mode xt (--grad-mode) differentiates through one DiT call per guided sample; it cannot guide "
             "several candidates at once (--keep > 1 or --select-at 1). Use --grad-mode x0 or --keep 1 with "
@@ -203,115 +203,5 @@ class SearchRecord:
                 "chosen": self.chosen, "candidates": [c.to_dict() for c in self.candidates]}
 
 
-@dataclass
-class Compute:
-    """The work a run did, counted as it happens (the manifest's "compute").
-
-    dit_rows counts latent rows through the DiT (a CFG call on B candidates is 2B rows); critic
-    forwards/backwards count calls of the critic on one candidate's views (a backward redone at a
-    smaller loss scale is in `precision.loss_scale_overflows`, not here). Seconds are wall time by phase.
-    """
-
-    dit_calls: int = 0
-    dit_rows: int = 0
-    critic_forwards: int = 0
-    critic_backwards: int = 0
-    seconds: dict[str, float] = field(default_factory=dict)
-
-    def add_time(self, phase: str, seconds: float) -> None:
-        """Add `seconds` to a phase's wall time."""
-        self.seconds[phase] = self.seconds.get(phase, 0.0) + seconds
-
-    def to_dict(self) -> dict:
-        """A JSON-ready copy."""
-        return dataclasses.asdict(self)
-
-
-def expand_condition(cond: Any, rows: int, do_cfg: bool) -> Any:
-    """The conditioning of one image repeated for `rows` latents, kept in hy3dgen's [cond…, uncond…]
-    order when classifier-free guidance doubles the batch."""
-    if isinstance(cond, torch.Tensor):
-        if do_cfg:
-            positive, negative = cond.chunk(2)
-            return torch.cat([positive.repeat_interleave(rows, 0), negative.repeat_interleave(rows, 0)])
-        return cond.repeat_interleave(rows, 0)
-    if isinstance(cond, dict):
-        return {key: expand_condition(value, rows, do_cfg) for key, value in cond.items()}
-    return cond
-
-
-__all__ = ["REAL_SIZE_COST", "CandidateRecord", "Compute", "CostWeights", "SearchOptions", "SearchRecord", "candidate_seeds",
-           "compute_tflop", "equal_compute_candidates", "planned_compute",
-           "check_search_with_guidance", "expand_condition", "select_candidates", "selection_step"]
-
-
-# ----------------------------------------------------------------- compute: what a run costs
-@dataclass(frozen=True)
-class CostWeights:
-    """Real-size TFLOP of one unit of each kind of counted work (Hunyuan3D-2 + Qwen2.5-VL-7B at the
-    default knobs: 4 views × 448², 64³ guidance grid). From benchmarks/cost_model.py
-    (`unit_costs`); tests/test_search.py keeps the two in step.
-
-    dit_row: one latent row through the DiT (a CFG call on one candidate is 2 rows).
-    critic_forward: decode + grid + vertex query + render + critic forward (a forward-only score).
-    critic_backward: what a guided step adds to its forward (ShapeVAE and vertex backward, the
-    critic's input backward).
-    """
-
-    dit_row: float = 9.245
-    critic_forward: float = 27.352
-    critic_backward: float = 29.609
-
-
-REAL_SIZE_COST = CostWeights()
-
-
-def compute_tflop(compute: Compute | dict, weights: CostWeights = REAL_SIZE_COST) -> float:
-    """A run's counted work in real-size TFLOP: what the same counts cost with the real models.
-
-    This is the benchmark's compute unit: on the tiny models it compares configurations by the
-    work they would cost for real, not by the tiny models' CPU seconds.
-    """
-    counts = compute.to_dict() if isinstance(compute, Compute) else compute
-    return (counts["dit_rows"] * weights.dit_row + counts["critic_forwards"] * weights.critic_forward
-            + counts["critic_backwards"] * weights.critic_backward)
-
-
-def planned_compute(steps: int, guidance: Any, search: SearchOptions, *, cfg: bool = True) -> Compute:
-    """The counts a `vlm3d-ttg generate` run will spend (no skipped step; the final mesh scored once
-    more after export). `cfg`: the shape model runs classifier-free guidance (2 rows per latent)."""
-    from .guidance import guided_steps
-
-    sigmas = [index / (steps - 1) for index in range(steps)] + [1.0]
-    rows_per = 2 if cfg else 1
-    select = selection_step(sigmas, search.select_at) if search.searching else None
-    guided = guided_steps(sigmas, guidance)
-    if select is None:
-        finishers = search.candidates
-        rows = finishers * rows_per * steps
-        forwards = 0
-    else:
-        finishers = search.keep
-        rows = search.candidates * rows_per * (select + 1) + finishers * rows_per * (steps - select - 1)
-        forwards = search.candidates
-        guided = [i for i in guided if i > select]
-    backwards = finishers * len(guided) * guidance.inner_steps
-    forwards += backwards + (finishers if finishers > 1 else 0) + 1
-    calls_per_step = 1 if not search.searching else math.ceil(search.candidates / search.batch())
-    calls = calls_per_step * steps if select is None else calls_per_step * (select + 1) + (
-        math.ceil(finishers / search.batch()) if finishers > 1 else 1) * (steps - select - 1)
-    return Compute(dit_calls=calls, dit_rows=rows, critic_forwards=forwards, critic_backwards=backwards)
-
-
-def equal_compute_candidates(steps: int, reference: Any, search: SearchOptions, guidance: Any,
-                             weights: CostWeights = REAL_SIZE_COST, *, minimum: int = 2) -> int:
-    """The number of candidates for which a search (`search` with `guidance`) costs closest to a run
-    with `reference` guidance and one candidate (at least `minimum`), in real-size TFLOP."""
-    target = compute_tflop(planned_compute(steps, reference, SearchOptions()), weights)
-    best, best_gap = minimum, math.inf
-    for count in range(minimum, 257):
-        trial = dataclasses.replace(search, candidates=count, keep=min(search.keep, count - 1) if search.select_at < FINAL else 1)
-        gap = abs(compute_tflop(planned_compute(steps, guidance, trial), weights) - target)
-        if gap < best_gap:
-            best, best_gap = count, gap
-    return best
+__all__ = ["CandidateRecord", "SearchOptions", "SearchRecord", "candidate_seeds", "check_search_with_guidance",
+           "select_candidates", "selection_step"]

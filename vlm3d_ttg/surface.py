@@ -10,17 +10,18 @@ set s(v0; θ) = level moves with θ, to first order along the field normal, as
 is defined by the shape; tangential sliding is an artefact of the grid, so this is the right
 gradient for rendering losses, not for per-vertex losses.
 
-How the sampler uses it::
+How the reward uses it::
 
     x0 = x0_hat.detach().requires_grad_(True)      # the predicted clean latent
-    surface = extract_surface(pipeline.vae, x0)     # VAE transformer once; grid without grad
+    field = backbone.occupancy_field(x0)           # e.g. the ShapeVAE transformer, once
+    surface = extract_surface(field)               # grid without grad
     views = renderer(surface.vertices, surface.faces, cameras)
     reward = critic(views.images)
     reward.backward()                               # or torch.autograd.grad(reward, x0)
     x0.grad                                         # d reward / d x0
 
-The ShapeVAE transformer runs once in `extract_surface` (with its graph kept when the latent
-requires grad). The decoder is re-queried at the vertices only inside `backward`, in chunks, and
+The backbone decodes the latent once (e.g. hy3dgen's ShapeVAE transformer, with its graph kept
+when the latent requires grad; `backbones/hunyuan3d2.py`). The decoder is re-queried at the vertices only inside `backward`, in chunks, and
 only at vertices that received a non-zero gradient (those the renderer saw); the per-chunk
 gradients are summed on the transformer output and pushed back through the transformer once.
 ∇ₓs comes from autograd at the vertex (exact; one extra decoder backward per chunk) or, with
@@ -39,11 +40,10 @@ re-query.)
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Iterator, Literal
+from typing import TYPE_CHECKING, Callable, Literal
 
 import numpy as np
 import torch
@@ -190,48 +190,23 @@ class Surface:
 
 
 # --------------------------------------------------------------------------------------------
-# The field of a hy3dgen ShapeVAE
+# A decoded field
 
 
-def shapevae_tokens(vae: torch.nn.Module, latent: torch.Tensor) -> torch.Tensor:
-    """The ShapeVAE transformer output for a diffusion latent (post_kl + transformer), (1, L, W)."""
-    return vae(latent / vae.scale_factor)
+@dataclass
+class OccupancyField:
+    """The occupancy field of one latent, as a backbone decodes it (`backbones.Backbone.occupancy_field`).
 
-
-def shapevae_field(vae: torch.nn.Module) -> ImplicitField:
-    """The ShapeVAE geo-decoder as an ImplicitField over transformer tokens (1, L, W)."""
-    geo_decoder = vae.geo_decoder
-
-    def field_fn(points: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        # Queries stay in float32/64: the Fourier features are computed before the cast to the
-        # tokens' dtype, so fp16 tokens do not round the positions we render.
-        return geo_decoder(queries=points.unsqueeze(0), latents=tokens)[0, :, 0]
-
-    return field_fn
-
-
-@contextlib.contextmanager
-def plain_cross_attention(vae: torch.nn.Module) -> Iterator[None]:
-    """Use hy3dgen's plain cross-attention and no KV cache inside the block, then restore.
-
-    FlashVDM's processor keeps `topk` state from its own chunking, and a KV cache would serve
-    stale tokens; both are wrong for arbitrary query sets and for gradients.
+    query: (points (P, 3), params) → logits (P,); inside is where logits exceed the level.
+    params: what the field is computed from (e.g. the ShapeVAE transformer's tokens), carrying the
+        graph back to the latent when the latent required grad. The surface treats it as a leaf
+        in its vertex re-queries and pushes their gradient through that graph once.
+    seconds: what decoding `params` took (reported in `SurfaceStats.seconds_transformer`).
     """
-    from hy3dgen.shapegen.models.autoencoders.attention_processors import CrossAttentionProcessor
 
-    attn = vae.geo_decoder.cross_attn_decoder.attn
-    saved_processor = attn.attention.attn_processor
-    saved_cache = getattr(attn, "kv_cache", False)
-    # hy3dgen's own reset assigns the class, not an instance; subclasses (FlashVDM) keep state.
-    swap = type(saved_processor) is not CrossAttentionProcessor
-    try:
-        if swap:
-            attn.attention.attn_processor = CrossAttentionProcessor()  # an instance (hy3dgen's setter assigns the class)
-        attn.kv_cache = False
-        yield
-    finally:
-        attn.attention.attn_processor = saved_processor
-        attn.kv_cache = saved_cache
+    query: ImplicitField
+    params: torch.Tensor
+    seconds: float = 0.0
 
 
 # --------------------------------------------------------------------------------------------
@@ -543,37 +518,12 @@ def _check_not_degenerate(vertices: torch.Tensor, faces: torch.Tensor, config: S
         raise EmptySurfaceError("Marching cubes produced only zero-area triangles: the surface is degenerate.")
 
 
-def extract_surface(vae: torch.nn.Module, latent: torch.Tensor, config: SurfaceConfig | None = None) -> Surface:
-    """Decode a Hunyuan3D-2 latent (1, L, C) or (L, C) to a mesh differentiable w.r.t. the latent.
+def extract_surface(field: OccupancyField, config: SurfaceConfig | None = None) -> Surface:
+    """The level set of a decoded field as a mesh differentiable w.r.t. the latent it was decoded from.
 
-    The VAE transformer runs once here (keeping its graph only if `latent` requires grad); the
-    grid is evaluated without grad; `surface.vertices` carry the implicit-function gradient, so a
-    loss on anything rendered from them backpropagates to `latent` with `loss.backward()`.
+    The grid is evaluated without grad; `surface.vertices` carry the implicit-function gradient,
+    so a loss on anything rendered from them backpropagates to the latent with `loss.backward()`.
     Raises EmptySurfaceError when there is no surface to render.
     """
-    config = config or SurfaceConfig()
-    if latent.dim() == 2:
-        latent = latent.unsqueeze(0)
-    if latent.dim() != 3 or latent.shape[0] != 1:
-        raise InvalidInputError(
-            f"extract_surface takes one latent of shape (1, L, C) or (L, C); got {tuple(latent.shape)}. "
-            "Call it once per batch item."
-        )
-    stats = SurfaceStats()
-    start = time.perf_counter()
-    with torch.set_grad_enabled(latent.requires_grad and torch.is_grad_enabled()):
-        tokens = shapevae_tokens(vae, latent)
-    stats.seconds_transformer = time.perf_counter() - start
-    return extract_surface_from_field(_PlainAttentionField(vae), tokens, config, stats=stats)
-
-
-class _PlainAttentionField:
-    """The ShapeVAE field, evaluated with plain cross-attention (also when called from backward)."""
-
-    def __init__(self, vae: torch.nn.Module):
-        self.vae = vae
-        self.field_fn = shapevae_field(vae)
-
-    def __call__(self, points: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        with plain_cross_attention(self.vae):
-            return self.field_fn(points, tokens)
+    stats = SurfaceStats(seconds_transformer=field.seconds)
+    return extract_surface_from_field(field.query, field.params, config, stats=stats)

@@ -15,7 +15,7 @@ with the same seeds (offset 0), so per-item differences are paired. Named preset
 | best_of_n     | unguided best-of-N on the final meshes, N set so its compute equals `guided`'s        |
 | search_guided | N candidates, the critic keeps the best at σ_s = 0.3, then guided (N: equal compute, ≥ 2) |
 
-Compute is real-size TFLOP (vlm3d_ttg.search.compute_tflop): the counted DiT rows, critic
+Compute is real-size TFLOP (vlm3d_ttg.compute.compute_tflop): the counted DiT rows, critic
 forwards and backwards priced with benchmarks/cost_model.py's unit costs, so configurations are
 compared by what they would cost with the real models whatever models the benchmark runs.
 
@@ -36,7 +36,8 @@ from typing import Any
 
 from ..errors import InvalidInputError
 from ..guidance import GuidanceConfig
-from ..search import SearchOptions, equal_compute_candidates
+from ..compute import equal_compute_candidates
+from ..search import SearchOptions
 
 BASE = "base"
 NOISE_FLOOR = "base_seed2"
@@ -58,7 +59,7 @@ class BenchConfig:
     @property
     def guided(self) -> bool:
         """True when the critic's gradient changes the latent."""
-        return self.guidance.enabled and self.guidance.scale > 0
+        return self.guidance.active
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready description (for records and results)."""

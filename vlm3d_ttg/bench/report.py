@@ -31,7 +31,7 @@ import numpy as np
 
 from ..errors import Vlm3dError
 from ..io import atomic_path, write_text_atomic
-from ..search import compute_tflop
+from ..compute import compute_tflop
 from ..metrics import (
     bootstrap_ci,
     frechet_difference_with_ci,
@@ -73,7 +73,7 @@ class ConfigData:
     judge_first: np.ndarray | None = None  # z_A − z_B with this configuration as A
     judge_second: np.ndarray | None = None  # with base as A
     r_curves: list[list[tuple[float, float]]] = field(default_factory=list)  # per item: (σ, r) at guided steps
-    compute_tflop: np.ndarray | None = None  # per item: real-size TFLOP of its counted work (vlm3d_ttg.search)
+    compute_tflop: np.ndarray | None = None  # per item: real-size TFLOP of its counted work (vlm3d_ttg.compute)
 
 
 @dataclass
@@ -400,7 +400,7 @@ def markdown_report(summary: dict[str, Any], *, figure_name: str | None = None) 
         "front views vs the N input images). ↓ lower is better, ↑ higher is better.",
         "",
         "Compute: mean real-size TFLOP per item (the run's counted DiT rows, critic forwards and backwards "
-        "priced with benchmarks/cost_model.py; vlm3d_ttg.search.compute_tflop), so configurations compare at "
+        "priced with benchmarks/cost_model.py; vlm3d_ttg.compute.compute_tflop), so configurations compare at "
         "what they would cost with the real models.",
         "",
         "| config | N | CLIP-D ↓ | FID ↓ | CLIP-FID ↓ | KID ↓ | Geo ↓ | judge win vs base ↑ (W/T/L) | final r ↑ "

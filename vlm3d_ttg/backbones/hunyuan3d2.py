@@ -1,0 +1,365 @@
+"""Hunyuan3D-2 (hy3dgen 2.0.2) as a backbone: every variant of `models.SHAPE_VARIANTS`.
+
+hy3dgen's pipeline `__call__` runs under `torch.inference_mode()`, so nothing inside it can be
+differentiated; the guided loop runs the same loop itself, and this file hands it the pipeline's
+own parts: image processor and conditioner (`prepare`), `retrieve_timesteps` (the σ schedule),
+the DiT with hy3dgen's CFG rule (`velocity`), the scheduler's Euler step (`step`),
+`prepare_latents` (`noise`), the ShapeVAE (`occupancy_field`) and the export (`to_mesh`). With
+guidance off the loop reproduces the pipeline's latents bit for bit (tests/test_sampler.py).
+
+hy3dgen's conventions (docs/design.md §2): σ = linspace(0, 1, T) from noise to data, the DiT gets
+t = σ (the scheduler's timestep / 1000), the scheduler appends σ = 1; CFG batch [cond, uncond],
+`v = v_uncond + w (v_cond − v_uncond)`; latents (1, 3072, 64) at the real size; decode
+`vae(x̂ / scale_factor)` then `geo_decoder(points, tokens)` → occupancy logits, level 0, cube
+±1.01. Variants: '-fast' folds CFG into a guidance embedding (one row per latent), '-turbo' uses
+the consistency scheduler (its σ in `sigmas_`), '-mv' conditions on a dict of views.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from ..errors import InvalidInputError, UnsupportedModelError
+from ..precision import decode_dtype, upcast_copy
+from ..surface import OccupancyField, Surface, SurfaceConfig, extract_surface
+from .base import SINGLE_VIEW, VIEW_NAMES, SamplingContext
+
+logger = logging.getLogger(__name__)
+
+#: hy3dgen's decode cube and iso-level (its `box_v` and `mc_level` defaults).
+BOUNDS = 1.01
+LEVEL = 0.0
+
+
+@dataclass
+class HunyuanCondition:
+    """hy3dgen's encoded condition and what its DiT call needs besides the latents."""
+
+    cond: Any  # the conditioner's output, [cond…, uncond…] along dim 0 under CFG
+    do_cfg: bool
+    guidance_scale: float
+    guidance_embedding: torch.Tensor | None  # '-fast' variants: CFG as an embedding
+    timesteps: torch.Tensor
+
+
+def classifier_free_guidance(velocity_batch: torch.Tensor, guidance_scale: float) -> torch.Tensor:
+    """v = v_uncond + w·(v_cond − v_uncond) for a batch ordered [cond, uncond] (hy3dgen's order)."""
+    cond, uncond = velocity_batch.chunk(2)
+    return uncond + guidance_scale * (cond - uncond)
+
+
+def expand_condition(cond: Any, rows: int, do_cfg: bool) -> Any:
+    """The conditioning of one image repeated for `rows` latents, kept in hy3dgen's [cond…, uncond…]
+    order when classifier-free guidance doubles the batch."""
+    if isinstance(cond, torch.Tensor):
+        if do_cfg:
+            positive, negative = cond.chunk(2)
+            return torch.cat([positive.repeat_interleave(rows, 0), negative.repeat_interleave(rows, 0)])
+        return cond.repeat_interleave(rows, 0)
+    if isinstance(cond, dict):
+        return {key: expand_condition(value, rows, do_cfg) for key, value in cond.items()}
+    return cond
+
+
+def _scheduler_sigmas(scheduler: Any) -> torch.Tensor:
+    # The consistency scheduler (-turbo) keeps its per-run sigmas in `sigmas_`.
+    return getattr(scheduler, "sigmas_", scheduler.sigmas)
+
+
+# --------------------------------------------------------------------------------------------
+# The field of a hy3dgen ShapeVAE
+
+
+def shapevae_tokens(vae: torch.nn.Module, latent: torch.Tensor) -> torch.Tensor:
+    """The ShapeVAE transformer output for a diffusion latent (post_kl + transformer), (1, L, W)."""
+    return vae(latent / vae.scale_factor)
+
+
+def shapevae_field(vae: torch.nn.Module):
+    """The ShapeVAE geo-decoder as an ImplicitField over transformer tokens (1, L, W)."""
+    geo_decoder = vae.geo_decoder
+
+    def field_fn(points: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        # Queries stay in float32/64: the Fourier features are computed before the cast to the
+        # tokens' dtype, so fp16 tokens do not round the positions we render.
+        return geo_decoder(queries=points.unsqueeze(0), latents=tokens)[0, :, 0]
+
+    return field_fn
+
+
+@contextlib.contextmanager
+def plain_cross_attention(vae: torch.nn.Module) -> Iterator[None]:
+    """Use hy3dgen's plain cross-attention and no KV cache inside the block, then restore.
+
+    FlashVDM's processor keeps `topk` state from its own chunking, and a KV cache would serve
+    stale tokens; both are wrong for arbitrary query sets and for gradients.
+    """
+    from hy3dgen.shapegen.models.autoencoders.attention_processors import CrossAttentionProcessor
+
+    attn = vae.geo_decoder.cross_attn_decoder.attn
+    saved_processor = attn.attention.attn_processor
+    saved_cache = getattr(attn, "kv_cache", False)
+    # hy3dgen's own reset assigns the class, not an instance; subclasses (FlashVDM) keep state.
+    swap = type(saved_processor) is not CrossAttentionProcessor
+    try:
+        if swap:
+            attn.attention.attn_processor = CrossAttentionProcessor()  # an instance (hy3dgen's setter assigns the class)
+        attn.kv_cache = False
+        yield
+    finally:
+        attn.attention.attn_processor = saved_processor
+        attn.kv_cache = saved_cache
+
+
+class _PlainAttentionField:
+    """The ShapeVAE field, evaluated with plain cross-attention (also when called from backward)."""
+
+    def __init__(self, vae: torch.nn.Module):
+        self.vae = vae
+        self.field_fn = shapevae_field(vae)
+
+    def __call__(self, points: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        with plain_cross_attention(self.vae):
+            return self.field_fn(points, tokens)
+
+
+def shapevae_occupancy_field(vae: torch.nn.Module, latent: torch.Tensor) -> OccupancyField:
+    """The occupancy field of a Hunyuan3D-2 latent (1, L, C) or (L, C) through `vae` (in its dtype).
+
+    The VAE transformer runs once here, keeping its graph only if `latent` requires grad.
+    """
+    if latent.dim() == 2:
+        latent = latent.unsqueeze(0)
+    if latent.dim() != 3 or latent.shape[0] != 1:
+        raise InvalidInputError(
+            f"The occupancy field is decoded from one latent of shape (1, L, C) or (L, C); got {tuple(latent.shape)}. "
+            "Decode once per batch item."
+        )
+    start = time.perf_counter()
+    with torch.set_grad_enabled(latent.requires_grad and torch.is_grad_enabled()):
+        tokens = shapevae_tokens(vae, latent)
+    return OccupancyField(_PlainAttentionField(vae), tokens, time.perf_counter() - start)
+
+
+def extract_shapevae_surface(vae: torch.nn.Module, latent: torch.Tensor, config: SurfaceConfig | None = None) -> Surface:
+    """Decode a Hunyuan3D-2 latent (1, L, C) or (L, C) with `vae` to a mesh differentiable w.r.t. the latent."""
+    return extract_surface(shapevae_occupancy_field(vae, latent), config)
+
+
+def latents_to_mesh(
+    pipeline: Any,
+    latents: torch.Tensor,
+    *,
+    box_v: float = BOUNDS,
+    mc_level: float = LEVEL,
+    num_chunks: int = 8000,
+    octree_resolution: int,
+) -> Any | None:
+    """Decode a final latent (1, L, C) to a mesh exactly as hy3dgen's pipeline does at the end of a run.
+
+    The same operations as the pipeline's (private) `_export`, through its public parts: the
+    ShapeVAE, `latents2mesh` (hy3dgen's volume decoder + marching cubes) and `export_to_trimesh`.
+    None when the latent decodes to no surface.
+    """
+    from hy3dgen.shapegen.pipelines import export_to_trimesh
+
+    # hy3dgen prints its own traceback to stderr when marching cubes finds no surface; keep it
+    # for --verbose (debug log) instead of showing a stranger's traceback before our message.
+    hy3dgen_said = io.StringIO()
+    with torch.no_grad(), contextlib.redirect_stderr(hy3dgen_said):
+        tokens = pipeline.vae(1.0 / pipeline.vae.scale_factor * latents)
+        outputs = pipeline.vae.latents2mesh(
+            tokens, bounds=box_v, mc_level=mc_level, num_chunks=num_chunks, octree_resolution=octree_resolution,
+            mc_algo=None, enable_pbar=False,
+        )
+    if hy3dgen_said.getvalue():
+        logger.debug("hy3dgen's surface extractor reported:\n%s", hy3dgen_said.getvalue())
+    mesh = export_to_trimesh(outputs)[0]
+    if mesh is None or len(mesh.faces) == 0:
+        logger.warning("The final latent decodes to no surface (empty mesh).")
+        return None
+    return mesh
+
+
+# --------------------------------------------------------------------------------------------
+# The backbone
+
+
+class HunyuanBackbone:
+    """A loaded hy3dgen `Hunyuan3DDiTFlowMatchingPipeline` (any variant) behind `backbones.Backbone`.
+
+    Precision (docs/design.md §7): the guidance decode runs in at least float32 — a float32 copy
+    of a half-precision ShapeVAE is made once, at the first decode (`precision.upcast_copy`) —
+    while the pipeline keeps its own VAE for the export.
+    """
+
+    name = "hunyuan3d-2"
+    bounds = BOUNDS
+    level = LEVEL
+
+    def __init__(self, pipeline: Any):
+        from hy3dgen.shapegen.pipelines import Hunyuan3DDiTFlowMatchingPipeline
+        from hy3dgen.shapegen.preprocessors import MVImageProcessorV2
+
+        if not isinstance(pipeline, Hunyuan3DDiTFlowMatchingPipeline):
+            raise UnsupportedModelError(
+                f"HunyuanBackbone wraps hy3dgen's Hunyuan3DDiTFlowMatchingPipeline, got {type(pipeline).__name__}."
+            )
+        self.pipeline = pipeline
+        self.views = VIEW_NAMES if isinstance(pipeline.image_processor, MVImageProcessorV2) else SINGLE_VIEW
+        self._decode_vae: torch.nn.Module | None = None
+
+    @staticmethod
+    def wraps(model: Any) -> bool:
+        """Whether `model` is a hy3dgen pipeline this backbone drives (for `backbones.as_backbone`)."""
+        from hy3dgen.shapegen.pipelines import Hunyuan3DDiTFlowMatchingPipeline
+
+        return isinstance(model, Hunyuan3DDiTFlowMatchingPipeline)
+
+    # ----------------------------------------------------------------- devices and dtypes
+    @property
+    def device(self) -> torch.device:
+        """The pipeline's device."""
+        return self.pipeline.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The pipeline's dtype (the DiT's and the latents')."""
+        return self.pipeline.dtype
+
+    @property
+    def decode_dtype(self) -> torch.dtype:
+        """At least float32 (precision.decode_dtype of the ShapeVAE's dtype)."""
+        return decode_dtype(next(self.pipeline.vae.parameters()).dtype)
+
+    @property
+    def decode_vae(self) -> torch.nn.Module:
+        """The ShapeVAE the guidance decode runs: the pipeline's, or its float32 copy when it is half."""
+        vae = self.pipeline.vae
+        if self.decode_dtype == next(vae.parameters()).dtype:
+            return vae
+        if self._decode_vae is None:
+            self._decode_vae = upcast_copy(vae, self.decode_dtype)
+            logger.info("Guidance decodes with a %s copy of the %s ShapeVAE", self.decode_dtype,
+                        next(vae.parameters()).dtype)
+        return self._decode_vae
+
+    # ----------------------------------------------------------------- sampling
+    def _retrieve_timesteps(self, num_inference_steps: int) -> torch.Tensor:
+        from hy3dgen.shapegen.pipelines import retrieve_timesteps
+
+        pipe = self.pipeline
+        timesteps, _ = retrieve_timesteps(pipe.scheduler, num_inference_steps, pipe.device,
+                                          sigmas=np.linspace(0, 1, num_inference_steps))
+        return timesteps
+
+    def prepare(self, image: Any, *, num_inference_steps: int, guidance_scale: float) -> SamplingContext:
+        """Encode the conditioning image(s) and set the scheduler's timesteps, as hy3dgen's pipeline does."""
+        pipe = self.pipeline
+        distilled = getattr(pipe.model, "guidance_embed", False) is True
+        do_cfg = guidance_scale >= 0 and not distilled
+        with torch.no_grad():
+            cond_inputs = pipe.prepare_image(image)
+            cond_image = cond_inputs.pop("image")
+            cond = pipe.encode_cond(
+                image=cond_image, additional_cond_inputs=cond_inputs, do_classifier_free_guidance=do_cfg, dual_guidance=False
+            )
+        batch_size = cond_image.shape[0]
+        timesteps = self._retrieve_timesteps(num_inference_steps)
+        guidance_embedding = (
+            torch.tensor([guidance_scale] * batch_size, device=pipe.device, dtype=pipe.dtype) if distilled else None
+        )
+        sigmas = [float(s) for s in _scheduler_sigmas(pipe.scheduler)]
+        condition = HunyuanCondition(cond, do_cfg, guidance_scale, guidance_embedding, timesteps)
+        return SamplingContext(condition, sigmas, batch_size, rows_per_latent=2 if do_cfg else 1)
+
+    def schedule(self, num_inference_steps: int) -> list[float]:
+        """σ of each step of a run with `num_inference_steps` (plus the scheduler's appended σ = 1)."""
+        self._retrieve_timesteps(num_inference_steps)
+        return [float(s) for s in _scheduler_sigmas(self.pipeline.scheduler)]
+
+    def noise(self, rows: int, generator: torch.Generator | None) -> torch.Tensor:
+        """hy3dgen's `prepare_latents`: Gaussian noise (rows, L, C) in the pipeline's dtype."""
+        pipe = self.pipeline
+        return pipe.prepare_latents(rows, pipe.dtype, pipe.device, generator)
+
+    def velocity(self, latents: torch.Tensor, step: int, context: SamplingContext) -> torch.Tensor:
+        """The DiT's (CFG-combined) velocity at `latents` for step `step`, exactly as hy3dgen computes it."""
+        pipe, condition = self.pipeline, context.condition
+        t = condition.timesteps[step]
+        model_input = torch.cat([latents] * 2) if condition.do_cfg else latents
+        timestep = t.expand(model_input.shape[0]).to(latents.dtype) / pipe.scheduler.config.num_train_timesteps
+        velocity = pipe.model(model_input, timestep, condition.cond, guidance=condition.guidance_embedding)
+        return classifier_free_guidance(velocity, condition.guidance_scale) if condition.do_cfg else velocity
+
+    def step(self, velocity: torch.Tensor, step: int, latents: torch.Tensor, context: SamplingContext) -> torch.Tensor:
+        """hy3dgen's scheduler step (x + (σ_next − σ)·v, in its own arithmetic)."""
+        return self.pipeline.scheduler.step(velocity, context.condition.timesteps[step], latents).prev_sample
+
+    def for_rows(self, context: SamplingContext, rows: int) -> SamplingContext:
+        """The context of one conditioning image, repeated for a DiT call on `rows` candidates."""
+        if rows == 1:
+            return context
+        condition = context.condition
+        embedding = condition.guidance_embedding
+        repeated = dataclasses.replace(
+            condition,
+            cond=expand_condition(condition.cond, rows, condition.do_cfg),
+            guidance_embedding=embedding.repeat_interleave(rows, 0) if embedding is not None else None,
+        )
+        return dataclasses.replace(context, condition=repeated, batch_size=rows)
+
+    # ----------------------------------------------------------------- decoding
+    def occupancy_field(self, latent: torch.Tensor) -> OccupancyField:
+        """The ShapeVAE field of a clean latent, decoded in `decode_dtype` with plain cross-attention."""
+        return shapevae_occupancy_field(self.decode_vae, latent.to(self.decode_dtype))
+
+    def to_mesh(
+        self, latent: torch.Tensor, *, octree_resolution: int, num_chunks: int = 8000, bounds: float = BOUNDS,
+        level: float = LEVEL,
+    ) -> Any | None:
+        """hy3dgen's export of a final latent (its volume decoder and marching cubes)."""
+        return latents_to_mesh(self.pipeline, latent, box_v=bounds, mc_level=level, num_chunks=num_chunks,
+                               octree_resolution=octree_resolution)
+
+    def offload_groups(self) -> dict[str, list[torch.nn.Module]]:
+        """The conditioner while encoding, the DiT while denoising (the VAE stays with the device)."""
+        return {"condition": [self.pipeline.conditioner], "denoise": [self.pipeline.model]}
+
+    def reference_image(self, image: Any, side: int) -> torch.Tensor:
+        """The front view as hy3dgen's image processor prepares it (cropped, recentred, on white)."""
+        from ..critic.reference import reference_from_condition
+
+        processor = self.pipeline.image_processor
+        if self.views != SINGLE_VIEW:
+            multiview = processor
+
+            def processor(single: Any) -> dict[str, Any]:  # one view through the multi-view processor
+                return {"image": multiview({"front": single})["image"][:, 0]}
+
+        return reference_from_condition(processor, image, side)
+
+
+__all__ = [
+    "BOUNDS",
+    "HunyuanBackbone",
+    "HunyuanCondition",
+    "LEVEL",
+    "classifier_free_guidance",
+    "expand_condition",
+    "extract_shapevae_surface",
+    "latents_to_mesh",
+    "plain_cross_attention",
+    "shapevae_field",
+    "shapevae_occupancy_field",
+    "shapevae_tokens",
+]
