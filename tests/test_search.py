@@ -277,7 +277,7 @@ def plain_guided_loop(pipeline, reward, config, image, *, steps: int, seed: int,
     latents = pipeline.prepare_latents(1, pipeline.dtype, pipeline.device, torch.Generator().manual_seed(seed))
     cameras = torch.Generator().manual_seed(camera_seed)
     guided = set(guided_steps(context.sigmas, config))
-    for i, t in enumerate(context.timesteps):
+    for i, t in enumerate(context.condition.timesteps):  # hy3dgen's own timesteps (HunyuanCondition)
         sigma = context.sigmas[i]
         velocity = parts.velocity(latents, i, context)
         sampler_next = pipeline.scheduler.step(velocity, t, latents).prev_sample
