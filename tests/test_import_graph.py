@@ -128,3 +128,54 @@ def test_reward_imports_nothing_from_the_sampler():
     # The reward protocol and its result type live where both import them (issue 10, item 2):
     # the reward must not depend on the loop that calls it.
     assert "vlm3d_ttg.sampler" not in import_graph()["vlm3d_ttg.reward"]
+
+
+# Where hy3dgen may be imported, and why (issue 21): the generator lives behind the backbone protocol.
+HY3DGEN_MODULES = {
+    "vlm3d_ttg.backbones.hunyuan3d2": "the Hunyuan3D-2 backbone: hy3dgen's pipeline parts behind the protocol",
+    "vlm3d_ttg.models": "the loader: hy3dgen's own from_pretrained",
+    "vlm3d_ttg.tiny.hunyuan": "writes the tiny checkpoint with hy3dgen's classes, in its format",
+    "vlm3d_ttg.tiny.realsize": "writes and builds the realsize checkpoint with hy3dgen's classes",
+    "vlm3d_ttg.dinov2_names": "lets hy3dgen's loader read the checkpoint's DINOv2 names (used by the loader)",
+    "vlm3d_ttg.logs": "quiets hy3dgen's own logger",
+    "vlm3d_ttg.inputs": "hy3dgen's background remover (rembg) for input images, not the shape model",
+    "vlm3d_ttg.text2image": "hy3dgen's text-to-image recipe and background remover, not the shape model",
+    "vlm3d_ttg.export": "hy3dgen's mesh postprocessors, which act on any trimesh",
+}
+# The guidance path sees only the backbone protocol.
+GUIDANCE_PATH = ("sampler", "search", "compute", "reward", "surface", "guidance", "terms", "generation")
+
+
+def _hy3dgen_importers() -> set[str]:
+    """Modules of the package with an import statement naming hy3dgen (anywhere in the file)."""
+    found = set()
+    for module, path in _module_files().items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+            names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
+            if any(name == "hy3dgen" or name.startswith("hy3dgen.") for name in names):
+                found.add(module)
+    return found
+
+
+def test_hy3dgen_is_imported_only_behind_the_backbone_and_by_the_loaders():
+    importers = _hy3dgen_importers()
+    assert "vlm3d_ttg.backbones.hunyuan3d2" in importers  # the reader sees hy3dgen imports
+    assert importers <= set(HY3DGEN_MODULES), f"hy3dgen imported outside its places: {sorted(importers - set(HY3DGEN_MODULES))}"
+    for name in GUIDANCE_PATH:
+        assert f"vlm3d_ttg.{name}" not in importers, f"vlm3d_ttg.{name} imports hy3dgen"
+
+
+def test_the_sampling_loop_reaches_no_hy3dgen_module_through_its_imports():
+    """The loop, search, reward and surface reach hy3dgen only through the registry (a name, imported
+    when a Hunyuan backbone is asked for), never through an import statement."""
+    graph = import_graph()
+    importers = _hy3dgen_importers()
+    for name in ("sampler", "search", "compute", "reward", "surface", "guidance", "terms"):
+        seen, todo = set(), [f"vlm3d_ttg.{name}"]
+        while todo:
+            module = todo.pop()
+            if module not in seen:
+                seen.add(module)
+                todo.extend(graph[module])
+        assert not seen & importers, f"vlm3d_ttg.{name} reaches hy3dgen through {sorted(seen & importers)}"

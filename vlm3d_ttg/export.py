@@ -1,4 +1,4 @@
-"""Final mesh: the export grid's default, hy3dgen's postprocessors (optional) and an atomic write in the format of the suffix.
+"""Final mesh: hy3dgen's postprocessors (optional) and an atomic write in the format of the suffix.
 
 The decode of a final latent to a mesh is the backbone's (`Backbone.to_mesh`)."""
 
@@ -18,15 +18,7 @@ from .options import option
 logger = logging.getLogger(__name__)
 
 MESH_SUFFIXES = (".glb", ".gltf", ".obj", ".ply", ".stl", ".off")
-#: Cells per axis of the export grid: hy3dgen's 384 for real runs; the tiny preset's shapes need
-#: no more than 128 (`export_resolution`).
-EXPORT_RESOLUTION = 384
-TINY_EXPORT_RESOLUTION = 128
 
-
-def export_resolution(preset: str) -> int:
-    """The default export grid of a preset ("tiny": TINY_EXPORT_RESOLUTION, else EXPORT_RESOLUTION)."""
-    return TINY_EXPORT_RESOLUTION if preset == "tiny" else EXPORT_RESOLUTION
 
 
 @dataclass

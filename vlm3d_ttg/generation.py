@@ -18,18 +18,12 @@ from typing import Any, Callable
 import torch
 
 from .errors import EmptySurfaceError, InvalidInputError
-from .export import (
-    EXPORT_RESOLUTION,
-    TINY_EXPORT_RESOLUTION,
-    PostprocessConfig,
-    export_resolution,
-    postprocess_mesh,
-    save_mesh,
-)
+from .backbones import EXPORT_RESOLUTION, TINY_EXPORT_RESOLUTION
+from .export import PostprocessConfig, postprocess_mesh, save_mesh
 from .guidance import GuidanceConfig, StepRecord
 from .inputs import prepare_condition_image
 from .io import atomic_path
-from .options import name_the_flag, option
+from .options import PRESETS, name_the_flag, option
 from .manifest import package_versions, write_manifest
 from .sampler import StepCallback
 from .text2image import DEFAULT_TEXT_TO_IMAGE_MODEL
@@ -215,10 +209,9 @@ def _write_view_sheets(
     return sheets
 
 
-#: Which checkpoints `load_models` loads: the real ones (hub or local cache), the tiny offline ones
-#: (vlm3d_ttg.tiny), or the realsize offline ones (the real models' shapes with random weights and
-#: `GenerationOptions.realsize_depth` blocks of each kind; vlm3d_ttg.tiny.realsize).
-PRESETS = ("real", "tiny", "realsize")
+def export_resolution(preset: str) -> int:
+    """The export grid a preset uses unless --octree-resolution says otherwise."""
+    return TINY_EXPORT_RESOLUTION if preset == "tiny" else EXPORT_RESOLUTION
 
 
 def _write_candidate_sheet(views_dir: str | os.PathLike, found: SearchRecord, staged: Callable[[Path], Path]) -> Path:

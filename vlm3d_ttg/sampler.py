@@ -22,10 +22,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .backbones import Backbone, SamplingContext, as_backbone, check_views
+from .backbones import EXPORT_RESOLUTION, Backbone, SamplingContext, as_backbone, check_views
 from .compute import Compute
 from .errors import EmptySurfaceError, InvalidInputError, SkippedStepError
-from .export import EXPORT_RESOLUTION
 from .guidance import (
     GuidanceConfig,
     LatentReward,

@@ -11,7 +11,16 @@ import importlib
 from typing import Any, Callable
 
 from ..errors import InvalidInputError, UnsupportedModelError
-from .base import SINGLE_VIEW, VIEW_NAMES, Backbone, SamplingContext, check_views, front_view
+from .base import (
+    EXPORT_RESOLUTION,
+    SINGLE_VIEW,
+    TINY_EXPORT_RESOLUTION,
+    VIEW_NAMES,
+    Backbone,
+    SamplingContext,
+    check_views,
+    front_view,
+)
 
 #: family name → its backbone class ("module:Class", imported when first used, or the class itself).
 #: A class takes the family's loaded model(s) in its constructor and has a static `wraps(model)`
@@ -51,6 +60,8 @@ def as_backbone(model: Any) -> Backbone:
 
 __all__ = [
     "BACKBONES",
+    "EXPORT_RESOLUTION",
+    "TINY_EXPORT_RESOLUTION",
     "Backbone",
     "SINGLE_VIEW",
     "SamplingContext",

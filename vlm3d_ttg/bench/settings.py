@@ -50,9 +50,10 @@ class EvalViews:
 
 
 def _default_options() -> "GenerationOptions":
+    from ..backbones import EXPORT_RESOLUTION
     from ..generation import GenerationOptions
 
-    return GenerationOptions(octree_resolution=384)
+    return GenerationOptions(octree_resolution=EXPORT_RESOLUTION)
 
 
 @dataclass(frozen=True)

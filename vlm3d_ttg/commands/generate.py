@@ -13,12 +13,10 @@ import numpy as np
 import typer
 
 from ..errors import InvalidInputError
+from ..options import PRESETS
 
-
-class Preset(str, Enum):
-    real = "real"
-    tiny = "tiny"
-    realsize = "realsize"
+#: --preset's choices (vlm3d_ttg.options.PRESETS).
+Preset = Enum("Preset", {name: name for name in PRESETS}, type=str)
 
 
 def _parse_views_at(text: str) -> str | list[int]:
@@ -71,7 +69,9 @@ def _generate(
     search = from_values(SearchOptions, options).validate()
     check_search_with_guidance(search, guidance)
     if run_options.octree_resolution is None:
-        run_options = dataclasses.replace(run_options, octree_resolution=128 if preset == Preset.tiny else 384)
+        from ..generation import export_resolution
+
+        run_options = dataclasses.replace(run_options, octree_resolution=export_resolution(preset.value))
     check_writable(out)
     check_mesh_path(out)
     manifest_path = manifest or manifest_path_for(out)
