@@ -27,6 +27,7 @@ import torch
 from machine import machine_description
 from vlm3d_ttg.critic import VLMCritic
 from vlm3d_ttg.guidance import GuidanceConfig
+from vlm3d_ttg.backbones.hunyuan3d2 import HunyuanBackbone
 from vlm3d_ttg.models import load_shape_pipeline, load_vlm
 from vlm3d_ttg.reward import VLMReward
 from vlm3d_ttg.sampler import GuidedSampler, SamplerOutput
@@ -94,7 +95,7 @@ def guided_run(
     pipeline = load_shape_pipeline(ref.repo_id, ref.subfolder, models_dir=ref.models_dir, device=device, dtype=shape_dtype)
     model, processor = load_vlm(ensure_tiny_vlm(cache_dir), device=device, dtype=critic_dtype)
     critic = VLMCritic(model, processor, PROMPT, config.query)
-    reward = VLMReward.from_config(pipeline.vae, critic, config)
+    reward = VLMReward.from_config(pipeline, critic, config)
     recording = RecordingReward(reward)
     sampler = GuidedSampler(pipeline, recording, config)
     displacements: dict[int, torch.Tensor] = {}
@@ -192,10 +193,9 @@ def gradient_path_table(reference: PrecisionRun, *, config: GuidanceConfig, cach
     def reward_for(shape_dtype, critic_dtype, *, half_decode=False):
         pipeline = load_shape_pipeline(ref.repo_id, ref.subfolder, models_dir=ref.models_dir, device=device, dtype=shape_dtype)
         model, processor = load_vlm(vlm_path, device=device, dtype=critic_dtype)
-        reward = VLMReward.from_config(pipeline.vae, VLMCritic(model, processor, PROMPT, config.query), config)
-        if half_decode:  # what the code did before the policy: decode with the float16 VAE itself
-            reward.decode_vae, reward.decode_dtype = pipeline.vae, torch.float16
-        return reward
+        # half_decode: what the code did before the policy: decode with the float16 VAE itself.
+        backbone = HunyuanBackbone(pipeline, decode_dtype=torch.float16 if half_decode else None)
+        return VLMReward.from_config(backbone, VLMCritic(model, processor, PROMPT, config.query), config)
 
     variants = {
         "float32 (reference)": (reward_for(torch.float32, torch.float32), None),

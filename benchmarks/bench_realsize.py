@@ -124,16 +124,16 @@ def run(args: argparse.Namespace) -> dict:
     torch.manual_seed(0)
     options = GenerationOptions(device="cpu", dtype="bfloat16", vlm_dtype="bfloat16", realsize_depth=1)
     models = load_models(options, preset="realsize")
-    pipe, vlm = models.pipeline, models.vlm
+    pipe, vlm = models.backbone.pipeline, models.vlm
     config = GuidanceConfig(backend="cpu")  # the defaults: 4 views of 448², grid 64
     critic = VLMCritic(vlm, models.processor, PROMPT, config.query)
-    reward = VLMReward.from_config(pipe.vae, critic, config)
-    sampler = GuidedSampler(pipe, reward, config)
+    reward = VLMReward.from_config(models.backbone, critic, config)
+    sampler = GuidedSampler(models.backbone, reward, config)
     timer = BlockTimer()
     timer.watch("dit_double", pipe.model.double_blocks)
     timer.watch("dit_single", pipe.model.single_blocks)
     timer.watch("dino_layer", pipe.conditioner.main_image_encoder.model.encoder.layer)
-    timer.watch("vae_layer", reward.decode_vae.transformer.resblocks)
+    timer.watch("vae_layer", models.backbone.decode_vae.transformer.resblocks)
     full = set(vlm.config.vision_config.fullatt_block_indexes)
     blocks = vlm.model.visual.blocks
     timer.watch("vision_window_block", [b for i, b in enumerate(blocks) if i not in full])
@@ -162,7 +162,7 @@ def run(args: argparse.Namespace) -> dict:
 
     # The guided step's extra work, stage by stage (the reward's own parts, called one by one).
     with stage("surface: VAE transformer + grid + marching cubes"):
-        surface = extract_surface(reward.decode_vae, x0.to(reward.decode_dtype), reward.surface_config)
+        surface = extract_surface(reward.backbone.occupancy_field(x0), reward.surface_config)
     stats = surface.stats
     seconds["  VAE transformer (fwd, graph kept)"] = stats.seconds_transformer
     seconds["  grid queries (no grad)"] = stats.seconds_grid

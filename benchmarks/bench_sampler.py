@@ -58,8 +58,8 @@ class Run:
 
 def run(models, config: GuidanceConfig, *, seed: int, steps: int, octree: int) -> Run:
     critic = VLMCritic(models.vlm, models.processor, PROMPT, config.query)
-    reward = VLMReward.from_config(models.pipeline.vae, critic, config)
-    sampler = GuidedSampler(models.pipeline, reward, config)
+    reward = VLMReward.from_config(models.backbone, critic, config)
+    sampler = GuidedSampler(models.backbone, reward, config)
     image = Image.open(EXAMPLE)
     output = sampler(image, num_inference_steps=steps, seed=seed, octree_resolution=octree, progress=False)
     final = reward.score_mesh(output.mesh.vertices, output.mesh.faces) if output.mesh is not None else None

@@ -10,7 +10,7 @@ at equal compute.
    favourite is the final favourite and the final r given up by choosing early (regret).
 2. Equal compute: guided (one candidate) vs best_of_n vs search_guided (the benchmark presets,
    N set by `equal_compute_candidates`), and base, on the final mesh's r; paired differences to
-   guided with bootstrap CIs; compute in real-size TFLOP per run (vlm3d_ttg.search.compute_tflop).
+   guided with bootstrap CIs; compute in real-size TFLOP per run (vlm3d_ttg.compute.compute_tflop).
 
 Tiny models: this checks mechanics (the machinery selects, counts and compares as it claims), not
 what helps with the real models. Prints Markdown; --write puts it in benchmarks/RESULTS.md.
@@ -37,7 +37,8 @@ from vlm3d_ttg.guidance import GuidanceConfig, predicted_clean_latent
 from vlm3d_ttg.metrics.bootstrap import bootstrap_ci
 from vlm3d_ttg.reward import VLMReward
 from vlm3d_ttg.sampler import GuidedSampler
-from vlm3d_ttg.search import SearchOptions, compute_tflop, selection_step
+from vlm3d_ttg.compute import compute_tflop
+from vlm3d_ttg.search import SearchOptions, selection_step
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "toy_robot.png"
 PROMPT = "a small toy robot with a round head"
@@ -58,8 +59,8 @@ def ci_cell(values: list[float], seed: int, digits: int = 3) -> str:
 def reliability_seed(models, config: GuidanceConfig, args, seed: int) -> dict:
     """One seed: every candidate's r at each σ_s and its final mesh's r (unguided runs)."""
     critic = VLMCritic(models.vlm, models.processor, PROMPT, config.query)
-    reward = VLMReward.from_config(models.pipeline.vae, critic, config)
-    sampler = GuidedSampler(models.pipeline, reward, GuidanceConfig(**{**config.__dict__, "enabled": False}))
+    reward = VLMReward.from_config(models.backbone, critic, config)
+    sampler = GuidedSampler(models.backbone, reward, GuidanceConfig(**{**config.__dict__, "enabled": False}))
     image = Image.open(EXAMPLE)
     sigmas = sampler.schedule(args.steps)
     steps_at = {s: selection_step(sigmas, s) for s in args.select_at}
@@ -113,8 +114,8 @@ def equal_compute_seed(models, config: GuidanceConfig, args, seed: int) -> dict:
     results: dict[str, dict[str, list[float]]] = {c.name: {"final_r": [], "tflop": [], "seconds": []} for c in configs}
     if True:
         for bench in configs:
-            reward = VLMReward.from_config(models.pipeline.vae, critic, bench.guidance)
-            sampler = GuidedSampler(models.pipeline, reward, bench.guidance)
+            reward = VLMReward.from_config(models.backbone, critic, bench.guidance)
+            sampler = GuidedSampler(models.backbone, reward, bench.guidance)
             tic = time.perf_counter()
             out = sampler(image, num_inference_steps=args.steps, seed=seed, octree_resolution=args.octree,
                           progress=False, search=bench.search)

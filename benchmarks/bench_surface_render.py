@@ -41,7 +41,8 @@ from vlm3d_ttg.io import write_text_atomic  # noqa: E402
 from vlm3d_ttg.render import Renderer, orbit_cameras  # noqa: E402
 from vlm3d_ttg.render import antialias as aa  # noqa: E402
 from vlm3d_ttg.render.raster_cpu import clip_positions, embree_face_ids, zbuffer_face_ids  # noqa: E402
-from vlm3d_ttg.surface import SurfaceConfig, extract_surface  # noqa: E402
+from vlm3d_ttg.backbones.hunyuan3d2 import extract_shapevae_surface as extract_surface  # noqa: E402
+from vlm3d_ttg.surface import SurfaceConfig  # noqa: E402
 from vlm3d_ttg.tiny import ensure_tiny_shape_model  # noqa: E402
 
 SECTION_BEGIN = "<!-- bench_surface_render:begin -->"

@@ -168,7 +168,7 @@ def extra_tflop_per_run(run: RunShape) -> float:
 
 def unit_costs(run: RunShape) -> tuple[float, float, float]:
     """TFLOP of (one DiT latent row, one forward-only critic score of a latent, what a guided step
-    adds to that forward): the weights of vlm3d_ttg.search.CostWeights."""
+    adds to that forward): the weights of vlm3d_ttg.compute.CostWeights."""
     grid_queries = (run.grid + 1) ** 3 / run.coarse_to_fine_reduction
     chunks = math.ceil(grid_queries / 8000)
     forward = (vae_transformer_flops() + grid_queries * geo_decoder_flops_per_query()
@@ -181,7 +181,8 @@ def unit_costs(run: RunShape) -> tuple[float, float, float]:
 def search_tflop(run: RunShape) -> float:
     """A whole run's TFLOP (DiT, guidance, candidate scoring, final scoring) with the search knobs."""
     from vlm3d_ttg.guidance import GuidanceConfig
-    from vlm3d_ttg.search import CostWeights, SearchOptions, compute_tflop, planned_compute
+    from vlm3d_ttg.compute import CostWeights, compute_tflop, planned_compute
+    from vlm3d_ttg.search import SearchOptions
 
     guidance = GuidanceConfig(enabled=run.window is not None, sigma_window=run.window or (0.2, 0.85),
                               every=run.every, grad_mode=run.grad_mode)

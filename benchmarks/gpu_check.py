@@ -128,7 +128,8 @@ def part_renderer(args: argparse.Namespace, device: torch.device, state: dict) -
     """nvdiffrast vs CPU renderer on decoder meshes: images, masks, vertex gradients (interior / silhouette)."""
     from vlm3d_ttg.render import Renderer, orbit_cameras
     from vlm3d_ttg.render.nvdiffrast_backend import nvdiffrast_unavailable_reason
-    from vlm3d_ttg.surface import SurfaceConfig, extract_surface
+    from vlm3d_ttg.backbones.hunyuan3d2 import extract_shapevae_surface as extract_surface
+    from vlm3d_ttg.surface import SurfaceConfig
     from vlm3d_ttg.tiny.realsize import build_realsize_vae
     from vlm3d_ttg.tiny import ensure_tiny_shape_model
     from vlm3d_ttg.models import load_shape_pipeline
@@ -252,7 +253,7 @@ def sampled_run(pipe: Any, vlm: Any, processor: Any, config: Any, args: argparse
 
     out: dict[str, Any] = {}
     critic = VLMCritic(vlm, processor, PROMPT, config.query, activation_checkpointing=checkpointing)
-    reward = VLMReward.from_config(pipe.vae, critic, config)
+    reward = VLMReward.from_config(pipe, critic, config)
     sampler = GuidedSampler(pipe, reward, config, offload_idle=offload_idle)
     with peak_memory(device, out, "peak_gib"):
         _cuda_sync(device)

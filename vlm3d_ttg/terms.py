@@ -22,7 +22,7 @@ A term of your own (Python API):
         def modules(self):                 # no model weights of its own
             return []
 
-    reward = VLMReward.from_config(pipeline.vae, critic, config, terms=[(0.5, Roundness())])
+    reward = VLMReward.from_config(backbone, critic, config, terms=[(0.5, Roundness())])
 
 Cameras cross this boundary as plain 4 × 4 matrices (`Cameras.view`, world → camera, and
 `Cameras.projection`, OpenGL clip convention), so a term can re-project anything with numpy.

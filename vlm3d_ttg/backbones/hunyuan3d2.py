@@ -206,7 +206,9 @@ class HunyuanBackbone:
     bounds = BOUNDS
     level = LEVEL
 
-    def __init__(self, pipeline: Any):
+    def __init__(self, pipeline: Any, *, decode_dtype: torch.dtype | None = None):
+        """`decode_dtype` overrides the precision policy of the guidance decode (None: the policy;
+        benchmarks/bench_precision.py measures what float16 would do)."""
         from hy3dgen.shapegen.pipelines import Hunyuan3DDiTFlowMatchingPipeline
         from hy3dgen.shapegen.preprocessors import MVImageProcessorV2
 
@@ -217,6 +219,7 @@ class HunyuanBackbone:
         self.pipeline = pipeline
         self.views = VIEW_NAMES if isinstance(pipeline.image_processor, MVImageProcessorV2) else SINGLE_VIEW
         self._decode_vae: torch.nn.Module | None = None
+        self._decode_dtype = decode_dtype
 
     @staticmethod
     def wraps(model: Any) -> bool:
@@ -238,8 +241,8 @@ class HunyuanBackbone:
 
     @property
     def decode_dtype(self) -> torch.dtype:
-        """At least float32 (precision.decode_dtype of the ShapeVAE's dtype)."""
-        return decode_dtype(next(self.pipeline.vae.parameters()).dtype)
+        """At least float32 (precision.decode_dtype of the ShapeVAE's dtype), unless overridden."""
+        return self._decode_dtype or decode_dtype(next(self.pipeline.vae.parameters()).dtype)
 
     @property
     def decode_vae(self) -> torch.nn.Module:

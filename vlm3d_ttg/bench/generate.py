@@ -136,7 +136,7 @@ class ReferenceScorer:
 
         if self._reward is None:
             critic = VLMCritic(self.models.vlm, self.models.processor, self.prompt, "dual")
-            self._reward = VLMReward.from_config(self.models.pipeline.vae, critic, self.guidance)
+            self._reward = VLMReward.from_config(self.models.backbone, critic, self.guidance)
         mesh = load_mesh_for_scoring(mesh_path)
         return float(self._reward.score_mesh(mesh.vertices, mesh.faces).r)
 
