@@ -60,7 +60,7 @@ def test_guided_sampling_search_and_the_manifest_run_on_a_second_backbone(analyt
 
     model, processor = tiny_vlm
     models = LoadedModels(analytic, model, processor, "analytic (tests)", "tiny critic", preset="tiny")
-    guidance = GuidanceConfig(num_views=1, view_size=56, grid_resolution=32, sigma_window=(0.1, 0.95), every=1,
+    guidance = GuidanceConfig(num_views=1, view_size=56, grid_resolution=32, sigma_window=(0.1, 0.95), every=2,
                               reference=True)
     out = tmp_path / "shape.glb"
     result = generate_mesh(models, image=ellipse_image(tmp_path / "in.png"), prompt="an orange egg", out=out,

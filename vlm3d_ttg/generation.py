@@ -305,6 +305,23 @@ def check_models_present(options: GenerationOptions) -> None:
         load_vlm(options.vlm, device="cpu")  # raises, naming the fix
 
 
+def _condition(front: Any, views: dict[str, Any], backbone: Any) -> Any:
+    """What the backbone is conditioned on: the front image, or with extra views a dict of all of
+    them (each checked and prepared like the front); InvalidInputError when the backbone cannot take them."""
+    from .backbones import SINGLE_VIEW, VIEW_NAMES, check_views
+
+    if not views:
+        if backbone.views != SINGLE_VIEW:
+            raise InvalidInputError(f"The {backbone.name} model here is multi-view: give the front image plus at "
+                                    f"least one of {', '.join(v for v in VIEW_NAMES if v != 'front')}.")
+        return front
+    if "front" in views:
+        raise InvalidInputError("`views` holds the extra views (left, back, right); the front is the image itself.")
+    condition = {"front": front, **{name: prepare_condition_image(path) for name, path in views.items()}}
+    check_views(condition, backbone.views)
+    return condition
+
+
 def write_r_plot(path: str | os.PathLike, records: list[StepRecord], *, final_r: float | None = None) -> Path:
     """A PNG of r (and P(yes)) at the guided steps, σ on the x axis."""
     import matplotlib
@@ -348,13 +365,16 @@ def generate_mesh(
     step_callback: StepCallback | None = None,
     generated_input: Any | None = None,
     search: SearchOptions | None = None,
+    views: dict[str, str | os.PathLike] | None = None,
 ) -> GenerationResult:
     """Run one (guided) generation and write its outputs atomically; see `vlm3d-ttg generate --help`.
 
     `step_callback` is the sampler's `callback_on_step_end`. `generated_input` (a
     `text2image.GeneratedInput`): the input image was made from the prompt; it is the conditioning
     image, is saved with the other outputs and recorded in the manifest. `search` samples several
-    candidates and keeps the critic's favourite (vlm3d_ttg.search). Raises EmptySurfaceError (after
+    candidates and keeps the critic's favourite (vlm3d_ttg.search). `views` ({"left"/"back"/"right":
+    image}) are the extra views of a multi-view backbone, `image` being the front; the critic's
+    reference uses the front. Raises EmptySurfaceError (after
     writing the manifest) when the final latent has no surface.
     """
     from .critic import VLMCritic
@@ -369,8 +389,9 @@ def generate_mesh(
     octree_resolution = options.octree_resolution or export_resolution(models.preset)
     offload_idle = options.offload_idle
     backbone = models.backbone
-    condition = prepare_condition_image(generated_input.image if generated_input is not None else image)
-    reference = backbone.reference_image(condition, guidance.view_size) if guidance.reference else None
+    front = prepare_condition_image(generated_input.image if generated_input is not None else image)
+    condition = _condition(front, views or {}, backbone)
+    reference = backbone.reference_image(front, guidance.view_size) if guidance.reference else None
     critic = VLMCritic(models.vlm, models.processor, prompt, guidance.query, reference=reference,
                        layout=guidance.view_layout, grid_size=guidance.view_size, activation_checkpointing=checkpointing)
     reward = VLMReward.from_config(backbone, critic, guidance)
@@ -405,6 +426,7 @@ def generate_mesh(
         "tool": "vlm3d-ttg generate",
         "image": str(generated_input.path if generated_input is not None else image),
         "input_image": generated_input.to_dict() if generated_input is not None else {"generated": False},
+        "views": {name: str(path) for name, path in (views or {}).items()},  # a multi-view run's extra views
         "prompt": prompt,
         "seed": seed,
         "steps": steps,

@@ -32,6 +32,10 @@ def _generate(
     image: Optional[Path] = typer.Argument(
         None, help="Conditioning image (RGBA with a transparent background is best). Without it, text-to-3D: the "
                    "image is made from --prompt by text-to-image + background removal and saved as OUT.input.png."),
+    left: Optional[Path] = typer.Option(None, help="Multi-view models (e.g. --shape-model hunyuan3d-2mv): the object seen "
+                                                   "from its left (IMAGE is the front)."),
+    back: Optional[Path] = typer.Option(None, help="Multi-view models: the object seen from the back."),
+    right: Optional[Path] = typer.Option(None, help="Multi-view models: the object seen from its right."),
     prompt: str = typer.Option(..., "--prompt", "-p", help="Text description the critic checks the shape against."),
     out: Path = typer.Option(..., "--out", "-o", help="Output mesh (.glb, .gltf, .obj, .ply, .stl, .off)."),
     manifest: Optional[Path] = typer.Option(None, help="Run manifest JSON (default: OUT.json, e.g. robot.glb.json)."),
@@ -100,11 +104,18 @@ def _generate(
                             "the failed-run record": failed_run_path(manifest_path),
                             "the generated input image": input_image_path})
     if preset in (Preset.tiny, Preset.realsize):
+        from ..models import SHAPE_VARIANTS
+
+        # The tiny preset has a tiny copy of every variant, chosen by its name (e.g. hunyuan3d-2mv).
+        variant_ok = preset == Preset.tiny and run_options.shape_model.lower() in SHAPE_VARIANTS
         ignored = [flag for flag, name in (("--shape-model", "shape_model"), ("--shape-subfolder", "shape_subfolder"),
-                                           ("--vlm", "vlm"), ("--text-to-image", "text_to_image")) if getattr(run_options, name) != GenerationOptions().__dict__[name]]
+                                           ("--vlm", "vlm"), ("--text-to-image", "text_to_image"))
+                   if getattr(run_options, name) != GenerationOptions().__dict__[name]
+                   and not (name == "shape_model" and variant_ok)]
         if ignored:
             raise InvalidInputError(f"{', '.join(ignored)} would be ignored with --preset {preset.value} (it uses "
-                                    f"its own offline checkpoints); drop them or use --preset real.")
+                                    f"its own offline checkpoints; --preset tiny takes a variant name as --shape-model, "
+                                    f"e.g. hunyuan3d-2mv); drop them or use --preset real.")
     if preset != Preset.realsize and run_options.realsize_depth != GenerationOptions().realsize_depth:
         raise InvalidInputError("--realsize-depth only applies to --preset realsize; drop it or add --preset realsize.")
     keep_views = _parse_views_at(views_at or "summary") if save_views is not None else "none"
@@ -120,8 +131,14 @@ def _generate(
     if image is not None and run_options.text_to_image != GenerationOptions().text_to_image:
         raise InvalidInputError("--text-to-image makes the input image when no IMAGE is given; with IMAGE it would "
                                 "be ignored: drop one of them.")
+    extra_views = _check_views(image, {"left": left, "back": back, "right": right}, run_options, preset.value)
     if image is not None:
         check_condition_image(image)
+        for name, view in extra_views.items():
+            try:
+                check_condition_image(view)
+            except InvalidInputError as exc:
+                raise InvalidInputError(f"--{name}: {exc}") from None
     elif preset == Preset.real:  # the offline presets write their own models
         from ..generation import check_models_present
 
@@ -148,6 +165,7 @@ def _generate(
     result = generate_mesh(
         models,
         image=image,
+        views=extra_views or None,
         generated_input=generated_input,
         prompt=prompt,
         out=out,
@@ -162,6 +180,33 @@ def _generate(
         search=search,
     )
     _print_summary(result, guidance, time.perf_counter() - started)
+
+
+def _check_views(image: Optional[Path], given: dict[str, Optional[Path]], run_options, preset: str) -> dict[str, Path]:
+    """The extra views given ({name: path}), checked against the shape model before it loads: a
+    multi-view model takes IMAGE (the front) plus at least one of --left/--back/--right; any other
+    model takes none of them."""
+    from ..models import resolve_shape_model
+
+    views = {name: path for name, path in given.items() if path is not None}
+    multiview = preset != "realsize" and resolve_shape_model(run_options.shape_model, run_options.shape_subfolder).multiview
+    flags = ", ".join(f"--{name}" for name in views)
+    if views and not multiview:
+        model = "the realsize preset's model" if preset == "realsize" else f"'{run_options.shape_model}'"
+        raise InvalidInputError(f"{flags}: {model} takes one image. Extra views need a multi-view model, e.g. "
+                                "--shape-model hunyuan3d-2mv (with --preset tiny: its tiny offline copy).")
+    if multiview and image is None:
+        raise InvalidInputError("A multi-view model needs the front IMAGE plus --left/--back/--right; text-to-3D "
+                                "(no IMAGE) makes one view only: use a single-view --shape-model.")
+    if multiview and not views:
+        raise InvalidInputError(f"'{run_options.shape_model}' is a multi-view model: give IMAGE (the front) plus at "
+                                "least one of --left, --back, --right.")
+    if image is not None and views:
+        paths = {"IMAGE": image, **{f"--{name}": path for name, path in views.items()}}
+        resolved = [Path(p).resolve() for p in paths.values()]
+        if len(set(resolved)) != len(resolved):
+            raise InvalidInputError(f"The views must be different files, got {', '.join(f'{k} {v}' for k, v in paths.items())}.")
+    return views
 
 
 def _derived_signature() -> inspect.Signature:
