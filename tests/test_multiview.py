@@ -34,6 +34,7 @@ def test_generate_multiview_tiny_end_to_end(tmp_path, tiny_cache, tiny_vlm_path,
     assert code == 0, capsys.readouterr().err
     manifest = json.loads(out.with_name(out.name + ".json").read_text())
     assert manifest["image"] == front and manifest["views"] == {"left": left, "back": back}
+    assert manifest["conditioned_on"] == ["front", "left", "back"]
     assert "hunyuan3d-dit-v2-mv" in manifest["models"]["shape"] and manifest["models"]["backbone"] == "hunyuan3d-2"
     guided = [r for r in manifest["records"] if r["guided"]]
     assert guided and all(r["skipped"] is None and r["applied_norm"] > 0 for r in guided)

@@ -427,6 +427,7 @@ def generate_mesh(
         "image": str(generated_input.path if generated_input is not None else image),
         "input_image": generated_input.to_dict() if generated_input is not None else {"generated": False},
         "views": {name: str(path) for name, path in (views or {}).items()},  # a multi-view run's extra views
+        "conditioned_on": list(condition) if isinstance(condition, dict) else ["front"],  # the views the model saw
         "prompt": prompt,
         "seed": seed,
         "steps": steps,
