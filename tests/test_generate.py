@@ -139,6 +139,20 @@ class _NaNGradientOnce:
             evaluation.r = evaluation.r + (latent.sum() * 0.0).abs().sqrt()
         return evaluation
 
+    # The rest of guidance.LatentReward: the wrapped reward's.
+    def score_latent(self, latent):
+        return self.reward.score_latent(latent)
+
+    def score_mesh(self, vertices, faces):
+        return self.reward.score_mesh(vertices, faces)
+
+    def offload_modules(self):
+        return self.reward.offload_modules()
+
+    @property
+    def half_backward(self):
+        return self.reward.half_backward
+
 
 def test_empty_surface_and_non_finite_gradient_steps_are_skipped_and_recorded(tiny_pipeline, tiny_vlm):
     from vlm3d_ttg.critic import VLMCritic
