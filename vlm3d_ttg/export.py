@@ -13,7 +13,7 @@ import trimesh
 
 from .errors import InvalidInputError
 from .io import atomic_path
-from .options import option
+from .options import Checks, option
 
 logger = logging.getLogger(__name__)
 
@@ -33,10 +33,11 @@ class PostprocessConfig:
 
     def validate(self) -> "PostprocessConfig":
         """Raise InvalidInputError on a bad value; return self."""
-        if self.max_faces is not None and (isinstance(self.max_faces, bool) or not isinstance(self.max_faces, int)):
-            raise InvalidInputError(f"max_faces must be an integer, got {self.max_faces!r}")
-        if self.max_faces is not None and self.max_faces < 4:
-            raise InvalidInputError(f"max_faces must be ≥ 4, got {self.max_faces}")
+        check = Checks(self, "Invalid postprocessing option")
+        if self.max_faces is not None and check.integer("max_faces") < 4:
+            check.bad(f"max_faces must be ≥ 4, got {self.max_faces}")
+        for name in ("remove_floaters", "remove_degenerate_faces"):
+            check.boolean(name)
         return self
 
 

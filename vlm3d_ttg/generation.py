@@ -23,7 +23,7 @@ from .export import PostprocessConfig, postprocess_mesh, save_mesh
 from .guidance import GuidanceConfig, StepRecord
 from .inputs import prepare_condition_image
 from .io import atomic_path
-from .options import PRESETS, name_the_flag, option
+from .options import PRESETS, Checks, option
 from .manifest import package_versions, write_manifest
 from .sampler import StepCallback
 from .text2image import DEFAULT_TEXT_TO_IMAGE_MODEL
@@ -69,15 +69,8 @@ class GenerationOptions:
         """Raise InvalidInputError naming the first bad field and what it accepts; return self."""
         from .models import resolve_dtype
 
-        def bad(msg: str) -> None:
-            raise InvalidInputError(f"Invalid option: {name_the_flag(GenerationOptions, msg)}")
-
-        def integer(name: str) -> int:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int):
-                bad(f"{name} must be an integer, got {value!r}")
-            return value
-
+        check = Checks(self, "Invalid option")
+        bad, integer = check.bad, check.integer
         if not 0 <= integer("seed") < MAX_SEED:
             bad(f"seed must be in [0, 2^64), got {self.seed}")
         if integer("steps") < 2:
@@ -98,8 +91,7 @@ class GenerationOptions:
         if integer("realsize_depth") < 1:
             bad(f"realsize_depth must be ≥ 1, got {self.realsize_depth}")
         for name in ("checkpointing", "offload_idle"):
-            if not isinstance(getattr(self, name), bool):
-                bad(f"{name} must be True or False, got {getattr(self, name)!r}")
+            check.boolean(name)
         return self
 
     def to_dict(self) -> dict:
@@ -289,9 +281,10 @@ def check_models_present(options: GenerationOptions) -> None:
     should not be wasted on a run that cannot finish. Online, nothing is checked (they may download)."""
     from huggingface_hub import try_to_load_from_cache
 
-    from .models import _hub_offline, hy3dgen_models_dir, resolve_shape_model
+    from .env import hub_offline
+    from .models import hy3dgen_models_dir
 
-    if not _hub_offline():
+    if not hub_offline():
         return
     spec = resolve_shape_model(options.shape_model, options.shape_subfolder)
     if not (hy3dgen_models_dir() / spec.repo_id / spec.subfolder / "config.yaml").is_file():

@@ -16,7 +16,7 @@ from typing import Any, Literal, Protocol
 import torch
 
 from .errors import InvalidInputError, SkippedStepError
-from .options import name_the_flag, option
+from .options import Checks, option
 
 StepNorm = Literal["raw", "latent_rms", "sampler_step"]
 Schedule = Literal["constant", "linear_decay"]
@@ -93,20 +93,9 @@ class GuidanceConfig:
         from .critic.layout import VIEW_LAYOUTS, square_cell_tile
         from .critic.queries import resolve_query  # the critic's own template check
 
-        def bad(msg: str) -> None:
-            raise InvalidInputError(f"Invalid guidance option: {name_the_flag(GuidanceConfig, msg)}")
-
-        def number(name: str, *, integer: bool = False) -> float:
-            value = getattr(self, name)
-            kinds = (int,) if integer else (int, float)
-            if isinstance(value, bool) or not isinstance(value, kinds):
-                bad(f"{name} must be {'an integer' if integer else 'a number'}, got {value!r}")
-            if not math.isfinite(value):
-                bad(f"{name} must be finite, got {value}")
-            return value
-
-        if not isinstance(self.enabled, bool):
-            bad(f"enabled must be True or False, got {self.enabled!r}")
+        check = Checks(self, "Invalid guidance option")
+        bad, number = check.bad, check.number
+        check.boolean("enabled")
         if number("scale") < 0:
             bad(f"scale (λ) must be ≥ 0, got {self.scale}")
         if self.step_norm not in ("raw", "latent_rms", "sampler_step"):
@@ -142,8 +131,7 @@ class GuidanceConfig:
             bad(f"grid_resolution must be ≥ 16, got {self.grid_resolution}")
         if self.backend not in ("auto", "cpu", "nvdiffrast"):
             bad(f"backend must be auto, cpu or nvdiffrast, got {self.backend!r}")
-        if not isinstance(self.reference, bool):
-            bad(f"reference must be True or False, got {self.reference!r}")
+        check.boolean("reference")
         if self.view_layout not in VIEW_LAYOUTS:
             bad(f"view_layout must be separate or grid, got {self.view_layout!r}")
         if self.view_layout == "grid":

@@ -6,15 +6,15 @@ offline checkpoints written by `vlm3d_ttg.tiny`; there is no second code path.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
+from .env import environment_variable, hub_offline
 from .errors import InvalidInputError, ModelNotFoundError
 
 logger = logging.getLogger(__name__)
@@ -100,25 +100,6 @@ def hy3dgen_models_dir(models_dir: str | os.PathLike | None = None) -> Path:
     return Path(os.path.expanduser(str(base)))
 
 
-@contextlib.contextmanager
-def _hy3dgen_models_env(models_dir: Path) -> Iterator[None]:
-    # hy3dgen reads $HY3DGEN_MODELS at load time and offers no argument for it; set it only for
-    # the duration of the call so no global state outlives the loader.
-    previous = os.environ.get("HY3DGEN_MODELS")
-    os.environ["HY3DGEN_MODELS"] = str(models_dir)
-    try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop("HY3DGEN_MODELS", None)
-        else:
-            os.environ["HY3DGEN_MODELS"] = previous
-
-
-def _hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
-
-
 def resolve_shape_model(model: str, subfolder: str | None = None) -> ShapeVariant:
     """Turn a variant name ('hunyuan3d-2mini-turbo') or a repo id (+ subfolder) into a ShapeVariant."""
     key = model.lower()
@@ -168,7 +149,7 @@ def load_shape_pipeline(
         f"{spec.repo_id}/{spec.subfolder}/config.yaml and model{suffix}.safetensors). "
         "For an offline smoke test use the tiny preset (`--preset tiny`)."
     )
-    if not local_ok and (not allow_download or _hub_offline()):
+    if not local_ok and (not allow_download or hub_offline()):
         raise ModelNotFoundError(
             f"{spec.repo_id}/{spec.subfolder}",
             [str(local), "the Hugging Face hub (not tried: offline)"],
@@ -183,7 +164,8 @@ def load_shape_pipeline(
     try:
         # The checkpoint names DINOv2's weights as transformers did when Hunyuan3D-2 was released;
         # newer transformers renamed them (vlm3d_ttg.dinov2_names).
-        with _hy3dgen_models_env(base), hy3dgen_accepts_both_dinov2_namings():
+        # hy3dgen reads $HY3DGEN_MODELS at load time and offers no argument for it.
+        with environment_variable("HY3DGEN_MODELS", base), hy3dgen_accepts_both_dinov2_namings():
             pipeline = Hunyuan3DDiTFlowMatchingPipeline.from_pretrained(
                 spec.repo_id,
                 subfolder=spec.subfolder,
@@ -238,7 +220,7 @@ def load_vlm(
     is_local = Path(os.path.expanduser(model_id)).is_dir()
     if is_local:
         model_id = os.path.expanduser(model_id)
-    local_only = is_local or not allow_download or _hub_offline()
+    local_only = is_local or not allow_download or hub_offline()
     kwargs: dict[str, Any] = {"local_files_only": local_only}
     if revision is not None:
         kwargs["revision"] = revision

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import inspect
+import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -76,6 +77,44 @@ def _cli_type(field: dataclasses.Field, spec: Option) -> type:
 
 def _help(field: dataclasses.Field, spec: Option) -> str:
     return spec.help + f"  [{field.name}]"
+
+
+class Checks:
+    """The validation helpers every options dataclass's `validate()` uses (one set, not one per class).
+
+    Each raises InvalidInputError "<prefix>: <message>", the message naming the field's flag
+    (`name_the_flag`), so CLI and API users both recognise the option.
+    """
+
+    def __init__(self, options: Any, prefix: str):
+        self.options, self.prefix = options, prefix
+
+    def bad(self, message: str) -> None:
+        """Refuse: `message` starts with the field's name."""
+        from .errors import InvalidInputError
+
+        raise InvalidInputError(f"{self.prefix}: {name_the_flag(type(self.options), message)}")
+
+    def number(self, name: str, *, integer: bool = False) -> Any:
+        """The field's value, refused unless it is a finite number (an integer with `integer`; never a bool)."""
+        value = getattr(self.options, name)
+        kinds = (int,) if integer else (int, float)
+        if isinstance(value, bool) or not isinstance(value, kinds):
+            self.bad(f"{name} must be {'an integer' if integer else 'a number'}, got {value!r}")
+        if not math.isfinite(value):
+            self.bad(f"{name} must be finite, got {value}")
+        return value
+
+    def integer(self, name: str) -> int:
+        """The field's value, refused unless it is an integer (not a bool)."""
+        return self.number(name, integer=True)
+
+    def boolean(self, name: str) -> bool:
+        """The field's value, refused unless it is True or False."""
+        value = getattr(self.options, name)
+        if not isinstance(value, bool):
+            self.bad(f"{name} must be True or False, got {value!r}")
+        return value
 
 
 def name_the_flag(cls: type, message: str) -> str:

@@ -32,7 +32,7 @@ from typing import Any, Sequence
 import torch
 
 from .errors import InvalidInputError
-from .options import name_the_flag, option
+from .options import Checks, option
 
 FINAL = 1.0  # select_at = 1: select among the finished meshes
 
@@ -52,15 +52,8 @@ class SearchOptions:
     def validate(self) -> "SearchOptions":
         """Raise InvalidInputError naming the first bad field and what it accepts; return self."""
 
-        def bad(msg: str) -> None:
-            raise InvalidInputError(f"Invalid search option: {name_the_flag(SearchOptions, msg)}")
-
-        def integer(name: str) -> int:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int):
-                bad(f"{name} must be an integer, got {value!r}")
-            return value
-
+        check = Checks(self, "Invalid search option")
+        bad, integer = check.bad, check.integer
         if integer("candidates") < 1:
             bad(f"candidates must be ≥ 1 (1 is the plain sampler), got {self.candidates}")
         value = self.select_at

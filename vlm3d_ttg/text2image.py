@@ -20,8 +20,9 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
+from .env import environment_variable
 from .errors import InvalidInputError
 from .io import atomic_path
 
@@ -124,21 +125,9 @@ def check_text_to_image_model(model: str) -> None:
         )
 
 
-@contextlib.contextmanager
-def rembg_home(folder: str | os.PathLike | None) -> Iterator[None]:
+def rembg_home(folder: str | os.PathLike | None) -> contextlib.AbstractContextManager[None]:
     """Point rembg at `folder` (its U2NET_HOME) for the duration of the block; None: leave it alone."""
-    if folder is None:
-        yield
-        return
-    previous = os.environ.get("U2NET_HOME")
-    os.environ["U2NET_HOME"] = str(folder)
-    try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop("U2NET_HOME", None)
-        else:
-            os.environ["U2NET_HOME"] = previous
+    return environment_variable("U2NET_HOME", folder)
 
 
 @dataclass

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..env import hub_offline
 from ..errors import ModelNotFoundError
 from ..models import resolve_device
 
@@ -205,10 +206,6 @@ class ClipEmbedder:
         return self.image_embeddings(images).double().numpy()
 
 
-def _hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
-
-
 def load_pretrained_local_first(
     model: str | os.PathLike,
     load: Any,
@@ -223,7 +220,7 @@ def load_pretrained_local_first(
     """
     model_id = os.path.expanduser(str(model))
     is_local = Path(model_id).is_dir()
-    local_only = is_local or not allow_download or _hub_offline()
+    local_only = is_local or not allow_download or hub_offline()
     kwargs: dict[str, Any] = {"local_files_only": local_only}
     if revision is not None:
         kwargs["revision"] = revision
