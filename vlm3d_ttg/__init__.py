@@ -14,6 +14,8 @@ _EXPORTS = {
     "load_vlm": ".models",
     "GuidanceConfig": ".guidance",
     "GuidedSampler": ".sampler",
+    "Backbone": ".backbones",
+    "HunyuanBackbone": ".backbones.hunyuan3d2",
     "VLMReward": ".reward",
     "RewardTerm": ".terms",
     "TermValue": ".terms",

@@ -293,17 +293,7 @@ class GuidedSampler:
 
             # 6. Decode the final latent to a mesh (the backbone's export, with its VAE next to the DiT);
             #    several live candidates: decode each, keep the one whose mesh the critic likes best.
-            mesh, winner = None, 0
-            if len(live.alive) > 1:
-                winner, mesh = self._select_final(found, live.alive, latents, output_type, compute, export)
-                latents = latents[winner:winner + 1]
-            elif output_type == "trimesh":
-                offload.activate("denoise")
-                with _timed(compute, "decode"):
-                    mesh = self.backbone.to_mesh(latents, **export)
-            if found is not None:
-                found.chosen = live.alive[winner]
-                found.candidates[live.alive[winner]].chosen = True
+            latents, mesh, winner = self._finish(live, latents, output_type, compute, export)
         finally:
             # Every model back where it was, also when a step raised or the user pressed Ctrl-C.
             offload.restore()
@@ -321,6 +311,23 @@ class GuidedSampler:
         )
 
     # ----------------------------------------------------------------- the loop's steps
+    def _finish(
+        self, live: _Candidates, latents: torch.Tensor, output_type: str, compute: Compute, export: dict[str, Any]
+    ) -> tuple[torch.Tensor, Any, int]:
+        """(the output's latents, its mesh or None, the index of its row among the live candidates)."""
+        mesh, winner = None, 0
+        if len(live.alive) > 1:
+            winner, mesh = self._select_final(live.found, live.alive, latents, output_type, compute, export)
+            latents = latents[winner:winner + 1]
+        elif output_type == "trimesh":
+            self.offload.activate("denoise")
+            with _timed(compute, "decode"):
+                mesh = self.backbone.to_mesh(latents, **export)
+        if live.found is not None:
+            live.found.chosen = live.alive[winner]
+            live.found.candidates[live.alive[winner]].chosen = True
+        return latents, mesh, winner
+
     def _initial_latents(
         self, context: SamplingContext, search: SearchOptions, seed: int | None, generator: torch.Generator | None
     ) -> tuple[torch.Tensor, SearchRecord | None]:
