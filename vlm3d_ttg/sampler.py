@@ -135,7 +135,7 @@ class GuidedSampler:
         self.config = (config or GuidanceConfig()).validate()
         if self.config.active and reward is None:
             raise InvalidInputError("Guidance is enabled but no reward (critic) was given; pass one or disable guidance.")
-        if offload_idle and self.config.enabled and self.config.grad_mode == "xt":
+        if offload_idle and self.config.active and self.config.grad_mode == "xt":
             raise InvalidInputError(
                 "offload_idle cannot be combined with grad_mode='xt': the DiT's autograd graph keeps its weights "
                 "on the GPU until the critic's backward, so offloading would free nothing. Use grad_mode='x0' "
@@ -169,7 +169,7 @@ class GuidedSampler:
     @property
     def half_backward(self) -> bool:
         """Whether any backward of this run's guidance passes through float16 (then it is loss-scaled)."""
-        if self.reward is None or not self.config.enabled:
+        if self.reward is None or not self.config.active:
             return False
         dit_half = self.config.grad_mode == "xt" and is_half(self.backbone.dtype)
         return dit_half or bool(self.reward.half_backward)
@@ -239,7 +239,7 @@ class GuidedSampler:
             with _timed(compute, "condition"):
                 context = self.prepare(image, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale)
             offload.activate("denoise")
-            if context.batch_size != 1 and (config.enabled or search.searching):
+            if context.batch_size != 1 and (config.active or search.searching):
                 raise InvalidInputError("Guided sampling and candidate search take one conditioning image (or one "
                                         "multi-view dict) per call.")
             latents, found = self._initial_latents(context, search, seed, generator)

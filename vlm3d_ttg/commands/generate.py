@@ -121,7 +121,7 @@ def _generate(
     keep_views = _parse_views_at(views_at or "summary") if save_views is not None else "none"
     # Options that would do nothing: said now, not discovered in the manifest afterwards.
     planned = guided_steps_with_search(list(np.linspace(0.0, 1.0, run_options.steps)) + [1.0], guidance, search)
-    if guidance.enabled and not planned:
+    if guidance.active and not planned:
         after_search = f" after the candidate search at σ ≥ {search.select_at:g}" if search.searching else ""
         typer.secho(f"warning: guidance is on, but no step of a {run_options.steps}-step run falls in the σ window "
                     f"{guidance.sigma_window} (every {guidance.every}){after_search}: this run will not be guided", err=True)
@@ -248,8 +248,8 @@ def _print_summary(result, guidance, seconds: float) -> None:
     if guided:
         first = f"{scored[0]:+.3f}" if scored else "n/a"
         typer.echo(f"guidance  {len(guided)} guided steps, {len(skipped)} skipped; r at first guided step {first}")
-    elif not guidance.enabled:
-        typer.echo("guidance  off (--no-guidance)")
+    elif not guidance.active:
+        typer.echo("guidance  off (--no-guidance or --scale 0)")
     else:
         typer.echo(f"guidance  on, but no step of this run fell in the σ window {guidance.sigma_window}: nothing was guided")
     if result.search is not None:
