@@ -1,4 +1,4 @@
-"""Loading the real models: Hunyuan3D-2 through hy3dgen, Qwen2.5-VL through transformers.
+"""Loading the real models: Hunyuan3D-2 through hy3dgen, the critic (Qwen2.5-VL or Qwen3-VL) through transformers.
 
 The same functions load the real checkpoints from the hub (or its local cache) and the tiny
 offline checkpoints written by `vlm3d_ttg.tiny`; there is no second code path.
@@ -224,13 +224,18 @@ def load_vlm(
     revision: str | None = None,
     allow_download: bool = True,
 ) -> tuple[Any, Any]:
-    """Load Qwen2.5-VL and its processor with transformers' `from_pretrained`; return (model, processor).
+    """Load a critic checkpoint and its processor with transformers' `from_pretrained`; return (model, processor).
 
-    `model` is a hub id or a local `save_pretrained` folder. The model is returned frozen
+    `model` is a hub id or a local `save_pretrained` folder of any critic family (Qwen2.5-VL,
+    Qwen3-VL: `critic.families`); the family, and so the model class, comes from its config
+    (UnsupportedModelError for another model type). The model is returned frozen
     (`eval()`, no parameter gradients): the critic only ever differentiates w.r.t. pixels.
     Raises ModelNotFoundError, naming the repo, where it looked and how to get it.
     """
-    from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+    import transformers
+    from transformers import AutoConfig, AutoProcessor
+
+    from .critic.families import family_of
 
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(torch_device, dtype, half=torch.bfloat16)
@@ -243,8 +248,9 @@ def load_vlm(
     if revision is not None:
         kwargs["revision"] = revision
     try:
+        family = family_of(AutoConfig.from_pretrained(model_id, **kwargs))
         processor = AutoProcessor.from_pretrained(model_id, **kwargs)
-        vlm = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+        vlm = getattr(transformers, family.model_class).from_pretrained(
             model_id, dtype=torch_dtype, attn_implementation=attn_implementation, **kwargs
         )
     except OSError as exc:
@@ -260,7 +266,7 @@ def load_vlm(
         ) from exc
     vlm.to(torch_device)
     freeze(vlm)
-    logger.info("Loaded VLM %s on %s (%s)", model_id, torch_device, torch_dtype)
+    logger.info("Loaded VLM %s (%s) on %s (%s)", model_id, family.name, torch_device, torch_dtype)
     return vlm, processor
 
 

@@ -217,11 +217,18 @@ def _learn_merges(num_merges: int) -> list[tuple[str, str]]:
     return merges
 
 
-def build_tiny_tokenizer(num_merges: int = _NUM_MERGES) -> Any:
+def build_tiny_tokenizer(
+    num_merges: int = _NUM_MERGES,
+    *,
+    added_tokens: tuple[str, ...] = QWEN_ADDED_TOKENS,
+    chat_template: str = QWEN2_5_VL_CHAT_TEMPLATE,
+) -> Any:
     """The tiny byte-level BPE `Qwen2Tokenizer` with Qwen's special tokens and chat template.
 
     With the default merges "Yes" and "No" are single tokens; `num_merges=0` gives a pure byte-level
     tokenizer (every character its own token), useful to check what happens when they are not.
+    `added_tokens` (non-special, after the special ones) and `chat_template` default to Qwen2.5-VL's;
+    another Qwen family passes its own (`tiny.qwen3`).
     """
     from tokenizers import AddedToken
     from transformers import Qwen2Tokenizer
@@ -234,7 +241,7 @@ def build_tiny_tokenizer(num_merges: int = _NUM_MERGES) -> Any:
     for left, right in merges:
         vocab.setdefault(left + right, len(vocab))
     # Specials get explicit ids right after the regular vocabulary, in the real order.
-    for token in QWEN_SPECIAL_TOKENS + QWEN_ADDED_TOKENS:
+    for token in QWEN_SPECIAL_TOKENS + tuple(added_tokens):
         vocab[token] = len(vocab)
     tokenizer = Qwen2Tokenizer(
         vocab=vocab,
@@ -248,8 +255,8 @@ def build_tiny_tokenizer(num_merges: int = _NUM_MERGES) -> Any:
         split_special_tokens=False,
     )
     tokenizer.add_tokens([AddedToken(token, special=True, normalized=False) for token in QWEN_SPECIAL_TOKENS], special_tokens=True)
-    tokenizer.add_tokens([AddedToken(token, special=False, normalized=False) for token in QWEN_ADDED_TOKENS])
-    tokenizer.chat_template = QWEN2_5_VL_CHAT_TEMPLATE
+    tokenizer.add_tokens([AddedToken(token, special=False, normalized=False) for token in added_tokens])
+    tokenizer.chat_template = chat_template
     for token in QWEN_SPECIAL_TOKENS:
         if tokenizer.convert_tokens_to_ids(token) != vocab[token]:
             raise RuntimeError(f"tiny tokenizer: {token} did not keep its id {vocab[token]}")
