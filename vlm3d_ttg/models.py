@@ -270,6 +270,43 @@ def load_vlm(
     return vlm, processor
 
 
+def checkpoint_family(model: str | os.PathLike) -> Any | None:
+    """The critic family (`critic.families.CriticFamily`) that checkpoint `model`'s config names, reading only
+    its config.json (local folder, hub cache, or the hub unless offline); None if the config cannot be read."""
+    from transformers import AutoConfig
+
+    from .critic.families import family_of
+
+    model_id = os.path.expanduser(str(model))
+    try:
+        config = AutoConfig.from_pretrained(model_id, local_files_only=Path(model_id).is_dir() or _hub_offline())
+    except (OSError, ValueError):
+        return None
+    return family_of(config)
+
+
+def critic_family_for(vlm: str | os.PathLike, preset: str = "real", asked: str | None = None) -> str:
+    """The critic family (a `critic.families` name) a run or a score uses, known before any model loads.
+
+    With the offline presets ("tiny", "realsize") it is `asked` (default qwen2.5-vl; realsize has
+    Qwen2.5-VL-7B's shapes only); with "real" it is the family `vlm`'s config names, and an `asked`
+    family that differs is refused (InvalidInputError). Where the config cannot be read yet (not
+    downloaded), `asked` or the default stands and the load itself says what is missing.
+    """
+    from .critic.families import DEFAULT_FAMILY, get_family
+
+    asked = get_family(asked).name if asked is not None else None
+    if preset != "real":
+        if preset == "realsize" and asked not in (None, DEFAULT_FAMILY):
+            raise InvalidInputError("--preset realsize has Qwen2.5-VL-7B's shapes only; drop --critic-family.")
+        return asked or DEFAULT_FAMILY
+    found = checkpoint_family(vlm)
+    if found is not None and asked is not None and found.name != asked:
+        raise InvalidInputError(f"--critic-family {asked}, but --vlm {vlm} is a {found.name} checkpoint (its config says "
+                                "so); drop --critic-family or give a checkpoint of that family.")
+    return found.name if found is not None else asked or DEFAULT_FAMILY
+
+
 def _missing_class(package: str, name: str, why: str) -> type:
     """A class standing for `package.name` (so type hints naming it still evaluate); instantiating it raises ImportError."""
 

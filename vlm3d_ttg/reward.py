@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .critic.protocol import Critic
+from .critic.protocol import Critic, check_critic_view_size
 from .errors import EmptySurfaceError, InvalidInputError, SkippedStepError
 from .guidance import GuidanceConfig, RewardEvaluation
 from .precision import decode_dtype, is_half, upcast_copy
@@ -67,6 +67,8 @@ class VLMReward:
         surface_config: SurfaceConfig | None = None,
     ):
         config = (config or GuidanceConfig()).validate()
+        if critic is not None:
+            check_critic_view_size(critic, config.view_size)  # the critic's own rule (28 or 32 px, ...)
         self.terms = _checked_terms(critic, terms)
         self.vae = vae
         vae_dtype = next(vae.parameters()).dtype
