@@ -5,6 +5,7 @@ stock path, gradients to the views only, and the grid's token saving."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -279,10 +280,14 @@ def test_generate_plumbs_the_reference_and_layout_to_the_critic(tiny_pipeline, t
     assert abs(score(paper) - result.final_r) > 1e-4
 
 
-def test_guided_reference_benchmark_config_is_rescored_by_the_papers_critic():
+def test_guided_reference_benchmark_config_is_rescored_by_the_papers_critic(tiny_pipeline, tiny_vlm, reference, tmp_path):
+    import trimesh
+
     from vlm3d_ttg.bench.configs import PRESET_NAMES, preset_config
     from vlm3d_ttg.bench.generate import ReferenceScorer
+    from vlm3d_ttg.generation import LoadedModels
     from vlm3d_ttg.guidance import GuidanceConfig
+    from vlm3d_ttg.reward import VLMReward
 
     assert "guided_reference" in PRESET_NAMES
     config = preset_config("guided_reference", GuidanceConfig(enabled=False, query="content"))
@@ -292,3 +297,25 @@ def test_guided_reference_benchmark_config_is_rescored_by_the_papers_critic():
     assert not scorer.guidance.reference and scorer.guidance.view_layout == "separate"
     assert not scorer.same_setting(config.guidance)
     assert scorer.same_setting(preset_config("guided", GuidanceConfig()).guidance)
+
+    # The re-scoring itself: a mesh file's r under the paper's critic, not under the run's reference/grid one.
+    model, processor = tiny_vlm
+    run_guidance = GuidanceConfig(reference=True, view_layout="grid", num_views=2, view_size=56, azimuth_jitter=0.0,
+                                  elevation_jitter=0.0)
+    mesh = trimesh.creation.icosphere(subdivisions=2, radius=0.6)
+    mesh.vertices[:, 1] *= 1.4  # not a sphere: the views differ with the angle
+    path = tmp_path / "mesh.glb"
+    mesh.export(path)
+    scorer = ReferenceScorer(LoadedModels(tiny_pipeline, model, processor, "tiny shape", "tiny vlm", preset="tiny"),
+                             "a chair", run_guidance)
+    written = trimesh.load(path, force="mesh", process=False)
+
+    def score(guidance: GuidanceConfig, **critic_options) -> float:
+        critic = VLMCritic(model, processor, "a chair", "dual", **critic_options)
+        return float(VLMReward(tiny_pipeline.vae, critic, guidance).score_mesh(written.vertices, written.faces).r)
+
+    with torch.no_grad():
+        rescored = scorer.score(path)
+        paper = score(dataclasses.replace(run_guidance, reference=False, view_layout="separate"))
+        as_run = score(run_guidance, reference=reference, layout="grid", grid_size=56)
+    assert rescored == pytest.approx(paper, abs=1e-5) and abs(rescored - as_run) > 1e-4

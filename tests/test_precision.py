@@ -320,18 +320,35 @@ def test_camera_stream_follows_the_runs_generator(tiny_pipeline, tiny_vlm):
     config = GuidanceConfig(**{**SMALL, "sigma_window": (0.4, 0.6)})
     reward = VLMReward.from_config(tiny_pipeline.vae, VLMCritic(*tiny_vlm, "a pot"), config)
     sampler = GuidedSampler(tiny_pipeline, reward, config)
+    drawn = []  # the jittered cameras of every guided evaluation (the reward's own `cameras`, recorded)
+    real_cameras = reward.cameras
+
+    def recording_cameras(**kwargs):
+        cameras = real_cameras(**kwargs)
+        drawn.append(cameras.view.detach().clone())
+        return cameras
+
+    reward.cameras = recording_cameras
 
     def run(**kwargs):
+        drawn.clear()
         out = sampler(robot_image(), num_inference_steps=6, output_type="latent", progress=False, **kwargs)
-        return out.camera_seed, [r.r for r in out.records if r.guided]
+        assert drawn  # guided steps drew cameras
+        return out.camera_seed, [r.r for r in out.records if r.guided], torch.stack(drawn)
+
+    def same(a, b) -> bool:
+        return a[0] == b[0] and a[1] == b[1] and torch.equal(a[2], b[2])
 
     by_seed = run(seed=5)
-    assert run(seed=5) == by_seed  # same seed: same cameras, same scores
+    assert same(run(seed=5), by_seed)  # same seed: same cameras, same scores
     first = run(generator=torch.Generator().manual_seed(123))
     second = run(generator=torch.Generator().manual_seed(456))
-    assert first[0] != second[0] and first[1] != second[1]  # different generators: different cameras
+    # Different generators: different camera seeds, cameras and scores.
+    assert first[0] != second[0] and first[1] != second[1] and not torch.equal(first[2], second[2])
     explicit = run(seed=5, camera_seed=first[0])
-    assert explicit[0] == first[0]
+    # An explicit camera seed gives that stream's cameras whatever the noise seed; the noise (and so r) is seed 5's.
+    assert explicit[0] == first[0] and torch.equal(explicit[2], first[2]) and not torch.equal(explicit[2], by_seed[2])
+    assert explicit[1] != first[1]
 
 
 def test_no_reward_graph_outlives_its_guided_step(tiny_pipeline, tiny_vlm):

@@ -66,6 +66,9 @@ def test_reward_reports_what_the_critic_saw(reward):
     assert 0.0 < evaluation.p_yes < 1.0
     assert abs(evaluation.p_yes - float(torch.sigmoid(evaluation.r))) < 1e-6
     assert set(evaluation.timings) == {"surface", "render", "critic"}
+    # The views reported are the ones the critic scored: the critic on them gives the reward's r.
+    with torch.no_grad():
+        assert abs(float(reward.critic(evaluation.images).r) - float(evaluation.r)) < 1e-5
 
 
 @pytest.mark.parametrize("resolution,coarse", [(64, 32), (128, 32), (256, 32), (96, 24), (48, 24), (32, None), (33, None)])
