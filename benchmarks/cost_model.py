@@ -438,21 +438,20 @@ def critic_sizes_table(run: RunShape) -> list[tuple[str, float, float, float, fl
 def critic_sizes_markdown() -> str:
     """The cost-model table of the critic sizes people pick (RESULTS.md)."""
     base = RunShape()
-    lines = [f"### Critic sizes: per guided step at {base.views} × {base.view_size}² (separate views, or one grid tile)", "",
-             "| critic | params (B, counted) | weights bf16 (GiB) | TFLOP fwd + input bwd, separate | TFLOP, grid | "
-             "activations GiB, separate | activations GiB, grid | activations GiB, separate + checkpointing |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for name, params, weights, flops_sep, flops_grid, act_sep, act_grid, act_ckpt in critic_sizes_table(base):
-        lines.append(f"| {name} | {params:.2f} | {weights:.1f} | {flops_sep:.1f} | {flops_grid:.1f} | {act_sep:.1f} | "
-                     f"{act_grid:.1f} | {act_ckpt:.2f} |")
-    lines += ["", "Counted from each checkpoint's config (`CRITIC_SHAPES` in benchmarks/cost_model.py; which configs were "
-              "checked against stored copies is said there), with ~"
-              f"{PROMPT_TEXT_TOKENS} text tokens. Qwen3-VL's 16-px patches give 196 merged tokens per 448² view "
-              "(Qwen2.5-VL's 14-px: 256), but its vision tower attends over the whole image in every block (Qwen2.5-VL: "
-              "windows of 8 × 8 patches in all but 4 blocks). Parameters leave out norms, biases and the patch mergers; "
-              "activations are counted per layer (the 7B's §4 estimate of 11 GiB is counted here as ~10). Times: TFLOP "
-              f"÷ ~{PLANNING_TFLOP_PER_S:.0f} TFLOP/s."]
-    return "\n".join(lines)
+    columns = [("critic", "{}"), ("params (B, counted)", "{:.2f}"), ("weights bf16 (GiB)", "{:.1f}"),
+               ("TFLOP fwd + input bwd, separate", "{:.1f}"), ("TFLOP, grid", "{:.1f}"), ("activations GiB, separate", "{:.1f}"),
+               ("activations GiB, grid", "{:.1f}"), ("activations GiB, separate + checkpointing", "{:.2f}")]
+    table = ["| " + " | ".join(title for title, _ in columns) + " |", "|---|" + "---:|" * (len(columns) - 1)]
+    table += ["| " + " | ".join(form.format(value) for (_, form), value in zip(columns, row)) + " |"
+              for row in critic_sizes_table(base)]
+    note = ("Counted from each checkpoint's config (`CRITIC_SHAPES` in benchmarks/cost_model.py; which configs were "
+            f"checked against stored copies is said there), with ~{PROMPT_TEXT_TOKENS} text tokens. Qwen3-VL's 16-px "
+            "patches give 196 merged tokens per 448² view (Qwen2.5-VL's 14-px: 256), but its vision tower attends over "
+            "the whole image in every block (Qwen2.5-VL: windows of 8 × 8 patches in all but 4 blocks). Parameters leave "
+            "out norms, biases and the patch mergers; activations are counted per layer (the 7B's §4 estimate of 11 GiB "
+            f"is counted here as ~10). Times: TFLOP ÷ ~{PLANNING_TFLOP_PER_S:.0f} TFLOP/s.")
+    title = f"### Critic sizes: per guided step at {base.views} × {base.view_size}² (separate views, or one grid tile)"
+    return "\n".join([title, "", *table, "", note])
 
 
 if __name__ == "__main__":

@@ -21,11 +21,12 @@ from vlm3d_ttg.critic import (
     build_critic,
     check_family_view_size,
     family_of,
-    qwen_pixel_values,
     qwen_resized_size,
 )
 from vlm3d_ttg.critic.layout import tile_views
 from vlm3d_ttg.errors import InvalidInputError, UnsupportedModelError
+
+from critic_stock import NO_RESIZE_TOLERANCE, RESIZE_TOLERANCE, pixel_value_differences, stock_inputs, stock_r
 
 DESCRIPTION = "a wooden chair"
 VIEWS = (3, 64, 64)  # N, H, W: multiples of 32, so the views reach the model unresampled
@@ -38,6 +39,7 @@ def _rand(*shape: int, seed: int) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def qwen3_path(tiny_cache):
+    """The tiny Qwen3-VL `save_pretrained` folder, written once into this session's cache."""
     from vlm3d_ttg.tiny import ensure_tiny_vlm
 
     return ensure_tiny_vlm(tiny_cache, family="qwen3-vl")
@@ -48,27 +50,14 @@ def qwen3(qwen3_path):
     """(model, processor) of the tiny Qwen3-VL, loaded by `load_vlm` like any checkpoint (fp32, CPU)."""
     from vlm3d_ttg import load_vlm
 
-    return load_vlm(qwen3_path, device="cpu")
+    model, processor = load_vlm(qwen3_path, device="cpu")
+    assert type(model).__name__ == "Qwen3VLForConditionalGeneration"  # loaded by the family its config names
+    return model, processor
 
 
 @pytest.fixture(scope="module")
 def reference() -> torch.Tensor:
     return _rand(3, *REFERENCE_SIZE, seed=11)
-
-
-def _stock_inputs(processor, question: str, images: list[torch.Tensor]):
-    messages = [{"role": "user", "content": [{"type": "image"}] * len(images) + [{"type": "text", "text": question}]}]
-    text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return text, processor(text=[text], images=images, do_rescale=False, return_tensors="pt")
-
-
-def _stock_r(model, processor, question: str, images: list[torch.Tensor]) -> float:
-    """r the way transformers' documentation runs the model: processor(text, images) -> model(**inputs)."""
-    _, inputs = _stock_inputs(processor, question, images)
-    with torch.no_grad():
-        logits = model(**inputs).logits[0, -1]
-    yes, no = (processor.tokenizer.convert_tokens_to_ids(word) for word in ("Yes", "No"))
-    return float(logits[yes] - logits[no])
 
 
 def _model_images(critic, views: torch.Tensor) -> list[torch.Tensor]:
@@ -113,38 +102,23 @@ def _processor_real_constants():
                                  temporal_patch_size=2, merge_size=2, image_mean=half, image_std=half)
 
 
-# (name, N, H, W, resized?)
-SIZES_TINY = [
-    ("square-64", 2, 64, 64, False),
-    ("non-square-64x96", 2, 64, 96, False),
-    ("non-multiple-50x70", 2, 50, 70, True),
-    ("tiny-20x30-upsampled", 1, 20, 30, True),
-    ("huge-1000x1200-downsampled", 1, 1000, 1200, True),  # > the tiny processor's max_pixels
-]
-SIZES_REAL = [
-    ("square-448", 2, 448, 448, False),
-    ("500-to-512", 1, 500, 500, True),
-    ("200-upsampled-to-min-pixels", 1, 200, 200, True),
-]
-# As tests/test_critic.py: the same ATen kernel on both sides; the bound allows another implementation
-# of bicubic resampling (accurate to ~3e-5 of [0, 1], i.e. 6e-5 after division by std 0.5), twice over.
-RESIZE_TOLERANCE = 2.5e-4
-NO_RESIZE_TOLERANCE = 1e-5
+# Per processor: {name: (N, H, W, resized?)}. "resized": the processor resamples (smart_resize changes the size).
+SIZES = {
+    "tiny": {"square-64": (2, 64, 64, False), "non-square-64x96": (2, 64, 96, False), "non-multiple-50x70": (2, 50, 70, True),
+             "tiny-20x30-upsampled": (1, 20, 30, True),
+             "huge-1000x1200-downsampled": (1, 1000, 1200, True)},  # > the tiny processor's max_pixels
+    "real-constants": {"square-448": (2, 448, 448, False), "500-to-512": (1, 500, 500, True),
+                       "200-upsampled-to-min-pixels": (1, 200, 200, True)},
+}
 
 
-@pytest.mark.parametrize("which", ["tiny", "real-constants"])
+@pytest.mark.parametrize("which", list(SIZES))
 def test_pixel_values_equal_real_processor(qwen3, which):
     processor = qwen3[1].image_processor if which == "tiny" else _processor_real_constants()
     assert (processor.patch_size, processor.merge_size, list(processor.image_mean)) == (16, 2, [0.5] * 3)
-    for index, (name, count, height, width, resized) in enumerate(SIZES_TINY if which == "tiny" else SIZES_REAL):
-        images = _rand(count, 3, height, width, seed=index)
-        expected = processor(list(images), do_rescale=False, return_tensors="pt")
-        pixel_values, grid = qwen_pixel_values(images, processor)
-        assert torch.equal(grid, expected["image_grid_thw"]), name
-        assert ((int(grid[0, 1]) * 16, int(grid[0, 2]) * 16) != (height, width)) == resized, name
-        assert pixel_values.shape == expected["pixel_values"].shape and pixel_values.shape[1] == 3 * 2 * 16 * 16
-        diff = float((pixel_values - expected["pixel_values"]).abs().max())
-        assert diff <= (RESIZE_TOLERANCE if resized else NO_RESIZE_TOLERANCE), f"{name}: max abs diff {diff}"
+    cases = [(name, _rand(n, 3, h, w, seed=seed), resized) for seed, (name, (n, h, w, resized)) in enumerate(SIZES[which].items())]
+    report = pixel_value_differences(processor, cases, resize_tolerance=RESIZE_TOLERANCE, exact_tolerance=NO_RESIZE_TOLERANCE)
+    print(f"\nqwen_pixel_values vs the Qwen3-VL {which} processor, max abs diff: " + "; ".join(report))
 
 
 def test_view_size_rule_is_exactly_the_sides_the_processor_keeps():
@@ -195,7 +169,7 @@ def test_prompt_positions_and_r_equal_the_processor_and_model(qwen3, reference, 
     critic = build_critic(model, processor, DESCRIPTION, reference=reference if with_reference else None, layout=layout)
     views = _rand(VIEWS[0], 3, *VIEWS[1:], seed=1)
     prompt = critic.prompt_inputs(*VIEWS)
-    text, stock = _stock_inputs(processor, critic.question, _model_images(critic, views))
+    text, stock = stock_inputs(processor, critic.question, _model_images(critic, views))
     assert prompt.chat_texts == (text,)
     assert torch.equal(prompt.input_ids.cpu(), stock["input_ids"])
     assert torch.equal(prompt.image_grid_thw.cpu(), stock["image_grid_thw"])
@@ -209,7 +183,7 @@ def test_prompt_positions_and_r_equal_the_processor_and_model(qwen3, reference, 
     assert torch.equal(prompt.position_ids[:, 0].cpu(), by_hand)
     with torch.no_grad():
         r = float(critic(views).r)
-    assert abs(r - _stock_r(model, processor, critic.question, _model_images(critic, views))) < 1e-5
+    assert abs(r - stock_r(model, processor, critic.question, _model_images(critic, views))) < 1e-5
 
 
 @pytest.mark.parametrize("count,height,width", [(2, 50, 70), (1, 128, 96)], ids=["2x50x70-resized", "1x128x96"])
@@ -220,7 +194,7 @@ def test_r_equals_stock_path(qwen3, count, height, width):
     output = critic(images)
     assert output.r.shape == () and output.r.dtype == torch.float32
     assert torch.allclose(output.r, output.logit_yes - output.logit_no)
-    assert abs(float(output.r) - _stock_r(model, processor, critic.question, list(images))) < 1e-5
+    assert abs(float(output.r) - stock_r(model, processor, critic.question, list(images))) < 1e-5
 
 
 def test_batched_descriptions_equal_single_calls(qwen3):

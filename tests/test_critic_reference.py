@@ -15,6 +15,8 @@ from vlm3d_ttg.critic.layout import tile_views
 from vlm3d_ttg.critic.queries import builtin_query, resolve_query
 from vlm3d_ttg.errors import InvalidInputError
 
+from critic_stock import stock_inputs, stock_r
+
 DESCRIPTION = "a wooden chair"
 VIEWS = (3, 56, 56)  # views: N, H, W
 REFERENCE_SIZE = (50, 100)  # not a multiple of 28 and not square: the processor resizes it to 56x112
@@ -37,21 +39,6 @@ def critics(tiny_vlm, reference):
         for with_reference in (False, True)
         for layout in ("separate", "grid")
     }
-
-
-def _stock_inputs(processor, question: str, images: list[torch.Tensor]):
-    messages = [{"role": "user", "content": [{"type": "image"}] * len(images) + [{"type": "text", "text": question}]}]
-    text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return text, processor(text=[text], images=images, do_rescale=False, return_tensors="pt")
-
-
-def _stock_r(model, processor, question: str, images: list[torch.Tensor]) -> float:
-    """r the way transformers' documentation runs the model: processor(text, images) -> model(**inputs)."""
-    _, inputs = _stock_inputs(processor, question, images)
-    with torch.no_grad():
-        logits = model(**inputs).logits[0, -1]
-    yes, no = (processor.tokenizer.convert_tokens_to_ids(word) for word in ("Yes", "No"))
-    return float(logits[yes] - logits[no])
 
 
 def _model_images(critic: VLMCritic, views: torch.Tensor, reference: torch.Tensor) -> list[torch.Tensor]:
@@ -106,7 +93,7 @@ def test_prompt_and_positions_equal_the_real_processor(critics, tiny_vlm, refere
     critic = critics[(with_reference, layout)]
     views = _rand(*VIEWS[:1], 3, *VIEWS[1:], seed=1)
     prompt = critic.prompt_inputs(*VIEWS)
-    text, stock = _stock_inputs(processor, critic.question, _model_images(critic, views, reference))
+    text, stock = stock_inputs(processor, critic.question, _model_images(critic, views, reference))
     assert prompt.chat_texts == (text,)
     assert torch.equal(prompt.input_ids.cpu(), stock["input_ids"])
     assert torch.equal(prompt.image_grid_thw.cpu(), stock["image_grid_thw"])
@@ -124,7 +111,7 @@ def test_r_equals_stock_path(critics, tiny_vlm, reference, with_reference, layou
     model, processor = tiny_vlm
     critic = critics[(with_reference, layout)]
     views = _rand(*VIEWS[:1], 3, *VIEWS[1:], seed=2)
-    stock = _stock_r(model, processor, critic.question, _model_images(critic, views, reference))
+    stock = stock_r(model, processor, critic.question, _model_images(critic, views, reference))
     assert abs(float(critic(views).r) - stock) < 1e-5, (float(critic(views).r), stock)
 
 
@@ -136,7 +123,7 @@ def test_views_rendered_at_the_cell_size_are_placed_into_a_tile_of_the_grid_size
     assert critic.tile_size(4, 27, 27) == (56, 56)
     tile = tile_views(views, (56, 56))
     assert torch.equal(tile[:, 29:, 29:], views[3])  # placed, not resampled
-    assert abs(float(critic(views).r) - _stock_r(model, processor, critic.question, [reference, tile])) < 1e-5
+    assert abs(float(critic(views).r) - stock_r(model, processor, critic.question, [reference, tile])) < 1e-5
 
 
 def test_the_reference_changes_r_and_gets_no_gradient(tiny_vlm, critics):

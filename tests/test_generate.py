@@ -150,6 +150,9 @@ class _NaNGradientOnce:
     def __init__(self, reward, bad_call: int):
         self.reward, self.bad_call, self.calls = reward, bad_call, 0
 
+    def __getattr__(self, name):  # the rest of the LatentReward protocol (offload_modules, score_mesh, ...): the real reward's
+        return getattr(self.reward, name)
+
     def __call__(self, latent, *, generator=None):
         evaluation = self.reward(latent, generator=generator)
         self.calls += 1

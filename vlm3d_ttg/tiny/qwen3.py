@@ -24,51 +24,19 @@ The answers such a model gives are meaningless; it exists to run the real code p
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from ..io import write_directory_atomic
-from .qwen import QWEN_ADDED_TOKENS, build_tiny_tokenizer
-
-logger = logging.getLogger(__name__)
+from .qwen import _TEXT as _QWEN2_5_TEXT
+from .qwen import _VISION as _QWEN2_5_VISION
+from .qwen import QWEN_ADDED_TOKENS, build_tiny_tokenizer, qwen_chat_template, seeded_model, tiny_qwen_config, write_tiny_checkpoint
 
 #: Qwen3's added (non-special) tokens beyond Qwen2.5's, in the order of the real vocabulary.
 QWEN3_ADDED_TOKENS: tuple[str, ...] = QWEN_ADDED_TOKENS + ("<tool_response>", "</tool_response>", "<think>", "</think>")
 
-# Qwen3-VL-Instruct's chat format (see the module docstring), written for this project: a system
-# turn only when the conversation has one; images and videos as vision_start/pad/end; turns closed
-# by <|im_end|> and a newline; the generation prompt opens the assistant turn.
-QWEN3_VL_CHAT_TEMPLATE = (
-    "{% set counts = namespace(image=0, video=0) %}"
-    "{% for message in messages %}"
-    "<|im_start|>{{ message.role }}\n"
-    "{% if message.content is string %}"
-    "{{ message.content }}"
-    "{% else %}"
-    "{% for part in message.content %}"
-    "{% if part.type == 'image' or 'image' in part or 'image_url' in part %}"
-    "{% set counts.image = counts.image + 1 %}"
-    "{% if add_vision_id %}Picture {{ counts.image }}: {% endif %}"
-    "<|vision_start|><|image_pad|><|vision_end|>"
-    "{% elif part.type == 'video' or 'video' in part %}"
-    "{% set counts.video = counts.video + 1 %}"
-    "{% if add_vision_id %}Video {{ counts.video }}: {% endif %}"
-    "<|vision_start|><|video_pad|><|vision_end|>"
-    "{% elif 'text' in part %}"
-    "{{ part.text }}"
-    "{% endif %}"
-    "{% endfor %}"
-    "{% endif %}"
-    "<|im_end|>\n"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}"
-    "<|im_start|>assistant\n"
-    "{% endif %}"
-)
+#: Qwen3-VL-Instruct's chat format (see the module docstring): no default system turn.
+QWEN3_VL_CHAT_TEMPLATE = qwen_chat_template(None)
 
 # Qwen3-VL's preprocessing (patch 16, merge 2, temporal 2, mean = std = 0.5) with small pixel
 # bounds: 1024 merged tokens at most, so a ~1 Mpx test image is already "huge" (the real maximum is
@@ -77,30 +45,15 @@ QWEN3_VL_CHAT_TEMPLATE = (
 TINY_MIN_PIXELS = 32 * 32
 TINY_MAX_PIXELS = 32 * 32 * 1024
 
-_VISION = dict(
-    depth=3,
-    hidden_size=32,
-    intermediate_size=64,
-    num_heads=2,
-    in_channels=3,
-    patch_size=16,
-    spatial_merge_size=2,
-    temporal_patch_size=2,
-    num_position_embeddings=64,  # an 8x8 learned grid, interpolated to each image's patch grid
-    deepstack_visual_indexes=[0, 1],  # features after blocks 0 and 1 go to decoder layers 0 and 1
-)
-_TEXT = dict(
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=3,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    head_dim=16,
-    max_position_embeddings=4096,
-    rms_norm_eps=1e-6,
-    rope_parameters={"rope_type": "default", "rope_theta": 5000000.0, "mrope_section": [4, 2, 2], "mrope_interleaved": True},
-)
-_INITIALIZER_RANGE = 0.05  # larger than the real 0.02 so that r reacts visibly to the pixels
+# The tiny Qwen2.5-VL's widths, heads and norms; what differs is Qwen3-VL's own: 16-px patches, learned
+# position embeddings (an 8x8 grid, interpolated to each image's patch grid), deepstack after blocks
+# 0 and 1 (into decoder layers 0 and 1), no windows; a third decoder layer (one not fed by deepstack),
+# explicit head_dim, and interleaved M-RoPE.
+_VISION = {key: value for key, value in _QWEN2_5_VISION.items() if key not in ("window_size", "fullatt_block_indexes",
+                                                                                "tokens_per_second")}
+_VISION.update(depth=3, patch_size=16, num_position_embeddings=64, deepstack_visual_indexes=[0, 1])
+_TEXT = dict(_QWEN2_5_TEXT, num_hidden_layers=3, head_dim=16, rope_parameters={
+    "rope_type": "default", "rope_theta": 5000000.0, "mrope_section": [4, 2, 2], "mrope_interleaved": True})
 
 
 def build_tiny_qwen3_processor(tokenizer: Any | None = None) -> Any:
@@ -110,45 +63,18 @@ def build_tiny_qwen3_processor(tokenizer: Any | None = None) -> Any:
     tokenizer = tokenizer if tokenizer is not None else build_tiny_tokenizer(
         added_tokens=QWEN3_ADDED_TOKENS, chat_template=QWEN3_VL_CHAT_TEMPLATE
     )
-    size = {"shortest_edge": TINY_MIN_PIXELS, "longest_edge": TINY_MAX_PIXELS}
-    half = [0.5, 0.5, 0.5]
-    image_processor = Qwen2VLImageProcessor(
-        size=size, patch_size=16, temporal_patch_size=2, merge_size=2, image_mean=half, image_std=half
-    )
-    video_processor = Qwen3VLVideoProcessor(
-        size=size, patch_size=16, temporal_patch_size=2, merge_size=2, image_mean=half, image_std=half
-    )
-    return Qwen3VLProcessor(
-        image_processor=image_processor, tokenizer=tokenizer, video_processor=video_processor, chat_template=QWEN3_VL_CHAT_TEMPLATE
-    )
+    constants = dict(size={"shortest_edge": TINY_MIN_PIXELS, "longest_edge": TINY_MAX_PIXELS}, patch_size=16,
+                     temporal_patch_size=2, merge_size=2, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    return Qwen3VLProcessor(image_processor=Qwen2VLImageProcessor(**constants), tokenizer=tokenizer,
+                            video_processor=Qwen3VLVideoProcessor(**constants), chat_template=QWEN3_VL_CHAT_TEMPLATE)
 
 
 def tiny_qwen3_config(tokenizer: Any) -> Any:
     """The tiny `Qwen3VLConfig`, with its token ids taken from `tokenizer`."""
     from transformers import Qwen3VLConfig
 
-    def token_id(token: str) -> int:
-        return int(tokenizer.convert_tokens_to_ids(token))
-
-    vocab_size = (len(tokenizer) + 63) // 64 * 64  # rounded up like the real 151936, so some rows are unused
-    text = dict(
-        _TEXT,
-        vocab_size=vocab_size,
-        bos_token_id=token_id("<|endoftext|>"),
-        eos_token_id=token_id("<|im_end|>"),
-        pad_token_id=token_id("<|endoftext|>"),
-        initializer_range=_INITIALIZER_RANGE,
-    )
-    vision = dict(_VISION, out_hidden_size=_TEXT["hidden_size"], initializer_range=_INITIALIZER_RANGE)
-    return Qwen3VLConfig(
-        text_config=text,
-        vision_config=vision,
-        image_token_id=token_id("<|image_pad|>"),
-        video_token_id=token_id("<|video_pad|>"),
-        vision_start_token_id=token_id("<|vision_start|>"),
-        vision_end_token_id=token_id("<|vision_end|>"),
-        tie_word_embeddings=False,  # as the 8B (the 4B ties them; the critic reads the head's rows either way)
-    )
+    # Untied embeddings as the 8B (the 4B ties them; the critic reads the head's rows either way).
+    return tiny_qwen_config(Qwen3VLConfig, tokenizer, _TEXT, _VISION, tie_word_embeddings=False)
 
 
 def build_tiny_qwen3_vl(seed: int = 0) -> tuple[Any, Any]:
@@ -156,12 +82,7 @@ def build_tiny_qwen3_vl(seed: int = 0) -> tuple[Any, Any]:
     from transformers import Qwen3VLForConditionalGeneration
 
     processor = build_tiny_qwen3_processor()
-    config = tiny_qwen3_config(processor.tokenizer)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = Qwen3VLForConditionalGeneration(config)
-    model.eval()
-    return model, processor
+    return seeded_model(Qwen3VLForConditionalGeneration, tiny_qwen3_config(processor.tokenizer), seed), processor
 
 
 def write_tiny_qwen3_vl(folder: str | os.PathLike, *, seed: int = 0) -> Path:
@@ -170,15 +91,7 @@ def write_tiny_qwen3_vl(folder: str | os.PathLike, *, seed: int = 0) -> Path:
     Loadable by `vlm3d_ttg.load_vlm(folder)` exactly like a real checkpoint. Same seed, same bytes;
     the folder appears atomically.
     """
-
-    def write(staging: Path) -> None:
-        model, processor = build_tiny_qwen3_vl(seed)
-        model.save_pretrained(staging)
-        processor.save_pretrained(staging)
-
-    target = write_directory_atomic(folder, write)
-    logger.info("Wrote tiny Qwen3-VL (seed %d) to %s", seed, target)
-    return target
+    return write_tiny_checkpoint(folder, build_tiny_qwen3_vl, seed, "Qwen3-VL")
 
 
 __all__ = [
