@@ -42,7 +42,11 @@ def test_reward_gradient_predicts_the_change_of_r(reward):
         predicted.append(float(gradient.norm()))
     assert all(s > 0 for s in slopes), (slopes, predicted)
     ratios = [s / p for s, p in zip(slopes, predicted)]
-    assert all(0.5 < q < 1.5 for q in ratios), ratios
+    print(f"\nslope / |g| along g: {', '.join(f'{q:.4f}' for q in ratios)}")
+    # Measured 0.97, 0.89, 1.05 (marching-cubes grid noise at this eps): each within 20 %, their mean
+    # within 10 % — a gradient 15 % too large or too small fails.
+    assert all(0.8 < q < 1.2 for q in ratios), ratios
+    assert 0.9 < sum(ratios) / len(ratios) < 1.1, ratios
 
 
 def test_gradient_ascent_on_the_latent_raises_r(reward):
