@@ -303,7 +303,8 @@ def critic_family_for(vlm: str | os.PathLike, preset: str = "real", asked: str |
     found = checkpoint_family(vlm)
     if found is not None and asked is not None and found.name != asked:
         raise InvalidInputError(f"--critic-family {asked}, but --vlm {vlm} is a {found.name} checkpoint (its config says "
-                                "so); drop --critic-family or give a checkpoint of that family.")
+                                f"so); drop --critic-family or give a checkpoint of that family (e.g. --vlm "
+                                f"{get_family(asked).default_checkpoint}).")
     return found.name if found is not None else asked or DEFAULT_FAMILY
 
 
