@@ -327,12 +327,17 @@ def test_guided_tiny_run_with_qwen3_from_the_cli(qwen3_path, qwen3, tiny_pipelin
         (["--preset", "tiny", "--critic-family", "qwen4"], "Unknown critic family 'qwen4'"),
         (["--preset", "realsize", "--critic-family", "qwen3-vl"], "realsize has Qwen2.5-VL-7B's shapes only"),
         (["--vlm", "{qwen3}", "--critic-family", "qwen2.5-vl"], "is a qwen3-vl checkpoint"),
+        (["--vlm", "{gemma}"], "model type 'gemma3' cannot be the critic"),
     ],
-    ids=["qwen3-56", "qwen2.5-64", "unknown", "realsize-qwen3", "real-mismatch"],
+    ids=["qwen3-56", "qwen2.5-64", "unknown", "realsize-qwen3", "real-mismatch", "not-a-critic"],
 )
 def test_bad_family_options_are_refused_before_models_load(qwen3_path, rgba_image, tmp_path, capsys, extra, message):
+    gemma = tmp_path / "gemma"  # a checkpoint's config.json of another model type (no weights needed: refused first)
+    gemma.mkdir()
+    (gemma / "config.json").write_text(json.dumps({"model_type": "gemma3"}))
+    folders = {"{qwen3}": str(qwen3_path), "{gemma}": str(gemma)}
     args = ["generate", rgba_image, "--prompt", "a pot", "--out", tmp_path / "x.glb"]
-    code, _, stderr = _cli(args + [str(qwen3_path) if a == "{qwen3}" else a for a in extra], capsys)
+    code, _, stderr = _cli(args + [folders.get(a, a) for a in extra], capsys)
     assert code == 2 and message in " ".join(stderr.split()), stderr
     assert not (tmp_path / "x.glb").exists()
 
