@@ -131,7 +131,7 @@ def score(
         for name, variant_query in variants.items():
             critic = build_critic(model, processor, description, variant_query)
             output = critic(pixels)
-            # Enough to recompute r with transformers' own processor and model (README, "Check a score").
+            # Enough to recompute r with transformers' own processor and model (README, "Qwen3-VL as the critic").
             results.append({"query": name, "r": float(output.r), "p_yes": float(output.p_yes), "checkpoint": model_id,
                             "chat_text": critic.chat_text(int(pixels.shape[0])), "yes_id": critic.yes_id, "no_id": critic.no_id})
             logger.info("query %s: r=%.4f", name, results[-1]["r"])
