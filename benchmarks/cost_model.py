@@ -81,29 +81,105 @@ def geo_decoder_kv_flops_per_call() -> float:
     return 2 * LATENT_TOKENS * VAE_WIDTH * 2 * VAE_WIDTH
 
 
-def critic_forward_flops(views: int, size: int) -> float:
+@dataclass(frozen=True)
+class CriticShape:
+    """The sizes of a critic checkpoint that its cost depends on (from its published config.json).
+
+    Vision tower: `vis_layers` blocks of width `vis_hidden` with an MLP of `vis_mlp` (`vis_mlp_mats`
+    matrices: 3 for Qwen2.5-VL's SwiGLU, 2 for Qwen3-VL's GELU MLP), `patch`-px patches merged 2×2;
+    all but `vis_full_layers` blocks attend within windows of `vis_window` patches (Qwen2.5-VL), or
+    all attend to the whole image (`vis_window=None`, Qwen3-VL). Decoder: `llm_layers` layers of width
+    `llm_hidden`, MLP `llm_mlp`, attention width `llm_q` (heads × head_dim) and K/V width `llm_kv`.
+    Patch mergers (and Qwen3-VL's deepstack mergers) are not counted: < 1 % of the forward.
+    """
+
+    name: str
+    vis_layers: int
+    vis_hidden: int
+    vis_mlp: int
+    vis_mlp_mats: int
+    vis_full_layers: int
+    vis_window: int | None
+    patch: int
+    llm_layers: int
+    llm_hidden: int
+    llm_mlp: int
+    llm_q: int
+    llm_kv: int
+    vocab: int
+    tied_embeddings: bool
+
+
+# From the checkpoints' config.json. Confirmed against stored public copies of those configs (read
+# through the project's code search): Qwen2.5-VL-3B (text 2048 × 36 layers, MLP 11008, 16 heads /
+# 2 KV; vision 32 × 1280, MLP 3420, full attention in blocks 7/15/23/31, window 112 px; tied
+# embeddings), Qwen3-VL-4B (text 2560 × 36, MLP 9728, 32 heads × 128 / 8 KV; vision 24 × 1024, MLP 4096,
+# patch 16, deepstack 5/11/17; tied embeddings) and Qwen3-VL-8B (text 4096 × 36, MLP 12288, 32 × 128 /
+# 8 KV; vision 27 × 1152, MLP 4304, deepstack 8/16/24; untied). Qwen2.5-VL-7B: the constants above
+# (docs/design.md §4), as in every other table here.
+QWEN2_5_VL_7B = CriticShape("Qwen2.5-VL-7B", VIS_LAYERS, VIS_HIDDEN, VIS_MLP, 3, VIS_FULL_LAYERS, VIS_WINDOW, 14,
+                            LLM_LAYERS, LLM_HIDDEN, LLM_MLP, LLM_HIDDEN, LLM_KV, 152064, False)
+CRITIC_SHAPES = (
+    CriticShape("Qwen2.5-VL-3B", 32, 1280, 3420, 3, 4, 64, 14, 36, 2048, 11008, 16 * 128, 2 * 128, 151936, True),
+    QWEN2_5_VL_7B,
+    CriticShape("Qwen3-VL-4B", 24, 1024, 4096, 2, 24, None, 16, 36, 2560, 9728, 32 * 128, 8 * 128, 151936, True),
+    CriticShape("Qwen3-VL-8B", 27, 1152, 4304, 2, 27, None, 16, 36, 4096, 12288, 32 * 128, 8 * 128, 151936, False),
+)
+
+
+def critic_params(shape: CriticShape) -> float:
+    """Parameters counted from the shape (linear layers and embeddings; norms, biases and mergers left out)."""
+    vision = shape.vis_layers * (4 * shape.vis_hidden**2 + shape.vis_mlp_mats * shape.vis_hidden * shape.vis_mlp)
+    llm = shape.llm_layers * (shape.llm_hidden * (2 * shape.llm_q + 2 * shape.llm_kv) + 3 * shape.llm_hidden * shape.llm_mlp)
+    embeddings = shape.vocab * shape.llm_hidden * (1 if shape.tied_embeddings else 2)
+    return vision + llm + embeddings
+
+
+def critic_forward_flops(views: int, size: int, shape: CriticShape = QWEN2_5_VL_7B) -> float:
     """One critic forward for `views` separate square views of side `size` (the paper's layout)."""
-    return critic_images_forward_flops([size] * views)
+    return critic_images_forward_flops([size] * views, shape=shape)
 
 
-def critic_images_forward_flops(sides: list[int], cached_sides: list[int] | None = None) -> float:
+def critic_images_forward_flops(sides: list[int], cached_sides: list[int] | None = None, *,
+                                shape: CriticShape = QWEN2_5_VL_7B) -> float:
     """One critic forward for square images of these sides in one prompt (views or their tile), plus
     images whose vision features are cached (`cached_sides`: the reference) and cost only their tokens."""
-    vis_linear = 2 * (4 * VIS_HIDDEN**2 + 3 * VIS_HIDDEN * VIS_MLP)
+    s = shape
+    vis_linear = 2 * (4 * s.vis_hidden**2 + s.vis_mlp_mats * s.vis_hidden * s.vis_mlp)
     vision = 0.0
     for side in sides:  # full-attention layers attend within each image only
-        patches = (side // 14) ** 2
-        vis_attn = ((VIS_LAYERS - VIS_FULL_LAYERS) * 4 * VIS_WINDOW + VIS_FULL_LAYERS * 4 * patches) * VIS_HIDDEN
-        vision += patches * (VIS_LAYERS * vis_linear + vis_attn)
-    tokens = critic_image_tokens(sides + (cached_sides or [])) + PROMPT_TEXT_TOKENS
-    llm_linear = 2 * (LLM_HIDDEN * (LLM_HIDDEN + 2 * LLM_KV) + LLM_HIDDEN**2 + 3 * LLM_HIDDEN * LLM_MLP)
-    llm = tokens * LLM_LAYERS * (llm_linear + 4 * tokens * LLM_HIDDEN)
+        patches = (side // s.patch) ** 2
+        windowed = s.vis_layers - s.vis_full_layers
+        vis_attn = (windowed * 4 * (s.vis_window or 0) + s.vis_full_layers * 4 * patches) * s.vis_hidden
+        vision += patches * (s.vis_layers * vis_linear + vis_attn)
+    tokens = critic_image_tokens(sides + (cached_sides or []), shape) + PROMPT_TEXT_TOKENS
+    llm_linear = 2 * (s.llm_hidden * (s.llm_q + 2 * s.llm_kv) + s.llm_q * s.llm_hidden + 3 * s.llm_hidden * s.llm_mlp)
+    llm = tokens * s.llm_layers * (llm_linear + 4 * tokens * s.llm_q)
     return vision + llm
 
 
-def critic_image_tokens(sides: list[int]) -> int:
-    """Vision tokens in the critic's prompt (14-px patches merged 2×2) for square images of these sides."""
-    return sum((side // 28) ** 2 for side in sides)
+def critic_image_tokens(sides: list[int], shape: CriticShape = QWEN2_5_VL_7B) -> int:
+    """Vision tokens in the critic's prompt (patches merged 2×2) for square images of these sides."""
+    return sum((side // (2 * shape.patch)) ** 2 for side in sides)
+
+
+def critic_activation_gib_counted(shape: CriticShape, sides: list[int], checkpointing: bool, cached_sides: list[int] | None = None) -> float:
+    """Saved activations (bf16) of the input-only backward, counted per layer from the shape.
+
+    Without checkpointing, per layer and position: the inputs of the two norms, of q/k/v and o, of
+    the MLP's matrices, and its intermediate tensors (vision and decoder alike; attention
+    probabilities are not kept by fused attention); with it, each layer's input only. For the 7B at
+    4 × 448² this counts ~10 GiB where docs/design.md §4 estimates 11.
+    """
+    s = shape
+    patches = sum((side // s.patch) ** 2 for side in sides)
+    tokens = critic_image_tokens(sides + (cached_sides or []), s) + PROMPT_TEXT_TOKENS
+    if checkpointing:
+        vision, llm = s.vis_hidden, s.llm_hidden
+    else:
+        vision = 6 * s.vis_hidden + 2 * s.vis_hidden + s.vis_mlp_mats * s.vis_mlp
+        llm = 5 * s.llm_hidden + s.llm_q + 2 * s.llm_kv + 3 * s.llm_mlp
+    return (patches * s.vis_layers * vision + tokens * s.llm_layers * llm) * 2 / GIB
 
 
 def critic_sides(views: int, size: int, *, layout: str = "separate") -> list[int]:
@@ -346,7 +422,42 @@ def critic_layout_markdown() -> str:
     return "\n".join(lines)
 
 
+def critic_sizes_table(run: RunShape) -> list[tuple[str, float, float, float, float, float, float, float]]:
+    """(critic, parameters in billions, weights GiB in bf16, TFLOP of forward + input backward, saved activations
+    GiB, same with checkpointing, for the views separate and tiled into one grid) per guided step at `run`'s views."""
+    rows = []
+    for shape in CRITIC_SHAPES:
+        separate, grid = critic_sides(run.views, run.view_size), critic_sides(run.views, run.view_size, layout="grid")
+        rows.append((shape.name, critic_params(shape) / 1e9, critic_params(shape) * 2 / GIB,
+                     2 * critic_images_forward_flops(separate, shape=shape) / 1e12,
+                     2 * critic_images_forward_flops(grid, shape=shape) / 1e12,
+                     critic_activation_gib_counted(shape, separate, False), critic_activation_gib_counted(shape, grid, False),
+                     critic_activation_gib_counted(shape, separate, True)))
+    return rows
+
+
+def critic_sizes_markdown() -> str:
+    """The cost-model table of the critic sizes people pick (RESULTS.md)."""
+    base = RunShape()
+    columns = [("critic", "{}"), ("params (B, counted)", "{:.2f}"), ("weights bf16 (GiB)", "{:.1f}"),
+               ("TFLOP fwd + input bwd, separate", "{:.1f}"), ("TFLOP, grid", "{:.1f}"), ("activations GiB, separate", "{:.1f}"),
+               ("activations GiB, grid", "{:.1f}"), ("activations GiB, separate + checkpointing", "{:.2f}")]
+    table = ["| " + " | ".join(title for title, _ in columns) + " |", "|---|" + "---:|" * (len(columns) - 1)]
+    table += ["| " + " | ".join(form.format(value) for (_, form), value in zip(columns, row)) + " |"
+              for row in critic_sizes_table(base)]
+    note = ("Counted from each checkpoint's config (`CRITIC_SHAPES` in benchmarks/cost_model.py; which configs were "
+            f"checked against stored copies is said there), with ~{PROMPT_TEXT_TOKENS} text tokens. Qwen3-VL's 16-px "
+            "patches give 196 merged tokens per 448² view (Qwen2.5-VL's 14-px: 256), but its vision tower attends over "
+            "the whole image in every block (Qwen2.5-VL: windows of 8 × 8 patches in all but 4 blocks). Parameters leave "
+            "out norms, biases and the patch mergers; activations are counted per layer (the 7B's §4 estimate of 11 GiB "
+            f"is counted here as ~10). Times: TFLOP ÷ ~{PLANNING_TFLOP_PER_S:.0f} TFLOP/s.")
+    title = f"### Critic sizes: per guided step at {base.views} × {base.view_size}² (separate views, or one grid tile)"
+    return "\n".join([title, "", *table, "", note])
+
+
 if __name__ == "__main__":
     print(markdown())
     print()
     print(critic_layout_markdown())
+    print()
+    print(critic_sizes_markdown())

@@ -57,13 +57,25 @@ def test_json_scores_equal_the_library(tiny_preset, tiny_vlm, view_files, capsys
         assert row["p_yes"] == pytest.approx(1 / (1 + math.exp(-row["r"])), abs=1e-6)
 
 
-def test_table_output_and_custom_query(tiny_preset, view_files, capsys):
-    code, out, err = _run([view_files[0], "-p", "a mug", "--preset", "tiny", "-q", "Is this {description}? Yes or No."], capsys)
+def test_table_output_and_custom_query(tiny_preset, tiny_vlm, view_files, capsys):
+    template = "Is this {description}? Yes or No."
+    code, out, err = _run([view_files[0], "-p", "a mug", "--preset", "tiny", "-q", template], capsys)
     assert code == 0, err
     lines = out.strip().splitlines()
     assert "P(yes)" in lines[1]
     name, r_text, p_text = lines[2].split()
-    assert name == "custom" and 0 < float(p_text) < 1 and math.isfinite(float(r_text))
+    # The table's r is the critic's with the custom template (printed to 4 decimals), not the default query's.
+    with torch.no_grad():
+        expected = float(VLMCritic(*tiny_vlm, "a mug", template)(load_view_files(view_files[:1])).r)
+        default = float(VLMCritic(*tiny_vlm, "a mug")(load_view_files(view_files[:1])).r)
+    assert name == "custom" and float(r_text) == pytest.approx(expected, abs=1e-4)
+    assert float(p_text) == pytest.approx(1 / (1 + math.exp(-expected)), abs=1e-4) and abs(default - expected) > 1e-3
+    # --json reports what recomputes it: the chat text with the filled-in template, the answer ids, the checkpoint.
+    code, out, err = _run([view_files[0], "-p", "a mug", "--preset", "tiny", "-q", template, "--json"], capsys)
+    (row,) = json.loads(out)["results"]
+    assert "Is this a mug? Yes or No.<|im_end|>" in row["chat_text"] and row["r"] == pytest.approx(expected, abs=1e-5)
+    assert (row["yes_id"], row["no_id"]) == tuple(tiny_vlm[1].tokenizer.convert_tokens_to_ids(["Yes", "No"]))
+    assert row["checkpoint"] == str(tiny_preset)
 
 
 def test_rgba_is_composited_over_white(tmp_path):

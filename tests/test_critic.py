@@ -21,6 +21,8 @@ from vlm3d_ttg.critic import (
 )
 from vlm3d_ttg.errors import InvalidInputError, UnsupportedModelError
 
+from critic_stock import NO_RESIZE_TOLERANCE, RESIZE_TOLERANCE, pixel_value_differences, stock_r
+
 DESCRIPTION = "a wooden chair"
 
 # The paper's dual query (§4.2) for DESCRIPTION, typed from the paper.
@@ -49,15 +51,7 @@ def critic(tiny_vlm):
 
 def _stock_r(model, processor, question: str, images: torch.Tensor, *, with_positions: bool = True) -> float:
     """r the way transformers' documentation runs the model: processor(text, images) -> model(**inputs)."""
-    messages = [{"role": "user", "content": [{"type": "image"}] * len(images) + [{"type": "text", "text": question}]}]
-    text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    inputs = processor(text=[text], images=list(images), do_rescale=False, return_tensors="pt")
-    if not with_positions:
-        inputs.pop("mm_token_type_ids")  # what a 4.x-era caller passes: the model falls back to 1-D positions
-    with torch.no_grad():
-        logits = model(**inputs).logits[0, -1]
-    yes, no = (processor.tokenizer.convert_tokens_to_ids(word) for word in ("Yes", "No"))
-    return float(logits[yes] - logits[no])
+    return stock_r(model, processor, question, list(images), with_positions=with_positions)
 
 
 # --------------------------------------------------------------------------------------------
@@ -121,33 +115,19 @@ SIZES_7B = [
     ("256-to-252", 1, 256, 256, True),
     ("tiny-20x30-upsampled", 1, 20, 30, True),
 ]
-# Where the processor resamples, both sides call the same ATen kernel (bicubic, antialias,
-# align_corners=False) on the same float32 values, and on one CPU the results are bit-identical.
-# The bound allows another implementation of that kernel (a GPU, other vectorisation): float32
-# bicubic resampling is itself only accurate to ~3e-5 of the [0, 1] range (against float64:
-# 3.1e-5 measured), i.e. ~1.2e-4 after division by CLIP's std (~0.27); two such implementations
-# can disagree by up to about twice that.
-RESIZE_TOLERANCE = 2.5e-4
-NO_RESIZE_TOLERANCE = 1e-5
 
 
 @pytest.mark.parametrize("which", ["tiny", "7b"])
 def test_pixel_values_equal_real_processor(tiny_vlm, which):
     processor = tiny_vlm[1].image_processor if which == "tiny" else _processor_7b_constants()
     sizes = SIZES_TINY if which == "tiny" else SIZES_7B
-    report = []
-    for index, (name, count, height, width, resized) in enumerate(sizes):
-        images = _images(count, 3, height, width, seed=index)
-        expected = processor(list(images), do_rescale=False, return_tensors="pt")
-        pixel_values, grid = qwen_pixel_values(images, processor)
-        assert torch.equal(grid, expected["image_grid_thw"]), name
-        assert ((int(grid[0, 1]) * 14, int(grid[0, 2]) * 14) != (height, width)) == resized, name
-        assert pixel_values.shape == expected["pixel_values"].shape and pixel_values.dtype == torch.float32
-        diff = float((pixel_values - expected["pixel_values"]).abs().max())
-        report.append(f"{name}: {diff:.2e}")
-        assert diff <= (RESIZE_TOLERANCE if resized else NO_RESIZE_TOLERANCE), f"{name}: max abs diff {diff}"
+    cases = [(name, _images(count, 3, height, width, seed=index), resized)
+             for index, (name, count, height, width, resized) in enumerate(sizes)]
+    report = pixel_value_differences(processor, cases, resize_tolerance=RESIZE_TOLERANCE, exact_tolerance=NO_RESIZE_TOLERANCE)
+    for name, images, resized in cases:
         # float64 in -> float64 out, closer to exact than the processor's float32: equal to float32
         # rounding without resize, to float32 resampling accuracy (see RESIZE_TOLERANCE) with it.
+        expected = processor(list(images), do_rescale=False, return_tensors="pt")
         pixel_values64, _ = qwen_pixel_values(images.double(), processor)
         assert pixel_values64.dtype == torch.float64
         diff64 = float((pixel_values64 - expected["pixel_values"].double()).abs().max())

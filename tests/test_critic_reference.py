@@ -5,6 +5,7 @@ stock path, gradients to the views only, and the grid's token saving."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -13,6 +14,8 @@ from vlm3d_ttg.critic import DUAL_QUERY, QUERY_TEMPLATES, VLMCritic
 from vlm3d_ttg.critic.layout import tile_views
 from vlm3d_ttg.critic.queries import builtin_query, resolve_query
 from vlm3d_ttg.errors import InvalidInputError
+
+from critic_stock import stock_inputs, stock_r
 
 DESCRIPTION = "a wooden chair"
 VIEWS = (3, 56, 56)  # views: N, H, W
@@ -36,21 +39,6 @@ def critics(tiny_vlm, reference):
         for with_reference in (False, True)
         for layout in ("separate", "grid")
     }
-
-
-def _stock_inputs(processor, question: str, images: list[torch.Tensor]):
-    messages = [{"role": "user", "content": [{"type": "image"}] * len(images) + [{"type": "text", "text": question}]}]
-    text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return text, processor(text=[text], images=images, do_rescale=False, return_tensors="pt")
-
-
-def _stock_r(model, processor, question: str, images: list[torch.Tensor]) -> float:
-    """r the way transformers' documentation runs the model: processor(text, images) -> model(**inputs)."""
-    _, inputs = _stock_inputs(processor, question, images)
-    with torch.no_grad():
-        logits = model(**inputs).logits[0, -1]
-    yes, no = (processor.tokenizer.convert_tokens_to_ids(word) for word in ("Yes", "No"))
-    return float(logits[yes] - logits[no])
 
 
 def _model_images(critic: VLMCritic, views: torch.Tensor, reference: torch.Tensor) -> list[torch.Tensor]:
@@ -105,7 +93,7 @@ def test_prompt_and_positions_equal_the_real_processor(critics, tiny_vlm, refere
     critic = critics[(with_reference, layout)]
     views = _rand(*VIEWS[:1], 3, *VIEWS[1:], seed=1)
     prompt = critic.prompt_inputs(*VIEWS)
-    text, stock = _stock_inputs(processor, critic.question, _model_images(critic, views, reference))
+    text, stock = stock_inputs(processor, critic.question, _model_images(critic, views, reference))
     assert prompt.chat_texts == (text,)
     assert torch.equal(prompt.input_ids.cpu(), stock["input_ids"])
     assert torch.equal(prompt.image_grid_thw.cpu(), stock["image_grid_thw"])
@@ -123,7 +111,7 @@ def test_r_equals_stock_path(critics, tiny_vlm, reference, with_reference, layou
     model, processor = tiny_vlm
     critic = critics[(with_reference, layout)]
     views = _rand(*VIEWS[:1], 3, *VIEWS[1:], seed=2)
-    stock = _stock_r(model, processor, critic.question, _model_images(critic, views, reference))
+    stock = stock_r(model, processor, critic.question, _model_images(critic, views, reference))
     assert abs(float(critic(views).r) - stock) < 1e-5, (float(critic(views).r), stock)
 
 
@@ -135,7 +123,7 @@ def test_views_rendered_at_the_cell_size_are_placed_into_a_tile_of_the_grid_size
     assert critic.tile_size(4, 27, 27) == (56, 56)
     tile = tile_views(views, (56, 56))
     assert torch.equal(tile[:, 29:, 29:], views[3])  # placed, not resampled
-    assert abs(float(critic(views).r) - _stock_r(model, processor, critic.question, [reference, tile])) < 1e-5
+    assert abs(float(critic(views).r) - stock_r(model, processor, critic.question, [reference, tile])) < 1e-5
 
 
 def test_the_reference_changes_r_and_gets_no_gradient(tiny_vlm, critics):
@@ -279,10 +267,14 @@ def test_generate_plumbs_the_reference_and_layout_to_the_critic(tiny_pipeline, t
     assert abs(score(paper) - result.final_r) > 1e-4
 
 
-def test_guided_reference_benchmark_config_is_rescored_by_the_papers_critic():
+def test_guided_reference_benchmark_config_is_rescored_by_the_papers_critic(tiny_pipeline, tiny_vlm, reference, tmp_path):
+    import trimesh
+
     from vlm3d_ttg.bench.configs import PRESET_NAMES, preset_config
     from vlm3d_ttg.bench.generate import ReferenceScorer
+    from vlm3d_ttg.generation import LoadedModels
     from vlm3d_ttg.guidance import GuidanceConfig
+    from vlm3d_ttg.reward import VLMReward
 
     assert "guided_reference" in PRESET_NAMES
     config = preset_config("guided_reference", GuidanceConfig(enabled=False, query="content"))
@@ -292,3 +284,25 @@ def test_guided_reference_benchmark_config_is_rescored_by_the_papers_critic():
     assert not scorer.guidance.reference and scorer.guidance.view_layout == "separate"
     assert not scorer.same_setting(config.guidance)
     assert scorer.same_setting(preset_config("guided", GuidanceConfig()).guidance)
+
+    # The re-scoring itself: a mesh file's r under the paper's critic, not under the run's reference/grid one.
+    model, processor = tiny_vlm
+    run_guidance = GuidanceConfig(reference=True, view_layout="grid", num_views=2, view_size=56, azimuth_jitter=0.0,
+                                  elevation_jitter=0.0)
+    mesh = trimesh.creation.icosphere(subdivisions=2, radius=0.6)
+    mesh.vertices[:, 1] *= 1.4  # not a sphere: the views differ with the angle
+    path = tmp_path / "mesh.glb"
+    mesh.export(path)
+    scorer = ReferenceScorer(LoadedModels(tiny_pipeline, model, processor, "tiny shape", "tiny vlm", preset="tiny"),
+                             "a chair", run_guidance)
+    written = trimesh.load(path, force="mesh", process=False)
+
+    def score(guidance: GuidanceConfig, **critic_options) -> float:
+        critic = VLMCritic(model, processor, "a chair", "dual", **critic_options)
+        return float(VLMReward(tiny_pipeline, critic, guidance).score_mesh(written.vertices, written.faces).r)
+
+    with torch.no_grad():
+        rescored = scorer.score(path)
+        paper = score(dataclasses.replace(run_guidance, reference=False, view_layout="separate"))
+        as_run = score(run_guidance, reference=reference, layout="grid", grid_size=56)
+    assert rescored == pytest.approx(paper, abs=1e-5) and abs(rescored - as_run) > 1e-4

@@ -65,14 +65,33 @@ def _umask() -> int:
     return mask
 
 
-def test_no_guidance_baseline_matches_unguided_latents_and_is_scored(rgba_image, tmp_path, cache_env, capsys):
+def test_no_guidance_baseline_matches_unguided_latents_and_is_scored(rgba_image, tmp_path, cache_env, capsys,
+                                                                     tiny_pipeline, tiny_vlm):
+    """--no-guidance writes hy3dgen's own mesh for the same image, seed and settings, and its final_r is
+    the critic's score of that mesh."""
+    from vlm3d_ttg.critic import VLMCritic
+    from vlm3d_ttg.inputs import prepare_condition_image
+    from vlm3d_ttg.reward import VLMReward
+
     out = tmp_path / "base.glb"
     code, _, stderr = run_cli(["generate", rgba_image, "--prompt", "a pot", "--preset", "tiny", "--out", out,
                                "--no-guidance", *FAST], capsys)
     assert code == 0, stderr
     manifest = json.loads(out.with_name(out.name + ".json").read_text())
     assert not any(r["guided"] for r in manifest["records"])
-    assert manifest["final_r"] is not None  # the baseline is scored by the same critic
+    ours = trimesh.load(out, force="mesh", process=False)
+    # hy3dgen's own pipeline call with the run's seed, steps, CFG and export grid.
+    (theirs,) = tiny_pipeline(image=prepare_condition_image(rgba_image), num_inference_steps=8, guidance_scale=5.0,
+                              generator=torch.Generator().manual_seed(0), octree_resolution=48, output_type="trimesh",
+                              enable_pbar=False)
+    assert len(theirs.faces) > 0 and ours.faces.shape == theirs.faces.shape
+    assert (ours.faces == theirs.faces).all()
+    assert abs(ours.vertices - theirs.vertices).max() < 1e-5  # float32 in the GLB
+    # The baseline is scored by the same critic: final_r is its score of the mesh written.
+    guidance = GuidanceConfig(**{**manifest["guidance"], "sigma_window": tuple(manifest["guidance"]["sigma_window"])})
+    with torch.no_grad():
+        scored = VLMReward(tiny_pipeline, VLMCritic(*tiny_vlm, "a pot"), guidance).score_mesh(ours.vertices, ours.faces)
+    assert abs(float(scored.r) - manifest["final_r"]) < 1e-4
 
 
 BAD_INPUTS = [

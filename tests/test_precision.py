@@ -218,14 +218,29 @@ def test_offload_refuses_exact_gradients(tiny_pipeline, tiny_vlm):
 
 
 def test_offload_phases_follow_the_loop_and_placement_is_restored_after_a_failure(tiny_pipeline, tiny_vlm):
-    """The bookkeeping of --offload-idle, on the CPU: which phase is active at each step, and that a
-    failure mid-run leaves every model where it was (the moves themselves are no-ops on a CPU)."""
+    """The bookkeeping of --offload-idle, on the CPU: which phase is active at each step, which models
+    each switch sends where, and that a failure mid-run still restores the placement.
+
+    The compute device is the CPU, so the test gives the offload a distinct target ("meta") and spies
+    on the moves it asks for (a real move to meta would lose the weights of this session's models);
+    `IdleOffload`'s own moves and `restore` are tested with real moves below.
+    """
     config = GuidanceConfig(**SMALL)
     reward = VLMReward.from_config(tiny_pipeline, VLMCritic(*tiny_vlm, "a pot"), config)
     sampler = GuidedSampler(tiny_pipeline, reward, config, offload_idle=True)
-    assert not sampler.offload.enabled  # a CPU run: nothing to offload
-    sampler.offload.enabled = True  # exercise the bookkeeping anyway
-    before = sampler.offload.placement()
+    offload = sampler.offload
+    assert not offload.enabled  # a CPU run: nothing to offload
+    offload.enabled = True  # exercise the bookkeeping anyway
+    offload.offload_device = torch.device("meta")
+    phase_of = {id(m): name for name, modules in offload.phases.items() for m in modules}
+    moves, restores = [], []
+
+    def spy_move(modules, device):
+        moves.append((sorted({phase_of[id(m)] for m in modules}), device.type))
+
+    real_restore = offload.restore
+    offload._move = spy_move
+    offload.restore = lambda: (restores.append(offload.active), real_restore())
     seen = []
 
     def callback(s, step, sigma, state):
@@ -237,19 +252,42 @@ def test_offload_phases_follow_the_loop_and_placement_is_restored_after_a_failur
         sampler(robot_image(), num_inference_steps=8, seed=0, callback_on_step_end=callback, progress=False)
     assert [(guided, phase) for _, guided, phase in seen] == [
         (False, "denoise"), (False, "denoise"), (True, "critic"), (True, "critic"), (True, "critic")]
-    assert sampler.offload.active is None and sampler.offload.placement() == before
+
+    def switch(to: str) -> list:  # (the phases of the modules moved, where to); a phase with no modules moves none
+        away = [([name] if modules else [], "meta") for name, modules in offload.phases.items() if name != to]
+        return away + [([to], "cpu")]
+
+    # conditioning, then the DiT, then the critic at the first guided step: each switch sends every
+    # other phase's models to the offload device and the new phase's to the compute device.
+    expected = switch("condition") + switch("denoise") + switch("critic")
+    assert moves[:len(expected)] == expected, moves
+    assert restores == ["critic"] and offload.active is None  # restored in the sampler's `finally`
 
 
 def test_idle_offload_counts_moves_and_rejects_shared_modules():
-    a, b = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    """Real moves between two devices (CPU and meta; `Movable` can come back from meta, without its values)."""
+
+    class Movable(torch.nn.Linear):
+        def to(self, device):
+            return self.to_empty(device=device) if self.weight.is_meta else super().to(device)
+
+    a, b = Movable(2, 2), Movable(2, 2)
     with pytest.raises(ValueError, match="one offload phase"):
         IdleOffload({"x": [a], "y": [a]}, "cpu")
-    offload = IdleOffload({"x": [a], "y": [b, None]}, "cpu")
-    assert offload.activate("x") >= 0 and offload.active == "x"
+    offload = IdleOffload({"x": [a], "y": [b, None]}, "cpu", offload_device="meta")
+    seconds = offload.activate("x")
+    assert offload.active == "x" and offload.moves == 1 and seconds > 0 and offload.seconds == seconds
+    assert offload.placement() == {"x": [torch.device("cpu")], "y": [torch.device("meta")]}
+    assert offload.activate("x") == 0.0 and offload.moves == 1  # already in place: nothing moves
+    offload.activate("y")
+    assert offload.moves == 3 and offload.placement() == {"x": [torch.device("meta")], "y": [torch.device("cpu")]}
     with pytest.raises(KeyError):
         offload.activate("z")
     offload.restore()
-    assert offload.active is None
+    assert offload.active is None and offload.moves == 4
+    assert offload.placement() == {"x": [torch.device("cpu")], "y": [torch.device("cpu")]}
+    disabled = IdleOffload({"x": [a], "y": [b]}, "cpu", offload_device="meta", enabled=False)
+    assert disabled.activate("y") == 0.0 and disabled.moves == 0 and a.weight.device.type == "cpu"
 
 
 def test_x0_mode_keeps_no_dit_weights_in_any_autograd_graph(tiny_pipeline, tiny_vlm):
@@ -282,18 +320,35 @@ def test_camera_stream_follows_the_runs_generator(tiny_pipeline, tiny_vlm):
     config = GuidanceConfig(**{**SMALL, "sigma_window": (0.4, 0.6)})
     reward = VLMReward.from_config(tiny_pipeline, VLMCritic(*tiny_vlm, "a pot"), config)
     sampler = GuidedSampler(tiny_pipeline, reward, config)
+    drawn = []  # the jittered cameras of every guided evaluation (the reward's own `cameras`, recorded)
+    real_cameras = reward.cameras
+
+    def recording_cameras(**kwargs):
+        cameras = real_cameras(**kwargs)
+        drawn.append(cameras.view.detach().clone())
+        return cameras
+
+    reward.cameras = recording_cameras
 
     def run(**kwargs):
+        drawn.clear()
         out = sampler(robot_image(), num_inference_steps=6, output_type="latent", progress=False, **kwargs)
-        return out.camera_seed, [r.r for r in out.records if r.guided]
+        assert drawn  # guided steps drew cameras
+        return out.camera_seed, [r.r for r in out.records if r.guided], torch.stack(drawn)
+
+    def same(a, b) -> bool:
+        return a[0] == b[0] and a[1] == b[1] and torch.equal(a[2], b[2])
 
     by_seed = run(seed=5)
-    assert run(seed=5) == by_seed  # same seed: same cameras, same scores
+    assert same(run(seed=5), by_seed)  # same seed: same cameras, same scores
     first = run(generator=torch.Generator().manual_seed(123))
     second = run(generator=torch.Generator().manual_seed(456))
-    assert first[0] != second[0] and first[1] != second[1]  # different generators: different cameras
+    # Different generators: different camera seeds, cameras and scores.
+    assert first[0] != second[0] and first[1] != second[1] and not torch.equal(first[2], second[2])
     explicit = run(seed=5, camera_seed=first[0])
-    assert explicit[0] == first[0]
+    # An explicit camera seed gives that stream's cameras whatever the noise seed; the noise (and so r) is seed 5's.
+    assert explicit[0] == first[0] and torch.equal(explicit[2], first[2]) and not torch.equal(explicit[2], by_seed[2])
+    assert explicit[1] != first[1]
 
 
 def test_no_reward_graph_outlives_its_guided_step(tiny_pipeline, tiny_vlm):

@@ -42,7 +42,11 @@ def test_reward_gradient_predicts_the_change_of_r(reward):
         predicted.append(float(gradient.norm()))
     assert all(s > 0 for s in slopes), (slopes, predicted)
     ratios = [s / p for s, p in zip(slopes, predicted)]
-    assert all(0.5 < q < 1.5 for q in ratios), ratios
+    print(f"\nslope / |g| along g: {', '.join(f'{q:.4f}' for q in ratios)}")
+    # Measured 0.97, 0.89, 1.05 (marching-cubes grid noise at this eps): each within 20 %, their mean
+    # within 10 % — a gradient 15 % too large or too small fails.
+    assert all(0.8 < q < 1.2 for q in ratios), ratios
+    assert 0.9 < sum(ratios) / len(ratios) < 1.1, ratios
 
 
 def test_gradient_ascent_on_the_latent_raises_r(reward):
@@ -66,6 +70,9 @@ def test_reward_reports_what_the_critic_saw(reward):
     assert 0.0 < evaluation.p_yes < 1.0
     assert abs(evaluation.p_yes - float(torch.sigmoid(evaluation.r))) < 1e-6
     assert set(evaluation.timings) == {"surface", "render", "critic"}
+    # The views reported are the ones the critic scored: the critic on them gives the reward's r.
+    with torch.no_grad():
+        assert abs(float(reward.critic(evaluation.images).r) - float(evaluation.r)) < 1e-5
 
 
 @pytest.mark.parametrize("resolution,coarse", [(64, 32), (128, 32), (256, 32), (96, 24), (48, 24), (32, None), (33, None)])

@@ -63,7 +63,7 @@ def test_the_sum_is_what_the_gradient_follows(tiny_pipeline, critic):
     assert term.seen == [(1, 40)]  # its own camera and size, not the critic's 2 × 56²
     assert combined.images.shape == (2, 3, 56, 56)  # the critic's orbit views are still what is shown
     assert set(combined.terms) == {"vlm", "coverage"}
-    assert combined.terms["vlm"] == pytest.approx(float(alone.r), abs=1e-6)
+    assert combined.terms["vlm"] == pytest.approx(float(alone.r.detach()), abs=1e-6)
     assert 0.0 < combined.terms["coverage"] < 1.0
     assert float(combined.r) == pytest.approx(combined.terms["vlm"] + 3.0 * combined.terms["coverage"], abs=1e-6)
     assert combined.info["coverage.covered"] == pytest.approx(combined.terms["coverage"])

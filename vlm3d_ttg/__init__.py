@@ -22,6 +22,8 @@ _EXPORTS = {
     "Views": ".terms",
     "Critic": ".critic",
     "VLMCritic": ".critic",
+    "Qwen3VLCritic": ".critic",
+    "build_critic": ".critic",
     "qwen_pixel_values": ".critic",
 }
 

@@ -28,7 +28,7 @@ from .manifest import package_versions, write_manifest
 from .sampler import StepCallback
 from .text2image import DEFAULT_TEXT_TO_IMAGE_MODEL
 from .search import SearchOptions, SearchRecord
-from .models import load_shape_pipeline, load_vlm, resolve_device, resolve_dtype, resolve_shape_model
+from .models import critic_family_for, load_shape_pipeline, load_vlm, resolve_device, resolve_dtype, resolve_shape_model
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +52,11 @@ class GenerationOptions:
                                            "--preset tiny).", cli_type=int)
     shape_model: str = option("tencent/Hunyuan3D-2", "hy3dgen shape model: repo id or variant name (e.g. hunyuan3d-2mini).")
     shape_subfolder: str | None = option(None, "Subfolder of the shape repo (default: the repo's main DiT).", cli_type=str)
-    vlm: str = option("Qwen/Qwen2.5-VL-7B-Instruct", "Critic: Qwen2.5-VL hub id or local folder.")
+    vlm: str = option("Qwen/Qwen2.5-VL-7B-Instruct", "Critic: a Qwen2.5-VL or Qwen3-VL hub id or local folder (its config "
+                      "names the family).")
+    critic_family: str | None = option(None, "qwen2.5-vl (default) or qwen3-vl: the offline critic of --preset tiny; with "
+                                       "--preset real the --vlm checkpoint's family, and another one given here is refused.",
+                                       cli_type=str)
     text_to_image: str = option(DEFAULT_TEXT_TO_IMAGE_MODEL, "Text-to-image model that makes the input image when none is "
                                 "given: hub id or local diffusers folder (hy3dgen's HunyuanDiT by default).")
     device: str = option("auto", "cuda, cuda:N, cpu or auto.")
@@ -88,6 +92,13 @@ class GenerationOptions:
                 bad(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         for name in ("dtype", "vlm_dtype"):
             resolve_dtype(torch.device("cpu"), getattr(self, name))  # raises naming the accepted dtypes
+        if self.critic_family is not None:
+            from .critic.families import get_family
+
+            try:
+                get_family(self.critic_family)
+            except InvalidInputError as exc:
+                bad(f"critic_family: {exc}")
         if integer("realsize_depth") < 1:
             bad(f"realsize_depth must be ≥ 1, got {self.realsize_depth}")
         for name in ("checkpointing", "offload_idle"):
@@ -248,6 +259,7 @@ def load_models(
     preset = preset or ("tiny" if tiny else "real")
     if preset not in PRESETS or (tiny and preset != "tiny"):
         raise InvalidInputError(f"Unknown preset {preset!r} (tiny={tiny}); use one of {', '.join(PRESETS)}.")
+    critic_family = critic_family_for(options.vlm, preset, options.critic_family)
     if preset == "realsize":
         from .tiny.realsize import ensure_realsize_shape_model, ensure_realsize_vlm
 
@@ -266,7 +278,7 @@ def load_models(
         ref = ensure_tiny_shape_model(cache_dir, subfolder=resolve_shape_model(options.shape_model,
                                                                                options.shape_subfolder).subfolder)
         pipeline = load_shape_pipeline(ref.repo_id, ref.subfolder, models_dir=ref.models_dir, device=torch_device, dtype=dtype)
-        vlm_path = ensure_tiny_vlm(cache_dir)
+        vlm_path = ensure_tiny_vlm(cache_dir, family=critic_family)
         model, processor = load_vlm(vlm_path, device=critic_device, dtype=critic_dtype)
         return LoadedModels(pipeline, model, processor, f"{ref.repo_id}/{ref.subfolder} (tiny)", f"{vlm_path} (tiny)", preset="tiny")
     pipeline = load_shape_pipeline(options.shape_model, options.shape_subfolder, device=torch_device, dtype=dtype)
@@ -370,7 +382,7 @@ def generate_mesh(
     reference uses the front. Raises EmptySurfaceError (after
     writing the manifest) when the final latent has no surface.
     """
-    from .critic import VLMCritic
+    from .critic.families import build_critic
     from .reward import VLMReward
     from .sampler import GuidedSampler
 
@@ -385,8 +397,8 @@ def generate_mesh(
     front = prepare_condition_image(generated_input.image if generated_input is not None else image)
     condition = _condition(front, views or {}, backbone)
     reference = backbone.reference_image(front, guidance.view_size) if guidance.reference else None
-    critic = VLMCritic(models.vlm, models.processor, prompt, guidance.query, reference=reference,
-                       layout=guidance.view_layout, grid_size=guidance.view_size, activation_checkpointing=checkpointing)
+    critic = build_critic(models.vlm, models.processor, prompt, guidance.query, reference=reference,
+                          layout=guidance.view_layout, grid_size=guidance.view_size, activation_checkpointing=checkpointing)
     reward = VLMReward.from_config(backbone, critic, guidance)
     sampler = GuidedSampler(backbone, reward, guidance, offload_idle=offload_idle)
     capture = ViewCapture(keep_views, sampler.guided_steps(steps, search), then=step_callback)
@@ -428,7 +440,8 @@ def generate_mesh(
         "options": options.to_dict(),
         "device": str(backbone.device),
         "dtype": str(backbone.dtype),
-        "models": {"shape": models.shape_id, "backbone": backbone.name, "critic": models.vlm_id, "tiny": models.tiny,
+        "models": {"shape": models.shape_id, "backbone": backbone.name, "critic": models.vlm_id,
+                   "critic_family": critic.family, "tiny": models.tiny,
                    "preset": models.preset},
         "guidance": guidance.to_dict(),
         "camera_seed": output.camera_seed,

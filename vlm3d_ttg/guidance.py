@@ -71,7 +71,8 @@ class GuidanceConfig:
     inner_steps: int = option(1, "Gradient steps per guided sampler step.")
     grad_mode: GradMode = option("x0", "x0 (straight-through, default) or xt (through the DiT, exact, slower).")
     num_views: int = option(4, "Views rendered for the critic.", flag="--views")
-    view_size: int = option(448, "View side in pixels (a multiple of 28, Qwen2.5-VL's patch × merge).")
+    view_size: int = option(448, "View side in pixels: a multiple of the critic's patch × merge (28 for Qwen2.5-VL, "
+                                 "32 for Qwen3-VL; 448 suits both).")
     elevation: float = option(20.0, "Camera elevation in degrees.")
     azimuth_jitter: float = option(15.0, "Per-step random azimuth offset (±degrees).")
     elevation_jitter: float = option(5.0, "Per-step random elevation offset (±degrees).")
@@ -84,12 +85,15 @@ class GuidanceConfig:
         "separate", "separate (one image per view) or grid (all views tiled into one view-size image: ~N× fewer critic tokens).")
     backend: str = option("auto", "Renderer: auto, cpu or nvdiffrast.", flag="--render-backend")
 
-    def validate(self) -> "GuidanceConfig":
+    def validate(self, critic_family: str | None = None) -> "GuidanceConfig":
         """Raise InvalidInputError naming the first bad field and what it accepts; return self.
 
         The one validation path of guidance options (CLI, benchmark and Python callers alike), run
-        before any model loads: types, finiteness, ranges and the query template.
+        before any model loads: types, finiteness, ranges and the query template. The view size must
+        suit `critic_family` (a `critic.families` name) — without one, some family; the reward checks
+        it against its critic again.
         """
+        from .critic.families import FAMILIES, get_family
         from .critic.layout import VIEW_LAYOUTS, square_cell_tile
         from .critic.queries import resolve_query  # the critic's own template check
 
@@ -119,8 +123,10 @@ class GuidanceConfig:
             bad(f"grad_mode must be x0 or xt, got {self.grad_mode!r}")
         if number("num_views", integer=True) < 1:
             bad(f"num_views must be ≥ 1, got {self.num_views}")
-        if number("view_size", integer=True) < 28 or self.view_size % 28:
-            bad(f"view_size must be a positive multiple of 28 (Qwen2.5-VL's patch 14 × merge 2), got {self.view_size}")
+        families = [get_family(critic_family)] if critic_family is not None else list(FAMILIES.values())
+        if number("view_size", integer=True) < 1 or all(self.view_size % family.view_multiple for family in families):
+            rules = " or ".join(f"{family.view_multiple} ({family.name}'s patch × merge)" for family in families)
+            bad(f"view_size must be a positive multiple of {rules}, got {self.view_size}")
         if not -90 < number("elevation") < 90:
             bad(f"elevation must be in (-90, 90) degrees, got {self.elevation}")
         if not 0 <= number("azimuth_jitter") <= 180:

@@ -1,4 +1,4 @@
-"""Loading the real models: Hunyuan3D-2 through hy3dgen, Qwen2.5-VL through transformers.
+"""Loading the real models: Hunyuan3D-2 through hy3dgen, the critic (Qwen2.5-VL or Qwen3-VL) through transformers.
 
 The same functions load the real checkpoints from the hub (or its local cache) and the tiny
 offline checkpoints written by `vlm3d_ttg.tiny`; there is no second code path.
@@ -206,13 +206,18 @@ def load_vlm(
     revision: str | None = None,
     allow_download: bool = True,
 ) -> tuple[Any, Any]:
-    """Load Qwen2.5-VL and its processor with transformers' `from_pretrained`; return (model, processor).
+    """Load a critic checkpoint and its processor with transformers' `from_pretrained`; return (model, processor).
 
-    `model` is a hub id or a local `save_pretrained` folder. The model is returned frozen
+    `model` is a hub id or a local `save_pretrained` folder of any critic family (Qwen2.5-VL,
+    Qwen3-VL: `critic.families`); the family, and so the model class, comes from its config
+    (UnsupportedModelError for another model type). The model is returned frozen
     (`eval()`, no parameter gradients): the critic only ever differentiates w.r.t. pixels.
     Raises ModelNotFoundError, naming the repo, where it looked and how to get it.
     """
-    from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+    import transformers
+    from transformers import AutoConfig, AutoProcessor
+
+    from .critic.families import family_of
 
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(torch_device, dtype, half=torch.bfloat16)
@@ -225,8 +230,9 @@ def load_vlm(
     if revision is not None:
         kwargs["revision"] = revision
     try:
+        family = family_of(AutoConfig.from_pretrained(model_id, **kwargs))
         processor = AutoProcessor.from_pretrained(model_id, **kwargs)
-        vlm = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+        vlm = getattr(transformers, family.model_class).from_pretrained(
             model_id, dtype=torch_dtype, attn_implementation=attn_implementation, **kwargs
         )
     except OSError as exc:
@@ -242,8 +248,46 @@ def load_vlm(
         ) from exc
     vlm.to(torch_device)
     freeze(vlm)
-    logger.info("Loaded VLM %s on %s (%s)", model_id, torch_device, torch_dtype)
+    logger.info("Loaded VLM %s (%s) on %s (%s)", model_id, family.name, torch_device, torch_dtype)
     return vlm, processor
+
+
+def checkpoint_family(model: str | os.PathLike) -> Any | None:
+    """The critic family (`critic.families.CriticFamily`) that checkpoint `model`'s config names, reading only
+    its config.json (local folder, hub cache, or the hub unless offline); None if the config cannot be read."""
+    from transformers import AutoConfig
+
+    from .critic.families import family_of
+
+    model_id = os.path.expanduser(str(model))
+    try:
+        config = AutoConfig.from_pretrained(model_id, local_files_only=Path(model_id).is_dir() or hub_offline())
+    except (OSError, ValueError):
+        return None
+    return family_of(config)
+
+
+def critic_family_for(vlm: str | os.PathLike, preset: str = "real", asked: str | None = None) -> str:
+    """The critic family (a `critic.families` name) a run or a score uses, known before any model loads.
+
+    With the offline presets ("tiny", "realsize") it is `asked` (default qwen2.5-vl; realsize has
+    Qwen2.5-VL-7B's shapes only); with "real" it is the family `vlm`'s config names, and an `asked`
+    family that differs is refused (InvalidInputError). Where the config cannot be read yet (not
+    downloaded), `asked` or the default stands and the load itself says what is missing.
+    """
+    from .critic.families import DEFAULT_FAMILY, get_family
+
+    asked = get_family(asked).name if asked is not None else None
+    if preset != "real":
+        if preset == "realsize" and asked not in (None, DEFAULT_FAMILY):
+            raise InvalidInputError("--preset realsize has Qwen2.5-VL-7B's shapes only; drop --critic-family.")
+        return asked or DEFAULT_FAMILY
+    found = checkpoint_family(vlm)
+    if found is not None and asked is not None and found.name != asked:
+        raise InvalidInputError(f"--critic-family {asked}, but --vlm {vlm} is a {found.name} checkpoint (its config says "
+                                f"so); drop --critic-family or give a checkpoint of that family (e.g. --vlm "
+                                f"{get_family(asked).default_checkpoint}).")
+    return found.name if found is not None else asked or DEFAULT_FAMILY
 
 
 def _missing_class(package: str, name: str, why: str) -> type:

@@ -117,6 +117,14 @@ class Checks:
         return value
 
 
+def option_help(cls: type, name: str) -> str:
+    """The help text declared for field `name` of `cls` (for a command that takes that option with its own signature)."""
+    for field, spec in declared(cls):
+        if field.name == name:
+            return _help(field, spec)
+    raise KeyError(f"{cls.__name__} declares no option {name!r}")
+
+
 def name_the_flag(cls: type, message: str) -> str:
     """A validation message that starts with a field name, with that field's flag added after it
     ('steps must be ≥ 2' → 'steps (--steps) must be ≥ 2'), so CLI and API users both recognise it."""

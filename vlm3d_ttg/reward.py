@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from .backbones import Backbone, as_backbone
-from .critic.protocol import Critic
+from .critic.protocol import Critic, check_critic_view_size
 from .errors import EmptySurfaceError, InvalidInputError, SkippedStepError
 from .guidance import GuidanceConfig, RewardEvaluation
 from .precision import is_half
@@ -70,6 +70,8 @@ class VLMReward:
         surface_config: SurfaceConfig | None = None,
     ):
         config = (config or GuidanceConfig()).validate()
+        if critic is not None:
+            check_critic_view_size(critic, config.view_size)  # the critic's own rule (28 or 32 px, ...)
         self.terms = _checked_terms(critic, terms)
         self.backbone = as_backbone(backbone)
         self.critic = critic

@@ -349,7 +349,8 @@ class HunyuanBackbone:
             def processor(single: Any) -> dict[str, Any]:  # one view through the multi-view processor
                 return {"image": multiview({"front": single})["image"][:, 0]}
 
-        return reference_from_condition(processor, image, side)
+        # The side is the critic's view size, checked against the critic's own rule where the critic is built.
+        return reference_from_condition(processor, image, side, multiple=1)
 
 
 __all__ = [

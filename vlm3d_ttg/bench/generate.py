@@ -130,12 +130,12 @@ class ReferenceScorer:
 
     def score(self, mesh_path: Path) -> float:
         """The reference r of a mesh file."""
-        from ..critic import VLMCritic
+        from ..critic.families import build_critic
         from ..reward import VLMReward
         from ..scoring import load_mesh_for_scoring
 
         if self._reward is None:
-            critic = VLMCritic(self.models.vlm, self.models.processor, self.prompt, "dual")
+            critic = build_critic(self.models.vlm, self.models.processor, self.prompt, "dual")
             self._reward = VLMReward.from_config(self.models.backbone, critic, self.guidance)
         mesh = load_mesh_for_scoring(mesh_path)
         return float(self._reward.score_mesh(mesh.vertices, mesh.faces).r)

@@ -92,6 +92,12 @@ def check_run(run: BenchRun, *, redo_stale: bool = False) -> list[tuple[str, str
     settings, metrics, paths = run.settings, run.metrics, run.paths
     run.eval_views.validate()
     settings.options.validate()  # the one validation path of generation options
+    from ..models import critic_family_for
+
+    # The run's view size must suit the critic family (read from --vlm's config with real checkpoints).
+    family = critic_family_for(settings.options.vlm, settings.preset, settings.options.critic_family)
+    for config in run.configs:
+        config.guidance.validate(critic_family=family)
     if not 0.0 < metrics.confidence < 1.0:
         raise InvalidInputError(f"--confidence must be in (0, 1), got {metrics.confidence}")
     if paths.root.exists() and not paths.root.is_dir():

@@ -84,9 +84,9 @@ class GenerationSettings:
 
     def models_key(self) -> dict[str, Any]:
         """What identifies the generating models (part of every cached result's fingerprint)."""
-        if self.preset == "tiny":
-            return {"preset": "tiny"}
         o = self.options
+        if self.preset == "tiny":  # the tiny critic's family is part of it (absent for the default: older caches stay valid)
+            return {"preset": "tiny"} if o.critic_family in (None, "qwen2.5-vl") else {"preset": "tiny", "critic_family": o.critic_family}
         return {"preset": "real", "shape": o.shape_model, "subfolder": o.shape_subfolder, "critic": o.vlm,
                 "dtype": o.dtype, "vlm_dtype": o.vlm_dtype}
 

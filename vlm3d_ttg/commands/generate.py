@@ -49,7 +49,7 @@ def _generate(
     verbose: bool = typer.Option(False, help="Debug logging, with hy3dgen's and transformers' own messages and tracebacks."),
     **options: object,
 ) -> None:
-    """Generate a mesh from IMAGE (or, without one, from PROMPT alone) with Hunyuan3D-2, guided by Qwen2.5-VL's judgement of PROMPT."""
+    """Generate a mesh from IMAGE (or, without one, from PROMPT alone) with Hunyuan3D-2, guided by a VLM critic's judgement of PROMPT (Qwen2.5-VL, or Qwen3-VL)."""
     from ..export import PostprocessConfig, check_mesh_path
     from ..generation import GenerationOptions
     from ..guidance import GuidanceConfig
@@ -65,9 +65,13 @@ def _generate(
     from ..critic.queries import normalize_description
 
     normalize_description(prompt)  # chat markup in the prompt is refused now, not after the models load
-    guidance = from_values(GuidanceConfig, options).validate()
-    postprocess = from_values(PostprocessConfig, options).validate()
     run_options = from_values(GenerationOptions, options).validate()
+    from ..models import critic_family_for
+
+    # The view size must suit the critic's family (28 px for Qwen2.5-VL, 32 for Qwen3-VL), read now from --vlm's config.
+    family = critic_family_for(run_options.vlm, preset.value, run_options.critic_family)
+    guidance = from_values(GuidanceConfig, options).validate(critic_family=family)
+    postprocess = from_values(PostprocessConfig, options).validate()
     from ..search import SearchOptions, check_search_with_guidance, guided_steps_with_search
 
     search = from_values(SearchOptions, options).validate()
@@ -225,7 +229,7 @@ def _derived_signature() -> inspect.Signature:
 
 
 def generate(**values: object) -> None:
-    """Generate a mesh from IMAGE (or, without one, from PROMPT alone) with Hunyuan3D-2, guided by Qwen2.5-VL's judgement of PROMPT."""
+    """Generate a mesh from IMAGE (or, without one, from PROMPT alone) with Hunyuan3D-2, guided by a VLM critic's judgement of PROMPT (Qwen2.5-VL, or Qwen3-VL)."""
     _generate(**values)
 
 

@@ -1,6 +1,6 @@
 """`vlm3d-ttg score`: score views (or a mesh) with the guiding critic, without generating anything.
 
-This is the critic that guides `generate` (Qwen2.5-VL and the same query), so its r is what
+This is the critic that guides `generate` (the same family and query), so its r is what
 guidance pushes up — not a held-out measure of quality. An independent judge (another query or
 another model) is the benchmark's `vlm3d_ttg.metrics.judge`.
 """
@@ -16,6 +16,8 @@ from typing import Any, Optional
 import typer
 
 from ..errors import InvalidInputError
+from ..generation import GenerationOptions
+from ..options import option_help
 from ..scoring import IMAGE_SUFFIXES, SCORABLE_MESH_SUFFIXES
 
 logger = logging.getLogger(__name__)
@@ -70,13 +72,14 @@ def score(
     query: str = typer.Option(
         "dual", "--query", "-q", help="dual | content | geometry | all, or your own question with a '{description}' slot."
     ),
-    vlm: Optional[str] = typer.Option(None, "--vlm", help="Qwen2.5-VL hub id or local folder (default: Qwen/Qwen2.5-VL-7B-Instruct)."),
-    preset: Optional[str] = typer.Option(None, "--preset", help="'tiny': the offline tiny Qwen2.5-VL; 'realsize': Qwen2.5-VL-7B's sizes at depth 1, random weights "
+    vlm: Optional[str] = typer.Option(None, "--vlm", help="Qwen2.5-VL or Qwen3-VL hub id or local folder (default: Qwen/Qwen2.5-VL-7B-Instruct)."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="'tiny': the offline tiny critic (of --critic-family); 'realsize': Qwen2.5-VL-7B's sizes at depth 1, random weights "
                                                                       "(meaningless scores; for smoke tests)."),
+    critic_family: Optional[str] = typer.Option(None, "--critic-family", help=option_help(GenerationOptions, "critic_family")),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="float32 | bfloat16 | float16 (default: bf16 on CUDA, fp32 on CPU)."),
     views: int = typer.Option(4, "--views", help="Views to render when the input is a mesh."),
-    resolution: int = typer.Option(448, "--resolution", help="Render size (a multiple of 28) when the input is a mesh."),
+    resolution: int = typer.Option(448, "--resolution", help="Render size when the input is a mesh (a multiple of the critic's 28 or 32 px)."),
     json_output: bool = typer.Option(False, "--json", help="Print one JSON object (for scripts) instead of a table."),
 ) -> None:
     """Score views (or a mesh) with the guiding critic: r = logit(Yes) - logit(No) and P(yes) per query.
@@ -87,23 +90,24 @@ def score(
     """
     import torch
 
-    from ..critic import VLMCritic, check_view_size
+    from ..critic.families import build_critic, check_family_view_size
     from ..critic.queries import normalize_description
     from ..logs import quiet_transformers
-    from ..models import DEFAULT_VLM, load_vlm, resolve_device
+    from ..models import DEFAULT_VLM, critic_family_for, load_vlm, resolve_device
     from ..render import orbit_cameras
     from ..scoring import load_mesh_for_scoring, load_view_files
 
     image_paths, mesh_paths = _check_inputs(list(inputs), preset, vlm)
     description = normalize_description(prompt)
     variants = _query_variants(query)
+    family = critic_family_for(vlm or DEFAULT_VLM, preset or "real", critic_family)
     reframed = False
     if image_paths:
         pixels = load_view_files(image_paths)
     else:  # render before loading the model: a bad mesh should not cost a model load
         if views < 1:
             raise InvalidInputError(f"--views must be at least 1, got {views}.")
-        check_view_size(resolution)
+        check_family_view_size(family, resolution)
         mesh = load_mesh_for_scoring(mesh_paths[0])
         reframed = mesh.reframed
         render_device = resolve_device(device)
@@ -112,7 +116,7 @@ def score(
     if preset == "tiny":
         from ..tiny import ensure_tiny_vlm
 
-        model_id: str = str(ensure_tiny_vlm())
+        model_id: str = str(ensure_tiny_vlm(family=family))
     elif preset == "realsize":
         from ..tiny.realsize import ensure_realsize_vlm
 
@@ -125,15 +129,18 @@ def score(
     results = []
     with torch.no_grad():
         for name, variant_query in variants.items():
-            critic = VLMCritic(model, processor, description, variant_query)
+            critic = build_critic(model, processor, description, variant_query)
             output = critic(pixels)
-            results.append({"query": name, "r": float(output.r), "p_yes": float(output.p_yes)})
+            # Enough to recompute r with transformers' own processor and model (README, "Qwen3-VL as the critic").
+            results.append({"query": name, "r": float(output.r), "p_yes": float(output.p_yes), "checkpoint": model_id,
+                            "chat_text": critic.chat_text(int(pixels.shape[0])), "yes_id": critic.yes_id, "no_id": critic.no_id})
             logger.info("query %s: r=%.4f", name, results[-1]["r"])
 
     if json_output:
         report: dict[str, Any] = {
             "prompt": prompt,
             "model": model_id,
+            "critic_family": critic.family,
             "inputs": [str(path) for path in inputs],
             "num_views": int(pixels.shape[0]),
             "image_size": [int(pixels.shape[2]), int(pixels.shape[3])],

@@ -1,4 +1,4 @@
-"""Differentiable torch twin of Qwen2.5-VL's image preprocessing (`Qwen2VLImageProcessor`).
+"""Differentiable torch twin of the Qwen-VL image preprocessing (`Qwen2VLImageProcessor`, Qwen2.5-VL's and Qwen3-VL's).
 
 Given the same float images in [0, 1], `qwen_pixel_values` returns what the real processor returns
 with `do_rescale=False` — same `image_grid_thw`, same `pixel_values` — but as a differentiable
@@ -24,12 +24,15 @@ MAX_ASPECT_RATIO = 200  # smart_resize refuses anything more elongated
 VIEW_SIDE_MULTIPLE = 28
 
 
-def check_view_size(view_size: int) -> int:
-    """Return `view_size` if it is a positive multiple of 28 (a side the critic sees unresampled), else raise InvalidInputError."""
-    if isinstance(view_size, bool) or not isinstance(view_size, numbers.Integral) or view_size < 1 or view_size % VIEW_SIDE_MULTIPLE:
+def check_view_size(view_size: int, multiple: int = VIEW_SIDE_MULTIPLE, why: str = "Qwen2.5-VL's 14-px patches merged 2×2") -> int:
+    """Return `view_size` if it is a positive multiple of `multiple` (a side the critic sees unresampled), else raise InvalidInputError.
+
+    The default is Qwen2.5-VL's 28; `protocol.check_critic_view_size` passes a critic's own multiple.
+    """
+    if isinstance(view_size, bool) or not isinstance(view_size, numbers.Integral) or view_size < 1 or view_size % multiple:
         raise InvalidInputError(
-            f"View side {view_size} is not a positive multiple of {VIEW_SIDE_MULTIPLE} "
-            "(Qwen2.5-VL's 14-px patches merged 2×2); use e.g. 448, 336 or 504."
+            f"View side {view_size} is not a positive multiple of {multiple} ({why}); use e.g. 448 "
+            "(a multiple of every critic family's)."
         )
     return int(view_size)
 
@@ -67,7 +70,7 @@ def qwen_resized_size(height: int, width: int, image_processor: Any) -> tuple[in
     if max(height, width) / min(height, width) > MAX_ASPECT_RATIO:
         raise InvalidInputError(
             f"Image aspect ratio {max(height, width) / min(height, width):.1f} ({height}x{width}) exceeds "
-            f"Qwen2.5-VL's limit of {MAX_ASPECT_RATIO}."
+            f"Qwen-VL's limit of {MAX_ASPECT_RATIO}."
         )
     factor = int(image_processor.patch_size) * int(image_processor.merge_size)
     min_pixels, max_pixels = pixel_bounds(image_processor)

@@ -1,6 +1,7 @@
 """What the rest of the package may ask of a critic: views in, r = logit(Yes) − logit(No) out.
 
-A critic family (Qwen2.5-VL today: `vlm_critic.VLMCritic`) implements `Critic`. The reward, the
+A critic family (Qwen2.5-VL: `vlm_critic.VLMCritic`; Qwen3-VL: `qwen3_vl.Qwen3VLCritic`; the
+registry: `families`) implements `Critic`. The reward, the
 CLI and the benchmark talk to this protocol only, so adding a family means one new module plus its
 tiny checkpoint writer; nothing here knows how a family tokenizes, patches or positions its inputs.
 
@@ -68,17 +69,12 @@ class Critic(Protocol):
         ...
 
 
-def check_critic_view_size(critic: Critic, view_size: int) -> int:
-    """Return `view_size` if this critic sees views of that side unresampled, else raise InvalidInputError."""
-    from ..errors import InvalidInputError
+def check_critic_view_size(critic: Critic | type, view_size: int) -> int:
+    """Return `view_size` if this critic (or critic class) sees views of that side unresampled, else raise InvalidInputError."""
+    from .preprocess import check_view_size
 
-    multiple = int(critic.view_multiple)
-    if isinstance(view_size, bool) or not isinstance(view_size, int) or view_size < multiple or view_size % multiple:
-        raise InvalidInputError(
-            f"View side {view_size} is not a positive multiple of {multiple}, the side at which the {critic.family} "
-            f"critic sees a view without resampling; use e.g. {multiple * 16}."
-        )
-    return view_size
+    why = f"the side at which the {critic.family} critic sees a view without resampling"
+    return check_view_size(view_size, int(critic.view_multiple), why)
 
 
 __all__ = ["Critic", "CriticOutput", "check_critic_view_size"]

@@ -14,17 +14,19 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InvalidInputError
-from .preprocess import check_view_size
+from .preprocess import VIEW_SIDE_MULTIPLE, check_view_size
 
 
-def reference_from_condition(image_processor: Callable[[Any], dict[str, Any]], image: Any, side: int) -> torch.Tensor:
+def reference_from_condition(
+    image_processor: Callable[[Any], dict[str, Any]], image: Any, side: int, multiple: int = VIEW_SIDE_MULTIPLE
+) -> torch.Tensor:
     """The critic's reference (3, side, side) in [0, 1] from a conditioning image, through the shape pipeline's `image_processor`.
 
     `image_processor` is hy3dgen's (`pipeline.image_processor`: image → {"image": (1, 3, S, S) in
-    [-1, 1], ...}); `image` is what the pipeline is given (an RGBA PIL image or a path); `side` a
-    multiple of 28 (the view size).
+    [-1, 1], ...}); `image` is what the pipeline is given (an RGBA PIL image or a path); `side` the
+    view size, a multiple of the critic's `multiple` (Qwen2.5-VL: 28, Qwen3-VL: 32).
     """
-    side = check_view_size(side)
+    side = check_view_size(side, multiple, "the critic's view-side multiple")
     processed = image_processor(image)
     pixels = processed.get("image") if isinstance(processed, dict) else None
     if not isinstance(pixels, torch.Tensor) or pixels.ndim != 4 or pixels.shape[:2] != (1, 3):

@@ -1,9 +1,16 @@
-"""The differentiable VLM critic: r = logit(Yes) - logit(No) of Qwen2.5-VL for N views and a question.
+"""The differentiable Qwen-VL critic: r = logit(Yes) - logit(No) for N views and a question.
 
-Per (descriptions, N, H, W) everything that does not depend on the pixels — chat text, `input_ids`,
-attention mask, 3-D rope `position_ids`, `image_grid_thw` — is built once with the real processor
-and the model's own `get_rope_index`, and cached. A call then only preprocesses the pixels
-(`qwen_pixel_values`, differentiable) and runs the model. Nothing in transformers is patched.
+`QwenCritic` is what the Qwen-VL families share; `VLMCritic` is Qwen2.5-VL, and `critic.qwen3_vl`
+adds Qwen3-VL on the same base. Per (descriptions, N, H, W) everything that does not depend on the
+pixels — chat text, `input_ids`, attention mask, 3-D rope `position_ids`, `image_grid_thw` — is
+built once with the real processor and the model's own `get_rope_index`, and cached. A call then
+only preprocesses the pixels (`qwen_pixel_values`, differentiable) and runs the model. Nothing in
+transformers is patched.
+
+What a family changes is small and named here as hooks: its view-side multiple (patch × merge),
+and how the vision tower's features of some images are handed back to the model when they are not
+recomputed from pixels (`_image_features`, `_encoder_outputs`: the reference image's cached
+features, or one view set judged against several descriptions).
 """
 
 from __future__ import annotations
@@ -95,8 +102,17 @@ def _accepts_mm_encoder_outputs(model: Any) -> bool:
     return "mm_encoder_outputs" in inspect.signature(model.forward).parameters
 
 
-class VLMCritic:
-    """Qwen2.5-VL as a differentiable yes/no critic of multi-view images of one object.
+#: One image's vision features as the critic hands them back to the model: the merged features the
+#: image placeholders get, then any per-layer features a family adds (Qwen3-VL's deepstack layers).
+ImageFeatures = tuple[torch.Tensor, ...]
+
+
+class QwenCritic:
+    """A Qwen-VL model as a differentiable yes/no critic of multi-view images of one object.
+
+    The shared base of the Qwen families (`VLMCritic`: Qwen2.5-VL; `qwen3_vl.Qwen3VLCritic`); a
+    family sets `family` and `view_multiple` and, where its vision features are more than one
+    tensor per image, overrides `_image_features` / `_encoder_outputs`.
 
     Built from a loaded model and processor (e.g. `vlm3d_ttg.load_vlm`), a description of the
     object, and a query: 'dual' (the paper's, default), 'content', 'geometry', or a template with a
@@ -116,12 +132,13 @@ class VLMCritic:
     recomputes each layer in the backward pass instead of storing its activations (the 7B needs
     ~11 GiB of activations for 4 x 448^2 views without it): it enables transformers' checkpointing
     with `use_reentrant=False` and switches the model to train() mode for the duration of each call
-    (checkpointing only acts in train mode; Qwen2.5-VL has no dropout, so outputs do not change).
+    (checkpointing only acts in train mode; the Qwen-VL models have no dropout, so outputs do not
+    change).
     """
 
-    #: The `critic.protocol.Critic` properties of this family.
-    family = "qwen2.5-vl"
-    view_multiple = VIEW_SIDE_MULTIPLE
+    #: The `critic.protocol.Critic` properties of the family (set by each family's class).
+    family: str = ""
+    view_multiple: int = 0
 
     def __init__(
         self,
@@ -174,6 +191,12 @@ class VLMCritic:
                 f"Processor patch/merge ({image_processor.patch_size}/{image_processor.merge_size}) do not match the "
                 f"model's ({vision.patch_size}/{vision.spatial_merge_size})."
             )
+        if int(image_processor.patch_size) * int(image_processor.merge_size) != self.view_multiple:
+            raise UnsupportedModelError(
+                f"This {self.family} checkpoint's processor cuts {image_processor.patch_size}-px patches merged "
+                f"{image_processor.merge_size}x{image_processor.merge_size}, not the family's {self.view_multiple}-px "
+                "multiple; load it as the family its config names (critic.families.build_critic)."
+            )
         if any(parameter.requires_grad for parameter in model.parameters()):
             logger.info("Freezing the VLM's parameters: the critic only differentiates w.r.t. pixels.")
             model.requires_grad_(False)
@@ -189,7 +212,7 @@ class VLMCritic:
             model.disable_input_require_grads()
 
     def modules(self) -> list[torch.nn.Module]:
-        """The critic's weights: the one Qwen2.5-VL model (what an idle-offload moves)."""
+        """The critic's weights: the one VLM (what an idle-offload moves)."""
         return [self.model]
 
     # ----------------------------------------------------------------------------------------
@@ -389,12 +412,12 @@ class VLMCritic:
             z_yes, z_no, r = z_yes[0], z_no[0], r[0]
         return CriticOutput(r=r, p_yes=torch.sigmoid(r), logit_yes=z_yes, logit_no=z_no)
 
-    def reference_features(self) -> torch.Tensor:
+    def reference_features(self) -> ImageFeatures:
         """The vision tower's features of the reference image (cached per device and dtype; no gradient).
 
-        Qwen2.5-VL's vision tower attends within each image only, so the reference's features do
-        not depend on the views: they are computed once, not at every call, and no activation of
-        the vision tower is kept for them.
+        Qwen-VL vision towers attend within each image only, so the reference's features do not
+        depend on the views: they are computed once, not at every call, and no activation of the
+        vision tower is kept for them.
         """
         if self.reference is None:
             raise InvalidInputError("This critic has no reference image.")
@@ -405,22 +428,29 @@ class VLMCritic:
             self._reference_cache.clear()  # the model moved (offloading): the old copy is dead weight
             with torch.no_grad():
                 pixels, grid = qwen_pixel_values(self.reference[None].to(device), self.processor.image_processor)
-                (cached,) = self.model.model.get_image_features(pixels, grid.to(device), return_dict=True).pooler_output
+                (cached,) = self._image_features(pixels, grid)
             self._reference_cache[key] = cached
         return cached
 
-    def _embeds_with_features(self, input_ids: torch.Tensor, features: Sequence[torch.Tensor], repeats: int) -> torch.Tensor:
-        """Token embeddings with the image features in the image placeholders, as the model's forward builds them.
+    # ----------------------------------------------------------------------------------------
+    # Family hooks: vision features handed back to the model
 
-        For transformers < 5.18, whose model has no `mm_encoder_outputs` input: the same steps as
-        its forward with `pixel_values` (embed, `get_placeholder_mask`, `masked_scatter`), fed
-        precomputed features.
-        """
-        inner = self.model.model
-        embeds = inner.get_input_embeddings()(input_ids)
-        image_embeds = torch.cat(tuple(features) * repeats, dim=0).to(embeds.device, embeds.dtype)
-        image_mask, _ = inner.get_placeholder_mask(input_ids, inputs_embeds=embeds, image_features=image_embeds)
-        return embeds.masked_scatter(image_mask, image_embeds)
+    def _image_features(self, pixel_values: torch.Tensor, grid: torch.Tensor) -> list[ImageFeatures]:
+        """The vision tower's features of each image in `pixel_values`, in order (the model's own `get_image_features`)."""
+        output = self.model.model.get_image_features(pixel_values, grid.to(pixel_values.device), return_dict=True)
+        return [(features,) for features in output.pooler_output]
+
+    def _encoder_outputs(self, features: Sequence[ImageFeatures]) -> Any:
+        """The model's `mm_encoder_outputs["image"]` for the images of the whole batch, in prompt order."""
+        return BaseModelOutputWithPooling(pooler_output=tuple(image[0] for image in features))
+
+    def _embeds_with_features(self, input_ids: torch.Tensor, features: Sequence[ImageFeatures]) -> torch.Tensor:
+        """Input embeddings with `features` placed, for a model without `mm_encoder_outputs`; a family that needs this implements it."""
+        raise UnsupportedModelError(
+            f"This transformers release's {type(self.model).__name__} takes no precomputed vision features "
+            "(`mm_encoder_outputs`, transformers >= 5.18), which a reference image or several descriptions per view "
+            "set need; upgrade transformers."
+        )
 
     def _answer_logits(
         self, prompt: PromptInputs, pixel_values: torch.Tensor, view_grid: torch.Tensor, *, view_sets: int, repeats: int
@@ -430,21 +460,18 @@ class VLMCritic:
                 # Several questions about the same views, or a reference image: encode the views once and
                 # hand each sequence its images' features — the cached reference's first, then its view
                 # set's (the model's own `mm_encoder_outputs` input).
-                features = tuple(self.model.model.get_image_features(
-                    pixel_values, view_grid.to(pixel_values.device), return_dict=True
-                ).pooler_output)
+                features = self._image_features(pixel_values, view_grid)
                 per_set = len(features) // view_sets
-                prefix = (self.reference_features(),) if self.reference is not None else ()
-                ordered = tuple(
+                prefix = [self.reference_features()] if self.reference is not None else []
+                ordered = [
                     feature
                     for index in range(view_sets)
                     for feature in prefix + features[index * per_set:(index + 1) * per_set]
-                ) * repeats
+                ] * repeats
                 if _accepts_mm_encoder_outputs(self.model.model):
-                    encoded = BaseModelOutputWithPooling(pooler_output=ordered)
-                    image_inputs: dict[str, Any] = {"mm_encoder_outputs": {"image": encoded}}
+                    image_inputs: dict[str, Any] = {"mm_encoder_outputs": {"image": self._encoder_outputs(ordered)}}
                 else:
-                    image_inputs = {"inputs_embeds": self._embeds_with_features(prompt.input_ids, ordered, 1)}
+                    image_inputs = {"inputs_embeds": self._embeds_with_features(prompt.input_ids, ordered)}
             else:
                 image_inputs = {"pixel_values": pixel_values}
             outputs = self.model.model(
@@ -472,4 +499,27 @@ class VLMCritic:
         return logits[:, self.yes_id], logits[:, self.no_id]
 
 
-__all__ = ["CriticOutput", "PromptInputs", "VLMCritic", "answer_token_ids", "check_image_values"]
+
+
+class VLMCritic(QwenCritic):
+    """Qwen2.5-VL as the critic (the paper's): 14-px patches merged 2×2, so views of a multiple of 28 px
+    reach it unresampled. See `QwenCritic` for how it is built and called."""
+
+    family = "qwen2.5-vl"
+    view_multiple = VIEW_SIDE_MULTIPLE
+
+    def _embeds_with_features(self, input_ids: torch.Tensor, features: Sequence[ImageFeatures]) -> torch.Tensor:
+        """Token embeddings with the image features in the image placeholders, as the model's forward builds them.
+
+        For transformers < 5.18, whose model has no `mm_encoder_outputs` input: the same steps as
+        its forward with `pixel_values` (embed, `get_placeholder_mask`, `masked_scatter`), fed
+        precomputed features.
+        """
+        inner = self.model.model
+        embeds = inner.get_input_embeddings()(input_ids)
+        image_embeds = torch.cat([image[0] for image in features], dim=0).to(embeds.device, embeds.dtype)
+        image_mask, _ = inner.get_placeholder_mask(input_ids, inputs_embeds=embeds, image_features=image_embeds)
+        return embeds.masked_scatter(image_mask, image_embeds)
+
+
+__all__ = ["CriticOutput", "ImageFeatures", "PromptInputs", "QwenCritic", "VLMCritic", "answer_token_ids", "check_image_values"]

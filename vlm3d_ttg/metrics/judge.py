@@ -1,6 +1,6 @@
 """An independent VLM judge: pairwise base vs guided, asked in both orders, win rate with a bootstrap CI.
 
-The guiding critic is Qwen2.5-VL; a critic that grades its own guidance would reward what it was
+The guiding critic is Qwen2.5-VL or Qwen3-VL; a critic that grades its own guidance would reward what it was
 pushed towards. The judge is therefore from another family. Default: Gemma-3 (`google/gemma-3-12b-it`,
 SigLIP vision tower + Gemma language model, trained independently of Qwen; gated on the hub, so
 accept its licence before downloading). Any image-text-to-text model whose processor takes
@@ -48,7 +48,7 @@ DEFAULT_JUDGE_MODEL = "google/gemma-3-12b-it"
 JUDGE_LAYOUTS = ("separate", "grid")
 DEFAULT_JUDGE_LAYOUT = "separate"
 ANSWER_LETTERS = ("A", "B")
-# Families that share weights or training lineage with the guiding critic (Qwen2.5-VL).
+# Families that share weights or training lineage with the guiding critic (Qwen2.5-VL, Qwen3-VL).
 CRITIC_FAMILY_MODEL_TYPES = ("qwen", "internvl")
 
 JUDGE_QUESTION = (
@@ -207,7 +207,7 @@ def load_judge(
     model_type = str(getattr(judge_model.config, "model_type", ""))
     if model_type.startswith(CRITIC_FAMILY_MODEL_TYPES):
         logger.warning(
-            "Judge model type '%s' is of the guiding critic's family (Qwen2.5-VL); its verdicts are not independent.",
+            "Judge model type '%s' is of the guiding critic's family (Qwen-VL); its verdicts are not independent.",
             model_type,
         )
     judge_model.eval().requires_grad_(False).to(torch_device)

@@ -1,4 +1,4 @@
-"""Tiny offline checkpoints in the real on-disk formats (see `tiny.hunyuan` and `tiny.qwen`).
+"""Tiny offline checkpoints in the real on-disk formats (see `tiny.hunyuan`, `tiny.qwen` and `tiny.qwen3`).
 
 They exist to exercise the real loading and sampling code without a GPU or a model hub; the
 shapes and answers they produce are meaningless.
@@ -54,11 +54,13 @@ def ensure_tiny_shape_model(
     return TinyShapeModel(root, TINY_SHAPE_REPO, subfolder)
 
 
-def ensure_tiny_vlm(cache_dir: str | os.PathLike | None = None, *, seed: int = 0) -> Path:
-    """Write the tiny Qwen2.5-VL `save_pretrained` folder once (if missing); return its path."""
-    from .qwen import write_tiny_vlm
+def ensure_tiny_vlm(cache_dir: str | os.PathLike | None = None, *, seed: int = 0, family: str = "qwen2.5-vl") -> Path:
+    """Write the tiny critic of `family` (a `critic.families` name: Qwen2.5-VL by default, or Qwen3-VL) once
+    (if missing) as a `save_pretrained` folder; return its path."""
+    from ..critic.families import get_family
 
-    return write_tiny_vlm(tiny_cache_dir(cache_dir) / "qwen2_5_vl", seed=seed)
+    spec = get_family(family)
+    return spec.tiny_writer(tiny_cache_dir(cache_dir) / spec.tiny_folder, seed=seed)
 
 
 @dataclass(frozen=True)

@@ -63,42 +63,51 @@ QWEN_ADDED_TOKENS: tuple[str, ...] = (
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 
-# Qwen2.5-VL's chat format, written for this project: a default system turn when the conversation
-# does not start with one; each image as <|vision_start|><|image_pad|><|vision_end|> (optionally
-# preceded by "Picture k: " with add_vision_id), each video likewise with <|video_pad|>; turns
-# closed by <|im_end|> and a newline; the generation prompt opens the assistant turn. No whitespace
-# control: every newline in the template is part of the prompt (transformers renders templates with
-# trim_blocks, which only drops a newline right after a tag; there is none here).
-QWEN2_5_VL_CHAT_TEMPLATE = (
-    "{% set counts = namespace(image=0, video=0) %}"
-    "{% for message in messages %}"
-    "{% if loop.first and message.role != 'system' %}"
-    "<|im_start|>system\n" + DEFAULT_SYSTEM_PROMPT + "<|im_end|>\n"
-    "{% endif %}"
-    "<|im_start|>{{ message.role }}\n"
-    "{% if message.content is string %}"
-    "{{ message.content }}"
-    "{% else %}"
-    "{% for part in message.content %}"
-    "{% if part.type == 'image' or 'image' in part or 'image_url' in part %}"
-    "{% set counts.image = counts.image + 1 %}"
-    "{% if add_vision_id %}Picture {{ counts.image }}: {% endif %}"
-    "<|vision_start|><|image_pad|><|vision_end|>"
-    "{% elif part.type == 'video' or 'video' in part %}"
-    "{% set counts.video = counts.video + 1 %}"
-    "{% if add_vision_id %}Video {{ counts.video }}: {% endif %}"
-    "<|vision_start|><|video_pad|><|vision_end|>"
-    "{% elif 'text' in part %}"
-    "{{ part.text }}"
-    "{% endif %}"
-    "{% endfor %}"
-    "{% endif %}"
-    "<|im_end|>\n"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}"
-    "<|im_start|>assistant\n"
-    "{% endif %}"
-)
+def qwen_chat_template(default_system_prompt: str | None) -> str:
+    """A Qwen-VL chat template, written for this project: `default_system_prompt` as a system turn when the
+    conversation does not start with one (None: no default turn, as Qwen3-VL); each image as
+    <|vision_start|><|image_pad|><|vision_end|> (optionally preceded by "Picture k: " with
+    add_vision_id), each video likewise with <|video_pad|>; turns closed by <|im_end|> and a newline;
+    the generation prompt opens the assistant turn. No whitespace control: every newline in the
+    template is part of the prompt (transformers renders templates with trim_blocks, which only drops
+    a newline right after a tag; there is none here)."""
+    default_turn = (
+        "{% if loop.first and message.role != 'system' %}"
+        "<|im_start|>system\n" + default_system_prompt + "<|im_end|>\n"
+        "{% endif %}"
+    ) if default_system_prompt is not None else ""
+    return (
+        "{% set counts = namespace(image=0, video=0) %}"
+        "{% for message in messages %}"
+        + default_turn
+        + "<|im_start|>{{ message.role }}\n"
+        "{% if message.content is string %}"
+        "{{ message.content }}"
+        "{% else %}"
+        "{% for part in message.content %}"
+        "{% if part.type == 'image' or 'image' in part or 'image_url' in part %}"
+        "{% set counts.image = counts.image + 1 %}"
+        "{% if add_vision_id %}Picture {{ counts.image }}: {% endif %}"
+        "<|vision_start|><|image_pad|><|vision_end|>"
+        "{% elif part.type == 'video' or 'video' in part %}"
+        "{% set counts.video = counts.video + 1 %}"
+        "{% if add_vision_id %}Video {{ counts.video }}: {% endif %}"
+        "<|vision_start|><|video_pad|><|vision_end|>"
+        "{% elif 'text' in part %}"
+        "{{ part.text }}"
+        "{% endif %}"
+        "{% endfor %}"
+        "{% endif %}"
+        "<|im_end|>\n"
+        "{% endfor %}"
+        "{% if add_generation_prompt %}"
+        "<|im_start|>assistant\n"
+        "{% endif %}"
+    )
+
+
+#: Qwen2.5-VL's chat format: a default system turn "You are a helpful assistant.".
+QWEN2_5_VL_CHAT_TEMPLATE = qwen_chat_template(DEFAULT_SYSTEM_PROMPT)
 
 # Preprocessing constants of Qwen2.5-VL-7B-Instruct, except max_pixels (real: 12845056): 1024 merged
 # tokens per image keeps 4 x 448^2 views unresized while a ~1 Mpx test image is already "huge".
@@ -217,11 +226,18 @@ def _learn_merges(num_merges: int) -> list[tuple[str, str]]:
     return merges
 
 
-def build_tiny_tokenizer(num_merges: int = _NUM_MERGES) -> Any:
+def build_tiny_tokenizer(
+    num_merges: int = _NUM_MERGES,
+    *,
+    added_tokens: tuple[str, ...] = QWEN_ADDED_TOKENS,
+    chat_template: str = QWEN2_5_VL_CHAT_TEMPLATE,
+) -> Any:
     """The tiny byte-level BPE `Qwen2Tokenizer` with Qwen's special tokens and chat template.
 
     With the default merges "Yes" and "No" are single tokens; `num_merges=0` gives a pure byte-level
     tokenizer (every character its own token), useful to check what happens when they are not.
+    `added_tokens` (non-special, after the special ones) and `chat_template` default to Qwen2.5-VL's;
+    another Qwen family passes its own (`tiny.qwen3`).
     """
     from tokenizers import AddedToken
     from transformers import Qwen2Tokenizer
@@ -234,7 +250,7 @@ def build_tiny_tokenizer(num_merges: int = _NUM_MERGES) -> Any:
     for left, right in merges:
         vocab.setdefault(left + right, len(vocab))
     # Specials get explicit ids right after the regular vocabulary, in the real order.
-    for token in QWEN_SPECIAL_TOKENS + QWEN_ADDED_TOKENS:
+    for token in QWEN_SPECIAL_TOKENS + tuple(added_tokens):
         vocab[token] = len(vocab)
     tokenizer = Qwen2Tokenizer(
         vocab=vocab,
@@ -248,8 +264,8 @@ def build_tiny_tokenizer(num_merges: int = _NUM_MERGES) -> Any:
         split_special_tokens=False,
     )
     tokenizer.add_tokens([AddedToken(token, special=True, normalized=False) for token in QWEN_SPECIAL_TOKENS], special_tokens=True)
-    tokenizer.add_tokens([AddedToken(token, special=False, normalized=False) for token in QWEN_ADDED_TOKENS])
-    tokenizer.chat_template = QWEN2_5_VL_CHAT_TEMPLATE
+    tokenizer.add_tokens([AddedToken(token, special=False, normalized=False) for token in added_tokens])
+    tokenizer.chat_template = chat_template
     for token in QWEN_SPECIAL_TOKENS:
         if tokenizer.convert_tokens_to_ids(token) != vocab[token]:
             raise RuntimeError(f"tiny tokenizer: {token} did not keep its id {vocab[token]}")
@@ -272,9 +288,9 @@ def build_tiny_processor(tokenizer: Any | None = None) -> Any:
     )
 
 
-def tiny_vlm_config(tokenizer: Any) -> Any:
-    """The tiny `Qwen2_5_VLConfig`, with its token ids taken from `tokenizer`."""
-    from transformers import Qwen2_5_VLConfig
+def tiny_qwen_config(config_class: type, tokenizer: Any, text: dict, vision: dict, **extra: Any) -> Any:
+    """A tiny Qwen-VL config of `config_class` from the `text` and `vision` sizes, with its token ids taken
+    from `tokenizer` (what every tiny Qwen family shares; `extra` are top-level fields)."""
 
     def token_id(token: str) -> int:
         return int(tokenizer.convert_tokens_to_ids(token))
@@ -283,23 +299,38 @@ def tiny_vlm_config(tokenizer: Any) -> Any:
     # embedding has rows no token uses.
     vocab_size = (len(tokenizer) + 63) // 64 * 64
     text = dict(
-        _TEXT,
+        text,
         vocab_size=vocab_size,
         bos_token_id=token_id("<|endoftext|>"),
         eos_token_id=token_id("<|im_end|>"),
         pad_token_id=token_id("<|endoftext|>"),
         initializer_range=_INITIALIZER_RANGE,
     )
-    vision = dict(_VISION, out_hidden_size=_TEXT["hidden_size"], initializer_range=_INITIALIZER_RANGE)
-    return Qwen2_5_VLConfig(
+    vision = dict(vision, out_hidden_size=text["hidden_size"], initializer_range=_INITIALIZER_RANGE)
+    return config_class(
         text_config=text,
         vision_config=vision,
         image_token_id=token_id("<|image_pad|>"),
         video_token_id=token_id("<|video_pad|>"),
         vision_start_token_id=token_id("<|vision_start|>"),
         vision_end_token_id=token_id("<|vision_end|>"),
-        tie_word_embeddings=False,
+        **extra,
     )
+
+
+def tiny_vlm_config(tokenizer: Any) -> Any:
+    """The tiny `Qwen2_5_VLConfig`, with its token ids taken from `tokenizer`."""
+    from transformers import Qwen2_5_VLConfig
+
+    return tiny_qwen_config(Qwen2_5_VLConfig, tokenizer, _TEXT, _VISION, tie_word_embeddings=False)
+
+
+def seeded_model(model_class: type, config: Any, seed: int) -> Any:
+    """`model_class(config)` with random weights from `seed` (the global RNG is left as it was), in eval mode."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = model_class(config)
+    return model.eval()
 
 
 def build_tiny_vlm(seed: int = 0) -> tuple[Any, Any]:
@@ -307,29 +338,32 @@ def build_tiny_vlm(seed: int = 0) -> tuple[Any, Any]:
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     processor = build_tiny_processor()
-    config = tiny_vlm_config(processor.tokenizer)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = Qwen2_5_VLForConditionalGeneration(config)
-    model.eval()
-    return model, processor
+    return seeded_model(Qwen2_5_VLForConditionalGeneration, tiny_vlm_config(processor.tokenizer), seed), processor
+
+
+def write_tiny_checkpoint(folder: str | os.PathLike, build: Any, seed: int, what: str) -> Path:
+    """Write `build(seed)`'s (model, processor) as a `save_pretrained` folder at `folder` (if missing); return its path.
+
+    The folder appears atomically (written elsewhere, then renamed): a concurrent reader never sees
+    half a checkpoint.
+    """
+
+    def write(staging: Path) -> None:
+        model, processor = build(seed)
+        model.save_pretrained(staging)
+        processor.save_pretrained(staging)
+
+    target = write_directory_atomic(folder, write)
+    logger.info("Wrote tiny %s (seed %d) to %s", what, seed, target)
+    return target
 
 
 def write_tiny_vlm(folder: str | os.PathLike, *, seed: int = 0) -> Path:
     """Write the tiny Qwen2.5-VL `save_pretrained` folder at `folder` (if missing); return its path.
 
     Loadable by `vlm3d_ttg.load_vlm(folder)` exactly like a real checkpoint. Same seed, same bytes.
-    The folder appears atomically (written elsewhere, then renamed): a concurrent reader never sees
-    half a checkpoint.
     """
-    def write(staging: Path) -> None:
-        model, processor = build_tiny_vlm(seed)
-        model.save_pretrained(staging)
-        processor.save_pretrained(staging)
-
-    target = write_directory_atomic(folder, write)
-    logger.info("Wrote tiny Qwen2.5-VL (seed %d) to %s", seed, target)
-    return target
+    return write_tiny_checkpoint(folder, build_tiny_vlm, seed, "Qwen2.5-VL")
 
 
 __all__ = [
@@ -341,6 +375,10 @@ __all__ = [
     "build_tiny_processor",
     "build_tiny_tokenizer",
     "build_tiny_vlm",
+    "qwen_chat_template",
+    "seeded_model",
+    "tiny_qwen_config",
     "tiny_vlm_config",
+    "write_tiny_checkpoint",
     "write_tiny_vlm",
 ]
