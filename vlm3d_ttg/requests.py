@@ -62,11 +62,7 @@ def validate_request(
     if not isinstance(prompt, str) or not prompt.strip():
         raise InvalidInputError("--prompt is empty; describe the object (e.g. 'a wooden chair with four legs').")
     normalize_description(prompt)  # chat markup in the prompt is refused now, not after the models load
-    guidance = from_values(GuidanceConfig, dict(values)).validate()
-    postprocess = from_values(PostprocessConfig, dict(values)).validate()
-    options = from_values(GenerationOptions, dict(values)).validate()
-    search = from_values(SearchOptions, dict(values)).validate()
-    check_search_with_guidance(search, guidance)
+    options, guidance, postprocess, search = validate_options(values)
     if options.octree_resolution is None:
         options = dataclasses.replace(options, octree_resolution=DEFAULT_OCTREE[preset])
     defaults = GenerationOptions()
@@ -105,6 +101,19 @@ def validate_request(
                       warnings=tuple(warnings))
 
 
+def validate_options(
+    values: Mapping[str, Any],
+) -> tuple[GenerationOptions, GuidanceConfig, PostprocessConfig, SearchOptions]:
+    """The four option dataclasses from command-line-form `values`, each validated (and search
+    against guidance); raises InvalidInputError naming the first bad option."""
+    guidance = from_values(GuidanceConfig, dict(values)).validate()
+    postprocess = from_values(PostprocessConfig, dict(values)).validate()
+    options = from_values(GenerationOptions, dict(values)).validate()
+    search = from_values(SearchOptions, dict(values)).validate()
+    check_search_with_guidance(search, guidance)
+    return options, guidance, postprocess, search
+
+
 def _preflight(options: GenerationOptions, guidance: GuidanceConfig, search: SearchOptions, *, prompt: str,
                preset: str) -> None:
     """The resource preflight every request passes (estimated memory and work refused before it starts).
@@ -116,4 +125,4 @@ def _preflight(options: GenerationOptions, guidance: GuidanceConfig, search: Sea
     return None
 
 
-__all__ = ["DEFAULT_OCTREE", "RunRequest", "validate_request"]
+__all__ = ["DEFAULT_OCTREE", "RunRequest", "validate_options", "validate_request"]
