@@ -370,6 +370,7 @@ def build_app(runner: AppRunner, *, concurrency: int = 1) -> gr.Blocks:
                     baseline_mesh = gr.Model3D(label="unguided baseline (same seed)", elem_id="baseline-mesh",
                                                height=320, clear_color=(0.95, 0.95, 0.95, 1.0))
                 final_r = gr.HTML(elem_id="final-r")
+                meshes = gr.State(None)  # (guided mesh, baseline mesh) of this session's last run
                 downloads = gr.File(label="downloads (mesh and manifest)", file_count="multiple", elem_id="downloads",
                                     interactive=False)
         # The API's outputs: plain files and numbers (hidden on the page).
@@ -394,19 +395,19 @@ def build_app(runner: AppRunner, *, concurrency: int = 1) -> gr.Blocks:
 
         def run_page(request: gr.Request, *raw: Any) -> Iterator[tuple]:
             asked = parse(raw)
-            yield (_status("Checking the request…", fraction=0.0), None, None, None, None, None, "", None)
+            yield (_status("Checking the request…", fraction=0.0), None, None, None, None, "", None)
             points: list[tuple[float, float]] = []
             for event in runner.run_events(request.session_hash, **asked):
                 if event.kind == "error":
-                    yield (_status(f"error: {event.message}", kind="error"),) + (skip(),) * 7
+                    yield (_status(f"error: {event.message}", kind="error"),) + (skip(),) * 6
                     return
                 if event.kind == "warning":
                     gr.Warning(event.message)
-                    yield (_status(f"warning: {event.message}", kind="running"),) + (skip(),) * 7
+                    yield (_status(f"warning: {event.message}", kind="running"),) + (skip(),) * 6
                 elif event.kind == "phase":
-                    yield (_status(event.message, fraction=0.0),) + (skip(),) * 7
+                    yield (_status(event.message, fraction=0.0),) + (skip(),) * 6
                 elif event.kind == "input":
-                    yield (skip(), event.image) + (skip(),) * 6
+                    yield (skip(), event.image) + (skip(),) * 5
                 elif event.kind == "step":
                     done = (event.step + 1) / event.total
                     r_text = f" · r = {event.r:+.4f}" if event.r is not None else ""
@@ -415,18 +416,20 @@ def build_app(runner: AppRunner, *, concurrency: int = 1) -> gr.Blocks:
                         points = event.points
                     new_plot = r_plot(points) if (event.r is not None and event.phase == "guided") else skip()
                     yield (_status(text, fraction=done), skip(), event.views if event.views else skip(), new_plot,
-                           skip(), skip(), skip(), skip())
+                           skip(), skip(), skip())
                 elif event.kind == "cancelled":
-                    yield (_status(f"Cancelled: {event.message}.", kind="cancelled"),) + (skip(),) * 7
+                    yield (_status(f"Cancelled: {event.message}.", kind="cancelled"),) + (skip(),) * 6
                     return
                 elif event.kind == "done":
                     result, base = event.result, event.baseline
                     files = [str(result.mesh_path), str(result.manifest_path)]
                     if base is not None:
                         files += [str(base.mesh_path), str(base.manifest_path)]
+                    # The meshes go to the viewers in the follow-up event (show_meshes), not in this stream.
                     yield (_status(f"Done in {event.seconds:.1f} s.", fraction=1.0, kind="done"), skip(), skip(),
-                           r_plot(points, result.final_r, base.final_r if base else None), str(result.mesh_path),
-                           str(base.mesh_path) if base is not None else None, _final_html(result, base), files)
+                           r_plot(points, result.final_r, base.final_r if base else None),
+                           (str(result.mesh_path), str(base.mesh_path) if base is not None else None),
+                           _final_html(result, base), files)
                     return
 
         def run_api(request: gr.Request, *raw: Any) -> tuple:
@@ -453,9 +456,18 @@ def build_app(runner: AppRunner, *, concurrency: int = 1) -> gr.Blocks:
             count = runner.sessions.cancel(request.session_hash)
             return "Cancelling at the next step…" if count else "Nothing to cancel."
 
-        outputs = [status, condition, views, plot, guided_mesh, baseline_mesh, final_r, downloads]
-        run_button.click(run_page, inputs=inputs, outputs=outputs, preprocess=False, concurrency_limit=concurrency,
-                         concurrency_id="gpu", api_visibility="undocumented", show_progress="hidden")
+        def show_meshes(meshes: tuple | None) -> tuple:
+            return tuple(meshes) if meshes else (None, None)
+
+        # Gradio 6.31's 3D viewer drops a model that a streaming event sets (its viewer loads lazily and
+        # the stream's final message sets the value again): the meshes reach the viewers in one plain update.
+        outputs = [status, condition, views, plot, meshes, final_r, downloads]
+        run_button.click(lambda: (None, None), outputs=[guided_mesh, baseline_mesh], concurrency_limit=None,
+                         api_visibility="undocumented", show_progress="hidden").then(
+            run_page, inputs=inputs, outputs=outputs, preprocess=False, concurrency_limit=concurrency,
+                         concurrency_id="gpu", api_visibility="undocumented", show_progress="hidden").then(
+            show_meshes, inputs=meshes, outputs=[guided_mesh, baseline_mesh], concurrency_limit=None,
+            api_visibility="undocumented", show_progress="hidden")
         api_button.click(run_api, inputs=inputs, outputs=[api_mesh, api_manifest, api_r, api_base_mesh,
                                                           api_base_manifest, api_base_r],
                          preprocess=False, concurrency_limit=concurrency, concurrency_id="gpu", api_name="generate")
