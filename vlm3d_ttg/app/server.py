@@ -397,6 +397,7 @@ def build_app(runner: AppRunner, *, concurrency: int = 1) -> gr.Blocks:
             asked = parse(raw)
             yield (_status("Checking the request…", fraction=0.0), None, None, None, None, "", None)
             points: list[tuple[float, float]] = []
+            last_r: dict[str, tuple[int, float]] = {}  # phase → (step, r) of its latest guided step
             for event in runner.run_events(request.session_hash, **asked):
                 if event.kind == "error":
                     yield (_status(f"error: {event.message}", kind="error"),) + (skip(),) * 6
@@ -410,7 +411,11 @@ def build_app(runner: AppRunner, *, concurrency: int = 1) -> gr.Blocks:
                     yield (skip(), event.image) + (skip(),) * 5
                 elif event.kind == "step":
                     done = (event.step + 1) / event.total
-                    r_text = f" · r = {event.r:+.4f}" if event.r is not None else ""
+                    if event.r is not None:
+                        last_r[event.phase] = (event.step, event.r)
+                    seen = last_r.get(event.phase)
+                    r_text = "" if seen is None else f" · r = {seen[1]:+.4f}" + (
+                        "" if seen[0] == event.step else f" (at step {seen[0] + 1})")
                     text = (f"{event.phase} run: step {event.step + 1}/{event.total} · σ = {event.sigma:.3f}{r_text}")
                     if event.phase == "guided":
                         points = event.points
