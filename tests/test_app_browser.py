@@ -173,8 +173,15 @@ def _set_number(driver, name: str, value: int) -> None:
         _css(driver, "#advanced button.label-wrap")[0].click()
         _wait(lambda: any(f.is_displayed() for f in _css(driver, selector)), 10, "the Advanced group to open")
     field = _css(driver, selector)[0]
-    field.send_keys(Keys.CONTROL, "a")
-    field.send_keys(str(value), Keys.TAB)
+
+    def typed() -> bool:
+        field.click()
+        field.send_keys(Keys.CONTROL, "a")
+        field.send_keys(str(value), Keys.TAB)
+        return field.get_attribute("value") == str(value)
+
+    _wait(typed, 10, f"{name} to take the value {value}")
+    time.sleep(0.5)  # the page's state follows the input on its next tick
 
 
 def _run(driver) -> None:
@@ -224,6 +231,7 @@ def test_page_run_shows_the_model_views_plot_and_the_manifests_final_r(server, b
         if shot is None and "r = " in status and _css(browser, "#critic-views img") and _css(browser, "#r-plot img"):
             assert "step " in status and "σ = " in status, status
             shot = tmp_path / "app_tiny.png"
+            browser.execute_script("window.scrollTo(0, 0)")  # the run's outputs are at the top of the page
             browser.save_screenshot(str(shot))
         time.sleep(0.1)
     assert shot is not None, f"never saw the views, the plot and r during the run; status: {_status(browser)!r}"

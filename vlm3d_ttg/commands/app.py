@@ -25,6 +25,18 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def exposure_warnings(host: str, share: bool) -> list[str]:
+    """What the user must hear before the app serves beyond this machine (empty on 127.0.0.1 without --share)."""
+    warnings = []
+    if not _is_loopback(host):
+        warnings.append(f"serving on {host}: anyone who can reach this machine on the network can use the app and "
+                        "its GPU, with no login. Use --host 127.0.0.1 (the default) unless you mean that.")
+    if share:
+        warnings.append("--share opens a public link through Gradio's share servers: anyone with the link can use "
+                        "the app and its GPU.")
+    return warnings
+
+
 def _app(
     preset: Preset = typer.Option(Preset.real, help="real, tiny (offline tiny checkpoints, meaningless shapes) or realsize."),
     host: str = typer.Option("127.0.0.1", help="Address to serve on. 127.0.0.1: this machine only."),
@@ -59,13 +71,8 @@ def _app(
     else:
         quiet_libraries()
     quiet_hy3dgen()
-    if not _is_loopback(host):
-        typer.secho(f"warning: serving on {host}: anyone who can reach this machine on the network can use the app "
-                    "and its GPU, with no login. Use --host 127.0.0.1 (the default) unless you mean that.",
-                    err=True, fg=typer.colors.YELLOW)
-    if share:
-        typer.secho("warning: --share opens a public link through Gradio's share servers: anyone with the link can "
-                    "use the app and its GPU.", err=True, fg=typer.colors.YELLOW)
+    for warning in exposure_warnings(host, share):
+        typer.secho(f"warning: {warning}", err=True, fg=typer.colors.YELLOW)
 
     from ..app.runs import RunFolders
     from ..app.server import AppRunner, app_theme, build_app, CSS
