@@ -304,13 +304,19 @@ def test_api_returns_a_mesh_trimesh_loads_and_the_manifest(server):
     from gradio_client import Client, handle_file
 
     client = Client(server.url, verbose=False)
-    mesh, manifest, final_r, *_ = client.predict(image=handle_file(str(ROBOT)), description="a toy robot",
-                                                 api_name="/generate")
+    mesh, manifest, final_r, base_mesh, base_manifest, base_r = client.predict(
+        image=handle_file(str(ROBOT)), description="a toy robot", baseline=True, api_name="/generate")
     loaded = trimesh.load(mesh, force="mesh")
     assert len(loaded.faces) > 100
     content = json.loads(Path(manifest).read_text())
     assert content["final_r"] == pytest.approx(final_r) and content["prompt"] == "a toy robot"
     assert content["steps"] == 4  # the server's --steps default
+    assert content["guidance"]["enabled"] and any(r["guided"] for r in content["records"])
+    # The unguided baseline on the same seed, with its own manifest and final r.
+    base = json.loads(Path(base_manifest).read_text())
+    assert len(trimesh.load(base_mesh, force="mesh").faces) > 100
+    assert base["seed"] == content["seed"] and not base["guidance"]["enabled"]
+    assert not any(r["guided"] for r in base["records"]) and base["final_r"] == pytest.approx(base_r)
 
 
 def test_api_errors_carry_the_clis_message_and_the_server_keeps_serving(server):
@@ -338,8 +344,9 @@ def test_two_concurrent_api_calls_on_a_concurrency_1_server_run_in_order_with_th
 
     def call(seed: int) -> None:
         client = Client(server.url, verbose=False)  # two users, two sessions
-        results[seed] = client.predict(image=handle_file(str(ROBOT)), description="a toy robot", seed=seed,
-                                       export_format="obj" if seed == 12 else "glb", api_name="/generate")
+        # The second is text-to-3D (no image): the input is made from the description first.
+        results[seed] = client.predict(image=handle_file(str(ROBOT)) if seed == 11 else None, description="a toy robot",
+                                       seed=seed, export_format="obj" if seed == 12 else "glb", api_name="/generate")
 
     threads = [threading.Thread(target=call, args=(seed,)) for seed in (11, 12)]
     for thread in threads:
@@ -351,6 +358,7 @@ def test_two_concurrent_api_calls_on_a_concurrency_1_server_run_in_order_with_th
     for seed, (mesh, manifest, final_r, *_) in results.items():
         content = json.loads(Path(manifest).read_text())
         assert content["seed"] == seed and content["final_r"] == pytest.approx(final_r)
+        assert content["input_image"]["generated"] is (seed == 12)
     assert Path(results[11][0]).suffix == ".glb" and Path(results[12][0]).suffix == ".obj"
     folders = sorted(set(server.run_folders()) - before)
     records = [server.record(folder) for folder in folders]
