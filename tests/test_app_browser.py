@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -172,16 +173,18 @@ def _set_number(driver, name: str, value: int) -> None:
     if not any(f.is_displayed() for f in _css(driver, selector)):  # the closed group renders its widgets lazily
         _css(driver, "#advanced button.label-wrap")[0].click()
         _wait(lambda: any(f.is_displayed() for f in _css(driver, selector)), 10, "the Advanced group to open")
-    field = _css(driver, selector)[0]
 
     def typed() -> bool:
-        field.click()
-        field.send_keys(Keys.CONTROL, "a")
-        field.send_keys(str(value), Keys.TAB)
-        return field.get_attribute("value") == str(value)
+        field = _css(driver, selector)[0]  # queried afresh: the group may re-render its widgets as it opens
+        if field.get_attribute("value") != str(value):
+            field.click()
+            field.send_keys(Keys.CONTROL, "a")
+            field.send_keys(str(value), Keys.TAB)
+            time.sleep(0.5)  # the page's state follows the input on its next tick
+            return False  # check again: still there after a moment?
+        return True
 
-    _wait(typed, 10, f"{name} to take the value {value}")
-    time.sleep(0.5)  # the page's state follows the input on its next tick
+    _wait(typed, 20, f"{name} to take the value {value}")
 
 
 def _run(driver) -> None:
@@ -218,9 +221,10 @@ def _manifest_from_page(driver) -> dict:
 
 def test_page_run_shows_the_model_views_plot_and_the_manifests_final_r(server, browser, tmp_path):
     _open(browser, server)
+    _set_number(browser, "steps", 6)  # a derived Advanced widget changes the run (the manifest says so below)
     _upload(browser, ROBOT)
     _describe(browser, "a small toy robot with a round head")
-    _set_number(browser, "steps", 6)  # a derived Advanced widget changes the run (the manifest says so below)
+    _set_number(browser, "steps", 6)
     _run(browser)
     # Mid-run: the critic's views and the r plot appear while the status shows the step, σ and r.
     shot, deadline = None, time.monotonic() + RUN_TIMEOUT
@@ -250,15 +254,17 @@ def test_page_run_shows_the_model_views_plot_and_the_manifests_final_r(server, b
 
 def test_cancel_stops_the_run_writes_nothing_and_the_next_run_works(server, browser):
     _open(browser, server)
+    _set_number(browser, "steps", 60)
     _upload(browser, ROBOT)
     _describe(browser, "a toy robot")
     _set_number(browser, "steps", 60)
     before = set(server.run_folders())
     _run(browser)
-    _wait(lambda: "step 2/60" in _status(browser) or "step 3/60" in _status(browser), RUN_TIMEOUT, "the run to start")
+    _wait(lambda: re.search(r"step ([2-9]|\d\d)/60", _status(browser)), RUN_TIMEOUT, "the run to pass step 2")
     _css(browser, "#cancel")[0].click()
     status = _wait_for_end(browser)
     assert status.startswith("Cancelled") and "nothing of this run was written" in status, status
+    assert int(re.search(r"after step (\d+)", status).group(1)) < 59  # stopped mid-run, not at the end
     (folder,) = set(server.run_folders()) - before
     assert server.record(folder)["status"] == "cancelled"
     assert not list(folder.glob("guided*")), "a cancelled run wrote outputs"
