@@ -53,11 +53,8 @@ def quiet_transformers() -> None:
 
 
 def quiet_libraries() -> None:
-    """Hide other libraries' Python warnings in this process (our own still show) and quiet their
-    loggers to $VLM3D_TTG_LOG's level: for console scripts without --verbose."""
+    """Hide other libraries' Python warnings in this process (ours still show): for console scripts
+    run without --verbose. Their log records follow $VLM3D_TTG_LOG already (hy3dgen's own console
+    handler: `quiet_hy3dgen`)."""
     pattern = r"(" + "|".join(QUIETED_LIBRARIES) + r")(\.|$)"
     warnings.filterwarnings("ignore", module=pattern)
-    for name in QUIETED_LIBRARIES:
-        logger = logging.getLogger(name)
-        if logger.level == logging.NOTSET or logger.level < logging.getLevelName(log_level()):
-            logger.setLevel(log_level())
