@@ -9,7 +9,7 @@ import sys
 import typer
 
 from .errors import Vlm3dError
-from .logs import configure_logging
+from .logs import configure_logging, log_level, quiet_libraries
 
 app = typer.Typer(
     name="vlm3d-ttg",
@@ -17,25 +17,51 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    # Plain click help: rich's option tables cut long flags ("--cfg-scale,--…") at 80 columns.
+    rich_markup_mode=None,
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"vlm3d-ttg {version('vlm3d-ttg')}")
+        except PackageNotFoundError:  # run from a source tree that was never installed
+            typer.echo("vlm3d-ttg (not installed: no package metadata)")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
+    """Vision-language test-time guidance for Hunyuan3D-2 (critic: Qwen2.5-VL)."""
+
+
 def _register_commands() -> None:
+    from .commands import app as app_command
     from .commands import generate, score
 
     app.command(name="generate")(generate.generate)
     app.command(name="score")(score.score)
+    app.command(name="app")(app_command.app)
     app.command(name="judge", hidden=True)(score.judge_deprecated)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the process exit code (2 for bad input)."""
     configure_logging()
+    args = sys.argv[1:] if argv is None else list(argv)
+    if "--verbose" not in args and log_level() not in ("DEBUG", "INFO"):
+        quiet_libraries()  # other libraries' warnings are for developers, not for the user's terminal
     _register_commands()
     previous_handler = signal.signal(signal.SIGINT, _interrupt)
     try:
         # Standalone mode: typer/click report usage errors themselves (exit 2) and end with SystemExit.
-        app(args=argv, standalone_mode=True)
+        app(args=args, standalone_mode=True)
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except Interrupted:

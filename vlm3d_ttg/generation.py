@@ -44,12 +44,12 @@ class GenerationOptions:
     benchmark derive their flags from these fields.
     """
 
-    seed: int = option(0, "Random seed (noise; the camera-jitter stream is derived from it).")
-    steps: int = option(50, "Sampler steps.")
+    seed: int = option(0, "Random seed (noise; the camera-jitter stream is derived from it).", minimum=0)
+    steps: int = option(50, "Sampler steps.", minimum=2)
     cfg_scale: float = option(5.0, "Classifier-free guidance scale of the shape model (hy3dgen's guidance_scale).",
-                              aliases=("--cfg",))
+                              aliases=("--cfg",), minimum=0)
     octree_resolution: int | None = option(None, f"Export grid (default {EXPORT_RESOLUTION}; {TINY_EXPORT_RESOLUTION} with "
-                                           "--preset tiny).", cli_type=int)
+                                           "--preset tiny).", cli_type=int, minimum=16)
     shape_model: str = option("tencent/Hunyuan3D-2", "hy3dgen shape model: repo id or variant name (e.g. hunyuan3d-2mini).")
     shape_subfolder: str | None = option(None, "Subfolder of the shape repo (default: the repo's main DiT).", cli_type=str)
     vlm: str = option("Qwen/Qwen2.5-VL-7B-Instruct", "Critic: a Qwen2.5-VL or Qwen3-VL hub id or local folder (its config "

@@ -58,7 +58,7 @@ class GuidanceConfig:
 
     enabled: bool = option(True, "Guide with the critic; --no-guidance is the unguided baseline on the same seed.",
                            flag="--guidance", negative="--no-guidance")
-    scale: float = option(0.03, "Guidance strength λ (its unit depends on --step-norm).", aliases=("--lambda",))
+    scale: float = option(0.03, "Guidance strength λ (its unit depends on --step-norm).", aliases=("--lambda",), minimum=0)
     step_norm: StepNorm = option("latent_rms", "raw (λ·∇r, the paper), latent_rms or sampler_step (scale-free).")
     max_step_ratio: float | None = option(
         1.0, "Cap on the guidance step relative to the sampler's own step (0: no cap).",
@@ -67,16 +67,16 @@ class GuidanceConfig:
     sigma_window: tuple[float, float] = option(
         (0.2, 0.85), "Guide only for σ in LO,HI (σ: 0 noise → 1 data).",
         parse=lambda text: parse_sigma_window(text), show=lambda window: f"{window[0]:g},{window[1]:g}", cli_type=str)
-    every: int = option(2, "Guide every k-th step inside the window.")
+    every: int = option(2, "Guide every k-th step inside the window.", minimum=1)
     inner_steps: int = option(1, "Gradient steps per guided sampler step.")
     grad_mode: GradMode = option("x0", "x0 (straight-through, default) or xt (through the DiT, exact, slower).")
-    num_views: int = option(4, "Views rendered for the critic.", flag="--views")
+    num_views: int = option(4, "Views rendered for the critic.", flag="--views", minimum=1)
     view_size: int = option(448, "View side in pixels: a multiple of the critic's patch × merge (28 for Qwen2.5-VL, "
-                                 "32 for Qwen3-VL; 448 suits both).")
+                                 "32 for Qwen3-VL; 448 suits both).", minimum=28)
     elevation: float = option(20.0, "Camera elevation in degrees.")
     azimuth_jitter: float = option(15.0, "Per-step random azimuth offset (±degrees).")
     elevation_jitter: float = option(5.0, "Per-step random elevation offset (±degrees).")
-    grid_resolution: int = option(64, "Occupancy grid for guidance (32 · 2^k, or ≤ 32).", flag="--grid")
+    grid_resolution: int = option(64, "Occupancy grid for guidance (32 · 2^k, or ≤ 32).", flag="--grid", minimum=16)
     query: str = option("dual", "dual (the paper's), content, geometry, or a template with {description}.")
     reference: bool = option(
         False, "Show the critic the conditioning image before the views (the built-in queries name it the reference).",

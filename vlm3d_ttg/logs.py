@@ -8,6 +8,12 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
+
+#: Libraries whose Python warnings (deprecations, numba's threading-layer notice) are kept out of the
+#: user's terminal unless logging is turned up (a command's --verbose, or $VLM3D_TTG_LOG=DEBUG/INFO).
+QUIETED_LIBRARIES = ("numba", "diffusers", "transformers", "hy3dgen", "torch", "timm", "gradio", "huggingface_hub",
+                     "onnxruntime", "pymatting", "rembg", "trimesh", "skimage", "accelerate")
 
 #: Environment variable naming the log level (DEBUG, INFO, WARNING, ...); WARNING when unset.
 LOG_LEVEL_VARIABLE = "VLM3D_TTG_LOG"
@@ -44,3 +50,11 @@ def quiet_transformers() -> None:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
+
+
+def quiet_libraries() -> None:
+    """Hide other libraries' Python warnings in this process (ours still show): for console scripts
+    run without --verbose. Their log records follow $VLM3D_TTG_LOG already (hy3dgen's own console
+    handler: `quiet_hy3dgen`)."""
+    pattern = r"(" + "|".join(QUIETED_LIBRARIES) + r")(\.|$)"
+    warnings.filterwarnings("ignore", module=pattern)

@@ -37,6 +37,8 @@ class Option:
     show: field default → command-line default (the inverse of `parse`).
     cli_type: the type the command line reads (default: the type of the field's default).
     negative: for a boolean, the flag that sets it to False (e.g. --no-guidance).
+    minimum, maximum: the range a number accepts, for forms that show it (the app's widgets); the
+    dataclass's `validate()` still decides, and tests/test_app_cli.py checks the two agree.
     """
 
     help: str
@@ -46,6 +48,8 @@ class Option:
     show: Callable[[Any], Any] | None = None
     cli_type: type | None = None
     negative: str | None = None
+    minimum: float | None = None
+    maximum: float | None = None
 
 
 def option(default: Any, help: str, **spec: Any) -> Any:
@@ -66,6 +70,11 @@ def flag_of(field: dataclasses.Field, spec: Option) -> str:
 def cli_default(field: dataclasses.Field, spec: Option) -> Any:
     """The field's default as the command line shows it."""
     return spec.show(field.default) if spec.show is not None else field.default
+
+
+def value_type(field: dataclasses.Field, spec: Option) -> type:
+    """The type of the field's command-line value (bool, int, float or str): what a form shows."""
+    return _cli_type(field, spec)
 
 
 def _cli_type(field: dataclasses.Field, spec: Option) -> type:
@@ -198,4 +207,4 @@ def from_namespace(cls: type, args: argparse.Namespace, *, defaults: dict[str, A
 
 
 __all__ = ["Option", "add_argparse_options", "cli_default", "declared", "flag_of", "from_namespace", "from_values",
-           "name_the_flag", "option", "typer_parameters"]
+           "name_the_flag", "option", "typer_parameters", "value_type"]

@@ -42,7 +42,7 @@ class SearchOptions:
     """How many candidates a run samples, where the critic chooses among them, and how many survive."""
 
     candidates: int = option(1, "Candidates sampled together from seeds derived from --seed (best-of-N search); "
-                                "1: one sample, exactly the plain sampler.")
+                                "1: one sample, exactly the plain sampler.", minimum=1)
     select_at: float = option(1.0, "σ at which the critic scores each candidate's predicted clean shape (forward "
                                    "only) and the best --keep continue; 1: run all to the end, keep the best mesh.")
     keep: int = option(1, "Candidates that survive the selection at --select-at; with more than one, all run to "

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 import time
 from enum import Enum
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 import typer
 
 from ..errors import InvalidInputError
@@ -50,36 +48,20 @@ def _generate(
     **options: object,
 ) -> None:
     """Generate a mesh from IMAGE (or, without one, from PROMPT alone) with Hunyuan3D-2, guided by a VLM critic's judgement of PROMPT (Qwen2.5-VL, or Qwen3-VL)."""
-    from ..export import PostprocessConfig, check_mesh_path
-    from ..generation import GenerationOptions
-    from ..guidance import GuidanceConfig
-    from ..inputs import check_condition_image
+    from ..export import check_mesh_path
     from ..generation import failed_run_path
     from ..io import check_distinct_outputs, check_writable
     from ..manifest import manifest_path_for, plot_path_for
-    from ..options import from_values
 
     # ---- everything that can be wrong is checked before any model loads --------------------
-    if not prompt.strip():
-        raise InvalidInputError("--prompt is empty; describe the object (e.g. 'a wooden chair with four legs').")
-    from ..critic.queries import normalize_description
+    # The request itself (prompt, options, preset, input image): the one check the app shares.
+    from ..requests import validate_request
 
-    normalize_description(prompt)  # chat markup in the prompt is refused now, not after the models load
-    run_options = from_values(GenerationOptions, options).validate()
-    from ..models import critic_family_for
-
-    # The view size must suit the critic's family (28 px for Qwen2.5-VL, 32 for Qwen3-VL), read now from --vlm's config.
-    family = critic_family_for(run_options.vlm, preset.value, run_options.critic_family)
-    guidance = from_values(GuidanceConfig, options).validate(critic_family=family)
-    postprocess = from_values(PostprocessConfig, options).validate()
-    from ..search import SearchOptions, check_search_with_guidance, guided_steps_with_search
-
-    search = from_values(SearchOptions, options).validate()
-    check_search_with_guidance(search, guidance)
-    if run_options.octree_resolution is None:
-        from ..generation import export_resolution
-
-        run_options = dataclasses.replace(run_options, octree_resolution=export_resolution(preset.value))
+    request = validate_request(options, prompt=prompt, preset=preset.value, image=image,
+                               views={"left": left, "back": back, "right": right})
+    guidance, postprocess, run_options, search = request.guidance, request.postprocess, request.options, request.search
+    extra_views = request.views
+    # Where this run writes: the command line's own business.
     check_writable(out)
     check_mesh_path(out)
     manifest_path = manifest or manifest_path_for(out)
@@ -92,7 +74,7 @@ def _generate(
         check_writable(save_views / "probe.png")
     elif views_at is not None:
         raise InvalidInputError("--views-at chooses which views --save-views writes; give --save-views DIR too.")
-    from ..text2image import check_text_to_image_model, input_image_path_for
+    from ..text2image import input_image_path_for
 
     input_image_path = input_image_path_for(out) if image is None else None
     if input_image_path is not None:
@@ -107,47 +89,13 @@ def _generate(
     check_distinct_outputs({"--out": out, "--manifest": manifest_path, "the r plot": plot_path,
                             "the failed-run record": failed_run_path(manifest_path),
                             "the generated input image": input_image_path})
-    if preset in (Preset.tiny, Preset.realsize):
-        from ..models import SHAPE_VARIANTS
-
-        # The tiny preset has a tiny copy of every variant, chosen by its name (e.g. hunyuan3d-2mv).
-        variant_ok = preset == Preset.tiny and run_options.shape_model.lower() in SHAPE_VARIANTS
-        ignored = [flag for flag, name in (("--shape-model", "shape_model"), ("--shape-subfolder", "shape_subfolder"),
-                                           ("--vlm", "vlm"), ("--text-to-image", "text_to_image"))
-                   if getattr(run_options, name) != GenerationOptions().__dict__[name]
-                   and not (name == "shape_model" and variant_ok)]
-        if ignored:
-            raise InvalidInputError(f"{', '.join(ignored)} would be ignored with --preset {preset.value} (it uses "
-                                    f"its own offline checkpoints; --preset tiny takes a variant name as --shape-model, "
-                                    f"e.g. hunyuan3d-2mv); drop them or use --preset real.")
-    if preset != Preset.realsize and run_options.realsize_depth != GenerationOptions().realsize_depth:
-        raise InvalidInputError("--realsize-depth only applies to --preset realsize; drop it or add --preset realsize.")
     keep_views = _parse_views_at(views_at or "summary") if save_views is not None else "none"
-    # Options that would do nothing: said now, not discovered in the manifest afterwards.
-    planned = guided_steps_with_search(list(np.linspace(0.0, 1.0, run_options.steps)) + [1.0], guidance, search)
-    if guidance.active and not planned:
-        after_search = f" after the candidate search at σ ≥ {search.select_at:g}" if search.searching else ""
-        typer.secho(f"warning: guidance is on, but no step of a {run_options.steps}-step run falls in the σ window "
-                    f"{guidance.sigma_window} (every {guidance.every}){after_search}: this run will not be guided", err=True)
+    planned = request.guided_steps
+    for warning in request.warnings:
+        typer.secho(f"warning: {warning}", err=True)
     if isinstance(keep_views, list) and not set(keep_views) <= set(planned):
         raise InvalidInputError(f"--views-at names steps that are not guided: {sorted(set(keep_views) - set(planned))}; "
                                 f"this run guides steps {planned}.")
-    if image is not None and run_options.text_to_image != GenerationOptions().text_to_image:
-        raise InvalidInputError("--text-to-image makes the input image when no IMAGE is given; with IMAGE it would "
-                                "be ignored: drop one of them.")
-    extra_views = _check_views(image, {"left": left, "back": back, "right": right}, run_options, preset.value)
-    if image is not None:
-        check_condition_image(image)
-        for name, view in extra_views.items():
-            try:
-                check_condition_image(view)
-            except InvalidInputError as exc:
-                raise InvalidInputError(f"--{name}: {exc}") from None
-    elif preset == Preset.real:  # the offline presets write their own models
-        from ..generation import check_models_present
-
-        check_text_to_image_model(run_options.text_to_image)
-        check_models_present(run_options)
 
     from ..logs import be_verbose, quiet_hy3dgen
     from ..generation import generate_mesh, load_models
@@ -184,33 +132,6 @@ def _generate(
         search=search,
     )
     _print_summary(result, guidance, time.perf_counter() - started)
-
-
-def _check_views(image: Optional[Path], given: dict[str, Optional[Path]], run_options, preset: str) -> dict[str, Path]:
-    """The extra views given ({name: path}), checked against the shape model before it loads: a
-    multi-view model takes IMAGE (the front) plus at least one of --left/--back/--right; any other
-    model takes none of them."""
-    from ..models import resolve_shape_model
-
-    views = {name: path for name, path in given.items() if path is not None}
-    multiview = preset != "realsize" and resolve_shape_model(run_options.shape_model, run_options.shape_subfolder).multiview
-    flags = ", ".join(f"--{name}" for name in views)
-    if views and not multiview:
-        model = "the realsize preset's model" if preset == "realsize" else f"'{run_options.shape_model}'"
-        raise InvalidInputError(f"{flags}: {model} takes one image. Extra views need a multi-view model, e.g. "
-                                "--shape-model hunyuan3d-2mv (with --preset tiny: its tiny offline copy).")
-    if multiview and image is None:
-        raise InvalidInputError("A multi-view model needs the front IMAGE plus --left/--back/--right; text-to-3D "
-                                "(no IMAGE) makes one view only: use a single-view --shape-model.")
-    if multiview and not views:
-        raise InvalidInputError(f"'{run_options.shape_model}' is a multi-view model: give IMAGE (the front) plus at "
-                                "least one of --left, --back, --right.")
-    if image is not None and views:
-        paths = {"IMAGE": image, **{f"--{name}": path for name, path in views.items()}}
-        resolved = [Path(p).resolve() for p in paths.values()]
-        if len(set(resolved)) != len(resolved):
-            raise InvalidInputError(f"The views must be different files, got {', '.join(f'{k} {v}' for k, v in paths.items())}.")
-    return views
 
 
 def _derived_signature() -> inspect.Signature:

@@ -1,0 +1,501 @@
+"""The web app: a Gradio page and its HTTP API over the same run as `vlm3d-ttg generate`.
+
+Every request goes through `requests.validate_request` (the CLI's checks and messages), then
+`generation.generate_mesh` in a worker thread with a step callback that streams the critic's views,
+σ and r to the page and stops the run at the next step boundary when its session cancels. Each run
+writes into its own folder (`runs.RunFolders`, which also says when old folders go).
+
+Endpoints (Gradio's API, for `gradio_client`): `/generate` (image or text → mesh, manifest, final r,
+and the unguided baseline when asked) and `/cancel` (cancels the calling session's runs).
+"""
+
+import dataclasses
+import html
+import inspect
+import io
+import logging
+import os
+import queue
+import shutil
+import threading
+import time
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # offline: no analytics or version calls
+
+import gradio as gr  # noqa: E402
+
+from ..errors import InvalidInputError, Vlm3dError  # noqa: E402
+from ..export import PostprocessConfig  # noqa: E402
+from ..generation import GenerationOptions, GenerationResult, LoadedModels, generate_mesh  # noqa: E402
+from ..guidance import GuidanceConfig  # noqa: E402
+from ..manifest import manifest_path_for  # noqa: E402
+from ..options import cli_default, declared, flag_of, value_type  # noqa: E402
+from ..generation import export_resolution  # noqa: E402
+from ..requests import RunRequest, validate_request  # noqa: E402
+from ..search import SearchOptions  # noqa: E402
+from .runs import CancelToken, RunCancelled, RunFolders, Sessions, utc_now, write_run_record  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+#: The dataclasses whose declared options a request carries.
+OPTION_CLASSES = (GenerationOptions, GuidanceConfig, SearchOptions, PostprocessConfig)
+#: The options the page shows in its "Advanced" group, by field name, in this order. Their labels,
+#: defaults, help, choices and ranges come from the declarations (vlm3d_ttg/options.py); a name
+#: that no dataclass declares (e.g. an option of a branch not merged yet) is skipped.
+ADVANCED = ("enabled", "scale", "sigma_window", "every", "num_views", "view_size", "view_layout", "reference",
+            "silhouette_weight", "grid_resolution", "candidates", "steps", "octree_resolution", "cfg_scale")
+EXPORT_FORMATS = ("glb", "obj", "ply", "stl")
+TITLE = "vlm3d-ttg: Hunyuan3D-2 guided by a vision-language critic"
+
+
+@dataclass(frozen=True)
+class FormField:
+    """One declared option as the page shows it."""
+
+    name: str
+    owner: type
+    kind: type  # bool, int, float or str (the command line's type)
+    default: Any  # in command-line form
+    help: str
+    flag: str
+    choices: tuple[str, ...] | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+
+
+def form_fields(names: tuple[str, ...] = ADVANCED, defaults: dict[str, Any] | None = None) -> list[FormField]:
+    """The declared options named in `names` (those that exist), with their defaults (`defaults`
+    overrides the declared ones: the server's command line), help, choices and ranges."""
+    found: dict[str, FormField] = {}
+    for cls in OPTION_CLASSES:
+        hints = typing.get_type_hints(cls)
+        for f, spec in declared(cls):
+            if f.name not in names:
+                continue
+            hint = hints.get(f.name)
+            choices = typing.get_args(hint) if typing.get_origin(hint) is typing.Literal else None
+            default = (defaults or {}).get(f.name, cli_default(f, spec))
+            found[f.name] = FormField(f.name, cls, value_type(f, spec), default, spec.help, flag_of(f, spec),
+                                      tuple(choices) if choices else None, spec.minimum, spec.maximum)
+    return [found[name] for name in names if name in found]
+
+
+def _widget(spec: FormField, *, preset: str) -> gr.components.Component:
+    info = f"{spec.help} ({spec.flag})"
+    common = dict(label=spec.name, info=info, elem_id=f"opt-{spec.name}")
+    if spec.choices:
+        return gr.Dropdown(choices=list(spec.choices), value=spec.default, **common)
+    if spec.kind is bool:
+        return gr.Checkbox(value=bool(spec.default), **common)
+    if spec.kind in (int, float):
+        value = spec.default
+        if value is None and spec.name == "octree_resolution":
+            value = export_resolution(preset)
+        return gr.Number(value=value, precision=0 if spec.kind is int else None, minimum=spec.minimum,
+                         maximum=spec.maximum, **common)
+    return gr.Textbox(value="" if spec.default is None else str(spec.default), **common)
+
+
+def _coerce(spec: FormField, value: Any) -> Any:
+    """A raw widget/API value in the option's command-line type (numbers arrive as JSON floats)."""
+    if spec.kind is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if spec.kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if spec.kind is int and isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value)
+    return value
+
+
+def _upload_path(payload: Any) -> str | None:
+    """The server-side path of an uploaded file (a Gradio FileData dict, or a path string)."""
+    if payload is None or payload == "":
+        return None
+    if isinstance(payload, dict):
+        return payload.get("path")
+    return str(payload)
+
+
+# ---- the run ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunEvent:
+    """One thing a run tells its page: kind is input, step, phase, warning, done, cancelled or error."""
+
+    kind: str
+    message: str = ""
+    image: Any = None  # kind "input": the conditioning image (background removed)
+    phase: str = ""  # "guided" or "baseline"
+    step: int | None = None
+    total: int | None = None
+    sigma: float | None = None
+    r: float | None = None
+    views: list | None = None  # the critic's views at this step (PIL images), when it looked
+    points: list[tuple[float, float]] = field(default_factory=list)  # (σ, r) of the guided steps so far
+    result: GenerationResult | None = None
+    baseline: GenerationResult | None = None
+    seconds: float = 0.0
+
+    @property
+    def final(self) -> bool:
+        """Whether this event ends the run."""
+        return self.kind in ("done", "cancelled", "error")
+
+
+class StepRelay:
+    """The step callback of one run: stop if cancelled, else pass σ, r and the critic's views on."""
+
+    def __init__(self, events: "queue.Queue[RunEvent]", token: CancelToken, *, phase: str, total: int):
+        self.events, self.token, self.phase, self.total = events, token, phase, total
+        self.points: list[tuple[float, float]] = []
+
+    def __call__(self, sampler: Any, step: int, sigma: float, state: dict[str, Any]) -> None:
+        self.token.check(step)
+        record = state.get("record")
+        r = getattr(record, "r", None)
+        if r is not None:
+            self.points.append((float(sigma), float(r)))
+        evaluation = state.get("evaluation")
+        views = None
+        if evaluation is not None and getattr(evaluation, "images", None) is not None:
+            views = _to_pictures(evaluation.images)
+        self.events.put(RunEvent("step", phase=self.phase, step=step, total=self.total, sigma=float(sigma), r=r,
+                                 views=views, points=list(self.points)))
+        return None
+
+
+def _to_pictures(images: Any) -> list:
+    from PIL import Image
+
+    array = (images.detach().float().clamp(0, 1) * 255).round().to("cpu").byte().permute(0, 2, 3, 1).numpy()
+    return [Image.fromarray(a) for a in array]
+
+
+def r_plot(points: list[tuple[float, float]], final_r: float | None = None, baseline_r: float | None = None) -> Any:
+    """A small PIL picture of r at the guided steps over σ (and the final meshes' r as lines)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from PIL import Image
+
+    fig = Figure(figsize=(4.8, 2.6), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    if points:
+        ax.plot([p[0] for p in points], [p[1] for p in points], "o-", label="r at guided steps")
+    if final_r is not None:
+        ax.axhline(final_r, color="green", ls="--", label=f"final r (guided) {final_r:+.4f}")
+    if baseline_r is not None:
+        ax.axhline(baseline_r, color="grey", ls=":", label=f"final r (baseline) {baseline_r:+.4f}")
+    ax.set_xlabel("σ (0 = noise, 1 = data)")
+    ax.set_ylabel("r")
+    ax.set_xlim(0, 1)
+    if points or final_r is not None:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
+
+
+class AppRunner:
+    """Runs requests on models loaded once; one worker thread per run, one folder per run."""
+
+    def __init__(self, models: LoadedModels, *, preset: str, defaults: dict[str, Any], runs: RunFolders):
+        self.models = models
+        self.preset = preset
+        self.defaults = dict(defaults)
+        self.runs = runs
+        self.sessions = Sessions()
+
+    def values(self, page: dict[str, Any]) -> dict[str, Any]:
+        """The request's option values: the server's defaults with the page's (or API call's) values on top."""
+        return {**self.defaults, **page}
+
+    def run_events(self, session: str, *, image: str | None, prompt: str, values: dict[str, Any],
+                   export_format: str, baseline: bool) -> Iterator[RunEvent]:
+        """Check the request, then run it in a worker thread, yielding what happens until it ends.
+        If the caller stops listening (the page went away), the run is cancelled at its next step."""
+        token = self.sessions.start(session)
+        thread = None
+        try:
+            try:
+                request = validate_request(self.values(values), prompt=prompt, preset=self.preset, image=image)
+                if export_format not in EXPORT_FORMATS:
+                    raise InvalidInputError(f"Export format must be one of {', '.join(EXPORT_FORMATS)}, got {export_format!r}.")
+            except Vlm3dError as exc:
+                yield RunEvent("error", message=str(exc))
+                return
+            for warning in request.warnings:
+                yield RunEvent("warning", message=warning)
+            folder = self.runs.new()
+            events: queue.Queue[RunEvent] = queue.Queue()
+            thread = threading.Thread(target=self._work, args=(request, folder, export_format, baseline, token, events),
+                                      name=f"vlm3d-run-{folder.name}", daemon=True)
+            thread.start()
+            while True:
+                event = events.get()
+                yield event
+                if event.final:
+                    break
+        finally:
+            if thread is not None and thread.is_alive():
+                token.cancel()  # nobody is listening any more: stop at the next step boundary
+                thread.join()
+            self.sessions.finish(session, token)
+
+    def _work(self, request: RunRequest, folder: Path, export_format: str, baseline: bool, token: CancelToken,
+              events: "queue.Queue[RunEvent]") -> None:
+        started, stamp = time.perf_counter(), utc_now()
+        record: dict[str, Any] = {"status": "running", "started": stamp, "prompt": request.prompt,
+                                  "image": str(request.image) if request.image else None, "preset": self.preset,
+                                  "export_format": export_format, "baseline": baseline,
+                                  "options": request.options.to_dict(), "guidance": request.guidance.to_dict(),
+                                  "search": request.search.to_dict()}
+        write_run_record(folder, record)
+        final: RunEvent
+        try:
+            image, generated = request.image, None
+            if image is not None:
+                from ..inputs import prepare_condition_image
+
+                image = folder / f"upload{image.suffix.lower() or '.png'}"
+                shutil.copyfile(request.image, image)
+                shown = prepare_condition_image(image)
+            else:
+                from ..text2image import make_input_image
+
+                events.put(RunEvent("phase", message="making the input image from the description "
+                                                     "(text-to-image, then background removal)"))
+                generated = make_input_image(request.prompt, folder / "input.png", model=request.options.text_to_image,
+                                             device=request.options.device, seed=request.options.seed,
+                                             tiny=self.preset in ("tiny", "realsize"))
+                shown = generated.image
+            events.put(RunEvent("input", image=shown))
+            token.check()
+            guided = self._generate(request, image, generated, folder / f"guided.{export_format}", request.guidance,
+                                    token, events, phase="guided")
+            base = None
+            if baseline:
+                token.check()
+                base = self._generate(request, image, generated, folder / f"baseline.{export_format}",
+                                      dataclasses.replace(request.guidance, enabled=False), token, events, phase="baseline")
+            final = RunEvent("done", result=guided, baseline=base)
+        except RunCancelled as exc:
+            final = RunEvent("cancelled", message=str(exc), step=exc.step)
+        except Vlm3dError as exc:
+            final = RunEvent("error", message=str(exc))
+        except OSError as exc:
+            where = getattr(exc, "filename", None) or "the file system"
+            final = RunEvent("error", message=f"{exc.strerror or exc} ({where}); nothing of this run was written")
+        except Exception as exc:  # a bug or a fault: this run fails, the server and other runs go on
+            logger.exception("run in %s failed", folder)
+            final = RunEvent("error", message=f"unexpected {type(exc).__name__}: {exc} (the server log has the traceback)")
+        final.seconds = time.perf_counter() - started
+        record.update(status={"done": "done", "cancelled": "cancelled"}.get(final.kind, "failed"),
+                      finished=utc_now(), seconds=final.seconds, message=final.message or None)
+        try:
+            write_run_record(folder, record)
+        except OSError:
+            logger.exception("could not write the run record in %s", folder)
+        self.runs.release(folder)
+        events.put(final)
+
+    def _generate(self, request: RunRequest, image: Path | None, generated: Any, out: Path, guidance: GuidanceConfig,
+                  token: CancelToken, events: "queue.Queue[RunEvent]", *, phase: str) -> GenerationResult:
+        relay = StepRelay(events, token, phase=phase, total=request.options.steps)
+        return generate_mesh(self.models, image=image, generated_input=generated, prompt=request.prompt, out=out,
+                             manifest_path=manifest_path_for(out), guidance=guidance, postprocess=request.postprocess,
+                             options=request.options, progress=False, step_callback=relay, search=request.search)
+
+
+# ---- the page --------------------------------------------------------------------------------------
+
+
+def _status(text: str, *, fraction: float | None = None, kind: str = "running") -> str:
+    bar = ""
+    if fraction is not None:
+        bar = (f'<div class="vlm3d-bar"><div class="vlm3d-fill" style="width:{100 * fraction:.1f}%"></div></div>')
+    return f'<div id="vlm3d-status" data-state="{kind}">{bar}<p>{html.escape(text)}</p></div>'
+
+
+CSS = """
+.vlm3d-bar { width: 100%; height: 12px; background: #e5e7eb; border-radius: 6px; overflow: hidden; }
+.vlm3d-fill { height: 100%; background: #f97316; }
+#vlm3d-status[data-state=error] p { color: #b91c1c; white-space: pre-wrap; }
+#vlm3d-status[data-state=cancelled] p { color: #92400e; }
+"""
+
+
+def build_app(runner: AppRunner, *, concurrency: int = 1) -> gr.Blocks:
+    """The Blocks page over `runner`, with the named API endpoints `/generate` and `/cancel`."""
+    preset = runner.preset
+    seed_field = form_fields(("seed",), runner.defaults)[0]
+    advanced = form_fields(ADVANCED, runner.defaults)
+    with gr.Blocks(title=TITLE, delete_cache=(3600, int(runner.runs.max_age_hours * 3600))) as demo:
+        note = " (tiny preset: offline random-weight models, meaningless shapes)" if preset == "tiny" else (
+            " (realsize preset: random weights at the real sizes, meaningless shapes)" if preset == "realsize" else "")
+        gr.Markdown(f"## {TITLE}{note}\nGive an image (or only a description for text-to-3D) and a description; "
+                    "the critic judges renders of the shape at the guided steps and pushes it towards the description.")
+        with gr.Row():
+            with gr.Column(scale=1):
+                image = gr.Image(type="filepath", label="image", sources=["upload", "clipboard"], elem_id="input-image",
+                                 height=260)
+                description = gr.Textbox(label="description", elem_id="description",
+                                         placeholder="e.g. a small toy robot with a round head")
+                seed = _widget(seed_field, preset=preset)
+                with gr.Accordion("Advanced", open=False, elem_id="advanced"):
+                    widgets = [_widget(spec, preset=preset) for spec in advanced]
+                export_format = gr.Dropdown(list(EXPORT_FORMATS), value="glb", label="export_format", elem_id="export-format")
+                baseline = gr.Checkbox(False, label="baseline", elem_id="baseline",
+                                       info="Also run the unguided baseline on the same seed (one more unguided run).")
+                with gr.Row():
+                    run_button = gr.Button("Generate", variant="primary", elem_id="run")
+                    cancel_button = gr.Button("Cancel", variant="stop", elem_id="cancel")
+                cancel_note = gr.Markdown(elem_id="cancel-note")
+            with gr.Column(scale=2):
+                status = gr.HTML(_status("Ready.", kind="idle"), elem_id="run-status")
+                with gr.Row():
+                    condition = gr.Image(label="input after background removal", interactive=False,
+                                         elem_id="condition", height=220)
+                    views = gr.Gallery(label="critic's views (latest guided step)", elem_id="critic-views",
+                                       columns=4, height=220, interactive=False)
+                    plot = gr.Image(label="r per step", interactive=False, elem_id="r-plot", height=220)
+                with gr.Row():
+                    guided_mesh = gr.Model3D(label="guided mesh", elem_id="guided-mesh", height=320,
+                                             clear_color=(0.95, 0.95, 0.95, 1.0))
+                    baseline_mesh = gr.Model3D(label="unguided baseline (same seed)", elem_id="baseline-mesh",
+                                               height=320, clear_color=(0.95, 0.95, 0.95, 1.0))
+                final_r = gr.HTML(elem_id="final-r")
+                meshes = gr.State(None)  # (guided mesh, baseline mesh) of this session's last run
+                downloads = gr.File(label="downloads (mesh and manifest)", file_count="multiple", elem_id="downloads",
+                                    interactive=False)
+        # The API's outputs: plain files and numbers (hidden on the page).
+        with gr.Row(visible=False):
+            api_mesh, api_manifest = gr.File(label="mesh"), gr.File(label="manifest")
+            api_r = gr.Number(label="final_r")
+            api_base_mesh, api_base_manifest = gr.File(label="baseline_mesh"), gr.File(label="baseline_manifest")
+            api_base_r = gr.Number(label="baseline_final_r")
+            api_button = gr.Button(visible=False)
+
+        inputs = [image, description, seed, *widgets, export_format, baseline]
+        names = [seed_field, *advanced]
+
+        def parse(raw: tuple) -> dict[str, Any]:
+            image_payload, prompt, *option_values = raw
+            chosen_format, want_baseline = option_values[-2:]
+            values = {spec.name: _coerce(spec, value) for spec, value in zip(names, option_values[:-2])}
+            return dict(image=_upload_path(image_payload), prompt=prompt or "", values=values,
+                        export_format=chosen_format, baseline=bool(want_baseline))
+
+        skip = gr.skip
+
+        def run_page(request: gr.Request, *raw: Any) -> Iterator[tuple]:
+            asked = parse(raw)
+            yield (_status("Checking the request…", fraction=0.0), None, None, None, None, "", None)
+            points: list[tuple[float, float]] = []
+            last_r: dict[str, tuple[int, float]] = {}  # phase → (step, r) of its latest guided step
+            for event in runner.run_events(request.session_hash, **asked):
+                if event.kind == "error":
+                    yield (_status(f"error: {event.message}", kind="error"),) + (skip(),) * 6
+                    return
+                if event.kind == "warning":
+                    gr.Warning(event.message)
+                    yield (_status(f"warning: {event.message}", kind="running"),) + (skip(),) * 6
+                elif event.kind == "phase":
+                    yield (_status(event.message, fraction=0.0),) + (skip(),) * 6
+                elif event.kind == "input":
+                    yield (skip(), event.image) + (skip(),) * 5
+                elif event.kind == "step":
+                    done = (event.step + 1) / event.total
+                    if event.r is not None:
+                        last_r[event.phase] = (event.step, event.r)
+                    seen = last_r.get(event.phase)
+                    r_text = "" if seen is None else f" · r = {seen[1]:+.4f}" + (
+                        "" if seen[0] == event.step else f" (at step {seen[0] + 1})")
+                    text = (f"{event.phase} run: step {event.step + 1}/{event.total} · σ = {event.sigma:.3f}{r_text}")
+                    if event.phase == "guided":
+                        points = event.points
+                    new_plot = r_plot(points) if (event.r is not None and event.phase == "guided") else skip()
+                    yield (_status(text, fraction=done), skip(), event.views if event.views else skip(), new_plot,
+                           skip(), skip(), skip())
+                elif event.kind == "cancelled":
+                    yield (_status(f"Cancelled: {event.message}.", kind="cancelled"),) + (skip(),) * 6
+                    return
+                elif event.kind == "done":
+                    result, base = event.result, event.baseline
+                    files = [str(result.mesh_path), str(result.manifest_path)]
+                    if base is not None:
+                        files += [str(base.mesh_path), str(base.manifest_path)]
+                    # The meshes go to the viewers in the follow-up event (show_meshes), not in this stream.
+                    yield (_status(f"Done in {event.seconds:.1f} s.", fraction=1.0, kind="done"), skip(), skip(),
+                           r_plot(points, result.final_r, base.final_r if base else None),
+                           (str(result.mesh_path), str(base.mesh_path) if base is not None else None),
+                           _final_html(result, base), files)
+                    return
+
+        def run_api(request: gr.Request, *raw: Any) -> tuple:
+            for event in runner.run_events(request.session_hash, **parse(raw)):
+                if event.kind == "error":
+                    raise gr.Error(event.message, duration=None)
+                if event.kind == "cancelled":
+                    raise gr.Error(f"Cancelled: {event.message}.", duration=None)
+                if event.kind == "done":
+                    result, base = event.result, event.baseline
+                    return (str(result.mesh_path), str(result.manifest_path), result.final_r,
+                            str(base.mesh_path) if base else None, str(base.manifest_path) if base else None,
+                            base.final_r if base else None)
+            raise gr.Error("the run ended without a result")  # not reached: every run ends with one of the above
+
+        # Named parameters for the API (gradio_client keywords): the widgets' labels, i.e. the option names.
+        parameter_names = ["image", "description", *(spec.name for spec in names), "export_format", "baseline"]
+        for fn in (run_page, run_api):
+            fn.__signature__ = inspect.Signature(
+                [inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=gr.Request)]
+                + [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD) for name in parameter_names])
+
+        def cancel(request: gr.Request) -> str:
+            count = runner.sessions.cancel(request.session_hash)
+            return "Cancelling at the next step…" if count else "Nothing to cancel."
+
+        def show_meshes(meshes: tuple | None) -> tuple:
+            return tuple(meshes) if meshes else (None, None)
+
+        # Gradio 6.31's 3D viewer drops a model that a streaming event sets (its viewer loads lazily and
+        # the stream's final message sets the value again): the meshes reach the viewers in one plain update.
+        outputs = [status, condition, views, plot, meshes, final_r, downloads]
+        run_button.click(lambda: (None, None), outputs=[guided_mesh, baseline_mesh], concurrency_limit=None,
+                         api_visibility="undocumented", show_progress="hidden").then(
+            run_page, inputs=inputs, outputs=outputs, preprocess=False, concurrency_limit=concurrency,
+                         concurrency_id="gpu", api_visibility="undocumented", show_progress="hidden").then(
+            show_meshes, inputs=meshes, outputs=[guided_mesh, baseline_mesh], concurrency_limit=None,
+            api_visibility="undocumented", show_progress="hidden")
+        api_button.click(run_api, inputs=inputs, outputs=[api_mesh, api_manifest, api_r, api_base_mesh,
+                                                          api_base_manifest, api_base_r],
+                         preprocess=False, concurrency_limit=concurrency, concurrency_id="gpu", api_name="generate")
+        cancel_button.click(cancel, inputs=None, outputs=cancel_note, concurrency_limit=None, api_name="cancel",
+                            show_progress="hidden")
+    return demo
+
+
+def _final_html(result: GenerationResult, base: GenerationResult | None) -> str:
+    def r_of(x: GenerationResult) -> str:
+        return "n/a" if x.final_r is None else f"{x.final_r:+.4f}"
+
+    text = f'final r (guided): <b id="final-r-guided">{r_of(result)}</b>'
+    if base is not None:
+        text += f' · final r (unguided baseline): <b id="final-r-baseline">{r_of(base)}</b>'
+    return f"<p>{text} <small>(the critic's score of each final mesh, from fixed cameras)</small></p>"
+
+
+def app_theme() -> gr.themes.Base:
+    """Gradio's default look with system fonts (the default theme fetches web fonts; the app works offline)."""
+    return gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
+
+
+__all__ = ["ADVANCED", "AppRunner", "EXPORT_FORMATS", "FormField", "RunEvent", "StepRelay", "app_theme", "build_app",
+           "form_fields", "r_plot"]

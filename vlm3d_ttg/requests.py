@@ -1,0 +1,169 @@
+"""One generation request checked before any heavy work: the checks `vlm3d-ttg generate` and the
+app share, so both refuse the same things with the same message.
+
+    request = validate_request(values, prompt="a toy robot", preset="tiny", image="robot.png")
+    request.options, request.guidance, request.postprocess, request.search   # validated dataclasses
+
+`values` are option values keyed by field name, in their command-line form (`"0.2,0.85"` for the
+σ window, 0 for "no cap"), as typer or the app's widgets give them; fields not given keep their
+declared defaults. Output paths are the CLI's business (the app writes into its own run folders).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from .errors import InvalidInputError
+from .export import PostprocessConfig
+from .generation import GenerationOptions, export_resolution
+from .guidance import GuidanceConfig
+from .options import PRESETS, from_values
+from .search import SearchOptions, check_search_with_guidance, guided_steps_with_search
+
+@dataclass(frozen=True)
+class RunRequest:
+    """A request that passed every check: what `generation.generate_mesh` is called with."""
+
+    prompt: str
+    preset: str
+    image: Path | None  # None: text-to-3D, the input image is made from the prompt
+    views: dict[str, Path]  # a multi-view model's extra views ("left", "back", "right"); IMAGE is the front
+    options: GenerationOptions
+    guidance: GuidanceConfig
+    postprocess: PostprocessConfig
+    search: SearchOptions
+    guided_steps: list[int]  # the sampler steps this run will guide
+    warnings: tuple[str, ...] = ()  # things the user should hear that do not stop the run
+
+
+def validate_request(
+    values: Mapping[str, Any],
+    *,
+    prompt: str,
+    preset: str,
+    image: str | os.PathLike | None,
+    views: Mapping[str, str | os.PathLike | None] | None = None,
+) -> RunRequest:
+    """Check a whole request (prompt, every option, preset, the input image and a multi-view model's
+    extra `views`, or the text-to-image models) and return it validated; raise InvalidInputError (or
+    ModelNotFoundError) with the message the user sees, before any model loads or any output is written."""
+    from .critic.queries import normalize_description
+    from .models import SHAPE_VARIANTS
+
+    if preset not in PRESETS:
+        raise InvalidInputError(f"Unknown preset {preset!r}; use one of {', '.join(PRESETS)}.")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise InvalidInputError("--prompt is empty; describe the object (e.g. 'a wooden chair with four legs').")
+    normalize_description(prompt)  # chat markup in the prompt is refused now, not after the models load
+    options, guidance, postprocess, search = validate_options(values, preset=preset)
+    if options.octree_resolution is None:
+        options = dataclasses.replace(options, octree_resolution=export_resolution(preset))
+    defaults = GenerationOptions()
+    if preset in ("tiny", "realsize"):
+        # The tiny preset has a tiny copy of every variant, chosen by its name (e.g. hunyuan3d-2mv).
+        variant_ok = preset == "tiny" and options.shape_model.lower() in SHAPE_VARIANTS
+        ignored = [flag for flag, name in (("--shape-model", "shape_model"), ("--shape-subfolder", "shape_subfolder"),
+                                           ("--vlm", "vlm"), ("--text-to-image", "text_to_image"))
+                   if getattr(options, name) != getattr(defaults, name) and not (name == "shape_model" and variant_ok)]
+        if ignored:
+            raise InvalidInputError(f"{', '.join(ignored)} would be ignored with --preset {preset} (it uses "
+                                    f"its own offline checkpoints; --preset tiny takes a variant name as --shape-model, "
+                                    f"e.g. hunyuan3d-2mv); drop them or use --preset real.")
+    if preset != "realsize" and options.realsize_depth != defaults.realsize_depth:
+        raise InvalidInputError("--realsize-depth only applies to --preset realsize; drop it or add --preset realsize.")
+    # Options that would do nothing: said now, not discovered in the manifest afterwards.
+    planned = guided_steps_with_search(list(np.linspace(0.0, 1.0, options.steps)) + [1.0], guidance, search)
+    warnings: list[str] = []
+    if guidance.active and not planned:
+        after_search = f" after the candidate search at σ ≥ {search.select_at:g}" if search.searching else ""
+        warnings.append(f"guidance is on, but no step of a {options.steps}-step run falls in the σ window "
+                        f"{guidance.sigma_window} (every {guidance.every}){after_search}: this run will not be guided")
+    if image is not None and options.text_to_image != defaults.text_to_image:
+        raise InvalidInputError("--text-to-image makes the input image when no IMAGE is given; with IMAGE it would "
+                                "be ignored: drop one of them.")
+    extra_views = check_views(image, dict(views or {}), options, preset)
+    if image is not None:
+        from .inputs import check_condition_image
+
+        check_condition_image(image)
+        for name, view in extra_views.items():
+            try:
+                check_condition_image(view)
+            except InvalidInputError as exc:
+                raise InvalidInputError(f"--{name}: {exc}") from None
+    elif preset == "real":  # the offline presets write their own models
+        from .generation import check_models_present
+        from .text2image import check_text_to_image_model
+
+        check_text_to_image_model(options.text_to_image)
+        check_models_present(options)
+    _preflight(options, guidance, search, prompt=prompt, preset=preset)
+    return RunRequest(prompt=prompt, preset=preset, image=Path(image) if image is not None else None, views=extra_views,
+                      options=options, guidance=guidance, postprocess=postprocess, search=search, guided_steps=planned,
+                      warnings=tuple(warnings))
+
+
+def check_views(image: str | os.PathLike | None, given: Mapping[str, str | os.PathLike | None], options: GenerationOptions,
+                preset: str) -> dict[str, Path]:
+    """The extra views given ({name: path}), checked against the shape model before it loads: a
+    multi-view model takes IMAGE (the front) plus at least one of --left/--back/--right; any other
+    model takes none of them."""
+    from .models import resolve_shape_model
+
+    views = {name: Path(path) for name, path in given.items() if path is not None}
+    multiview = preset != "realsize" and resolve_shape_model(options.shape_model, options.shape_subfolder).multiview
+    flags = ", ".join(f"--{name}" for name in views)
+    if views and not multiview:
+        model = "the realsize preset's model" if preset == "realsize" else f"'{options.shape_model}'"
+        raise InvalidInputError(f"{flags}: {model} takes one image. Extra views need a multi-view model, e.g. "
+                                "--shape-model hunyuan3d-2mv (with --preset tiny: its tiny offline copy).")
+    if multiview and image is None:
+        raise InvalidInputError("A multi-view model needs the front IMAGE plus --left/--back/--right; text-to-3D "
+                                "(no IMAGE) makes one view only: use a single-view --shape-model.")
+    if multiview and not views:
+        raise InvalidInputError(f"'{options.shape_model}' is a multi-view model: give IMAGE (the front) plus at "
+                                "least one of --left, --back, --right.")
+    if image is not None and views:
+        paths = {"IMAGE": image, **{f"--{name}": path for name, path in views.items()}}
+        resolved = [Path(p).resolve() for p in paths.values()]
+        if len(set(resolved)) != len(resolved):
+            raise InvalidInputError(f"The views must be different files, got {', '.join(f'{k} {v}' for k, v in paths.items())}.")
+    return views
+
+
+def validate_options(
+    values: Mapping[str, Any], *, preset: str = "real",
+) -> tuple[GenerationOptions, GuidanceConfig, PostprocessConfig, SearchOptions]:
+    """The four option dataclasses from command-line-form `values`, each validated (the view size
+    against the critic family the run will use, search against guidance); raises InvalidInputError
+    naming the first bad option."""
+    from .models import critic_family_for
+
+    options = from_values(GenerationOptions, dict(values)).validate()
+    # The view size must suit the critic's family (28 px for Qwen2.5-VL, 32 for Qwen3-VL), read now from --vlm's config.
+    family = critic_family_for(options.vlm, preset, options.critic_family)
+    guidance = from_values(GuidanceConfig, dict(values)).validate(critic_family=family)
+    postprocess = from_values(PostprocessConfig, dict(values)).validate()
+    search = from_values(SearchOptions, dict(values)).validate()
+    check_search_with_guidance(search, guidance)
+    return options, guidance, postprocess, search
+
+
+def _preflight(options: GenerationOptions, guidance: GuidanceConfig, search: SearchOptions, *, prompt: str,
+               preset: str) -> None:
+    """The resource preflight every request passes (estimated memory and work refused before it starts).
+
+    TODO(issue #19, branch `safety`): call `preflight.check_generation(options, guidance, search,
+    prompt=prompt, preset=preset)` here when that module is merged; it raises an InvalidInputError
+    subclass for a run that cannot fit. Until then this hook checks nothing.
+    """
+    return None
+
+
+__all__ = ["RunRequest", "check_views", "validate_options", "validate_request"]
