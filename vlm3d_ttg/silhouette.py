@@ -1,0 +1,444 @@
+"""The input-silhouette reward term: the shape's coverage at the input's camera vs the input's foreground.
+
+Image-to-3D methods keep a result faithful to its picture with a reference-view mask term
+(Magic123, DreamGaussian); a reference-free VLM critic can pull the shape away from it. This term
+is that mask term for guidance (docs/design.md §3, §5):
+
+    silhouette = softIoU(coverage at the reference camera, foreground of the conditioning image)
+
+- **The target** is the conditioning image's alpha *after hy3dgen's own preprocessing* (cropped to
+  the object, recentred, scaled to 85 % of the side: what the DiT sees), from the pipeline's image
+  processor, area-resampled to the term's image size (`foreground_mask`).
+- **Soft IoU (Jaccard), not Dice**: Σ m·t / Σ (m + t − m·t) over pixels with fractional coverage m
+  and target t. On binary masks it *is* the IoU the run reports (`final_silhouette_iou`), so what
+  guidance follows and what is measured share one unit; Dice = 2·IoU/(1+IoU) ranks shapes the same
+  but would report a different number than the metric.
+- **The reference camera is estimated, not assumed** (`estimate_reference_camera`): an orbit camera
+  (azimuth, elevation; the orbit's distance and field of view) followed by hy3dgen's own
+  recentring applied to the render — an image-plane scale and offset that map the rendered
+  silhouette's bounding box onto the target's (longest side to longest side, centre to centre).
+  That is the minimum that makes the fit honest: the angles decide the silhouette's shape, the
+  scale/offset are exactly what the preprocessing did to the input picture. Azimuth and elevation
+  come from a grid search (every 15° of azimuth, elevation −15°…45°, then ±10° refined in 5° steps)
+  maximising the IoU; ties go to the candidate nearest the front view. An input that is not a front
+  view simply lands at another azimuth/elevation; a symmetric object is ambiguous between mirrored
+  views (the tie rule picks the one nearest the front); an input from outside the searched
+  elevations gets the best camera inside them, and the recorded `fit_iou` says how good that is.
+- **Once per run, then fixed**: the estimate runs on the first predicted clean shape x̂ of the
+  guidance schedule that has a surface (`estimation_steps`); `--no-guidance` and weight-0 runs
+  estimate on the same x̂ after sampling (`SilhouetteRun`), which is the guided run's first x̂ bit
+  for bit because nothing has been guided before it — so guided and unguided runs on a seed share
+  the camera and their `final_silhouette_iou` compare on equal terms.
+- **Frames**: the term renders in the decode frame (the guidance surface's). hy3dgen's export maps
+  grid index i to −b + i·2b/(R + 1) while the decoder sampled −b + i·2b/R, so the exported mesh is
+  the decoded one shrunk by R/(R + 1) towards the corner (−b, −b, −b); `export_frame_matrix` is that
+  map, and the recorded `world_to_camera` includes it, so the manifest's matrices project the mesh
+  file as `trimesh.load(path, force="mesh")` returns it (tests/test_silhouette.py re-projects it
+  with numpy).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import EmptySurfaceError, InvalidInputError
+from .render import Cameras, orbit_cameras
+from .render.cameras import DEFAULT_DISTANCE, DEFAULT_FOV
+from .render.raster_cpu import clip_positions, zbuffer_face_ids
+from .terms import TermValue, Views
+
+logger = logging.getLogger(__name__)
+
+#: The coarse search: every 15° of azimuth, these elevations; then ±REFINE_SPAN around the best in REFINE_STEP.
+SEARCH_AZIMUTHS = tuple(float(a) for a in range(0, 360, 15))
+SEARCH_ELEVATIONS = (-15.0, 0.0, 15.0, 30.0, 45.0)
+REFINE_SPAN, REFINE_STEP = 10.0, 5.0
+#: The side at which the coarse search renders (the refinement renders at the term's own side).
+SEARCH_SIZE = 96
+
+
+def soft_iou(coverage: torch.Tensor, target: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Soft IoU (Jaccard) Σ m·t / Σ (m + t − m·t) of coverage `m` and target `t` in [0, 1] (same shape);
+    the IoU itself on binary masks. Differentiable in both."""
+    intersection = (coverage * target).sum()
+    union = (coverage + target - coverage * target).sum()
+    return intersection / (union + eps)
+
+
+def binary_iou(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor) -> float:
+    """IoU of two masks thresholded at 0.5 (1.0 when both are empty)."""
+    a = np.asarray(a.detach().cpu() if isinstance(a, torch.Tensor) else a) > 0.5
+    b = np.asarray(b.detach().cpu() if isinstance(b, torch.Tensor) else b) > 0.5
+    union = np.logical_or(a, b).sum()
+    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
+
+
+def foreground_mask(image_processor: Callable[[Any], dict[str, Any]], image: Any, size: int) -> torch.Tensor:
+    """The conditioning image's foreground (size, size) in [0, 1] as hy3dgen's preprocessing leaves it.
+
+    `image_processor` is the shape pipeline's (`pipeline.image_processor`: image → {"image", "mask"},
+    the mask (1, 1, S, S) in [−1, 1], recentred and rescaled like the image the DiT sees); `image` what
+    the pipeline is given. Area-resampled to `size`, so edge pixels keep fractional coverage.
+    """
+    processed = image_processor(image)
+    mask = processed.get("mask") if isinstance(processed, dict) else None
+    if not isinstance(mask, torch.Tensor) or mask.ndim != 4 or mask.shape[:2] != (1, 1):
+        shape = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise InvalidInputError(f"The shape model's image processor returned a mask {shape}, not (1, 1, S, S).")
+    mask = ((mask.detach().float().cpu() + 1.0) / 2.0).clamp(0.0, 1.0)
+    if tuple(mask.shape[-2:]) != (size, size):
+        mask = F.interpolate(mask, size=(size, size), mode="area")
+    if not bool((mask > 0.5).any()):
+        raise InvalidInputError("The conditioning image has no foreground after hy3dgen's preprocessing.")
+    return mask[0, 0]
+
+
+def export_frame_matrix(octree_resolution: int, bounds: float = 1.01) -> np.ndarray:
+    """4 × 4 map from hy3dgen's exported-mesh frame to the decode frame: p = −b + (q + b)·(R + 1)/R.
+
+    hy3dgen's `MCSurfaceExtractor` divides grid indices by R + 1 where its grid spacing is 2b/R.
+    """
+    ratio = (octree_resolution + 1) / octree_resolution
+    matrix = np.eye(4)
+    matrix[:3, :3] *= ratio
+    matrix[:3, 3] = bounds * (ratio - 1.0)
+    return matrix
+
+
+def _image_affine(scale: float, offset: tuple[float, float]) -> torch.Tensor:
+    """Clip-space matrix of an image-plane similarity: NDC x' = s·x + tx, y' = s·y + ty."""
+    affine = torch.eye(4, dtype=torch.float64)
+    affine[0, 0] = affine[1, 1] = scale
+    affine[0, 3], affine[1, 3] = offset
+    return affine
+
+
+@dataclass(frozen=True)
+class ReferenceCamera:
+    """The estimated camera of the input picture: an orbit camera plus hy3dgen's recentring (scale, offset in NDC)."""
+
+    azimuth_deg: float
+    elevation_deg: float
+    scale: float
+    offset: tuple[float, float]
+    image_size: int
+    fit_iou: float  # IoU of the estimating shape's silhouette with the target at this camera
+    distance: float = DEFAULT_DISTANCE
+    fov_deg: float = DEFAULT_FOV
+    estimated_at: dict[str, Any] = field(default_factory=dict)  # {"step", "sigma"} of the x̂ it was fitted on
+
+    def cameras(self, *, image_size: int | None = None, device: Any = None, dtype: torch.dtype = torch.float32) -> Cameras:
+        """The camera as a one-view `Cameras` in the decode frame (projection = recentring · perspective)."""
+        base = orbit_cameras(azimuths_deg=[self.azimuth_deg], elevation_deg=self.elevation_deg, distance=self.distance,
+                             fov_deg=self.fov_deg, image_size=image_size or self.image_size, dtype=torch.float64)
+        projection = _image_affine(self.scale, self.offset) @ base.projection[0]
+        return Cameras(base.view.to(device=device, dtype=dtype), projection[None].to(device=device, dtype=dtype),
+                       base.image_size, base.azimuth_deg, base.elevation_deg, base.distance, base.fov_deg)
+
+    def matrices(self, octree_resolution: int | None = None, bounds: float = 1.01) -> tuple[np.ndarray, np.ndarray]:
+        """(world_to_camera, projection) 4 × 4 in float64, OpenGL convention; with `octree_resolution`,
+        in the frame of hy3dgen's exported mesh (else the decode frame)."""
+        cams = self.cameras(dtype=torch.float64)
+        view = cams.view[0].numpy()
+        if octree_resolution is not None:
+            view = view @ export_frame_matrix(octree_resolution, bounds)
+        return view, cams.projection[0].numpy()
+
+    def to_dict(self, octree_resolution: int | None = None, bounds: float = 1.01) -> dict[str, Any]:
+        """JSON-ready: the parameters, and the matrices in the exported mesh's frame (see `matrices`)."""
+        view, projection = self.matrices(octree_resolution, bounds)
+        return {
+            "azimuth_deg": self.azimuth_deg, "elevation_deg": self.elevation_deg, "scale": self.scale,
+            "offset": list(self.offset), "distance": self.distance, "fov_deg": self.fov_deg,
+            "image_size": self.image_size, "fit_iou": self.fit_iou, "estimated_at": dict(self.estimated_at),
+            "frame": ("the exported mesh as trimesh.load(path, force='mesh') returns it" if octree_resolution is not None
+                      else "hy3dgen's decode frame"),
+            "convention": "OpenGL: clip = projection @ world_to_camera @ [x, y, z, 1]; NDC y up, image rows top-down",
+            "world_to_camera": view.tolist(), "projection": projection.tolist(),
+        }
+
+
+def coverage_masks(vertices: torch.Tensor, faces: torch.Tensor, cameras: Cameras) -> torch.Tensor:
+    """Binary coverage (N, H, W) of a mesh through cameras: the renderer's own z-buffer visibility, no grad."""
+    with torch.no_grad():
+        cams = cameras.to(vertices.device, torch.float32)
+        clip = clip_positions(vertices.detach().float(), cams.mvp)
+        return (zbuffer_face_ids(clip, faces.to(vertices.device, torch.long), cameras.image_size) >= 0).float()
+
+
+def _bbox_ndc(masks: torch.Tensor) -> torch.Tensor:
+    """Per mask (N, S, S): [x_min, x_max, y_min, y_max] of the covered pixels in NDC (pixel edges), NaN if empty."""
+    n, size, _ = masks.shape
+    out = torch.full((n, 4), float("nan"), dtype=torch.float64)
+    for k in range(n):
+        rows = torch.nonzero(masks[k].any(dim=1))[:, 0]
+        cols = torch.nonzero(masks[k].any(dim=0))[:, 0]
+        if rows.numel() == 0:
+            continue
+        out[k, 0] = 2.0 * float(cols.min()) / size - 1.0
+        out[k, 1] = 2.0 * float(cols.max() + 1) / size - 1.0
+        out[k, 2] = 1.0 - 2.0 * float(rows.max() + 1) / size
+        out[k, 3] = 1.0 - 2.0 * float(rows.min()) / size
+    return out
+
+
+def _fit(vertices: torch.Tensor, faces: torch.Tensor, target: torch.Tensor, angles: Sequence[tuple[float, float]],
+         size: int, chunk: int = 32) -> list[tuple[float, float, float, tuple[float, float], float]]:
+    """(azimuth, elevation, scale, offset, IoU) per candidate angle pair, recentred like hy3dgen would."""
+    target_small = F.interpolate(target[None, None].float(), size=(size, size), mode="area")[0, 0] > 0.5
+    (t_box,) = _bbox_ndc(target_small[None])
+    t_long = max(float(t_box[1] - t_box[0]), float(t_box[3] - t_box[2]))
+    t_centre = (float(t_box[0] + t_box[1]) / 2, float(t_box[2] + t_box[3]) / 2)
+    results = []
+    for start in range(0, len(angles), chunk):
+        part = angles[start:start + chunk]
+        base = orbit_cameras(azimuths_deg=[a for a, _ in part], elevation_deg=[e for _, e in part], image_size=size,
+                             dtype=torch.float64)
+        boxes = _bbox_ndc(coverage_masks(vertices, faces, base).bool())
+        projections, fits = [], []
+        for k, (azimuth, elevation) in enumerate(part):
+            box = boxes[k]
+            if torch.isnan(box).any():
+                fits.append(None)
+                projections.append(base.projection[k])
+                continue
+            scale = t_long / max(float(box[1] - box[0]), float(box[3] - box[2]))
+            offset = (t_centre[0] - scale * float(box[0] + box[1]) / 2, t_centre[1] - scale * float(box[2] + box[3]) / 2)
+            fits.append((scale, offset))
+            projections.append(_image_affine(scale, offset) @ base.projection[k])
+        aligned = Cameras(base.view, torch.stack(projections), size, base.azimuth_deg, base.elevation_deg,
+                          base.distance, base.fov_deg)
+        masks = coverage_masks(vertices, faces, aligned)
+        for k, (azimuth, elevation) in enumerate(part):
+            if fits[k] is None:
+                continue
+            results.append((azimuth, elevation, fits[k][0], fits[k][1], binary_iou(masks[k], target_small)))
+    return results
+
+
+def _front_distance(azimuth: float, elevation: float) -> float:
+    wrapped = (azimuth + 180.0) % 360.0 - 180.0
+    return abs(wrapped) + abs(elevation)
+
+
+def estimate_reference_camera(
+    vertices: torch.Tensor, faces: torch.Tensor, target: torch.Tensor, *, image_size: int | None = None,
+    azimuths: Sequence[float] = SEARCH_AZIMUTHS, elevations: Sequence[float] = SEARCH_ELEVATIONS,
+) -> ReferenceCamera:
+    """The camera through which the mesh's silhouette, recentred like hy3dgen's preprocessing, best matches `target`.
+
+    `target` (S, S) in [0, 1] is the preprocessed foreground (`foreground_mask`); the result renders at
+    `image_size` (default S). A grid search over azimuth × elevation (coarse at SEARCH_SIZE px, then
+    refined ±10° in 5° steps at full size), scale/offset from the bounding boxes (module docstring);
+    ties go to the view nearest the front. Raises EmptySurfaceError when the mesh is seen from nowhere.
+    """
+    size = image_size or int(target.shape[-1])
+    if faces.shape[0] == 0:
+        raise EmptySurfaceError("The mesh has no faces to fit a camera to.")
+    target = target.detach().float().cpu()
+    vertices = vertices.detach().float()
+    coarse_angles = sorted(((a, e) for a in azimuths for e in elevations), key=lambda ae: _front_distance(*ae))
+    coarse = _fit(vertices, faces, target, coarse_angles, min(SEARCH_SIZE, size))
+    if not coarse:
+        raise EmptySurfaceError("The mesh covers no pixel from any searched camera.")
+    best = max(coarse, key=lambda fit: fit[4])  # max keeps the first of equals: the one nearest the front
+    steps = np.arange(-REFINE_SPAN, REFINE_SPAN + 1e-9, REFINE_STEP)
+    fine_angles = sorted({((best[0] + da) % 360.0, float(np.clip(best[1] + de, -89.0, 89.0))) for da in steps for de in steps},
+                         key=lambda ae: (_front_distance(ae[0] - best[0], ae[1] - best[1]), ae))
+    fine = _fit(vertices, faces, target, fine_angles, size)
+    azimuth, elevation, scale, offset, iou = max(fine, key=lambda fit: fit[4])
+    return ReferenceCamera(float(azimuth), float(elevation), float(scale), (float(offset[0]), float(offset[1])), size,
+                           float(iou))
+
+
+class SilhouetteTerm:
+    """The reward term "silhouette": soft IoU of the coverage at the reference camera with the input's foreground.
+
+    `target` (S, S) in [0, 1] (`foreground_mask`). The camera is estimated on the first mesh the reward
+    shows the term (`observe`, called with the detached mesh before the term's cameras are asked
+    for) and then kept; `camera` may also be given (or set) up front. Parts: the binary "iou".
+    """
+
+    name = "silhouette"
+
+    def __init__(self, target: torch.Tensor, camera: ReferenceCamera | None = None):
+        if target.ndim != 2 or target.shape[0] != target.shape[1]:
+            raise InvalidInputError(f"The silhouette target must be a square (S, S) mask, got {tuple(target.shape)}.")
+        self.target = target.detach().float().cpu()
+        self.camera = camera
+        self.estimated_at: dict[str, Any] = {}
+        self._cameras: Cameras | None = None
+
+    def observe(self, vertices: torch.Tensor, faces: torch.Tensor) -> None:
+        """Estimate the reference camera on this mesh unless one is set (the first mesh wins)."""
+        if self.camera is None:
+            self.camera = estimate_reference_camera(vertices, faces, self.target)
+            logger.info("silhouette: reference camera az %.0f° el %.0f° scale %.3f (fit IoU %.3f)",
+                        self.camera.azimuth_deg, self.camera.elevation_deg, self.camera.scale, self.camera.fit_iou)
+
+    def cameras(self, orbit: Cameras) -> Cameras:
+        """The one reference camera (raises if it was never estimated)."""
+        if self.camera is None:
+            raise InvalidInputError("The silhouette term has no reference camera yet (observe a mesh first).")
+        if self._cameras is None or self._cameras.view.device != orbit.view.device:
+            self._cameras = self.camera.cameras(device=orbit.view.device)
+        return self._cameras
+
+    def __call__(self, views: Views) -> TermValue:
+        """Soft IoU of the rendered coverage with the target."""
+        coverage = views.masks[0, 0].clamp(0.0, 1.0)
+        target = self.target.to(coverage.device, coverage.dtype)
+        value = soft_iou(coverage, target)
+        return TermValue(value, {"iou": binary_iou(coverage, target)})
+
+    def modules(self) -> list[torch.nn.Module]:
+        """No model weights."""
+        return []
+
+
+def final_silhouette_iou(vertices: np.ndarray, faces: np.ndarray, camera: ReferenceCamera, target: torch.Tensor,
+                         octree_resolution: int, bounds: float = 1.01) -> float:
+    """IoU of an exported mesh's silhouette (hy3dgen's export frame) at the reference camera with the target."""
+    view, projection = camera.matrices(octree_resolution, bounds)
+    cams = Cameras(torch.tensor(view[None]), torch.tensor(projection[None]), camera.image_size,
+                   (camera.azimuth_deg,), (camera.elevation_deg,), camera.distance, camera.fov_deg)
+    mask = coverage_masks(torch.as_tensor(np.asarray(vertices), dtype=torch.float64).float(),
+                          torch.as_tensor(np.asarray(faces, dtype=np.int64)), cams)
+    return binary_iou(mask[0], target)
+
+
+def silhouette_path_for(mesh_path: Any) -> Any:
+    """Where a run writes the mask its silhouette term used: OUT.silhouette.png next to the mesh."""
+    from pathlib import Path
+
+    path = Path(mesh_path)
+    return path.with_name(path.name + ".silhouette.png")
+
+
+def write_mask_png(path: Any, mask: torch.Tensor) -> None:
+    """The mask (S, S) in [0, 1] as an 8-bit greyscale PNG (white = foreground) at `path` (already staged)."""
+    from PIL import Image
+
+    pixels = (mask.detach().float().clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)
+    Image.fromarray(pixels, "L").save(path, format="PNG")
+
+
+__all__ = [
+    "ReferenceCamera", "SilhouetteTerm", "binary_iou", "coverage_masks", "estimate_reference_camera",
+    "export_frame_matrix", "final_silhouette_iou", "foreground_mask", "silhouette_path_for", "soft_iou",
+    "write_mask_png",
+]
+
+
+
+def estimation_steps(sigmas: Sequence[float], config: Any, search: Any) -> list[int]:
+    """The steps whose x̂ may fix the reference camera, in order: the first reward evaluation of a run that
+    guides — the selection step of a search with σ_s < 1, then the guidance schedule (σ window, every k)
+    as if guidance were on. The first of them whose x̂ has a surface is used."""
+    import dataclasses
+
+    from .search import guided_steps_with_search, selection_step
+
+    steps = guided_steps_with_search(sigmas, dataclasses.replace(config, enabled=True, scale=config.scale or 1.0), search)
+    if search.searching and search.select_at < 1.0:
+        steps = [selection_step(sigmas, search.select_at)] + steps
+    return steps
+
+
+class SilhouetteRun:
+    """The silhouette term's part in one `generate_mesh` run: the target, the term (weight μ), the camera
+    estimate (during guidance, or after sampling for weight-0 and unguided runs) and the final IoU.
+
+        run = SilhouetteRun(pipeline.image_processor, condition, guidance)
+        reward = VLMReward(..., terms=run.terms)
+        callback = run.callback(sampler, steps, search, then=...)   # the step callback
+        ... sample ...
+        run.finish(sampler, reward, condition, steps, cfg_scale, seed, mesh, octree_resolution)
+    """
+
+    def __init__(self, image_processor: Callable[[Any], dict[str, Any]], condition: Any, config: Any):
+        self.weight = float(config.silhouette_weight)
+        self.target = foreground_mask(image_processor, condition, config.view_size)
+        self.term = SilhouetteTerm(self.target)
+        self.terms = [(self.weight, self.term)] if self.weight else []
+        self._latents: dict[int, torch.Tensor] = {}  # x at each estimation step (captured one step earlier)
+        self._steps: list[int] = []
+        self.final_iou: float | None = None
+        self.note: str | None = None
+
+    def callback(self, sampler: Any, steps: int, search: Any, then: Any = None) -> Any:
+        """A step callback that keeps the latents the estimation steps start from (candidate 0's row)."""
+        self._steps = estimation_steps(sampler.schedule(steps), sampler.config, search)
+        wanted = {i - 1: i for i in self._steps if i > 0}
+
+        def capture(sampler_: Any, step: int, sigma: float, state: dict[str, Any]) -> dict[str, Any] | None:
+            if step in wanted and state.get("candidates", [0])[0] == 0:
+                self._latents[wanted[step]] = state["latents"][:1].detach().clone()
+            if self.term.camera is not None and not self.term.estimated_at:
+                self.term.estimated_at = {"step": step, "sigma": float(sigma)}
+            return then(sampler_, step, sigma, state) if then is not None else None
+
+        return capture
+
+    def _estimate_after(self, sampler: Any, reward: Any, condition: Any, steps: int, cfg_scale: float, seed: int) -> None:
+        """Fit the camera on the first estimation step's x̂ with a surface, recomputed exactly as the sampler
+        computes it at a guided step (x̂ = x + (1 − σ)·v, v the DiT's CFG velocity at x)."""
+        from .guidance import predicted_clean_latent
+        from .surface import extract_surface
+
+        pipe = sampler.pipeline
+        context = None
+        for i in self._steps:
+            x = self._latents.get(i)
+            if x is None and i == 0:
+                x = pipe.prepare_latents(1, pipe.dtype, pipe.device, torch.Generator(device="cpu").manual_seed(seed))
+            if x is None:
+                continue
+            with torch.no_grad():
+                if context is None:
+                    sampler.offload.activate("condition")
+                    context = sampler.prepare(condition, num_inference_steps=steps, guidance_scale=cfg_scale)
+                    sampler.offload.activate("denoise")
+                sigma = context.sigmas[i]
+                velocity = sampler.velocity(x.to(pipe.dtype), i, context)
+                clean = predicted_clean_latent(x.float(), velocity.float(), sigma)
+                try:
+                    surface = extract_surface(reward.decode_vae, clean.to(reward.decode_dtype), reward.surface_config)
+                except EmptySurfaceError:
+                    continue
+            self.term.observe(surface.vertices.float(), surface.faces)
+            self.term.estimated_at = {"step": i, "sigma": float(sigma)}
+            return
+
+    def finish(self, sampler: Any, reward: Any, condition: Any, steps: int, cfg_scale: float, seed: int, mesh: Any,
+               octree_resolution: int) -> None:
+        """Estimate the camera if guidance did not (weight 0, --no-guidance), then the final mesh's IoU."""
+        try:
+            if self.term.camera is None:
+                self._estimate_after(sampler, reward, condition, steps, cfg_scale, seed)
+        finally:
+            sampler.offload.restore()
+        if self.term.camera is None:
+            self.note = "no predicted shape of the guidance schedule had a surface: no camera was estimated"
+            return
+        if mesh is not None and len(mesh.faces):
+            self.final_iou = final_silhouette_iou(mesh.vertices, mesh.faces, self.term.camera, self.target,
+                                                  octree_resolution)
+
+    def record(self, octree_resolution: int, mask_path: Any) -> dict[str, Any]:
+        """The manifest's "silhouette" entry."""
+        camera = self.term.camera
+        return {
+            "weight": self.weight,
+            "metric": "soft IoU (Jaccard) of the coverage at the reference camera with the preprocessed input's foreground",
+            "mask": str(mask_path),
+            "camera": (camera.to_dict(octree_resolution) | {"estimated_at": dict(self.term.estimated_at)}
+                       if camera is not None else None),
+            "note": self.note,
+        }
