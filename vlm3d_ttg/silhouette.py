@@ -19,7 +19,7 @@ is that mask term for guidance (docs/design.md §3, §5):
   silhouette's bounding box onto the target's (longest side to longest side, centre to centre).
   That is the minimum that makes the fit honest: the angles decide the silhouette's shape, the
   scale/offset are exactly what the preprocessing did to the input picture. Azimuth and elevation
-  come from a grid search (every 15° of azimuth, elevation −15°…45°, then ±10° refined in 5° steps)
+  come from a grid search (every 20° of azimuth, elevation −15°…45° in 15° steps, at 64 px; then a 3 × 3 pattern search at the term's size with steps of 10°, 5° and 2.5°)
   maximising the IoU; ties go to the candidate nearest the front view. An input that is not a front
   view simply lands at another azimuth/elevation; a symmetric object is ambiguous between mirrored
   views (the tie rule picks the one nearest the front); an input from outside the searched
@@ -50,17 +50,17 @@ import torch.nn.functional as F
 from .errors import EmptySurfaceError, InvalidInputError
 from .render import Cameras, orbit_cameras
 from .render.cameras import DEFAULT_DISTANCE, DEFAULT_FOV
-from .render.raster_cpu import clip_positions, zbuffer_face_ids
+from .render.raster_cpu import clip_positions
 from .terms import TermValue, Views
 
 logger = logging.getLogger(__name__)
 
-#: The coarse search: every 15° of azimuth, these elevations; then ±REFINE_SPAN around the best in REFINE_STEP.
-SEARCH_AZIMUTHS = tuple(float(a) for a in range(0, 360, 15))
+#: The coarse search: every 20° of azimuth at these elevations; then a pattern search with these steps (degrees).
+SEARCH_AZIMUTHS = tuple(float(a) for a in range(0, 360, 20))
 SEARCH_ELEVATIONS = (-15.0, 0.0, 15.0, 30.0, 45.0)
-REFINE_SPAN, REFINE_STEP = 10.0, 5.0
+REFINE_STEPS = (10.0, 5.0, 2.5)
 #: The side at which the coarse search renders (the refinement renders at the term's own side).
-SEARCH_SIZE = 96
+SEARCH_SIZE = 64
 
 
 def soft_iou(coverage: torch.Tensor, target: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -72,9 +72,9 @@ def soft_iou(coverage: torch.Tensor, target: torch.Tensor, eps: float = 1e-6) ->
 
 
 def binary_iou(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor) -> float:
-    """IoU of two masks thresholded at 0.5 (1.0 when both are empty)."""
-    a = np.asarray(a.detach().cpu() if isinstance(a, torch.Tensor) else a) > 0.5
-    b = np.asarray(b.detach().cpu() if isinstance(b, torch.Tensor) else b) > 0.5
+    """IoU of two masks, a pixel counting where its value is ≥ 0.5 (1.0 when both are empty)."""
+    a = np.asarray(a.detach().cpu() if isinstance(a, torch.Tensor) else a) >= 0.5
+    b = np.asarray(b.detach().cpu() if isinstance(b, torch.Tensor) else b) >= 0.5
     union = np.logical_or(a, b).sum()
     return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
 
@@ -94,7 +94,7 @@ def foreground_mask(image_processor: Callable[[Any], dict[str, Any]], image: Any
     mask = ((mask.detach().float().cpu() + 1.0) / 2.0).clamp(0.0, 1.0)
     if tuple(mask.shape[-2:]) != (size, size):
         mask = F.interpolate(mask, size=(size, size), mode="area")
-    if not bool((mask > 0.5).any()):
+    if not bool((mask >= 0.5).any()):
         raise InvalidInputError("The conditioning image has no foreground after hy3dgen's preprocessing.")
     return mask[0, 0]
 
@@ -164,12 +164,53 @@ class ReferenceCamera:
         }
 
 
-def coverage_masks(vertices: torch.Tensor, faces: torch.Tensor, cameras: Cameras) -> torch.Tensor:
-    """Binary coverage (N, H, W) of a mesh through cameras: the renderer's own z-buffer visibility, no grad."""
+def coverage_masks(vertices: torch.Tensor, faces: torch.Tensor, cameras: Cameras, *, batch: int = 1 << 22) -> torch.Tensor:
+    """Binary coverage (N, H, W) of a mesh through cameras, no grad: a pixel is covered when its centre lies
+    in a projected triangle (the renderer's sampling rule, without depth: coverage needs none).
+
+    All views' triangles are rasterised together, binned by their bounding-box side, so the many
+    camera candidates of the estimate cost about as much as one batched pass.
+    """
+    size = cameras.image_size
+    n_views = len(cameras)
+    out = torch.zeros(n_views * size * size, dtype=torch.bool, device=vertices.device)
+    faces = faces.to(vertices.device, torch.long)
+    if faces.shape[0] == 0:
+        return out.view(n_views, size, size).float()
     with torch.no_grad():
         cams = cameras.to(vertices.device, torch.float32)
-        clip = clip_positions(vertices.detach().float(), cams.mvp)
-        return (zbuffer_face_ids(clip, faces.to(vertices.device, torch.long), cameras.image_size) >= 0).float()
+        clip = clip_positions(vertices.detach().float(), cams.mvp)  # (N, V, 4)
+        w = clip[..., 3]
+        xy = torch.stack([(clip[..., 0] / w + 1) * (size / 2) - 0.5, (1 - clip[..., 1] / w) * (size / 2) - 0.5], -1)
+        tri = xy[:, faces].reshape(-1, 3, 2)  # (N·F, 3, 2): every view's triangles together
+        view = torch.arange(n_views, device=vertices.device).repeat_interleave(faces.shape[0])
+        lo = tri.amin(dim=1).ceil().clamp(0, size - 1)
+        hi = tri.amax(dim=1).floor().clamp(-1, size - 1)
+        extent = (hi - lo + 1).long()
+        usable = (w[:, faces].reshape(-1, 3) > 1e-6).all(dim=1) & (extent > 0).all(dim=1)
+        usable &= (tri.amax(dim=1) >= 0).all(dim=1) & (tri.amin(dim=1) <= size - 1).all(dim=1)
+        side = extent.amax(dim=1).clamp_min(1)
+        bucket = torch.ceil(torch.log2(side.float())).long()
+        for b in torch.unique(bucket[usable]).tolist():
+            span = 1 << b
+            members = (usable & (bucket == b)).nonzero()[:, 0]
+            offsets = torch.arange(span, device=vertices.device)
+            for chunk in members.split(max(1, batch // (span * span))):
+                column = lo[chunk, 0].long()[:, None, None] + offsets[None, None, :]
+                row = lo[chunk, 1].long()[:, None, None] + offsets[None, :, None]
+                column, row = torch.broadcast_tensors(column, row)
+                inside = (column <= hi[chunk, 0].long()[:, None, None]) & (row <= hi[chunk, 1].long()[:, None, None])
+                v = tri[chunk][:, None, None]  # (f, 1, 1, 3, 2)
+                px, py = column.float(), row.float()
+                signs = []
+                for a, c in ((0, 1), (1, 2), (2, 0)):
+                    ax, ay, cx, cy = v[..., a, 0], v[..., a, 1], v[..., c, 0], v[..., c, 1]
+                    signs.append((cx - ax) * (py - ay) - (cy - ay) * (px - ax))
+                e0, e1, e2 = signs
+                inside &= ((e0 >= 0) & (e1 >= 0) & (e2 >= 0)) | ((e0 <= 0) & (e1 <= 0) & (e2 <= 0))
+                flat = (view[chunk][:, None, None] * size + row) * size + column
+                out[flat[inside]] = True
+    return out.view(n_views, size, size).float()
 
 
 def _bbox_ndc(masks: torch.Tensor) -> torch.Tensor:
@@ -189,9 +230,10 @@ def _bbox_ndc(masks: torch.Tensor) -> torch.Tensor:
 
 
 def _fit(vertices: torch.Tensor, faces: torch.Tensor, target: torch.Tensor, angles: Sequence[tuple[float, float]],
-         size: int, chunk: int = 32) -> list[tuple[float, float, float, tuple[float, float], float]]:
-    """(azimuth, elevation, scale, offset, IoU) per candidate angle pair, recentred like hy3dgen would."""
-    target_small = F.interpolate(target[None, None].float(), size=(size, size), mode="area")[0, 0] > 0.5
+         size: int, chunk: int = 64) -> list[tuple[float, float, float, tuple[float, float], float]]:
+    """(azimuth, elevation, scale, offset, IoU) per candidate angle pair, recentred as hy3dgen would recentre
+    a picture of the mesh: the bounding box of the projected mesh onto the target's (longest side, centre)."""
+    target_small = F.interpolate(target[None, None].float(), size=(size, size), mode="area")[0, 0] >= 0.5
     (t_box,) = _bbox_ndc(target_small[None])
     t_long = max(float(t_box[1] - t_box[0]), float(t_box[3] - t_box[2]))
     t_centre = (float(t_box[0] + t_box[1]) / 2, float(t_box[2] + t_box[3]) / 2)
@@ -200,26 +242,22 @@ def _fit(vertices: torch.Tensor, faces: torch.Tensor, target: torch.Tensor, angl
         part = angles[start:start + chunk]
         base = orbit_cameras(azimuths_deg=[a for a, _ in part], elevation_deg=[e for _, e in part], image_size=size,
                              dtype=torch.float64)
-        boxes = _bbox_ndc(coverage_masks(vertices, faces, base).bool())
-        projections, fits = [], []
-        for k, (azimuth, elevation) in enumerate(part):
-            box = boxes[k]
-            if torch.isnan(box).any():
-                fits.append(None)
-                projections.append(base.projection[k])
-                continue
-            scale = t_long / max(float(box[1] - box[0]), float(box[3] - box[2]))
-            offset = (t_centre[0] - scale * float(box[0] + box[1]) / 2, t_centre[1] - scale * float(box[2] + box[3]) / 2)
-            fits.append((scale, offset))
+        clip = clip_positions(vertices.detach().double().cpu(), base.mvp)
+        ndc = clip[..., :2] / clip[..., 3:4]  # (N, V, 2): the silhouette's bounding box is the vertices'
+        low, high = ndc.amin(dim=1), ndc.amax(dim=1)
+        projections = []
+        for k in range(len(part)):
+            scale = t_long / max(float(high[k, 0] - low[k, 0]), float(high[k, 1] - low[k, 1]), 1e-9)
+            offset = (t_centre[0] - scale * float(low[k, 0] + high[k, 0]) / 2,
+                      t_centre[1] - scale * float(low[k, 1] + high[k, 1]) / 2)
             projections.append(_image_affine(scale, offset) @ base.projection[k])
+            results.append([part[k][0], part[k][1], scale, offset, 0.0])
         aligned = Cameras(base.view, torch.stack(projections), size, base.azimuth_deg, base.elevation_deg,
                           base.distance, base.fov_deg)
-        masks = coverage_masks(vertices, faces, aligned)
-        for k, (azimuth, elevation) in enumerate(part):
-            if fits[k] is None:
-                continue
-            results.append((azimuth, elevation, fits[k][0], fits[k][1], binary_iou(masks[k], target_small)))
-    return results
+        masks = coverage_masks(vertices, faces, aligned).cpu()
+        for k in range(len(part)):
+            results[start + k][4] = binary_iou(masks[k], target_small)
+    return [tuple(r) for r in results]
 
 
 def _front_distance(azimuth: float, elevation: float) -> float:
@@ -234,8 +272,8 @@ def estimate_reference_camera(
     """The camera through which the mesh's silhouette, recentred like hy3dgen's preprocessing, best matches `target`.
 
     `target` (S, S) in [0, 1] is the preprocessed foreground (`foreground_mask`); the result renders at
-    `image_size` (default S). A grid search over azimuth × elevation (coarse at SEARCH_SIZE px, then
-    refined ±10° in 5° steps at full size), scale/offset from the bounding boxes (module docstring);
+    `image_size` (default S). A grid search over azimuth × elevation (coarse at SEARCH_SIZE px, then a
+    pattern search at full size), scale/offset from the bounding boxes (module docstring);
     ties go to the view nearest the front. Raises EmptySurfaceError when the mesh is seen from nowhere.
     """
     size = image_size or int(target.shape[-1])
@@ -245,14 +283,23 @@ def estimate_reference_camera(
     vertices = vertices.detach().float()
     coarse_angles = sorted(((a, e) for a in azimuths for e in elevations), key=lambda ae: _front_distance(*ae))
     coarse = _fit(vertices, faces, target, coarse_angles, min(SEARCH_SIZE, size))
-    if not coarse:
-        raise EmptySurfaceError("The mesh covers no pixel from any searched camera.")
     best = max(coarse, key=lambda fit: fit[4])  # max keeps the first of equals: the one nearest the front
-    steps = np.arange(-REFINE_SPAN, REFINE_SPAN + 1e-9, REFINE_STEP)
-    fine_angles = sorted({((best[0] + da) % 360.0, float(np.clip(best[1] + de, -89.0, 89.0))) for da in steps for de in steps},
-                         key=lambda ae: (_front_distance(ae[0] - best[0], ae[1] - best[1]), ae))
-    fine = _fit(vertices, faces, target, fine_angles, size)
-    azimuth, elevation, scale, offset, iou = max(fine, key=lambda fit: fit[4])
+    # Pattern search at the term's own size: move to the best 3 × 3 neighbour until the centre is best,
+    # then halve the step (10° → 5° → 2.5°).
+    seen: dict[tuple[float, float], tuple] = {}
+    centre = (best[0], best[1])
+    for step in REFINE_STEPS:
+        while True:
+            around = [((centre[0] + da) % 360.0, float(np.clip(centre[1] + de, -89.0, 89.0)))
+                      for de in (0.0, -step, step) for da in (0.0, -step, step)]
+            new = [ae for ae in dict.fromkeys(around) if ae not in seen]
+            for fit in _fit(vertices, faces, target, new, size) if new else []:
+                seen[(fit[0], fit[1])] = fit
+            best = max((seen[ae] for ae in dict.fromkeys(around)), key=lambda fit: fit[4])  # centre first on ties
+            if (best[0], best[1]) == centre:
+                break
+            centre = (best[0], best[1])
+    azimuth, elevation, scale, offset, iou = best
     return ReferenceCamera(float(azimuth), float(elevation), float(scale), (float(offset[0]), float(offset[1])), size,
                            float(iou))
 
@@ -343,8 +390,9 @@ def estimation_steps(sigmas: Sequence[float], config: Any, search: Any) -> list[
     as if guidance were on. The first of them whose x̂ has a surface is used."""
     import dataclasses
 
-    from .search import guided_steps_with_search, selection_step
+    from .search import SearchOptions, guided_steps_with_search, selection_step
 
+    search = search or SearchOptions()
     steps = guided_steps_with_search(sigmas, dataclasses.replace(config, enabled=True, scale=config.scale or 1.0), search)
     if search.searching and search.select_at < 1.0:
         steps = [selection_step(sigmas, search.select_at)] + steps
