@@ -178,11 +178,19 @@ def test_guided_and_unguided_runs_share_the_camera_that_reprojects_the_exported_
         assert 0.0 < manifest["final_silhouette_iou"] <= 1.0
 
 
-def test_the_export_frame_is_hy3dgens_index_mapping():
-    """A grid index i is −b + i·2b/R in the decode frame and −b + i·2b/(R + 1) in hy3dgen's export."""
-    resolution, bounds = 64, 1.01
-    index = np.array([0.0, 17.0, 64.0])
-    exported = -bounds + index * 2 * bounds / (resolution + 1)
-    decoded = -bounds + index * 2 * bounds / resolution
-    mapped = (export_frame_matrix(resolution, bounds) @ np.c_[exported, exported, exported, np.ones(3)].T).T
-    np.testing.assert_allclose(mapped[:, 0], decoded, atol=1e-12)
+def test_the_export_frame_map_takes_hy3dgens_exported_mesh_onto_the_decoded_surface(tiny_pipeline):
+    """The same latent through hy3dgen's export and through our surface extraction on the same grid:
+    `export_frame_matrix` maps the exported vertices onto ours (without it they are off by ~a cell)."""
+    from scipy.spatial import cKDTree
+
+    from vlm3d_ttg.export import latents_to_mesh
+    from vlm3d_ttg.surface import SurfaceConfig, extract_surface
+
+    resolution = 32
+    latent = torch.randn(1, 32, 8, generator=torch.Generator().manual_seed(4))
+    exported = latents_to_mesh(tiny_pipeline, latent, octree_resolution=resolution)
+    ours = extract_surface(tiny_pipeline.vae, latent, SurfaceConfig(resolution=resolution, coarse_resolution=None))
+    tree = cKDTree(ours.vertices.detach().numpy())
+    mapped = (np.c_[exported.vertices, np.ones(len(exported.vertices))] @ export_frame_matrix(resolution).T)[:, :3]
+    assert np.median(tree.query(mapped)[0]) < 1e-3 * 2.02 / resolution
+    assert np.median(tree.query(np.asarray(exported.vertices))[0]) > 0.1 * 2.02 / resolution
