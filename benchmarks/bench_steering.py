@@ -384,11 +384,16 @@ def contact_sheets(mesh_dir: Path, out: Path, names: list[str], seed: int = 0) -
         images.append(torch.tensor(rgb).permute(2, 0, 1))
         labels.append(f"{target.name}: input")
         meshes = [("target", target.mesh)] + [
-            (reward, trimesh.load(next(mesh_dir.glob(f"{target.name}_{seed}_{reward}_*.ply")), force="mesh"))
+            (reward, next(iter(sorted(mesh_dir.glob(f"{target.name}_{seed}_{reward}_*.ply"))), None))
             for reward in ("base", "oracle", "silhouette", "vlm+silhouette")]
         for reward, mesh in meshes:
-            result = render_mesh(torch.tensor(mesh.vertices, dtype=torch.float32), torch.tensor(mesh.faces), camera)
-            images.append(result.images[0])
+            if isinstance(mesh, Path):
+                mesh = trimesh.load(mesh, force="mesh")
+            if mesh is None:  # not run (yet)
+                images.append(torch.ones(3, size, size))
+            else:
+                result = render_mesh(torch.tensor(mesh.vertices, dtype=torch.float32), torch.tensor(mesh.faces), camera)
+                images.append(result.images[0])
             labels.append("unguided" if reward == "base" else reward)
     write_contact_sheet(out, torch.stack(images), labels, columns=6,
                         title=f"tiny preset, seed {seed}: input, target mesh, unguided, guided by oracle / input silhouette / VLM + silhouette (input camera)")
