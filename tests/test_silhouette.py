@@ -14,7 +14,6 @@ import torch
 import trimesh
 from PIL import Image, ImageDraw
 
-from vlm3d_ttg.cli import main
 from vlm3d_ttg.errors import InvalidInputError
 from vlm3d_ttg.generation import GenerationOptions, LoadedModels, generate_mesh
 from vlm3d_ttg.guidance import GuidanceConfig
@@ -29,9 +28,6 @@ from vlm3d_ttg.silhouette import (
     soft_iou,
 )
 from vlm3d_ttg.terms import Views
-
-FAST = ["--steps", "6", "--views", "1", "--view-size", "56", "--grid", "32", "--octree-resolution", "48",
-        "--sigma-window", "0.1,0.9", "--every", "2", "--quiet"]
 
 
 def test_soft_iou_is_the_iou_on_binary_masks_and_its_gradient_matches_finite_differences():
@@ -134,25 +130,22 @@ def _rasterise(vertices: np.ndarray, faces: np.ndarray, view: np.ndarray, projec
     return covered
 
 
-def _run(args, capsys):
-    code = main([str(a) for a in args])
-    captured = capsys.readouterr()
-    assert code == 0, captured.err
-    return captured.out
-
-
 def test_guided_and_unguided_runs_share_the_camera_that_reprojects_the_exported_mesh(
-        tmp_path, tiny_cache, tiny_pipeline, tiny_vlm, monkeypatch, capsys, rgba_image):
-    monkeypatch.setenv("VLM3D_TTG_CACHE", str(tiny_cache))
+        tmp_path, tiny_pipeline, tiny_vlm, capsys, rgba_image):
+    from vlm3d_ttg.commands.generate import _print_summary
+
     guided, base = tmp_path / "guided.glb", tmp_path / "base.glb"
-    stdout = _run(["generate", rgba_image, "--prompt", "a pot", "--preset", "tiny", "--out", guided, "--seed", "1",
-                   "--silhouette-weight", "2", *FAST], capsys)
-    assert "silhouette final IoU" in stdout and "silhouette = " in stdout
-    # The unguided baseline through the Python API, on the same seed and settings.
-    config = GuidanceConfig(enabled=False, num_views=1, view_size=56, grid_resolution=32, sigma_window=(0.1, 0.9))
     models = LoadedModels(tiny_pipeline, *tiny_vlm, "tiny", "tiny", preset="tiny")
-    generate_mesh(models, image=rgba_image, prompt="a pot", out=base, manifest_path=base.with_name(base.name + ".json"),
-                  guidance=config, options=GenerationOptions(seed=1, steps=6, octree_resolution=48), progress=False)
+    options = GenerationOptions(seed=1, steps=6, octree_resolution=32)
+    settings = dict(num_views=1, view_size=56, grid_resolution=32, sigma_window=(0.1, 0.9))
+    results = {}
+    for path, config in ((guided, GuidanceConfig(silhouette_weight=2.0, **settings)),
+                         (base, GuidanceConfig(enabled=False, **settings))):  # the unguided baseline, same seed
+        results[path] = generate_mesh(models, image=rgba_image, prompt="a pot", out=path, options=options,
+                                      manifest_path=path.with_name(path.name + ".json"), guidance=config, progress=False)
+    _print_summary(results[guided], GuidanceConfig(silhouette_weight=2.0, **settings), 1.0)
+    stdout = capsys.readouterr().out
+    assert "silhouette final IoU" in stdout and "silhouette = " in stdout
     g = json.loads(guided.with_name(guided.name + ".json").read_text())
     b = json.loads(base.with_name(base.name + ".json").read_text())
 
