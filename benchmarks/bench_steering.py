@@ -74,6 +74,8 @@ BEGIN, END = "<!-- bench_steering:begin -->", "<!-- bench_steering:end -->"
 
 # The benchmark's run settings (tiny preset): small enough for 2 CPU cores, guidance defaults otherwise.
 TINY = dict(steps=12, octree=32, views=4, view_size=56, grid=32)
+# Realsize (the real widths and token counts, depth 1, random weights): as small as still guides (2 guided steps).
+REALSIZE = dict(steps=6, octree=32, views=2, view_size=56, grid=32)
 VLM_SILHOUETTE_WEIGHT = 10.0
 
 
@@ -494,7 +496,8 @@ def main(argv: list[str] | None = None) -> None:
         targets = load_targets(names)
         seeds = list(range(args.seeds))
         if args.command == "main":
-            run_grid(models, targets, args.rewards.split(","), seeds, TINY, {}, args.out, args.meshes)
+            settings = REALSIZE if args.preset == "realsize" else TINY
+            run_grid(models, targets, args.rewards.split(","), seeds, settings, {}, args.out, args.meshes)
         else:
             for overrides in SWEEP:
                 run_grid(models, targets, ["oracle"], seeds, TINY, overrides, args.out)
