@@ -46,6 +46,7 @@ class RunShape:
     view_size: int = 448
     grad_mode: str = "x0"
     checkpointing: bool = False
+    silhouette: bool = False  # --silhouette-weight > 0: one more view rendered at view_size, soft IoU fwd + bwd
     # Candidate search (vlm3d_ttg.search): N candidates, selection at σ_s (1: among final meshes), k kept.
     candidates: int = 1
     select_at: float = 1.0
@@ -229,11 +230,26 @@ def stage_table(run: RunShape) -> list[tuple[str, float, str]]:
         ("vertex re-query fwd + bwd", 3 * run.visible_vertices * geo_decoder_flops_per_query(), f"{run.visible_vertices} visible vertices"),
         ("critic forward + input backward", 2 * critic_forward_flops(run.views, run.view_size), f"{run.views} × {run.view_size}²"),
     ]
+    if run.silhouette:
+        rows.append(("silhouette term (soft IoU fwd + bwd)", silhouette_term_flops(run.view_size),
+                     f"1 × {run.view_size}² coverage; its render is one more view for the renderer"))
     if run.grad_mode == "xt":
         rows.append(("DiT backward (grad_mode xt)", 2 * dit_forward_flops(2), "through the CFG batch"))
     if run.checkpointing:
         rows.append(("critic recompute (checkpointing)", critic_forward_flops(run.views, run.view_size), "one extra forward"))
     return [(name, flops / 1e12, note) for name, flops, note in rows]
+
+
+def silhouette_term_flops(size: int) -> float:
+    """The soft IoU Σm·t / Σ(m + t − m·t) over one size² view: ~4 FLOPs a pixel forward, ~8 backward."""
+    return 12.0 * size * size
+
+
+def silhouette_measure_flops(run: RunShape) -> float:
+    """Once per run without the term in the reward (weight 0, --no-guidance): x̂ at the first scheduled step
+    needs one more DiT forward (CFG batch) and one decode to a grid (the camera search itself is renders only)."""
+    grid_queries = (run.grid + 1) ** 3 / run.coarse_to_fine_reduction
+    return dit_forward_flops(2) + vae_transformer_flops() + grid_queries * geo_decoder_flops_per_query()
 
 
 def extra_tflop_per_run(run: RunShape) -> float:
@@ -331,12 +347,18 @@ def markdown() -> str:
     ref = extra_tflop_per_run(base)
     knobs = [
         ("every", [1, 2, 4]), ("grid", [64, 128]), ("views", [1, 2, 4, 6]), ("view_size", [224, 336, 448]),
-        ("grad_mode", ["x0", "xt"]), ("checkpointing", [False, True]),
+        ("grad_mode", ["x0", "xt"]), ("checkpointing", [False, True]), ("silhouette", [False, True]),
     ]
     for field, values in knobs:
         for value in values:
             cost = extra_tflop_per_run(replace(base, **{field: value}))
             lines.append(f"| {field} | {value} | {cost:.0f} | ×{cost / ref:.2f} |")
+    lines += ["", f"The input-silhouette term (`--silhouette-weight`) adds {silhouette_term_flops(base.view_size) / 1e12:.1e} "
+              "TFLOP per guided step (a soft IoU over one view) plus the render of that one view, next to the critic's "
+              f"{2 * critic_forward_flops(base.views, base.view_size) / 1e12:.1f}; its camera is estimated once per run "
+              "from renders alone. Runs without the term (weight 0, --no-guidance) still measure "
+              "`final_silhouette_iou`: that costs one more DiT forward and decode per run "
+              f"({silhouette_measure_flops(base) / 1e12:.2f} TFLOP, once)."]
     lines += ["", "### GPU memory with everything resident (GiB)", "", "| item | default | checkpointing | 2 views × 336² + checkpointing |", "|---|---:|---:|---:|"]
     light = memory_table(replace(base, checkpointing=True))
     lighter = memory_table(replace(base, checkpointing=True, views=2, view_size=336))

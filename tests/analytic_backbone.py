@@ -122,6 +122,14 @@ class AnalyticBackbone:
     def offload_groups(self) -> dict[str, list[torch.nn.Module]]:
         return {"condition": [], "denoise": []}
 
+    def input_foreground(self, image: Any, size: int) -> torch.Tensor:
+        alpha = np.asarray(open_image(image).convert("RGBA"), dtype=np.float32)[..., 3] / 255.0
+        mask = torch.from_numpy(alpha)[None, None]
+        return F.interpolate(mask, size=(size, size), mode="area")[0, 0].clamp(0, 1)
+
+    def export_frame(self, octree_resolution: int) -> np.ndarray:
+        return np.eye(4)  # to_mesh extracts the field's own surface: the frames agree
+
     def reference_image(self, image: Any, side: int) -> torch.Tensor:
         rgb = np.asarray(composite_on_white(open_image(image)).convert("RGB"), dtype=np.float32) / 255.0
         pixels = torch.from_numpy(rgb).permute(2, 0, 1)[None]

@@ -420,3 +420,15 @@ def test_contact_sheet_is_written_atomically_with_all_views(tmp_path):
     with pytest.raises(InvalidInputError):
         write_contact_sheet(tmp_path / "bad.png", views.images, ["only one label"])
     assert not (tmp_path / "bad.png").exists()
+
+
+def test_a_contact_sheet_is_wide_enough_for_its_title():
+    """Step sheets carry every reward term's value in the title: two small views must not cut it off."""
+    from PIL import ImageDraw, ImageFont
+
+    from vlm3d_ttg.render import contact_sheet
+
+    title = "step 4  sigma=0.43  r=+1.022  P(yes)=0.551  vlm=+0.204  silhouette=+0.811"
+    sheet = contact_sheet(torch.rand(2, 3, 28, 28), ["a", "b"], title=title)
+    needed = ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(title, font=ImageFont.load_default())
+    assert sheet.size[0] >= needed > 2 * 28 + 12

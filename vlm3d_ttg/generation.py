@@ -145,6 +145,10 @@ class GenerationResult:
     records: list[StepRecord]
     final_r: float | None
     final_p_yes: float | None
+    final_terms: dict[str, float] = field(default_factory=dict)  # each reward term's value on the final mesh
+    final_silhouette_iou: float | None = None  # the final mesh's IoU with the input at its estimated camera
+    silhouette_camera: dict[str, Any] | None = None  # that camera (vlm3d_ttg.silhouette.ReferenceCamera.to_dict)
+    silhouette_mask_path: Path | None = None
     view_sheets: list[Path] = field(default_factory=list)
     plot_path: Path | None = None
     input_image_path: Path | None = None  # the input image text-to-image made (text-to-3D runs)
@@ -200,12 +204,12 @@ def _write_view_sheets(
     for step, images in sorted(views.items()):
         record = by_step[step]
         labels = [f"view {k}" for k in range(images.shape[0])]
-        title = f"step {step}  sigma={record.sigma:.2f}  r={record.r:+.3f}  P(yes)={record.p_yes:.3f}"
+        title = f"step {step}  sigma={record.sigma:.2f}  r={record.r:+.3f}  P(yes)={_maybe(record.p_yes)}" + _terms_text(record.terms)
         path = folder / f"step_{step:03d}.png"
         write_contact_sheet(staged(path), images.float() / 255, labels, title=title)
         sheets.append(path)
     if final is not None and final.images is not None:
-        title = f"final mesh  r={float(final.r):+.3f}  P(yes)={final.p_yes:.3f}"
+        title = f"final mesh  r={float(final.r):+.3f}  P(yes)={_maybe(final.p_yes)}" + _terms_text(final.terms)
         labels = [f"view {k}" for k in range(final.images.shape[0])]
         write_contact_sheet(staged(folder / "final.png"), final.images.clamp(0, 1), labels, title=title)
         sheets.append(folder / "final.png")
@@ -215,6 +219,16 @@ def _write_view_sheets(
 def export_resolution(preset: str) -> int:
     """The export grid a preset uses unless --octree-resolution says otherwise."""
     return TINY_EXPORT_RESOLUTION if preset == "tiny" else EXPORT_RESOLUTION
+
+
+def _maybe(p_yes: float | None) -> str:
+    return "n/a" if p_yes is None else f"{p_yes:.3f}"
+
+
+def _terms_text(terms: dict[str, float]) -> str:
+    """The terms of a reward with more than the critic, for a sheet's title ('' for the critic alone)."""
+    return "" if set(terms) <= {"vlm"} else "  " + "  ".join(f"{name}={value:+.3f}" for name, value in terms.items())
+
 
 
 def _write_candidate_sheet(views_dir: str | os.PathLike, found: SearchRecord, staged: Callable[[Path], Path]) -> Path:
@@ -385,6 +399,7 @@ def generate_mesh(
     from .critic.families import build_critic
     from .reward import VLMReward
     from .sampler import GuidedSampler
+    from .silhouette import SilhouetteRun, silhouette_path_for, write_mask_png
 
     started = time.perf_counter()
     if (image is None) == (generated_input is None):
@@ -399,9 +414,12 @@ def generate_mesh(
     reference = backbone.reference_image(front, guidance.view_size) if guidance.reference else None
     critic = build_critic(models.vlm, models.processor, prompt, guidance.query, reference=reference,
                           layout=guidance.view_layout, grid_size=guidance.view_size, activation_checkpointing=checkpointing)
-    reward = VLMReward.from_config(backbone, critic, guidance)
+    # The input-silhouette term (weight μ; its IoU is measured in every run): vlm3d_ttg.silhouette.
+    silhouette = SilhouetteRun(backbone, front, guidance)
+    reward = VLMReward.from_config(backbone, critic, guidance, terms=silhouette.terms)
     sampler = GuidedSampler(backbone, reward, guidance, offload_idle=offload_idle)
-    capture = ViewCapture(keep_views, sampler.guided_steps(steps, search), then=step_callback)
+    capture = ViewCapture(keep_views, sampler.guided_steps(steps, search),
+                          then=silhouette.callback(sampler, steps, search, then=step_callback))
     output = sampler(
         condition,
         num_inference_steps=steps,
@@ -427,6 +445,8 @@ def generate_mesh(
             output.compute.add_time("final_score", time.perf_counter() - tic)
         finally:
             sampler.offload.restore()
+    silhouette.finish(sampler, reward, condition, steps, cfg_scale, seed, mesh, octree_resolution)
+    mask_path = silhouette_path_for(out)
     content: dict[str, Any] = {
         "tool": "vlm3d-ttg generate",
         "image": str(generated_input.path if generated_input is not None else image),
@@ -463,12 +483,14 @@ def generate_mesh(
         "sampling_seconds": output.seconds,
         "search": output.search.to_dict() if output.search is not None else None,
         "compute": output.compute.to_dict(),
+        "silhouette": silhouette.record(octree_resolution, mask_path),
+        "final_silhouette_iou": silhouette.final_iou,
     }
     outputs: dict[str, Any] = {}
     if mesh is None:
         # A failed run must not touch what an earlier run wrote (its mesh and manifest belong
         # together): its record goes to a file of its own.
-        content.update(final_r=None, final_p_yes=None, error="the final latent decodes to no surface")
+        content.update(final_r=None, final_p_yes=None, final_terms={}, error="the final latent decodes to no surface")
         content["total_seconds"] = time.perf_counter() - started
         failure_path = failed_run_path(manifest_path)
         write_manifest(failure_path, content)
@@ -487,6 +509,8 @@ def generate_mesh(
 
         save_mesh(mesh, staged(mesh_path))
         outputs["mesh"] = str(mesh_path)
+        write_mask_png(staged(mask_path), silhouette.target)
+        outputs["silhouette_mask"] = str(mask_path)
         if generated_input is not None:
             generated_input.image.save(staged(generated_input.path), format="PNG")
             outputs["input_image"] = str(generated_input.path)
@@ -502,6 +526,7 @@ def generate_mesh(
         content.update(
             final_r=final_r,
             final_p_yes=final.p_yes if final is not None else None,
+            final_terms=dict(final.terms) if final is not None else {},
             faces=int(len(mesh.faces)),
             outputs=outputs,
             total_seconds=time.perf_counter() - started,
@@ -514,6 +539,10 @@ def generate_mesh(
         records=output.records,
         final_r=final_r,
         final_p_yes=final.p_yes if final is not None else None,
+        final_terms=dict(final.terms) if final is not None else {},
+        final_silhouette_iou=silhouette.final_iou,
+        silhouette_camera=content["silhouette"]["camera"],
+        silhouette_mask_path=mask_path,
         view_sheets=sheets,
         plot_path=Path(plot_path) if plot_path is not None else None,
         input_image_path=generated_input.path if generated_input is not None else None,

@@ -51,6 +51,7 @@ class GuidanceConfig:
       +0.063 with, +0.059 without); 448 = 16·28 needs no resampling in the critic.
     - `grid_resolution` 64: coarse-to-fine from 32³; the guidance mesh only has to be good enough
       to render the critic's views, the export uses hy3dgen's 384³.
+    - `silhouette_weight` 0: the paper's reward, the critic alone (vlm3d_ttg.silhouette; RESULTS.md).
     - `reference` off, `view_layout` "separate": the paper's reference-free critic, one image per
       view. The reference image costs one more image in the critic's prompt (+256 tokens at 448 px);
       the grid cuts the views' tokens N-fold at 1/√N of their resolution (README, RESULTS.md).
@@ -84,6 +85,9 @@ class GuidanceConfig:
     view_layout: ViewLayout = option(
         "separate", "separate (one image per view) or grid (all views tiled into one view-size image: ~N× fewer critic tokens).")
     backend: str = option("auto", "Renderer: auto, cpu or nvdiffrast.", flag="--render-backend")
+    silhouette_weight: float = option(
+        0.0, "Weight μ of the input-silhouette term: soft IoU of the shape's coverage at the input's (estimated) "
+        "camera with the input's foreground (0: off; the IoU is measured either way).")
 
     def validate(self, critic_family: str | None = None) -> "GuidanceConfig":
         """Raise InvalidInputError naming the first bad field and what it accepts; return self.
@@ -135,6 +139,8 @@ class GuidanceConfig:
             bad(f"elevation_jitter must be in [0, 90) degrees, got {self.elevation_jitter}")
         if number("grid_resolution", integer=True) < 16:
             bad(f"grid_resolution must be ≥ 16, got {self.grid_resolution}")
+        if number("silhouette_weight") < 0:
+            bad(f"silhouette_weight must be ≥ 0, got {self.silhouette_weight}")
         if self.backend not in ("auto", "cpu", "nvdiffrast"):
             bad(f"backend must be auto, cpu or nvdiffrast, got {self.backend!r}")
         check.boolean("reference")

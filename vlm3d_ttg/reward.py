@@ -146,6 +146,9 @@ class VLMReward:
         terms: dict[str, float] = {}
         info: dict[str, Any] = {"faces": int(faces.shape[0])}
         for weight, term in self.terms:
+            observe = getattr(term, "observe", None)  # optional: see the (detached) mesh before choosing cameras
+            if observe is not None:
+                observe(vertices.detach(), faces)
             cameras = term.cameras(orbit)
             if id(cameras) not in rendered:
                 tic = time.perf_counter()

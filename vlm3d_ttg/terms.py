@@ -24,6 +24,10 @@ A term of your own (Python API):
 
     reward = VLMReward.from_config(backbone, critic, config, terms=[(0.5, Roundness())])
 
+A term may also define `observe(vertices, faces)`: the reward calls it with the detached mesh before
+asking for the term's cameras, at every evaluation (the silhouette term fits its camera to the first
+mesh it is shown, `vlm3d_ttg.silhouette`). It is optional and not part of `RewardTerm`'s check.
+
 Cameras cross this boundary as plain 4 × 4 matrices (`Cameras.view`, world → camera, and
 `Cameras.projection`, OpenGL clip convention), so a term can re-project anything with numpy.
 """

@@ -39,6 +39,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
+import numpy as np
 import torch
 
 from ..errors import InvalidInputError
@@ -141,6 +142,17 @@ class Backbone(Protocol):
     def reference_image(self, image: Any, side: int) -> torch.Tensor:
         """The conditioning image as the generator sees it (3, side, side) in [0, 1], on white:
         the critic's reference (`--critic-reference`)."""
+        ...
+
+    def input_foreground(self, image: Any, size: int) -> torch.Tensor:
+        """The (front) conditioning image's foreground (size, size) in [0, 1] as the generator's own
+        preprocessing leaves it (cropped, recentred, rescaled: what the model sees) — the target of
+        the input-silhouette term (`vlm3d_ttg.silhouette`)."""
+        ...
+
+    def export_frame(self, octree_resolution: int) -> "np.ndarray":
+        """4 × 4 map from the frame of the mesh `to_mesh` returns to the frame of `occupancy_field`
+        (the identity where the export places vertices where the field has its surface)."""
         ...
 
 

@@ -23,10 +23,11 @@ import io
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ..errors import InvalidInputError, UnsupportedModelError
 from ..precision import decode_dtype, upcast_copy
@@ -194,6 +195,38 @@ def latents_to_mesh(
 # The backbone
 
 
+def condition_foreground(image_processor: Callable[[Any], dict[str, Any]], image: Any, size: int) -> torch.Tensor:
+    """The conditioning image's foreground (size, size) in [0, 1] as hy3dgen's preprocessing leaves it.
+
+    `image_processor` is the shape pipeline's (`pipeline.image_processor`: image → {"image", "mask"},
+    the mask (1, 1, S, S) in [−1, 1], recentred and rescaled like the image the DiT sees); `image` what
+    the pipeline is given. Area-resampled to `size`, so edge pixels keep fractional coverage.
+    """
+    processed = image_processor(image)
+    mask = processed.get("mask") if isinstance(processed, dict) else None
+    if not isinstance(mask, torch.Tensor) or mask.ndim != 4 or mask.shape[:2] != (1, 1):
+        shape = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise InvalidInputError(f"The shape model's image processor returned a mask {shape}, not (1, 1, S, S).")
+    mask = ((mask.detach().float().cpu() + 1.0) / 2.0).clamp(0.0, 1.0)
+    if tuple(mask.shape[-2:]) != (size, size):
+        mask = F.interpolate(mask, size=(size, size), mode="area")
+    if not bool((mask >= 0.5).any()):
+        raise InvalidInputError("The conditioning image has no foreground after hy3dgen's preprocessing.")
+    return mask[0, 0]
+
+
+def export_frame_matrix(octree_resolution: int, bounds: float = 1.01) -> np.ndarray:
+    """4 × 4 map from hy3dgen's exported-mesh frame to the decode frame: p = −b + (q + b)·(R + 1)/R.
+
+    hy3dgen's `MCSurfaceExtractor` divides grid indices by R + 1 where its grid spacing is 2b/R.
+    """
+    ratio = (octree_resolution + 1) / octree_resolution
+    matrix = np.eye(4)
+    matrix[:3, :3] *= ratio
+    matrix[:3, 3] = bounds * (ratio - 1.0)
+    return matrix
+
+
 class HunyuanBackbone:
     """A loaded hy3dgen `Hunyuan3DDiTFlowMatchingPipeline` (any variant) behind `backbones.Backbone`.
 
@@ -338,6 +371,26 @@ class HunyuanBackbone:
         """The conditioner while encoding, the DiT while denoising (the VAE stays with the device)."""
         return {"condition": [self.pipeline.conditioner], "denoise": [self.pipeline.model]}
 
+    def input_foreground(self, image: Any, size: int) -> torch.Tensor:
+        """The front view's foreground as hy3dgen's image processor leaves it (cropped, recentred, rescaled)."""
+        return condition_foreground(self._single_view_processor(), image, size)
+
+    def export_frame(self, octree_resolution: int) -> np.ndarray:
+        """hy3dgen's export divides grid indices by R + 1: see `export_frame_matrix`."""
+        return export_frame_matrix(octree_resolution, BOUNDS)
+
+    def _single_view_processor(self) -> Callable[[Any], dict[str, Any]]:
+        """hy3dgen's image processor for one (front) view, also for a multi-view model."""
+        processor = self.pipeline.image_processor
+        if self.views == SINGLE_VIEW:
+            return processor
+
+        def front_only(single: Any) -> dict[str, Any]:
+            processed = processor({"front": single})
+            return {key: value[:, 0] for key, value in processed.items() if key in ("image", "mask")}
+
+        return front_only
+
     def reference_image(self, image: Any, side: int) -> torch.Tensor:
         """The front view as hy3dgen's image processor prepares it (cropped, recentred, on white)."""
         from ..critic.reference import reference_from_condition
@@ -355,6 +408,8 @@ class HunyuanBackbone:
 
 __all__ = [
     "BOUNDS",
+    "condition_foreground",
+    "export_frame_matrix",
     "HunyuanBackbone",
     "HunyuanCondition",
     "LEVEL",

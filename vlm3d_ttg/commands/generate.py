@@ -86,7 +86,11 @@ def _generate(
             import matplotlib  # noqa: F401
         except ImportError:
             raise InvalidInputError("--plot needs matplotlib: pip install matplotlib") from None
+    from ..silhouette import silhouette_path_for
+
+    check_writable(silhouette_path_for(out))
     check_distinct_outputs({"--out": out, "--manifest": manifest_path, "the r plot": plot_path,
+                            "the silhouette mask": silhouette_path_for(out),
                             "the failed-run record": failed_run_path(manifest_path),
                             "the generated input image": input_image_path})
     keep_views = _parse_views_at(views_at or "summary") if save_views is not None else "none"
@@ -184,4 +188,12 @@ def _print_summary(result, guidance, seconds: float) -> None:
                    f"kept #{chosen.index} (seed {chosen.seed})")
     if result.final_r is not None:
         typer.echo(f"critic    final r = {result.final_r:+.3f}  P(yes) = {result.final_p_yes:.3f}")
+    if set(result.final_terms) - {"vlm"}:
+        typer.echo("terms     " + "  ".join(f"{name} = {value:+.3f}" for name, value in result.final_terms.items()))
+    camera = result.silhouette_camera
+    if camera is not None and result.final_silhouette_iou is not None:
+        typer.echo(f"silhouette final IoU = {result.final_silhouette_iou:.3f} at the input's estimated camera "
+                   f"(az {camera['azimuth_deg']:.0f}°, el {camera['elevation_deg']:.0f}°; mask {result.silhouette_mask_path})")
+    elif camera is None:
+        typer.echo("silhouette not measured: no camera could be estimated (see the manifest)")
     typer.echo(f"time      {seconds:.1f} s")

@@ -38,9 +38,11 @@ def contact_sheet(
     rows = math.ceil(n / columns)
     title_height = _LABEL_HEIGHT if title else 0
     cell_w, cell_h = width + _MARGIN, height + _LABEL_HEIGHT + _MARGIN
-    sheet = Image.new("RGB", (columns * cell_w + _MARGIN, rows * cell_h + _MARGIN + title_height), "white")
-    draw = ImageDraw.Draw(sheet)
     font = ImageFont.load_default()
+    # Wide enough for the title (a run's title carries every reward term's value).
+    title_width = int(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(title, font=font)) + 2 * _MARGIN if title else 0
+    sheet = Image.new("RGB", (max(columns * cell_w + _MARGIN, title_width), rows * cell_h + _MARGIN + title_height), "white")
+    draw = ImageDraw.Draw(sheet)
     if title:
         draw.text((_MARGIN, 4), title, fill="black", font=font)
     pixels = (images.detach().float().clamp(0, 1).expand(-1, 3, -1, -1) * 255).round().to(torch.uint8)
