@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import math
@@ -21,7 +20,7 @@ from .errors import EmptySurfaceError, InvalidInputError
 from .export import PostprocessConfig, postprocess_mesh, save_mesh
 from .guidance import GuidanceConfig, StepRecord
 from .inputs import prepare_condition_image
-from .io import atomic_path
+from .io import OutputSet, atomic_path
 from .options import name_the_flag, option
 from .manifest import package_versions, write_manifest
 from .sampler import StepCallback
@@ -173,6 +172,12 @@ class ViewCapture:
         return self.then(sampler, step, sigma, state) if self.then is not None else None
 
 
+def view_sheet_names(steps: set[int] | list[int], candidates: bool = False) -> list[str]:
+    """The file names a run writes into its views folder: one sheet per kept guided step, the final
+    mesh's, and the candidates' (with a search); known before the run, so they are checked then."""
+    return [f"step_{step:03d}.png" for step in sorted(steps)] + ["final.png"] + (["candidates.png"] if candidates else [])
+
+
 def _write_view_sheets(
     views_dir: str | os.PathLike, records: list[StepRecord], views: dict[int, torch.Tensor], final: Any,
     staged: Callable[[Path], Path],
@@ -188,7 +193,7 @@ def _write_view_sheets(
         record = by_step[step]
         labels = [f"view {k}" for k in range(images.shape[0])]
         title = f"step {step}  sigma={record.sigma:.2f}  r={record.r:+.3f}  P(yes)={record.p_yes:.3f}"
-        path = folder / f"step_{step:03d}.png"
+        path = folder / view_sheet_names([step])[0]
         write_contact_sheet(staged(path), images.float() / 255, labels, title=title)
         sheets.append(path)
     if final is not None and final.images is not None:
@@ -430,7 +435,8 @@ def generate_mesh(
         content.update(final_r=None, final_p_yes=None, error="the final latent decodes to no surface")
         content["total_seconds"] = time.perf_counter() - started
         failure_path = failed_run_path(manifest_path)
-        write_manifest(failure_path, content)
+        with OutputSet() as failed:
+            write_manifest(failed.stage(failure_path, last=True), content)
         raise EmptySurfaceError(
             f"The final shape is empty (no surface at the export level); nothing was written to {out}. "
             f"The run's step records are in {failure_path}."
@@ -438,12 +444,11 @@ def generate_mesh(
 
     final_r = float(final.r) if final is not None else None
     mesh_path = Path(out)
-    # Every output is staged as a temp file and renamed into place only when all of them were
-    # written: a failure leaves neither a partial run nor a clobbered earlier result.
-    with contextlib.ExitStack() as stack:
-        def staged(path: str | os.PathLike) -> Path:
-            return stack.enter_context(atomic_path(path))
-
+    # Every output is staged next to its destination and the set is committed as one unit (the
+    # manifest last) only when all of them were written: a failure at any point leaves the earlier
+    # outputs exactly as they were (vlm3d_ttg.io.OutputSet). A new output is one `staged(...)` line here.
+    with OutputSet() as staging:
+        staged = staging.stage
         save_mesh(mesh, staged(mesh_path))
         outputs["mesh"] = str(mesh_path)
         if generated_input is not None:
@@ -465,7 +470,7 @@ def generate_mesh(
             outputs=outputs,
             total_seconds=time.perf_counter() - started,
         )
-        write_manifest(staged(manifest_path), content)
+        write_manifest(staging.stage(manifest_path, last=True), content)
     return GenerationResult(
         mesh_path=mesh_path,
         manifest_path=Path(manifest_path),

@@ -53,7 +53,7 @@ def _generate(
     from ..guidance import GuidanceConfig
     from ..inputs import check_condition_image
     from ..generation import failed_run_path
-    from ..io import check_distinct_outputs, check_writable
+    from ..io import check_output_plan, check_writable
     from ..manifest import manifest_path_for, plot_path_for
     from ..options import from_values
 
@@ -96,9 +96,6 @@ def _generate(
             import matplotlib  # noqa: F401
         except ImportError:
             raise InvalidInputError("--plot needs matplotlib: pip install matplotlib") from None
-    check_distinct_outputs({"--out": out, "--manifest": manifest_path, "the r plot": plot_path,
-                            "the failed-run record": failed_run_path(manifest_path),
-                            "the generated input image": input_image_path})
     if preset in (Preset.tiny, Preset.realsize):
         ignored = [flag for flag, name in (("--shape-model", "shape_model"), ("--shape-subfolder", "shape_subfolder"),
                                            ("--vlm", "vlm"), ("--text-to-image", "text_to_image")) if getattr(run_options, name) != GenerationOptions().__dict__[name]]
@@ -117,6 +114,17 @@ def _generate(
     if isinstance(keep_views, list) and not set(keep_views) <= set(planned):
         raise InvalidInputError(f"--views-at names steps that are not guided: {sorted(set(keep_views) - set(planned))}; "
                                 f"this run guides steps {planned}.")
+    # Every file this run may write, against each other and against every input: nothing of the
+    # user's may be replaced by an output, and no output by another (a views folder included).
+    from ..generation import steps_to_keep, view_sheet_names
+
+    planned_outputs: dict[str, object] = {"--out": out, "--manifest": manifest_path, "the r plot": plot_path,
+                                          "the failed-run record": failed_run_path(manifest_path),
+                                          "the generated input image": input_image_path}
+    if save_views is not None:
+        for name in view_sheet_names(steps_to_keep(keep_views, planned), search.searching):
+            planned_outputs[f"--save-views ({name})"] = save_views / name
+    check_output_plan(planned_outputs, {"IMAGE": image})
     if image is not None and run_options.text_to_image != GenerationOptions().text_to_image:
         raise InvalidInputError("--text-to-image makes the input image when no IMAGE is given; with IMAGE it would "
                                 "be ignored: drop one of them.")
