@@ -85,13 +85,20 @@ class GenerationOptions:
             bad(f"cfg_scale must be a finite number ≥ 0, got {self.cfg_scale!r}")
         if self.octree_resolution is not None and integer("octree_resolution") < 16:
             bad(f"octree_resolution must be ≥ 16, got {self.octree_resolution}")
-        if self.device != "auto":
-            try:
-                torch.device(self.device)
-            except (RuntimeError, TypeError):
-                bad(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        from .models import DEVICE_FORMS, parse_device
+
+        try:
+            parse_device(self.device)  # the one device parser (mps, meta, gpu0, ... refused)
+        except InvalidInputError:
+            bad(f"device must be {DEVICE_FORMS}, got {self.device!r}")
         for name in ("dtype", "vlm_dtype"):
             resolve_dtype(torch.device("cpu"), getattr(self, name))  # raises naming the accepted dtypes
+        from .preflight import bound_problem
+
+        for name in ("steps", "octree_resolution"):
+            problem = bound_problem(name, getattr(self, name))
+            if problem:
+                bad(problem)
         if integer("realsize_depth") < 1:
             bad(f"realsize_depth must be ≥ 1, got {self.realsize_depth}")
         for name in ("checkpointing", "offload_idle"):
@@ -170,6 +177,28 @@ class ViewCapture:
         if step in self.keep and evaluation is not None and evaluation.images is not None:
             self.views[step] = (evaluation.images.detach().clamp(0, 1) * 255).round().to(torch.uint8).cpu()
         return self.then(sampler, step, sigma, state) if self.then is not None else None
+
+
+def output_plan(
+    out: str | os.PathLike,
+    manifest_path: str | os.PathLike,
+    *,
+    plot_path: str | os.PathLike | None = None,
+    views_dir: str | os.PathLike | None = None,
+    view_steps: set[int] | list[int] = (),
+    candidates: bool = False,
+    input_image_path: str | os.PathLike | None = None,
+) -> dict[str, Any]:
+    """Every file a run may write (label → path), for `io.check_output_plan`: the mesh, the manifest,
+    the plot, the failed-run record, the generated input image and each view sheet by name.
+    A new output (e.g. the silhouette mask) is one entry here and one `stage(...)` in `generate_mesh`."""
+    plan: dict[str, Any] = {"--out": out, "--manifest": manifest_path, "the r plot": plot_path,
+                            "the failed-run record": failed_run_path(manifest_path),
+                            "the generated input image": input_image_path}
+    if views_dir is not None:
+        for name in view_sheet_names(view_steps, candidates):
+            plan[f"--save-views ({name})"] = Path(views_dir) / name
+    return plan
 
 
 def view_sheet_names(steps: set[int] | list[int], candidates: bool = False) -> list[str]:
@@ -370,16 +399,28 @@ def generate_mesh(
     reward = VLMReward.from_config(models.pipeline.vae, critic, guidance)
     sampler = GuidedSampler(models.pipeline, reward, guidance, offload_idle=offload_idle)
     capture = ViewCapture(keep_views, sampler.guided_steps(steps, search), then=step_callback)
-    output = sampler(
-        condition,
-        num_inference_steps=steps,
-        guidance_scale=cfg_scale,
-        seed=seed,
-        octree_resolution=octree_resolution,
-        progress=progress,
-        callback_on_step_end=capture,
-        search=search,
-    )
+    from .io import check_output_plan
+
+    check_output_plan(  # no output onto another or onto the input, before any sampling (the CLI's check)
+        output_plan(out, manifest_path, plot_path=plot_path, views_dir=views_dir, view_steps=capture.keep,
+                    candidates=bool(search and search.searching),
+                    input_image_path=generated_input.path if generated_input is not None else None),
+        {"image": image if isinstance(image, (str, os.PathLike)) else None})
+    try:
+        output = sampler(
+            condition,
+            num_inference_steps=steps,
+            guidance_scale=cfg_scale,
+            seed=seed,
+            octree_resolution=octree_resolution,
+            progress=progress,
+            callback_on_step_end=capture,
+            search=search,
+        )
+    except EmptySurfaceError as empty:  # no surface: the run's records go to the failed-run record below
+        if getattr(empty, "output", None) is None:
+            raise
+        output = empty.output
 
     mesh = output.mesh
     if mesh is not None and postprocess is not None:

@@ -140,6 +140,11 @@ class GuidanceConfig:
             bad(f"elevation_jitter must be in [0, 90) degrees, got {self.elevation_jitter}")
         if number("grid_resolution", integer=True) < 16:
             bad(f"grid_resolution must be ≥ 16, got {self.grid_resolution}")
+        from .preflight import bound_problem
+
+        for name in ("inner_steps", "num_views", "view_size", "grid_resolution"):
+            if bound_problem(name, getattr(self, name)):
+                bad(bound_problem(name, getattr(self, name)))
         if self.backend not in ("auto", "cpu", "nvdiffrast"):
             bad(f"backend must be auto, cpu or nvdiffrast, got {self.backend!r}")
         if not isinstance(self.reference, bool):

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import EmptySurfaceError, SkippedStepError
+from .errors import EmptySurfaceError, InvalidInputError, SkippedStepError
 from .guidance import GuidanceConfig, RewardEvaluation
 from .precision import decode_dtype, is_half, upcast_copy
 from .render import CameraJitter, Cameras, Renderer, orbit_cameras
@@ -60,6 +60,9 @@ class VLMReward:
         *,
         surface_config: SurfaceConfig | None = None,
     ):
+        if not isinstance(vae, torch.nn.Module) or not callable(critic):  # the API checks what the CLI checks
+            raise InvalidInputError("VLMReward needs the pipeline's ShapeVAE (a torch module) and a critic (e.g. "
+                                    f"vlm3d_ttg.VLMCritic); got {type(vae).__name__} and {type(critic).__name__}.")
         config = (config or GuidanceConfig()).validate()
         self.vae = vae
         vae_dtype = next(vae.parameters()).dtype
@@ -158,6 +161,8 @@ class VLMReward:
         """r of a finished mesh from the un-jittered cameras (no gradient)."""
         if len(faces) == 0:
             raise EmptySurfaceError("The mesh has no faces.")
+        if not np.isfinite(np.asarray(vertices, dtype=np.float64)).all():
+            raise InvalidInputError("The mesh has non-finite (NaN or infinite) vertex coordinates; it cannot be scored.")
         tic = time.perf_counter()
         device = next(self.vae.parameters()).device
         vertices_t = torch.as_tensor(np.asarray(vertices), dtype=torch.float32, device=device)

@@ -96,6 +96,7 @@ def check_run(run: BenchRun, *, redo_stale: bool = False) -> list[tuple[str, str
         raise InvalidInputError(f"--confidence must be in (0, 1), got {metrics.confidence}")
     if paths.root.exists() and not paths.root.is_dir():
         raise InvalidInputError(f"--out '{paths.root}' exists and is not a folder.")
+    check_bench_outputs(run)
     missing_images = [item.id for item in run.bench.items_without_image if not paths.generated_input(item.id).is_file()]
     check_text_to_image(missing_images, settings.text_to_image_model)
     check_metric_models(metrics)
@@ -107,6 +108,22 @@ def check_run(run: BenchRun, *, redo_stale: bool = False) -> list[tuple[str, str
             "Fix: use a new --out folder, or pass --redo-stale to regenerate them."
         )
     return stale
+
+
+def check_bench_outputs(run: BenchRun) -> None:
+    """Refuse a run whose outputs would replace one of its inputs (the set file, a row's image) or
+    each other, or that would replace the folder an input lives in (`vlm3d_ttg.io.check_output_plan`)."""
+    from ..io import check_output_plan
+
+    paths = run.paths
+    outputs: dict[str, object] = {"run.json": paths.root / "run.json"}
+    for name in ("results.md", "results.json", "results.png"):
+        outputs[name] = paths.root / name
+    for item in run.bench.items_without_image:
+        outputs[f"the text-to-image input of row '{item.id}'"] = paths.generated_input(item.id)
+    inputs: dict[str, object] = {"--set": run.bench.path}
+    inputs.update({f"image of row '{item.id}'": item.image for item in run.bench.items if item.image is not None})
+    check_output_plan(outputs, inputs, owned_folders={"the run's items folder": paths.items})
 
 
 # ---------------------------------------------------------------------------------------------

@@ -116,14 +116,11 @@ def _generate(
                                 f"this run guides steps {planned}.")
     # Every file this run may write, against each other and against every input: nothing of the
     # user's may be replaced by an output, and no output by another (a views folder included).
-    from ..generation import steps_to_keep, view_sheet_names
+    from ..generation import output_plan, steps_to_keep
 
-    planned_outputs: dict[str, object] = {"--out": out, "--manifest": manifest_path, "the r plot": plot_path,
-                                          "the failed-run record": failed_run_path(manifest_path),
-                                          "the generated input image": input_image_path}
-    if save_views is not None:
-        for name in view_sheet_names(steps_to_keep(keep_views, planned), search.searching):
-            planned_outputs[f"--save-views ({name})"] = save_views / name
+    planned_outputs = output_plan(out, manifest_path, plot_path=plot_path, views_dir=save_views,
+                                  view_steps=steps_to_keep(keep_views, planned) if save_views is not None else (),
+                                  candidates=search.searching, input_image_path=input_image_path)
     check_output_plan(planned_outputs, {"IMAGE": image})
     if image is not None and run_options.text_to_image != GenerationOptions().text_to_image:
         raise InvalidInputError("--text-to-image makes the input image when no IMAGE is given; with IMAGE it would "
