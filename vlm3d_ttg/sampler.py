@@ -16,6 +16,7 @@ import secrets
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import PurePath
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -229,6 +230,7 @@ class GuidedSampler:
         _check_call(image, num_inference_steps, guidance_scale, seed, generator, camera_seed,
                     dict(octree_resolution=octree_resolution, num_chunks=num_chunks, mc_level=mc_level, box_v=box_v))
         seed = 0 if seed is None and generator is None else seed  # the documented default: seed 0
+        image = str(image) if isinstance(image, PurePath) else image  # hy3dgen reads str paths, not Path
         if output_type not in ("trimesh", "latent"):
             raise InvalidInputError(f"output_type must be 'trimesh' or 'latent', got {output_type!r}")
         search = (search or SearchOptions()).validate()

@@ -236,7 +236,8 @@ def validate_template(template: str, *, require_description: bool = True) -> str
     """
     if not isinstance(template, str) or not template.strip():
         raise InvalidInputError("The query template is empty; give a question with a '{description}' slot.")
-    check_text_hygiene(template, "query template", multiline=True, max_chars=MAX_TEMPLATE_CHARS)
+    if len(template) > MAX_TEMPLATE_CHARS:
+        check_text_hygiene(template, "query template", multiline=True, max_chars=MAX_TEMPLATE_CHARS)
     try:
         parsed = [(field, spec, conversion) for _, field, spec, conversion in string.Formatter().parse(template)
                   if field is not None]
@@ -258,7 +259,8 @@ def validate_template(template: str, *, require_description: bool = True) -> str
             "The query template must contain the slot '{description}' exactly once and no other '{...}' "
             f"fields; found {fields or 'none'}. Write literal braces as '{{{{' and '}}}}'."
         )
-    return check_plain_text(template, qwen_markup_tokens(), "query template")
+    check_plain_text(template, qwen_markup_tokens(), "query template")  # markup named first: the graver problem
+    return check_text_hygiene(template, "query template", multiline=True)
 
 
 def resolve_query(query: str, *, reference: bool = False, layout: str = "separate") -> str:
@@ -288,12 +290,12 @@ def normalize_description(description: str) -> str:
     if len(description) > MAX_DESCRIPTION_CHARS:  # before any other work on a huge text
         check_text_hygiene(description, "description", max_chars=MAX_DESCRIPTION_CHARS)
     text = description.strip()
-    check_text_hygiene(text, "description", max_chars=MAX_DESCRIPTION_CHARS)
     while text.endswith("."):
         text = text[:-1].rstrip()
     if not text:
         raise InvalidInputError("The description is empty; say what the object should be (e.g. 'a wooden chair').")
-    return check_plain_text(text, qwen_markup_tokens(), "description")
+    check_plain_text(text, qwen_markup_tokens(), "description")  # markup named first: the graver problem
+    return check_text_hygiene(text, "description", max_chars=MAX_DESCRIPTION_CHARS)
 
 
 def format_query(template: str, description: str) -> str:
