@@ -97,6 +97,7 @@ def check_run(run: BenchRun, *, redo_stale: bool = False) -> list[tuple[str, str
     if paths.root.exists() and not paths.root.is_dir():
         raise InvalidInputError(f"--out '{paths.root}' exists and is not a folder.")
     check_bench_outputs(run)
+    check_bench_resources(run)
     missing_images = [item.id for item in run.bench.items_without_image if not paths.generated_input(item.id).is_file()]
     check_text_to_image(missing_images, settings.text_to_image_model)
     check_metric_models(metrics)
@@ -108,6 +109,23 @@ def check_run(run: BenchRun, *, redo_stale: bool = False) -> list[tuple[str, str
             "Fix: use a new --out folder, or pass --redo-stale to regenerate them."
         )
     return stale
+
+
+def check_bench_resources(run: BenchRun) -> None:
+    """The preflight of every (row, configuration) before any generation: the estimated peak memory of
+    its run (`vlm3d_ttg.preflight.check_generation`). Rows differ only by their prompt's length, and the
+    estimate grows with it, so the row with the longest prompt stands for all; a refusal names it."""
+    from ..preflight import check_generation
+
+    if not run.bench.items:
+        return
+    number, item = max(enumerate(run.bench.items, start=1), key=lambda pair: len(pair[1].prompt))
+    for config in run.configs:
+        try:
+            check_generation(run.settings.options, config.guidance, config.search, prompt=item.prompt,
+                             preset=run.settings.preset)
+        except InvalidInputError as exc:
+            raise InvalidInputError(f"Benchmark row {number} (id '{item.id}'), configuration '{config.name}': {exc}") from None
 
 
 def check_bench_outputs(run: BenchRun) -> None:

@@ -125,6 +125,10 @@ def _generate(
     if image is not None and run_options.text_to_image != GenerationOptions().text_to_image:
         raise InvalidInputError("--text-to-image makes the input image when no IMAGE is given; with IMAGE it would "
                                 "be ignored: drop one of them.")
+    from ..preflight import check_generation
+
+    # Will it fit? The estimated peak memory against the host's and the device's, before anything loads.
+    check_generation(run_options, guidance, search, prompt=prompt, preset=preset.value)
     if image is not None:
         check_condition_image(image)
     elif preset == Preset.real:  # the offline presets write their own models
