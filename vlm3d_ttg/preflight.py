@@ -56,13 +56,17 @@ def bound_problem(name: str, value: Any) -> str | None:
 # ---------------------------------------------------------------------------------------------
 # The estimate.
 
-#: The Python process with torch, transformers, diffusers and hy3dgen imported (measured on the CPU
-#: with the tiny models loaded; benchmarks/bench_preflight.py). A fixed part of every run's host peak.
-RUNTIME_BYTES = 1100 * MIB
-#: Bytes per point of hy3dgen's dense export grid ((N+1)³ points): the meshgrid (3 × float32), its
-#: stacked copy (3 × float32), the chunked logits and their concatenation (2 × float32), and marching
-#: cubes' working copies (≈ 3 × float32) — counted from hy3dgen's VanillaVolumeDecoder and skimage.
-EXPORT_BYTES_PER_POINT = 44
+#: The Python process with torch, transformers, diffusers and hy3dgen imported and the tiny models
+#: loaded: measured on the CPU (benchmarks/bench_preflight.py, the smallest setting). A fixed part of
+#: every run's host peak.
+RUNTIME_BYTES = 1280 * MIB
+#: Bytes per point of hy3dgen's dense export grid ((N+1)³ points). Counted from the tensors: the
+#: meshgrid (3 × float32), its stacked copy (3 × float32), the chunked logits and their concatenation
+#: (2 × float32) = 32 B; marching cubes' copies and its output, and the final mesh's scoring render,
+#: grow with the surface, which on the tiny model's noisy shapes grows almost with the volume: the
+#: measured difference between octree 64 and 192 is 124 B per point (RESULTS.md, "Preflight"), so the
+#: factor is the measured one — an upper bound for smooth real shapes.
+EXPORT_BYTES_PER_POINT = 124
 #: Bytes per point of the guidance grid (vlm3d_ttg.surface): query points, logits, their coarse-to-fine
 #: band masks and the marching-cubes copies; the differentiable vertex re-query is chunked (bounded).
 GRID_BYTES_PER_POINT = 40
