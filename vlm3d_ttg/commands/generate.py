@@ -127,6 +127,10 @@ def _generate(
                                 "be ignored: drop one of them.")
     from ..preflight import check_generation
 
+    if preset == Preset.real:  # offline, a missing model is the first thing to fix (before whether it fits)
+        from ..generation import check_models_present
+
+        check_models_present(run_options)
     # Will it fit? The estimated peak memory against the host's and the device's, before anything loads.
     check_generation(run_options, guidance, search, prompt=prompt, preset=preset.value)
     if image is not None:
