@@ -125,14 +125,6 @@ def _generate(
     if image is not None and run_options.text_to_image != GenerationOptions().text_to_image:
         raise InvalidInputError("--text-to-image makes the input image when no IMAGE is given; with IMAGE it would "
                                 "be ignored: drop one of them.")
-    from ..preflight import check_generation
-
-    if preset == Preset.real:  # offline, a missing model is the first thing to fix (before whether it fits)
-        from ..generation import check_models_present
-
-        check_models_present(run_options)
-    # Will it fit? The estimated peak memory against the host's and the device's, before anything loads.
-    check_generation(run_options, guidance, search, prompt=prompt, preset=preset.value)
     if image is not None:
         check_condition_image(image)
     elif preset == Preset.real:  # the offline presets write their own models
@@ -140,6 +132,15 @@ def _generate(
 
         check_text_to_image_model(run_options.text_to_image)
         check_models_present(run_options)
+
+    if image is not None and preset == Preset.real:  # offline, a missing model comes before whether it fits
+        from ..generation import check_models_present
+
+        check_models_present(run_options)
+    from ..preflight import check_generation
+
+    # Will it fit? The estimated peak memory against the host's and the device's, before anything loads.
+    check_generation(run_options, guidance, search, prompt=prompt, preset=preset.value)
 
     from ..logs import be_verbose, quiet_hy3dgen
     from ..generation import generate_mesh, load_models
