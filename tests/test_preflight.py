@@ -65,7 +65,7 @@ def test_a_run_that_cannot_fit_the_host_is_refused_with_the_estimate_and_the_lim
 
 
 def test_the_estimate_grows_with_every_option_that_scales_the_work():
-    base = dict(preset="tiny", steps=8, octree_resolution=64, grid_resolution=32, num_views=2, view_size=56)
+    base = dict(preset="tiny", steps=8, octree_resolution=16, grid_resolution=32, num_views=2, view_size=56)
     reference = estimate_run(**base).host_bytes
     for change in (dict(octree_resolution=256), dict(grid_resolution=128), dict(num_views=8), dict(view_size=448),
                    dict(candidates=8), dict(prompt_chars=1000)):
