@@ -203,3 +203,35 @@ def test_the_sampler_never_returns_mesh_none_silently(tiny_pipeline, rgba_image)
     output = sampler(rgba_image, num_inference_steps=4, generator=torch.Generator().manual_seed(0),
                      octree_resolution=32, progress=False)  # a generator alone (seed=None by default) is fine
     assert output.mesh is not None
+
+
+def test_a_benchmark_never_writes_over_its_inputs(rgba_image, tmp_path, monkeypatch):
+    from vlm3d_ttg.bench import BenchRun, EvalViews, GenerationSettings, MetricSettings, RunPaths, load_bench_set, resolve_configs
+    from vlm3d_ttg.bench.runner import check_bench_outputs, check_bench_resources
+    from vlm3d_ttg.guidance import GuidanceConfig
+
+    out = tmp_path / "out"
+    (out / "items" / "old").mkdir(parents=True)
+    shutil.copy(rgba_image, out / "items" / "old" / "pot.png")
+    (out / "run.json").write_text(json.dumps([{"id": "pot", "prompt": "a pot", "image": "items/old/pot.png"}]))
+
+    def run_of(set_path):
+        bench = load_bench_set(set_path)
+        return BenchRun(bench, resolve_configs(["guided"], GuidanceConfig()), GenerationSettings(preset="tiny"),
+                        EvalViews(2, 56), MetricSettings(), RunPaths(out))
+
+    with pytest.raises(InvalidInputError, match="run.json .* is the input --set"):  # the set file is the run's run.json
+        check_bench_outputs(run_of(out / "run.json"))
+    shutil.copy(out / "run.json", tmp_path / "set.json")
+    (tmp_path / "items").mkdir()
+    shutil.copy(rgba_image, tmp_path / "items" / "pot.png")
+    (tmp_path / "set.json").write_text(json.dumps([{"id": "pot", "prompt": "a pot", "image": str(out / "items" / "old" / "pot.png")}]))
+    with pytest.raises(InvalidInputError, match="lies inside the run's items folder"):  # an image the run's folders replace
+        check_bench_outputs(run_of(tmp_path / "set.json"))
+    (tmp_path / "set.json").write_text(json.dumps([{"id": "pot", "prompt": "a pot", "image": "items/pot.png"}]))
+    check_bench_outputs(run_of(tmp_path / "set.json"))  # control: the same set, its image outside --out
+    import vlm3d_ttg.preflight as preflight
+
+    monkeypatch.setattr(preflight, "host_memory_available", lambda: 64 * 2**20)  # a 64 MiB machine
+    with pytest.raises(InvalidInputError, match="Benchmark row 1 \\(id 'pot'\\), configuration 'base': This run needs"):
+        check_bench_resources(run_of(tmp_path / "set.json"))
