@@ -178,7 +178,7 @@ def run(args: argparse.Namespace) -> int:
     defaults = TINY_DEFAULTS if args.preset == "tiny" else REAL_DEFAULTS
     pick = lambda name: getattr(args, name) if getattr(args, name) is not None else defaults[name]  # noqa: E731
 
-    bench = load_bench_set(args.set).select(args.items.split(",") if args.items else None, args.limit)
+    bench = load_bench_set(args.set, ids=args.items.split(",") if args.items else None, limit=args.limit)
     guidance = from_namespace(GuidanceConfig, args, defaults=defaults).validate()
     options = from_namespace(GenerationOptions, args, defaults=defaults, seed=args.seed).validate()
     custom = load_config_file(args.config_file, guidance) if args.config_file else None

@@ -5,6 +5,7 @@ would do nothing, and Ctrl-C each get one clear message and the right exit code.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -60,7 +61,11 @@ def test_meshes_of_one_stem_get_their_own_manifests(rgba_image, tmp_path, cache_
 def test_option_combinations_that_would_lose_or_ignore_something_are_refused(
         extra, message, rgba_image, tmp_path, cache_env, capsys):
     out = tmp_path / "robot.glb"
-    args = _generate(rgba_image, out) + [str(a).format(out=out, dir=tmp_path) for a in extra]
+    extra = [str(a).format(out=out, dir=tmp_path) for a in extra]
+    if "--out" in extra:  # an option is given once (a repeated one is refused): this case's --out replaces the default
+        out = Path(extra[extra.index("--out") + 1])
+        extra = extra[:extra.index("--out")] + extra[extra.index("--out") + 2:]
+    args = _generate(rgba_image, out) + extra
     code, _, stderr = run_cli(args, capsys)
     if message is None:
         assert code == 0
@@ -114,19 +119,39 @@ def test_ctrl_c_exits_130_with_one_line_and_leaves_earlier_outputs(rgba_image, t
     (dict(guidance_scale=float("nan")), "guidance_scale"),
     (dict(seed=2**64), "seed must be an integer in [0, 2^64)"),
     (dict(camera_seed="7"), "camera_seed must be an integer"),
-    (dict(generator=7), "generator must be a torch.Generator"),
+    (dict(generator=7, seed=None), "generator must be a torch.Generator"),
+    # What the CLI checks, the API checks too (issue #19):
+    (dict(guidance_scale=-5), "guidance_scale (the shape model's CFG) must be a finite number ≥ 0"),
+    (dict(octree_resolution=0), "octree_resolution must be an integer ≥ 16"),
+    (dict(octree_resolution=100000), "octree_resolution must be ≤ 1024"),
+    (dict(num_inference_steps=10**20), "steps must be ≤ 1000"),
+    (dict(mc_level=float("nan")), "mc_level must be a finite number"),
+    (dict(box_v=0), "box_v must be a finite number > 0"),
+    (dict(num_chunks=0), "num_chunks must be an integer ≥ 1"),
+    (dict(seed=3, generator="torch"), "Give seed or generator, not both"),
+    (dict(image="{tmp}"), "is not a file"),
+    (dict(image="{tmp}/notes.txt"), "Cannot read image"),
+    (dict(image="transparent"), "fully transparent"),
 ])
-def test_the_sampler_checks_its_inputs_at_the_boundary(tiny_pipeline, call, accepted):
+def test_the_sampler_checks_its_inputs_at_the_boundary(tiny_pipeline, rgba_image, tmp_path, call, accepted):
     import numpy as np
+    import torch
     from PIL import Image
 
     from vlm3d_ttg.errors import InvalidInputError
     from vlm3d_ttg.guidance import GuidanceConfig
     from vlm3d_ttg.sampler import GuidedSampler
 
-    image = call.pop("image", Image.fromarray(np.zeros((32, 32, 4), np.uint8)))
+    (tmp_path / "notes.txt").write_text("not an image")
+    image = call.pop("image", rgba_image)
+    if image == "transparent":
+        image = Image.fromarray(np.zeros((32, 32, 4), np.uint8))
+    elif isinstance(image, str):
+        image = image.format(tmp=tmp_path)
+    if call.get("generator") == "torch":
+        call["generator"] = torch.Generator().manual_seed(3)
     sampler = GuidedSampler(tiny_pipeline, config=GuidanceConfig(enabled=False))
-    with pytest.raises(InvalidInputError, match=accepted.replace("[", r"\[").replace("^", r"\^").replace(")", r"\)")):
+    with pytest.raises(InvalidInputError, match=re.escape(accepted)):
         sampler(image, output_type="latent", progress=False, **{"num_inference_steps": 4, **call})
 
 

@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     _register_commands()
     previous_handler = signal.signal(signal.SIGINT, _interrupt)
     try:
+        _refuse_repeated_options(sys.argv[1:] if argv is None else list(argv))
         # Standalone mode: typer/click report usage errors themselves (exit 2) and end with SystemExit.
         app(args=args, standalone_mode=True)
     except SystemExit as exc:
@@ -90,6 +91,50 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         signal.signal(signal.SIGINT, previous_handler)
     return 0
+
+
+#: Options whose repetition is refused: the ones naming text or files, where click's "the last one wins"
+#: silently drops what the user typed (numeric options may be overridden by a later flag, as scripts do).
+SINGLE_USE_OPTIONS = ("prompt", "query", "out", "manifest", "save_views")
+
+
+def _refuse_repeated_options(argv: list[str]) -> None:
+    """Raise InvalidInputError when an option of SINGLE_USE_OPTIONS is given twice: click would silently
+    keep the last one (`generate -p.png -p 'a toy robot'` took '.png' for nothing and ran text-to-3D)."""
+    from .errors import InvalidInputError
+
+    group = typer.main.get_command(app)  # typer may bring its own copy of click: duck-typed below
+    if not argv or argv[0] not in getattr(group, "commands", {}):
+        return
+    options = {}
+    for param in group.commands[argv[0]].params:
+        if getattr(param, "param_type_name", "") == "option":
+            for name in [*param.opts, *param.secondary_opts]:
+                options[name] = param
+    seen: dict[str, list[str]] = {}
+    tokens = iter(argv[1:])
+    for token in tokens:
+        if token == "--":
+            break
+        if not token.startswith("-") or token == "-":
+            continue
+        name = token.split("=", 1)[0] if token.startswith("--") else token[:2]
+        param = options.get(name)
+        if param is None:
+            continue
+        takes_value = not param.is_flag and not param.count
+        attached = ("=" in token) if token.startswith("--") else len(token) > 2
+        if takes_value and not attached:
+            next(tokens, None)  # its value, even one that starts with '-'
+        if param.multiple or param.count:
+            continue
+        seen.setdefault(param.name, []).append(token if attached else name)
+    for name, spellings in seen.items():
+        if name in SINGLE_USE_OPTIONS and len(spellings) > 1:
+            raise InvalidInputError(
+                f"{' and '.join(repr(s) for s in spellings)} give the same option {len(spellings)} times; give it once "
+                "(the last one would silently win)."
+            )
 
 
 class Interrupted(BaseException):

@@ -27,6 +27,16 @@ class ModelNotFoundError(Vlm3dError):
         super().__init__(msg)
 
 
+class CheckpointError(Vlm3dError):
+    """A model file on disk is truncated or corrupt: the message names the file and how to rebuild it."""
+
+    def __init__(self, path: str, problem: str, fix: str):
+        self.path = path
+        self.problem = problem
+        super().__init__(f"The checkpoint file '{path}' cannot be read: {problem}. It is truncated or corrupt "
+                         f"(an interrupted download or copy?). Fix: {fix}")
+
+
 class EmptySurfaceError(Vlm3dError):
     """The occupancy field has no level-set crossing on the grid: there is no surface to render."""
 

@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import math
@@ -22,7 +21,7 @@ from .backbones import EXPORT_RESOLUTION, TINY_EXPORT_RESOLUTION
 from .export import PostprocessConfig, postprocess_mesh, save_mesh
 from .guidance import GuidanceConfig, StepRecord
 from .inputs import prepare_condition_image
-from .io import atomic_path
+from .io import OutputSet, atomic_path
 from .options import PRESETS, Checks, option
 from .manifest import package_versions, write_manifest
 from .sampler import StepCallback
@@ -85,11 +84,12 @@ class GenerationOptions:
             bad(f"cfg_scale must be a finite number ≥ 0, got {self.cfg_scale!r}")
         if self.octree_resolution is not None and integer("octree_resolution") < 16:
             bad(f"octree_resolution must be ≥ 16, got {self.octree_resolution}")
-        if self.device != "auto":
-            try:
-                torch.device(self.device)
-            except (RuntimeError, TypeError):
-                bad(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        from .models import DEVICE_FORMS, parse_device
+
+        try:
+            parse_device(self.device)  # the one device parser (mps, meta, gpu0, ... refused)
+        except InvalidInputError:
+            bad(f"device must be {DEVICE_FORMS}, got {self.device!r}")
         for name in ("dtype", "vlm_dtype"):
             resolve_dtype(torch.device("cpu"), getattr(self, name))  # raises naming the accepted dtypes
         if self.critic_family is not None:
@@ -99,6 +99,12 @@ class GenerationOptions:
                 get_family(self.critic_family)
             except InvalidInputError as exc:
                 bad(f"critic_family: {exc}")
+        from .preflight import bound_problem
+
+        for name in ("steps", "octree_resolution"):
+            problem = bound_problem(name, getattr(self, name))
+            if problem:
+                bad(problem)
         if integer("realsize_depth") < 1:
             bad(f"realsize_depth must be ≥ 1, got {self.realsize_depth}")
         for name in ("checkpointing", "offload_idle"):
@@ -190,6 +196,37 @@ class ViewCapture:
         return self.then(sampler, step, sigma, state) if self.then is not None else None
 
 
+def output_plan(
+    out: str | os.PathLike,
+    manifest_path: str | os.PathLike,
+    *,
+    plot_path: str | os.PathLike | None = None,
+    views_dir: str | os.PathLike | None = None,
+    view_steps: set[int] | list[int] = (),
+    candidates: bool = False,
+    input_image_path: str | os.PathLike | None = None,
+) -> dict[str, Any]:
+    """Every file a run may write (label → path), for `io.check_output_plan`: the mesh, the manifest,
+    the plot, the failed-run record, the generated input image and each view sheet by name.
+    A new output (e.g. the silhouette mask) is one entry here and one `stage(...)` in `generate_mesh`."""
+    from .silhouette import silhouette_path_for
+
+    plan: dict[str, Any] = {"--out": out, "--manifest": manifest_path, "the r plot": plot_path,
+                            "the failed-run record": failed_run_path(manifest_path),
+                            "the generated input image": input_image_path,
+                            "the silhouette mask": silhouette_path_for(out)}
+    if views_dir is not None:
+        for name in view_sheet_names(view_steps, candidates):
+            plan[f"--save-views ({name})"] = Path(views_dir) / name
+    return plan
+
+
+def view_sheet_names(steps: set[int] | list[int], candidates: bool = False) -> list[str]:
+    """The file names a run writes into its views folder: one sheet per kept guided step, the final
+    mesh's, and the candidates' (with a search); known before the run, so they are checked then."""
+    return [f"step_{step:03d}.png" for step in sorted(steps)] + ["final.png"] + (["candidates.png"] if candidates else [])
+
+
 def _write_view_sheets(
     views_dir: str | os.PathLike, records: list[StepRecord], views: dict[int, torch.Tensor], final: Any,
     staged: Callable[[Path], Path],
@@ -205,7 +242,7 @@ def _write_view_sheets(
         record = by_step[step]
         labels = [f"view {k}" for k in range(images.shape[0])]
         title = f"step {step}  sigma={record.sigma:.2f}  r={record.r:+.3f}  P(yes)={_maybe(record.p_yes)}" + _terms_text(record.terms)
-        path = folder / f"step_{step:03d}.png"
+        path = folder / view_sheet_names([step])[0]
         write_contact_sheet(staged(path), images.float() / 255, labels, title=title)
         sheets.append(path)
     if final is not None and final.images is not None:
@@ -420,16 +457,29 @@ def generate_mesh(
     sampler = GuidedSampler(backbone, reward, guidance, offload_idle=offload_idle)
     capture = ViewCapture(keep_views, sampler.guided_steps(steps, search),
                           then=silhouette.callback(sampler, steps, search, then=step_callback))
-    output = sampler(
-        condition,
-        num_inference_steps=steps,
-        guidance_scale=cfg_scale,
-        seed=seed,
-        octree_resolution=octree_resolution,
-        progress=progress,
-        callback_on_step_end=capture,
-        search=search,
-    )
+    from .io import check_output_plan
+
+    check_output_plan(  # no output onto another or onto the input, before any sampling (the CLI's check)
+        output_plan(out, manifest_path, plot_path=plot_path, views_dir=views_dir, view_steps=capture.keep,
+                    candidates=bool(search and search.searching),
+                    input_image_path=generated_input.path if generated_input is not None else None),
+        {"image": image if isinstance(image, (str, os.PathLike)) else None,
+         **{f"--{name}": path for name, path in (views or {}).items() if isinstance(path, (str, os.PathLike))}})
+    try:
+        output = sampler(
+            condition,
+            num_inference_steps=steps,
+            guidance_scale=cfg_scale,
+            seed=seed,
+            octree_resolution=octree_resolution,
+            progress=progress,
+            callback_on_step_end=capture,
+            search=search,
+        )
+    except EmptySurfaceError as empty:  # no surface: the run's records go to the failed-run record below
+        if getattr(empty, "output", None) is None:
+            raise
+        output = empty.output
 
     mesh = output.mesh
     if mesh is not None and postprocess is not None:
@@ -493,7 +543,8 @@ def generate_mesh(
         content.update(final_r=None, final_p_yes=None, final_terms={}, error="the final latent decodes to no surface")
         content["total_seconds"] = time.perf_counter() - started
         failure_path = failed_run_path(manifest_path)
-        write_manifest(failure_path, content)
+        with OutputSet() as failed:
+            write_manifest(failed.stage(failure_path, last=True), content)
         raise EmptySurfaceError(
             f"The final shape is empty (no surface at the export level); nothing was written to {out}. "
             f"The run's step records are in {failure_path}."
@@ -501,12 +552,11 @@ def generate_mesh(
 
     final_r = float(final.r) if final is not None else None
     mesh_path = Path(out)
-    # Every output is staged as a temp file and renamed into place only when all of them were
-    # written: a failure leaves neither a partial run nor a clobbered earlier result.
-    with contextlib.ExitStack() as stack:
-        def staged(path: str | os.PathLike) -> Path:
-            return stack.enter_context(atomic_path(path))
-
+    # Every output is staged next to its destination and the set is committed as one unit (the
+    # manifest last) only when all of them were written: a failure at any point leaves the earlier
+    # outputs exactly as they were (vlm3d_ttg.io.OutputSet). A new output is one `staged(...)` line here.
+    with OutputSet() as staging:
+        staged = staging.stage
         save_mesh(mesh, staged(mesh_path))
         outputs["mesh"] = str(mesh_path)
         write_mask_png(staged(mask_path), silhouette.target)
@@ -531,7 +581,7 @@ def generate_mesh(
             outputs=outputs,
             total_seconds=time.perf_counter() - started,
         )
-        write_manifest(staged(manifest_path), content)
+        write_manifest(staging.stage(manifest_path, last=True), content)
     return GenerationResult(
         mesh_path=mesh_path,
         manifest_path=Path(manifest_path),

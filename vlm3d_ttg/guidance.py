@@ -141,6 +141,11 @@ class GuidanceConfig:
             bad(f"grid_resolution must be ≥ 16, got {self.grid_resolution}")
         if number("silhouette_weight") < 0:
             bad(f"silhouette_weight must be ≥ 0, got {self.silhouette_weight}")
+        from .preflight import bound_problem
+
+        for name in ("inner_steps", "num_views", "view_size", "grid_resolution"):
+            if bound_problem(name, getattr(self, name)):
+                bad(bound_problem(name, getattr(self, name)))
         if self.backend not in ("auto", "cpu", "nvdiffrast"):
             bad(f"backend must be auto, cpu or nvdiffrast, got {self.backend!r}")
         check.boolean("reference")

@@ -55,11 +55,39 @@ SHAPE_VARIANTS: dict[str, ShapeVariant] = {
 }
 
 
+#: The device strings every command and the Python API accept.
+DEVICE_FORMS = "auto, cpu, cuda or cuda:N"
+
+
+def parse_device(device: str | torch.device | None) -> torch.device | None:
+    """The one parser of device strings: None/'auto' → None (decided at load time), 'cpu', 'cuda',
+    'cuda:N' → that torch.device. Anything else ('mps', 'meta', 'gpu0', 'cuda:x') raises
+    InvalidInputError naming the accepted forms: the pipeline runs on CUDA or the CPU only."""
+    if device is None or (isinstance(device, str) and device.strip().lower() == "auto"):
+        return None
+    if isinstance(device, torch.device):
+        parsed = device
+    else:
+        if not isinstance(device, str):
+            raise InvalidInputError(f"device must be one of {DEVICE_FORMS}; got a {type(device).__name__}.")
+        try:
+            parsed = torch.device(device.strip())
+        except (RuntimeError, TypeError, ValueError):
+            raise InvalidInputError(f"Unknown device {device!r}; use {DEVICE_FORMS}.") from None
+    if parsed.type not in ("cpu", "cuda"):
+        raise InvalidInputError(
+            f"Device {str(device)!r} is not supported: Hunyuan3D-2 and the critic run on CUDA or the CPU here; "
+            f"use {DEVICE_FORMS}."
+        )
+    return parsed
+
+
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """The device to run on: the one asked for, else CUDA when available, else CPU."""
-    if device is None or str(device) == "auto":
+    """The device to run on: the one asked for (see `parse_device`), else CUDA when available, else CPU."""
+    parsed = parse_device(device)
+    if parsed is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    resolved = torch.device(device)
+    resolved = parsed
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise InvalidInputError(f"Device '{device}' was requested but CUDA is not available here; use --device cpu.")
     return resolved
@@ -119,6 +147,68 @@ def resolve_shape_model(model: str, subfolder: str | None = None) -> ShapeVarian
     )
 
 
+def _safetensors_problem(path: Path) -> str | None:
+    """Why the safetensors file at `path` cannot be whole (None: its header and size agree)."""
+    import json
+
+    size = path.stat().st_size
+    if size < 8:
+        return f"it holds {size} bytes, fewer than a safetensors header"
+    with open(path, "rb") as handle:
+        length = int.from_bytes(handle.read(8), "little")
+        if length > size - 8:
+            return f"its header claims {length:,} bytes but only {size - 8:,} follow"
+        try:
+            header = json.loads(handle.read(length))
+        except (ValueError, UnicodeDecodeError):
+            return "its header is not valid JSON"
+    if not isinstance(header, dict):
+        return "its header is not a table of tensors"
+    try:
+        end = max((int(entry["data_offsets"][1]) for key, entry in header.items() if key != "__metadata__"), default=0)
+    except (KeyError, TypeError, ValueError, IndexError):
+        return "its header has no valid tensor offsets"
+    if 8 + length + end > size:
+        return f"it is truncated: {size:,} bytes, its tensors need {8 + length + end:,}"
+    return None
+
+
+def check_checkpoint_folder(folder: str | os.PathLike, fix: str) -> None:
+    """Raise CheckpointError naming the first unreadable model file in `folder` (safetensors whose
+    header or size is wrong, JSON or YAML that does not parse) and `fix`; cheap (headers only)."""
+    import json
+
+    import yaml
+
+    from .errors import CheckpointError
+
+    root = Path(folder)
+    if not root.is_dir():
+        return
+    for path in sorted(root.iterdir()):
+        if not path.is_file():
+            continue
+        problem = None
+        try:
+            if path.suffix == ".safetensors":
+                problem = _safetensors_problem(path)
+            elif path.suffix == ".json":
+                json.loads(path.read_text(encoding="utf-8"))
+            elif path.suffix in (".yaml", ".yml"):
+                yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError, yaml.YAMLError) as exc:
+            problem = f"it does not parse ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+        if problem:
+            raise CheckpointError(str(path), problem, fix)
+
+
+def rebuild_advice(folder: str | os.PathLike, repo_id: str | None = None) -> str:
+    """How to rebuild a damaged checkpoint folder: delete it and rerun."""
+    hub = f"; a hub model is fetched again with `huggingface-cli download {repo_id}`" if repo_id else ""
+    return (f"delete the folder '{folder}' and rerun (the offline presets, --preset tiny / realsize, write their "
+            f"checkpoints again{hub}).")
+
+
 def load_shape_pipeline(
     model: str = DEFAULT_SHAPE_MODEL,
     subfolder: str | None = None,
@@ -160,6 +250,9 @@ def load_shape_pipeline(
 
     from .dinov2_names import hy3dgen_accepts_both_dinov2_namings
 
+    if local_ok:  # a truncated or corrupt local file is named, with how to rebuild it
+        check_checkpoint_folder(local, rebuild_advice(local, spec.repo_id))
+
     logger.info("Loading shape model %s/%s on %s (%s)", spec.repo_id, spec.subfolder, torch_device, torch_dtype)
     try:
         # The checkpoint names DINOv2's weights as transformers did when Hunyuan3D-2 was released;
@@ -197,6 +290,17 @@ def freeze(*modules: torch.nn.Module | None) -> None:
             module.requires_grad_(False)
 
 
+def _hub_cache_folder(model_id: str, revision: str | None = None) -> Path | None:
+    """The hub-cache snapshot folder of `model_id`, if its config.json is cached."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        found = try_to_load_from_cache(model_id, "config.json", revision=revision)
+    except ValueError:  # not a repo id
+        return None
+    return Path(found).parent if isinstance(found, str) else None
+
+
 def load_vlm(
     model: str | os.PathLike = DEFAULT_VLM,
     *,
@@ -226,6 +330,9 @@ def load_vlm(
     if is_local:
         model_id = os.path.expanduser(model_id)
     local_only = is_local or not allow_download or hub_offline()
+    on_disk = Path(model_id) if is_local else _hub_cache_folder(model_id, revision)
+    if on_disk is not None:  # a truncated or corrupt file is named, with how to rebuild it
+        check_checkpoint_folder(on_disk, rebuild_advice(on_disk, None if is_local else model_id))
     kwargs: dict[str, Any] = {"local_files_only": local_only}
     if revision is not None:
         kwargs["revision"] = revision

@@ -97,11 +97,13 @@ def validate_request(
                 check_condition_image(view)
             except InvalidInputError as exc:
                 raise InvalidInputError(f"--{name}: {exc}") from None
-    elif preset == "real":  # the offline presets write their own models
-        from .generation import check_models_present
+    elif preset == "real":
         from .text2image import check_text_to_image_model
 
         check_text_to_image_model(options.text_to_image)
+    if preset == "real":  # offline, a missing model comes before whether it fits (the offline presets write theirs)
+        from .generation import check_models_present
+
         check_models_present(options)
     _preflight(options, guidance, search, prompt=prompt, preset=preset)
     return RunRequest(prompt=prompt, preset=preset, image=Path(image) if image is not None else None, views=extra_views,
@@ -157,13 +159,12 @@ def validate_options(
 
 def _preflight(options: GenerationOptions, guidance: GuidanceConfig, search: SearchOptions, *, prompt: str,
                preset: str) -> None:
-    """The resource preflight every request passes (estimated memory and work refused before it starts).
+    """Will it fit? The run's estimated peak memory against the host's and the device's, and its work
+    against the sane bounds (`preflight.check_generation`), before anything loads: an InvalidInputError
+    subclass (`ResourceLimitError`) for a run that cannot fit."""
+    from .preflight import check_generation
 
-    TODO(issue #19, branch `safety`): call `preflight.check_generation(options, guidance, search,
-    prompt=prompt, preset=preset)` here when that module is merged; it raises an InvalidInputError
-    subclass for a run that cannot fit. Until then this hook checks nothing.
-    """
-    return None
+    check_generation(options, guidance, search, prompt=prompt, preset=preset)
 
 
 __all__ = ["RunRequest", "check_views", "validate_options", "validate_request"]

@@ -69,6 +69,9 @@ class VLMReward:
         terms: Sequence[tuple[float, RewardTerm]] = (),
         surface_config: SurfaceConfig | None = None,
     ):
+        if critic is not None and not callable(critic):  # the API checks what the CLI checks
+            raise InvalidInputError(f"VLMReward's critic must be a critic (e.g. vlm3d_ttg.VLMCritic) or None, got "
+                                    f"{type(critic).__name__}.")
         config = (config or GuidanceConfig()).validate()
         if critic is not None:
             check_critic_view_size(critic, config.view_size)  # the critic's own rule (28 or 32 px, ...)
@@ -195,6 +198,8 @@ class VLMReward:
         """r of a finished mesh from the un-jittered cameras (no gradient)."""
         if len(faces) == 0:
             raise EmptySurfaceError("The mesh has no faces.")
+        if not np.isfinite(np.asarray(vertices, dtype=np.float64)).all():
+            raise InvalidInputError("The mesh has non-finite (NaN or infinite) vertex coordinates; it cannot be scored.")
         device = self.backbone.device
         vertices_t = torch.as_tensor(np.asarray(vertices), dtype=torch.float32, device=device)
         faces_t = torch.as_tensor(np.asarray(faces, dtype=np.int64), device=device)

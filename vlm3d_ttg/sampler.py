@@ -16,6 +16,7 @@ import secrets
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import PurePath
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -181,7 +182,7 @@ class GuidedSampler:
         *,
         num_inference_steps: int = 50,
         guidance_scale: float = 5.0,
-        seed: int | None = 0,
+        seed: int | None = None,
         generator: torch.Generator | None = None,
         camera_seed: int | None = None,
         output_type: str = "trimesh",
@@ -208,11 +209,18 @@ class GuidedSampler:
         `SamplerOutput.camera_seed`. `box_v` and `mc_level` (the export's cube and level) default
         to the backbone's.
 
+        `seed` (default 0) and `generator` are two ways to give the noise; giving both is refused
+        (one would be ignored). With `output_type="trimesh"` a final latent that decodes to no
+        surface raises EmptySurfaceError, whose `.output` holds this SamplerOutput (records included).
+
         `search` (vlm3d_ttg.search) samples several candidates and keeps the critic's favourite;
         with one candidate (the default) the run is exactly the plain loop. With several, the
         callback's "record" and "evaluation" are the first live candidate's.
         """
-        _check_call(image, num_inference_steps, guidance_scale, seed, generator, camera_seed)
+        _check_call(image, num_inference_steps, guidance_scale, seed, generator, camera_seed,
+                    dict(octree_resolution=octree_resolution, num_chunks=num_chunks, mc_level=mc_level, box_v=box_v))
+        seed = 0 if seed is None and generator is None else seed  # the documented default: seed 0
+        image = str(image) if isinstance(image, PurePath) else image  # hy3dgen reads str paths, not Path
         if output_type not in ("trimesh", "latent"):
             raise InvalidInputError(f"output_type must be 'trimesh' or 'latent', got {output_type!r}")
         check_views(image, self.backbone.views)
@@ -297,7 +305,7 @@ class GuidedSampler:
         finally:
             # Every model back where it was, also when a step raised or the user pressed Ctrl-C.
             offload.restore()
-        return SamplerOutput(
+        result = SamplerOutput(
             latents=latents,
             mesh=mesh,
             records=live.records[live.alive[winner]],
@@ -309,6 +317,12 @@ class GuidedSampler:
             search=found,
             compute=compute,
         )
+        if output_type == "trimesh" and mesh is None:  # never a silent mesh=None
+            error = EmptySurfaceError("The final latent decodes to no surface (empty mesh) at mc_level "
+                                      f"{mc_level}; lower --cfg-scale or try another seed.")
+            error.output = result  # type: ignore[attr-defined]
+            raise error
+        return result
 
     # ----------------------------------------------------------------- the loop's steps
     def _finish(
@@ -599,14 +613,21 @@ def deterministic_backward(device: torch.device) -> Iterator[None]:
         torch.use_deterministic_algorithms(previous, warn_only=previous_warn_only)
 
 
-def _check_call(image: Any, steps: Any, guidance_scale: Any, seed: Any, generator: Any, camera_seed: Any) -> None:
-    """The sampler's inputs, checked at the API boundary (not deep inside hy3dgen)."""
+def _check_call(image: Any, steps: Any, guidance_scale: Any, seed: Any, generator: Any, camera_seed: Any,
+                export: dict[str, Any]) -> None:
+    """The sampler's inputs, checked at the API boundary (not deep inside hy3dgen): what the CLI checks."""
     import os
 
     from PIL import Image
 
+    from .images import check_object, open_image
+    from .preflight import bound_problem
+
     def whole(value: Any) -> bool:
         return isinstance(value, int) and not isinstance(value, bool)
+
+    def finite(value: Any) -> bool:
+        return not isinstance(value, bool) and isinstance(value, (int, float)) and bool(np.isfinite(value))
 
     if not (isinstance(image, (str, os.PathLike, Image.Image)) or (isinstance(image, dict) and image)):
         raise InvalidInputError(
@@ -614,10 +635,30 @@ def _check_call(image: Any, steps: Any, guidance_scale: Any, seed: Any, generato
             "vlm3d_ttg.inputs.prepare_condition_image) or, for multi-view models, a dict of views; "
             f"got {type(image).__name__}."
         )
+    for view in (image.values() if isinstance(image, dict) else [image]):  # readable, an object to see
+        rgba = open_image(view, what="Conditioning image")
+        if rgba.getchannel("A").getextrema()[0] < 250:
+            check_object(rgba, view, what="Conditioning image")
     if not whole(steps) or steps < 2:
         raise InvalidInputError(f"num_inference_steps must be an integer ≥ 2, got {steps!r}")
-    if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) or not np.isfinite(guidance_scale):
-        raise InvalidInputError(f"guidance_scale (the shape model's CFG) must be a finite number, got {guidance_scale!r}")
+    if not finite(guidance_scale) or guidance_scale < 0:
+        raise InvalidInputError(f"guidance_scale (the shape model's CFG) must be a finite number ≥ 0, got {guidance_scale!r}")
+    if generator is not None and seed is not None:
+        raise InvalidInputError(f"Give seed or generator, not both: seed={seed!r} would be ignored (the generator "
+                                "draws the noise). Pass seed=None with a generator.")
+    octree = export["octree_resolution"]
+    if not whole(octree) or octree < 16:
+        raise InvalidInputError(f"octree_resolution must be an integer ≥ 16, got {octree!r}")
+    for problem in (bound_problem("steps", steps), bound_problem("octree_resolution", octree)):  # the CLI's bounds
+        if problem:
+            raise InvalidInputError(problem)
+    if not whole(export["num_chunks"]) or export["num_chunks"] < 1:
+        raise InvalidInputError(f"num_chunks must be an integer ≥ 1, got {export['num_chunks']!r}")
+    # None: the backbone's own level and cube (Backbone.level / Backbone.bounds).
+    if export["mc_level"] is not None and (not finite(export["mc_level"]) or not -1 < export["mc_level"] < 1):
+        raise InvalidInputError(f"mc_level must be a finite number in (-1, 1) or None, got {export['mc_level']!r}")
+    if export["box_v"] is not None and (not finite(export["box_v"]) or export["box_v"] <= 0):
+        raise InvalidInputError(f"box_v must be a finite number > 0 or None, got {export['box_v']!r}")
     for name, value in (("seed", seed), ("camera_seed", camera_seed)):
         if value is not None and (not whole(value) or not 0 <= value < 2**64):
             raise InvalidInputError(f"{name} must be an integer in [0, 2^64) or None, got {value!r}")

@@ -92,7 +92,13 @@ def load_mesh_for_scoring(path: str | os.PathLike) -> ScoringMesh:
         # process=False: vertices stay as written (no merging or reordering), so the framing is the file's.
         mesh = trimesh.load(path, force="mesh", process=False)
     except Exception as exc:  # trimesh raises many types for unreadable files
-        raise InvalidInputError(f"Cannot read mesh '{path}': {exc}") from None
+        if path.suffix.lower() == ".gltf" and isinstance(exc, (KeyError, FileNotFoundError)):
+            missing = exc.args[0] if isinstance(exc, KeyError) and exc.args else getattr(exc, "filename", None) or exc
+            raise InvalidInputError(
+                f"Cannot read mesh '{path}': it refers to the side file '{missing}', which is not next to it. A .gltf "
+                "may keep its buffers in separate files: copy them along, or use a .glb (one file)."
+            ) from None
+        raise InvalidInputError(f"Cannot read mesh '{path}' ({type(exc).__name__}: {exc}).") from None
     if not isinstance(mesh, trimesh.Trimesh) or len(mesh.faces) == 0:
         raise InvalidInputError(f"Mesh '{path}' has no triangles.")
     vertices = np.asarray(mesh.vertices, dtype=np.float64)
@@ -108,6 +114,22 @@ def load_mesh_for_scoring(path: str | os.PathLike) -> ScoringMesh:
         vertices = (vertices - (low + high) / 2) * (2 * REFRAMED_HALF_SIDE / longest)
         logger.info("Mesh %s reaches outside hy3dgen's ±%.2f cube; centred and scaled into it.", path, DECODED_CUBE_HALF_SIDE)
     return ScoringMesh(vertices.astype(np.float32), faces, reframed, str(path))
+
+
+def check_views_show_the_mesh(views: torch.Tensor, source: str) -> torch.Tensor:
+    """Return `views` (N, 3, H, W) unless every one of them is a single flat colour (the mesh is not
+    visible from any camera: degenerate, or too thin or small to cover a pixel); then raise
+    InvalidInputError, as a blank image would be refused. Views where only some are blank pass
+    (a thin object seen edge-on), with a log line naming them."""
+    flat = [bool((view.amax(dim=(1, 2)) - view.amin(dim=(1, 2))).max() < 1.0 / 255) for view in views]
+    if all(flat):
+        raise InvalidInputError(
+            f"Mesh '{source}' renders as empty views: none of the {len(flat)} cameras sees any of it (its triangles "
+            "have no area, or it is too small or thin to cover a pixel). There is nothing for the critic to judge."
+        )
+    if any(flat):
+        logger.warning("Mesh %s is not visible in view(s) %s.", source, [k for k, f in enumerate(flat) if f])
+    return views
 
 
 def render_mesh_file(
@@ -147,6 +169,7 @@ __all__ = [
     "REFRAMED_HALF_SIDE",
     "SCORABLE_MESH_SUFFIXES",
     "ScoringMesh",
+    "check_views_show_the_mesh",
     "load_mesh_for_scoring",
     "load_view_files",
     "render_mesh_file",

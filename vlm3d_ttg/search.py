@@ -56,6 +56,10 @@ class SearchOptions:
         bad, integer = check.bad, check.integer
         if integer("candidates") < 1:
             bad(f"candidates must be ≥ 1 (1 is the plain sampler), got {self.candidates}")
+        from .preflight import bound_problem
+
+        if bound_problem("candidates", self.candidates):
+            bad(bound_problem("candidates", self.candidates))
         value = self.select_at
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             bad(f"select_at must be a number in (0, 1], got {value!r}")

@@ -14,13 +14,17 @@ A set is a JSON or CSV file of rows with the fields
 JSON: either a list of row objects, or an object `{"name": ..., "description": ..., "items": [rows]}`.
 CSV: a header line naming the columns (`id,prompt` at least), one row per item.
 
-`load_bench_set` checks every row (fields, ids, images: present, readable, usable as a condition)
-and reports all problems at once, each with its row number, before any model is loaded.
+`load_bench_set` checks every row it keeps (fields, ids, prompt text: markup, control characters and
+length as the critic checks them, images: present, readable, usable as a condition) and reports all
+problems at once, each with its row number, before any model is loaded. With `limit`, rows after
+the first `limit` are not read. A line break inside a quoted CSV cell is kept (and so refused in a
+prompt, with its row number), never dropped.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import re
@@ -98,6 +102,10 @@ def _read_rows(path: Path) -> tuple[list[dict[str, Any]], str, str]:
             content = json.loads(text)
         except json.JSONDecodeError as exc:
             raise InvalidInputError(f"Benchmark set '{path}' is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise InvalidInputError(
+                f"Benchmark set '{path}' nests lists or objects too deeply to be a set (rows are objects in one list)."
+            ) from None
         name, description = path.stem, ""
         if isinstance(content, dict):
             if "items" not in content:
@@ -116,7 +124,9 @@ def _read_rows(path: Path) -> tuple[list[dict[str, Any]], str, str]:
             raise InvalidInputError(f"Benchmark set '{path}': expected a list of rows, got {type(content).__name__}.")
         return content, name, description
     if suffix == ".csv":
-        reader = csv.DictReader(text.splitlines())
+        # newline="" keeps a line break inside a quoted cell as part of the cell (the text-hygiene check
+        # then refuses it with its row number); splitting the text into lines first would drop it.
+        reader = csv.DictReader(io.StringIO(text, newline=""))
         if reader.fieldnames is None:
             raise InvalidInputError(f"Benchmark set '{path}' is empty; the first line must name the columns (id,prompt[,image]).")
         header = [h.strip() for h in reader.fieldnames]
@@ -127,7 +137,11 @@ def _read_rows(path: Path) -> tuple[list[dict[str, Any]], str, str]:
                 f"columns are {list(REQUIRED_FIELDS + OPTIONAL_FIELDS)}."
             )
         rows = []
-        for raw in reader:
+        try:
+            raws = list(reader)
+        except csv.Error as exc:
+            raise InvalidInputError(f"Benchmark set '{path}' is not valid CSV: {exc}") from None
+        for raw in raws:
             if None in raw:  # more cells than header columns
                 rows.append({"__extra_cells__": raw[None], **{k.strip(): v for k, v in raw.items() if k is not None}})
             else:
@@ -163,6 +177,13 @@ def _check_row(row: Any, number: int, base: Path, seen: dict[str, int]) -> tuple
     prompt = row.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
         problems.append(f"{where}: 'prompt' is missing or empty")
+    else:
+        from ..critic.queries import normalize_description
+
+        try:  # the critic's own checks (markup, control characters, length), now rather than mid-run
+            normalize_description(prompt)
+        except InvalidInputError as exc:
+            problems.append(f"{where}: {exc}")
 
     seed: int | None = None
     raw_seed = row.get("seed")
@@ -185,7 +206,6 @@ def _check_row(row: Any, number: int, base: Path, seen: dict[str, int]) -> tuple
             image = Path(os.path.expanduser(raw_image.strip()))
             if not image.is_absolute():
                 image = base / image
-            problems += [f"{where}: {message}" for message in _image_problems(image)]
 
     notes = row.get("notes") or ""
     if problems:
@@ -204,25 +224,44 @@ def _image_problems(image: Path) -> list[str]:
     return []
 
 
-def load_bench_set(path: str | os.PathLike) -> BenchSet:
+def load_bench_set(path: str | os.PathLike, *, ids: list[str] | None = None, limit: int | None = None) -> BenchSet:
     """Read and validate a benchmark set file (JSON or CSV, see the module docstring).
 
+    `ids` keeps those rows (in set order), `limit` the first `limit` of them; with a limit and no
+    ids, rows after the first `limit` are not read at all, so `--limit` bounds the work on a huge set.
+    Every kept row is checked fully (fields, id, prompt text, image) before any row runs.
     Raises InvalidInputError listing every problem found, each with its row number.
     """
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise InvalidInputError(f"--limit must be an integer ≥ 1, got {limit!r}")
     set_path = Path(os.path.expanduser(str(path))).absolute()
     if not set_path.is_file():
         raise InvalidInputError(f"Benchmark set '{set_path}' does not exist (or is not a file).")
     rows, name, description = _read_rows(set_path)
     if not rows:
         raise InvalidInputError(f"Benchmark set '{set_path}' has no rows.")
+    wanted = set(ids) if ids else None
     seen: dict[str, int] = {}
-    items: list[BenchItem] = []
+    items: list[tuple[int, BenchItem]] = []
     problems: list[str] = []
     for number, row in enumerate(rows, start=1):
+        if wanted is None and limit is not None and number > limit:
+            break  # --limit: the rows after the first `limit` are never read
+        if wanted is not None and not (isinstance(row, dict) and str(row.get("id", "")).strip() in wanted):
+            continue
         item, row_problems = _check_row(row, number, set_path.parent, seen)
         problems += row_problems
         if item is not None:
-            items.append(item)
+            items.append((number, item))
+    if wanted is not None:
+        unknown = [i for i in ids or [] if i not in seen]
+        if unknown:
+            raise InvalidInputError(f"Unknown item id(s) {unknown} in {set_path}.")
+    if limit is not None:
+        items = items[:limit]
+    for number, item in items:  # the costly check (reading each image), for the rows that will run
+        if item.image is not None:
+            problems += [f"row {number} (id '{item.id}'): {message}" for message in _image_problems(item.image)]
     if problems:
         listed = problems[:MAX_LISTED_PROBLEMS]
         more = len(problems) - len(listed)
@@ -231,4 +270,4 @@ def load_bench_set(path: str | os.PathLike) -> BenchSet:
             + "\n".join(f"  - {p}" for p in listed)
             + (f"\n  ... and {more} more" if more else "")
         )
-    return BenchSet(set_path, name, items, description)
+    return BenchSet(set_path, name, [item for _, item in items], description)

@@ -102,6 +102,8 @@ def check_run(run: BenchRun, *, redo_stale: bool = False) -> list[tuple[str, str
         raise InvalidInputError(f"--confidence must be in (0, 1), got {metrics.confidence}")
     if paths.root.exists() and not paths.root.is_dir():
         raise InvalidInputError(f"--out '{paths.root}' exists and is not a folder.")
+    check_bench_outputs(run)
+    check_bench_resources(run)
     missing_images = [item.id for item in run.bench.items_without_image if not paths.generated_input(item.id).is_file()]
     check_text_to_image(missing_images, settings.text_to_image_model)
     check_metric_models(metrics)
@@ -113,6 +115,39 @@ def check_run(run: BenchRun, *, redo_stale: bool = False) -> list[tuple[str, str
             "Fix: use a new --out folder, or pass --redo-stale to regenerate them."
         )
     return stale
+
+
+def check_bench_resources(run: BenchRun) -> None:
+    """The preflight of every (row, configuration) before any generation: the estimated peak memory of
+    its run (`vlm3d_ttg.preflight.check_generation`). Rows differ only by their prompt's length, and the
+    estimate grows with it, so the row with the longest prompt stands for all; a refusal names it."""
+    from ..preflight import check_generation
+
+    if not run.bench.items:
+        return
+    number, item = max(enumerate(run.bench.items, start=1), key=lambda pair: len(pair[1].prompt))
+    for config in run.configs:
+        try:
+            check_generation(run.settings.options, config.guidance, config.search, prompt=item.prompt,
+                             preset=run.settings.preset)
+        except InvalidInputError as exc:
+            raise InvalidInputError(f"Benchmark row {number} (id '{item.id}'), configuration '{config.name}': {exc}") from None
+
+
+def check_bench_outputs(run: BenchRun) -> None:
+    """Refuse a run whose outputs would replace one of its inputs (the set file, a row's image) or
+    each other, or that would replace the folder an input lives in (`vlm3d_ttg.io.check_output_plan`)."""
+    from ..io import check_output_plan
+
+    paths = run.paths
+    outputs: dict[str, object] = {"run.json": paths.root / "run.json"}
+    for name in ("results.md", "results.json", "results.png"):
+        outputs[name] = paths.root / name
+    for item in run.bench.items_without_image:
+        outputs[f"the text-to-image input of row '{item.id}'"] = paths.generated_input(item.id)
+    inputs: dict[str, object] = {"--set": run.bench.path}
+    inputs.update({f"image of row '{item.id}'": item.image for item in run.bench.items if item.image is not None})
+    check_output_plan(outputs, inputs, owned_folders={"the run's items folder": paths.items})
 
 
 # ---------------------------------------------------------------------------------------------

@@ -49,8 +49,7 @@ def _generate(
 ) -> None:
     """Generate a mesh from IMAGE (or, without one, from PROMPT alone) with Hunyuan3D-2, guided by a VLM critic's judgement of PROMPT (Qwen2.5-VL, or Qwen3-VL)."""
     from ..export import check_mesh_path
-    from ..generation import failed_run_path
-    from ..io import check_distinct_outputs, check_writable
+    from ..io import check_output_plan, check_writable
     from ..manifest import manifest_path_for, plot_path_for
 
     # ---- everything that can be wrong is checked before any model loads --------------------
@@ -89,10 +88,6 @@ def _generate(
     from ..silhouette import silhouette_path_for
 
     check_writable(silhouette_path_for(out))
-    check_distinct_outputs({"--out": out, "--manifest": manifest_path, "the r plot": plot_path,
-                            "the silhouette mask": silhouette_path_for(out),
-                            "the failed-run record": failed_run_path(manifest_path),
-                            "the generated input image": input_image_path})
     keep_views = _parse_views_at(views_at or "summary") if save_views is not None else "none"
     planned = request.guided_steps
     for warning in request.warnings:
@@ -100,6 +95,15 @@ def _generate(
     if isinstance(keep_views, list) and not set(keep_views) <= set(planned):
         raise InvalidInputError(f"--views-at names steps that are not guided: {sorted(set(keep_views) - set(planned))}; "
                                 f"this run guides steps {planned}.")
+    # Every file this run may write, against each other and against every input: nothing of the
+    # user's may be replaced by an output, and no output by another (a views folder included).
+    from ..generation import output_plan, steps_to_keep
+
+    planned_outputs = output_plan(out, manifest_path, plot_path=plot_path, views_dir=save_views,
+                                  view_steps=steps_to_keep(keep_views, planned) if save_views is not None else (),
+                                  candidates=search.searching, input_image_path=input_image_path)
+    check_output_plan(planned_outputs, {"IMAGE": image, **{f"--{name}": path for name, path in extra_views.items()}})
+
 
     from ..logs import be_verbose, quiet_hy3dgen
     from ..generation import generate_mesh, load_models

@@ -95,9 +95,15 @@ def score(
     from ..logs import quiet_transformers
     from ..models import DEFAULT_VLM, critic_family_for, load_vlm, resolve_device
     from ..render import orbit_cameras
-    from ..scoring import load_mesh_for_scoring, load_view_files
+    from ..scoring import check_views_show_the_mesh, load_mesh_for_scoring, load_view_files
 
     image_paths, mesh_paths = _check_inputs(list(inputs), preset, vlm)
+    resolve_device(device)  # an unknown or unavailable device is refused before any work
+    from ..preflight import bound_problem
+
+    for name, value, flag in (("num_views", views, "--views"), ("view_size", resolution, "--resolution")):
+        if bound_problem(name, value):
+            raise InvalidInputError(f"{flag}: {bound_problem(name, value)}")
     description = normalize_description(prompt)
     variants = _query_variants(query)
     family = critic_family_for(vlm or DEFAULT_VLM, preset or "real", critic_family)
@@ -111,7 +117,8 @@ def score(
         mesh = load_mesh_for_scoring(mesh_paths[0])
         reframed = mesh.reframed
         render_device = resolve_device(device)
-        pixels = mesh.render(orbit_cameras(views, image_size=resolution, device=render_device))
+        pixels = check_views_show_the_mesh(mesh.render(orbit_cameras(views, image_size=resolution, device=render_device)),
+                                           str(mesh_paths[0]))
 
     if preset == "tiny":
         from ..tiny import ensure_tiny_vlm

@@ -170,6 +170,64 @@ def check_plain_text(text: str, markup: Iterable[str], what: str) -> str:
     return text
 
 
+# Text hygiene: one rule for every text a user hands the critic (descriptions and templates), applied
+# here for the CLI, the Python API (VLMCritic, generate_mesh) and benchmark rows alike.
+# Control characters are REFUSED, not normalised, for the reason markup is: what the critic reads must
+# be what the user typed and what the manifest records. NUL, ESC, BEL, BS, DEL, ... are invisible or
+# act on a terminal (ESC sequences can rewrite what a log shows), and a tokenizer turns them into
+# byte tokens the critic never saw in training; silently dropping them would make r depend on text
+# nobody can see. A description is one line: line breaks (\n, \r, U+2028/U+2029) and tabs are refused
+# too, since a newline in the description would add a line of its own to the question's numbered
+# criteria. A template may contain newlines and tabs (the built-in ones use newlines for layout).
+#: Longest description accepted, in characters (checked before any tokenizer runs; docs/bad_inputs.md).
+MAX_DESCRIPTION_CHARS = 1000
+#: Longest description accepted, in tokens of the critic's tokenizer (checked where one is at hand).
+MAX_DESCRIPTION_TOKENS = 512
+#: Longest query template accepted, in characters.
+MAX_TEMPLATE_CHARS = 4000
+_LINE_BREAKS = {"\u2028", "\u2029"}
+
+
+def check_text_hygiene(text: str, what: str, *, multiline: bool = False, max_chars: int | None = None) -> str:
+    """Return `text` if it is plain text a user can see; else raise InvalidInputError naming the first problem.
+
+    Refused: control characters (Unicode category Cc: NUL, BEL, BS, ESC, DEL, the C1 range, ...) with
+    their position, and, unless `multiline`, tabs and line breaks too; text longer than `max_chars`.
+    The same rule serves the CLI, the Python API and benchmark rows (see the comment above for why
+    refusing, not normalising).
+    """
+    if max_chars is not None and len(text) > max_chars:
+        raise InvalidInputError(
+            f"The {what} is {len(text):,} characters long; at most {max_chars:,} are accepted (a description of an "
+            "object needs far fewer). Shorten it."
+        )
+    allowed = {"\n", "\t"} if multiline else set()
+    for position, char in enumerate(text):
+        if char in allowed:
+            continue
+        if unicodedata.category(char) == "Cc" or char in _LINE_BREAKS:
+            name = {"\n": "a line break", "\r": "a carriage return", "\t": "a tab"}.get(char, "a control character")
+            kind = "line breaks, tabs and other control characters" if not multiline else "control characters"
+            raise InvalidInputError(
+                f"The {what} contains {name} ({char!r}, U+{ord(char):04X}) at position {position}: {kind} are not "
+                f"accepted in a {what} (they are invisible, and the critic would read something other than what "
+                "you see). Remove it."
+            )
+    return text
+
+
+def check_description_tokens(description: str, tokenizer: Any) -> str:
+    """Return `description` if the critic's `tokenizer` makes at most MAX_DESCRIPTION_TOKENS of it; else refuse."""
+    tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
+    count = len(tokenizer.encode(description, add_special_tokens=False))
+    if count > MAX_DESCRIPTION_TOKENS:
+        raise InvalidInputError(
+            f"The description is {count} tokens long for the critic's tokenizer; at most {MAX_DESCRIPTION_TOKENS} "
+            "are accepted. Shorten it."
+        )
+    return description
+
+
 def validate_template(template: str, *, require_description: bool = True) -> str:
     """Check that `template` is a usable query template (one `{description}` slot, nothing else); return it.
 
@@ -178,19 +236,31 @@ def validate_template(template: str, *, require_description: bool = True) -> str
     """
     if not isinstance(template, str) or not template.strip():
         raise InvalidInputError("The query template is empty; give a question with a '{description}' slot.")
+    if len(template) > MAX_TEMPLATE_CHARS:
+        check_text_hygiene(template, "query template", multiline=True, max_chars=MAX_TEMPLATE_CHARS)
     try:
-        fields = [field for _, field, _, _ in string.Formatter().parse(template) if field is not None]
+        parsed = [(field, spec, conversion) for _, field, spec, conversion in string.Formatter().parse(template)
+                  if field is not None]
+        fields = [field for field, _, _ in parsed]
     except ValueError as exc:
         raise InvalidInputError(
             f"The query template is not a valid format string ({exc}); write literal braces as '{{{{' and '}}}}'."
         ) from None
+    decorated = [f"{{{field}{'!' + conversion if conversion else ''}{':' + spec if spec else ''}}}"
+                 for field, spec, conversion in parsed if spec or conversion]
+    if decorated:
+        raise InvalidInputError(
+            f"The query template's slot must be exactly '{{description}}'; found {', '.join(decorated[:3])}: format "
+            "specs (':…') and conversions ('!r', '!s') are not allowed in a template."
+        )
     expected = [DESCRIPTION_SLOT] if require_description else ([DESCRIPTION_SLOT] if fields else [])
     if fields != expected:
         raise InvalidInputError(
             "The query template must contain the slot '{description}' exactly once and no other '{...}' "
             f"fields; found {fields or 'none'}. Write literal braces as '{{{{' and '}}}}'."
         )
-    return check_plain_text(template, qwen_markup_tokens(), "query template")
+    check_plain_text(template, qwen_markup_tokens(), "query template")  # markup named first: the graver problem
+    return check_text_hygiene(template, "query template", multiline=True)
 
 
 def resolve_query(query: str, *, reference: bool = False, layout: str = "separate") -> str:
@@ -217,12 +287,15 @@ def normalize_description(description: str) -> str:
     """The description as it goes into a template: stripped, without a final period (the templates add one)."""
     if not isinstance(description, str):
         raise InvalidInputError(f"The description must be a string, got {type(description).__name__}.")
+    if len(description) > MAX_DESCRIPTION_CHARS:  # before any other work on a huge text
+        check_text_hygiene(description, "description", max_chars=MAX_DESCRIPTION_CHARS)
     text = description.strip()
     while text.endswith("."):
         text = text[:-1].rstrip()
     if not text:
         raise InvalidInputError("The description is empty; say what the object should be (e.g. 'a wooden chair').")
-    return check_plain_text(text, qwen_markup_tokens(), "description")
+    check_plain_text(text, qwen_markup_tokens(), "description")  # markup named first: the graver problem
+    return check_text_hygiene(text, "description", max_chars=MAX_DESCRIPTION_CHARS)
 
 
 def format_query(template: str, description: str) -> str:
@@ -242,7 +315,12 @@ __all__ = [
     "GEOMETRY_QUERY",
     "QUERY_TEMPLATES",
     "builtin_query",
+    "MAX_DESCRIPTION_CHARS",
+    "MAX_DESCRIPTION_TOKENS",
+    "MAX_TEMPLATE_CHARS",
+    "check_description_tokens",
     "check_plain_text",
+    "check_text_hygiene",
     "format_query",
     "markup_tokens",
     "normalize_description",

@@ -30,7 +30,7 @@ from ..errors import InvalidInputError, UnsupportedModelError
 from .layout import VIEW_LAYOUTS, ViewLayout, square_cell_tile, tile_views
 from .preprocess import VIEW_SIDE_MULTIPLE, check_image_shape, qwen_image_grid, qwen_pixel_values
 from .protocol import CriticOutput
-from .queries import check_plain_text, format_query, markup_tokens, normalize_description, resolve_query
+from .queries import check_description_tokens, check_plain_text, format_query, markup_tokens, normalize_description, resolve_query
 
 logger = logging.getLogger(__name__)
 
@@ -231,7 +231,8 @@ class QwenCritic:
 
     def _plain_question(self, description: str) -> str:
         """The question for `description`, checked to contain no markup of this processor's tokenizer."""
-        check_plain_text(normalize_description(description), self._markup, "description")
+        text = check_plain_text(normalize_description(description), self._markup, "description")
+        check_description_tokens(text, self.processor)  # its length in this critic's own tokens
         return check_plain_text(format_query(self.template, description), self._markup, "question")
 
     def prompt_inputs(
