@@ -205,3 +205,14 @@ def test_usage_errors_exit_2_with_typers_message(capsys):
     code, _, stderr = run_cli(["generate", "img.png", "--out", "x.glb"], capsys)
     assert code == 2
     assert "Missing option" in stderr and "--prompt" in stderr
+
+
+def test_main_registers_each_command_once_however_often_it_is_called(capsys):
+    """`main()` called again in one process (scripts, notebooks, these tests) keeps one copy of each
+    command: a copy per call made every later call rebuild all earlier ones (seconds each after hundreds)."""
+    from vlm3d_ttg.cli import app
+
+    for _ in range(3):
+        assert main(["--version"]) == 0
+    names = [info.name for info in app.registered_commands]
+    assert sorted(names) == ["app", "generate", "judge", "score"], names

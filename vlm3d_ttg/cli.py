@@ -42,6 +42,11 @@ def _root(
 
 
 def _register_commands() -> None:
+    """Attach the commands to `app` once per process (imported late: `--help` and errors stay fast)."""
+    # typer appends on every `app.command(...)`; registering per call made each later `main()` in one
+    # process build every earlier copy of every command (a library user calling main() in a loop).
+    if app.registered_commands:
+        return
     from .commands import app as app_command
     from .commands import generate, score
 
