@@ -61,7 +61,6 @@ from vlm3d_ttg.silhouette import (  # noqa: E402
     SilhouetteRun,
     binary_iou,
     coverage_masks,
-    export_frame_matrix,
     soft_iou,
 )
 from vlm3d_ttg.terms import TermValue, Views  # noqa: E402
@@ -184,19 +183,16 @@ def target_occupancy(target: Target) -> np.ndarray:
     return inside
 
 
-def generated_occupancy(pipeline: Any, latents: torch.Tensor, mesh_decode: trimesh.Trimesh) -> np.ndarray:
-    """Decoded occupancy (logits > 0) on the aligned grid of the generated mesh (decode frame)."""
-    from vlm3d_ttg.surface import shapevae_field, shapevae_tokens
-
+def generated_occupancy(backbone: Any, latents: torch.Tensor, mesh_decode: trimesh.Trimesh) -> np.ndarray:
+    """Decoded occupancy (logits > the backbone's level) on the aligned grid of the generated mesh (decode frame)."""
     centre, diagonal = _align(np.asarray(mesh_decode.vertices))
     points = torch.tensor(GRID_POINTS * diagonal + centre, dtype=torch.float32)
-    vae = pipeline.vae
     with torch.no_grad():
-        tokens = shapevae_tokens(vae, latents.to(next(vae.parameters()).dtype))
-        field = shapevae_field(vae)
-        logits = torch.cat([field(chunk.to(tokens.device, tokens.dtype), tokens).float().cpu()
+        field = backbone.occupancy_field(latents[:1])
+        device, dtype = field.params.device, backbone.decode_dtype
+        logits = torch.cat([field.query(chunk.to(device, dtype), field.params).float().cpu()
                             for chunk in points.split(32768)])
-    return (logits > 0).numpy()
+    return (logits > backbone.level).numpy()
 
 
 def chamfer(a: trimesh.Trimesh, b: trimesh.Trimesh, samples: int = 3000) -> float:
@@ -240,9 +236,9 @@ def guidance_config(reward: str, overrides: dict[str, Any], settings: dict[str, 
 def run_one(models: Any, target: Target, reward_name: str, seed: int, settings: dict[str, Any],
             overrides: dict[str, Any], target_inside: np.ndarray, target_masks: torch.Tensor) -> dict[str, Any]:
     """One (target, reward, seed) run and its metrics."""
-    pipeline = models.pipeline
+    backbone = models.backbone
     config = guidance_config(reward_name, overrides, settings)
-    silhouette = SilhouetteRun(pipeline.image_processor, target.image, config)
+    silhouette = SilhouetteRun(backbone, target.image, config)
     critic = None
     if reward_name in ("base", "vlm", "vlm+silhouette"):
         critic = VLMCritic(models.vlm, models.processor, target.prompt, config.query)
@@ -251,8 +247,8 @@ def run_one(models: Any, target: Target, reward_name: str, seed: int, settings: 
         terms.append((1.0, OracleSilhouette(target.mesh, settings["view_size"])))
     if reward_name == "oracle-aligned":
         terms.append((1.0, AlignedOracleSilhouette(target.mesh, settings["view_size"])))
-    reward = VLMReward(pipeline.vae, critic, config, terms=terms)
-    sampler = GuidedSampler(pipeline, reward, config)
+    reward = VLMReward(backbone, critic, config, terms=terms, observers=silhouette.observers)
+    sampler = GuidedSampler(backbone, reward, config)
     tic = time.perf_counter()
     output = sampler(target.image, num_inference_steps=settings["steps"], seed=seed, octree_resolution=settings["octree"],
                      progress=False, callback_on_step_end=silhouette.callback(sampler, settings["steps"], None))
@@ -274,9 +270,9 @@ def run_one(models: Any, target: Target, reward_name: str, seed: int, settings: 
         row.update(chamfer=None, volume_iou=None, held_out_iou=None)
         return row
     decode = output.mesh.copy()
-    decode.apply_transform(export_frame_matrix(settings["octree"]))
+    decode.apply_transform(backbone.export_frame(settings["octree"]))
     row["chamfer"] = chamfer(_aligned(decode), _aligned(target.mesh))
-    inside = generated_occupancy(pipeline, output.latents, decode)
+    inside = generated_occupancy(backbone, output.latents, decode)
     union = np.logical_or(inside, target_inside).sum()
     row["volume_iou"] = float(np.logical_and(inside, target_inside).sum() / union) if union else None
     row["held_out_iou"] = held_out_iou(held_out_masks(_aligned(decode)), target_masks)

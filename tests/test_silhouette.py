@@ -129,6 +129,32 @@ def _rasterise(vertices: np.ndarray, faces: np.ndarray, view: np.ndarray, projec
     return covered
 
 
+def test_a_weight_0_guided_run_fixes_its_camera_on_the_first_guided_shape_without_another_dit_call(
+        tmp_path, tiny_pipeline, tiny_vlm, monkeypatch, rgba_image):
+    """The silhouette term watches the guided x̂s also at weight 0 (an observer of the reward), so the camera
+    comes from the first guided step itself: one DiT call per step, none after sampling."""
+    from vlm3d_ttg.backbones.hunyuan3d2 import HunyuanBackbone
+
+    calls = []
+    velocity = HunyuanBackbone.velocity
+
+    def counted(self, latents, step, context):
+        calls.append(step)
+        return velocity(self, latents, step, context)
+
+    monkeypatch.setattr(HunyuanBackbone, "velocity", counted)
+    models = LoadedModels(tiny_pipeline, *tiny_vlm, "tiny", "tiny", preset="tiny")
+    out = tmp_path / "m.glb"
+    config = GuidanceConfig(num_views=1, view_size=56, grid_resolution=32, sigma_window=(0.1, 0.9))
+    generate_mesh(models, image=rgba_image, prompt="a pot", out=out, options=GenerationOptions(seed=1, steps=6, octree_resolution=32),
+                  manifest_path=out.with_name("m.json"), guidance=config, progress=False)
+    manifest = json.loads(out.with_name("m.json").read_text())
+    assert calls == list(range(6)), calls
+    first_guided = min(r["step"] for r in manifest["records"] if r["guided"])
+    assert manifest["silhouette"]["camera"]["estimated_at"]["step"] == first_guided
+    assert manifest["final_silhouette_iou"] is not None and set(manifest["final_terms"]) == {"vlm"}
+
+
 def test_guided_and_unguided_runs_share_the_camera_that_reprojects_the_exported_mesh(
         tmp_path, tiny_pipeline, tiny_vlm, capsys, rgba_image):
     from vlm3d_ttg.commands.generate import _print_summary

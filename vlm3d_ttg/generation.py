@@ -453,7 +453,8 @@ def generate_mesh(
                           layout=guidance.view_layout, grid_size=guidance.view_size, activation_checkpointing=checkpointing)
     # The input-silhouette term (weight μ; its IoU is measured in every run): vlm3d_ttg.silhouette.
     silhouette = SilhouetteRun(backbone, front, guidance)
-    reward = VLMReward.from_config(backbone, critic, guidance, terms=silhouette.terms)
+    reward = VLMReward.from_config(backbone, critic, guidance, terms=silhouette.terms,
+                                   observers=silhouette.observers)
     sampler = GuidedSampler(backbone, reward, guidance, offload_idle=offload_idle)
     capture = ViewCapture(keep_views, sampler.guided_steps(steps, search),
                           then=silhouette.callback(sampler, steps, search, then=step_callback))

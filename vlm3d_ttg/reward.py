@@ -47,7 +47,9 @@ class VLMReward:
     r = Σ w_k · term_k (`vlm3d_ttg.terms`). `critic` (a `critic.Critic`, e.g. `VLMCritic`) becomes
     the term "vlm" with weight 1 — the paper's reward, and the whole reward by default; `terms` adds
     (weight, term) pairs (a term with weight 0 is never evaluated). `critic=None` is allowed only
-    when `terms` has a non-zero weight. Orbit cameras are re-drawn with jitter at every call
+    when `terms` has a non-zero weight. `observers` see every predicted shape the reward decodes from
+    a latent (their `observe(vertices, faces)`, detached) without entering r: the silhouette term
+    of a weight-0 run fixes its camera on the first guided x̂ this way. Orbit cameras are re-drawn with jitter at every call
     (against reward hacking); `score_mesh` and `score_latent` use the un-jittered cameras, so final
     scores are comparable.
 
@@ -67,6 +69,7 @@ class VLMReward:
         config: GuidanceConfig | None = None,
         *,
         terms: Sequence[tuple[float, RewardTerm]] = (),
+        observers: Sequence[Any] = (),
         surface_config: SurfaceConfig | None = None,
     ):
         if critic is not None and not callable(critic):  # the API checks what the CLI checks
@@ -76,6 +79,7 @@ class VLMReward:
         if critic is not None:
             check_critic_view_size(critic, config.view_size)  # the critic's own rule (28 or 32 px, ...)
         self.terms = _checked_terms(critic, terms)
+        self.observers = list(observers)
         self.backbone = as_backbone(backbone)
         self.critic = critic
         # Views, cameras, grid and backend come from the config: declared once, in GuidanceConfig.
@@ -102,10 +106,10 @@ class VLMReward:
     @classmethod
     def from_config(
         cls, backbone: Backbone | Any, critic: Critic | None, config: GuidanceConfig,
-        *, terms: Sequence[tuple[float, RewardTerm]] = (),
+        *, terms: Sequence[tuple[float, RewardTerm]] = (), observers: Sequence[Any] = (),
     ) -> "VLMReward":
         """The reward with the views, cameras, grid and backend a GuidanceConfig asks for (= the constructor)."""
-        return cls(backbone, critic, config, terms=terms)
+        return cls(backbone, critic, config, terms=terms, observers=observers)
 
     @property
     def decode_dtype(self) -> torch.dtype:
@@ -135,6 +139,8 @@ class VLMReward:
         tic = time.perf_counter()
         surface = extract_surface(self.backbone.occupancy_field(latent), self.surface_config)
         timings["surface"] = time.perf_counter() - tic
+        for observer in self.observers:
+            observer.observe(surface.vertices.detach().float(), surface.faces)
         orbit = self.cameras(generator=generator, jitter=jitter, device=surface.vertices.device)
         return self.evaluate(surface.vertices.float(), surface.faces, orbit, timings)
 

@@ -370,10 +370,11 @@ def estimation_steps(sigmas: Sequence[float], config: Any, search: Any) -> list[
 
 class SilhouetteRun:
     """The silhouette term's part in one `generate_mesh` run: the target, the term (weight μ), the camera
-    estimate (during guidance, or after sampling for weight-0 and unguided runs) and the final IoU.
+    estimate (on the first guided x̂ — as a term, or as an observer at weight 0 — or after sampling when
+    nothing was guided) and the final IoU.
 
         run = SilhouetteRun(backbone, condition, guidance)
-        reward = VLMReward(..., terms=run.terms)
+        reward = VLMReward(..., terms=run.terms, observers=run.observers)
         callback = run.callback(sampler, steps, search, then=...)   # the step callback
         ... sample ...
         run.finish(sampler, reward, condition, steps, cfg_scale, seed, mesh, octree_resolution)
@@ -385,6 +386,9 @@ class SilhouetteRun:
         self.target = backbone.input_foreground(condition, config.view_size)
         self.term = SilhouetteTerm(self.target)
         self.terms = [(self.weight, self.term)] if self.weight else []
+        # Weight 0: the term does not enter r, but it still watches the guided x̂s, so a guided run fixes its
+        # camera on the first of them as the weighted term does (no DiT call again after sampling).
+        self.observers = [] if self.weight else [self.term]
         self._latents: dict[int, torch.Tensor] = {}  # x at each estimation step (captured one step earlier)
         self._steps: list[int] = []
         self.final_iou: float | None = None
@@ -436,7 +440,8 @@ class SilhouetteRun:
 
     def finish(self, sampler: Any, reward: Any, condition: Any, steps: int, cfg_scale: float, seed: int, mesh: Any,
                octree_resolution: int) -> None:
-        """Estimate the camera if guidance did not (weight 0, --no-guidance), then the final mesh's IoU."""
+        """Estimate the camera if guidance did not (--no-guidance, or no guided x̂ had a surface), then the
+        final mesh's IoU."""
         try:
             if self.term.camera is None:
                 self._estimate_after(sampler, reward, condition, steps, cfg_scale, seed)
