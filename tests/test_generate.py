@@ -5,8 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -130,18 +128,18 @@ def test_bad_input_is_one_clear_message_and_no_output(args, message, rgba_image,
     assert not out.exists() and not out.with_name(out.name + ".json").exists()
 
 
-def test_missing_real_model_is_a_clear_error_with_nonzero_exit(rgba_image, tmp_path):
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HY3DGEN_MODELS=str(tmp_path / "models"), HF_HUB_CACHE=str(tmp_path / "hub"))
+def test_missing_real_model_is_a_clear_error_with_nonzero_exit(rgba_image, tmp_path, monkeypatch, capsys):
+    import huggingface_hub.constants
+
+    # Empty model folders: hy3dgen's ($HY3DGEN_MODELS, read at load time) and the hub cache.
+    monkeypatch.setenv("HY3DGEN_MODELS", str(tmp_path / "models"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     out = tmp_path / "mesh.glb"
-    proc = subprocess.run(
-        [sys.executable, "-m", "vlm3d_ttg.cli", "generate", str(rgba_image), "--prompt", "x", "--out", str(out),
-         "--device", "cpu"],
-        capture_output=True, text=True, env=env, timeout=300,
-    )
-    assert proc.returncode == 2
-    assert "tencent/Hunyuan3D-2" in proc.stderr and "huggingface-cli download" in proc.stderr
-    assert "Traceback" not in proc.stderr
-    assert not out.exists()
+    code, _, stderr = run_cli(["generate", rgba_image, "--prompt", "x", "--out", out, "--device", "cpu"], capsys)
+    assert code == 2, stderr
+    assert "tencent/Hunyuan3D-2" in stderr and "huggingface-cli download" in stderr
+    assert "Traceback" not in stderr
+    assert not out.exists() and not list(tmp_path.glob("mesh*"))
 
 
 class _NaNGradientOnce:

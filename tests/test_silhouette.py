@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 import trimesh
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from vlm3d_ttg.errors import InvalidInputError
 from vlm3d_ttg.generation import GenerationOptions, LoadedModels, generate_mesh
