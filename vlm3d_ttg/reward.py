@@ -49,9 +49,9 @@ class VLMReward:
     (weight, term) pairs (a term with weight 0 is never evaluated). `critic=None` is allowed only
     when `terms` has a non-zero weight. `observers` see every predicted shape the reward decodes from
     a latent (their `observe(vertices, faces)`, detached) without entering r: the silhouette term
-    of a weight-0 run fixes its camera on the first guided x̂ this way. Orbit cameras are re-drawn with jitter at every call
-    (against reward hacking); `score_mesh` and `score_latent` use the un-jittered cameras, so final
-    scores are comparable.
+    of a weight-0 run fixes its camera on the first guided x̂ this way. Orbit cameras are re-drawn
+    with jitter at every call (against reward hacking); `score_mesh` and `score_latent` use the
+    un-jittered cameras, so final scores are comparable.
 
     `backbone` (a `backbones.Backbone`, or a model one wraps such as a loaded hy3dgen pipeline)
     decodes the latent: its `occupancy_field`, surface level and cube. Precision
