@@ -201,7 +201,8 @@ def test_the_sampler_never_returns_mesh_none_silently(tiny_pipeline, rgba_image)
     sampler = GuidedSampler(tiny_pipeline, config=GuidanceConfig(enabled=False))
     with pytest.raises(EmptySurfaceError, match="no surface") as error:
         sampler(rgba_image, num_inference_steps=4, guidance_scale=1e30, octree_resolution=32, progress=False)
-    assert len(error.value.output.records) == 4 and error.value.output.mesh is None  # the run's records travel with it
+    assert len(error.value.records) == 4 and error.value.run.records is error.value.records  # the run's records travel with it, as data
+    assert not hasattr(error.value.run, "mesh") and not hasattr(error.value, "output")  # no result inside the error
     output = sampler(rgba_image, num_inference_steps=4, generator=torch.Generator().manual_seed(0),
                      octree_resolution=32, progress=False)  # a generator alone (seed=None by default) is fine
     assert output.mesh is not None

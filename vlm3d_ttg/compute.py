@@ -1,6 +1,8 @@
 """What a run costs: the work counted as it happens, and its price in real-size TFLOP.
 
-The sampler counts DiT rows and critic calls (`Compute`, the manifest's "compute"); the benchmark
+The sampler counts DiT rows and critic calls (`Compute`, the manifest's "compute") through wrappers
+around the backbone and the reward (`MeteredBackbone`, `MeteredReward`) and times its phases with
+`Compute.timed`, so the loop itself holds no counters; the benchmark
 prices the counts with the real models' unit costs (`compute_tflop`), foresees a configuration's
 counts without running it (`planned_compute`) and sets best-of-N's N to match a guided run's
 compute (`equal_compute_candidates`).
@@ -10,8 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 from .search import FINAL, SearchOptions, selection_step
 
@@ -35,9 +39,78 @@ class Compute:
         """Add `seconds` to a phase's wall time."""
         self.seconds[phase] = self.seconds.get(phase, 0.0) + seconds
 
+    @contextmanager
+    def timed(self, phase: str, record: Any = None) -> Iterator[None]:
+        """Add the block's wall time to `phase` (and to `record.timings[phase]`, a step record's)."""
+        tic = time.perf_counter()
+        try:
+            yield
+        finally:
+            seconds = time.perf_counter() - tic
+            self.add_time(phase, seconds)
+            if record is not None:
+                record.timings[phase] = seconds
+
     def to_dict(self) -> dict:
         """A JSON-ready copy."""
         return dataclasses.asdict(self)
+
+
+class MeteredBackbone:
+    """A backbone whose velocity calls are counted in a `Compute` (calls, and latent rows through the
+    model); everything else is the backbone's own."""
+
+    def __init__(self, backbone: Any, compute: Compute):
+        self._backbone = backbone
+        self._compute = compute
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._backbone, name)
+
+    def velocity(self, latents: Any, step: int, context: Any) -> Any:
+        """The backbone's velocity, counted: one call, `rows × context.rows_per_latent` model rows."""
+        self._compute.dit_calls += 1
+        self._compute.dit_rows += latents.shape[0] * context.rows_per_latent
+        return self._backbone.velocity(latents, step, context)
+
+
+class MeteredReward:
+    """A reward (`guidance.LatentReward`) whose critic calls are counted in a `Compute`: a forward per
+    evaluation (also one that raises), a backward per gradient, a mesh score when it succeeds."""
+
+    def __init__(self, reward: Any, compute: Compute):
+        self._reward = reward
+        self._compute = compute
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._reward, name)
+
+    def __call__(self, latent: Any, *, generator: Any = None) -> Any:
+        """The reward's differentiable evaluation (one critic forward)."""
+        self._compute.critic_forwards += 1
+        return self._reward(latent, generator=generator)
+
+    def gradient(self, evaluation: Any, target: Any, loss_scale: Any) -> Any:
+        """∇_target r of an evaluation (one critic backward, loss-scaled when half precision needs it);
+        its wall time goes to `evaluation.timings["backward"]`."""
+        tic = time.perf_counter()
+        self._compute.critic_backwards += 1
+        gradient = loss_scale.gradient(evaluation.r, target)
+        evaluation.timings["backward"] = time.perf_counter() - tic
+        return gradient
+
+    def score_latent(self, latent: Any) -> Any:
+        """The reward's forward-only verdict from the un-jittered cameras (one critic forward)."""
+        try:
+            return self._reward.score_latent(latent)
+        finally:
+            self._compute.critic_forwards += 1
+
+    def score_mesh(self, vertices: Any, faces: Any) -> Any:
+        """The reward's verdict on a mesh (one critic forward, counted when it succeeds)."""
+        evaluation = self._reward.score_mesh(vertices, faces)
+        self._compute.critic_forwards += 1
+        return evaluation
 
 
 @dataclass(frozen=True)
@@ -111,4 +184,4 @@ def equal_compute_candidates(steps: int, reference: Any, search: SearchOptions, 
     return best
 
 
-__all__ = ["REAL_SIZE_COST", "Compute", "CostWeights", "compute_tflop", "equal_compute_candidates", "planned_compute"]
+__all__ = ["REAL_SIZE_COST", "Compute", "CostWeights", "MeteredBackbone", "MeteredReward", "compute_tflop", "equal_compute_candidates", "planned_compute"]

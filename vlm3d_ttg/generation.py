@@ -24,7 +24,7 @@ from .inputs import prepare_condition_image
 from .io import OutputSet, atomic_path
 from .options import PRESETS, Checks, option
 from .manifest import package_versions, write_manifest
-from .sampler import StepCallback
+from .sampler import EmptyOutputError, StepCallback
 from .text2image import DEFAULT_TEXT_TO_IMAGE_MODEL
 from .search import SearchOptions, SearchRecord
 from .models import critic_family_for, load_shape_pipeline, load_vlm, resolve_device, resolve_dtype, resolve_shape_model
@@ -477,12 +477,9 @@ def generate_mesh(
             callback_on_step_end=capture,
             search=search,
         )
-    except EmptySurfaceError as empty:  # no surface: the run's records go to the failed-run record below
-        if getattr(empty, "output", None) is None:
-            raise
-        output = empty.output
-
-    mesh = output.mesh
+        mesh = output.mesh
+    except EmptyOutputError as empty:  # no surface: the run's records go to the failed-run record below
+        output, mesh = empty.run, None
     if mesh is not None and postprocess is not None:
         mesh = postprocess_mesh(mesh, postprocess)
     # The critic's score of the mesh we write (after any postprocessing), from fixed cameras.

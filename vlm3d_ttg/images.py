@@ -13,12 +13,15 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import InvalidInputError
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -219,7 +222,15 @@ def view_tensor(image: Image.Image, source: Any, *, what: str = "Image") -> Any:
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
 
+def to_uint8(images: "torch.Tensor") -> "torch.Tensor":
+    """Float images in [0, 1] (any shape; values outside are clamped) as uint8 in [0, 255], rounded, detached."""
+    import torch
+
+    return (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
+
+
 __all__ = [
+    "to_uint8",
     "ACCEPTED_IMAGE_TYPES",
     "MIN_IMAGE_SIDE",
     "MIN_OBJECT_SIDE",

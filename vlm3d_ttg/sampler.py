@@ -2,10 +2,14 @@
 
 The loop sees a `backbones.Backbone` (condition, velocity with its CFG, σ schedule and Euler step,
 noise, the occupancy field of a clean latent, the export) and a `guidance.LatentReward`; it holds
-latents, σ and records. It inserts one thing into the generator's own loop: at guided steps, the
-gradient of the reward w.r.t. the predicted clean latent moves the latent after the Euler step.
-With guidance off it reproduces the generator's latents (hy3dgen's, bit for bit: its pipeline's
-`__call__` runs under `torch.inference_mode()`, which is why this loop exists).
+latents, σ and records. It reads like the generator's own loop — condition, then for each σ:
+velocity → the sampler's step → step hooks — and inserts one thing, as a hook: at guided steps
+the gradient of the reward w.r.t. the predicted clean latent moves the latent after the Euler step
+(`GuidanceHook`, around the pure `guidance.guided_step`, paper eq. 10). Candidate search
+(`search.sample_candidates`) is a function around the loop; counting and timing are wrappers
+(`compute.MeteredBackbone`, `compute.MeteredReward`, `Compute.timed`). With guidance off it
+reproduces the generator's latents (hy3dgen's, bit for bit: its pipeline's `__call__` runs under
+`torch.inference_mode()`, which is why this loop exists).
 """
 
 from __future__ import annotations
@@ -17,14 +21,14 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import PurePath
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from .backbones import EXPORT_RESOLUTION, Backbone, SamplingContext, as_backbone, check_views
-from .compute import Compute
+from .compute import Compute, MeteredBackbone, MeteredReward
 from .errors import EmptySurfaceError, InvalidInputError, SkippedStepError
 from .guidance import (
     GuidanceConfig,
@@ -37,25 +41,21 @@ from .guidance import (
 from .offload import IdleOffload
 from .precision import LossScale, is_half
 from .search import (
-    CandidateRecord,
+    Candidates,
     SearchOptions,
     SearchRecord,
-    candidate_seeds,
     check_search_with_guidance,
     guided_steps_with_search,
-    select_candidates,
-    selection_step,
+    sample_candidates,
 )
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass
-class SamplerOutput:
-    """The result of a run: final latents, the decoded mesh, and the per-step record."""
+@dataclass(kw_only=True)
+class RunRecord:
+    """What a run recorded, whether or not it produced a mesh: the per-step records, the seeds, the costs."""
 
-    latents: torch.Tensor
-    mesh: Any | None  # trimesh.Trimesh, or None for output_type="latent" or an empty surface
     records: list[StepRecord]
     seconds: float
     seed: int | None
@@ -66,48 +66,134 @@ class SamplerOutput:
     compute: Compute = field(default_factory=Compute)
 
 
+@dataclass(kw_only=True)
+class SamplerOutput(RunRecord):
+    """The result of a run: final latents, the decoded mesh, and what the run recorded."""
+
+    latents: torch.Tensor
+    mesh: Any | None  # trimesh.Trimesh, or None for output_type="latent"
+
+
+class EmptyOutputError(EmptySurfaceError):
+    """The run finished but its final latent decodes to no surface (no mesh to return).
+
+    What the run recorded is attached as data: `run` (a RunRecord: step records, seeds, compute)
+    and `records` (its step records), e.g. for a failed-run record.
+    """
+
+    def __init__(self, message: str, run: RunRecord):
+        super().__init__(message)
+        self.run = run
+
+    @property
+    def records(self) -> list[StepRecord]:
+        """The failed run's step records."""
+        return self.run.records
+
+
 StepCallback = Callable[["GuidedSampler", int, float, dict[str, Any]], dict[str, Any] | None]
 
-__all__ = ["GuidedSampler", "LatentReward", "RewardEvaluation", "SamplerOutput", "SamplingContext", "derive_camera_seed"]
+__all__ = ["EmptyOutputError", "GuidanceHook", "GuidedSampler", "LatentReward", "RewardEvaluation", "RunRecord",
+           "SamplerOutput", "SamplingCall", "SamplingContext", "derive_camera_seed"]
 
 
 @dataclass
-class _Candidates:
-    """The live candidates of a run (the rows of the latents, by candidate index) and each one's step records."""
+class ExportOptions:
+    """How the final latent becomes a mesh (None: the backbone's own level / cube)."""
 
-    alive: list[int]
-    records: dict[int, list[StepRecord]]
-    found: SearchRecord | None  # None: one sample, no search
+    octree_resolution: int = EXPORT_RESOLUTION
+    num_chunks: int = 8000
+    mc_level: float | None = None
+    box_v: float | None = None
 
-    @classmethod
-    def start(cls, rows: int, found: SearchRecord | None) -> "_Candidates":
-        alive = list(range(rows if found is not None else 1))
-        return cls(alive, {j: [] for j in alive}, found)
-
-    def new_records(self, step: int, sigma: float, guided: bool) -> dict[int, StepRecord]:
-        """One fresh record per live candidate for this step."""
-        return {j: StepRecord(step=step, sigma=sigma, guided=guided) for j in self.alive}
-
-    def keep(self, rows: list[int]) -> None:
-        """Only these rows (best first) stay alive."""
-        self.alive = [self.alive[row] for row in rows]
-
-    def append(self, step_records: dict[int, StepRecord]) -> None:
-        for j in self.alive:
-            self.records[j].append(step_records[j])
+    def for_backbone(self, backbone: Backbone) -> dict[str, Any]:
+        """`Backbone.to_mesh`'s keyword arguments."""
+        return dict(octree_resolution=self.octree_resolution, num_chunks=self.num_chunks,
+                    bounds=backbone.bounds if self.box_v is None else self.box_v,
+                    level=backbone.level if self.mc_level is None else self.mc_level)
 
 
-@contextmanager
-def _timed(compute: Compute, phase: str, record: StepRecord | None = None) -> Iterator[None]:
-    """Add the block's wall time to `compute`'s phase (and to the step record's timings)."""
-    tic = time.perf_counter()
-    try:
-        yield
-    finally:
-        seconds = time.perf_counter() - tic
-        compute.add_time(phase, seconds)
-        if record is not None:
-            record.timings[phase] = seconds
+@dataclass
+class SamplingCall:
+    """One call of `GuidedSampler` (its keyword arguments, by hy3dgen's names there), checked by `GuidedSampler.check`.
+
+    `image` is one image, or for a multi-view backbone a dict of views ("front" required).
+    `guidance_scale` is the shape model's classifier-free guidance (hy3dgen's name); the critic's
+    strength is `GuidanceConfig.scale`. `callback(sampler, step, sigma, state)` (hy3dgen's
+    `callback_on_step_end`) is called after every step with state {"latents", "record",
+    "displacement" (the guidance added at this step, float32, or None), "evaluation" (the critic's
+    RewardEvaluation at a guided step: r, the views it saw, ...; or None), "candidates" (the indices
+    of the live candidates, the rows of "latents")}; it may return {"latents": tensor} to replace
+    the latents. Camera jitter draws from its own stream, seeded by `camera_seed` or else derived
+    from the run's generator (its state before the noise is drawn): same seed → same cameras,
+    different generators → different cameras; the seed used is in `SamplerOutput.camera_seed`.
+    `export.box_v` and `export.mc_level` (the export's cube and level) default to the backbone's.
+
+    `seed` (default 0) and `generator` are two ways to give the noise; giving both is refused (one
+    would be ignored). `search` (vlm3d_ttg.search) samples several candidates and keeps the critic's
+    favourite; with one candidate (the default) the run is exactly the plain loop. With several, the
+    callback's "record" and "evaluation" are the first live candidate's.
+    """
+
+    image: Any
+    steps: int = 50
+    guidance_scale: float = 5.0
+    seed: int | None = None
+    generator: torch.Generator | None = None
+    camera_seed: int | None = None
+    output_type: str = "trimesh"
+    export: ExportOptions = field(default_factory=ExportOptions)
+    search: SearchOptions | None = None
+    callback: StepCallback | None = None
+    progress: bool = True
+
+
+@dataclass
+class Step:
+    """One step of the loop as the hooks see it: σ, the records of the live candidates, and the tensors
+    computed so far (`next_latents` is what the step lands on; hooks may replace it)."""
+
+    index: int
+    sigma: float
+    records: dict[int, StepRecord]
+    live: Candidates
+    latents_in: torch.Tensor | None = None  # what the velocity was computed from (a float32 leaf for "xt")
+    velocity: torch.Tensor | None = None
+    next_latents: torch.Tensor | None = None
+    displacement: torch.Tensor | None = None  # the guidance added (the first live candidate's)
+    evaluation: RewardEvaluation | None = None  # the critic's verdict at a guided step (the first candidate's)
+
+    @property
+    def record(self) -> StepRecord:
+        """The first live candidate's record (the one the callback and progress bar show)."""
+        return self.records[self.live.alive[0]]
+
+
+@dataclass
+class Run:
+    """One call's state between the hooks: the condition, the latents (a row per live candidate), the meters."""
+
+    call: SamplingCall
+    context: SamplingContext
+    latents: torch.Tensor
+    live: Candidates
+    backbone: MeteredBackbone  # the backbone, its DiT calls counted
+    reward: MeteredReward | None  # the reward, its critic calls counted
+    compute: Compute
+    offload: IdleOffload
+    camera_generator: torch.Generator
+    loss_scale: LossScale
+    guided: set[int]
+    row_contexts: dict[int, SamplingContext] = field(default_factory=dict)  # conditioning per candidate-chunk size
+
+    def decode(self, latents: torch.Tensor) -> Any | None:
+        """The exported mesh of one final latent (the backbone's export, its VAE next to the DiT)."""
+        self.offload.activate("denoise")
+        with self.compute.timed("decode"):
+            return self.backbone.to_mesh(latents, **self.call.export.for_backbone(self.backbone))
+
+
+StepHook = Callable[[Run, Step], None]
 
 
 class GuidedSampler:
@@ -146,6 +232,7 @@ class GuidedSampler:
         device = torch.device(self.backbone.device)
         self.offload = IdleOffload({**self.backbone.offload_groups(), "critic": critic_models}, device,
                                    enabled=offload_idle and device.type != "cpu")
+        self.guidance_hook = GuidanceHook(self.config)
 
     # ----------------------------------------------------------------- setup and model call
     def prepare(self, image: Any, *, num_inference_steps: int = 50, guidance_scale: float = 5.0) -> SamplingContext:
@@ -175,349 +262,174 @@ class GuidedSampler:
         dit_half = self.config.grad_mode == "xt" and is_half(self.backbone.dtype)
         return dit_half or bool(self.reward.half_backward)
 
-    # ----------------------------------------------------------------- the loop
-    def __call__(
-        self,
-        image: Any,
-        *,
-        num_inference_steps: int = 50,
-        guidance_scale: float = 5.0,
-        seed: int | None = None,
-        generator: torch.Generator | None = None,
-        camera_seed: int | None = None,
-        output_type: str = "trimesh",
-        octree_resolution: int = EXPORT_RESOLUTION,
-        num_chunks: int = 8000,
-        mc_level: float | None = None,
-        box_v: float | None = None,
-        callback_on_step_end: StepCallback | None = None,
-        progress: bool = True,
-        search: SearchOptions | None = None,
-    ) -> SamplerOutput:
+    # ----------------------------------------------------------------- the run
+    def __call__(self, image: Any, *, num_inference_steps: int = 50, guidance_scale: float = 5.0,
+                 seed: int | None = None, generator: torch.Generator | None = None, camera_seed: int | None = None,
+                 output_type: str = "trimesh", octree_resolution: int = EXPORT_RESOLUTION, num_chunks: int = 8000,
+                 mc_level: float | None = None, box_v: float | None = None,
+                 callback_on_step_end: StepCallback | None = None, progress: bool = True,
+                 search: SearchOptions | None = None) -> SamplerOutput:
         """Run the (guided) flow loop for one conditioning input; return latents, mesh and records.
 
-        `image` is one image, or for a multi-view backbone a dict of views ("front" required).
-        `guidance_scale` is the shape model's classifier-free guidance (hy3dgen's name); the
-        critic's strength is `GuidanceConfig.scale`. `callback_on_step_end(sampler, step, sigma,
-        state)` is called after every step with state {"latents", "record", "displacement" (the
-        guidance added at this step, float32, or None), "evaluation" (the critic's
-        RewardEvaluation at a guided step: r, the views it saw, ...; or None), "candidates" (the
-        indices of the live candidates, the rows of "latents")}; it may return {"latents": tensor}
-        to replace the latents. Camera jitter draws from its own stream, seeded by `camera_seed`
-        or else derived from the run's generator (its state before the noise is drawn): same
-        seed → same cameras, different generators → different cameras; the seed used is in
-        `SamplerOutput.camera_seed`. `box_v` and `mc_level` (the export's cube and level) default
-        to the backbone's.
-
-        `seed` (default 0) and `generator` are two ways to give the noise; giving both is refused
-        (one would be ignored). With `output_type="trimesh"` a final latent that decodes to no
-        surface raises EmptySurfaceError, whose `.output` holds this SamplerOutput (records included).
-
-        `search` (vlm3d_ttg.search) samples several candidates and keeps the critic's favourite;
-        with one candidate (the default) the run is exactly the plain loop. With several, the
-        callback's "record" and "evaluation" are the first live candidate's.
+        The arguments are hy3dgen's pipeline's plus the run's own; `SamplingCall` says what each does.
+        With `output_type="trimesh"` a final latent that decodes to no surface raises EmptyOutputError
+        (an EmptySurfaceError) with the run's records attached as data (`.run`, `.records`).
         """
-        _check_call(image, num_inference_steps, guidance_scale, seed, generator, camera_seed,
-                    dict(octree_resolution=octree_resolution, num_chunks=num_chunks, mc_level=mc_level, box_v=box_v))
-        seed = 0 if seed is None and generator is None else seed  # the documented default: seed 0
-        image = str(image) if isinstance(image, PurePath) else image  # hy3dgen reads str paths, not Path
-        if output_type not in ("trimesh", "latent"):
-            raise InvalidInputError(f"output_type must be 'trimesh' or 'latent', got {output_type!r}")
-        check_views(image, self.backbone.views)
-        search = (search or SearchOptions()).validate()
-        check_search_with_guidance(search, self.config)
-        if search.searching and self.reward is None:
-            raise InvalidInputError("Candidate search needs a reward (critic) to choose among the candidates.")
+        call = self.check(SamplingCall(image, num_inference_steps, guidance_scale, seed, generator, camera_seed,
+                                       output_type, ExportOptions(octree_resolution, num_chunks, mc_level, box_v),
+                                       search, callback_on_step_end, progress))
         started = time.perf_counter()
-        config, offload = self.config, self.offload
-        if generator is None and seed is not None:
-            generator = torch.Generator(device="cpu").manual_seed(seed)
-        if camera_seed is None:
-            camera_seed = derive_camera_seed(generator)
-        # Camera jitter draws from its own stream so guidance never shifts the sampler's noise.
-        camera_generator = torch.Generator(device="cpu").manual_seed(camera_seed)
-        loss_scale = LossScale.for_half_backward(self.half_backward)
-        compute = Compute()
-        export = dict(octree_resolution=octree_resolution, num_chunks=num_chunks,
-                      bounds=self.backbone.bounds if box_v is None else box_v,
-                      level=self.backbone.level if mc_level is None else mc_level)
+        compute, loss_scale = Compute(), LossScale.for_half_backward(self.half_backward)
         try:
-            # 1. Encode the condition; draw the initial noise (one row per candidate).
-            offload.activate("condition")
-            with _timed(compute, "condition"):
-                context = self.prepare(image, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale)
-            offload.activate("denoise")
-            if context.batch_size != 1 and (config.active or search.searching):
-                raise InvalidInputError("Guided sampling and candidate search take one conditioning image (or one "
-                                        "multi-view dict) per call.")
-            latents, found = self._initial_latents(context, search, seed, generator)
-            live = _Candidates.start(latents.shape[0], found)
-            select_step = found.select_step if found is not None else None
-            row_contexts: dict[int, SamplingContext] = {}  # conditioning per candidate-chunk size
-            guided = set(guided_steps_with_search(context.sigmas, config, search)) if self.reward is not None else set()
-            steps = len(context.sigmas) - 1
-            bar = tqdm(total=steps, desc="guided sampling" if guided else "sampling", disable=not progress, leave=False)
-            for i in range(steps):
-                sigma = context.sigmas[i]
-                step_records = live.new_records(i, sigma, i in guided)
-                record = step_records[live.alive[0]]
-
-                # 2. The velocity (with a graph only for the exact gradient), candidates in batches.
-                latents_in, velocity = self._velocity_step(latents, i, context, record, step_records, search,
-                                                           compute, row_contexts)
-
-                # 3. The sampler's own step (the backbone's Euler step: x + (σ_next − σ)·v).
-                next_latents = self.backbone.step(velocity.detach(), i, latents, context)
-
-                # 3b. Search: the critic scores every candidate's x̂ (forward only); the best continue.
-                if i == select_step:
-                    offload.activate("critic")
-                    rows = self._select(found, live.alive, latents, velocity, sigma, compute)
-                    latents, velocity, next_latents = latents[rows], velocity[rows], next_latents[rows]
-                    live.keep(rows)
-                    record = step_records[live.alive[0]]
-
-                # 4. Guidance: x_next = Sampler(x, σ) + d(∇r)   (paper eq. 10; guidance.guided_step)
-                displacement, evaluation = None, None
-                if record.guided:
-                    record.timings["offload"] += offload.activate("critic")
-                    with _timed(compute, "guidance"):
-                        next_latents, displacement, evaluation = self._guide_candidates(
-                            live.alive, step_records, latents, latents_in, velocity, next_latents, sigma,
-                            camera_generator, loss_scale, compute)
-                latents = next_latents.detach()
-                live.append(step_records)
-
-                # 5. The step callback (diffusers' callback_on_step_end).
-                if callback_on_step_end is not None:
-                    state = {"latents": latents, "record": record, "displacement": displacement,
-                             "evaluation": evaluation, "candidates": list(live.alive)}
-                    replaced = callback_on_step_end(self, i, sigma, state)
-                    if replaced and "latents" in replaced:
-                        latents = replaced["latents"]
-                bar.set_postfix(_progress_postfix(record), refresh=False)
-                bar.update(1)
-            bar.close()
-
-            # 6. Decode the final latent to a mesh (the backbone's export, with its VAE next to the DiT);
-            #    several live candidates: decode each, keep the one whose mesh the critic likes best.
-            latents, mesh, winner = self._finish(live, latents, output_type, compute, export)
+            run = self._start(call, compute, loss_scale)  # 1. the condition and the initial noise
+            if call.search.searching:  # best-of-N: a function around the loop (search.py)
+                winner, mesh = sample_candidates(self._loop, run, [self.guidance_hook])
+            else:
+                self._loop(run, [self.guidance_hook])
+                winner, mesh = 0, run.decode(run.latents) if call.output_type == "trimesh" else None
         finally:
             # Every model back where it was, also when a step raised or the user pressed Ctrl-C.
-            offload.restore()
-        result = SamplerOutput(
-            latents=latents,
-            mesh=mesh,
-            records=live.records[live.alive[winner]],
-            seconds=time.perf_counter() - started,
-            seed=seed,
-            camera_seed=camera_seed,
-            offload_seconds=offload.seconds,
-            loss_scale_overflows=loss_scale.overflows,
-            search=found,
-            compute=compute,
-        )
-        if output_type == "trimesh" and mesh is None:  # never a silent mesh=None
-            error = EmptySurfaceError("The final latent decodes to no surface (empty mesh) at mc_level "
-                                      f"{mc_level}; lower --cfg-scale or try another seed.")
-            error.output = result  # type: ignore[attr-defined]
-            raise error
-        return result
+            self.offload.restore()
+        recorded = RunRecord(records=run.live.records[run.live.alive[winner]], seconds=time.perf_counter() - started,
+                             seed=call.seed, camera_seed=call.camera_seed, offload_seconds=self.offload.seconds,
+                             loss_scale_overflows=loss_scale.overflows, search=run.live.found, compute=compute)
+        if call.output_type == "trimesh" and mesh is None:  # never a silent mesh=None
+            raise EmptyOutputError("The final latent decodes to no surface (empty mesh) at mc_level "
+                                   f"{call.export.mc_level}; lower --cfg-scale or try another seed.", recorded)
+        return SamplerOutput(latents=run.latents, mesh=mesh, **vars(recorded))
 
-    # ----------------------------------------------------------------- the loop's steps
-    def _finish(
-        self, live: _Candidates, latents: torch.Tensor, output_type: str, compute: Compute, export: dict[str, Any]
-    ) -> tuple[torch.Tensor, Any, int]:
-        """(the output's latents, its mesh or None, the index of its row among the live candidates)."""
-        mesh, winner = None, 0
-        if len(live.alive) > 1:
-            winner, mesh = self._select_final(live.found, live.alive, latents, output_type, compute, export)
-            latents = latents[winner:winner + 1]
-        elif output_type == "trimesh":
-            self.offload.activate("denoise")
-            with _timed(compute, "decode"):
-                mesh = self.backbone.to_mesh(latents, **export)
-        if live.found is not None:
-            live.found.chosen = live.alive[winner]
-            live.found.candidates[live.alive[winner]].chosen = True
-        return latents, mesh, winner
+    def check(self, call: SamplingCall) -> SamplingCall:
+        """The call's inputs checked at the API boundary (what the CLI checks) and its defaults filled in:
+        seed 0 when neither seed nor generator is given, the noise generator and the camera seed."""
+        _check_call(call)
+        if call.seed is None and call.generator is None:
+            call.seed = 0  # the documented default: seed 0
+        call.image = str(call.image) if isinstance(call.image, PurePath) else call.image  # hy3dgen reads str paths
+        if call.output_type not in ("trimesh", "latent"):
+            raise InvalidInputError(f"output_type must be 'trimesh' or 'latent', got {call.output_type!r}")
+        check_views(call.image, self.backbone.views)
+        call.search = (call.search or SearchOptions()).validate()
+        check_search_with_guidance(call.search, self.config)
+        if call.search.searching and self.reward is None:
+            raise InvalidInputError("Candidate search needs a reward (critic) to choose among the candidates.")
+        if call.generator is None and call.seed is not None:
+            call.generator = torch.Generator(device="cpu").manual_seed(call.seed)
+        if call.camera_seed is None:
+            call.camera_seed = derive_camera_seed(call.generator)
+        return call
 
-    def _initial_latents(
-        self, context: SamplingContext, search: SearchOptions, seed: int | None, generator: torch.Generator | None
-    ) -> tuple[torch.Tensor, SearchRecord | None]:
-        """The starting noise: one row from the run's generator, or one row per candidate from its own
-        seed (then also the search's record)."""
-        if not search.searching:
-            return self.backbone.noise(context.batch_size, generator), None
-        seeds = candidate_seeds(seed, generator, search.candidates)
-        latents = torch.cat([self.backbone.noise(1, torch.Generator().manual_seed(s)) for s in seeds])
-        found = SearchRecord(search, selection_step(context.sigmas, search.select_at), None,
-                             [CandidateRecord(index=j, seed=s) for j, s in enumerate(seeds)])
-        return latents, found
+    def _start(self, call: SamplingCall, compute: Compute, loss_scale: LossScale) -> Run:
+        """1. Encode the condition; draw the initial noise (one row; search draws its own, one per candidate)."""
+        self.offload.activate("condition")
+        with compute.timed("condition"):
+            context = self.prepare(call.image, num_inference_steps=call.steps, guidance_scale=call.guidance_scale)
+        self.offload.activate("denoise")
+        if context.batch_size != 1 and (self.config.active or call.search.searching):
+            raise InvalidInputError("Guided sampling and candidate search take one conditioning image (or one "
+                                    "multi-view dict) per call.")
+        latents = None if call.search.searching else self.backbone.noise(context.batch_size, call.generator)
+        guided = (set(guided_steps_with_search(context.sigmas, self.config, call.search))
+                  if self.reward is not None else set())
+        return Run(call, context, latents, Candidates.start(1, None), MeteredBackbone(self.backbone, compute),
+                   MeteredReward(self.reward, compute) if self.reward is not None else None, compute, self.offload,
+                   # Camera jitter draws from its own stream so guidance never shifts the sampler's noise.
+                   torch.Generator(device="cpu").manual_seed(call.camera_seed), loss_scale, guided)
 
-    def _velocity_step(
-        self, latents: torch.Tensor, step: int, context: SamplingContext, record: StepRecord,
-        step_records: dict[int, StepRecord], search: SearchOptions, compute: Compute,
-        row_contexts: dict[int, SamplingContext],
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(the latents the velocity was computed from — a float32 leaf for the exact gradient —, the
-        velocity); the timings go to every live candidate's record (one batched call serves them all)."""
+    # ----------------------------------------------------------------- the loop
+    def _loop(self, run: Run, hooks: Sequence[StepHook]) -> None:
+        """The flow loop: for each σ, the velocity, the sampler's own step, then the step hooks."""
+        steps = len(run.context.sigmas) - 1
+        bar = tqdm(total=steps, desc="guided sampling" if run.guided else "sampling", disable=not run.call.progress,
+                   leave=False)
+        for i in range(steps):
+            sigma = run.context.sigmas[i]
+            step = Step(i, sigma, run.live.new_records(i, sigma, i in run.guided), run.live)
+
+            # 2. The velocity (with a graph only for the exact gradient), candidates in batches.
+            self._velocity(run, step)
+
+            # 3. The sampler's own step (the backbone's Euler step: x + (σ_next − σ)·v).
+            step.next_latents = self.backbone.step(step.velocity.detach(), i, run.latents, run.context)
+
+            # 3b. Search: the critic scores every candidate's x̂ (forward only); the best continue.
+            # 4. Guidance: x_next = Sampler(x, σ) + d(∇r)   (paper eq. 10; guidance.guided_step)
+            for hook in hooks:
+                hook(run, step)
+            run.latents = step.next_latents.detach()
+            run.live.append(step.records)
+
+            # 5. The step callback (diffusers' callback_on_step_end).
+            if run.call.callback is not None:
+                state = {"latents": run.latents, "record": step.record, "displacement": step.displacement,
+                         "evaluation": step.evaluation, "candidates": list(run.live.alive)}
+                replaced = run.call.callback(self, i, sigma, state)
+                if replaced and "latents" in replaced:
+                    run.latents = replaced["latents"]
+            bar.set_postfix(_progress_postfix(step.record), refresh=False)
+            bar.update(1)
+        bar.close()
+
+    def _velocity(self, run: Run, step: Step) -> None:
+        """Fill `step.latents_in` (a float32 leaf for the exact gradient) and `step.velocity`; the timings go
+        to every live candidate's record (one batched call serves them all)."""
+        record = step.record
         exact_gradient = record.guided and self.config.grad_mode == "xt"
         record.timings["offload"] = self.offload.activate("denoise")
-        with _timed(compute, "dit", record), torch.set_grad_enabled(exact_gradient):
+        with run.compute.timed("dit", record), torch.set_grad_enabled(exact_gradient):
             # xt: a float32 leaf, so the (loss-scaled) gradient reaches it in float32.
-            latents_in = latents.detach().float().requires_grad_(True) if exact_gradient else latents
-            velocity = self._batched_velocity(latents_in.to(self.backbone.dtype), step, context, search.batch(),
-                                              compute, row_contexts)
-        for other in step_records.values():
+            step.latents_in = run.latents.detach().float().requires_grad_(True) if exact_gradient else run.latents
+            step.velocity = _batched_velocity(run, step.latents_in.to(self.backbone.dtype), step.index)
+        for other in step.records.values():
             other.timings.setdefault("dit", record.timings["dit"])
             other.timings.setdefault("offload", record.timings["offload"])
-        return latents_in, velocity
 
-    def _guide_candidates(
-        self, alive: list[int], step_records: dict[int, StepRecord], latents: torch.Tensor, latents_in: torch.Tensor,
-        velocity: torch.Tensor, next_latents: torch.Tensor, sigma: float, camera_generator: torch.Generator,
-        loss_scale: LossScale, compute: Compute,
-    ) -> tuple[torch.Tensor, torch.Tensor | None, RewardEvaluation | None]:
-        """Guide each live candidate's step; return (the next latents, the first candidate's displacement
-        and evaluation)."""
-        moved, displacement, evaluation = [], None, None
-        for row, j in enumerate(alive):
-            one = slice(row, row + 1) if len(alive) > 1 else slice(None)
-            step_displacement, step_evaluation = self._guide(
-                step_records[j], latents[one], latents_in if len(alive) == 1 else None, velocity[one],
-                next_latents[one], sigma, camera_generator, loss_scale, compute)
-            if step_displacement is not None:
-                moved.append(next_latents[one] + step_displacement.to(next_latents.dtype))
-            else:
-                moved.append(next_latents[one])
-            if row == 0:
-                displacement, evaluation = step_displacement, step_evaluation
-        return (moved[0] if len(moved) == 1 else torch.cat(moved)), displacement, evaluation
 
-    def _batched_velocity(
-        self, latents: torch.Tensor, step: int, context: SamplingContext, batch: int, compute: Compute,
-        contexts: dict[int, SamplingContext],
-    ) -> torch.Tensor:
-        """`velocity` for a batch of candidates, `batch` rows per DiT call (one row: the plain call).
+def _batched_velocity(run: Run, latents: torch.Tensor, step: int) -> torch.Tensor:
+    """The velocity for a batch of candidates, the search's batch of rows per DiT call (one row: the
+    plain call). The conditioning repeated for each chunk size is built once per run."""
+    batch, parts = run.call.search.batch(), []
+    for start in range(0, latents.shape[0], batch):
+        chunk = latents[start:start + batch]
+        rows = chunk.shape[0]
+        if rows not in run.row_contexts:
+            run.row_contexts[rows] = run.backbone.for_rows(run.context, rows)
+        parts.append(run.backbone.velocity(chunk, step, run.row_contexts[rows]))
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
 
-        `contexts` holds the conditioning repeated for each chunk size, built once per run rather
-        than at every step."""
-        parts = []
-        for start in range(0, latents.shape[0], batch):
-            chunk = latents[start:start + batch]
-            rows = chunk.shape[0]
-            compute.dit_calls += 1
-            compute.dit_rows += rows * context.rows_per_latent
-            if rows not in contexts:
-                contexts[rows] = self.backbone.for_rows(context, rows)
-            parts.append(self.velocity(chunk, step, contexts[rows]))
-        return parts[0] if len(parts) == 1 else torch.cat(parts)
 
-    # ----------------------------------------------------------------- search
-    def _select(
-        self, found: SearchRecord, alive: list[int], latents: torch.Tensor, velocity: torch.Tensor, sigma: float,
-        compute: Compute,
-    ) -> list[int]:
-        """Score every live candidate's x̂ at σ_s (forward only, un-jittered cameras); return the rows
-        of the best `keep`, best first, and fill the candidates' records."""
-        with _timed(compute, "selection"):
-            return self._select_timed(found, alive, latents, velocity, sigma, compute)
+class GuidanceHook:
+    """Step 4 of the loop as a step hook: at a guided step, ask the critic at each live candidate's x̂
+    and move its next latent by the displacement of `guidance.guided_step` (paper eq. 10)."""
 
-    def _select_timed(
-        self, found: SearchRecord, alive: list[int], latents: torch.Tensor, velocity: torch.Tensor, sigma: float,
-        compute: Compute,
-    ) -> list[int]:
-        found.select_sigma = sigma
-        with torch.no_grad():
-            clean = predicted_clean_latent(latents.float(), velocity.detach().float(), sigma)
-        scores: list[float | None] = []
-        for row, j in enumerate(alive):
-            candidate = found.candidates[j]
-            outcome = self._score_latent(clean[row:row + 1], compute)
-            if isinstance(outcome, str):
-                candidate.skipped = outcome
-                scores.append(None)
-                continue
-            candidate.r, candidate.p_yes = float(outcome.r), outcome.p_yes
-            if outcome.images is not None:
-                found.views[j] = (outcome.images[:1].clamp(0, 1) * 255).round().to(torch.uint8).cpu()
-            scores.append(candidate.r)
-        rows = select_candidates(scores, found.options.keep)
-        for row in rows:
-            found.candidates[alive[row]].kept = True
-        logger.info("search at σ=%.3f: kept candidate(s) %s of %d (r %s)", sigma, [alive[r] for r in rows],
-                    len(alive), ", ".join("n/a" if s is None else f"{s:+.3f}" for s in scores))
-        return rows
+    def __init__(self, config: GuidanceConfig):
+        self.config = config
 
-    def _select_final(
-        self, found: SearchRecord, alive: list[int], latents: torch.Tensor, output_type: str, compute: Compute,
-        export: dict[str, Any],
-    ) -> tuple[int, Any]:
-        """Decode every live candidate, score its mesh from the un-jittered cameras; return (row of
-        the best, its mesh or None for output_type 'latent')."""
-        assert self.reward is not None
-        meshes, scores = [], []
-        for row, j in enumerate(alive):
-            self.offload.activate("denoise")
-            with _timed(compute, "decode"):
-                mesh = self.backbone.to_mesh(latents[row:row + 1], **export)
-            meshes.append(mesh)
-            candidate = found.candidates[j]
-            candidate.kept = candidate.kept or found.select_step is None
-            if mesh is None or not len(mesh.faces):
-                candidate.skipped = candidate.skipped or "empty_surface"
-                scores.append(None)
-                continue
-            self.offload.activate("critic")
-            try:
-                with _timed(compute, "final_selection"):
-                    evaluation = self.reward.score_mesh(mesh.vertices, mesh.faces)
-            except (EmptySurfaceError, SkippedStepError) as exc:
-                logger.warning("candidate %d: its final mesh could not be scored: %s", j, exc)
-                scores.append(None)
-                continue
-            compute.critic_forwards += 1
-            candidate.final_r, candidate.final_p_yes = float(evaluation.r), evaluation.p_yes
-            scores.append(candidate.final_r)
-        (best,) = select_candidates(scores, 1)
-        return best, meshes[best] if output_type == "trimesh" else None
+    def __call__(self, run: Run, step: Step) -> None:
+        """Guide the step (a no-op at an unguided step)."""
+        if not step.record.guided:
+            return
+        step.record.timings["offload"] += run.offload.activate("critic")
+        with run.compute.timed("guidance"):
+            alive, moved = run.live.alive, []
+            for row, j in enumerate(alive):
+                rows = slice(row, row + 1) if len(alive) > 1 else slice(None)
+                displacement, evaluation = self.guide(run, step, rows, step.records[j])
+                next_row = step.next_latents[rows]
+                moved.append(next_row if displacement is None else next_row + displacement.to(next_row.dtype))
+                if row == 0:
+                    step.displacement, step.evaluation = displacement, evaluation
+            step.next_latents = moved[0] if len(moved) == 1 else torch.cat(moved)
 
-    def _score_latent(self, clean: torch.Tensor, compute: Compute) -> RewardEvaluation | str:
-        """The critic's forward-only verdict on a latent from the un-jittered cameras, or why it failed."""
-        assert self.reward is not None
-        try:
-            with torch.no_grad():
-                evaluation = self.reward.score_latent(clean)
-        except EmptySurfaceError:
-            return "empty_surface"
-        except SkippedStepError as exc:
-            return exc.reason
-        finally:
-            compute.critic_forwards += 1
-        evaluation.r = evaluation.r.detach()
-        return evaluation
-
-    # ----------------------------------------------------------------- guidance
-    def _guide(
-        self,
-        record: StepRecord,
-        latents: torch.Tensor,
-        latents_in: torch.Tensor,
-        velocity: torch.Tensor,
-        sampler_next: torch.Tensor,
-        sigma: float,
-        camera_generator: torch.Generator,
-        loss_scale: LossScale,
-        compute: Compute,
-    ) -> tuple[torch.Tensor | None, RewardEvaluation | None]:
-        """Ask the critic at x̂ and build this step's displacement (summed over inner steps); fill the
-        record, or mark the step skipped. Returns (displacement or None, the first evaluation)."""
-        config = self.config
-        assert self.reward is not None
+    def guide(self, run: Run, step: Step, rows: slice, record: StepRecord
+              ) -> tuple[torch.Tensor | None, RewardEvaluation | None]:
+        """Ask the critic at x̂ of the candidate in `rows` and build its displacement (summed over inner
+        steps); fill its record, or mark the step skipped. Returns (displacement or None, the first evaluation)."""
+        config, sigma = self.config, step.sigma
+        latents, velocity, sampler_next = run.latents[rows], step.velocity[rows], step.next_latents[rows]
         record.sampler_step_norm = float(torch.linalg.vector_norm(sampler_next.float() - latents.float(), dtype=torch.float64))
         if config.grad_mode == "xt":
             # Exact: r(x̂(x)) differentiated through the DiT's velocity to x.
+            latents_in = step.latents_in if len(run.live.alive) == 1 else None
             clean = predicted_clean_latent(latents_in, velocity.float(), sigma)
             target = latents_in
         else:
@@ -527,32 +439,26 @@ class GuidedSampler:
         total = torch.zeros_like(clean, dtype=torch.float32)
         first = None
         for inner in range(config.inner_steps):
-            outcome = self._reward_gradient(clean + total if inner else clean, target, camera_generator, loss_scale,
-                                            compute)
+            outcome = _reward_gradient(run, clean + total if inner else clean, target)
             if isinstance(outcome, str):
                 record.skipped = outcome
                 break
             evaluation, gradient = outcome
             try:
-                step = guided_step(latents, sampler_next, velocity.detach(), sigma, gradient, config)
+                moved = guided_step(latents, sampler_next, velocity.detach(), sigma, gradient, config)
             except SkippedStepError as exc:
                 record.skipped = exc.reason
                 logger.warning("step %d (σ=%.3f): skipped (%s): %s", record.step, sigma, exc.reason, exc)
                 break
-            total = total + step.displacement
+            total = total + moved.displacement
             grad_norm = float(torch.linalg.vector_norm(gradient, dtype=torch.float64))
-            summary = {"r": float(evaluation.r.detach()), "p_yes": evaluation.p_yes, "grad_norm": grad_norm,
-                       "capped": step.capped, "terms": dict(evaluation.terms), "timings": evaluation.timings,
-                       **evaluation.info}
             if inner == 0:
                 first = evaluation
-                record.r, record.p_yes, record.grad_norm, record.capped = summary["r"], evaluation.p_yes, grad_norm, step.capped
-                record.loss_scale = loss_scale.value if loss_scale.enabled else None
-                record.reward_info = dict(evaluation.info)
-                record.terms = dict(evaluation.terms)
-                record.timings.update(evaluation.timings)
+                _record_first(record, evaluation, grad_norm, moved.capped, run.loss_scale)
             else:
-                record.inner.append(summary)
+                record.inner.append({"r": float(evaluation.r.detach()), "p_yes": evaluation.p_yes,
+                                     "grad_norm": grad_norm, "capped": moved.capped, "terms": dict(evaluation.terms),
+                                     "timings": evaluation.timings, **evaluation.info})
             if grad_norm == 0.0:
                 # Nothing the critic saw depends on the latent (or it underflowed): say so, never
                 # pass it off as a guided step.
@@ -564,31 +470,36 @@ class GuidedSampler:
         record.applied_norm = float(torch.linalg.vector_norm(total, dtype=torch.float64))
         return total.detach(), first
 
-    def _reward_gradient(
-        self, clean: torch.Tensor, target: torch.Tensor, camera_generator: torch.Generator, loss_scale: LossScale,
-        compute: Compute,
-    ) -> tuple[RewardEvaluation, torch.Tensor] | str:
-        """(the critic's evaluation at `clean`, ∇_target r in float32), or the reason the step is skipped."""
-        try:
-            compute.critic_forwards += 1
-            evaluation = self.reward(clean, generator=camera_generator)
-            tic = time.perf_counter()
-            compute.critic_backwards += 1
-            with deterministic_backward(target.device):
-                gradient = loss_scale.gradient(evaluation.r, target)
-            evaluation.timings["backward"] = time.perf_counter() - tic
-            # Drop the reward's graph now (the loss scale kept it for retries): the critic's saved
-            # activations (~11 GiB on the 7B) must not outlive the step through the callback's state.
-            evaluation.r = evaluation.r.detach()
-            if not bool(torch.isfinite(gradient).all()):
-                raise SkippedStepError("non_finite_gradient", "the reward gradient is not finite at any loss scale")
-        except EmptySurfaceError as exc:
-            logger.info("guided step skipped: %s", exc)
-            return "empty_surface"
-        except SkippedStepError as exc:
-            logger.warning("guided step skipped (%s): %s", exc.reason, exc)
-            return exc.reason
-        return evaluation, gradient
+
+def _record_first(record: StepRecord, evaluation: RewardEvaluation, grad_norm: float, capped: bool,
+                  loss_scale: LossScale) -> None:
+    """A guided step's record from its first (outer) evaluation."""
+    record.r, record.p_yes, record.grad_norm, record.capped = float(evaluation.r.detach()), evaluation.p_yes, grad_norm, capped
+    record.loss_scale = loss_scale.value if loss_scale.enabled else None
+    record.reward_info = dict(evaluation.info)
+    record.terms = dict(evaluation.terms)
+    record.timings.update(evaluation.timings)
+
+
+def _reward_gradient(run: Run, clean: torch.Tensor, target: torch.Tensor) -> tuple[RewardEvaluation, torch.Tensor] | str:
+    """(the critic's evaluation at `clean`, ∇_target r in float32), or the reason the step is skipped."""
+    assert run.reward is not None
+    try:
+        evaluation = run.reward(clean, generator=run.camera_generator)
+        with deterministic_backward(target.device):
+            gradient = run.reward.gradient(evaluation, target, run.loss_scale)
+        # Drop the reward's graph now (the loss scale kept it for retries): the critic's saved
+        # activations (~11 GiB on the 7B) must not outlive the step through the callback's state.
+        evaluation.r = evaluation.r.detach()
+        if not bool(torch.isfinite(gradient).all()):
+            raise SkippedStepError("non_finite_gradient", "the reward gradient is not finite at any loss scale")
+    except EmptySurfaceError as exc:
+        logger.info("guided step skipped: %s", exc)
+        return "empty_surface"
+    except SkippedStepError as exc:
+        logger.warning("guided step skipped (%s): %s", exc.reason, exc)
+        return exc.reason
+    return evaluation, gradient
 
 
 @contextmanager
@@ -613,22 +524,23 @@ def deterministic_backward(device: torch.device) -> Iterator[None]:
         torch.use_deterministic_algorithms(previous, warn_only=previous_warn_only)
 
 
-def _check_call(image: Any, steps: Any, guidance_scale: Any, seed: Any, generator: Any, camera_seed: Any,
-                export: dict[str, Any]) -> None:
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _finite(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and bool(np.isfinite(value))
+
+
+def _check_call(call: SamplingCall) -> None:
     """The sampler's inputs, checked at the API boundary (not deep inside hy3dgen): what the CLI checks."""
     import os
 
     from PIL import Image
 
     from .images import check_object, open_image
-    from .preflight import bound_problem
 
-    def whole(value: Any) -> bool:
-        return isinstance(value, int) and not isinstance(value, bool)
-
-    def finite(value: Any) -> bool:
-        return not isinstance(value, bool) and isinstance(value, (int, float)) and bool(np.isfinite(value))
-
+    image = call.image
     if not (isinstance(image, (str, os.PathLike, Image.Image)) or (isinstance(image, dict) and image)):
         raise InvalidInputError(
             "image must be a path, a PIL.Image.Image (RGBA with a transparent background is best; see "
@@ -639,31 +551,40 @@ def _check_call(image: Any, steps: Any, guidance_scale: Any, seed: Any, generato
         rgba = open_image(view, what="Conditioning image")
         if rgba.getchannel("A").getextrema()[0] < 250:
             check_object(rgba, view, what="Conditioning image")
-    if not whole(steps) or steps < 2:
+    steps = call.steps
+    if not _whole(steps) or steps < 2:
         raise InvalidInputError(f"num_inference_steps must be an integer ≥ 2, got {steps!r}")
-    if not finite(guidance_scale) or guidance_scale < 0:
-        raise InvalidInputError(f"guidance_scale (the shape model's CFG) must be a finite number ≥ 0, got {guidance_scale!r}")
-    if generator is not None and seed is not None:
-        raise InvalidInputError(f"Give seed or generator, not both: seed={seed!r} would be ignored (the generator "
+    if not _finite(call.guidance_scale) or call.guidance_scale < 0:
+        raise InvalidInputError("guidance_scale (the shape model's CFG) must be a finite number ≥ 0, got "
+                                f"{call.guidance_scale!r}")
+    if call.generator is not None and call.seed is not None:
+        raise InvalidInputError(f"Give seed or generator, not both: seed={call.seed!r} would be ignored (the generator "
                                 "draws the noise). Pass seed=None with a generator.")
-    octree = export["octree_resolution"]
-    if not whole(octree) or octree < 16:
+    _check_export(call.export, steps)
+    for name, value in (("seed", call.seed), ("camera_seed", call.camera_seed)):
+        if value is not None and (not _whole(value) or not 0 <= value < 2**64):
+            raise InvalidInputError(f"{name} must be an integer in [0, 2^64) or None, got {value!r}")
+    if call.generator is not None and not isinstance(call.generator, torch.Generator):
+        raise InvalidInputError(f"generator must be a torch.Generator or None, got {type(call.generator).__name__}")
+
+
+def _check_export(export: ExportOptions, steps: int) -> None:
+    """The export options (and the steps' sane bound, which the CLI checks with them)."""
+    from .preflight import bound_problem
+
+    octree = export.octree_resolution
+    if not _whole(octree) or octree < 16:
         raise InvalidInputError(f"octree_resolution must be an integer ≥ 16, got {octree!r}")
     for problem in (bound_problem("steps", steps), bound_problem("octree_resolution", octree)):  # the CLI's bounds
         if problem:
             raise InvalidInputError(problem)
-    if not whole(export["num_chunks"]) or export["num_chunks"] < 1:
-        raise InvalidInputError(f"num_chunks must be an integer ≥ 1, got {export['num_chunks']!r}")
+    if not _whole(export.num_chunks) or export.num_chunks < 1:
+        raise InvalidInputError(f"num_chunks must be an integer ≥ 1, got {export.num_chunks!r}")
     # None: the backbone's own level and cube (Backbone.level / Backbone.bounds).
-    if export["mc_level"] is not None and (not finite(export["mc_level"]) or not -1 < export["mc_level"] < 1):
-        raise InvalidInputError(f"mc_level must be a finite number in (-1, 1) or None, got {export['mc_level']!r}")
-    if export["box_v"] is not None and (not finite(export["box_v"]) or export["box_v"] <= 0):
-        raise InvalidInputError(f"box_v must be a finite number > 0 or None, got {export['box_v']!r}")
-    for name, value in (("seed", seed), ("camera_seed", camera_seed)):
-        if value is not None and (not whole(value) or not 0 <= value < 2**64):
-            raise InvalidInputError(f"{name} must be an integer in [0, 2^64) or None, got {value!r}")
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise InvalidInputError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    if export.mc_level is not None and (not _finite(export.mc_level) or not -1 < export.mc_level < 1):
+        raise InvalidInputError(f"mc_level must be a finite number in (-1, 1) or None, got {export.mc_level!r}")
+    if export.box_v is not None and (not _finite(export.box_v) or export.box_v <= 0):
+        raise InvalidInputError(f"box_v must be a finite number > 0 or None, got {export.box_v!r}")
 
 
 def _progress_postfix(record: StepRecord) -> dict[str, str]:

@@ -17,22 +17,29 @@ Guidance and the search phase: steps before the selection step are not guided (t
 forward-only); with σ_s = 1 there is no search phase and every candidate is guided.
 
 This module holds the options (declared once, for the CLI and the benchmark), the pure
-selection rules and the records; the loop itself is in `vlm3d_ttg.sampler`.
+selection rules, the records, and the search itself as a function around the sampler's flow loop
+(`sample_candidates`: one noise row per candidate, a selection hook at σ_s, the final selection);
+the loop is in `vlm3d_ttg.sampler`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 import math
 import secrets
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
-from .errors import InvalidInputError
+from .errors import EmptySurfaceError, InvalidInputError, SkippedStepError
+from .guidance import RewardEvaluation, StepRecord, guided_steps, predicted_clean_latent
+from .images import to_uint8
 from .options import Checks, option
+
+logger = logging.getLogger(__name__)
 
 FINAL = 1.0  # select_at = 1: select among the finished meshes
 
@@ -142,8 +149,6 @@ def selection_step(sigmas: Sequence[float], select_at: float) -> int | None:
 def guided_steps_with_search(sigmas: Sequence[float], config: Any, search: "SearchOptions") -> list[int]:
     """The steps a run guides (`guidance.guided_steps`) without the search phase: the steps up to and
     including the selection step are forward-only."""
-    from .guidance import guided_steps
-
     steps = guided_steps(list(sigmas), config)
     select = selection_step(sigmas, search.select_at) if search.searching else None
     return steps if select is None else [i for i in steps if i > select]
@@ -200,5 +205,145 @@ class SearchRecord:
                 "chosen": self.chosen, "candidates": [c.to_dict() for c in self.candidates]}
 
 
-__all__ = ["CandidateRecord", "SearchOptions", "SearchRecord", "candidate_seeds", "check_search_with_guidance",
-           "select_candidates", "selection_step"]
+@dataclass
+class Candidates:
+    """The live candidates of a run (the rows of the latents, by candidate index) and each one's step records."""
+
+    alive: list[int]
+    records: dict[int, list[StepRecord]]
+    found: SearchRecord | None  # None: one sample, no search
+
+    @classmethod
+    def start(cls, rows: int, found: SearchRecord | None) -> "Candidates":
+        """`rows` candidates (one without a search), none with records yet."""
+        alive = list(range(rows if found is not None else 1))
+        return cls(alive, {j: [] for j in alive}, found)
+
+    def new_records(self, step: int, sigma: float, guided: bool) -> dict[int, StepRecord]:
+        """One fresh record per live candidate for this step."""
+        return {j: StepRecord(step=step, sigma=sigma, guided=guided) for j in self.alive}
+
+    def keep(self, rows: list[int]) -> None:
+        """Only these rows (best first) stay alive."""
+        self.alive = [self.alive[row] for row in rows]
+
+    def append(self, step_records: dict[int, StepRecord]) -> None:
+        """Add a step's records to the live candidates' histories."""
+        for j in self.alive:
+            self.records[j].append(step_records[j])
+
+
+#: The sampler's flow loop as the search calls it: loop(run, hooks) runs every step on run's latents.
+FlowLoop = Callable[[Any, Sequence[Callable[[Any, Any], None]]], None]
+
+
+def sample_candidates(loop: FlowLoop, run: Any, hooks: Sequence[Callable[[Any, Any], None]]) -> tuple[int, Any]:
+    """Best-of-N around the sampler's flow loop: one noise row per candidate, the critic's selection at σ_s
+    as a step hook before `hooks` (guidance), then the final selection among the survivors' meshes.
+
+    `run` is the sampler's `Run` (its call, context, backbone, reward, meters; its latents and live
+    candidates are set here). Returns (the output's row among the live candidates, its mesh or None
+    for output_type "latent"); `run.latents` ends as the output's row."""
+    options, call = run.call.search, run.call
+    seeds = candidate_seeds(call.seed, call.generator, options.candidates)
+    run.latents = torch.cat([run.backbone.noise(1, torch.Generator().manual_seed(s)) for s in seeds])
+    found = SearchRecord(options, selection_step(run.context.sigmas, options.select_at), None,
+                         [CandidateRecord(index=j, seed=s) for j, s in enumerate(seeds)])
+    run.live = Candidates.start(run.latents.shape[0], found)
+    loop(run, [SelectionHook(found), *hooks])
+    winner, mesh = 0, None
+    if len(run.live.alive) > 1:
+        winner, mesh = select_final(run, found)
+        run.latents = run.latents[winner:winner + 1]
+    elif call.output_type == "trimesh":
+        mesh = run.decode(run.latents)
+    found.chosen = run.live.alive[winner]
+    found.candidates[run.live.alive[winner]].chosen = True
+    return winner, mesh
+
+
+class SelectionHook:
+    """Step 3b of the loop as a step hook: at the selection step, the critic scores every live candidate's
+    x̂ (forward only, un-jittered cameras) and only the best `keep` rows continue."""
+
+    def __init__(self, found: SearchRecord):
+        self.found = found
+
+    def __call__(self, run: Any, step: Any) -> None:
+        """Select (a no-op at every other step)."""
+        if step.index != self.found.select_step:
+            return
+        run.offload.activate("critic")
+        with run.compute.timed("selection"):
+            rows = self.select(run, step)
+        run.latents, step.velocity, step.next_latents = run.latents[rows], step.velocity[rows], step.next_latents[rows]
+        run.live.keep(rows)
+
+    def select(self, run: Any, step: Any) -> list[int]:
+        """The rows of the best `keep` candidates, best first; fills the candidates' records."""
+        found, alive, sigma = self.found, run.live.alive, step.sigma
+        found.select_sigma = sigma
+        with torch.no_grad():
+            clean = predicted_clean_latent(run.latents.float(), step.velocity.detach().float(), sigma)
+        scores: list[float | None] = []
+        for row, j in enumerate(alive):
+            candidate = found.candidates[j]
+            outcome = _score_latent(run.reward, clean[row:row + 1])
+            if isinstance(outcome, str):
+                candidate.skipped = outcome
+                scores.append(None)
+                continue
+            candidate.r, candidate.p_yes = float(outcome.r), outcome.p_yes
+            if outcome.images is not None:
+                found.views[j] = to_uint8(outcome.images[:1]).cpu()
+            scores.append(candidate.r)
+        rows = select_candidates(scores, found.options.keep)
+        for row in rows:
+            found.candidates[alive[row]].kept = True
+        logger.info("search at σ=%.3f: kept candidate(s) %s of %d (r %s)", sigma, [alive[r] for r in rows],
+                    len(alive), ", ".join("n/a" if s is None else f"{s:+.3f}" for s in scores))
+        return rows
+
+
+def _score_latent(reward: Any, clean: torch.Tensor) -> RewardEvaluation | str:
+    """The critic's forward-only verdict on a latent from the un-jittered cameras, or why it failed."""
+    try:
+        with torch.no_grad():
+            evaluation = reward.score_latent(clean)
+    except EmptySurfaceError:
+        return "empty_surface"
+    except SkippedStepError as exc:
+        return exc.reason
+    evaluation.r = evaluation.r.detach()
+    return evaluation
+
+
+def select_final(run: Any, found: SearchRecord) -> tuple[int, Any]:
+    """Decode every live candidate, score its mesh from the un-jittered cameras; return (row of the best,
+    its mesh or None for output_type 'latent')."""
+    meshes, scores = [], []
+    for row, j in enumerate(run.live.alive):
+        mesh = run.decode(run.latents[row:row + 1])
+        meshes.append(mesh)
+        candidate = found.candidates[j]
+        candidate.kept = candidate.kept or found.select_step is None
+        if mesh is None or not len(mesh.faces):
+            candidate.skipped = candidate.skipped or "empty_surface"
+            scores.append(None)
+            continue
+        run.offload.activate("critic")
+        try:
+            with run.compute.timed("final_selection"):
+                evaluation = run.reward.score_mesh(mesh.vertices, mesh.faces)
+        except (EmptySurfaceError, SkippedStepError) as exc:
+            logger.warning("candidate %d: its final mesh could not be scored: %s", j, exc)
+            scores.append(None)
+            continue
+        candidate.final_r, candidate.final_p_yes = float(evaluation.r), evaluation.p_yes
+        scores.append(candidate.final_r)
+    (best,) = select_candidates(scores, 1)
+    return best, meshes[best] if run.call.output_type == "trimesh" else None
+
+
+__all__ = ["CandidateRecord", "Candidates", "SearchOptions", "SearchRecord", "SelectionHook", "candidate_seeds",
+           "check_search_with_guidance", "sample_candidates", "select_candidates", "select_final", "selection_step"]
