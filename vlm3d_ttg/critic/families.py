@@ -1,19 +1,24 @@
-"""The critic families: name → critic class, the checkpoints' `model_type`, the transformers model class, the tiny writer.
+"""The critic families: name → critic class, the checkpoints' `model_type`, the transformers model class.
 
 Everything outside `critic/` builds a critic through `build_critic` and asks a family's properties
 (its view-side multiple) through `get_family`; the family of a loaded model comes from its config
-(`family_of`). Adding a family is one module with its `QwenCritic` subclass (or any `Critic`), a
-tiny checkpoint writer in `tiny/`, and one line in `FAMILIES`.
+(`family_of`). Families are plug-ins: `FAMILIES` holds ours and every installed entry point of the
+`vlm3d_ttg.critics` group (`vlm3d_ttg.plugins`); adding one is a `CriticFamily` in a package of its
+own (docs/design.md §11). An offline (tiny) checkpoint writer is optional: the writers register
+themselves with the family they serve (`register_offline_writer`; ours live in `vlm3d_ttg.tiny`,
+which imports this module, never the reverse).
 """
 
 from __future__ import annotations
 
-import os
+import importlib
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import InvalidInputError, UnsupportedModelError
+from ..plugins import CRITIC_GROUP, entry_point_targets
 from .protocol import check_critic_view_size
 from .qwen3_vl import Qwen3VLCritic
 from .vlm_critic import VLMCritic
@@ -27,7 +32,6 @@ class CriticFamily:
     model_types: tuple[str, ...]  # config.json's "model_type" values of its checkpoints
     critic_class: type  # built as critic_class(model, processor, description, query, **options)
     model_class: str  # the transformers class `load_vlm` loads its checkpoints with
-    tiny_writer: Callable[..., Path]  # writes the tiny offline checkpoint: tiny_writer(folder, seed=...)
     default_checkpoint: str  # the hub id used when none is given
 
     @property
@@ -40,28 +44,53 @@ class CriticFamily:
         """The tiny checkpoint's folder name in the tiny cache."""
         return self.model_types[0]
 
-
-def _tiny_qwen2_5_vl(folder: str | os.PathLike, *, seed: int = 0) -> Path:
-    from ..tiny.qwen import write_tiny_vlm
-
-    return write_tiny_vlm(folder, seed=seed)
-
-
-def _tiny_qwen3_vl(folder: str | os.PathLike, *, seed: int = 0) -> Path:
-    from ..tiny.qwen3 import write_tiny_qwen3_vl
-
-    return write_tiny_qwen3_vl(folder, seed=seed)
+    @property
+    def offline_writer(self) -> Callable[..., Path]:
+        """The writer of its offline (tiny) checkpoint, `writer(folder, seed=...)` → folder, as registered
+        with `register_offline_writer`; InvalidInputError when none is."""
+        writer = OFFLINE_WRITERS.get(self.name)
+        if writer is None:
+            raise InvalidInputError(f"The critic family {self.name!r} has no offline (tiny) checkpoint writer; "
+                                    "the offline presets need one (critic.families.register_offline_writer).")
+        return writer
 
 
-FAMILIES: dict[str, CriticFamily] = {
-    family.name: family
-    for family in (
-        CriticFamily("qwen2.5-vl", ("qwen2_5_vl",), VLMCritic, "Qwen2_5_VLForConditionalGeneration", _tiny_qwen2_5_vl,
-                     "Qwen/Qwen2.5-VL-7B-Instruct"),
-        CriticFamily("qwen3-vl", ("qwen3_vl",), Qwen3VLCritic, "Qwen3VLForConditionalGeneration", _tiny_qwen3_vl,
-                     "Qwen/Qwen3-VL-8B-Instruct"),
-    )
-}
+logger = logging.getLogger(__name__)
+
+QWEN2_5_VL = CriticFamily("qwen2.5-vl", ("qwen2_5_vl",), VLMCritic, "Qwen2_5_VLForConditionalGeneration",
+                          "Qwen/Qwen2.5-VL-7B-Instruct")
+QWEN3_VL = CriticFamily("qwen3-vl", ("qwen3_vl",), Qwen3VLCritic, "Qwen3VLForConditionalGeneration",
+                        "Qwen/Qwen3-VL-8B-Instruct")
+#: family name → the family: ours, then the installed `vlm3d_ttg.critics` entry points (`load_critic_plugins`).
+FAMILIES: dict[str, CriticFamily] = {family.name: family for family in (QWEN2_5_VL, QWEN3_VL)}
+#: family name → the writer of its offline checkpoint (registered by the writer's own module).
+OFFLINE_WRITERS: dict[str, Callable[..., Path]] = {}
+
+
+def register_offline_writer(family: str, writer: Callable[..., Path]) -> None:
+    """Make `writer(folder, seed=...)` → folder the offline (tiny) checkpoint writer of the family `family`."""
+    OFFLINE_WRITERS[family] = writer
+
+
+def load_critic_plugins() -> dict[str, CriticFamily]:
+    """Add every installed `vlm3d_ttg.critics` entry point (a `CriticFamily`) not yet in FAMILIES; return
+    FAMILIES. A plug-in that fails to load is logged and left out (the others still work)."""
+    for name, target in entry_point_targets(CRITIC_GROUP).items():
+        if name in FAMILIES:
+            continue
+        module, _, attribute = target.partition(":")
+        try:
+            family = getattr(importlib.import_module(module), attribute)
+        except Exception as exc:  # a broken plug-in must not take the built-in critics down with it
+            logger.warning("critic plug-in %r (%s) could not be loaded: %s", name, target, exc)
+            continue
+        if not isinstance(family, CriticFamily) or family.name != name:
+            logger.warning("critic plug-in %r (%s) is not a CriticFamily named %r; left out", name, target, name)
+            continue
+        FAMILIES[name] = family
+    return FAMILIES
+
+
 #: The paper's critic.
 DEFAULT_FAMILY = "qwen2.5-vl"
 
@@ -101,4 +130,7 @@ def build_critic(model: Any, processor: Any, description: str, query: str = "dua
     return family_of(model.config).critic_class(model, processor, description, query, **options)
 
 
-__all__ = ["DEFAULT_FAMILY", "FAMILIES", "CriticFamily", "build_critic", "check_family_view_size", "family_of", "get_family"]
+load_critic_plugins()
+
+__all__ = ["DEFAULT_FAMILY", "FAMILIES", "OFFLINE_WRITERS", "QWEN2_5_VL", "QWEN3_VL", "CriticFamily", "build_critic",
+           "check_family_view_size", "family_of", "get_family", "load_critic_plugins", "register_offline_writer"]

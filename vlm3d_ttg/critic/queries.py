@@ -127,7 +127,7 @@ BUILTIN_TEMPLATES: frozenset[str] = frozenset(
 
 def qwen_markup_tokens() -> tuple[str, ...]:
     """Qwen2.5-VL's added vocabulary: every string its tokenizer reads as one structural token."""
-    from ..tiny.qwen import QWEN_ADDED_TOKENS, QWEN_SPECIAL_TOKENS
+    from .tokens import QWEN_ADDED_TOKENS, QWEN_SPECIAL_TOKENS
 
     return QWEN_SPECIAL_TOKENS + QWEN_ADDED_TOKENS
 

@@ -58,9 +58,10 @@ def ensure_tiny_vlm(cache_dir: str | os.PathLike | None = None, *, seed: int = 0
     """Write the tiny critic of `family` (a `critic.families` name: Qwen2.5-VL by default, or Qwen3-VL) once
     (if missing) as a `save_pretrained` folder; return its path."""
     from ..critic.families import get_family
+    from . import qwen, qwen3  # noqa: F401  (each registers its writer with the family it serves)
 
     spec = get_family(family)
-    return spec.tiny_writer(tiny_cache_dir(cache_dir) / spec.tiny_folder, seed=seed)
+    return spec.offline_writer(tiny_cache_dir(cache_dir) / spec.tiny_folder, seed=seed)
 
 
 @dataclass(frozen=True)

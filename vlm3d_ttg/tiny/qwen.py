@@ -28,38 +28,11 @@ from typing import Any
 
 import torch
 
+from ..critic.families import register_offline_writer
+from ..critic.tokens import QWEN_ADDED_TOKENS, QWEN_SPECIAL_TOKENS
 from ..io import write_directory_atomic
 
 logger = logging.getLogger(__name__)
-
-# Qwen2.5-VL's special tokens, in the order of the real vocabulary (there they start at id 151643).
-QWEN_SPECIAL_TOKENS: tuple[str, ...] = (
-    "<|endoftext|>",
-    "<|im_start|>",
-    "<|im_end|>",
-    "<|object_ref_start|>",
-    "<|object_ref_end|>",
-    "<|box_start|>",
-    "<|box_end|>",
-    "<|quad_start|>",
-    "<|quad_end|>",
-    "<|vision_start|>",
-    "<|vision_end|>",
-    "<|vision_pad|>",
-    "<|image_pad|>",
-    "<|video_pad|>",
-)
-# Added (non-special) tokens of the real vocabulary, kept so that tool-call prompts tokenize alike.
-QWEN_ADDED_TOKENS: tuple[str, ...] = (
-    "<tool_call>",
-    "</tool_call>",
-    "<|fim_prefix|>",
-    "<|fim_middle|>",
-    "<|fim_suffix|>",
-    "<|fim_pad|>",
-    "<|repo_name|>",
-    "<|file_sep|>",
-)
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 
@@ -366,9 +339,12 @@ def write_tiny_vlm(folder: str | os.PathLike, *, seed: int = 0) -> Path:
     return write_tiny_checkpoint(folder, build_tiny_vlm, seed, "Qwen2.5-VL")
 
 
+register_offline_writer("qwen2.5-vl", write_tiny_vlm)  # the offline checkpoint of the family it serves
+
 __all__ = [
     "DEFAULT_SYSTEM_PROMPT",
     "QWEN2_5_VL_CHAT_TEMPLATE",
+    "QWEN_ADDED_TOKENS",
     "QWEN_SPECIAL_TOKENS",
     "TINY_MAX_PIXELS",
     "TINY_MIN_PIXELS",

@@ -28,9 +28,11 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..critic.families import register_offline_writer
+from ..critic.tokens import QWEN_ADDED_TOKENS
 from .qwen import _TEXT as _QWEN2_5_TEXT
 from .qwen import _VISION as _QWEN2_5_VISION
-from .qwen import QWEN_ADDED_TOKENS, build_tiny_tokenizer, qwen_chat_template, seeded_model, tiny_qwen_config, write_tiny_checkpoint
+from .qwen import build_tiny_tokenizer, qwen_chat_template, seeded_model, tiny_qwen_config, write_tiny_checkpoint
 
 #: Qwen3's added (non-special) tokens beyond Qwen2.5's, in the order of the real vocabulary.
 QWEN3_ADDED_TOKENS: tuple[str, ...] = QWEN_ADDED_TOKENS + ("<tool_response>", "</tool_response>", "<think>", "</think>")
@@ -93,6 +95,8 @@ def write_tiny_qwen3_vl(folder: str | os.PathLike, *, seed: int = 0) -> Path:
     """
     return write_tiny_checkpoint(folder, build_tiny_qwen3_vl, seed, "Qwen3-VL")
 
+
+register_offline_writer("qwen3-vl", write_tiny_qwen3_vl)  # the offline checkpoint of the family it serves
 
 __all__ = [
     "QWEN3_ADDED_TOKENS",

@@ -234,7 +234,8 @@ def build_realsize_tokenizer() -> Any:
     from tokenizers import AddedToken
     from transformers import Qwen2Tokenizer
 
-    from .qwen import QWEN2_5_VL_CHAT_TEMPLATE, QWEN_ADDED_TOKENS, QWEN_SPECIAL_TOKENS, _NUM_MERGES, _bytes_to_unicode, _learn_merges
+    from ..critic.tokens import QWEN_ADDED_TOKENS, QWEN_SPECIAL_TOKENS
+    from .qwen import QWEN2_5_VL_CHAT_TEMPLATE, _NUM_MERGES, _bytes_to_unicode, _learn_merges
 
     byte_chars = _bytes_to_unicode()
     vocab: dict[str, int] = {}
