@@ -14,21 +14,29 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
+from vlm3d_ttg.sizes import HUNYUAN3D_2
+from vlm3d_ttg.sizes import QWEN2_5_VL_7B as QWEN2_5_VL_7B_SIZES
+
 GIB = 1024**3
 
+# The real sizes are written once, in vlm3d_ttg/sizes.py (the backbone's and the critic family's `sizes`).
+_SHAPE = HUNYUAN3D_2  # HunyuanBackbone.sizes
+
 # --- Hunyuan3D-2 (hunyuan3d-dit-v2-0) --------------------------------------------------------
-DIT_HIDDEN, DIT_DOUBLE, DIT_SINGLE, DIT_MLP = 1024, 16, 32, 4.0
-LATENT_TOKENS, LATENT_CHANNELS = 3072, 64
-COND_TOKENS, COND_DIM = 1370, 1536  # DINOv2-giant at 518 px: 37x37 patches + CLS
-DIT_PARAMS = 1.1e9  # hunyuan3d-dit-v2-0
-VAE_WIDTH, VAE_LAYERS, VAE_FREQ_FEATURES = 1024, 16, 51
-VAE_PARAMS = 0.21e9  # decoder side used here: post_kl + 16 layers + geo-decoder
-DINO_PARAMS = 1.1e9
+DIT_HIDDEN, DIT_DOUBLE, DIT_SINGLE, DIT_MLP = _SHAPE.dit_hidden, _SHAPE.dit_double_blocks, _SHAPE.dit_single_blocks, _SHAPE.dit_mlp_ratio
+LATENT_TOKENS, LATENT_CHANNELS = _SHAPE.latent_tokens, _SHAPE.latent_channels
+COND_TOKENS, COND_DIM = _SHAPE.condition_tokens, _SHAPE.condition_dim  # DINOv2-giant at 518 px: 37x37 patches + CLS
+DIT_PARAMS = _SHAPE.dit_params  # hunyuan3d-dit-v2-0
+VAE_WIDTH, VAE_LAYERS, VAE_FREQ_FEATURES = _SHAPE.vae_width, _SHAPE.vae_layers, _SHAPE.vae_freq_features
+VAE_PARAMS = _SHAPE.vae_params  # decoder side used here: post_kl + 16 layers + geo-decoder
+DINO_PARAMS = _SHAPE.conditioner_params
 
 # --- Qwen2.5-VL-7B ------------------------------------------------------------------------------
-VIS_LAYERS, VIS_HIDDEN, VIS_MLP, VIS_FULL_LAYERS, VIS_WINDOW = 32, 1280, 3420, 4, 64  # window 112 px = 8x8 patches
-LLM_LAYERS, LLM_HIDDEN, LLM_MLP, LLM_KV = 28, 3584, 18944, 512  # GQA: 4 kv heads x 128
-QWEN_PARAMS = 8.29e9
+_CRITIC = QWEN2_5_VL_7B_SIZES  # critic.families.QWEN2_5_VL.sizes
+VIS_LAYERS, VIS_HIDDEN, VIS_MLP = _CRITIC.vision_layers, _CRITIC.vision_hidden, _CRITIC.vision_mlp
+VIS_FULL_LAYERS, VIS_WINDOW = _CRITIC.vision_full_layers, _CRITIC.vision_window  # window 112 px = 8x8 patches
+LLM_LAYERS, LLM_HIDDEN, LLM_MLP, LLM_KV = _CRITIC.llm_layers, _CRITIC.llm_hidden, _CRITIC.llm_mlp, _CRITIC.llm_kv  # GQA: 4 kv heads x 128
+QWEN_PARAMS = _CRITIC.params
 PROMPT_TEXT_TOKENS = 200
 
 
@@ -119,7 +127,7 @@ class CriticShape:
 # 8 KV; vision 27 × 1152, MLP 4304, deepstack 8/16/24; untied). Qwen2.5-VL-7B: the constants above
 # (docs/design.md §4), as in every other table here.
 QWEN2_5_VL_7B = CriticShape("Qwen2.5-VL-7B", VIS_LAYERS, VIS_HIDDEN, VIS_MLP, 3, VIS_FULL_LAYERS, VIS_WINDOW, 14,
-                            LLM_LAYERS, LLM_HIDDEN, LLM_MLP, LLM_HIDDEN, LLM_KV, 152064, False)
+                            LLM_LAYERS, LLM_HIDDEN, LLM_MLP, LLM_HIDDEN, LLM_KV, _CRITIC.vocab, False)
 CRITIC_SHAPES = (
     CriticShape("Qwen2.5-VL-3B", 32, 1280, 3420, 3, 4, 64, 14, 36, 2048, 11008, 16 * 128, 2 * 128, 151936, True),
     QWEN2_5_VL_7B,

@@ -7,6 +7,7 @@ $VLM3D_TTG_REALSIZE_TEST_CACHE.
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import sys
@@ -30,8 +31,28 @@ def realsize_cache(tmp_path_factory) -> Path:
     return Path(explicit) if explicit else tmp_path_factory.getbasetemp().parent / "vlm3d-realsize-cache"
 
 
+def test_the_real_sizes_are_written_once_and_exposed_by_their_owners():
+    """The backbone and the critic family expose the one record of their real sizes; the cost model and the
+    realsize preset read it rather than restating the parameter counts."""
+    from vlm3d_ttg.backbones.hunyuan3d2 import HunyuanBackbone
+    from vlm3d_ttg.critic.families import QWEN2_5_VL
+    from vlm3d_ttg.sizes import HUNYUAN3D_2, QWEN2_5_VL_7B
+
+    assert HunyuanBackbone.sizes is HUNYUAN3D_2 and QWEN2_5_VL.sizes is QWEN2_5_VL_7B
+    assert (cost_model.DIT_PARAMS, cost_model.VAE_PARAMS, cost_model.DINO_PARAMS, cost_model.QWEN_PARAMS) == (
+        HUNYUAN3D_2.dit_params, HUNYUAN3D_2.vae_params, HUNYUAN3D_2.conditioner_params, QWEN2_5_VL_7B.params)
+    root = Path(__file__).resolve().parents[1]
+    counts = {8.29e9, 1.1e9, 0.21e9, 18944, 152064, 1370}  # parameter counts and sizes only these models have
+    for reader in ("benchmarks/cost_model.py", "vlm3d_ttg/tiny/realsize.py", "vlm3d_ttg/compute.py"):
+        tree = ast.parse((root / reader).read_text(encoding="utf-8"))
+        restated = {node.value for node in ast.walk(tree) if isinstance(node, ast.Constant)
+                    and isinstance(node.value, (int, float)) and not isinstance(node.value, bool) and node.value in counts}
+        assert not restated, f"{reader} restates the real sizes {sorted(restated)} in its code; read vlm3d_ttg.sizes"
+
+
 def test_realsize_configs_are_the_real_ones_except_depth():
-    """The numbers agree with the cost model's independent record of the real sizes, at any depth."""
+    """The numbers agree with the cost model's (both read `vlm3d_ttg.sizes`, so the checks here are that the
+    configs put each size in its place, and that derived ones such as DINOv2's token count agree), at any depth."""
     from vlm3d_ttg.tiny.realsize import full_depth_shape_config, realsize_shape_config, realsize_vlm_config
 
     full, small = full_depth_shape_config(), realsize_shape_config(2)

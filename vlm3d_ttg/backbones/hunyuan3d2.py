@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from ..errors import InvalidInputError, UnsupportedModelError
 from ..precision import decode_dtype, upcast_copy
+from ..sizes import HUNYUAN3D_2
 from ..surface import OccupancyField, Surface, SurfaceConfig, extract_surface
 from .base import SINGLE_VIEW, VIEW_NAMES, SamplingContext
 
@@ -238,6 +239,7 @@ class HunyuanBackbone:
     name = "hunyuan3d-2"
     bounds = BOUNDS
     level = LEVEL
+    sizes = HUNYUAN3D_2  # the real model's sizes (cost model, preflight, realsize preset)
 
     def __init__(self, pipeline: Any, *, decode_dtype: torch.dtype | None = None):
         """`decode_dtype` overrides the precision policy of the guidance decode (None: the policy;

@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 from ..errors import InvalidInputError, UnsupportedModelError
 from ..plugins import CRITIC_GROUP, entry_point_targets
+from ..sizes import QWEN2_5_VL_7B, CriticSizes
 from .protocol import check_critic_view_size
 from .qwen3_vl import Qwen3VLCritic
 from .vlm_critic import VLMCritic
@@ -33,6 +34,7 @@ class CriticFamily:
     critic_class: type  # built as critic_class(model, processor, description, query, **options)
     model_class: str  # the transformers class `load_vlm` loads its checkpoints with
     default_checkpoint: str  # the hub id used when none is given
+    sizes: CriticSizes | None = None  # the default checkpoint's sizes (cost model, preflight), where known
 
     @property
     def view_multiple(self) -> int:
@@ -58,7 +60,7 @@ class CriticFamily:
 logger = logging.getLogger(__name__)
 
 QWEN2_5_VL = CriticFamily("qwen2.5-vl", ("qwen2_5_vl",), VLMCritic, "Qwen2_5_VLForConditionalGeneration",
-                          "Qwen/Qwen2.5-VL-7B-Instruct")
+                          "Qwen/Qwen2.5-VL-7B-Instruct", QWEN2_5_VL_7B)
 QWEN3_VL = CriticFamily("qwen3-vl", ("qwen3_vl",), Qwen3VLCritic, "Qwen3VLForConditionalGeneration",
                         "Qwen/Qwen3-VL-8B-Instruct")
 #: family name → the family: ours, then the installed `vlm3d_ttg.critics` entry points (`load_critic_plugins`).

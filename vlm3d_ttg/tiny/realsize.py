@@ -32,6 +32,7 @@ import torch
 import yaml
 
 from ..io import write_directory_atomic
+from ..sizes import HUNYUAN3D_2, QWEN2_5_VL_7B
 
 logger = logging.getLogger(__name__)
 
@@ -41,31 +42,42 @@ REALSIZE_SHAPE_REPO = "vlm3d-ttg/realsize-Hunyuan3D-2"
 REALSIZE_SHAPE_SUBFOLDER = "hunyuan3d-dit-v2-0"
 DEFAULT_REALSIZE_DEPTH = 1
 
-# ---- Hunyuan3D-2, hunyuan3d-dit-v2-0/config.yaml (tencent/Hunyuan3D-2 on the hub; the same numbers
-# are in benchmarks/cost_model.py and in public mirrors of the file, e.g. ComfyUI's Hunyuan3Dv2 and
-# sglang's Hunyuan3DDiTArchConfig defaults). Depth entries: the real value, replaced by `depth`.
-REAL_DIT = dict(in_channels=64, context_in_dim=1536, hidden_size=1024, mlp_ratio=4.0, num_heads=16,
-                depth=16, depth_single_blocks=32, axes_dim=[64], theta=10000, qkv_bias=True, guidance_embed=False)
-REAL_VAE = dict(num_latents=3072, embed_dim=64, num_freqs=8, include_pi=False, heads=16, width=1024,
-                num_decoder_layers=16, qkv_bias=False, qk_norm=True, scale_factor=0.9990943042622529)
+# ---- Hunyuan3D-2, hunyuan3d-dit-v2-0/config.yaml (tencent/Hunyuan3D-2 on the hub; public mirrors of
+# the file, e.g. ComfyUI's Hunyuan3Dv2 and sglang's Hunyuan3DDiTArchConfig defaults, agree). The sizes
+# are `sizes.HUNYUAN3D_2`'s (written once, also read by the cost model and the preflight); the rest
+# of each config is the file's. Depth entries: the real value, replaced by `depth`.
+_SHAPE = HUNYUAN3D_2
+REAL_DIT = dict(in_channels=_SHAPE.latent_channels, context_in_dim=_SHAPE.condition_dim, hidden_size=_SHAPE.dit_hidden,
+                mlp_ratio=_SHAPE.dit_mlp_ratio, num_heads=_SHAPE.dit_heads, depth=_SHAPE.dit_double_blocks,
+                depth_single_blocks=_SHAPE.dit_single_blocks, axes_dim=[64], theta=10000, qkv_bias=True,
+                guidance_embed=False)
+REAL_VAE = dict(num_latents=_SHAPE.latent_tokens, embed_dim=_SHAPE.latent_channels, num_freqs=8, include_pi=False,
+                heads=_SHAPE.vae_heads, width=_SHAPE.vae_width, num_decoder_layers=_SHAPE.vae_layers, qkv_bias=False,
+                qk_norm=True, scale_factor=0.9990943042622529)
 # The conditioner: DINOv2-giant (facebook/dinov2-giant's config, as embedded in the same config.yaml).
 REAL_DINO = dict(attention_probs_dropout_prob=0.0, drop_path_rate=0.0, hidden_act="gelu", hidden_dropout_prob=0.0,
-                 hidden_size=1536, image_size=518, initializer_range=0.02, layer_norm_eps=1e-6, layerscale_value=1.0,
-                 mlp_ratio=4, model_type="dinov2", num_attention_heads=24, num_channels=3, num_hidden_layers=40,
-                 patch_size=14, qkv_bias=True, use_swiglu_ffn=True)
-REAL_DINO_IMAGE_SIZE = 518  # 37 × 37 patches + CLS = 1370 context tokens
+                 hidden_size=_SHAPE.condition_dim, image_size=_SHAPE.conditioner_image_size, initializer_range=0.02,
+                 layer_norm_eps=1e-6, layerscale_value=1.0, mlp_ratio=4, model_type="dinov2", num_attention_heads=24,
+                 num_channels=3, num_hidden_layers=_SHAPE.conditioner_layers, patch_size=14, qkv_bias=True,
+                 use_swiglu_ffn=True)
+REAL_DINO_IMAGE_SIZE = _SHAPE.conditioner_image_size  # 37 × 37 patches + CLS = 1370 context tokens
 REAL_PREPROCESS = dict(size=512, border_ratio=0.15)  # ImageProcessorV2
 REAL_SCHEDULER_TIMESTEPS = 1000  # FlowMatchEulerDiscreteScheduler
 
 # ---- Qwen2.5-VL-7B-Instruct, config.json (Qwen/Qwen2.5-VL-7B-Instruct on the hub; the printed module
 # tree of the real model — Linear(1280, 3840) qkv, Linear(1280, 3420) MLP, merger 5120 → 3584,
 # Embedding(152064, 3584), q/k/v 3584/512/512 — confirms the sizes).
-REAL_VISION = dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, in_channels=3,
-                   out_hidden_size=3584, patch_size=14, spatial_merge_size=2, temporal_patch_size=2,
-                   window_size=112, fullatt_block_indexes=[7, 15, 23, 31], tokens_per_second=2, hidden_act="silu")
-REAL_TEXT = dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
-                 num_key_value_heads=4, max_position_embeddings=128000, rms_norm_eps=1e-6, hidden_act="silu",
-                 max_window_layers=28, sliding_window=32768, use_sliding_window=False, vocab_size=152064,
+# The sizes: `sizes.QWEN2_5_VL_7B`'s.
+_CRITIC = QWEN2_5_VL_7B
+REAL_VISION = dict(depth=_CRITIC.vision_layers, hidden_size=_CRITIC.vision_hidden, intermediate_size=_CRITIC.vision_mlp,
+                   num_heads=16, in_channels=3, out_hidden_size=_CRITIC.llm_hidden, patch_size=14, spatial_merge_size=2,
+                   temporal_patch_size=2, window_size=112, fullatt_block_indexes=[7, 15, 23, 31], tokens_per_second=2,
+                   hidden_act="silu")
+REAL_TEXT = dict(hidden_size=_CRITIC.llm_hidden, intermediate_size=_CRITIC.llm_mlp, num_hidden_layers=_CRITIC.llm_layers,
+                 num_attention_heads=_CRITIC.llm_heads, num_key_value_heads=_CRITIC.llm_kv_heads,
+                 max_position_embeddings=128000, rms_norm_eps=1e-6, hidden_act="silu",
+                 max_window_layers=_CRITIC.llm_layers, sliding_window=32768, use_sliding_window=False,
+                 vocab_size=_CRITIC.vocab,
                  rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]})
 REAL_TOKEN_IDS = dict(bos_token_id=151643, eos_token_id=151645, vision_start_token_id=151652,
                       vision_end_token_id=151653, vision_token_id=151654, image_token_id=151655, video_token_id=151656)
