@@ -48,6 +48,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import EmptySurfaceError, InvalidInputError
+from .images import to_uint8
 from .render import Cameras, orbit_cameras
 from .render.cameras import DEFAULT_DISTANCE, DEFAULT_FOV
 from .render.raster_cpu import clip_positions
@@ -341,7 +342,7 @@ def write_mask_png(path: Any, mask: torch.Tensor) -> None:
     """The mask (S, S) in [0, 1] as an 8-bit greyscale PNG (white = foreground) at `path` (already staged)."""
     from PIL import Image
 
-    pixels = (mask.detach().float().clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)
+    pixels = to_uint8(mask).cpu().numpy()
     Image.fromarray(pixels, "L").save(path, format="PNG")
 
 

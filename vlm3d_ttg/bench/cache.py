@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from ..io import atomic_path
+from ..images import to_uint8
 from ..render import renderer as _renderer
 from .benchset import BenchItem
 from .configs import BenchConfig
@@ -297,7 +298,7 @@ def save_views(folder: Path, images: torch.Tensor) -> list[Path]:
     from PIL import Image
 
     folder.mkdir(parents=True, exist_ok=True)
-    pixels = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    pixels = to_uint8(images).permute(0, 2, 3, 1).numpy()
     written = []
     for index, array in enumerate(pixels):
         path = folder / f"view_{index:02d}.png"

@@ -20,6 +20,7 @@ import torch
 from ..io import atomic_path
 from ..manifest import write_manifest
 from .benchset import BenchItem
+from ..images import to_uint8
 from .cache import (
     EVAL_FILE,
     EVAL_VIEWS_DIR,
@@ -182,7 +183,7 @@ def write_compare_sheet(path: Path, configs: list[BenchConfig], views: dict[str,
     for row, (lines, images) in enumerate(rows):
         y = margin + row * (cell + margin)
         draw.multiline_text((margin, y + 4), "\n".join(lines), fill="black", font=font)
-        pixels = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        pixels = to_uint8(images).permute(0, 2, 3, 1).numpy()
         for k, array in enumerate(pixels):
             image = Image.fromarray(np.ascontiguousarray(array), "RGB").resize((cell, cell), Image.Resampling.NEAREST)
             sheet.paste(image, (label_width + margin + k * (cell + margin), y))

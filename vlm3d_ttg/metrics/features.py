@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from ..env import hub_offline
 from ..errors import ModelNotFoundError
+from ..images import to_uint8
 from ..models import resolve_device
 
 logger = logging.getLogger(__name__)
@@ -180,7 +181,7 @@ class ClipEmbedder:
         """Projected image embeddings (N, D), float32 on the CPU; L2-normalised if `normalize`."""
         pixels = images_to_tensor(images)
         # Quantise to uint8 like a saved PNG, so the processor's resize/rescale path is the standard one.
-        as_uint8 = (pixels * 255.0).round().to(torch.uint8)
+        as_uint8 = to_uint8(pixels)
         chunks = []
         for start in range(0, len(as_uint8), self.batch_size):
             inputs = self.processor.image_processor(images=list(as_uint8[start : start + self.batch_size]), return_tensors="pt")

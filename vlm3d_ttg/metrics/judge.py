@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from ..errors import InvalidInputError
+from ..images import to_uint8
 from .bootstrap import bootstrap_ci
 from .features import ImagesInput, images_to_tensor, load_pretrained_local_first
 
@@ -264,7 +265,7 @@ def judge_logit_difference(judge: VlmJudge, prompt: str, views_a: ImagesInput, v
     check_plain_text(messages[0]["content"][-1]["text"], markup, "judge question (with the prompt filled in)")
     chat = judge.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     shown = ([reference] if reference is not None else []) + list(torch.cat([images_a, images_b]))
-    pixels = [(image * 255.0).round().to(torch.uint8) for image in shown]
+    pixels = [to_uint8(image) for image in shown]
     # The chat template already starts with the BOS token; don't let the tokenizer add another.
     inputs = judge.processor(text=[chat], images=[pixels], return_tensors="pt", add_special_tokens=False)
     inputs = {key: value.to(judge.device) for key, value in inputs.items()}

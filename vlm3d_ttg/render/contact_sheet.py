@@ -15,6 +15,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from ..errors import InvalidInputError
+from ..images import to_uint8
 from ..io import atomic_path
 
 _LABEL_HEIGHT = 22
@@ -45,7 +46,7 @@ def contact_sheet(
     draw = ImageDraw.Draw(sheet)
     if title:
         draw.text((_MARGIN, 4), title, fill="black", font=font)
-    pixels = (images.detach().float().clamp(0, 1).expand(-1, 3, -1, -1) * 255).round().to(torch.uint8)
+    pixels = to_uint8(images.expand(-1, 3, -1, -1))
     pixels = pixels.permute(0, 2, 3, 1).cpu().numpy()
     for index in range(n):
         x = _MARGIN + (index % columns) * cell_w
