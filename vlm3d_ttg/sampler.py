@@ -282,10 +282,11 @@ class GuidedSampler:
         compute, loss_scale = Compute(), LossScale.for_half_backward(self.half_backward)
         try:
             run = self._start(call, compute, loss_scale)  # 1. the condition and the initial noise
-            if call.search.searching:  # best-of-N: a function around the loop (search.py)
+            if call.search.searching:  # best-of-N: a function around the loop (search.py), its own step 6
                 winner, mesh = sample_candidates(self._loop, run, [self.guidance_hook])
             else:
-                self._loop(run, [self.guidance_hook])
+                self._loop(run, [self.guidance_hook])  # 2.–5., every step
+                # 6. Decode the final latent to a mesh (the backbone's export, with its VAE next to the DiT).
                 winner, mesh = 0, run.decode(run.latents) if call.output_type == "trimesh" else None
         finally:
             # Every model back where it was, also when a step raised or the user pressed Ctrl-C.

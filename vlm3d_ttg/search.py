@@ -251,6 +251,8 @@ def sample_candidates(loop: FlowLoop, run: Any, hooks: Sequence[Callable[[Any, A
                          [CandidateRecord(index=j, seed=s) for j, s in enumerate(seeds)])
     run.live = Candidates.start(run.latents.shape[0], found)
     loop(run, [SelectionHook(found), *hooks])
+    # 6. Decode the final latent(s): several live candidates: decode each, keep the one whose mesh the
+    #    critic likes best.
     winner, mesh = 0, None
     if len(run.live.alive) > 1:
         winner, mesh = select_final(run, found)
