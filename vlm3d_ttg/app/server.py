@@ -111,6 +111,21 @@ def _coerce(spec: FormField, value: Any) -> Any:
     return value
 
 
+def client_message(message: str, *, image: str | None = None, folder: Path | None = None) -> str:
+    """`message` as a client may read it: the server's paths replaced by what the client knows (its
+    upload's file name, 'the run folder'), so an error never tells a client which server files exist."""
+    replacements = []
+    if image:
+        name = Path(image).name or "the image"
+        replacements += [(os.path.realpath(image), name), (str(Path(image).resolve()), name), (str(image), name)]
+    if folder is not None:
+        replacements += [(os.path.realpath(folder), "the run folder"), (str(folder), "the run folder")]
+    for server_path, shown in sorted(set(replacements), key=lambda pair: -len(pair[0])):
+        if server_path:
+            message = message.replace(server_path, shown)
+    return message
+
+
 def _upload_path(payload: Any) -> str | None:
     """The server-side path of an uploaded file (a Gradio FileData dict, or a path string)."""
     if payload is None or payload == "":
@@ -224,11 +239,12 @@ class AppRunner:
         thread = None
         try:
             try:
-                request = validate_request(self.values(values), prompt=prompt, preset=self.preset, image=image)
+                request = validate_request(self.values(values), prompt=prompt, preset=self.preset, image=image,
+                                           baseline=self.defaults)
                 if export_format not in EXPORT_FORMATS:
                     raise InvalidInputError(f"Export format must be one of {', '.join(EXPORT_FORMATS)}, got {export_format!r}.")
             except Vlm3dError as exc:
-                yield RunEvent("error", message=str(exc))
+                yield RunEvent("error", message=client_message(str(exc), image=image))
                 return
             for warning in request.warnings:
                 yield RunEvent("warning", message=warning)
@@ -239,6 +255,8 @@ class AppRunner:
             thread.start()
             while True:
                 event = events.get()
+                if event.message:
+                    event.message = client_message(event.message, image=image, folder=folder)
                 yield event
                 if event.final:
                     break
@@ -497,5 +515,5 @@ def app_theme() -> gr.themes.Base:
     return gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
 
 
-__all__ = ["ADVANCED", "AppRunner", "EXPORT_FORMATS", "FormField", "RunEvent", "StepRelay", "app_theme", "build_app",
+__all__ = ["ADVANCED", "AppRunner", "client_message", "EXPORT_FORMATS", "FormField", "RunEvent", "StepRelay", "app_theme", "build_app",
            "form_fields", "r_plot"]
