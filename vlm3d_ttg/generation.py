@@ -190,6 +190,9 @@ class ViewCapture:
         self.then = then
 
     def __call__(self, sampler: Any, step: int, sigma: float, state: dict[str, Any]) -> dict[str, Any] | None:
+        from .interrupts import check
+
+        check()  # a stop signal some library swallowed stops the run at this step boundary
         evaluation = state.get("evaluation")
         if step in self.keep and evaluation is not None and evaluation.images is not None:
             self.views[step] = (evaluation.images.detach().clamp(0, 1) * 255).round().to(torch.uint8).cpu()

@@ -147,6 +147,38 @@ def resolve_shape_model(model: str, subfolder: str | None = None) -> ShapeVarian
     )
 
 
+def checkpoint_folders(options: Any, preset: str, *, text_to_3d: bool = False,
+                       cache_dir: str | os.PathLike | None = None) -> dict[str, Path]:
+    """Every folder whose files a run of `options` with `preset` loads (label → folder), known before
+    anything loads or is written: the offline presets' cache folders, or the real shape model's
+    $HY3DGEN_MODELS/<repo>/<subfolder>, the critic's local folder or hub-cache repo, and for text-to-3D
+    the text-to-image model's. An output may not land in any of them (`io.check_output_plan`)."""
+    from .tiny import tiny_cache_dir
+
+    if preset == "tiny":
+        return {"the tiny checkpoints": tiny_cache_dir(cache_dir)}
+    if preset == "realsize":
+        from .tiny.realsize import realsize_cache_dir
+
+        found = {"the realsize checkpoints": realsize_cache_dir(cache_dir)}
+        if text_to_3d:  # the offline presets make their input image with the tiny text-to-image model
+            found["the tiny checkpoints"] = tiny_cache_dir(cache_dir)
+        return found
+    spec = resolve_shape_model(options.shape_model, options.shape_subfolder)
+    found = {"the shape model": hy3dgen_models_dir() / spec.repo_id / spec.subfolder}
+    models = [("the critic (--vlm)", options.vlm)] + ([("the text-to-image model", options.text_to_image)] if text_to_3d else [])
+    for label, model in models:
+        local = Path(os.path.expanduser(str(model)))
+        if local.is_dir():
+            found[label] = local
+        else:
+            snapshot = _hub_cache_folder(str(model), None, filename="config.json" if label.startswith("the critic")
+                                         else "model_index.json")
+            if snapshot is not None:  # the repo's whole cache folder: snapshots link into its blobs
+                found[label] = snapshot.parent.parent
+    return found
+
+
 def _safetensors_problem(path: Path) -> str | None:
     """Why the safetensors file at `path` cannot be whole (None: its header and size agree)."""
     import json
@@ -290,12 +322,12 @@ def freeze(*modules: torch.nn.Module | None) -> None:
             module.requires_grad_(False)
 
 
-def _hub_cache_folder(model_id: str, revision: str | None = None) -> Path | None:
-    """The hub-cache snapshot folder of `model_id`, if its config.json is cached."""
+def _hub_cache_folder(model_id: str, revision: str | None = None, *, filename: str = "config.json") -> Path | None:
+    """The hub-cache snapshot folder of `model_id`, if its `filename` is cached."""
     from huggingface_hub import try_to_load_from_cache
 
     try:
-        found = try_to_load_from_cache(model_id, "config.json", revision=revision)
+        found = try_to_load_from_cache(model_id, filename, revision=revision)
     except ValueError:  # not a repo id
         return None
     return Path(found).parent if isinstance(found, str) else None
