@@ -85,3 +85,203 @@ def test_app_run_records_keep_the_mark_through_every_rewrite(tmp_path):
     assert made_by_the_app(folder)
     with pytest.raises(ValueError, match="finite"):
         RunFolders(tmp_path, max_age_hours=float("inf"))
+
+
+# ---- shared: the CLI in-process, with every model loader made to fail ----------------------------------
+
+from test_generate import FAST, run_cli  # noqa: E402  (shared helpers; rgba_image is a conftest fixture)
+
+
+@pytest.fixture()
+def cache_env(tiny_cache, monkeypatch):
+    monkeypatch.setenv("VLM3D_TTG_CACHE", str(tiny_cache))
+
+
+@pytest.fixture()
+def no_model_loads(monkeypatch):
+    """Every model loader raises: a refusal "before any model loads" must not reach one."""
+    import vlm3d_ttg.generation as generation
+    import vlm3d_ttg.models as models
+    import vlm3d_ttg.text2image as text2image
+    import vlm3d_ttg.tiny as tiny
+
+    def loaded(*args, **kwargs):
+        raise AssertionError("a model loaded (or a checkpoint was written) before the refusal")
+
+    for module, name in ((generation, "load_models"), (generation, "load_shape_pipeline"), (generation, "load_vlm"),
+                         (models, "load_shape_pipeline"), (models, "load_vlm"), (text2image, "make_input_image"),
+                         (tiny, "ensure_tiny_shape_model"), (tiny, "ensure_tiny_vlm")):
+        monkeypatch.setattr(module, name, loaded)
+
+
+def _generate(image, out, *extra):
+    return ["generate", image, "--prompt", "a robot", "--preset", "tiny", "--out", out, *FAST, *extra]
+
+
+# ---- 2. no output overwrites a file the run reads: checkpoints included ---------------------------------
+
+
+def test_an_output_onto_a_checkpoint_file_is_refused_before_any_model_loads(
+        tiny_vlm_path, tiny_shape_ref, rgba_image, tmp_path, cache_env, no_model_loads, capsys):
+    config = Path(tiny_vlm_path) / "config.json"
+    weights = sorted(Path(tiny_shape_ref.models_dir).rglob("*.safetensors"))[0]
+    before = {p: p.read_bytes() for p in (config, weights)}
+    hard_link, soft_link = tmp_path / "linked.json", tmp_path / "soft.json"
+    os.link(config, hard_link)
+    soft_link.symlink_to(config)
+    cases = [
+        (["--manifest", config], "the tiny checkpoints"),                       # the issue's reproduction
+        (["--manifest", hard_link], "the tiny checkpoints"),                    # the same file by a hard link
+        (["--manifest", soft_link], "the tiny checkpoints"),                    # ... and by a symlink
+        (["--manifest", config.parent / "new.json"], "lies inside"),            # a new file among the model's
+    ]
+    for extra, expected in cases:
+        code, _, stderr = run_cli(_generate(rgba_image, tmp_path / "r.glb", *extra), capsys)
+        assert code == 2 and expected in stderr, (extra, stderr)
+    # the mesh itself, over the shape model's weights (same suffix rules do not matter: refused as an input)
+    code, _, stderr = run_cli(_generate(rgba_image, weights.with_suffix(".glb")), capsys)
+    assert code == 2 and "lies inside" in stderr, stderr
+    assert {p: p.read_bytes() for p in before} == before and not (config.parent / "new.json").exists()
+
+
+def test_the_real_preset_checkpoint_folders_are_the_ones_it_loads(tmp_path, monkeypatch):
+    from vlm3d_ttg.generation import GenerationOptions
+    from vlm3d_ttg.io import check_output_plan
+    from vlm3d_ttg.models import checkpoint_folders
+
+    monkeypatch.setenv("HY3DGEN_MODELS", str(tmp_path / "hy"))
+    shape = tmp_path / "hy" / "tencent" / "Hunyuan3D-2" / "hunyuan3d-dit-v2-0"
+    shape.mkdir(parents=True)
+    (shape / "model.fp16.safetensors").write_bytes(b"weights")
+    critic = tmp_path / "my-critic"
+    critic.mkdir()
+    (critic / "tokenizer.json").write_text("{}")
+    folders = checkpoint_folders(GenerationOptions(vlm=str(critic)), "real")
+    assert folders == {"the shape model": shape, "the critic (--vlm)": critic}
+    os.link(critic / "tokenizer.json", tmp_path / "out.json")
+    for outputs in ({"--out": shape / "model.fp16.safetensors"}, {"--manifest": tmp_path / "out.json"}):
+        with pytest.raises(InvalidInputError, match="which this run loads"):
+            check_output_plan(outputs, read_folders=folders)
+    check_output_plan({"--out": tmp_path / "fine.glb"}, read_folders=folders)
+
+
+# ---- 3. signals ----------------------------------------------------------------------------------------
+
+
+def _earlier_outputs(out: Path) -> None:
+    """What an earlier run left at `out` (a later run must leave it byte-identical)."""
+    for path in (out, out.with_name(out.name + ".json"), out.with_name(out.name + ".silhouette.png")):
+        path.write_bytes(b"earlier " + path.name.encode())
+
+
+def _swallowing(signum, then):
+    """`then`, after a stop signal whose exception a library swallows (as an `except BaseException` in an
+    import did in the issue's reproduction)."""
+    import signal as signals
+
+    def call(*args, **kwargs):
+        try:
+            signals.raise_signal(signum)
+        except BaseException:  # noqa: BLE001  (the third-party code being imitated)
+            pass
+        return then(*args, **kwargs)
+    return call
+
+
+@pytest.mark.parametrize("where,signum,code", [("imports", "SIGINT", 130), ("loading", "SIGTERM", 143)])
+def test_a_stop_signal_a_library_swallows_still_stops_the_run(where, signum, code, rgba_image, tmp_path, cache_env,
+                                                              monkeypatch, capsys):
+    import signal as signals
+
+    import vlm3d_ttg.cli as cli
+    import vlm3d_ttg.generation as generation
+
+    out = tmp_path / "robot.glb"
+    _earlier_outputs(out)
+    before = _tree(tmp_path)
+    number = getattr(signals, signum)
+    if where == "imports":
+        monkeypatch.setattr(cli, "_register_commands", _swallowing(number, cli._register_commands))
+    else:
+        monkeypatch.setattr(generation, "load_models", _swallowing(number, generation.load_models))
+    result, _, stderr = run_cli(_generate(rgba_image, out, "--seed", "3"), capsys)
+    assert result == code, stderr
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "interrupted by" in lines[0] and "earlier outputs are untouched" in lines[0]
+    assert _tree(tmp_path) == before  # earlier outputs byte-identical, no temporaries
+
+
+def test_sigterm_during_the_commit_rolls_back_and_leaves_no_temporaries(rgba_image, tmp_path, cache_env, monkeypatch,
+                                                                        capsys):
+    import signal as signals
+
+    import vlm3d_ttg.io as io
+
+    out = tmp_path / "x.glb"
+    _earlier_outputs(out)
+    before = _tree(tmp_path)
+    real_replace, calls = os.replace, []
+
+    def replace_then_terminated(src, dst, *args, **kwargs):
+        real_replace(src, dst, *args, **kwargs)
+        calls.append(dst)
+        if len(calls) == 2:  # the mesh and the silhouette mask moved; the manifest not yet
+            signals.raise_signal(signals.SIGTERM)
+
+    monkeypatch.setattr(io.os, "replace", replace_then_terminated)
+    code, _, stderr = run_cli(_generate(rgba_image, out, "--seed", "2"), capsys)
+    monkeypatch.setattr(io.os, "replace", real_replace)
+    assert code == 143 and "SIGTERM" in stderr and len(stderr.strip().splitlines()) == 1, stderr
+    assert len(calls) >= 2 and _tree(tmp_path) == before
+
+
+def test_a_leftover_of_a_killed_run_is_removed_by_the_next_run_on_the_same_outputs(tmp_path):
+    import subprocess
+    import sys
+
+    from vlm3d_ttg.io import OutputSet
+
+    finished = subprocess.Popen([sys.executable, "-c", "pass"])
+    finished.wait()  # its pid runs no more: what a `kill -9` leaves
+    out = tmp_path / "x.glb"
+    dead = tmp_path / f".x.{finished.pid}.k3j4h5_q.tmp.glb"
+    dead_mask = tmp_path / f".x.glb.silhouette.{finished.pid}.a1b2c3d4.tmp.png"
+    alive = tmp_path / f".x.{os.getppid()}.zzzzzzzz.tmp.glb"  # a running process's: never touched
+    other = tmp_path / f".y.{finished.pid}.zzzzzzzz.tmp.glb"  # another output's: not this run's business
+    for path in (dead, dead_mask, alive, other):
+        path.write_bytes(b"half a file")
+    with OutputSet() as outputs:  # what every run commits through
+        outputs.write_bytes(out, b"mesh")
+        outputs.write_bytes(out.with_name("x.glb.silhouette.png"), b"mask")
+    assert not dead.exists() and not dead_mask.exists() and alive.exists() and other.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([alive.name, other.name, "x.glb", "x.glb.silhouette.png"])
+
+
+def test_sigterm_while_the_models_load_exits_143_in_a_real_process(rgba_image, tmp_path, tiny_cache, tiny_vlm_path):
+    """A real process and a real signal, sent once the process says (an INFO log line) it is loading."""
+    import signal as signals
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "x.glb"
+    out.write_bytes(b"the earlier mesh")
+    env = {**os.environ, "VLM3D_TTG_CACHE": str(tiny_cache), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(root),
+           "VLM3D_TTG_LOG": "INFO"}
+    process = subprocess.Popen([sys.executable, "-m", "vlm3d_ttg.cli", *map(str, _generate(rgba_image, out))], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    seen = b""
+    while b"Loading shape model" not in seen:
+        chunk = os.read(process.stderr.fileno(), 4096)
+        if not chunk:
+            break
+        seen += chunk
+    process.send_signal(signals.SIGTERM)
+    _, rest = process.communicate(timeout=300)
+    text = (seen + rest).decode()
+    assert b"Loading shape model" in seen, text
+    assert process.returncode == 143, text
+    assert [line for line in text.splitlines() if "interrupted" in line] == [
+        "interrupted by SIGTERM: nothing of this run was written; earlier outputs are untouched"]
+    assert "Traceback" not in text
+    assert out.read_bytes() == b"the earlier mesh" and sorted(p.name for p in tmp_path.iterdir()) == ["x.glb"]
