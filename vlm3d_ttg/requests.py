@@ -28,10 +28,10 @@ from .options import PRESETS, from_values
 from .search import SearchOptions, check_search_with_guidance, guided_steps_with_search
 
 #: Guidance options that change nothing in a run without guidance (--no-guidance): given with it, refused.
-#: (The views, query and reference also set the final mesh's score, and a candidate search uses the
-#: reward's terms: those stay accepted.)
-GUIDANCE_ONLY = ("scale", "step_norm", "max_step_ratio", "schedule", "sigma_window", "every", "inner_steps",
-                 "grad_mode", "silhouette_weight")
+#: (Accepted: the views, query and reference also set the final mesh's score; the σ window and --every
+#: choose the step whose x̂ fixes the silhouette camera in every run; a candidate search ranks by the
+#: reward's terms, so --silhouette-weight counts with --candidates.)
+GUIDANCE_ONLY = ("scale", "step_norm", "max_step_ratio", "schedule", "inner_steps", "grad_mode", "silhouette_weight")
 
 @dataclass(frozen=True)
 class RunRequest:
@@ -144,6 +144,10 @@ def validate_request(
 
     if preset not in PRESETS:
         raise InvalidInputError(f"Unknown preset {preset!r}; use one of {', '.join(PRESETS)}.")
+    if isinstance(prompt, str):
+        from .critic.queries import check_encoding
+
+        check_encoding(prompt, "prompt")  # before "empty": undecodable bytes are not invisible text
     if not isinstance(prompt, str) or not visible_text(prompt):
         raise InvalidInputError("--prompt is empty (no visible characters); describe the object (e.g. 'a wooden chair "
                                 "with four legs').")
@@ -218,6 +222,12 @@ def validate_options(
     options = from_values(GenerationOptions, dict(values)).validate()
     # The view size must suit the critic's family (28 px for Qwen2.5-VL, 32 for Qwen3-VL), read now from --vlm's config.
     family = critic_family_for(options.vlm, preset, options.critic_family)
+    query = values.get("query")
+    if isinstance(query, str):
+        from .critic.queries import QUERY_TEMPLATES, resolve_query
+
+        if query.strip().lower() not in QUERY_TEMPLATES:
+            resolve_query(query)  # the template's own check: names a format spec or conversion as such (as `score`)
     guidance = from_values(GuidanceConfig, dict(values)).validate(critic_family=family)
     postprocess = from_values(PostprocessConfig, dict(values)).validate()
     search = from_values(SearchOptions, dict(values)).validate()
