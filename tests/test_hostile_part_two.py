@@ -285,3 +285,183 @@ def test_sigterm_while_the_models_load_exits_143_in_a_real_process(rgba_image, t
         "interrupted by SIGTERM: nothing of this run was written; earlier outputs are untouched"]
     assert "Traceback" not in text
     assert out.read_bytes() == b"the earlier mesh" and sorted(p.name for p in tmp_path.iterdir()) == ["x.glb"]
+
+
+# ---- 5. conflicts refused: one repeated-option rule for every option; different files by inode ---------
+
+
+def _every_option():
+    """(command, the option's first spelling, takes a value) for every option of every command, from the
+    commands' own declarations (typer builds them from the dataclass options)."""
+    import typer
+
+    from vlm3d_ttg.cli import _register_commands, app
+
+    _register_commands()
+    group = typer.main.get_command(app)
+    found = []
+    for command_name, command in sorted(group.commands.items()):
+        for param in command.params:
+            if getattr(param, "param_type_name", "") != "option" or param.multiple or param.count:
+                continue
+            if param.name in ("help", "version"):
+                continue
+            found.append((command_name, param.opts[0], not param.is_flag))
+    return found
+
+
+def test_every_option_given_twice_is_refused_naming_it(capsys):
+    from vlm3d_ttg.cli import main
+
+    options = _every_option()
+    assert len(options) > 60 and ("generate", "--left", True) in options and ("app", "--runs-dir", True) in options
+    for command, flag, takes_value in options:
+        twice = [flag, "1", flag, "1"] if takes_value else [flag, flag]
+        code = main([command, *twice])
+        stderr = capsys.readouterr().err
+        assert code == 2 and "give it once" in stderr and flag in stderr, (command, flag, stderr)
+    # two spellings of one option (a switch and its negation) are the same option
+    assert main(["generate", "--guidance", "--no-guidance"]) == 2 and "give it once" in capsys.readouterr().err
+
+
+def test_a_hard_link_of_the_image_is_not_a_second_view(rgba_image, tmp_path, cache_env, no_model_loads, capsys):
+    left = tmp_path / "left.png"
+    os.link(rgba_image, left)
+    code, _, stderr = run_cli(["generate", rgba_image, "--left", left, "-p", "a robot", "--preset", "tiny",
+                               "--shape-model", "hunyuan3d-2mv", "-o", tmp_path / "m.glb", *FAST], capsys)
+    assert code == 2 and "IMAGE and --left are the same file" in stderr, stderr
+
+
+@pytest.mark.parametrize("extra,prompt,expected", [
+    (["--no-guidance", "--scale", "0.5"], "a robot", ["--scale", "no effect with --no-guidance"]),
+    (["--no-guidance", "--silhouette-weight", "2"], "a robot", ["--silhouette-weight", "--no-guidance"]),
+    (["--no-guidance", "--inner-steps", "4"], "a robot", ["--inner-steps", "--no-guidance"]),
+    ([], "\u200b", ["--prompt is empty (no visible characters)"]),
+    ([], "a robot \u202e tob", ["U+202E RIGHT-TO-LEFT OVERRIDE"]),
+    ([], "a \u2066robot", ["U+2066 LEFT-TO-RIGHT ISOLATE"]),
+    ([], "\udcff\udcfe robot", ["not valid UTF-8 (byte 0xFF at position 0)"]),  # how Python hands over bad bytes
+    (["--query", "Is it {description!r}?"], "a robot", ["format specs (':…') and conversions"]),
+    (["--vlm", "foo"], "a robot", ["--vlm would be ignored with --preset tiny"]),
+    (["--left", "{image}"], "a robot", ["--left: 'tencent/Hunyuan3D-2' takes one image"]),
+])
+def test_conflicts_and_hostile_text_are_refused_before_any_model_loads(extra, prompt, expected, rgba_image, tmp_path,
+                                                                       cache_env, no_model_loads, capsys):
+    extra = [str(rgba_image) if e == "{image}" else e for e in extra]
+    argv = ["generate", rgba_image, "--prompt", prompt, "--preset", "tiny", "--out", tmp_path / "m.glb", *FAST, *extra]
+    code, _, stderr = run_cli(argv, capsys)
+    assert code == 2, stderr
+    assert all(text in stderr for text in expected), stderr
+    assert not list(tmp_path.iterdir())
+
+
+def test_the_joiners_of_ordinary_scripts_stay_accepted():
+    from vlm3d_ttg.critic.queries import normalize_description
+
+    assert normalize_description("a \u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645 chair") .endswith("chair")  # ZWNJ
+
+
+def test_score_refuses_a_negative_view_count_whatever_the_input(rgba_image, capsys):
+    from vlm3d_ttg.cli import main
+
+    assert main(["score", str(rgba_image), "-p", "a pot", "--preset", "tiny", "--views", "-3"]) == 2
+    assert "--views must be at least 1, got -3" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("variable,value,expected", [
+    ("VLM3D_TTG_LOG", "LOUD", "VLM3D_TTG_LOG='LOUD' is not a log level"),
+    ("VLM3D_TTG_CACHE", "", "VLM3D_TTG_CACHE is set but empty"),
+    ("HY3DGEN_MODELS", " ", "HY3DGEN_MODELS is set but empty"),
+    ("HF_HUB_OFFLINE", "maybe", "HF_HUB_OFFLINE='maybe' is neither on nor off"),
+])
+def test_environment_variables_are_checked_like_options(variable, value, expected, monkeypatch, capsys):
+    from vlm3d_ttg.cli import main
+
+    monkeypatch.setenv(variable, value)
+    assert main(["--version"]) == 2
+    assert expected in capsys.readouterr().err
+
+
+# ---- 4. every file of a cached checkpoint is checked: exit 2, the file, the fix for where it lives ------
+
+
+def _damage(cache: Path, case: str) -> Path:
+    """Damage one file of the copied tiny cache as the issue did; return the file named in the refusal."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    critic = cache / "tiny-v2" / "qwen2_5_vl"
+    shape = next((cache / "tiny-v2" / "hy3dgen").rglob("config.yaml")).parent
+
+    def edit(path, change):
+        tensors = load_file(path)
+        key = sorted(k for k in tensors if tensors[k].ndim == 2 and tensors[k].is_floating_point())[0]
+        tensors[key] = change(tensors[key].clone())
+        save_file(tensors, path, metadata={"format": "pt"})
+        return path
+
+    def nan(t):
+        t.view(-1)[0] = float("nan")
+        return t
+
+    if case == "config holds []":
+        (critic / "config.json").write_text("[]")
+        return critic / "config.json"
+    if case == "tokenizer deleted":
+        (critic / "tokenizer.json").unlink()
+        return critic / "tokenizer.json"
+    if case == "critic weights deleted":
+        (critic / "model.safetensors").unlink()
+        return critic / "model.safetensors"
+    if case == "flipped bytes in the critic":
+        return edit(critic / "model.safetensors", nan)
+    if case == "a critic tensor of the wrong shape":
+        return edit(critic / "model.safetensors", lambda t: torch.zeros(t.shape[0] + 1, t.shape[1], dtype=t.dtype))
+    if case == "a shape tensor of the wrong shape":
+        return edit(shape / "model.fp16.safetensors", lambda t: torch.zeros(t.shape[0] + 1, t.shape[1], dtype=t.dtype))
+    if case == "flipped bytes in the shape model":
+        return edit(shape / "model.fp16.safetensors", nan)
+    raise KeyError(case)
+
+
+@pytest.mark.parametrize("case,problem", [
+    ("config holds []", "holds no table of settings"),
+    ("tokenizer deleted", "it is missing"),
+    ("critic weights deleted", "it is missing"),
+    ("flipped bytes in the critic", "holds NaN or infinite values"),
+    ("a critic tensor of the wrong shape", "size mismatch"),
+    ("a shape tensor of the wrong shape", "size mismatch"),
+    ("flipped bytes in the shape model", "holds NaN or infinite values"),
+])
+def test_a_damaged_tiny_cache_is_refused_naming_the_file_and_its_fix(case, problem, tiny_cache, tiny_vlm_path,
+                                                                    tiny_shape_ref, rgba_image, tmp_path, monkeypatch,
+                                                                    capsys):
+    import shutil
+
+    copy = tmp_path / "cache"
+    shutil.copytree(Path(tiny_cache) / "tiny-v2", copy / "tiny-v2", ignore=shutil.ignore_patterns("hunyuan_dit", "rembg"))
+    damaged = _damage(copy, case)
+    monkeypatch.setenv("VLM3D_TTG_CACHE", str(copy))
+    code, _, stderr = run_cli(_generate(rgba_image, tmp_path / "m.glb"), capsys)
+    assert code == 2, stderr
+    folder = damaged.parent
+    assert f"'{damaged}' cannot be read: " in stderr and problem in stderr, stderr
+    assert f"Fix: delete the folder '{folder}' and rerun" in stderr, stderr
+    assert "huggingface-cli" not in stderr and not (tmp_path / "m.glb").exists()
+
+
+def test_a_hub_checkpoint_gets_the_real_repo_id_to_download_again(tmp_path):
+    from vlm3d_ttg import load_shape_pipeline
+    from vlm3d_ttg.errors import CheckpointError
+    from vlm3d_ttg.models import rebuild_advice
+
+    folder = tmp_path / "hy" / "tencent" / "Hunyuan3D-2" / "hunyuan3d-dit-v2-0"
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text("model: {}\n")
+    with pytest.raises(CheckpointError) as refused:
+        load_shape_pipeline("hunyuan3d-2", models_dir=tmp_path / "hy", device="cpu")
+    message = str(refused.value)
+    assert f"'{folder / 'model.fp16.safetensors'}' cannot be read: it is missing" in message
+    assert (f"huggingface-cli download tencent/Hunyuan3D-2 --include 'hunyuan3d-dit-v2-0/*' "
+            f"--local-dir {tmp_path / 'hy' / 'tencent' / 'Hunyuan3D-2'}") in message
+    assert "huggingface-cli download Qwen/Qwen2.5-VL-7B-Instruct --force-download" in rebuild_advice(
+        tmp_path / "snapshot", "Qwen/Qwen2.5-VL-7B-Instruct")

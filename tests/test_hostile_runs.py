@@ -97,7 +97,8 @@ def test_ctrl_c_exits_130_with_one_line_and_leaves_earlier_outputs(rgba_image, t
     command = [sys.executable, "-m", "vlm3d_ttg.cli", *map(str, _generate(rgba_image, out))]
     before = {path: path.read_bytes() for path in (out, tmp_path / "robot.glb.json")}
     # A longer run, interrupted once it is sampling (its progress bar is on stderr).
-    slow = [c for c in command if c != "--quiet"] + ["--steps", "40", "--every", "1"]
+    slow = [c for c in command if c != "--quiet"]  # each option once (repeats are refused): the values replaced
+    slow[slow.index("--steps") + 1], slow[slow.index("--every") + 1] = "40", "1"
     process = subprocess.Popen(slow, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     seen = b""
     deadline = time.monotonic() + 120

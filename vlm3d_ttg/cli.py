@@ -130,14 +130,11 @@ def _say_error(exc: Exception) -> int:
         return 1
 
 
-#: Options whose repetition is refused: the ones naming text or files, where click's "the last one wins"
-#: silently drops what the user typed (numeric options may be overridden by a later flag, as scripts do).
-SINGLE_USE_OPTIONS = ("prompt", "query", "out", "manifest", "save_views")
-
-
 def _refuse_repeated_options(argv: list[str]) -> None:
-    """Raise InvalidInputError when an option of SINGLE_USE_OPTIONS is given twice: click would silently
-    keep the last one (`generate -p.png -p 'a toy robot'` took '.png' for nothing and ran text-to-3D)."""
+    """Raise InvalidInputError when any option (one that does not take several values) is given twice, by
+    any of its spellings (`--guidance --no-guidance` too): click would silently keep the last one
+    (`generate -p.png -p 'a toy robot'` took '.png' for nothing; `--left a.png --left b.png` dropped a.png).
+    One rule for every option of every command."""
     from .errors import InvalidInputError
 
     group = typer.main.get_command(app)  # typer may bring its own copy of click: duck-typed below
@@ -167,7 +164,7 @@ def _refuse_repeated_options(argv: list[str]) -> None:
             continue
         seen.setdefault(param.name, []).append(token if attached else name)
     for name, spellings in seen.items():
-        if name in SINGLE_USE_OPTIONS and len(spellings) > 1:
+        if len(spellings) > 1:
             raise InvalidInputError(
                 f"{' and '.join(repr(s) for s in spellings)} give the same option {len(spellings)} times; give it once "
                 "(the last one would silently win)."

@@ -205,9 +205,17 @@ def check_views(image: str | os.PathLike | None, given: Mapping[str, str | os.Pa
                                 "least one of --left, --back, --right.")
     if image is not None and views:
         paths = {"IMAGE": image, **{f"--{name}": path for name, path in views.items()}}
-        resolved = [Path(p).resolve() for p in paths.values()]
-        if len(set(resolved)) != len(resolved):
-            raise InvalidInputError(f"The views must be different files, got {', '.join(f'{k} {v}' for k, v in paths.items())}.")
+        seen: dict[Any, str] = {}
+        for flag, path in paths.items():  # different files: by device and inode (hard links), else by real path
+            try:
+                info = os.stat(path)
+                identity: Any = (info.st_dev, info.st_ino)
+            except OSError:
+                identity = os.path.realpath(path)
+            if identity in seen:
+                raise InvalidInputError(f"{seen[identity]} and {flag} are the same file ('{paths[seen[identity]]}', "
+                                        f"'{path}'); the views must be different pictures of the object.")
+            seen[identity] = flag
     return views
 
 
