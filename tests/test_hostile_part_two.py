@@ -97,23 +97,6 @@ def cache_env(tiny_cache, monkeypatch):
     monkeypatch.setenv("VLM3D_TTG_CACHE", str(tiny_cache))
 
 
-@pytest.fixture()
-def no_model_loads(monkeypatch):
-    """Every model loader raises: a refusal "before any model loads" must not reach one."""
-    import vlm3d_ttg.generation as generation
-    import vlm3d_ttg.models as models
-    import vlm3d_ttg.text2image as text2image
-    import vlm3d_ttg.tiny as tiny
-
-    def loaded(*args, **kwargs):
-        raise AssertionError("a model loaded (or a checkpoint was written) before the refusal")
-
-    for module, name in ((generation, "load_models"), (generation, "load_shape_pipeline"), (generation, "load_vlm"),
-                         (models, "load_shape_pipeline"), (models, "load_vlm"), (text2image, "make_input_image"),
-                         (tiny, "ensure_tiny_shape_model"), (tiny, "ensure_tiny_vlm")):
-        monkeypatch.setattr(module, name, loaded)
-
-
 def _generate(image, out, *extra):
     return ["generate", image, "--prompt", "a robot", "--preset", "tiny", "--out", out, *FAST, *extra]
 
@@ -465,3 +448,66 @@ def test_a_hub_checkpoint_gets_the_real_repo_id_to_download_again(tmp_path):
             f"--local-dir {tmp_path / 'hy' / 'tencent' / 'Hunyuan3D-2'}") in message
     assert "huggingface-cli download Qwen/Qwen2.5-VL-7B-Instruct --force-download" in rebuild_advice(
         tmp_path / "snapshot", "Qwen/Qwen2.5-VL-7B-Instruct")
+
+
+# ---- 6. the app fails fast, before loading models, and speaks like the CLI --------------------------------
+
+
+def test_the_app_refuses_settings_no_request_could_run_before_loading(tmp_path, cache_env, no_model_loads, monkeypatch,
+                                                                      capsys):
+    import socket
+
+    import vlm3d_ttg.preflight as preflight
+    from vlm3d_ttg.cli import main
+
+    a_file = tmp_path / "runs.txt"
+    a_file.write_text("not a folder")
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    port = busy.getsockname()[1]
+    cases = [
+        (["--vlm", "foo"], "--vlm would be ignored with --preset tiny"),
+        (["--shape-model", "hunyuan3d-2mv"], "is a multi-view model, and the app takes one image"),
+        (["--runs-dir", a_file], f"--runs-dir '{a_file}': '{a_file}' is a file, not a folder"),
+        (["--runs-dir", a_file / "sub"], "is a file, not a folder"),
+        (["--max-age-hours", "inf"], "--max-age-hours must be a number in (0, 87600], got inf"),
+        (["--max-age-hours", "nan"], "--max-age-hours must be a number"),
+        (["--port", str(port)], f"Cannot serve on 127.0.0.1:{port}: it is in use"),
+        (["--no-guidance", "--scale", "0.5"], "--scale has no effect with --no-guidance"),
+    ]
+    try:
+        for extra, expected in cases:
+            code = main(["app", "--preset", "tiny", *map(str, extra)])
+            stderr = capsys.readouterr().err
+            assert code == 2 and expected in stderr, (extra, stderr)
+    finally:
+        busy.close()
+    # defaults that cannot fit: the preflight runs at start
+    monkeypatch.setattr(preflight, "host_memory_available", lambda: 64 * 1024**2)
+    assert main(["app", "--preset", "tiny"]) == 2 and "more than the" in capsys.readouterr().err
+
+
+def test_api_values_of_the_wrong_kind_get_the_cli_message_and_no_server_path(tmp_path, no_model_loads):
+    pytest.importorskip("gradio", reason="the app needs the [app] extra")
+    from vlm3d_ttg.app.runs import RunFolders
+    from vlm3d_ttg.app.server import AppRunner
+
+    runner = AppRunner(None, preset="tiny", defaults={}, runs=RunFolders(tmp_path / "runs"))
+
+    def first_error(**asked):
+        events = list(runner.run_events("session", **{"image": None, "prompt": "a robot", "values": {},
+                                                      "export_format": "glb", "baseline": False, **asked}))
+        assert events[-1].kind == "error", events
+        return events[-1].message
+
+    message = first_error(values={"sigma_window": 5})
+    assert "'--sigma-window' (sigma_window): expected text like '0.2,0.85', got int 5" in message
+    assert "expected an integer" in first_error(values={"steps": "many"})
+    assert "expected true or false" in first_error(values={"enabled": "yes"})
+    upload = tmp_path / "gradio-uploads" / "0123abcd" / "hostname"
+    upload.parent.mkdir(parents=True)
+    upload.write_text("a text file, not an image")
+    message = first_error(image=str(upload))
+    assert "'hostname'" in message and str(upload.parent) not in message and "gradio-uploads" not in message
+    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())  # no run folder for a refusal
