@@ -130,7 +130,7 @@ def test_an_output_onto_a_checkpoint_file_is_refused_before_any_model_loads(
 def test_the_real_preset_checkpoint_folders_are_the_ones_it_loads(tmp_path, monkeypatch):
     from vlm3d_ttg.generation import GenerationOptions
     from vlm3d_ttg.io import check_output_plan
-    from vlm3d_ttg.models import checkpoint_folders
+    from vlm3d_ttg.generation import checkpoint_folders
 
     monkeypatch.setenv("HY3DGEN_MODELS", str(tmp_path / "hy"))
     shape = tmp_path / "hy" / "tencent" / "Hunyuan3D-2" / "hunyuan3d-dit-v2-0"

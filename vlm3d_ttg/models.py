@@ -147,38 +147,6 @@ def resolve_shape_model(model: str, subfolder: str | None = None) -> ShapeVarian
     )
 
 
-def checkpoint_folders(options: Any, preset: str, *, text_to_3d: bool = False,
-                       cache_dir: str | os.PathLike | None = None) -> dict[str, Path]:
-    """Every folder whose files a run of `options` with `preset` loads (label → folder), known before
-    anything loads or is written: the offline presets' cache folders, or the real shape model's
-    $HY3DGEN_MODELS/<repo>/<subfolder>, the critic's local folder or hub-cache repo, and for text-to-3D
-    the text-to-image model's. An output may not land in any of them (`io.check_output_plan`)."""
-    from .tiny import tiny_cache_dir
-
-    if preset == "tiny":
-        return {"the tiny checkpoints": tiny_cache_dir(cache_dir)}
-    if preset == "realsize":
-        from .tiny.realsize import realsize_cache_dir
-
-        found = {"the realsize checkpoints": realsize_cache_dir(cache_dir)}
-        if text_to_3d:  # the offline presets make their input image with the tiny text-to-image model
-            found["the tiny checkpoints"] = tiny_cache_dir(cache_dir)
-        return found
-    spec = resolve_shape_model(options.shape_model, options.shape_subfolder)
-    found = {"the shape model": hy3dgen_models_dir() / spec.repo_id / spec.subfolder}
-    models = [("the critic (--vlm)", options.vlm)] + ([("the text-to-image model", options.text_to_image)] if text_to_3d else [])
-    for label, model in models:
-        local = Path(os.path.expanduser(str(model)))
-        if local.is_dir():
-            found[label] = local
-        else:
-            snapshot = _hub_cache_folder(str(model), None, filename="config.json" if label.startswith("the critic")
-                                         else "model_index.json")
-            if snapshot is not None:  # the repo's whole cache folder: snapshots link into its blobs
-                found[label] = snapshot.parent.parent
-    return found
-
-
 def _safetensors_problem(path: Path) -> str | None:
     """Why the safetensors file at `path` cannot be whole (None: its header and size agree)."""
     import json
@@ -274,21 +242,23 @@ def _check_weights_present(root: Path, names: tuple[str, ...], fix: str) -> None
 
 def offline_cache_folder(path: str | os.PathLike) -> Path | None:
     """The checkpoint folder the offline presets wrote that `path` is in or is (e.g. <cache>/tiny-v2/qwen2_5_vl,
-    or <cache>/tiny-v2/hy3dgen/<owner>/<repo>/<subfolder>), or None when `path` is not in their cache."""
-    from .tiny import tiny_cache_dir
-    from .tiny.realsize import realsize_cache_dir
+    <cache>/realsize-v2/depth-1/qwen2_5_vl or <cache>/tiny-v2/hy3dgen/<owner>/<repo>/<subfolder>), or None
+    when `path` is not in their cache ($VLM3D_TTG_CACHE: tiny-vN/ and realsize-vN/depth-D/ folders)."""
+    import re
 
-    resolved = Path(os.path.realpath(path))
-    for root, prefix in ((tiny_cache_dir(), 0), (realsize_cache_dir(), 1)):  # realsize: <root>/depth-N/...
-        root = Path(os.path.realpath(root))
-        try:
-            parts = resolved.relative_to(root).parts
-        except ValueError:
-            continue
-        rest = parts[prefix:]
-        size = 4 if rest[:1] == ("hy3dgen",) else 1  # hy3dgen/<owner>/<repo>/<subfolder>, or one folder
-        return root.joinpath(*parts[: prefix + size]) if len(rest) >= size else root.joinpath(*parts)
-    return None
+    from .tiny import tiny_cache_dir
+
+    base = Path(os.path.realpath(tiny_cache_dir().parent))
+    try:
+        parts = Path(os.path.realpath(path)).relative_to(base).parts
+    except ValueError:
+        return None
+    if not parts or not re.fullmatch(r"(tiny|realsize)-v\d+", parts[0]):
+        return None
+    prefix = 2 if len(parts) > 1 and re.fullmatch(r"depth-\d+", parts[1]) else 1
+    rest = parts[prefix:]
+    size = 4 if rest[:1] == ("hy3dgen",) else 1  # hy3dgen/<owner>/<repo>/<subfolder>, or one folder
+    return base.joinpath(*parts[: prefix + size]) if len(rest) >= size else base.joinpath(*parts)
 
 
 def rebuild_advice(folder: str | os.PathLike, repo_id: str | None = None, *, subfolder: str | None = None,
@@ -446,7 +416,7 @@ def freeze(*modules: torch.nn.Module | None) -> None:
             module.requires_grad_(False)
 
 
-def _hub_cache_folder(model_id: str, revision: str | None = None, *, filename: str = "config.json") -> Path | None:
+def hub_cache_folder(model_id: str, revision: str | None = None, *, filename: str = "config.json") -> Path | None:
     """The hub-cache snapshot folder of `model_id`, if its `filename` is cached."""
     from huggingface_hub import try_to_load_from_cache
 
@@ -486,7 +456,7 @@ def load_vlm(
     if is_local:
         model_id = os.path.expanduser(model_id)
     local_only = is_local or not allow_download or hub_offline()
-    on_disk = Path(model_id) if is_local else _hub_cache_folder(model_id, revision)
+    on_disk = Path(model_id) if is_local else hub_cache_folder(model_id, revision)
     fix = rebuild_advice(on_disk, None if is_local else model_id) if on_disk is not None else ""
     if on_disk is not None:  # a missing, truncated or corrupt file is named, with how to rebuild it
         check_checkpoint_folder(on_disk, fix, required=CRITIC_FILES if local_only else (),

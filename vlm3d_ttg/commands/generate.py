@@ -103,7 +103,7 @@ def _generate(
                                   view_steps=steps_to_keep(keep_views, planned) if save_views is not None else (),
                                   candidates=search.searching, input_image_path=input_image_path)
     # ... and against every file of every checkpoint and cache the run will load (not loaded yet).
-    from ..models import checkpoint_folders
+    from ..generation import checkpoint_folders
 
     check_output_plan(planned_outputs, {"IMAGE": image, **{f"--{name}": path for name, path in extra_views.items()}},
                       read_folders=checkpoint_folders(run_options, preset.value, text_to_3d=image is None))
