@@ -312,7 +312,7 @@ def test_a_hard_link_of_the_image_is_not_a_second_view(rgba_image, tmp_path, cac
     os.link(rgba_image, left)
     code, _, stderr = run_cli(["generate", rgba_image, "--left", left, "-p", "a robot", "--preset", "tiny",
                                "--shape-model", "hunyuan3d-2mv", "-o", tmp_path / "m.glb", *FAST], capsys)
-    assert code == 2 and "IMAGE and --left are the same file" in stderr, stderr
+    assert code == 2 and "IMAGE and --left are the same file" in stderr and "must be different files" in stderr, stderr
 
 
 @pytest.mark.parametrize("extra,prompt,expected", [
@@ -372,8 +372,10 @@ def _damage(cache: Path, case: str) -> Path:
     import torch
     from safetensors.torch import load_file, save_file
 
+    from vlm3d_ttg.tiny.hunyuan import TINY_SHAPE_REPO, TINY_SHAPE_SUBFOLDER
+
     critic = cache / "tiny-v2" / "qwen2_5_vl"
-    shape = next((cache / "tiny-v2" / "hy3dgen").rglob("config.yaml")).parent
+    shape = cache / "tiny-v2" / "hy3dgen" / TINY_SHAPE_REPO / TINY_SHAPE_SUBFOLDER  # the variant a default run loads
 
     def edit(path, change):
         tensors = load_file(path)

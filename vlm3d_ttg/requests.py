@@ -214,7 +214,8 @@ def check_views(image: str | os.PathLike | None, given: Mapping[str, str | os.Pa
                 identity = os.path.realpath(path)
             if identity in seen:
                 raise InvalidInputError(f"{seen[identity]} and {flag} are the same file ('{paths[seen[identity]]}', "
-                                        f"'{path}'); the views must be different pictures of the object.")
+                                        f"'{path}'): the views must be different files, each a picture of the object "
+                                        "from its side.")
             seen[identity] = flag
     return views
 
