@@ -507,9 +507,27 @@ def test_api_values_of_the_wrong_kind_get_the_cli_message_and_no_server_path(tmp
     assert "'--sigma-window' (sigma_window): expected text like '0.2,0.85', got int 5" in message
     assert "expected an integer" in first_error(values={"steps": "many"})
     assert "expected true or false" in first_error(values={"enabled": "yes"})
+    assert "Invalid value for 'baseline': expected true or false, got str 'yes'" in first_error(baseline="yes")
+    assert "Invalid value for 'description': expected text, got int 5" in first_error(prompt=5)
     upload = tmp_path / "gradio-uploads" / "0123abcd" / "hostname"
     upload.parent.mkdir(parents=True)
     upload.write_text("a text file, not an image")
     message = first_error(image=str(upload))
     assert "'hostname'" in message and str(upload.parent) not in message and "gradio-uploads" not in message
     assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())  # no run folder for a refusal
+
+
+def test_a_write_that_fails_without_a_file_name_names_the_output(tmp_path):
+    """Disk full / `ulimit -f` ("File too large") raise OSErrors without a file name: the error names the
+    output being written (the docs promise the path), and nothing is left behind."""
+    import errno
+
+    from vlm3d_ttg.io import OutputSet
+
+    out = tmp_path / "m.glb"
+    with pytest.raises(OSError) as failed:
+        with OutputSet() as outputs:
+            outputs.stage(out)
+            raise OSError(errno.EFBIG, "File too large")
+    assert failed.value.filename == str(out) and failed.value.errno == errno.EFBIG
+    assert not list(tmp_path.iterdir())

@@ -239,6 +239,11 @@ class AppRunner:
         thread = None
         try:
             try:
+                for name, value, kind, what in (("description", prompt, str, "text"),
+                                                ("baseline", baseline, bool, "true or false")):
+                    if not isinstance(value, kind):
+                        raise InvalidInputError(f"Invalid value for '{name}': expected {what}, got "
+                                                f"{type(value).__name__} {value!r}.")
                 request = validate_request(self.values(values), prompt=prompt, preset=self.preset, image=image,
                                            baseline=self.defaults)
                 if export_format not in EXPORT_FORMATS:
@@ -407,8 +412,8 @@ def build_app(runner: AppRunner, *, concurrency: int = 1) -> gr.Blocks:
             image_payload, prompt, *option_values = raw
             chosen_format, want_baseline = option_values[-2:]
             values = {spec.name: _coerce(spec, value) for spec, value in zip(names, option_values[:-2])}
-            return dict(image=_upload_path(image_payload), prompt=prompt or "", values=values,
-                        export_format=chosen_format, baseline=bool(want_baseline))
+            return dict(image=_upload_path(image_payload), prompt="" if prompt is None else prompt, values=values,
+                        export_format=chosen_format, baseline=bool(want_baseline) if want_baseline is None else want_baseline)
 
         skip = gr.skip
 
