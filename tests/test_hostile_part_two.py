@@ -531,3 +531,18 @@ def test_a_write_that_fails_without_a_file_name_names_the_output(tmp_path):
             raise OSError(errno.EFBIG, "File too large")
     assert failed.value.filename == str(out) and failed.value.errno == errno.EFBIG
     assert not list(tmp_path.iterdir())
+
+
+def test_an_unknown_api_endpoint_is_a_404_not_a_server_error(tmp_path):
+    pytest.importorskip("gradio", reason="the app needs the [app] extra")
+    from fastapi.testclient import TestClient
+    from gradio.routes import App
+
+    from vlm3d_ttg.app.runs import RunFolders
+    from vlm3d_ttg.app.server import AppRunner, api_exception_handlers, build_app
+
+    demo = build_app(AppRunner(None, preset="tiny", defaults={}, runs=RunFolders(tmp_path / "runs")))
+    demo.queue()
+    client = TestClient(App.create_app(demo, app_kwargs={"exception_handlers": api_exception_handlers()}))
+    answer = client.post("/gradio_api/call/nope", json={"data": []})
+    assert answer.status_code == 404 and "/generate and /cancel" in answer.json()["detail"]

@@ -515,10 +515,23 @@ def _final_html(result: GenerationResult, base: GenerationResult | None) -> str:
     return f"<p>{text} <small>(the critic's score of each final mesh, from fixed cameras)</small></p>"
 
 
+def api_exception_handlers() -> dict:
+    """FastAPI exception handlers for the app's server (Gradio's `launch(app_kwargs=...)`): a call to an API
+    endpoint that does not exist is a client's mistake (404 naming the endpoints), not a server error (500)."""
+    from fastapi.responses import JSONResponse
+    from gradio.route_utils import FnIndexInferError
+
+    def unknown_endpoint(request: Any, exc: Exception) -> JSONResponse:
+        return JSONResponse(status_code=404, content={
+            "detail": "No such API endpoint; this app has /generate and /cancel (see the page's 'Use via API')."})
+
+    return {FnIndexInferError: unknown_endpoint}
+
+
 def app_theme() -> gr.themes.Base:
     """Gradio's default look with system fonts (the default theme fetches web fonts; the app works offline)."""
     return gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
 
 
-__all__ = ["ADVANCED", "AppRunner", "client_message", "EXPORT_FORMATS", "FormField", "RunEvent", "StepRelay", "app_theme", "build_app",
+__all__ = ["ADVANCED", "AppRunner", "api_exception_handlers", "client_message", "EXPORT_FORMATS", "FormField", "RunEvent", "StepRelay", "app_theme", "build_app",
            "form_fields", "r_plot"]

@@ -82,7 +82,7 @@ def _app(
         typer.secho(f"warning: {warning}", err=True, fg=typer.colors.YELLOW)
 
     from ..app.runs import RunFolders
-    from ..app.server import AppRunner, app_theme, build_app, CSS
+    from ..app.server import AppRunner, CSS, api_exception_handlers, app_theme, build_app
     from ..generation import load_models
 
     runs = RunFolders(folder, keep=keep_runs, max_age_hours=max_age_hours)
@@ -95,7 +95,8 @@ def _app(
     where = LOOPBACK_NOTE if _is_loopback(host) else "OPEN TO THE NETWORK"
     typer.echo(f"serving on http://{host}:{port}  ({where}; Ctrl-C stops it)")
     demo.launch(server_name=host, server_port=port, share=share, show_error=True, quiet=True, ssr_mode=False,
-                allowed_paths=[str(folder)], theme=app_theme(), css=CSS, mcp_server=False, footer_links=["api"])
+                allowed_paths=[str(folder)], theme=app_theme(), css=CSS, mcp_server=False, footer_links=["api"],
+                app_kwargs={"exception_handlers": api_exception_handlers()})
 
 
 #: --max-age-hours' bound (10 years): larger values overflow the clock arithmetic of cleanup and Gradio's cache.
