@@ -546,3 +546,25 @@ def test_an_unknown_api_endpoint_is_a_404_not_a_server_error(tmp_path):
     client = TestClient(App.create_app(demo, app_kwargs={"exception_handlers": api_exception_handlers()}))
     answer = client.post("/gradio_api/call/nope", json={"data": []})
     assert answer.status_code == 404 and "/generate and /cancel" in answer.json()["detail"]
+
+
+def test_a_signal_during_the_console_scripts_own_imports_is_kept_for_main(tmp_path, capsys):
+    """The console script records stop signals from the top of vlm3d_ttg.cli (before typer and the commands
+    import; `interrupts.record_early`), and main() raises what arrived: exit 130, one line."""
+    import signal as signals
+
+    from vlm3d_ttg import interrupts
+    from vlm3d_ttg.cli import main
+
+    saved = {signum: signals.getsignal(signum) for signum in interrupts.STOP_SIGNALS}
+    try:
+        interrupts.record_early()
+        signals.raise_signal(signals.SIGINT)  # recorded, not raised: no handler could catch it yet
+        code = main(["--version"])
+    finally:
+        for signum, handler in saved.items():
+            signals.signal(signum, handler)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 130 and lines == ["interrupted by Ctrl-C (SIGINT): nothing of this run was written; earlier outputs "
+                                     "are untouched"], lines
+    assert interrupts.received() is None  # forgotten again: a later library call in this process is not stopped

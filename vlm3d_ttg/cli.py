@@ -7,7 +7,10 @@ import sys
 
 from . import interrupts
 
-import typer  # noqa: E402  (after interrupts: nothing heavy before main() can install its handlers)
+if __name__ == "__main__" or os.path.basename(sys.argv[0] or "") == "vlm3d-ttg":
+    interrupts.record_early()  # the command's process: a stop signal during the imports below is kept for main()
+
+import typer  # noqa: E402
 
 from .errors import Vlm3dError  # noqa: E402
 from .logs import configure_logging, log_level, quiet_libraries  # noqa: E402
@@ -66,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else list(argv)
     try:
         try:
+            interrupts.check()  # a signal that arrived while this module was imported
             from .env import check_environment
 
             check_environment()  # environment variables are checked like options (exit 2)

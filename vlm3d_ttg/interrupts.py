@@ -22,6 +22,7 @@ STOP_SIGNALS = {signal.SIGINT: "Ctrl-C (SIGINT)", signal.SIGTERM: "SIGTERM"}
 
 _received: int | None = None
 _committed: list[Path] = []
+_raising = False  # False while only recording (the console script's own imports, before main() runs)
 
 
 class Interrupted(BaseException):
@@ -41,28 +42,41 @@ def _handle(signum: int, frame: Any) -> None:
     global _received
     first = _received is None
     _received = signum if first else _received
-    if first:
+    if first and _raising:
         raise Interrupted(signum)
 
 
+def record_early() -> None:
+    """Record (not raise) SIGINT and SIGTERM from now on: for the console script's own imports, before
+    `main()` can handle an exception; `install()` then keeps what arrived and `check()` raises it."""
+    if threading.current_thread() is threading.main_thread():
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, _handle)
+
+
 def install() -> dict[int, Any]:
-    """Make SIGINT and SIGTERM raise `Interrupted` in this (main) thread, forgetting any earlier signal;
-    return the previous handlers for `restore`. Elsewhere than the main thread, nothing is installed."""
-    global _received
-    _received = None
-    _committed.clear()
+    """Make SIGINT and SIGTERM raise `Interrupted` in this (main) thread, forgetting any earlier signal
+    (except one `record_early` kept); return the previous handlers for `restore`. Elsewhere than the
+    main thread, nothing is installed."""
+    global _received, _raising
     if threading.current_thread() is not threading.main_thread():
         return {}
-    return {signum: signal.signal(signum, _handle) for signum in STOP_SIGNALS}
+    early = signal.getsignal(signal.SIGINT) is _handle and not _raising
+    if not early:
+        _received = None
+        _committed.clear()
+    _raising = True
+    previous = {signum: signal.signal(signum, _handle) for signum in STOP_SIGNALS}
+    return {} if early else previous
 
 
 def restore(previous: dict[int, Any]) -> None:
     """Put back the handlers `install` replaced, and forget the signal (library calls after a command
     in the same process are not stopped by it)."""
-    global _received
+    global _received, _raising
     for signum, handler in previous.items():
         signal.signal(signum, handler)
-    _received = None
+    _received, _raising = None, False
     _committed.clear()
 
 
@@ -124,5 +138,5 @@ def _running(pid: int) -> bool:
     return True
 
 
-__all__ = ["Interrupted", "STOP_SIGNALS", "check", "committed", "forget_staging_leftovers", "install", "note_committed",
+__all__ = ["Interrupted", "STOP_SIGNALS", "check", "committed", "forget_staging_leftovers", "install", "note_committed", "record_early",
            "received", "restore"]
