@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 from . import interrupts
@@ -86,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
             interrupts.check()
             return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
         except KeyboardInterrupt:  # a library turned our signal into its own KeyboardInterrupt
-            raise interrupts.Interrupted(interrupts.received() or 2) from None
+            raise interrupts.Interrupted(interrupts.received() or signal.SIGINT) from None
     except interrupts.Interrupted as stop:
         return _say_interrupted(stop)
     except BaseException as exc:
@@ -109,29 +110,21 @@ def _say_interrupted(stop: interrupts.Interrupted) -> int:
 
 
 def _say_error(exc: Exception) -> int:
-    """Print `exc` as the user's (exit 2) or as a fault of ours (exit 1); return the exit code."""
-    try:
-        raise exc
-    except Vlm3dError:
+    """Print `exc` as the user's (exit 2: our refusals, and the machine's OSErrors) or as a fault of ours
+    (exit 1; VLM3D_TTG_DEBUG=1 re-raises it for the traceback); return the exit code."""
+    if isinstance(exc, Vlm3dError):
         typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
         return 2
-    except OSError as exc:
-        # The machine said no (disk full, permission, read-only file system): the user's to fix.
-        if os.environ.get("VLM3D_TTG_DEBUG"):
-            raise
+    if os.environ.get("VLM3D_TTG_DEBUG"):
+        raise exc
+    if isinstance(exc, OSError):  # the machine said no (disk full, permission, read-only file system)
         where = getattr(exc, "filename", None) or "the file system"
         typer.secho(f"error: {exc.strerror or exc} ({where}); nothing of this run was written", err=True,
                     fg=typer.colors.RED)
         return 2
-    except Exception as exc:
-        if os.environ.get("VLM3D_TTG_DEBUG"):
-            raise
-        typer.secho(
-            f"error: unexpected {type(exc).__name__}: {exc} (set VLM3D_TTG_DEBUG=1 for the traceback)",
-            err=True,
-            fg=typer.colors.RED,
-        )
-        return 1
+    typer.secho(f"error: unexpected {type(exc).__name__}: {exc} (set VLM3D_TTG_DEBUG=1 for the traceback)", err=True,
+                fg=typer.colors.RED)
+    return 1
 
 
 def _refuse_repeated_options(argv: list[str]) -> None:
