@@ -4,6 +4,8 @@ unchanged; the registry refuses what it does not know."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 
 import numpy as np
@@ -63,10 +65,28 @@ def test_guided_sampling_search_and_the_manifest_run_on_a_second_backbone(analyt
     guidance = GuidanceConfig(num_views=1, view_size=56, grid_resolution=32, sigma_window=(0.1, 0.95), every=2,
                               reference=True)
     out = tmp_path / "shape.glb"
-    result = generate_mesh(models, image=ellipse_image(tmp_path / "in.png"), prompt="an orange egg", out=out,
-                           manifest_path=tmp_path / "shape.glb.json", guidance=guidance,
-                           options=GenerationOptions(steps=6, octree_resolution=32), progress=False,
-                           search=SearchOptions(candidates=2, select_at=0.3))
+    image = ellipse_image(tmp_path / "in.png")
+
+    def run(config, out, seen):
+        def keep(sampler, step, sigma, state):
+            seen[step] = (state["latents"].detach().clone(), state["displacement"])
+        return generate_mesh(models, image=image, prompt="an orange egg", out=out, manifest_path=out.with_suffix(".glb.json"),
+                             guidance=config, options=GenerationOptions(steps=6, octree_resolution=32), progress=False,
+                             search=SearchOptions(candidates=2, select_at=0.3), step_callback=keep)
+
+    guided_steps, unguided_steps = {}, {}
+    result = run(guidance, out, guided_steps)
+    run(dataclasses.replace(guidance, enabled=False), tmp_path / "unguided.glb", unguided_steps)
+    # The guided steps move the latent: the guided run's latents leave the unguided run's (same seed, same
+    # search) at its first guided step, by exactly the displacement the sampler recorded there.
+    moved = [step for step, (_, displacement) in sorted(guided_steps.items()) if displacement is not None]
+    first = moved[0]
+    for step in range(first):
+        assert torch.equal(guided_steps[step][0], unguided_steps[step][0]), step
+    latents, displacement = guided_steps[first]
+    assert float(displacement.abs().max()) > 0
+    torch.testing.assert_close(latents.float() - unguided_steps[first][0].float(), displacement.float().reshape(latents.shape),
+                               rtol=1e-4, atol=1e-5)
     manifest = json.loads((tmp_path / "shape.glb.json").read_text())
     assert manifest["models"]["backbone"] == "analytic"
     guided = [r for r in manifest["records"] if r["guided"]]

@@ -373,8 +373,9 @@ BAD_INPUTS = {
     "empty description in batch": (lambda: _images(2, 3, 56, 56), ["a chair", " "], "description is empty"),
     "descriptions vs view sets": (lambda: _images(3, 2, 3, 56, 56), ["a", "b"], "2 descriptions for 3 view sets"),
     "description as a string": (lambda: _images(2, 3, 56, 56), "a chair", "list of strings"),
-    # A description this long is refused by its length bound (critic/queries.py) before the context check.
-    "prompt longer than context": (lambda: _images(1, 3, 56, 56), ["chair " * 5000], "characters long; at most 1,000"),
+    # The description's own length bound (critic/queries.py) comes before the context check.
+    "description over the 1,000-character bound": (lambda: _images(1, 3, 56, 56), ["chair " * 5000],
+                                                    "characters long; at most 1,000"),
     "too many image tokens": (lambda: torch.full((5, 3, 896, 896), 0.5), None, "longer than the model's context"),
 }
 

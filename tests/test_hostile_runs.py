@@ -84,8 +84,10 @@ def test_the_manifest_cannot_be_the_plot(rgba_image, tmp_path, cache_env, capsys
 
 
 def test_a_run_with_nothing_to_guide_says_so(rgba_image, tmp_path, cache_env, capsys):
-    code, stdout, stderr = run_cli(_generate(rgba_image, tmp_path / "r.glb", "--sigma-window", "0.9,0.95"), capsys)
-    assert code == 0
+    args = _generate(rgba_image, tmp_path / "r.glb")
+    args[args.index("--sigma-window") + 1] = "0.9,0.95"  # FAST's window replaced (an option given twice is refused)
+    code, stdout, stderr = run_cli(args, capsys)
+    assert code == 0, stderr
     assert "no step of a 8-step run falls in the σ window" in stderr
     assert "guidance  on, but no step" in stdout and "guidance  off" not in stdout
 
@@ -97,7 +99,8 @@ def test_ctrl_c_exits_130_with_one_line_and_leaves_earlier_outputs(rgba_image, t
     command = [sys.executable, "-m", "vlm3d_ttg.cli", *map(str, _generate(rgba_image, out))]
     before = {path: path.read_bytes() for path in (out, tmp_path / "robot.glb.json")}
     # A longer run, interrupted once it is sampling (its progress bar is on stderr).
-    slow = [c for c in command if c != "--quiet"] + ["--steps", "40", "--every", "1"]
+    slow = [c for c in command if c != "--quiet"]  # each option once (repeats are refused): the values replaced
+    slow[slow.index("--steps") + 1], slow[slow.index("--every") + 1] = "40", "1"
     process = subprocess.Popen(slow, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     seen = b""
     deadline = time.monotonic() + 120

@@ -47,7 +47,7 @@ def earlier_run(rgba_image, tmp_path, cache_env, capsys):
     ("o/b.glb", "o/b.glb.json", False, ("--save-views", "--manifest")),  # views folder = this run's manifest
 ])
 def test_a_views_folder_on_another_output_is_refused_and_changes_nothing(
-        earlier_run, out, views, plot, names, tmp_path, capsys):
+        earlier_run, out, views, plot, names, tmp_path, capsys, no_model_loads):
     before = snapshot(tmp_path)
     extra = ["--seed", "2", "--save-views", tmp_path / views] + (["--plot"] if plot else [])
     code, _, stderr = run_cli(_generate(tmp_path / "img.png", tmp_path / out, *extra), capsys)
@@ -57,7 +57,7 @@ def test_a_views_folder_on_another_output_is_refused_and_changes_nothing(
     assert snapshot(tmp_path) == before  # the seed-1 manifest, mesh and no new folder
 
 
-def test_an_output_onto_the_input_image_is_refused(rgba_image, tmp_path, cache_env, capsys):
+def test_an_output_onto_the_input_image_is_refused(rgba_image, tmp_path, cache_env, capsys, no_model_loads):
     image = tmp_path / "input_as.glb"  # a PNG under a mesh's name
     shutil.copy(rgba_image, image)
     before = snapshot(tmp_path)
@@ -66,7 +66,7 @@ def test_an_output_onto_the_input_image_is_refused(rgba_image, tmp_path, cache_e
     assert snapshot(tmp_path) == before
 
 
-def test_a_views_folder_holding_the_input_is_refused(rgba_image, tmp_path, cache_env, capsys):
+def test_a_views_folder_holding_the_input_is_refused(rgba_image, tmp_path, cache_env, capsys, no_model_loads):
     (tmp_path / "vin").mkdir()
     image = tmp_path / "vin" / "final.png"  # the name of the final contact sheet
     shutil.copy(rgba_image, image)

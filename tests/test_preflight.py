@@ -31,7 +31,7 @@ def cache_env(tiny_cache, monkeypatch):
     ("--inner-steps", "1000", "inner_steps"),
     ("--candidates", "100000", "candidates"),
 ])
-def test_values_past_their_sane_bound_are_refused_before_anything_loads(flag, value, field, rgba_image, tmp_path, cache_env, capsys):
+def test_values_past_their_sane_bound_are_refused_before_anything_loads(flag, value, field, rgba_image, tmp_path, cache_env, capsys, no_model_loads):
     args = ["generate", rgba_image, "-p", "a pot", "--preset", "tiny", "-o", tmp_path / "m.glb", *FAST]
     args = [a for i, a in enumerate(args) if a != flag and (i == 0 or args[i - 1] != flag)] + [flag, value]
     code, _, stderr = run_cli(args, capsys)
@@ -49,7 +49,7 @@ def test_score_bounds_its_render_size(rgba_image, capsys, tmp_path):
 
 
 def test_a_run_that_cannot_fit_the_host_is_refused_with_the_estimate_and_the_limit(rgba_image, tmp_path, cache_env,
-                                                                                  capsys, monkeypatch):
+                                                                                  capsys, monkeypatch, no_model_loads):
     import vlm3d_ttg.preflight as preflight
 
     monkeypatch.setattr(preflight, "host_memory_available", lambda: 2048 * MIB)  # a 2 GiB machine
@@ -59,7 +59,7 @@ def test_a_run_that_cannot_fit_the_host_is_refused_with_the_estimate_and_the_lim
     assert code == 2, stderr
     assert "needs about" in stderr and "more than the 2.0 GiB available" in stderr and "Lower --octree-resolution" in stderr
     assert "export grid" in stderr and not list(tmp_path.iterdir())
-    args[args.index("--octree-resolution") + 1] = "48"  # control: the same run, small, fits (nothing else changed)
+    # control: the same run with the small grid fits the same 2 GiB machine (only the grid changed)
     assert preflight.check_generation(GenerationOptions(octree_resolution=48, steps=8, device="cpu"),
                                       GuidanceConfig(num_views=2, view_size=56, grid_resolution=32), preset="tiny")
 
@@ -90,3 +90,30 @@ def test_the_device_limit_and_the_api_entry(monkeypatch):
     cuda = preflight.estimate_run(preset="real", device="cuda:0")
     with pytest.raises(ResourceLimitError, match="cuda:0 memory"):
         preflight.check_run_fits(cuda, host_limit=2**50, device_limit=8 * 2**30)
+
+
+def test_each_part_of_the_estimate_scales_as_its_cause():
+    """Each part pinned, not only the total: renders and the critic's vision memory grow with view size²,
+    the export grid with (N+1)³, the guidance grid with (G+1)³ (a part that ignored its option — renders
+    at a fixed size, say — would still let the total grow through the others)."""
+    base = dict(preset="real", device="cpu", num_views=2, view_size=224, octree_resolution=32)  # the guided step is the peak
+
+    def part(name, **change):
+        return estimate_run(**{**base, **change}).host_parts[name]
+
+    assert part("renders", view_size=448) == 4 * part("renders")
+    assert part("renders", num_views=4) == 2 * part("renders")
+    # The critic's activations: a per-token part (image tokens ∝ size², text tokens) plus the vision tower's
+    # (∝ pixels). The per-token cost is read off the text tokens; what remains is the vision tower's.
+    per_token = (part("critic activations", prompt_chars=1000) - part("critic activations")) / 1000
+
+    def vision(size):
+        estimate = estimate_run(**{**base, "view_size": size})
+        tokens = estimate.work["critic_image_tokens"] + estimate.work["critic_text_tokens"]
+        return estimate.host_parts["critic activations"] - tokens * per_token
+
+    assert vision(224) > 0 and vision(448) == pytest.approx(4 * vision(224), rel=1e-6)
+    exports = [estimate_run(preset="tiny", guided=False, octree_resolution=n).host_parts["export grid"] for n in (63, 127)]
+    assert exports[1] / exports[0] == pytest.approx((128 / 64) ** 3)
+    grids = [part("guidance grid", grid_resolution=g) for g in (31, 63)]
+    assert grids[1] / grids[0] == pytest.approx((64 / 32) ** 3)

@@ -6,10 +6,15 @@ import os
 import signal
 import sys
 
-import typer
+from . import interrupts
 
-from .errors import Vlm3dError
-from .logs import configure_logging, log_level, quiet_libraries
+if __name__ == "__main__" or os.path.basename(sys.argv[0] or "") == "vlm3d-ttg":
+    interrupts.record_early()  # the command's process: a stop signal during the imports below is kept for main()
+
+import typer  # noqa: E402
+
+from .errors import Vlm3dError  # noqa: E402
+from .logs import configure_logging, log_level, quiet_libraries  # noqa: E402
 
 app = typer.Typer(
     name="vlm3d-ttg",
@@ -57,55 +62,76 @@ def _register_commands() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the console script; returns the process exit code (2 for bad input)."""
-    configure_logging()
+    """Entry point of the console script; returns the process exit code (2 for bad input, 130/143 when
+    stopped by Ctrl-C / SIGTERM)."""
+    # First: a stop signal during the imports below must stop the command, not vanish in a library's
+    # `except BaseException` (vlm3d_ttg.interrupts records it and raises it again at the next check).
+    previous_handlers = interrupts.install()
     args = sys.argv[1:] if argv is None else list(argv)
-    if "--verbose" not in args and log_level() not in ("DEBUG", "INFO"):
-        quiet_libraries()  # other libraries' warnings are for developers, not for the user's terminal
-    _register_commands()
-    previous_handler = signal.signal(signal.SIGINT, _interrupt)
     try:
-        _refuse_repeated_options(sys.argv[1:] if argv is None else list(argv))
-        # Standalone mode: typer/click report usage errors themselves (exit 2) and end with SystemExit.
-        app(args=args, standalone_mode=True)
-    except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    except Interrupted:
-        typer.secho("interrupted: nothing of this run was written; earlier outputs are untouched", err=True)
-        return 130
-    except Vlm3dError as exc:
+        try:
+            interrupts.check()  # a signal that arrived while this module was imported
+            from .env import check_environment
+
+            check_environment()  # environment variables are checked like options (exit 2)
+            configure_logging()
+            if "--verbose" not in args and log_level() not in ("DEBUG", "INFO"):
+                quiet_libraries()  # other libraries' warnings are for developers, not for the user's terminal
+            _register_commands()
+            interrupts.check()
+            _refuse_repeated_options(args)
+            # Standalone mode: typer/click report usage errors themselves (exit 2) and end with SystemExit.
+            app(args=args, standalone_mode=True)
+            interrupts.check()
+        except SystemExit as exc:
+            interrupts.check()
+            return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        except KeyboardInterrupt:  # a library turned our signal into its own KeyboardInterrupt
+            raise interrupts.Interrupted(interrupts.received() or signal.SIGINT) from None
+    except interrupts.Interrupted as stop:
+        return _say_interrupted(stop)
+    except BaseException as exc:
+        if interrupts.received() is not None:  # a library turned the stop signal into an error of its own
+            return _say_interrupted(interrupts.Interrupted(interrupts.received()))
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)) or not isinstance(exc, Exception):
+            raise
+        return _say_error(exc)
+    finally:
+        interrupts.restore(previous_handlers)
+    return 0
+
+
+def _say_interrupted(stop: interrupts.Interrupted) -> int:
+    written = interrupts.committed()
+    what = (f"the outputs were already written ({', '.join(str(p) for p in written)})" if written else
+            "nothing of this run was written; earlier outputs are untouched")
+    typer.secho(f"interrupted by {stop}: {what}", err=True)
+    return stop.exit_code
+
+
+def _say_error(exc: Exception) -> int:
+    """Print `exc` as the user's (exit 2: our refusals, and the machine's OSErrors) or as a fault of ours
+    (exit 1; VLM3D_TTG_DEBUG=1 re-raises it for the traceback); return the exit code."""
+    if isinstance(exc, Vlm3dError):
         typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
         return 2
-    except OSError as exc:
-        # The machine said no (disk full, permission, read-only file system): the user's to fix.
-        if os.environ.get("VLM3D_TTG_DEBUG"):
-            raise
+    if os.environ.get("VLM3D_TTG_DEBUG"):
+        raise exc
+    if isinstance(exc, OSError):  # the machine said no (disk full, permission, read-only file system)
         where = getattr(exc, "filename", None) or "the file system"
         typer.secho(f"error: {exc.strerror or exc} ({where}); nothing of this run was written", err=True,
                     fg=typer.colors.RED)
         return 2
-    except Exception as exc:
-        if os.environ.get("VLM3D_TTG_DEBUG"):
-            raise
-        typer.secho(
-            f"error: unexpected {type(exc).__name__}: {exc} (set VLM3D_TTG_DEBUG=1 for the traceback)",
-            err=True,
-            fg=typer.colors.RED,
-        )
-        return 1
-    finally:
-        signal.signal(signal.SIGINT, previous_handler)
-    return 0
-
-
-#: Options whose repetition is refused: the ones naming text or files, where click's "the last one wins"
-#: silently drops what the user typed (numeric options may be overridden by a later flag, as scripts do).
-SINGLE_USE_OPTIONS = ("prompt", "query", "out", "manifest", "save_views")
+    typer.secho(f"error: unexpected {type(exc).__name__}: {exc} (set VLM3D_TTG_DEBUG=1 for the traceback)", err=True,
+                fg=typer.colors.RED)
+    return 1
 
 
 def _refuse_repeated_options(argv: list[str]) -> None:
-    """Raise InvalidInputError when an option of SINGLE_USE_OPTIONS is given twice: click would silently
-    keep the last one (`generate -p.png -p 'a toy robot'` took '.png' for nothing and ran text-to-3D)."""
+    """Raise InvalidInputError when any option (one that does not take several values) is given twice, by
+    any of its spellings (`--guidance --no-guidance` too): click would silently keep the last one
+    (`generate -p.png -p 'a toy robot'` took '.png' for nothing; `--left a.png --left b.png` dropped a.png).
+    One rule for every option of every command."""
     from .errors import InvalidInputError
 
     group = typer.main.get_command(app)  # typer may bring its own copy of click: duck-typed below
@@ -135,19 +161,11 @@ def _refuse_repeated_options(argv: list[str]) -> None:
             continue
         seen.setdefault(param.name, []).append(token if attached else name)
     for name, spellings in seen.items():
-        if name in SINGLE_USE_OPTIONS and len(spellings) > 1:
+        if len(spellings) > 1:
             raise InvalidInputError(
                 f"{' and '.join(repr(s) for s in spellings)} give the same option {len(spellings)} times; give it once "
                 "(the last one would silently win)."
             )
-
-
-class Interrupted(BaseException):
-    """Ctrl-C, raised past click (which would turn a KeyboardInterrupt into 'Aborted!' and exit 1)."""
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    raise Interrupted()
 
 
 if __name__ == "__main__":

@@ -28,13 +28,14 @@ class ModelNotFoundError(Vlm3dError):
 
 
 class CheckpointError(Vlm3dError):
-    """A model file on disk is truncated or corrupt: the message names the file and how to rebuild it."""
+    """A model file on disk is missing, truncated or corrupt: the message names the file and how to rebuild it
+    (the fix depends on where it lives: `models.rebuild_advice`)."""
 
     def __init__(self, path: str, problem: str, fix: str):
         self.path = path
         self.problem = problem
-        super().__init__(f"The checkpoint file '{path}' cannot be read: {problem}. It is truncated or corrupt "
-                         f"(an interrupted download or copy?). Fix: {fix}")
+        super().__init__(f"The checkpoint file '{path}' cannot be read: {problem}. The checkpoint is damaged or "
+                         f"incomplete (an interrupted download or copy?). Fix: {fix}")
 
 
 class EmptySurfaceError(Vlm3dError):

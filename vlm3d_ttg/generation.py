@@ -190,6 +190,9 @@ class ViewCapture:
         self.then = then
 
     def __call__(self, sampler: Any, step: int, sigma: float, state: dict[str, Any]) -> dict[str, Any] | None:
+        from .interrupts import check
+
+        check()  # a stop signal some library swallowed stops the run at this step boundary
         evaluation = state.get("evaluation")
         if step in self.keep and evaluation is not None and evaluation.images is not None:
             self.views[step] = (evaluation.images.detach().clamp(0, 1) * 255).round().to(torch.uint8).cpu()
@@ -336,6 +339,39 @@ def load_models(
     model, processor = load_vlm(options.vlm, device=critic_device, dtype=critic_dtype)
     spec = pipeline.variant_spec
     return LoadedModels(pipeline, model, processor, f"{spec.repo_id}/{spec.subfolder}", options.vlm)
+
+
+def checkpoint_folders(options: Any, preset: str, *, text_to_3d: bool = False,
+                       cache_dir: str | os.PathLike | None = None) -> dict[str, Path]:
+    """Every folder whose files a run of `options` with `preset` loads (label → folder), known before
+    anything loads or is written: the offline presets' cache folders, or the real shape model's
+    $HY3DGEN_MODELS/<repo>/<subfolder>, the critic's local folder or hub-cache repo, and for text-to-3D
+    the text-to-image model's. An output may not land in any of them (`io.check_output_plan`)."""
+    from .models import hub_cache_folder, hy3dgen_models_dir
+    from .tiny import tiny_cache_dir
+
+    if preset == "tiny":
+        return {"the tiny checkpoints": tiny_cache_dir(cache_dir)}
+    if preset == "realsize":
+        from .tiny.realsize import realsize_cache_dir
+
+        found = {"the realsize checkpoints": realsize_cache_dir(cache_dir)}
+        if text_to_3d:  # the offline presets make their input image with the tiny text-to-image model
+            found["the tiny checkpoints"] = tiny_cache_dir(cache_dir)
+        return found
+    spec = resolve_shape_model(options.shape_model, options.shape_subfolder)
+    found = {"the shape model": hy3dgen_models_dir() / spec.repo_id / spec.subfolder}
+    models = [("the critic (--vlm)", options.vlm)] + ([("the text-to-image model", options.text_to_image)] if text_to_3d else [])
+    for label, model in models:
+        local = Path(os.path.expanduser(str(model)))
+        if local.is_dir():
+            found[label] = local
+        else:
+            snapshot = hub_cache_folder(str(model), None, filename="config.json" if label.startswith("the critic")
+                                         else "model_index.json")
+            if snapshot is not None:  # the repo's whole cache folder: snapshots link into its blobs
+                found[label] = snapshot.parent.parent
+    return found
 
 
 def check_models_present(options: GenerationOptions) -> None:

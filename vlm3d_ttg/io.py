@@ -25,9 +25,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=f".tmp{target.suffix}", dir=target.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = _staging_file(target)
     try:
         yield tmp_path
         # mkstemp creates 0600 files; give the result the permissions a plain open() would.
@@ -140,11 +138,13 @@ class OutputSet:
         target = Path(path)
         if any(entry.target == target for entry in self._staged):
             raise InvalidInputError(f"'{target}' is staged twice in one run; give the outputs different paths.")
+        from .interrupts import check
+
+        check()  # a stop signal that some library swallowed: nothing is staged after it
         self._make_folder(target.parent if str(target.parent) else Path("."))
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=f".tmp{target.suffix}", dir=target.parent)
-        os.close(fd)
-        self._staged.append(_Staged(target, Path(tmp), last=last))
-        return Path(tmp)
+        temp = _staging_file(target)
+        self._staged.append(_Staged(target, temp, last=last))
+        return temp
 
     def write_bytes(self, path: str | os.PathLike, data: bytes, *, last: bool = False) -> Path:
         """Stage `data` as the content of `path`; return `path`."""
@@ -188,7 +188,14 @@ class OutputSet:
 
     def commit(self) -> list[Path]:
         """Rename every staged file onto its destination (the `last` ones after all others); all or nothing."""
+        from .interrupts import check, note_committed
+
         order = [e for e in self._staged if not e.last] + [e for e in self._staged if e.last]
+        try:
+            check()  # a stop signal that arrived while the outputs were written: nothing moves
+        except BaseException:
+            self.discard()
+            raise
         for entry in order:  # known refusals before anything moves
             if entry.target.is_dir():
                 self.discard()
@@ -219,6 +226,7 @@ class OutputSet:
                 with contextlib.suppress(OSError):
                     entry.backup.unlink()
         self.committed = [entry.target for entry in order]
+        note_committed(self.committed)
         self._staged, self._created = [], []
         return self.committed
 
@@ -242,9 +250,23 @@ class OutputSet:
             if entry.backup is not None:
                 names[str(entry.backup)] = str(entry.target)
         filename = getattr(error, "filename", None)
+        if filename is None and self._staged:  # a write that failed without a name (disk full: EFBIG, ENOSPC)
+            return type(error)(error.errno, error.strerror or str(error), str(self._staged[-1].target))
         if filename is None or str(filename) not in names:
             return error
         return type(error)(error.errno, error.strerror, names[str(filename)])
+
+
+def _staging_file(target: Path) -> Path:
+    """A new empty hidden file next to `target` to write its content to: `.<stem>.<pid>.<random>.tmp<suffix>`
+    (the suffix kept: writers infer the format from it). Leftovers of this name from a process killed
+    outright are removed first (`interrupts.forget_staging_leftovers`)."""
+    from .interrupts import forget_staging_leftovers
+
+    forget_staging_leftovers(target)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.{os.getpid()}.", suffix=f".tmp{target.suffix}", dir=target.parent)
+    os.close(fd)
+    return Path(tmp)
 
 
 def _backup_name(target: Path) -> Path:
@@ -312,6 +334,7 @@ def check_output_plan(
     inputs: dict[str, str | os.PathLike | None] | None = None,
     *,
     owned_folders: dict[str, str | os.PathLike | None] | None = None,
+    read_folders: dict[str, str | os.PathLike | None] | None = None,
 ) -> None:
     """Refuse (InvalidInputError, before anything runs) a plan in which one path would replace another.
 
@@ -320,6 +343,9 @@ def check_output_plan(
     it reads. Refused: two outputs at the same file, an output that is another output's folder, an
     output onto an input (symlinks and hard links followed, case as the file system compares it),
     and an input inside one of `owned_folders` (folders whose contents the run replaces wholesale).
+    `read_folders` (label → folder) are folders whose every file the run may read (model checkpoints,
+    caches): an output inside one, or at one of its files by another name (a symlink or hard link,
+    compared by device and inode), is refused too, whether or not the folder exists yet.
     Existing folders where a file goes, and files where a folder is needed, are refused too.
     """
     plan = {label: Path(path) for label, path in outputs.items() if path is not None}
@@ -350,6 +376,32 @@ def check_output_plan(
                 raise InvalidInputError(
                     f"{label} '{path}' is the input {source_label} '{source}': writing it would destroy the input. "
                     "Give the output another path.")
+    for folder_label, folder in (read_folders or {}).items():
+        if folder is None:
+            continue
+        folder_key = _plan_key(folder)
+        inside = {label for label, key in keys.items() if key[: len(folder_key)] == folder_key}
+        for label in inside:
+            raise InvalidInputError(
+                f"{label} '{plan[label]}' lies inside {folder_label} ('{folder}'), which this run loads: writing "
+                "there could replace a model file. Give the output another path.")
+        files = _files_under(Path(folder))
+        by_key = {_plan_key(path): path for path in files}
+        by_inode = {}
+        for path in files:
+            with contextlib.suppress(OSError):
+                info = os.stat(path)
+                by_inode[(info.st_dev, info.st_ino)] = path
+        for label, path in plan.items():
+            hit = by_key.get(keys[label])
+            if hit is None:
+                with contextlib.suppress(OSError):
+                    info = os.stat(path)
+                    hit = by_inode.get((info.st_dev, info.st_ino))
+            if hit is not None:
+                raise InvalidInputError(
+                    f"{label} '{path}' is the file '{hit}' of {folder_label}, which this run loads (a link or another "
+                    "name for it): writing it would break the model. Give the output another path.")
     for folder_label, folder in (owned_folders or {}).items():
         if folder is None:
             continue
@@ -359,3 +411,11 @@ def check_output_plan(
                 raise InvalidInputError(
                     f"The input {source_label} '{source}' lies inside {folder_label} '{folder}', whose contents the run "
                     "replaces. Move the input elsewhere or choose another output folder.")
+
+
+def _files_under(folder: Path) -> list[Path]:
+    """Every file under `folder` (links to files included, links to folders not followed); [] if none."""
+    found = []
+    for root, _, names in os.walk(folder):
+        found += [Path(root) / name for name in names]
+    return found

@@ -21,7 +21,7 @@ LOG_LEVEL_VARIABLE = "VLM3D_TTG_LOG"
 
 def log_level() -> str:
     """The log level asked for in $VLM3D_TTG_LOG (upper case), WARNING when unset."""
-    return os.environ.get(LOG_LEVEL_VARIABLE, "WARNING").upper()
+    return os.environ.get(LOG_LEVEL_VARIABLE, "WARNING").strip().upper() or "WARNING"
 
 
 def configure_logging() -> None:

@@ -173,9 +173,16 @@ def _safetensors_problem(path: Path) -> str | None:
     return None
 
 
-def check_checkpoint_folder(folder: str | os.PathLike, fix: str) -> None:
-    """Raise CheckpointError naming the first unreadable model file in `folder` (safetensors whose
-    header or size is wrong, JSON or YAML that does not parse) and `fix`; cheap (headers only)."""
+#: Files a critic checkpoint folder must hold (each tuple: one of these names), besides its weights.
+CRITIC_FILES = (("config.json",), ("tokenizer.json",), ("preprocessor_config.json", "processor_config.json"))
+
+
+def check_checkpoint_folder(folder: str | os.PathLike, fix: str, *, required: tuple[tuple[str, ...], ...] = (),
+                            weights: tuple[str, ...] = ()) -> None:
+    """Raise CheckpointError naming the first missing or unreadable model file in `folder` and `fix`:
+    a file of `required` (each entry: one of its names) or of `weights` (one of these names, or a
+    sharded index and every shard it lists) that is missing; safetensors whose header or size is
+    wrong; JSON that is not an object or YAML that is not a mapping. Cheap: headers only."""
     import json
 
     import yaml
@@ -185,6 +192,12 @@ def check_checkpoint_folder(folder: str | os.PathLike, fix: str) -> None:
     root = Path(folder)
     if not root.is_dir():
         return
+    for names in required:
+        if not any((root / name).is_file() for name in names):
+            raise CheckpointError(str(root / names[0]), "it is missing" + (
+                f" (nor is {' or '.join(names[1:])} there)" if len(names) > 1 else ""), fix)
+    if weights:
+        _check_weights_present(root, weights, fix)
     for path in sorted(root.iterdir()):
         if not path.is_file():
             continue
@@ -193,20 +206,77 @@ def check_checkpoint_folder(folder: str | os.PathLike, fix: str) -> None:
             if path.suffix == ".safetensors":
                 problem = _safetensors_problem(path)
             elif path.suffix == ".json":
-                json.loads(path.read_text(encoding="utf-8"))
+                if not isinstance(json.loads(path.read_text(encoding="utf-8")), dict):
+                    problem = "it holds no table of settings (a JSON object is expected)"
             elif path.suffix in (".yaml", ".yml"):
-                yaml.safe_load(path.read_text(encoding="utf-8"))
+                if not isinstance(yaml.safe_load(path.read_text(encoding="utf-8")), dict):
+                    problem = "it holds no table of settings (a YAML mapping is expected)"
         except (ValueError, UnicodeDecodeError, yaml.YAMLError) as exc:
             problem = f"it does not parse ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
         if problem:
             raise CheckpointError(str(path), problem, fix)
 
 
-def rebuild_advice(folder: str | os.PathLike, repo_id: str | None = None) -> str:
-    """How to rebuild a damaged checkpoint folder: delete it and rerun."""
-    hub = f"; a hub model is fetched again with `huggingface-cli download {repo_id}`" if repo_id else ""
-    return (f"delete the folder '{folder}' and rerun (the offline presets, --preset tiny / realsize, write their "
-            f"checkpoints again{hub}).")
+def _check_weights_present(root: Path, names: tuple[str, ...], fix: str) -> None:
+    """Raise CheckpointError unless one of the weight files `names`, or a sharded index
+    (`<name>.index.json`) with every shard it lists, is in `root`."""
+    import json
+
+    from .errors import CheckpointError
+
+    if any((root / name).is_file() for name in names):
+        return
+    for name in names:
+        index = root / f"{name}.index.json"
+        if index.is_file():
+            try:
+                shards = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
+            except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
+                raise CheckpointError(str(index), "it is not a weight index (no 'weight_map')", fix) from None
+            for shard in sorted(shards):
+                if not (root / shard).is_file():
+                    raise CheckpointError(str(root / shard), f"it is missing (listed in {index.name})", fix)
+            return
+    raise CheckpointError(str(root / names[0]), "it is missing (the model's weights)", fix)
+
+
+def offline_cache_folder(path: str | os.PathLike) -> Path | None:
+    """The checkpoint folder the offline presets wrote that `path` is in or is (e.g. <cache>/tiny-v2/qwen2_5_vl,
+    <cache>/realsize-v2/depth-1/qwen2_5_vl or <cache>/tiny-v2/hy3dgen/<owner>/<repo>/<subfolder>), or None
+    when `path` is not in their cache ($VLM3D_TTG_CACHE: tiny-vN/ and realsize-vN/depth-D/ folders)."""
+    import re
+
+    from .tiny import tiny_cache_dir
+
+    base = Path(os.path.realpath(tiny_cache_dir().parent))
+    try:
+        parts = Path(os.path.realpath(path)).relative_to(base).parts
+    except ValueError:
+        return None
+    if not parts or not re.fullmatch(r"(tiny|realsize)-v\d+", parts[0]):
+        return None
+    prefix = 2 if len(parts) > 1 and re.fullmatch(r"depth-\d+", parts[1]) else 1
+    rest = parts[prefix:]
+    size = 4 if rest[:1] == ("hy3dgen",) else 1  # hy3dgen/<owner>/<repo>/<subfolder>, or one folder
+    return base.joinpath(*parts[: prefix + size]) if len(rest) >= size else base.joinpath(*parts)
+
+
+def rebuild_advice(folder: str | os.PathLike, repo_id: str | None = None, *, subfolder: str | None = None,
+                   local_dir: str | os.PathLike | None = None, flag: str = "--vlm") -> str:
+    """How to rebuild the damaged checkpoint in `folder`, by where it lives: a folder the offline presets
+    wrote (delete it and rerun: they write it again), a hub checkpoint `repo_id` (download it again:
+    `subfolder` and `local_dir` for hy3dgen's layout), or a folder the user gave (restore it)."""
+    written = offline_cache_folder(folder)
+    if written is not None:
+        return (f"delete the folder '{written}' and rerun (the offline presets, --preset tiny / realsize, write their "
+                "checkpoints again).")
+    if repo_id:
+        if subfolder is not None:
+            return (f"download it again: `huggingface-cli download {repo_id} --include '{subfolder}/*' "
+                    f"--local-dir {local_dir}` (on a machine with hub access).")
+        return f"download it again: `huggingface-cli download {repo_id} --force-download` (on a machine with hub access)."
+    return (f"'{folder}' is the folder given as {flag}: restore it (write it again with save_pretrained, or download "
+            "the checkpoint again).")
 
 
 def load_shape_pipeline(
@@ -232,6 +302,9 @@ def load_shape_pipeline(
     base = hy3dgen_models_dir(models_dir)
     local = base / spec.repo_id / spec.subfolder
     suffix = f".{variant}" if variant else ""
+    fix = rebuild_advice(local, spec.repo_id, subfolder=spec.subfolder, local_dir=base / spec.repo_id)
+    if local.is_dir() and any(local.iterdir()):  # begun on disk: every file it needs is there and readable
+        check_checkpoint_folder(local, fix, required=(("config.yaml",),), weights=(f"model{suffix}.safetensors",))
     local_ok = (local / "config.yaml").is_file() and (local / f"model{suffix}.safetensors").is_file()
     how_to_get = (
         f"on a machine with hub access run `huggingface-cli download {spec.repo_id} --include '{spec.subfolder}/*' "
@@ -250,9 +323,6 @@ def load_shape_pipeline(
 
     from .dinov2_names import hy3dgen_accepts_both_dinov2_namings
 
-    if local_ok:  # a truncated or corrupt local file is named, with how to rebuild it
-        check_checkpoint_folder(local, rebuild_advice(local, spec.repo_id))
-
     logger.info("Loading shape model %s/%s on %s (%s)", spec.repo_id, spec.subfolder, torch_device, torch_dtype)
     try:
         # The checkpoint names DINOv2's weights as transformers did when Hunyuan3D-2 was released;
@@ -267,8 +337,10 @@ def load_shape_pipeline(
                 use_safetensors=True,
                 variant=variant,
             )
-    except (OSError, RuntimeError, ValueError) as exc:  # hub errors subclass OSError/ValueError
-        if local_ok:
+    except Exception as exc:  # hub errors subclass OSError/ValueError
+        if local_ok:  # the files are there but do not load (tensors of the wrong shape, ...): named, with the fix
+            _raise_unloadable(exc, local / f"model{suffix}.safetensors", fix)
+        if not isinstance(exc, (OSError, RuntimeError, ValueError)):
             raise
         raise ModelNotFoundError(
             f"{spec.repo_id}/{spec.subfolder}",
@@ -277,8 +349,62 @@ def load_shape_pipeline(
             cause=f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
         ) from exc
     pipeline.variant_spec = spec
+    if local_ok:
+        check_finite_weights({"": pipeline.model, "vae.": pipeline.vae, "conditioner.": pipeline.conditioner}, local, fix)
     freeze(pipeline.model, pipeline.vae, pipeline.conditioner)
     return pipeline
+
+
+def _raise_unloadable(exc: BaseException, path: Path, fix: str) -> None:
+    """Raise CheckpointError for a checkpoint on disk that failed to load with `exc` (re-raise `exc` itself
+    when it is not about the files: out of memory, or an error of ours)."""
+    from .errors import CheckpointError, Vlm3dError
+
+    if isinstance(exc, (Vlm3dError, MemoryError, torch.cuda.OutOfMemoryError)) or not isinstance(exc, Exception):
+        raise exc
+    text = str(exc).strip()
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    detail = next((line for line in lines if "size mismatch" in line), lines[0] if lines else type(exc).__name__)
+    if "ignore_mismatched_sizes" in text:  # transformers printed which tensors in a report above
+        detail = "size mismatch: a tensor's shape differs from the one its config gives (the report above names it)"
+    if len(detail) > 300:
+        detail = detail[:300] + "…"
+    raise CheckpointError(str(path), f"it does not load ({type(exc).__name__}: {detail})", fix) from exc
+
+
+def check_finite_weights(modules: dict[str, torch.nn.Module | None], folder: Path, fix: str) -> None:
+    """Raise CheckpointError naming the weights file (in `folder`) and the parameter when a loaded weight
+    of `modules` ({name prefix: module}) is NaN or infinite: flipped bytes on disk, which would
+    otherwise surface as a NaN score or an empty shape mid-run."""
+    from .errors import CheckpointError
+
+    for prefix, module in modules.items():
+        if module is None:
+            continue
+        for name, weight in module.named_parameters():
+            if weight.is_floating_point() and not bool(torch.isfinite(weight).all()):
+                raise CheckpointError(str(weights_file(folder, name)), f"its weight '{prefix}{name}' holds NaN or "
+                                      "infinite values (flipped bytes?)", fix)
+
+
+def weights_file(folder: Path, parameter: str) -> Path:
+    """The weights file in `folder` that holds `parameter` (the one file; in a sharded checkpoint the shard
+    whose index names it); `folder` itself when that cannot be told."""
+    import json
+
+    files = sorted(folder.glob("*.safetensors"))
+    if len(files) == 1:
+        return files[0]
+    for index in folder.glob("*.safetensors.index.json"):
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        for key, shard in weight_map.items():
+            if key.split(".")[-2:] == parameter.split(".")[-2:] and (key.endswith(parameter) or parameter.endswith(key)
+                                                                       or key.split(".")[-3:] == parameter.split(".")[-3:]):
+                return folder / shard
+    return folder
 
 
 def freeze(*modules: torch.nn.Module | None) -> None:
@@ -290,12 +416,12 @@ def freeze(*modules: torch.nn.Module | None) -> None:
             module.requires_grad_(False)
 
 
-def _hub_cache_folder(model_id: str, revision: str | None = None) -> Path | None:
-    """The hub-cache snapshot folder of `model_id`, if its config.json is cached."""
+def hub_cache_folder(model_id: str, revision: str | None = None, *, filename: str = "config.json") -> Path | None:
+    """The hub-cache snapshot folder of `model_id`, if its `filename` is cached."""
     from huggingface_hub import try_to_load_from_cache
 
     try:
-        found = try_to_load_from_cache(model_id, "config.json", revision=revision)
+        found = try_to_load_from_cache(model_id, filename, revision=revision)
     except ValueError:  # not a repo id
         return None
     return Path(found).parent if isinstance(found, str) else None
@@ -330,9 +456,11 @@ def load_vlm(
     if is_local:
         model_id = os.path.expanduser(model_id)
     local_only = is_local or not allow_download or hub_offline()
-    on_disk = Path(model_id) if is_local else _hub_cache_folder(model_id, revision)
-    if on_disk is not None:  # a truncated or corrupt file is named, with how to rebuild it
-        check_checkpoint_folder(on_disk, rebuild_advice(on_disk, None if is_local else model_id))
+    on_disk = Path(model_id) if is_local else hub_cache_folder(model_id, revision)
+    fix = rebuild_advice(on_disk, None if is_local else model_id) if on_disk is not None else ""
+    if on_disk is not None:  # a missing, truncated or corrupt file is named, with how to rebuild it
+        check_checkpoint_folder(on_disk, fix, required=CRITIC_FILES if local_only else (),
+                                weights=("model.safetensors",) if local_only else ())
     kwargs: dict[str, Any] = {"local_files_only": local_only}
     if revision is not None:
         kwargs["revision"] = revision
@@ -343,6 +471,8 @@ def load_vlm(
             model_id, dtype=torch_dtype, attn_implementation=attn_implementation, **kwargs
         )
     except OSError as exc:
+        if on_disk is not None and local_only:  # on disk, yet a file it needs is missing or unreadable
+            _raise_unloadable(exc, on_disk, fix)
         from huggingface_hub.constants import HF_HUB_CACHE
 
         looked = [model_id] if is_local else [f"{HF_HUB_CACHE} (hub cache)", "the Hugging Face hub" + (" (not tried: offline)" if local_only else "")]
@@ -353,6 +483,12 @@ def load_vlm(
             "or pass a local folder written by save_pretrained. For an offline smoke test use `--preset tiny`.",
             cause=f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
         ) from exc
+    except Exception as exc:
+        if on_disk is None:
+            raise
+        _raise_unloadable(exc, weights_file(on_disk, "") if on_disk.is_dir() else on_disk, fix)
+    if on_disk is not None:
+        check_finite_weights({"": vlm}, on_disk, fix)
     vlm.to(torch_device)
     freeze(vlm)
     logger.info("Loaded VLM %s (%s) on %s (%s)", model_id, family.name, torch_device, torch_dtype)

@@ -163,13 +163,35 @@ def typer_parameters(cls: type, *, exclude: tuple[str, ...] = ()) -> list[inspec
 
 
 def from_values(cls: type, values: dict[str, Any], **fixed: Any) -> Any:
-    """An instance of `cls` from command-line values keyed by field name (others keep their defaults)."""
+    """An instance of `cls` from command-line values keyed by field name (others keep their defaults).
+    A value of the wrong kind for its flag (a number where text like '0.2,0.85' goes: an API caller's
+    JSON) raises InvalidInputError naming the flag, as the command line would."""
     kwargs = dict(fixed)
     for field, spec in declared(cls):
         if field.name in values and field.name not in kwargs:
             value = values[field.name]
+            check_value_kind(field, spec, value)
             kwargs[field.name] = spec.parse(value) if spec.parse is not None else value
     return cls(**kwargs)
+
+
+def check_value_kind(field: dataclasses.Field, spec: Option, value: Any) -> None:
+    """Raise InvalidInputError when `value` is not of the flag's command-line kind (text for text options,
+    a number for numbers, true/false for switches; None for options whose default is None)."""
+    from .errors import InvalidInputError
+
+    kind = _cli_type(field, spec)
+    if value is None and field.default is None:
+        return
+    ok = {bool: lambda v: isinstance(v, bool),
+          int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+          float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+          str: lambda v: isinstance(v, str)}.get(kind, lambda v: True)(value)
+    if not ok:
+        what = {bool: "true or false", int: "an integer", float: "a number", str: "text"}[kind]
+        example = f" like {cli_default(field, spec)!r}" if kind is str and cli_default(field, spec) is not None else ""
+        raise InvalidInputError(f"Invalid value for '{flag_of(field, spec)}' ({field.name}): expected {what}{example}, "
+                                f"got {type(value).__name__} {value!r}.")
 
 
 def add_argparse_options(group: Any, cls: type, *, exclude: tuple[str, ...] = (), default_note: dict[str, str] | None = None) -> None:

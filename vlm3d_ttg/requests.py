@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -25,6 +26,12 @@ from .generation import GenerationOptions, export_resolution
 from .guidance import GuidanceConfig
 from .options import PRESETS, from_values
 from .search import SearchOptions, check_search_with_guidance, guided_steps_with_search
+
+#: Guidance options that change nothing in a run without guidance (--no-guidance): given with it, refused.
+#: (Accepted: the views, query and reference also set the final mesh's score; the σ window and --every
+#: choose the step whose x̂ fixes the silhouette camera in every run; a candidate search ranks by the
+#: reward's terms, so --silhouette-weight counts with --candidates.)
+GUIDANCE_ONLY = ("scale", "step_norm", "max_step_ratio", "schedule", "inner_steps", "grad_mode", "silhouette_weight")
 
 @dataclass(frozen=True)
 class RunRequest:
@@ -42,25 +49,57 @@ class RunRequest:
     warnings: tuple[str, ...] = ()  # things the user should hear that do not stop the run
 
 
-def validate_request(
-    values: Mapping[str, Any],
-    *,
-    prompt: str,
-    preset: str,
-    image: str | os.PathLike | None,
-    views: Mapping[str, str | os.PathLike | None] | None = None,
-) -> RunRequest:
-    """Check a whole request (prompt, every option, preset, the input image and a multi-view model's
-    extra `views`, or the text-to-image models) and return it validated; raise InvalidInputError (or
-    ModelNotFoundError) with the message the user sees, before any model loads or any output is written."""
-    from .critic.queries import normalize_description
+def visible_text(text: str) -> bool:
+    """Whether `text` has a character a reader can see (a letter, digit, punctuation or symbol): a prompt
+    of spaces, zero-width or other invisible characters only is empty."""
+    return any(unicodedata.category(char)[0] in "LNPS" for char in text)
+
+
+def check_guidance_knobs(values: Mapping[str, Any], guidance: GuidanceConfig, search: SearchOptions,
+                         baseline: Mapping[str, Any] | None = None) -> None:
+    """Refuse a guidance option set away from its default (or from `baseline`'s value: the app's server
+    options) in a run without guidance (--no-guidance): it would change nothing, and the user believes
+    it did. Raises InvalidInputError naming both."""
+    if guidance.enabled:
+        return
+    from .options import declared, flag_of
+
+    defaults = from_values(GuidanceConfig, dict(baseline or {}))
+    given = []
+    for f, spec in declared(GuidanceConfig):
+        if f.name not in GUIDANCE_ONLY or f.name not in values:
+            continue
+        if f.name == "silhouette_weight" and search.searching:
+            continue  # the candidate search ranks by the whole reward, this term included
+        if getattr(guidance, f.name) != getattr(defaults, f.name):
+            given.append(flag_of(f, spec))
+    if given:
+        raise InvalidInputError(f"{', '.join(given)} {'has' if len(given) == 1 else 'have'} no effect with --no-guidance "
+                                f"(nothing is guided); drop {'it' if len(given) == 1 else 'them'} or drop --no-guidance.")
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Every option of a run checked against each other and the preset (no prompt, no image): what the
+    app checks at start for its defaults, and what every request starts from."""
+
+    options: GenerationOptions
+    guidance: GuidanceConfig
+    postprocess: PostprocessConfig
+    search: SearchOptions
+    guided_steps: list[int]
+    warnings: tuple[str, ...] = ()
+
+
+def validate_settings(values: Mapping[str, Any], *, preset: str, baseline: Mapping[str, Any] | None = None) -> RunSettings:
+    """The option dataclasses from command-line-form `values`, validated one by one and against each
+    other and `preset` (options the combination would ignore are refused naming both; `baseline`: the
+    values a request starts from, the app's server options); raises InvalidInputError with the message
+    the user sees."""
     from .models import SHAPE_VARIANTS
 
     if preset not in PRESETS:
         raise InvalidInputError(f"Unknown preset {preset!r}; use one of {', '.join(PRESETS)}.")
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise InvalidInputError("--prompt is empty; describe the object (e.g. 'a wooden chair with four legs').")
-    normalize_description(prompt)  # chat markup in the prompt is refused now, not after the models load
     options, guidance, postprocess, search = validate_options(values, preset=preset)
     if options.octree_resolution is None:
         options = dataclasses.replace(options, octree_resolution=export_resolution(preset))
@@ -77,6 +116,7 @@ def validate_request(
                                     f"e.g. hunyuan3d-2mv); drop them or use --preset real.")
     if preset != "realsize" and options.realsize_depth != defaults.realsize_depth:
         raise InvalidInputError("--realsize-depth only applies to --preset realsize; drop it or add --preset realsize.")
+    check_guidance_knobs(values, guidance, search, baseline)
     # Options that would do nothing: said now, not discovered in the manifest afterwards.
     planned = guided_steps_with_search(list(np.linspace(0.0, 1.0, options.steps)) + [1.0], guidance, search)
     warnings: list[str] = []
@@ -84,6 +124,38 @@ def validate_request(
         after_search = f" after the candidate search at σ ≥ {search.select_at:g}" if search.searching else ""
         warnings.append(f"guidance is on, but no step of a {options.steps}-step run falls in the σ window "
                         f"{guidance.sigma_window} (every {guidance.every}){after_search}: this run will not be guided")
+    return RunSettings(options, guidance, postprocess, search, planned, tuple(warnings))
+
+
+def validate_request(
+    values: Mapping[str, Any],
+    *,
+    prompt: str,
+    preset: str,
+    image: str | os.PathLike | None,
+    views: Mapping[str, str | os.PathLike | None] | None = None,
+    baseline: Mapping[str, Any] | None = None,
+) -> RunRequest:
+    """Check a whole request (prompt, every option, preset, the input image and a multi-view model's
+    extra `views`, or the text-to-image models) and return it validated; raise InvalidInputError (or
+    ModelNotFoundError) with the message the user sees, before any model loads or any output is written.
+    `baseline`: the values the request starts from (the app's server options; see `validate_settings`)."""
+    from .critic.queries import normalize_description
+
+    if preset not in PRESETS:
+        raise InvalidInputError(f"Unknown preset {preset!r}; use one of {', '.join(PRESETS)}.")
+    if isinstance(prompt, str):
+        from .critic.queries import check_encoding
+
+        check_encoding(prompt, "prompt")  # before "empty": undecodable bytes are not invisible text
+    if not isinstance(prompt, str) or not visible_text(prompt):
+        raise InvalidInputError("--prompt is empty (no visible characters); describe the object (e.g. 'a wooden chair "
+                                "with four legs').")
+    normalize_description(prompt)  # chat markup in the prompt is refused now, not after the models load
+    settings = validate_settings(values, preset=preset, baseline=baseline)
+    options, guidance, postprocess, search = settings.options, settings.guidance, settings.postprocess, settings.search
+    planned, warnings = settings.guided_steps, list(settings.warnings)
+    defaults = GenerationOptions()
     if image is not None and options.text_to_image != defaults.text_to_image:
         raise InvalidInputError("--text-to-image makes the input image when no IMAGE is given; with IMAGE it would "
                                 "be ignored: drop one of them.")
@@ -133,9 +205,18 @@ def check_views(image: str | os.PathLike | None, given: Mapping[str, str | os.Pa
                                 "least one of --left, --back, --right.")
     if image is not None and views:
         paths = {"IMAGE": image, **{f"--{name}": path for name, path in views.items()}}
-        resolved = [Path(p).resolve() for p in paths.values()]
-        if len(set(resolved)) != len(resolved):
-            raise InvalidInputError(f"The views must be different files, got {', '.join(f'{k} {v}' for k, v in paths.items())}.")
+        seen: dict[Any, str] = {}
+        for flag, path in paths.items():  # different files: by device and inode (hard links), else by real path
+            try:
+                info = os.stat(path)
+                identity: Any = (info.st_dev, info.st_ino)
+            except OSError:
+                identity = os.path.realpath(path)
+            if identity in seen:
+                raise InvalidInputError(f"{seen[identity]} and {flag} are the same file ('{paths[seen[identity]]}', "
+                                        f"'{path}'): the views must be different files, each a picture of the object "
+                                        "from its side.")
+            seen[identity] = flag
     return views
 
 
@@ -150,6 +231,12 @@ def validate_options(
     options = from_values(GenerationOptions, dict(values)).validate()
     # The view size must suit the critic's family (28 px for Qwen2.5-VL, 32 for Qwen3-VL), read now from --vlm's config.
     family = critic_family_for(options.vlm, preset, options.critic_family)
+    query = values.get("query")
+    if isinstance(query, str):
+        from .critic.queries import QUERY_TEMPLATES, resolve_query
+
+        if query.strip().lower() not in QUERY_TEMPLATES:
+            resolve_query(query)  # the template's own check: names a format spec or conversion as such (as `score`)
     guidance = from_values(GuidanceConfig, dict(values)).validate(critic_family=family)
     postprocess = from_values(PostprocessConfig, dict(values)).validate()
     search = from_values(SearchOptions, dict(values)).validate()
@@ -167,4 +254,5 @@ def _preflight(options: GenerationOptions, guidance: GuidanceConfig, search: Sea
     check_generation(options, guidance, search, prompt=prompt, preset=preset)
 
 
-__all__ = ["RunRequest", "check_views", "validate_options", "validate_request"]
+__all__ = ["GUIDANCE_ONLY", "RunRequest", "RunSettings", "check_guidance_knobs", "check_views", "validate_options",
+           "validate_request", "validate_settings", "visible_text"]

@@ -111,6 +111,21 @@ def _coerce(spec: FormField, value: Any) -> Any:
     return value
 
 
+def client_message(message: str, *, image: str | None = None, folder: Path | None = None) -> str:
+    """`message` as a client may read it: the server's paths replaced by what the client knows (its
+    upload's file name, 'the run folder'), so an error never tells a client which server files exist."""
+    replacements = []
+    if image:
+        name = Path(image).name or "the image"
+        replacements += [(os.path.realpath(image), name), (str(Path(image).resolve()), name), (str(image), name)]
+    if folder is not None:
+        replacements += [(os.path.realpath(folder), "the run folder"), (str(folder), "the run folder")]
+    for server_path, shown in sorted(set(replacements), key=lambda pair: -len(pair[0])):
+        if server_path:
+            message = message.replace(server_path, shown)
+    return message
+
+
 def _upload_path(payload: Any) -> str | None:
     """The server-side path of an uploaded file (a Gradio FileData dict, or a path string)."""
     if payload is None or payload == "":
@@ -224,11 +239,17 @@ class AppRunner:
         thread = None
         try:
             try:
-                request = validate_request(self.values(values), prompt=prompt, preset=self.preset, image=image)
+                for name, value, kind, what in (("description", prompt, str, "text"),
+                                                ("baseline", baseline, bool, "true or false")):
+                    if not isinstance(value, kind):
+                        raise InvalidInputError(f"Invalid value for '{name}': expected {what}, got "
+                                                f"{type(value).__name__} {value!r}.")
+                request = validate_request(self.values(values), prompt=prompt, preset=self.preset, image=image,
+                                           baseline=self.defaults)
                 if export_format not in EXPORT_FORMATS:
                     raise InvalidInputError(f"Export format must be one of {', '.join(EXPORT_FORMATS)}, got {export_format!r}.")
             except Vlm3dError as exc:
-                yield RunEvent("error", message=str(exc))
+                yield RunEvent("error", message=client_message(str(exc), image=image))
                 return
             for warning in request.warnings:
                 yield RunEvent("warning", message=warning)
@@ -239,6 +260,8 @@ class AppRunner:
             thread.start()
             while True:
                 event = events.get()
+                if event.message:
+                    event.message = client_message(event.message, image=image, folder=folder)
                 yield event
                 if event.final:
                     break
@@ -389,8 +412,8 @@ def build_app(runner: AppRunner, *, concurrency: int = 1) -> gr.Blocks:
             image_payload, prompt, *option_values = raw
             chosen_format, want_baseline = option_values[-2:]
             values = {spec.name: _coerce(spec, value) for spec, value in zip(names, option_values[:-2])}
-            return dict(image=_upload_path(image_payload), prompt=prompt or "", values=values,
-                        export_format=chosen_format, baseline=bool(want_baseline))
+            return dict(image=_upload_path(image_payload), prompt="" if prompt is None else prompt, values=values,
+                        export_format=chosen_format, baseline=bool(want_baseline) if want_baseline is None else want_baseline)
 
         skip = gr.skip
 
@@ -492,10 +515,23 @@ def _final_html(result: GenerationResult, base: GenerationResult | None) -> str:
     return f"<p>{text} <small>(the critic's score of each final mesh, from fixed cameras)</small></p>"
 
 
+def api_exception_handlers() -> dict:
+    """FastAPI exception handlers for the app's server (Gradio's `launch(app_kwargs=...)`): a call to an API
+    endpoint that does not exist is a client's mistake (404 naming the endpoints), not a server error (500)."""
+    from fastapi.responses import JSONResponse
+    from gradio.route_utils import FnIndexInferError
+
+    def unknown_endpoint(request: Any, exc: Exception) -> JSONResponse:
+        return JSONResponse(status_code=404, content={
+            "detail": "No such API endpoint; this app has /generate and /cancel (see the page's 'Use via API')."})
+
+    return {FnIndexInferError: unknown_endpoint}
+
+
 def app_theme() -> gr.themes.Base:
     """Gradio's default look with system fonts (the default theme fetches web fonts; the app works offline)."""
     return gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
 
 
-__all__ = ["ADVANCED", "AppRunner", "EXPORT_FORMATS", "FormField", "RunEvent", "StepRelay", "app_theme", "build_app",
+__all__ = ["ADVANCED", "AppRunner", "api_exception_handlers", "client_message", "EXPORT_FORMATS", "FormField", "RunEvent", "StepRelay", "app_theme", "build_app",
            "form_fields", "r_plot"]

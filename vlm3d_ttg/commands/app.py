@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import inspect
 import ipaddress
+import math
+import socket
 import tempfile
 from pathlib import Path
 from typing import Optional
@@ -54,18 +57,22 @@ def _app(
     """Serve the web app: image or text + description → guided mesh in a 3D viewer, with the critic's
     views and r streaming while it runs; the same run as `generate`, also as an HTTP API."""
     from ..logs import be_verbose, quiet_hy3dgen, quiet_libraries
-    from ..requests import validate_options
 
     if concurrency < 1:
         raise InvalidInputError(f"--concurrency must be ≥ 1, got {concurrency}.")
     if max_queue < 1:
         raise InvalidInputError(f"--max-queue must be ≥ 1, got {max_queue}.")
-    if keep_runs < 1 or not max_age_hours > 0:
-        raise InvalidInputError("--keep-runs must be ≥ 1 and --max-age-hours > 0.")
+    if keep_runs < 1:
+        raise InvalidInputError(f"--keep-runs must be ≥ 1, got {keep_runs}.")
+    if not (math.isfinite(max_age_hours) and 0 < max_age_hours <= MAX_AGE_HOURS):
+        raise InvalidInputError(f"--max-age-hours must be a number in (0, {MAX_AGE_HOURS}], got {max_age_hours:g}.")
     if not 0 < port < 65536:
         raise InvalidInputError(f"--port must be in 1..65535, got {port}.")
-    # The command line's options are the defaults of every request: checked now, as a request's are.
-    run_options = validate_options(options)[0]
+    # Everything a request could find wrong with the server's own settings is found now, before the
+    # models load: the options (as `generate` checks them), what the API cannot express, the preflight.
+    run_options = check_app_settings(options, preset=preset.value)
+    folder = check_runs_dir(runs_dir)
+    check_port_free(host, port)
     if verbose:
         be_verbose()
     else:
@@ -75,10 +82,9 @@ def _app(
         typer.secho(f"warning: {warning}", err=True, fg=typer.colors.YELLOW)
 
     from ..app.runs import RunFolders
-    from ..app.server import AppRunner, app_theme, build_app, CSS
+    from ..app.server import AppRunner, CSS, api_exception_handlers, app_theme, build_app
     from ..generation import load_models
 
-    folder = runs_dir or Path(tempfile.gettempdir()) / "vlm3d-ttg-app"
     runs = RunFolders(folder, keep=keep_runs, max_age_hours=max_age_hours)
     typer.echo(f"loading the models ({preset.value} preset)…")
     models = load_models(run_options, preset=preset.value)
@@ -89,7 +95,67 @@ def _app(
     where = LOOPBACK_NOTE if _is_loopback(host) else "OPEN TO THE NETWORK"
     typer.echo(f"serving on http://{host}:{port}  ({where}; Ctrl-C stops it)")
     demo.launch(server_name=host, server_port=port, share=share, show_error=True, quiet=True, ssr_mode=False,
-                allowed_paths=[str(folder)], theme=app_theme(), css=CSS, mcp_server=False, footer_links=["api"])
+                allowed_paths=[str(folder)], theme=app_theme(), css=CSS, mcp_server=False, footer_links=["api"],
+                app_kwargs={"exception_handlers": api_exception_handlers()})
+
+
+#: --max-age-hours' bound (10 years): larger values overflow the clock arithmetic of cleanup and Gradio's cache.
+MAX_AGE_HOURS = 24 * 365 * 10
+
+
+def check_app_settings(options: dict, *, preset: str) -> object:
+    """The server's options (the defaults of every request) checked as `generate` checks a run's, plus
+    what the app's API cannot express; returns the validated GenerationOptions or raises InvalidInputError."""
+    from ..models import resolve_shape_model
+    from ..requests import validate_settings, _preflight
+
+    settings = validate_settings(options, preset=preset)
+    run_options = settings.options
+    if preset != "realsize" and resolve_shape_model(run_options.shape_model, run_options.shape_subfolder).multiview:
+        raise InvalidInputError(f"--shape-model {run_options.shape_model} is a multi-view model, and the app takes one "
+                                "image per request (no left/back/right views): use a single-view --shape-model, or "
+                                "`vlm3d-ttg generate` with --left/--back/--right.")
+    if preset == "real":
+        from ..generation import check_models_present
+
+        check_models_present(run_options)
+    _preflight(run_options, settings.guidance, settings.search, prompt="", preset=preset)  # each request's again
+    return run_options
+
+
+def check_runs_dir(runs_dir: Path | None) -> Path:
+    """The folder the app's run folders go in (default: a folder of its own in the temp dir), refused when
+    it is a file or cannot be written; the app shares it with whatever else is there and removes only
+    its own run folders (vlm3d_ttg.app.runs)."""
+    import os
+
+    folder = runs_dir if runs_dir is not None else Path(tempfile.gettempdir()) / "vlm3d-ttg-app"
+    probe = folder
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise InvalidInputError(f"--runs-dir '{folder}': '{probe}' is a file, not a folder.")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise InvalidInputError(f"--runs-dir '{folder}': '{probe}' is not writable.")
+    return folder
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Raise InvalidInputError when `host`:`port` cannot be served on (in use, or not an address of this
+    machine), found before the models load rather than after."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise InvalidInputError(f"--host {host!r} is not an address this machine can serve on ({exc.strerror}).") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds (a closing port is free)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            why = "it is in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc))
+            raise InvalidInputError(f"Cannot serve on {host}:{port}: {why}. Choose another --port "
+                                    "(or stop what is serving there).") from None
 
 
 def _derived_signature() -> inspect.Signature:

@@ -102,7 +102,11 @@ def _generate(
     planned_outputs = output_plan(out, manifest_path, plot_path=plot_path, views_dir=save_views,
                                   view_steps=steps_to_keep(keep_views, planned) if save_views is not None else (),
                                   candidates=search.searching, input_image_path=input_image_path)
-    check_output_plan(planned_outputs, {"IMAGE": image, **{f"--{name}": path for name, path in extra_views.items()}})
+    # ... and against every file of every checkpoint and cache the run will load (not loaded yet).
+    from ..generation import checkpoint_folders
+
+    check_output_plan(planned_outputs, {"IMAGE": image, **{f"--{name}": path for name, path in extra_views.items()}},
+                      read_folders=checkpoint_folders(run_options, preset.value, text_to_3d=image is None))
 
 
     from ..logs import be_verbose, quiet_hy3dgen
@@ -122,6 +126,9 @@ def _generate(
         generated_input = make_input_image(prompt, input_image_path, model=run_options.text_to_image, device=run_options.device,
                                            seed=run_options.seed, tiny=preset in (Preset.tiny, Preset.realsize))
     models = load_models(run_options, preset=preset.value)
+    from ..interrupts import check
+
+    check()  # a stop signal swallowed while the models loaded (a loader's `except BaseException`)
     result = generate_mesh(
         models,
         image=image,

@@ -101,6 +101,8 @@ def score(
     resolve_device(device)  # an unknown or unavailable device is refused before any work
     from ..preflight import bound_problem
 
+    if views < 1:  # with view files too: a bad value is refused whatever the input
+        raise InvalidInputError(f"--views must be at least 1, got {views}.")
     for name, value, flag in (("num_views", views, "--views"), ("view_size", resolution, "--resolution")):
         if bound_problem(name, value):
             raise InvalidInputError(f"{flag}: {bound_problem(name, value)}")

@@ -188,11 +188,28 @@ MAX_TEMPLATE_CHARS = 4000
 _LINE_BREAKS = {"\u2028", "\u2029"}
 
 
+#: Invisible format characters that belong to ordinary text (Persian, Indic scripts, emoji sequences): accepted.
+JOINERS = {"\u200c", "\u200d"}  # ZERO WIDTH NON-JOINER, ZERO WIDTH JOINER
+
+
+def check_encoding(text: str, what: str) -> str:
+    """Return `text` unless it holds bytes that were not valid UTF-8 (Python keeps them as lone surrogates,
+    U+DC80..U+DCFF, in command-line arguments); then raise InvalidInputError naming the first byte."""
+    for position, char in enumerate(text):
+        if unicodedata.category(char) == "Cs":
+            byte = f"0x{ord(char) - 0xDC00:02X}" if 0xDC80 <= ord(char) <= 0xDCFF else f"U+{ord(char):04X}"
+            raise InvalidInputError(f"The {what} is not valid UTF-8 (byte {byte} at position {position}); give it as "
+                                    "UTF-8 text (check the terminal's or the file's encoding).")
+    return text
+
+
 def check_text_hygiene(text: str, what: str, *, multiline: bool = False, max_chars: int | None = None) -> str:
     """Return `text` if it is plain text a user can see; else raise InvalidInputError naming the first problem.
 
     Refused: control characters (Unicode category Cc: NUL, BEL, BS, ESC, DEL, the C1 range, ...) with
-    their position, and, unless `multiline`, tabs and line breaks too; text longer than `max_chars`.
+    their position, and, unless `multiline`, tabs and line breaks too; invisible format characters
+    (category Cf: direction overrides, zero-width spaces, ...; the joiners of JOINERS excepted), named;
+    bytes that were not UTF-8; text longer than `max_chars`.
     The same rule serves the CLI, the Python API and benchmark rows (see the comment above for why
     refusing, not normalising).
     """
@@ -201,10 +218,18 @@ def check_text_hygiene(text: str, what: str, *, multiline: bool = False, max_cha
             f"The {what} is {len(text):,} characters long; at most {max_chars:,} are accepted (a description of an "
             "object needs far fewer). Shorten it."
         )
+    check_encoding(text, what)
     allowed = {"\n", "\t"} if multiline else set()
     for position, char in enumerate(text):
         if char in allowed:
             continue
+        if unicodedata.category(char) == "Cf" and char not in JOINERS:
+            raise InvalidInputError(
+                f"The {what} contains the invisible format character U+{ord(char):04X} "
+                f"{unicodedata.name(char, 'FORMAT CHARACTER')} at position {position}: direction overrides and other "
+                f"invisible characters are not accepted in a {what} (the critic would read something other than what "
+                "you see). Remove it."
+            )
         if unicodedata.category(char) == "Cc" or char in _LINE_BREAKS:
             name = {"\n": "a line break", "\r": "a carriage return", "\t": "a tab"}.get(char, "a control character")
             kind = "line breaks, tabs and other control characters" if not multiline else "control characters"
@@ -318,7 +343,9 @@ __all__ = [
     "MAX_DESCRIPTION_CHARS",
     "MAX_DESCRIPTION_TOKENS",
     "MAX_TEMPLATE_CHARS",
+    "JOINERS",
     "check_description_tokens",
+    "check_encoding",
     "check_plain_text",
     "check_text_hygiene",
     "format_query",
