@@ -98,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--ckpt-minutes", type=float, default=3.0)
+    parser.add_argument("--log-every", type=int, default=25)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
@@ -133,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     model.train()  # Qwen2.5-VL has no dropout: train() changes nothing but intent
     last_ckpt, start, running = time.time(), time.time(), []
     while step < args.steps:
-        warm = min(1.0, (step + 1) / 200)
+        warm = min(1.0, (step + 1) / min(200, max(1, args.steps // 10)))
         for group in optimizer.param_groups:
             group["lr"] = args.lr * warm * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * step / args.steps)))
         images, descriptions, labels = batches.sample(args.batch)
@@ -145,10 +146,10 @@ def main(argv: list[str] | None = None) -> int:
         optimizer.step()
         step += 1
         running.append((float(loss.detach()), float(((r.detach() > 0).float() == labels).float().mean())))
-        if step % 25 == 0:
+        if step % args.log_every == 0:
             loss_mean, acc = np.mean(running, axis=0)
             history.append({"step": step, "loss": float(loss_mean), "acc": float(acc), "seconds": time.time() - start})
-            logger.info("step %d loss %.4f acc %.3f (%.2f s/step)", step, loss_mean, acc, (time.time() - start) / 25)
+            logger.info("step %d loss %.4f acc %.3f (%.2f s/step)", step, loss_mean, acc, (time.time() - start) / args.log_every)
             running.clear()
             start = time.time()
         if time.time() - last_ckpt > args.ckpt_minutes * 60:

@@ -2,10 +2,11 @@
 
     nice -n 10 python training/train_decoder.py --data /work/mini-train/data --run /work/mini-train/decoder
 
-Loss: BCE of occupancy + code L2, with ~10 % Gaussian noise on the codes (so nearby codes decode
+Loss: BCE of occupancy + code L2, with ~5 % Gaussian noise on the codes (so nearby codes decode
 to nearby shapes, which the DiT's imperfect samples need). Every code starts from one shared
 template plus a little noise, so token j plays a similar role in every shape (canonically ordered
-latents: the DiT need not learn a permutation per shape). Resumable: `ckpt.pt` in --run is
+latents: the DiT need not learn a permutation per shape). Each code is in a batch only
+batch/N of the steps, so codes get a learning rate 30x the decoder's. Resumable: `ckpt.pt` in --run is
 rewritten every --ckpt-minutes; rerunning the command continues from it.
 """
 
@@ -36,12 +37,12 @@ def build_vae(seed: int) -> torch.nn.Module:
 
 
 def template_codes(count: int, seed: int) -> torch.Tensor:
-    """Initial codes: one shared template (L, C) for all shapes plus 1 % noise."""
+    """Initial codes: one shared template (L, C) for all shapes plus 10 % noise."""
     from vlm3d_ttg.miniworld.config import EMBED_DIM, NUM_LATENTS
 
     g = torch.Generator().manual_seed(seed + 1)
     template = torch.randn(NUM_LATENTS, EMBED_DIM, generator=g)
-    return template.expand(count, -1, -1) + 0.01 * torch.randn(count, NUM_LATENTS, EMBED_DIM, generator=g)
+    return template.expand(count, -1, -1) + 0.1 * torch.randn(count, NUM_LATENTS, EMBED_DIM, generator=g)
 
 
 def save_atomic(obj, path: Path) -> None:
@@ -58,11 +59,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-shapes", type=int, default=16)
     parser.add_argument("--batch-points", type=int, default=2048)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--code-lr", type=float, default=3e-3)
+    parser.add_argument("--code-lr", type=float, default=3e-2)
     parser.add_argument("--code-l2", type=float, default=1e-4)
-    parser.add_argument("--code-noise", type=float, default=0.1)
+    parser.add_argument("--code-noise", type=float, default=0.05)
     parser.add_argument("--limit-shapes", type=int, default=None, help="train on the first N shapes only (tests)")
     parser.add_argument("--ckpt-minutes", type=float, default=3.0)
+    parser.add_argument("--log-every", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
@@ -124,11 +126,11 @@ def main(argv: list[str] | None = None) -> int:
         optimizer.step()
         step += 1
         running.append((float(bce), float(((logits > 0) == target).float().mean())))
-        if step % 50 == 0:
+        if step % args.log_every == 0:
             bce_mean, acc = np.mean(running, axis=0)
             running.clear()
             history.append({"step": step, "bce": float(bce_mean), "acc": float(acc), "seconds": time.time() - start})
-            logger.info("step %d bce %.4f acc %.4f (%.2f s/step)", step, bce_mean, acc, (time.time() - start) / 50)
+            logger.info("step %d bce %.4f acc %.4f (%.2f s/step)", step, bce_mean, acc, (time.time() - start) / args.log_every)
             start = time.time()
         if time.time() - last_ckpt > args.ckpt_minutes * 60:
             checkpoint()

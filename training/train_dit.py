@@ -70,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--limit-shapes", type=int, default=None)
     parser.add_argument("--ckpt-minutes", type=float, default=3.0)
+    parser.add_argument("--log-every", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(codes) != len(inputs):
         print(f"error: {len(codes)} codes but {len(inputs)} shapes of input renders: same data folder?", file=sys.stderr)
         return 2
-    inputs = torch.from_numpy(np.ascontiguousarray(inputs))
+    inputs = torch.from_numpy(np.array(inputs))  # a writable copy in memory
     args.run.mkdir(parents=True, exist_ok=True)
     ckpt_path = args.run / "ckpt.pt"
 
@@ -116,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     conditioner.train()
     last_ckpt, start, running = time.time(), time.time(), []
     while step < args.steps:
-        warm = min(1.0, (step + 1) / 300)
+        warm = min(1.0, (step + 1) / min(300, max(1, args.steps // 10)))
         for group in optimizer.param_groups:
             group["lr"] = args.lr * warm * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * step / args.steps)))
         idx = torch.randint(0, len(data), (args.batch,), generator=generator)
@@ -129,9 +130,9 @@ def main(argv: list[str] | None = None) -> int:
         optimizer.step()
         step += 1
         running.append(float(loss))
-        if step % 50 == 0:
+        if step % args.log_every == 0:
             history.append({"step": step, "loss": float(np.mean(running)), "seconds": time.time() - start})
-            logger.info("step %d loss %.4f (%.2f s/step)", step, np.mean(running), (time.time() - start) / 50)
+            logger.info("step %d loss %.4f (%.2f s/step)", step, np.mean(running), (time.time() - start) / args.log_every)
             running.clear()
             start = time.time()
         if time.time() - last_ckpt > args.ckpt_minutes * 60:
