@@ -2,7 +2,7 @@
 
     python training/export_mini.py --decoder /work/mini-train/decoder/ckpt.pt --dit /work/mini-train/dit/ckpt.pt \
         --critic /work/mini-train/critic/ckpt.pt --judge /work/mini-train/judge/ckpt.pt \
-        --out vlm3d_ttg/assets/mini
+        --data /work/mini-train/data --out vlm3d_ttg/assets/mini
 
 `vlm3d_ttg.miniworld.checkpoints.ensure_mini_models` turns these into the hy3dgen and transformers
 folders the loaders read.
@@ -17,6 +17,10 @@ from pathlib import Path
 
 import torch
 import yaml
+
+
+#: Training shapes whose codes ship as probes (one per attribute class, and two plain ones).
+PROBES = ("mug_000", "table_000", "chair_000", "rocket_000", "snowman_000", "torus_000")
 
 
 def shape_state(decoder_ckpt: dict, dit_ckpt: dict) -> tuple[dict, dict[str, torch.Tensor]]:
@@ -46,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("decoder", "dit", "critic", "judge"):
         parser.add_argument(f"--{name}", required=True, type=Path)
     parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--data", required=True, type=Path, help="the data folder the decoder was trained on")
     parser.add_argument("--notes", type=Path, default=None, help="a JSON file of training facts to record in the manifest")
     args = parser.parse_args(argv)
     for name in ("decoder", "dit", "critic", "judge"):
@@ -71,7 +76,17 @@ def main(argv: list[str] | None = None) -> int:
         # Tied or shared tensors are stored once each (safetensors refuses aliases).
         save_file({k: v.clone() for k, v in weights.items()}, str(args.out / file), metadata={"format": "pt"})
         critics[role] = {"file": file, "size": ckpt["size"], "seed": int(ckpt["seed"]), "step": int(ckpt["step"])}
-    files = ["shape_config.yaml", "shape.fp16.safetensors"] + [c["file"] for c in critics.values()]
+    # Probe codes: a few training shapes' learned codes, so a test can check the shipped decoder
+    # still reconstructs them (and a broken decoder fails).
+    from vlm3d_ttg.miniworld.dataset import load_meta
+
+    records = [r for r in load_meta(args.data) if r.split == "train"]
+    probes = {}
+    for name in PROBES:
+        row = next(i for i, r in enumerate(records) if r.name == name)
+        probes[name] = decoder["codes"][row].detach().float().contiguous()
+    save_file(probes, str(args.out / "probes.safetensors"), metadata={"format": "pt"})
+    files = ["shape_config.yaml", "shape.fp16.safetensors", "probes.safetensors"] + [c["file"] for c in critics.values()]
     manifest = {
         "sha256": {name: sha256_file(args.out / name) for name in files},
         "critics": critics,
@@ -80,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
         "notes": json.loads(args.notes.read_text()) if args.notes else {},
     }
     (args.out / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+    for name in files + [MANIFEST]:
+        (args.out / name).chmod(0o644)  # safetensors writes owner-only files; the package ships them readable
     total = sum((args.out / name).stat().st_size for name in files)
     print(f"wrote {len(files)} files, {total / 1e6:.1f} MB, to {args.out}")
     return 0
