@@ -40,6 +40,13 @@ class CriticBatches:
         self.all_descriptions = sorted(set(self.set_description[broken == 0].tolist()))
         self.rng = np.random.default_rng(seed)
 
+    def sample_named(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Intact view sets and the index of their description in `all_descriptions` (stage 1)."""
+        intact = np.nonzero(self.broken == 0)[0]
+        chosen = self.rng.choice(intact, batch)
+        targets = torch.tensor([self.all_descriptions.index(d) for d in self.set_description[chosen]])
+        return torch.from_numpy(self.views[chosen]).float() / 255.0, targets
+
     def sample(self, batch: int) -> tuple[torch.Tensor, list[str], torch.Tensor]:
         rng = self.rng
         description = self.all_descriptions[rng.integers(len(self.all_descriptions))]
@@ -74,12 +81,42 @@ def load_split(data: Path, views_dir: Path, split: str, seed: int) -> CriticBatc
                          [r.cls for r in records], seed)
 
 
-def make_critic(model, processor):
+def make_critic(model, processor, query: str = "dual"):
     from vlm3d_ttg.critic.vlm_critic import VLMCritic
 
-    critic = VLMCritic(model, processor, "a mug", "dual", max_cached_prompts=64)
+    critic = VLMCritic(model, processor, "a mug", query, max_cached_prompts=64)
     model.requires_grad_(True)  # the critic freezes the model for guidance; here the weights learn
     return critic
+
+
+#: Stage 1 (--name-steps): the critic names what it sees, one word per description, read at the
+#: answer position through the output head (the class word; for the attribute-less variant of an
+#: attribute class, the attribute's word). A signal the image alone carries — unlike Yes/No, whose
+#: balanced labels cancel for any feature that ignores the description — so the vision tower and
+#: the answer position learn to represent the shape before stage 2 asks about descriptions.
+NAME_DESCRIPTION = "an object"
+
+
+def name_word(description: str) -> str:
+    """The word stage 1 teaches for a description ('a mug without a handle' → ' handle')."""
+    negative = {"a mug without a handle": " handle", "a chair without a back": " back",
+                "a rocket without fins": " fins", "a table with three legs": " three"}
+    if description in negative:
+        return negative[description]
+    words = description.split()
+    return " " + (words[1] if words[0] in ("a", "an") else words[0])
+
+
+def name_logits(critic, images: torch.Tensor, word_ids: list[int]) -> torch.Tensor:
+    """Logits (B, len(word_ids)) of the naming words at the answer position, the critic's own prompt path."""
+    batch, views = images.shape[:2]
+    prompt = critic.prompt_inputs(views, images.shape[-2], images.shape[-1], [NAME_DESCRIPTION] * batch, batch=batch)
+    pixel_values, grid = critic.preprocess(images.reshape(-1, *images.shape[2:]))
+    out = critic.model.model(input_ids=prompt.input_ids, attention_mask=prompt.attention_mask,
+                             position_ids=prompt.position_ids, image_grid_thw=prompt.image_grid_thw,
+                             pixel_values=pixel_values, use_cache=False)
+    head = critic.model.get_output_embeddings().weight[word_ids]
+    return out.last_hidden_state[:, -1] @ head.T
 
 
 def save_atomic(obj, path: Path) -> None:
@@ -99,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--ckpt-minutes", type=float, default=3.0)
     parser.add_argument("--log-every", type=int, default=25)
+    parser.add_argument("--name-steps", type=int, default=0,
+                        help="stage 1: the first N steps teach the critic to name the shape (see NAME_DESCRIPTION)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
@@ -113,6 +152,12 @@ def main(argv: list[str] | None = None) -> int:
     batches = load_split(args.data, args.views, "train", args.seed)
     model, processor = build_mini_critic(args.size, args.seed)
     critic = make_critic(model, processor)
+    descriptions_sorted = batches.all_descriptions
+    word_ids = [processor.tokenizer.convert_tokens_to_ids(processor.tokenizer.tokenize(name_word(d))[0])
+                for d in descriptions_sorted]
+    if len(set(word_ids)) != len(word_ids):
+        print("error: two descriptions share a naming word", file=sys.stderr)
+        return 2
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
     args.run.mkdir(parents=True, exist_ok=True)
     ckpt_path = args.run / "ckpt.pt"
@@ -137,15 +182,22 @@ def main(argv: list[str] | None = None) -> int:
         warm = min(1.0, (step + 1) / min(200, max(1, args.steps // 10)))
         for group in optimizer.param_groups:
             group["lr"] = args.lr * warm * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * step / args.steps)))
-        images, descriptions, labels = batches.sample(args.batch)
-        r = critic(images, descriptions=descriptions).r
-        loss = F.binary_cross_entropy_with_logits(r, labels)
+        if step < args.name_steps:
+            images, targets = batches.sample_named(args.batch)
+            logits = name_logits(critic, images, word_ids)
+            loss = F.cross_entropy(logits, targets)
+            r, labels = logits.argmax(dim=1).float(), targets.float()  # "acc" below: naming accuracy
+        else:
+            images, descriptions, labels = batches.sample(args.batch)
+            r = critic(images, descriptions=descriptions).r
+            loss = F.binary_cross_entropy_with_logits(r, labels)
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         step += 1
-        running.append((float(loss.detach()), float(((r.detach() > 0).float() == labels).float().mean())))
+        right = (r.detach() == labels) if step <= args.name_steps else ((r.detach() > 0).float() == labels)
+        running.append((float(loss.detach()), float(right.float().mean())))
         if step % args.log_every == 0:
             loss_mean, acc = np.mean(running, axis=0)
             history.append({"step": step, "loss": float(loss_mean), "acc": float(acc), "seconds": time.time() - start})
