@@ -47,14 +47,15 @@ def shape_state(decoder_ckpt: dict, dit_ckpt: dict) -> tuple[dict, dict[str, tor
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for name in ("decoder", "dit", "critic", "judge"):
+    for name in ("decoder", "dit", "critic"):
         parser.add_argument(f"--{name}", required=True, type=Path)
+    parser.add_argument("--judge", type=Path, default=None, help="the judge critic's ckpt.pt (omitted: none is shipped)")
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--data", required=True, type=Path, help="the data folder the decoder was trained on")
     parser.add_argument("--notes", type=Path, default=None, help="a JSON file of training facts to record in the manifest")
     args = parser.parse_args(argv)
     for name in ("decoder", "dit", "critic", "judge"):
-        if not getattr(args, name).is_file():
+        if getattr(args, name) is not None and not getattr(args, name).is_file():
             print(f"error: --{name} {getattr(args, name)} does not exist", file=sys.stderr)
             return 2
 
@@ -70,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     save_file(state, str(args.out / "shape.fp16.safetensors"), metadata={"format": "pt"})
     critics = {}
     for role, path in (("guide", args.critic), ("judge", args.judge)):
+        if path is None:
+            continue
         ckpt = torch.load(path, weights_only=False)
         file = f"critic_{role}.fp16.safetensors"
         weights = {k: v.detach().to(torch.float16).contiguous() for k, v in ckpt["model"].items()}

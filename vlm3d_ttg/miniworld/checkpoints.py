@@ -44,7 +44,7 @@ class MiniModels:
 
     shape: MiniShapeModel
     critic: Path  # save_pretrained folder of the guiding critic
-    judge: Path  # save_pretrained folder of the judge critic
+    judge: Path | None  # save_pretrained folder of the judge critic (None: not shipped)
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -119,5 +119,6 @@ def ensure_mini_models(cache_dir: str | os.PathLike | None = None, *, assets: st
     write_directory_atomic(models_dir / MINI_SHAPE_REPO / MINI_SHAPE_SUBFOLDER, write_shape)
     critics = manifest["critics"]
     critic = _write_critic(root / "critic", assets / critics["guide"]["file"], critics["guide"]["size"], critics["guide"]["seed"])
-    judge = _write_critic(root / "judge", assets / critics["judge"]["file"], critics["judge"]["size"], critics["judge"]["seed"])
+    judge = (_write_critic(root / "judge", assets / critics["judge"]["file"], critics["judge"]["size"], critics["judge"]["seed"])
+             if "judge" in critics else None)
     return MiniModels(MiniShapeModel(models_dir, MINI_SHAPE_REPO, MINI_SHAPE_SUBFOLDER), critic, judge)
