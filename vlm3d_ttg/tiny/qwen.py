@@ -156,8 +156,9 @@ def _tokenizer_corpus() -> list[tuple[str, int]]:
     ]
 
 
-def _learn_merges(num_merges: int) -> list[tuple[str, str]]:
-    """Byte-level BPE merges learned from `_tokenizer_corpus`; ties broken by the pair itself, so deterministic."""
+def _learn_merges(num_merges: int, extra_corpus: tuple[tuple[str, int], ...] = ()) -> list[tuple[str, str]]:
+    """Byte-level BPE merges learned from `_tokenizer_corpus` (plus `extra_corpus`); ties broken by the pair
+    itself, so deterministic."""
     from tokenizers import Regex, pre_tokenizers
     from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
@@ -168,7 +169,7 @@ def _learn_merges(num_merges: int) -> list[tuple[str, str]]:
         ]
     )
     word_counts: collections.Counter[str] = collections.Counter()
-    for text, weight in _tokenizer_corpus():
+    for text, weight in _tokenizer_corpus() + list(extra_corpus):
         for word, _ in pre_tokenizer.pre_tokenize_str(text):
             word_counts[word] += weight
     words = {word: list(word) for word in sorted(word_counts)}
@@ -204,13 +205,15 @@ def build_tiny_tokenizer(
     *,
     added_tokens: tuple[str, ...] = QWEN_ADDED_TOKENS,
     chat_template: str = QWEN2_5_VL_CHAT_TEMPLATE,
+    extra_corpus: tuple[tuple[str, int], ...] = (),
 ) -> Any:
     """The tiny byte-level BPE `Qwen2Tokenizer` with Qwen's special tokens and chat template.
 
     With the default merges "Yes" and "No" are single tokens; `num_merges=0` gives a pure byte-level
     tokenizer (every character its own token), useful to check what happens when they are not.
     `added_tokens` (non-special, after the special ones) and `chat_template` default to Qwen2.5-VL's;
-    another Qwen family passes its own (`tiny.qwen3`).
+    another Qwen family passes its own (`tiny.qwen3`). `extra_corpus` ((text, weight) pairs) adds text
+    the merges are learned from (the miniature world's descriptions); empty keeps the tiny bytes.
     """
     from tokenizers import AddedToken
     from transformers import Qwen2Tokenizer
@@ -219,7 +222,7 @@ def build_tiny_tokenizer(
     vocab: dict[str, int] = {}
     for byte in sorted(byte_chars, key=lambda b: ord(byte_chars[b])):
         vocab[byte_chars[byte]] = len(vocab)
-    merges = _learn_merges(num_merges) if num_merges > 0 else []
+    merges = _learn_merges(num_merges, tuple(extra_corpus)) if num_merges > 0 else []
     for left, right in merges:
         vocab.setdefault(left + right, len(vocab))
     # Specials get explicit ids right after the regular vocabulary, in the real order.

@@ -1,0 +1,125 @@
+"""The miniature world: shapes and their attribute detectors, the input-picture style, and the
+training scripts (a few steps on a tiny subset lower their loss). No training beyond that here."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from vlm3d_ttg.miniworld.geometry import (
+    count_legs,
+    detect_attribute,
+    genus,
+    has_back,
+    has_fins,
+    mesh_from_sdf,
+    occupancy_grid,
+)
+from vlm3d_ttg.miniworld.render_input import INPUT_DISTANCE, render_input_image
+from vlm3d_ttg.miniworld.shapes import CLASSES, EXTENT, describe, make_spec, shape_sdf
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _grid(cls: str, variant: int) -> np.ndarray:
+    return occupancy_grid(shape_sdf(make_spec(cls, variant)), 64)
+
+
+def test_shapes_are_seeded_normalised_and_labelled():
+    a, b = make_spec("mug", 3), make_spec("mug", 3)
+    assert a == b and make_spec("mug", 3, seed=1) != a
+    points = np.random.default_rng(0).uniform(-1.01, 1.01, (20000, 3))
+    for cls in ("table", "snowman"):
+        sdf = shape_sdf(make_spec(cls, 0))
+        inside = points[sdf(points) < 0]
+        half_extent = (inside.max(axis=0) - inside.min(axis=0)).max() / 2
+        assert EXTENT - 0.08 < half_extent <= EXTENT + 0.02
+    assert describe("table", {"legs": 3}) == "a table with three legs"
+    assert describe("mug", {"handle": 0}) == "a mug without a handle"
+    assert len(CLASSES) >= 10
+
+
+def test_attribute_detectors_read_the_attribute_of_known_shapes():
+    # Variant parity sets the attribute: even variants have the handle / back / fins / four legs.
+    assert genus(_grid("mug", 0)) == 1 and genus(_grid("mug", 1)) == 0
+    assert genus(_grid("torus", 0)) == 1 and genus(_grid("sphere", 0)) == 0
+    assert count_legs(_grid("table", 0)) == 4 and count_legs(_grid("table", 1)) == 3
+    assert has_back(_grid("chair", 0)) and not has_back(_grid("chair", 1))
+    assert has_fins(_grid("rocket", 0)) and not has_fins(_grid("rocket", 1))
+    for cls, variant in (("mug", 2), ("table", 5), ("chair", 7), ("rocket", 4)):
+        spec = make_spec(cls, variant)
+        assert detect_attribute(cls, _grid(cls, variant)) == next(iter(spec.attributes.values()))
+    assert detect_attribute("bowl", _grid("bowl", 0)) is None
+
+
+def test_render_input_image_alpha_is_the_mesh_silhouette():
+    # A sphere's silhouette from an orbit camera is a disk of known size at the picture's centre.
+    radius, size, fov = 0.6, 96, 40.0
+    sdf = lambda p: np.linalg.norm(p, axis=-1) - radius  # noqa: E731
+    mesh = mesh_from_sdf(sdf, 48)
+    image = render_input_image(mesh, 30.0, 15.0, size=size)
+    assert image.mode == "RGBA" and image.size == (size, size)
+    rgba = np.asarray(image)
+    alpha = rgba[..., 3] >= 128
+    disk_radius = math.tan(math.asin(radius / INPUT_DISTANCE)) / math.tan(math.radians(fov / 2)) * size / 2
+    yy, xx = np.mgrid[0:size, 0:size] + 0.5
+    disk = (xx - size / 2) ** 2 + (yy - size / 2) ** 2 <= disk_radius**2
+    assert (alpha & disk).sum() / (alpha | disk).sum() > 0.95
+    assert rgba[alpha][:, 0].mean() > rgba[alpha][:, 2].mean()  # the clay tint: warmer than grey
+
+
+# --------------------------------------------------------------------------------------------
+# Training scripts: a few steps on a tiny subset
+
+
+def _training_module(name: str):
+    sys.path.insert(0, str(ROOT / "training"))
+    try:
+        return __import__(name)
+    finally:
+        sys.path.pop(0)
+
+
+@pytest.fixture(scope="module")
+def tiny_world(tmp_path_factory) -> Path:
+    data = tmp_path_factory.mktemp("miniworld")
+    assert _training_module("build_data").main(["--out", str(data), "--classes", "mug,torus", "--variants", "2"]) == 0
+    return data
+
+
+def _history(run: Path) -> list[dict]:
+    return json.loads((run / "history.json").read_text())
+
+
+def test_build_data_writes_every_split_file(tiny_world):
+    assert np.load(tiny_world / "train_points.npy").shape == (4, 16384, 3)
+    inputs = np.load(tiny_world / "train_inputs.npy")
+    assert inputs.shape[:3] == (4, 8, 3) and inputs.dtype == np.uint8
+    meta = json.loads((tiny_world / "meta.json").read_text())
+    assert [s["description"] for s in meta["shapes"]][:2] == ["a mug with a handle", "a mug without a handle"]
+
+
+def test_decoder_and_dit_training_lower_their_loss(tiny_world, tmp_path):
+    decoder_run = tmp_path / "decoder"
+    args = ["--data", str(tiny_world), "--run", str(decoder_run), "--steps", "40", "--batch-shapes", "4",
+            "--batch-points", "256", "--log-every", "10"]
+    assert _training_module("train_decoder").main(args) == 0
+    history = _history(decoder_run)
+    assert history[-1]["bce"] < history[0]["bce"] - 0.02
+    dit_run = tmp_path / "dit"
+    args = ["--data", str(tiny_world), "--decoder", str(decoder_run / "ckpt.pt"), "--run", str(dit_run),
+            "--steps", "40", "--batch", "8", "--lr", "2e-3", "--log-every", "10"]
+    assert _training_module("train_dit").main(args) == 0
+    history = _history(dit_run)
+    assert history[-1]["loss"] < history[0]["loss"] - 0.05
+
+
+def test_training_scripts_refuse_missing_data_with_exit_2(tmp_path, capsys):
+    assert _training_module("train_decoder").main(["--data", str(tmp_path), "--run", str(tmp_path / "r")]) == 2
+    assert "build_data.py" in capsys.readouterr().err

@@ -1,0 +1,109 @@
+"""Write the trained miniature models into the package as fp16 safetensors with a sha256 manifest.
+
+    python training/export_mini.py --decoder /work/mini-train/decoder/ckpt.pt --dit /work/mini-train/dit/ckpt.pt \
+        --critic /work/mini-train/critic/ckpt.pt --judge /work/mini-train/judge/ckpt.pt \
+        --data /work/mini-train/data --out vlm3d_ttg/assets/mini
+
+`vlm3d_ttg.miniworld.checkpoints.ensure_mini_models` turns these into the hy3dgen and transformers
+folders the loaders read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+import yaml
+
+
+#: Training shapes whose codes ship as probes (one per attribute class, and two plain ones).
+PROBES = ("mug_000", "table_000", "chair_000", "rocket_000", "snowman_000", "torus_000")
+
+
+def shape_state(decoder_ckpt: dict, dit_ckpt: dict) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(config.yaml content, prefixed fp16 state dict) of the mini shape model."""
+    from hy3dgen.shapegen.pipelines import instantiate_from_config
+
+    from vlm3d_ttg.dinov2_names import to_checkpoint_names
+    from vlm3d_ttg.miniworld.config import mini_shape_config
+
+    config = mini_shape_config(float(dit_ckpt["scale_factor"]))
+    dit = instantiate_from_config(config["model"])
+    vae = instantiate_from_config(config["vae"])
+    conditioner = instantiate_from_config(config["conditioner"])
+    dit.load_state_dict(dit_ckpt["dit"])
+    vae.load_state_dict(decoder_ckpt["vae"])
+    conditioner.load_state_dict(dit_ckpt["conditioner"])
+    state: dict[str, torch.Tensor] = {}
+    for prefix, module in (("model", dit), ("vae", vae), ("conditioner", conditioner)):
+        weights = to_checkpoint_names(module.state_dict()) if prefix == "conditioner" else module.state_dict()
+        for key, value in weights.items():
+            state[f"{prefix}.{key}"] = value.detach().to(torch.float16).contiguous()
+    return config, state
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for name in ("decoder", "dit", "critic"):
+        parser.add_argument(f"--{name}", required=True, type=Path)
+    parser.add_argument("--judge", type=Path, default=None, help="the judge critic's ckpt.pt (omitted: none is shipped)")
+    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--data", required=True, type=Path, help="the data folder the decoder was trained on")
+    parser.add_argument("--notes", type=Path, default=None, help="a JSON file of training facts to record in the manifest")
+    args = parser.parse_args(argv)
+    for name in ("decoder", "dit", "critic", "judge"):
+        if getattr(args, name) is not None and not getattr(args, name).is_file():
+            print(f"error: --{name} {getattr(args, name)} does not exist", file=sys.stderr)
+            return 2
+
+    from safetensors.torch import save_file
+
+    from vlm3d_ttg.miniworld.checkpoints import MANIFEST, sha256_file
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    decoder = torch.load(args.decoder, weights_only=False)
+    dit = torch.load(args.dit, weights_only=False)
+    config, state = shape_state(decoder, dit)
+    (args.out / "shape_config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    save_file(state, str(args.out / "shape.fp16.safetensors"), metadata={"format": "pt"})
+    critics = {}
+    for role, path in (("guide", args.critic), ("judge", args.judge)):
+        if path is None:
+            continue
+        ckpt = torch.load(path, weights_only=False)
+        file = f"critic_{role}.fp16.safetensors"
+        weights = {k: v.detach().to(torch.float16).contiguous() for k, v in ckpt["model"].items()}
+        # Tied or shared tensors are stored once each (safetensors refuses aliases).
+        save_file({k: v.clone() for k, v in weights.items()}, str(args.out / file), metadata={"format": "pt"})
+        critics[role] = {"file": file, "size": ckpt["size"], "seed": int(ckpt["seed"]), "step": int(ckpt["step"])}
+    # Probe codes: a few training shapes' learned codes, so a test can check the shipped decoder
+    # still reconstructs them (and a broken decoder fails).
+    from vlm3d_ttg.miniworld.dataset import load_meta
+
+    records = [r for r in load_meta(args.data) if r.split == "train"]
+    probes = {}
+    for name in PROBES:
+        row = next(i for i, r in enumerate(records) if r.name == name)
+        probes[name] = decoder["codes"][row].detach().float().contiguous()
+    save_file(probes, str(args.out / "probes.safetensors"), metadata={"format": "pt"})
+    files = ["shape_config.yaml", "shape.fp16.safetensors", "probes.safetensors"] + [c["file"] for c in critics.values()]
+    manifest = {
+        "sha256": {name: sha256_file(args.out / name) for name in files},
+        "critics": critics,
+        "training": {"decoder_step": int(decoder["step"]), "dit_step": int(dit["step"]),
+                     "scale_factor": float(dit["scale_factor"])},
+        "notes": json.loads(args.notes.read_text()) if args.notes else {},
+    }
+    (args.out / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+    for name in files + [MANIFEST]:
+        (args.out / name).chmod(0o644)  # safetensors writes owner-only files; the package ships them readable
+    total = sum((args.out / name).stat().st_size for name in files)
+    print(f"wrote {len(files)} files, {total / 1e6:.1f} MB, to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,217 @@
+"""Train a miniature Qwen2.5-VL critic on (4 views rendered as guidance renders them, question) → Yes / No.
+
+    nice -n 10 python training/train_critic.py --data /work/mini-train/data \
+        --views /work/mini-train/critic_data --run /work/mini-train/critic --size guide --seed 0
+    (the judge: --run /work/mini-train/judge --size judge --seed 1)
+
+The loss is the BCE of r = z_Yes − z_No computed by the project's own critic (`critic.VLMCritic`,
+dual query: the same cached input_ids, 3-D positions and torch preprocessing guidance reads), so
+what it learns is exactly what guidance differentiates. Each batch asks about one description:
+half the view sets are Yes (an intact shape the description fits), half No — a shape of the same
+class with the other attribute value, another class, or a broken variant of a fitting shape.
+Resumable from `ckpt.pt` in --run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+logger = logging.getLogger("train_critic")
+
+
+class CriticBatches:
+    """Balanced (views, description, label) batches drawn from the rendered view sets of one split."""
+
+    def __init__(self, views: np.ndarray, shape_row: np.ndarray, broken: np.ndarray, descriptions: list[str],
+                 classes: list[str], seed: int):
+        self.views, self.shape_row, self.broken = views, shape_row, broken
+        self.set_description = np.asarray([descriptions[r] for r in shape_row])
+        self.set_class = np.asarray([classes[r] for r in shape_row])
+        self.all_descriptions = sorted(set(self.set_description[broken == 0].tolist()))
+        self.rng = np.random.default_rng(seed)
+
+    def sample_named(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Intact view sets and the index of their description in `all_descriptions` (stage 1)."""
+        intact = np.nonzero(self.broken == 0)[0]
+        chosen = self.rng.choice(intact, batch)
+        targets = torch.tensor([self.all_descriptions.index(d) for d in self.set_description[chosen]])
+        return torch.from_numpy(self.views[chosen]).float() / 255.0, targets
+
+    def sample(self, batch: int) -> tuple[torch.Tensor, list[str], torch.Tensor]:
+        rng = self.rng
+        description = self.all_descriptions[rng.integers(len(self.all_descriptions))]
+        fits = np.nonzero((self.set_description == description) & (self.broken == 0))[0]
+        cls = self.set_class[fits[0]]
+        broken_fits = np.nonzero((self.set_description == description) & (self.broken == 1))[0]
+        sibling = np.nonzero((self.set_class == cls) & (self.set_description != description) & (self.broken == 0))[0]
+        other = np.nonzero(self.set_class != cls)[0]
+        half = batch // 2
+        chosen = list(rng.choice(fits, half))
+        labels = [1.0] * half
+        for _ in range(batch - half):
+            pick = rng.random()
+            if pick < 0.35 and len(sibling):
+                chosen.append(rng.choice(sibling))
+            elif pick < 0.65 and len(broken_fits):
+                chosen.append(rng.choice(broken_fits))
+            else:
+                chosen.append(rng.choice(other))
+            labels.append(0.0)
+        images = torch.from_numpy(self.views[np.asarray(chosen)]).float() / 255.0
+        return images, [description] * batch, torch.tensor(labels)
+
+
+def load_split(data: Path, views_dir: Path, split: str, seed: int) -> CriticBatches:
+    from vlm3d_ttg.miniworld.dataset import load_meta
+
+    records = load_meta(data)
+    index = np.load(views_dir / f"{split}_index.npz")
+    views = np.load(views_dir / f"{split}_views.npy", mmap_mode="r")
+    return CriticBatches(views, index["shape_row"], index["broken"], [r.description for r in records],
+                         [r.cls for r in records], seed)
+
+
+def make_critic(model, processor, query: str = "dual"):
+    from vlm3d_ttg.critic.vlm_critic import VLMCritic
+
+    critic = VLMCritic(model, processor, "a mug", query, max_cached_prompts=64)
+    model.requires_grad_(True)  # the critic freezes the model for guidance; here the weights learn
+    return critic
+
+
+#: Stage 1 (--name-steps): the critic names what it sees, one word per description, read at the
+#: answer position through the output head (the class word; for the attribute-less variant of an
+#: attribute class, the attribute's word). A signal the image alone carries — unlike Yes/No, whose
+#: balanced labels cancel for any feature that ignores the description — so the vision tower and
+#: the answer position learn to represent the shape before stage 2 asks about descriptions.
+NAME_DESCRIPTION = "an object"
+
+
+def name_word(description: str) -> str:
+    """The word stage 1 teaches for a description ('a mug without a handle' → ' handle')."""
+    negative = {"a mug without a handle": " handle", "a chair without a back": " back",
+                "a rocket without fins": " fins", "a table with three legs": " three"}
+    if description in negative:
+        return negative[description]
+    words = description.split()
+    return " " + (words[1] if words[0] in ("a", "an") else words[0])
+
+
+def name_logits(critic, images: torch.Tensor, word_ids: list[int]) -> torch.Tensor:
+    """Logits (B, len(word_ids)) of the naming words at the answer position, the critic's own prompt path."""
+    batch, views = images.shape[:2]
+    prompt = critic.prompt_inputs(views, images.shape[-2], images.shape[-1], [NAME_DESCRIPTION] * batch, batch=batch)
+    pixel_values, grid = critic.preprocess(images.reshape(-1, *images.shape[2:]))
+    out = critic.model.model(input_ids=prompt.input_ids, attention_mask=prompt.attention_mask,
+                             position_ids=prompt.position_ids, image_grid_thw=prompt.image_grid_thw,
+                             pixel_values=pixel_values, use_cache=False)
+    head = critic.model.get_output_embeddings().weight[word_ids]
+    return out.last_hidden_state[:, -1] @ head.T
+
+
+def save_atomic(obj, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True, type=Path)
+    parser.add_argument("--views", required=True, type=Path, help="build_critic_data.py's output folder")
+    parser.add_argument("--run", required=True, type=Path)
+    parser.add_argument("--size", default="guide", choices=["guide", "judge"])
+    parser.add_argument("--steps", type=int, default=6000)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--ckpt-minutes", type=float, default=3.0)
+    parser.add_argument("--log-every", type=int, default=25)
+    parser.add_argument("--name-steps", type=int, default=0,
+                        help="stage 1: the first N steps teach the critic to name the shape (see NAME_DESCRIPTION)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    torch.set_num_threads(args.threads)
+    if not (args.views / "train_views.npy").is_file():
+        print(f"error: {args.views}/train_views.npy is missing: run training/build_critic_data.py first", file=sys.stderr)
+        return 2
+
+    from vlm3d_ttg.miniworld.critic_model import build_mini_critic
+
+    batches = load_split(args.data, args.views, "train", args.seed)
+    model, processor = build_mini_critic(args.size, args.seed)
+    critic = make_critic(model, processor)
+    descriptions_sorted = batches.all_descriptions
+    word_ids = [processor.tokenizer.convert_tokens_to_ids(processor.tokenizer.tokenize(name_word(d))[0])
+                for d in descriptions_sorted]
+    if len(set(word_ids)) != len(word_ids):
+        print("error: two descriptions share a naming word", file=sys.stderr)
+        return 2
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
+    args.run.mkdir(parents=True, exist_ok=True)
+    ckpt_path = args.run / "ckpt.pt"
+    step, history = 0, []
+    if ckpt_path.exists():
+        state = torch.load(ckpt_path, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        step, history = state["step"], state["history"]
+        batches.rng = np.random.default_rng([args.seed, step])
+        logger.info("resumed at step %d", step)
+
+    def checkpoint() -> None:
+        save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                     "history": history, "size": args.size, "seed": args.seed,
+                     "args": vars(args) | {"data": str(args.data), "views": str(args.views), "run": str(args.run)}},
+                    ckpt_path)
+
+    model.train()  # Qwen2.5-VL has no dropout: train() changes nothing but intent
+    last_ckpt, start, running = time.time(), time.time(), []
+    while step < args.steps:
+        warm = min(1.0, (step + 1) / min(200, max(1, args.steps // 10)))
+        for group in optimizer.param_groups:
+            group["lr"] = args.lr * warm * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * step / args.steps)))
+        if step < args.name_steps:
+            images, targets = batches.sample_named(args.batch)
+            logits = name_logits(critic, images, word_ids)
+            loss = F.cross_entropy(logits, targets)
+            r, labels = logits.argmax(dim=1).float(), targets.float()  # "acc" below: naming accuracy
+        else:
+            images, descriptions, labels = batches.sample(args.batch)
+            r = critic(images, descriptions=descriptions).r
+            loss = F.binary_cross_entropy_with_logits(r, labels)
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        step += 1
+        right = (r.detach() == labels) if step <= args.name_steps else ((r.detach() > 0).float() == labels)
+        running.append((float(loss.detach()), float(right.float().mean())))
+        if step % args.log_every == 0:
+            loss_mean, acc = np.mean(running, axis=0)
+            history.append({"step": step, "loss": float(loss_mean), "acc": float(acc), "seconds": time.time() - start})
+            logger.info("step %d loss %.4f acc %.3f (%.2f s/step)", step, loss_mean, acc, (time.time() - start) / args.log_every)
+            running.clear()
+            start = time.time()
+        if time.time() - last_ckpt > args.ckpt_minutes * 60:
+            checkpoint()
+            last_ckpt = time.time()
+    checkpoint()
+    (args.run / "history.json").write_text(json.dumps(history))
+    logger.info("done at step %d", step)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
