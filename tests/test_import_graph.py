@@ -188,6 +188,7 @@ TINY_IMPORTERS = {
     "vlm3d_ttg.text2image": "make_input_image(tiny=True) loads the tiny text-to-image pipeline",
     "vlm3d_ttg.commands.score": "the score command loads the offline critic for --preset tiny / realsize",
     "vlm3d_ttg.bench.runner": "the benchmark's offline metric models (tiny CLIP, judge, Inception)",
+    "vlm3d_ttg.miniworld.critic_model": "the mini critics are built on the tiny Qwen recipe (its tokenizer and chat template)",
 }
 
 
