@@ -17,12 +17,13 @@ from typing import Any, Callable
 import torch
 
 from .errors import EmptySurfaceError, InvalidInputError
-from .backbones import EXPORT_RESOLUTION, TINY_EXPORT_RESOLUTION
+from .backbones import EXPORT_RESOLUTION
 from .export import PostprocessConfig, postprocess_mesh, save_mesh
 from .guidance import GuidanceConfig, StepRecord
 from .inputs import prepare_condition_image
 from .io import OutputSet, atomic_path
-from .options import PRESETS, Checks, option
+from .options import Checks, option
+from .presets import PRESETS
 from .manifest import package_versions, write_manifest
 from .sampler import EmptyOutputError, StepCallback
 from .text2image import DEFAULT_TEXT_TO_IMAGE_MODEL
@@ -47,7 +48,7 @@ class GenerationOptions:
     steps: int = option(50, "Sampler steps.", minimum=2)
     cfg_scale: float = option(5.0, "Classifier-free guidance scale of the shape model (hy3dgen's guidance_scale).",
                               aliases=("--cfg",), minimum=0)
-    octree_resolution: int | None = option(None, f"Export grid (default {EXPORT_RESOLUTION}; {TINY_EXPORT_RESOLUTION} with "
+    octree_resolution: int | None = option(None, f"Export grid (default {EXPORT_RESOLUTION}; {PRESETS['tiny'].export_resolution} with "
                                            "--preset tiny).", cli_type=int, minimum=16)
     shape_model: str = option("tencent/Hunyuan3D-2", "hy3dgen shape model: repo id or variant name (e.g. hunyuan3d-2mini).")
     shape_subfolder: str | None = option(None, "Subfolder of the shape repo (default: the repo's main DiT).", cli_type=str)
@@ -128,7 +129,7 @@ class LoadedModels:
     processor: Any
     shape_id: str
     vlm_id: str
-    preset: str = "real"  # real, tiny or realsize (see PRESETS)
+    preset: str = "real"  # a presets.PRESETS name
 
     def __post_init__(self) -> None:
         from .backbones import as_backbone
@@ -258,7 +259,9 @@ def _write_view_sheets(
 
 def export_resolution(preset: str) -> int:
     """The export grid a preset uses unless --octree-resolution says otherwise."""
-    return TINY_EXPORT_RESOLUTION if preset == "tiny" else EXPORT_RESOLUTION
+    from .presets import get_preset
+
+    return get_preset(preset).export_resolution or EXPORT_RESOLUTION
 
 
 def _maybe(p_yes: float | None) -> str:
@@ -294,7 +297,7 @@ def load_models(
     tiny: bool = False,
     cache_dir: str | os.PathLike | None = None,
 ) -> LoadedModels:
-    """Load the shape pipeline and the critic of `preset` (one of PRESETS; `tiny=True` is preset "tiny").
+    """Load the shape pipeline and the critic of `preset` (a `presets.PRESETS` name; `tiny=True` is preset "tiny").
 
     The offline presets write their checkpoints once under `cache_dir` ($VLM3D_TTG_CACHE,
     ~/.cache/vlm3d-ttg) and load them through the same loaders as the real models. The tiny preset
@@ -310,31 +313,25 @@ def load_models(
     dtype = options.dtype
     critic_device = torch.device("cpu") if options.offload_idle else torch_device
     critic_dtype = resolve_dtype(torch_device, options.vlm_dtype, half=torch.bfloat16)
-    preset = preset or ("tiny" if tiny else "real")
-    if preset not in PRESETS or (tiny and preset != "tiny"):
-        raise InvalidInputError(f"Unknown preset {preset!r} (tiny={tiny}); use one of {', '.join(PRESETS)}.")
-    critic_family = critic_family_for(options.vlm, preset, options.critic_family)
-    if preset == "realsize":
-        from .tiny.realsize import ensure_realsize_shape_model, ensure_realsize_vlm
+    from .presets import critic_checkpoint, get_preset, offline_checkpoints
 
+    preset = preset or ("tiny" if tiny else "real")
+    if tiny and preset != "tiny":
+        raise InvalidInputError(f"Unknown preset {preset!r} (tiny={tiny}); use one of {', '.join(PRESETS)}.")
+    record = get_preset(preset)
+    critic_family = critic_family_for(options.vlm, preset, options.critic_family)
+    if record.offline:
         depth = options.realsize_depth
-        shape_ref = ensure_realsize_shape_model(cache_dir, depth=depth)
+        # The preset's checkpoint of the variant asked for (e.g. --shape-model hunyuan3d-2mv: the tiny -mv one).
+        subfolder = resolve_shape_model(options.shape_model, options.shape_subfolder).subfolder
+        shape_ref = offline_checkpoints(record).shape(cache_dir, subfolder=subfolder, depth=depth)
         pipeline = load_shape_pipeline(shape_ref.repo_id, shape_ref.subfolder, models_dir=shape_ref.models_dir,
                                        device=torch_device, dtype=dtype)
-        vlm_path = ensure_realsize_vlm(cache_dir, depth=depth)
+        vlm_path = critic_checkpoint(record, options.vlm, family=critic_family, depth=depth, cache_dir=cache_dir)
         model, processor = load_vlm(vlm_path, device=critic_device, dtype=critic_dtype)
-        return LoadedModels(pipeline, model, processor, f"{shape_ref.repo_id}/{shape_ref.subfolder} (realsize, depth {depth})",
-                            f"{vlm_path} (realsize, depth {depth})", preset="realsize")
-    if preset == "tiny":
-        from .tiny import ensure_tiny_shape_model, ensure_tiny_vlm
-
-        # The tiny checkpoint of the variant asked for (e.g. --shape-model hunyuan3d-2mv: the tiny -mv one).
-        ref = ensure_tiny_shape_model(cache_dir, subfolder=resolve_shape_model(options.shape_model,
-                                                                               options.shape_subfolder).subfolder)
-        pipeline = load_shape_pipeline(ref.repo_id, ref.subfolder, models_dir=ref.models_dir, device=torch_device, dtype=dtype)
-        vlm_path = ensure_tiny_vlm(cache_dir, family=critic_family)
-        model, processor = load_vlm(vlm_path, device=critic_device, dtype=critic_dtype)
-        return LoadedModels(pipeline, model, processor, f"{ref.repo_id}/{ref.subfolder} (tiny)", f"{vlm_path} (tiny)", preset="tiny")
+        mark = record.describe(depth=depth)
+        return LoadedModels(pipeline, model, processor, f"{shape_ref.repo_id}/{shape_ref.subfolder}{mark}",
+                            f"{vlm_path}{mark}", preset=record.name)
     pipeline = load_shape_pipeline(options.shape_model, options.shape_subfolder, device=torch_device, dtype=dtype)
     model, processor = load_vlm(options.vlm, device=critic_device, dtype=critic_dtype)
     spec = pipeline.variant_spec
@@ -348,16 +345,13 @@ def checkpoint_folders(options: Any, preset: str, *, text_to_3d: bool = False,
     $HY3DGEN_MODELS/<repo>/<subfolder>, the critic's local folder or hub-cache repo, and for text-to-3D
     the text-to-image model's. An output may not land in any of them (`io.check_output_plan`)."""
     from .models import hub_cache_folder, hy3dgen_models_dir
-    from .tiny import tiny_cache_dir
+    from .presets import get_preset, offline_checkpoints
 
-    if preset == "tiny":
-        return {"the tiny checkpoints": tiny_cache_dir(cache_dir)}
-    if preset == "realsize":
-        from .tiny.realsize import realsize_cache_dir
-
-        found = {"the realsize checkpoints": realsize_cache_dir(cache_dir)}
+    record = get_preset(preset)
+    if record.offline:
+        found = {f"the {record.name} checkpoints": offline_checkpoints(record).folder(cache_dir)}
         if text_to_3d:  # the offline presets make their input image with the tiny text-to-image model
-            found["the tiny checkpoints"] = tiny_cache_dir(cache_dir)
+            found.setdefault("the tiny checkpoints", offline_checkpoints("tiny").folder(cache_dir))
         return found
     spec = resolve_shape_model(options.shape_model, options.shape_subfolder)
     found = {"the shape model": hy3dgen_models_dir() / spec.repo_id / spec.subfolder}
