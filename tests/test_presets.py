@@ -41,3 +41,15 @@ def test_a_new_preset_is_one_entry(monkeypatch):
     with pytest.raises(InvalidInputError, match="--preset mini has one family only; drop --critic-family"):
         critic_family_for("some/vlm", "mini", "qwen3-vl")
     assert critic_family_for("some/unreadable/vlm", "mini", None) == "qwen2.5-vl"
+
+
+def test_the_benchmark_cache_key_names_a_backbone_other_than_the_default():
+    """A cached benchmark result is keyed by its backbone (and older keys, of the default one, stay as they were)."""
+    import dataclasses
+
+    from vlm3d_ttg.bench.settings import GenerationSettings
+
+    for preset in ("tiny", "real"):
+        default = GenerationSettings(preset=preset)
+        other = dataclasses.replace(default, options=dataclasses.replace(default.options, backbone="analytic"))
+        assert "backbone" not in default.models_key() and other.models_key()["backbone"] == "analytic"

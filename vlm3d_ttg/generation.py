@@ -28,7 +28,7 @@ from .manifest import package_versions, write_manifest
 from .sampler import EmptyOutputError, StepCallback
 from .text2image import DEFAULT_TEXT_TO_IMAGE_MODEL
 from .search import SearchOptions, SearchRecord
-from .models import critic_family_for, load_shape_pipeline, load_vlm, resolve_device, resolve_dtype, resolve_shape_model
+from .models import critic_family_for, load_vlm, resolve_device, resolve_dtype, resolve_shape_model
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +50,8 @@ class GenerationOptions:
                               aliases=("--cfg",), minimum=0)
     octree_resolution: int | None = option(None, f"Export grid (default {EXPORT_RESOLUTION}; {PRESETS['tiny'].export_resolution} with "
                                            "--preset tiny).", cli_type=int, minimum=16)
+    backbone: str = option("hunyuan3d-2", "The shape generator: a registered backbone (hunyuan3d-2, or one an installed "
+                           "plug-in adds; docs/design.md §11).")
     shape_model: str = option("tencent/Hunyuan3D-2", "hy3dgen shape model: repo id or variant name (e.g. hunyuan3d-2mini).")
     shape_subfolder: str | None = option(None, "Subfolder of the shape repo (default: the repo's main DiT).", cli_type=str)
     vlm: str = option("Qwen/Qwen2.5-VL-7B-Instruct", "Critic: a Qwen2.5-VL or Qwen3-VL hub id or local folder (its config "
@@ -93,6 +95,10 @@ class GenerationOptions:
             bad(f"device must be {DEVICE_FORMS}, got {self.device!r}")
         for name in ("dtype", "vlm_dtype"):
             resolve_dtype(torch.device("cpu"), getattr(self, name))  # raises naming the accepted dtypes
+        from .backbones import BACKBONES, load_backbone_plugins
+
+        if not isinstance(self.backbone, str) or self.backbone not in load_backbone_plugins():
+            bad(f"backbone: unknown backbone {self.backbone!r}; use one of {', '.join(sorted(BACKBONES))}")
         if self.critic_family is not None:
             from .critic.families import get_family
 
@@ -313,29 +319,21 @@ def load_models(
     dtype = options.dtype
     critic_device = torch.device("cpu") if options.offload_idle else torch_device
     critic_dtype = resolve_dtype(torch_device, options.vlm_dtype, half=torch.bfloat16)
-    from .presets import critic_checkpoint, get_preset, offline_checkpoints
+    from .backbones import backbone_class
+    from .presets import critic_checkpoint, get_preset
 
     preset = preset or ("tiny" if tiny else "real")
     if tiny and preset != "tiny":
         raise InvalidInputError(f"Unknown preset {preset!r} (tiny={tiny}); use one of {', '.join(PRESETS)}.")
     record = get_preset(preset)
     critic_family = critic_family_for(options.vlm, preset, options.critic_family)
-    if record.offline:
-        depth = options.realsize_depth
-        # The preset's checkpoint of the variant asked for (e.g. --shape-model hunyuan3d-2mv: the tiny -mv one).
-        subfolder = resolve_shape_model(options.shape_model, options.shape_subfolder).subfolder
-        shape_ref = offline_checkpoints(record).shape(cache_dir, subfolder=subfolder, depth=depth)
-        pipeline = load_shape_pipeline(shape_ref.repo_id, shape_ref.subfolder, models_dir=shape_ref.models_dir,
-                                       device=torch_device, dtype=dtype)
-        vlm_path = critic_checkpoint(record, options.vlm, family=critic_family, depth=depth, cache_dir=cache_dir)
-        model, processor = load_vlm(vlm_path, device=critic_device, dtype=critic_dtype)
-        mark = record.describe(depth=depth)
-        return LoadedModels(pipeline, model, processor, f"{shape_ref.repo_id}/{shape_ref.subfolder}{mark}",
-                            f"{vlm_path}{mark}", preset=record.name)
-    pipeline = load_shape_pipeline(options.shape_model, options.shape_subfolder, device=torch_device, dtype=dtype)
-    model, processor = load_vlm(options.vlm, device=critic_device, dtype=critic_dtype)
-    spec = pipeline.variant_spec
-    return LoadedModels(pipeline, model, processor, f"{spec.repo_id}/{spec.subfolder}", options.vlm)
+    shape_model, shape_id = backbone_class(options.backbone).load(options, record, device=torch_device, dtype=dtype,
+                                                                  cache_dir=cache_dir)
+    vlm_path = critic_checkpoint(record, options.vlm, family=critic_family, depth=options.realsize_depth,
+                                 cache_dir=cache_dir)
+    model, processor = load_vlm(vlm_path, device=critic_device, dtype=critic_dtype)
+    return LoadedModels(shape_model, model, processor, shape_id, f"{vlm_path}{record.describe(depth=options.realsize_depth)}",
+                        preset=record.name)
 
 
 def checkpoint_folders(options: Any, preset: str, *, text_to_3d: bool = False,
@@ -369,19 +367,17 @@ def checkpoint_folders(options: Any, preset: str, *, text_to_3d: bool = False,
 
 
 def check_models_present(options: GenerationOptions) -> None:
-    """Offline (HF_HUB_OFFLINE=1), raise the loaders' own ModelNotFoundError now if the shape model or
-    the critic is not on disk: a text-to-3D run makes its input image before they load, and that work
+    """Raise the backbone's own error now if its shape model is missing (`check_present`; hy3dgen's checks
+    offline only) and, offline (HF_HUB_OFFLINE=1), the loader's ModelNotFoundError if the critic is not on disk: a text-to-3D run makes its input image before they load, and that work
     should not be wasted on a run that cannot finish. Online, nothing is checked (they may download)."""
     from huggingface_hub import try_to_load_from_cache
 
+    from .backbones import backbone_class
     from .env import hub_offline
-    from .models import hy3dgen_models_dir
 
+    backbone_class(options.backbone).check_present(options)  # the backbone's own check and message
     if not hub_offline():
         return
-    spec = resolve_shape_model(options.shape_model, options.shape_subfolder)
-    if not (hy3dgen_models_dir() / spec.repo_id / spec.subfolder / "config.yaml").is_file():
-        load_shape_pipeline(options.shape_model, options.shape_subfolder, device="cpu")  # raises, naming the fix
     vlm = os.path.expanduser(options.vlm)
     try:
         cached = Path(vlm).is_dir() or isinstance(try_to_load_from_cache(vlm, "config.json"), str)

@@ -18,8 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-import numpy as np
-
 from .errors import InvalidInputError
 from .export import PostprocessConfig
 from .generation import GenerationOptions, export_resolution
@@ -118,7 +116,10 @@ def validate_settings(values: Mapping[str, Any], *, preset: str, baseline: Mappi
         raise InvalidInputError("--realsize-depth only applies to --preset realsize; drop it or add --preset realsize.")
     check_guidance_knobs(values, guidance, search, baseline)
     # Options that would do nothing: said now, not discovered in the manifest afterwards.
-    planned = guided_steps_with_search(list(np.linspace(0.0, 1.0, options.steps)) + [1.0], guidance, search)
+    from .backbones import backbone_class
+
+    # The steps the chosen backbone's own σ schedule puts in the guidance window.
+    planned = guided_steps_with_search(backbone_class(options.backbone).planned_schedule(options.steps), guidance, search)
     warnings: list[str] = []
     if guidance.active and not planned:
         after_search = f" after the candidate search at σ ≥ {search.select_at:g}" if search.searching else ""
