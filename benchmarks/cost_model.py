@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-from vlm3d_ttg.sizes import HUNYUAN3D_2
+from vlm3d_ttg.sizes import HUNYUAN3D_2, PROMPT_TEXT_TOKENS
 from vlm3d_ttg.sizes import QWEN2_5_VL_7B as QWEN2_5_VL_7B_SIZES
 
 GIB = 1024**3
@@ -37,7 +37,6 @@ VIS_LAYERS, VIS_HIDDEN, VIS_MLP = _CRITIC.vision_layers, _CRITIC.vision_hidden, 
 VIS_FULL_LAYERS, VIS_WINDOW = _CRITIC.vision_full_layers, _CRITIC.vision_window  # window 112 px = 8x8 patches
 LLM_LAYERS, LLM_HIDDEN, LLM_MLP, LLM_KV = _CRITIC.llm_layers, _CRITIC.llm_hidden, _CRITIC.llm_mlp, _CRITIC.llm_kv  # GQA: 4 kv heads x 128
 QWEN_PARAMS = _CRITIC.params
-PROMPT_TEXT_TOKENS = 200
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from vlm3d_ttg.backbones import SINGLE_VIEW, SamplingContext
-from vlm3d_ttg.errors import EmptySurfaceError
+from vlm3d_ttg.errors import EmptySurfaceError, ModelNotFoundError
 from vlm3d_ttg.images import composite_on_white, open_image
 from vlm3d_ttg.reward import coarse_resolution_for
 from vlm3d_ttg.surface import OccupancyField, SurfaceConfig, extract_surface_from_field
@@ -74,9 +74,26 @@ class AnalyticBackbone:
         shift = torch.tensor([*(colour - 0.5), coverage - 0.25], dtype=torch.float32)
         return (self.pattern + shift).unsqueeze(0)
 
-    def schedule(self, num_inference_steps: int) -> list[float]:
+    @staticmethod
+    def planned_schedule(num_inference_steps: int) -> list[float]:
         native = np.linspace(1.0, 0.0, num_inference_steps + 1)  # t: noise → data
         return [float(1.0 - t) for t in native]
+
+    def schedule(self, num_inference_steps: int) -> list[float]:
+        return self.planned_schedule(num_inference_steps)
+
+    # ----------------------------------------------------------------- loading (what the CLI asks the class)
+    @classmethod
+    def load(cls, options: Any, preset: Any, *, device: Any, dtype: Any, cache_dir: Any = None) -> tuple[Any, str]:
+        """Built from nothing for an offline preset (it has no checkpoint); the real preset has no model."""
+        if not preset.offline:
+            cls.check_present(options)
+        return cls(seed=0), f"analytic ({preset.name})"
+
+    @staticmethod
+    def check_present(options: Any) -> None:
+        raise ModelNotFoundError("analytic", [], "the analytic backbone has no real model: it builds itself from "
+                                 "nothing; run it with --preset tiny.")
 
     def prepare(self, image: Any, *, num_inference_steps: int, guidance_scale: float) -> SamplingContext:
         sigmas = self.schedule(num_inference_steps)

@@ -85,7 +85,7 @@ def no_model_loads(monkeypatch):
     def loaded(*args, **kwargs):
         raise AssertionError("a model loaded (or a checkpoint was written) before the refusal")
 
-    for module, name in ((generation, "load_models"), (generation, "load_shape_pipeline"), (generation, "load_vlm"),
+    for module, name in ((generation, "load_models"), (generation, "load_vlm"),
                          (models, "load_shape_pipeline"), (models, "load_vlm"), (text2image, "make_input_image"),
                          (tiny, "ensure_tiny_shape_model"), (tiny, "ensure_tiny_vlm")):
         monkeypatch.setattr(module, name, loaded)

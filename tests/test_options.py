@@ -71,7 +71,7 @@ def test_the_benchmark_derives_the_same_options_with_the_same_defaults():
     # A non-default value for every option the benchmark takes: the flag reaches the field.
     given = {
         "steps": ("12", 12), "cfg_scale": ("3.5", 3.5), "octree_resolution": ("96", 96),
-        "shape_model": ("hunyuan3d-2mini", "hunyuan3d-2mini"), "shape_subfolder": ("sub", "sub"), "vlm": ("/m", "/m"),
+        "backbone": ("analytic", "analytic"), "shape_model": ("hunyuan3d-2mini", "hunyuan3d-2mini"), "shape_subfolder": ("sub", "sub"), "vlm": ("/m", "/m"),
         "dtype": ("float16", "float16"), "vlm_dtype": ("float32", "float32"), "checkpointing": (None, True),
         "text_to_image": ("/t2i", "/t2i"), "critic_family": ("qwen3-vl", "qwen3-vl"),
         "scale": ("0.1", 0.1), "step_norm": ("raw", "raw"), "max_step_ratio": ("0", None),

@@ -115,3 +115,43 @@ def test_our_own_are_registered_by_entry_points_as_a_plugin_would_be():
     for name, target in groups[CRITIC_GROUP].items():
         module, _, attribute = target.partition(":")
         assert getattr(importlib.import_module(module), attribute) is FAMILIES[name]
+
+
+def test_the_cli_runs_a_plugin_backbone_on_its_own_schedule(installed_plugin, tiny_vlm_path, tiny_cache, tmp_path,
+                                                            monkeypatch, capsys):
+    """From the command line: `--backbone analytic --preset tiny` runs guided on the plug-in; --views-at takes
+    exactly the steps the backbone's own σ schedule guides (not hy3dgen's), the manifest names the backbone,
+    and `--preset real` stops with the backbone's own "model missing" message (exit 2)."""
+    import json
+
+    from vlm3d_ttg.cli import main
+    from vlm3d_ttg.generation import GenerationOptions
+    from vlm3d_ttg.requests import validate_settings
+
+    monkeypatch.setenv("VLM3D_TTG_CACHE", str(tiny_cache))  # this session's tiny critic
+    load_backbone_plugins()
+    theirs = validate_settings({"steps": 10, "backbone": "analytic"}, preset="tiny").guided_steps
+    hy3dgen = validate_settings({"steps": 10}, preset="tiny").guided_steps
+    assert theirs and theirs != hy3dgen  # the two schedules guide different steps
+    image = tmp_path / "ellipse.png"
+    ellipse_image(image)
+    common = [str(image), "--prompt", "an orange ellipsoid", "--backbone", "analytic", "--steps", "10", "--quiet",
+              "--octree-resolution", "32", "--views", "2", "--view-size", "56"]  # small: the test is the wiring
+
+    assert main(["generate", *common, "--out", str(tmp_path / "b.glb")]) == 2  # --preset real
+    assert "the analytic backbone has no real model" in capsys.readouterr().err
+
+    not_theirs = sorted(set(hy3dgen) - set(theirs))
+    assert main(["generate", *common, "--preset", "tiny", "--out", str(tmp_path / "x.glb"), "--save-views",
+                 str(tmp_path / "x_views"), "--views-at", ",".join(map(str, not_theirs))]) == 2
+    assert f"this run guides steps {theirs}" in capsys.readouterr().err
+
+    out = tmp_path / "a.glb"
+    assert main(["generate", *common, "--preset", "tiny", "--out", str(out), "--save-views", str(tmp_path / "views"),
+                 "--views-at", ",".join(map(str, theirs))]) == 0, capsys.readouterr().err
+    manifest = json.loads(out.with_name("a.glb.json").read_text())
+    assert manifest["models"]["backbone"] == "analytic" and manifest["options"]["backbone"] == "analytic"
+    assert [r["step"] for r in manifest["records"] if r["guided"]] == theirs
+    assert sorted(path.name for path in (tmp_path / "views").glob("step_*.png")) == [f"step_{s:03d}.png" for s in theirs]
+
+    assert GenerationOptions().backbone == "hunyuan3d-2"

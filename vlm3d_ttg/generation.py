@@ -17,17 +17,18 @@ from typing import Any, Callable
 import torch
 
 from .errors import EmptySurfaceError, InvalidInputError
-from .backbones import EXPORT_RESOLUTION, TINY_EXPORT_RESOLUTION
+from .backbones import EXPORT_RESOLUTION
 from .export import PostprocessConfig, postprocess_mesh, save_mesh
 from .guidance import GuidanceConfig, StepRecord
 from .inputs import prepare_condition_image
 from .io import OutputSet, atomic_path
-from .options import PRESETS, Checks, option
+from .options import Checks, option
+from .presets import PRESETS
 from .manifest import package_versions, write_manifest
 from .sampler import EmptyOutputError, StepCallback
 from .text2image import DEFAULT_TEXT_TO_IMAGE_MODEL
 from .search import SearchOptions, SearchRecord
-from .models import critic_family_for, load_shape_pipeline, load_vlm, resolve_device, resolve_dtype, resolve_shape_model
+from .models import critic_family_for, load_vlm, resolve_device, resolve_dtype, resolve_shape_model
 
 logger = logging.getLogger(__name__)
 
@@ -47,8 +48,10 @@ class GenerationOptions:
     steps: int = option(50, "Sampler steps.", minimum=2)
     cfg_scale: float = option(5.0, "Classifier-free guidance scale of the shape model (hy3dgen's guidance_scale).",
                               aliases=("--cfg",), minimum=0)
-    octree_resolution: int | None = option(None, f"Export grid (default {EXPORT_RESOLUTION}; {TINY_EXPORT_RESOLUTION} with "
+    octree_resolution: int | None = option(None, f"Export grid (default {EXPORT_RESOLUTION}; {PRESETS['tiny'].export_resolution} with "
                                            "--preset tiny).", cli_type=int, minimum=16)
+    backbone: str = option("hunyuan3d-2", "The shape generator: a registered backbone (hunyuan3d-2, or one an installed "
+                           "plug-in adds; docs/design.md §11).")
     shape_model: str = option("tencent/Hunyuan3D-2", "hy3dgen shape model: repo id or variant name (e.g. hunyuan3d-2mini).")
     shape_subfolder: str | None = option(None, "Subfolder of the shape repo (default: the repo's main DiT).", cli_type=str)
     vlm: str = option("Qwen/Qwen2.5-VL-7B-Instruct", "Critic: a Qwen2.5-VL or Qwen3-VL hub id or local folder (its config "
@@ -92,6 +95,10 @@ class GenerationOptions:
             bad(f"device must be {DEVICE_FORMS}, got {self.device!r}")
         for name in ("dtype", "vlm_dtype"):
             resolve_dtype(torch.device("cpu"), getattr(self, name))  # raises naming the accepted dtypes
+        from .backbones import BACKBONES, load_backbone_plugins
+
+        if not isinstance(self.backbone, str) or self.backbone not in load_backbone_plugins():
+            bad(f"backbone: unknown backbone {self.backbone!r}; use one of {', '.join(sorted(BACKBONES))}")
         if self.critic_family is not None:
             from .critic.families import get_family
 
@@ -128,7 +135,7 @@ class LoadedModels:
     processor: Any
     shape_id: str
     vlm_id: str
-    preset: str = "real"  # real, tiny or realsize (see PRESETS)
+    preset: str = "real"  # a presets.PRESETS name
 
     def __post_init__(self) -> None:
         from .backbones import as_backbone
@@ -258,7 +265,9 @@ def _write_view_sheets(
 
 def export_resolution(preset: str) -> int:
     """The export grid a preset uses unless --octree-resolution says otherwise."""
-    return TINY_EXPORT_RESOLUTION if preset == "tiny" else EXPORT_RESOLUTION
+    from .presets import get_preset
+
+    return get_preset(preset).export_resolution or EXPORT_RESOLUTION
 
 
 def _maybe(p_yes: float | None) -> str:
@@ -294,7 +303,7 @@ def load_models(
     tiny: bool = False,
     cache_dir: str | os.PathLike | None = None,
 ) -> LoadedModels:
-    """Load the shape pipeline and the critic of `preset` (one of PRESETS; `tiny=True` is preset "tiny").
+    """Load the shape pipeline and the critic of `preset` (a `presets.PRESETS` name; `tiny=True` is preset "tiny").
 
     The offline presets write their checkpoints once under `cache_dir` ($VLM3D_TTG_CACHE,
     ~/.cache/vlm3d-ttg) and load them through the same loaders as the real models. The tiny preset
@@ -310,35 +319,21 @@ def load_models(
     dtype = options.dtype
     critic_device = torch.device("cpu") if options.offload_idle else torch_device
     critic_dtype = resolve_dtype(torch_device, options.vlm_dtype, half=torch.bfloat16)
+    from .backbones import backbone_class
+    from .presets import critic_checkpoint, get_preset
+
     preset = preset or ("tiny" if tiny else "real")
-    if preset not in PRESETS or (tiny and preset != "tiny"):
+    if tiny and preset != "tiny":
         raise InvalidInputError(f"Unknown preset {preset!r} (tiny={tiny}); use one of {', '.join(PRESETS)}.")
+    record = get_preset(preset)
     critic_family = critic_family_for(options.vlm, preset, options.critic_family)
-    if preset == "realsize":
-        from .tiny.realsize import ensure_realsize_shape_model, ensure_realsize_vlm
-
-        depth = options.realsize_depth
-        shape_ref = ensure_realsize_shape_model(cache_dir, depth=depth)
-        pipeline = load_shape_pipeline(shape_ref.repo_id, shape_ref.subfolder, models_dir=shape_ref.models_dir,
-                                       device=torch_device, dtype=dtype)
-        vlm_path = ensure_realsize_vlm(cache_dir, depth=depth)
-        model, processor = load_vlm(vlm_path, device=critic_device, dtype=critic_dtype)
-        return LoadedModels(pipeline, model, processor, f"{shape_ref.repo_id}/{shape_ref.subfolder} (realsize, depth {depth})",
-                            f"{vlm_path} (realsize, depth {depth})", preset="realsize")
-    if preset == "tiny":
-        from .tiny import ensure_tiny_shape_model, ensure_tiny_vlm
-
-        # The tiny checkpoint of the variant asked for (e.g. --shape-model hunyuan3d-2mv: the tiny -mv one).
-        ref = ensure_tiny_shape_model(cache_dir, subfolder=resolve_shape_model(options.shape_model,
-                                                                               options.shape_subfolder).subfolder)
-        pipeline = load_shape_pipeline(ref.repo_id, ref.subfolder, models_dir=ref.models_dir, device=torch_device, dtype=dtype)
-        vlm_path = ensure_tiny_vlm(cache_dir, family=critic_family)
-        model, processor = load_vlm(vlm_path, device=critic_device, dtype=critic_dtype)
-        return LoadedModels(pipeline, model, processor, f"{ref.repo_id}/{ref.subfolder} (tiny)", f"{vlm_path} (tiny)", preset="tiny")
-    pipeline = load_shape_pipeline(options.shape_model, options.shape_subfolder, device=torch_device, dtype=dtype)
-    model, processor = load_vlm(options.vlm, device=critic_device, dtype=critic_dtype)
-    spec = pipeline.variant_spec
-    return LoadedModels(pipeline, model, processor, f"{spec.repo_id}/{spec.subfolder}", options.vlm)
+    shape_model, shape_id = backbone_class(options.backbone).load(options, record, device=torch_device, dtype=dtype,
+                                                                  cache_dir=cache_dir)
+    vlm_path = critic_checkpoint(record, options.vlm, family=critic_family, depth=options.realsize_depth,
+                                 cache_dir=cache_dir)
+    model, processor = load_vlm(vlm_path, device=critic_device, dtype=critic_dtype)
+    return LoadedModels(shape_model, model, processor, shape_id, f"{vlm_path}{record.describe(depth=options.realsize_depth)}",
+                        preset=record.name)
 
 
 def checkpoint_folders(options: Any, preset: str, *, text_to_3d: bool = False,
@@ -348,16 +343,13 @@ def checkpoint_folders(options: Any, preset: str, *, text_to_3d: bool = False,
     $HY3DGEN_MODELS/<repo>/<subfolder>, the critic's local folder or hub-cache repo, and for text-to-3D
     the text-to-image model's. An output may not land in any of them (`io.check_output_plan`)."""
     from .models import hub_cache_folder, hy3dgen_models_dir
-    from .tiny import tiny_cache_dir
+    from .presets import get_preset, offline_checkpoints
 
-    if preset == "tiny":
-        return {"the tiny checkpoints": tiny_cache_dir(cache_dir)}
-    if preset == "realsize":
-        from .tiny.realsize import realsize_cache_dir
-
-        found = {"the realsize checkpoints": realsize_cache_dir(cache_dir)}
+    record = get_preset(preset)
+    if record.offline:
+        found = {f"the {record.name} checkpoints": offline_checkpoints(record).folder(cache_dir)}
         if text_to_3d:  # the offline presets make their input image with the tiny text-to-image model
-            found["the tiny checkpoints"] = tiny_cache_dir(cache_dir)
+            found.setdefault("the tiny checkpoints", offline_checkpoints("tiny").folder(cache_dir))
         return found
     spec = resolve_shape_model(options.shape_model, options.shape_subfolder)
     found = {"the shape model": hy3dgen_models_dir() / spec.repo_id / spec.subfolder}
@@ -375,19 +367,17 @@ def checkpoint_folders(options: Any, preset: str, *, text_to_3d: bool = False,
 
 
 def check_models_present(options: GenerationOptions) -> None:
-    """Offline (HF_HUB_OFFLINE=1), raise the loaders' own ModelNotFoundError now if the shape model or
-    the critic is not on disk: a text-to-3D run makes its input image before they load, and that work
+    """Raise the backbone's own error now if its shape model is missing (`check_present`; hy3dgen's checks
+    offline only) and, offline (HF_HUB_OFFLINE=1), the loader's ModelNotFoundError if the critic is not on disk: a text-to-3D run makes its input image before they load, and that work
     should not be wasted on a run that cannot finish. Online, nothing is checked (they may download)."""
     from huggingface_hub import try_to_load_from_cache
 
+    from .backbones import backbone_class
     from .env import hub_offline
-    from .models import hy3dgen_models_dir
 
+    backbone_class(options.backbone).check_present(options)  # the backbone's own check and message
     if not hub_offline():
         return
-    spec = resolve_shape_model(options.shape_model, options.shape_subfolder)
-    if not (hy3dgen_models_dir() / spec.repo_id / spec.subfolder / "config.yaml").is_file():
-        load_shape_pipeline(options.shape_model, options.shape_subfolder, device="cpu")  # raises, naming the fix
     vlm = os.path.expanduser(options.vlm)
     try:
         cached = Path(vlm).is_dir() or isinstance(try_to_load_from_cache(vlm, "config.json"), str)

@@ -246,14 +246,14 @@ def offline_cache_folder(path: str | os.PathLike) -> Path | None:
     when `path` is not in their cache ($VLM3D_TTG_CACHE: tiny-vN/ and realsize-vN/depth-D/ folders)."""
     import re
 
-    from .tiny import tiny_cache_dir
+    from .presets import cache_root
 
-    base = Path(os.path.realpath(tiny_cache_dir().parent))
+    base = Path(os.path.realpath(cache_root()))
     try:
         parts = Path(os.path.realpath(path)).relative_to(base).parts
     except ValueError:
         return None
-    if not parts or not re.fullmatch(r"(tiny|realsize)-v\d+", parts[0]):
+    if not parts or not re.fullmatch(r"(tiny|realsize)-v\d+", parts[0]):  # (tiny's and realsize's folder names)
         return None
     prefix = 2 if len(parts) > 1 and re.fullmatch(r"depth-\d+", parts[1]) else 1
     rest = parts[prefix:]
@@ -513,17 +513,18 @@ def checkpoint_family(model: str | os.PathLike) -> Any | None:
 def critic_family_for(vlm: str | os.PathLike, preset: str = "real", asked: str | None = None) -> str:
     """The critic family (a `critic.families` name) a run or a score uses, known before any model loads.
 
-    With the offline presets ("tiny", "realsize") it is `asked` (default qwen2.5-vl; realsize has
-    Qwen2.5-VL-7B's shapes only); with "real" it is the family `vlm`'s config names, and an `asked`
+    With an offline preset it is `asked` (default qwen2.5-vl; a preset may bring some families only,
+    `presets.Preset.critic_families`); with "real" it is the family `vlm`'s config names, and an `asked`
     family that differs is refused (InvalidInputError). Where the config cannot be read yet (not
     downloaded), `asked` or the default stands and the load itself says what is missing.
     """
     from .critic.families import DEFAULT_FAMILY, get_family
 
+    from .presets import check_critic_family, get_preset
+
     asked = get_family(asked).name if asked is not None else None
-    if preset != "real":
-        if preset == "realsize" and asked not in (None, DEFAULT_FAMILY):
-            raise InvalidInputError("--preset realsize has Qwen2.5-VL-7B's shapes only; drop --critic-family.")
+    if get_preset(preset).offline:
+        check_critic_family(preset, asked)
         return asked or DEFAULT_FAMILY
     found = checkpoint_family(vlm)
     if found is not None and asked is not None and found.name != asked:

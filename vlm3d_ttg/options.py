@@ -23,11 +23,6 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
-#: Which checkpoints a run loads (`generation.load_models`): the real ones (hub or local cache), the
-#: tiny offline ones (vlm3d_ttg.tiny), or the realsize offline ones (the real models' shapes with
-#: random weights and `GenerationOptions.realsize_depth` blocks of each kind; vlm3d_ttg.tiny.realsize).
-PRESETS = ("real", "tiny", "realsize")
-
 @dataclass(frozen=True)
 class Option:
     """How one dataclass field appears on a command line.

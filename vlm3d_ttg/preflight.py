@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import InvalidInputError
+from .sizes import HUNYUAN3D_2, PROMPT_TEXT_TOKENS, QWEN2_5_VL_7B
 
 GIB = 1024**3
 MIB = 1024**2
@@ -73,15 +74,9 @@ GRID_BYTES_PER_POINT = 40
 #: Bytes per rendered pixel and view on the CPU renderer: z-buffer, face ids, barycentrics, shaded
 #: RGBA, normals and their gradients in float32 (render/raster_cpu.py, antialias.py).
 RENDER_BYTES_PER_PIXEL = 160
-#: Text tokens of the critic's prompt besides the description (template, chat markup).
-PROMPT_TEXT_TOKENS = 200
-
-# Parameter counts (published sizes; benchmarks/cost_model.py) and per-token activation sizes.
-_REAL = {"dit": 1.1e9, "vae": 0.21e9, "dino": 1.1e9, "critic": 8.29e9}
-_REAL_DEPTHS = {"dit": 48, "vae": 16, "dino": 40, "critic": 60}  # blocks / layers of each kind
-_REAL_CRITIC_EMBEDDINGS = 2 * 152_064 * 3584  # input embeddings + LM head: not scaled by depth
-_LLM_LAYERS, _LLM_HIDDEN, _LLM_MLP, _LLM_KV = 28, 3584, 18944, 512
-_VISION_BYTES_PER_PIXEL_LAYER = 1280 * 12  # vision tower: saved activations per pixel/196 per layer (approx.)
+# The real models' sizes (sizes.py: the backbone's and the critic family's `sizes`) and per-token activation sizes.
+_SHAPE, _CRITIC = HUNYUAN3D_2, QWEN2_5_VL_7B
+_VISION_BYTES_PER_PIXEL_LAYER = _CRITIC.vision_hidden * 12  # vision tower: saved activations per pixel/196 per layer (approx.)
 
 
 @dataclass(frozen=True)
@@ -127,12 +122,14 @@ def _weights(preset: str, realsize_depth: int, shape_bytes: int, critic_bytes: i
     """Bytes of model weights by model for `preset` (tiny: a few MB; real: published sizes)."""
     if preset == "tiny":
         return {"shape model": 4 * MIB, "critic": 4 * MIB}
-    scale = {name: 1.0 for name in _REAL}
+    depths = {**_SHAPE.depths, "critic": _CRITIC.depth}
+    scale = {name: 1.0 for name in depths}
     if preset == "realsize":
-        scale = {name: min(1.0, realsize_depth / _REAL_DEPTHS[name]) for name in _REAL}
-    shape = (_REAL["dit"] * scale["dit"] + _REAL["dino"] * scale["dino"]) * shape_bytes + _REAL["vae"] * scale["vae"] * (shape_bytes + 4)
-    body = max(_REAL["critic"] - _REAL_CRITIC_EMBEDDINGS, 0) * scale["critic"]
-    critic = (body + _REAL_CRITIC_EMBEDDINGS) * critic_bytes
+        scale = {name: min(1.0, realsize_depth / depth) for name, depth in depths.items()}
+    shape = ((_SHAPE.dit_params * scale["dit"] + _SHAPE.conditioner_params * scale["dino"]) * shape_bytes
+             + _SHAPE.vae_params * scale["vae"] * (shape_bytes + 4))
+    body = max(_CRITIC.params - _CRITIC.embeddings, 0) * scale["critic"]
+    critic = (body + _CRITIC.embeddings) * critic_bytes
     return {"shape model": int(shape), "critic": int(critic)}
 
 
@@ -183,10 +180,11 @@ def estimate_run(
             per_token = 64 * 2 * 40 * 4  # the tiny critic: hidden 64, 2 layers, ~40 saved values each, float32
             vision = pixels * 32 * 4
         else:
-            layers = _LLM_LAYERS if preset == "real" else max(1, realsize_depth)
-            per_layer = _LLM_HIDDEN if checkpointing else 6 * _LLM_HIDDEN + 2 * _LLM_KV + 3 * _LLM_MLP
+            layers = _CRITIC.llm_layers if preset == "real" else max(1, realsize_depth)
+            hidden = _CRITIC.llm_hidden
+            per_layer = hidden if checkpointing else 6 * hidden + 2 * _CRITIC.llm_kv + 3 * _CRITIC.llm_mlp
             per_token = layers * per_layer * critic_bytes
-            vision_layers = 32 if preset == "real" else max(1, realsize_depth)
+            vision_layers = _CRITIC.vision_layers if preset == "real" else max(1, realsize_depth)
             vision = int(pixels / 196 * (1 if checkpointing else vision_layers) * _VISION_BYTES_PER_PIXEL_LAYER * critic_bytes)
         guidance["critic activations"] = tokens * per_token + vision
     batch = candidate_batch or candidates

@@ -18,13 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-import numpy as np
-
 from .errors import InvalidInputError
 from .export import PostprocessConfig
 from .generation import GenerationOptions, export_resolution
 from .guidance import GuidanceConfig
-from .options import PRESETS, from_values
+from .options import from_values
+from .presets import get_preset
 from .search import SearchOptions, check_search_with_guidance, guided_steps_with_search
 
 #: Guidance options that change nothing in a run without guidance (--no-guidance): given with it, refused.
@@ -98,15 +97,14 @@ def validate_settings(values: Mapping[str, Any], *, preset: str, baseline: Mappi
     the user sees."""
     from .models import SHAPE_VARIANTS
 
-    if preset not in PRESETS:
-        raise InvalidInputError(f"Unknown preset {preset!r}; use one of {', '.join(PRESETS)}.")
+    record = get_preset(preset)
     options, guidance, postprocess, search = validate_options(values, preset=preset)
     if options.octree_resolution is None:
         options = dataclasses.replace(options, octree_resolution=export_resolution(preset))
     defaults = GenerationOptions()
-    if preset in ("tiny", "realsize"):
+    if record.offline:
         # The tiny preset has a tiny copy of every variant, chosen by its name (e.g. hunyuan3d-2mv).
-        variant_ok = preset == "tiny" and options.shape_model.lower() in SHAPE_VARIANTS
+        variant_ok = record.shape_variants and options.shape_model.lower() in SHAPE_VARIANTS
         ignored = [flag for flag, name in (("--shape-model", "shape_model"), ("--shape-subfolder", "shape_subfolder"),
                                            ("--vlm", "vlm"), ("--text-to-image", "text_to_image"))
                    if getattr(options, name) != getattr(defaults, name) and not (name == "shape_model" and variant_ok)]
@@ -118,7 +116,10 @@ def validate_settings(values: Mapping[str, Any], *, preset: str, baseline: Mappi
         raise InvalidInputError("--realsize-depth only applies to --preset realsize; drop it or add --preset realsize.")
     check_guidance_knobs(values, guidance, search, baseline)
     # Options that would do nothing: said now, not discovered in the manifest afterwards.
-    planned = guided_steps_with_search(list(np.linspace(0.0, 1.0, options.steps)) + [1.0], guidance, search)
+    from .backbones import backbone_class
+
+    # The steps the chosen backbone's own σ schedule puts in the guidance window.
+    planned = guided_steps_with_search(backbone_class(options.backbone).planned_schedule(options.steps), guidance, search)
     warnings: list[str] = []
     if guidance.active and not planned:
         after_search = f" after the candidate search at σ ≥ {search.select_at:g}" if search.searching else ""
@@ -142,8 +143,7 @@ def validate_request(
     `baseline`: the values the request starts from (the app's server options; see `validate_settings`)."""
     from .critic.queries import normalize_description
 
-    if preset not in PRESETS:
-        raise InvalidInputError(f"Unknown preset {preset!r}; use one of {', '.join(PRESETS)}.")
+    record = get_preset(preset)
     if isinstance(prompt, str):
         from .critic.queries import check_encoding
 
@@ -169,11 +169,11 @@ def validate_request(
                 check_condition_image(view)
             except InvalidInputError as exc:
                 raise InvalidInputError(f"--{name}: {exc}") from None
-    elif preset == "real":
+    elif not record.offline:
         from .text2image import check_text_to_image_model
 
         check_text_to_image_model(options.text_to_image)
-    if preset == "real":  # offline, a missing model comes before whether it fits (the offline presets write theirs)
+    if not record.offline:  # a missing model comes before whether it fits (the offline presets write theirs)
         from .generation import check_models_present
 
         check_models_present(options)
@@ -191,10 +191,11 @@ def check_views(image: str | os.PathLike | None, given: Mapping[str, str | os.Pa
     from .models import resolve_shape_model
 
     views = {name: Path(path) for name, path in given.items() if path is not None}
-    multiview = preset != "realsize" and resolve_shape_model(options.shape_model, options.shape_subfolder).multiview
+    record = get_preset(preset)
+    multiview = record.shape_variants and resolve_shape_model(options.shape_model, options.shape_subfolder).multiview
     flags = ", ".join(f"--{name}" for name in views)
     if views and not multiview:
-        model = "the realsize preset's model" if preset == "realsize" else f"'{options.shape_model}'"
+        model = f"the {record.name} preset's model" if not record.shape_variants else f"'{options.shape_model}'"
         raise InvalidInputError(f"{flags}: {model} takes one image. Extra views need a multi-view model, e.g. "
                                 "--shape-model hunyuan3d-2mv (with --preset tiny: its tiny offline copy).")
     if multiview and image is None:

@@ -93,4 +93,7 @@ QWEN2_5_VL_7B = CriticSizes(
     vocab=152064,
 )
 
-__all__ = ["HUNYUAN3D_2", "QWEN2_5_VL_7B", "CriticSizes", "ShapeModelSizes"]
+#: Text tokens of the critic's prompt besides the description (its template and chat markup).
+PROMPT_TEXT_TOKENS = 200
+
+__all__ = ["HUNYUAN3D_2", "PROMPT_TEXT_TOKENS", "QWEN2_5_VL_7B", "CriticSizes", "ShapeModelSizes"]

@@ -17,7 +17,6 @@ from ..plugins import BACKBONE_GROUP, entry_point_targets
 from .base import (
     EXPORT_RESOLUTION,
     SINGLE_VIEW,
-    TINY_EXPORT_RESOLUTION,
     VIEW_NAMES,
     Backbone,
     SamplingContext,
@@ -89,7 +88,6 @@ __all__ = [
     "BACKBONES",
     "BUILTIN_BACKBONES",
     "EXPORT_RESOLUTION",
-    "TINY_EXPORT_RESOLUTION",
     "Backbone",
     "SINGLE_VIEW",
     "SamplingContext",

@@ -50,9 +50,7 @@ VIEW_NAMES = ("front", "left", "back", "right")
 #: What a single-view backbone accepts.
 SINGLE_VIEW = ("front",)
 #: Cells per axis of the export grid (`Backbone.to_mesh`) unless a run says otherwise: hy3dgen's 384.
-#: The tiny preset's shapes need no more than TINY_EXPORT_RESOLUTION (`generation.export_resolution`).
 EXPORT_RESOLUTION = 384
-TINY_EXPORT_RESOLUTION = 128
 
 
 @dataclass
@@ -183,4 +181,4 @@ def front_view(image: Any) -> Any:
     return image["front"] if isinstance(image, dict) else image
 
 
-__all__ = ["EXPORT_RESOLUTION", "TINY_EXPORT_RESOLUTION", "Backbone", "SINGLE_VIEW", "SamplingContext", "VIEW_NAMES", "check_views", "front_view"]
+__all__ = ["EXPORT_RESOLUTION", "Backbone", "SINGLE_VIEW", "SamplingContext", "VIEW_NAMES", "check_views", "front_view"]

@@ -256,6 +256,44 @@ class HunyuanBackbone:
         self._decode_vae: torch.nn.Module | None = None
         self._decode_dtype = decode_dtype
 
+    # ----------------------------------------------------------------- what the class knows before loading
+    @staticmethod
+    def planned_schedule(num_inference_steps: int) -> list[float]:
+        """The σ list `schedule(num_inference_steps)` gives, known before any model loads: hy3dgen's
+        linspace(0, 1, steps) plus the scheduler's appended σ = 1 (what the guided steps are planned on)."""
+        return list(np.linspace(0.0, 1.0, num_inference_steps)) + [1.0]
+
+    @staticmethod
+    def load(options: Any, preset: Any, *, device: Any, dtype: Any, cache_dir: Any = None) -> tuple[Any, str]:
+        """The shape model of `options` (its --shape-model / --shape-subfolder) for `preset` (a `presets.Preset`),
+        loaded by hy3dgen's own from_pretrained: the real one, or the offline preset's checkpoint of that
+        variant (written once under `cache_dir`); returns (pipeline, the name the manifest gives it)."""
+        from ..models import load_shape_pipeline, resolve_shape_model
+        from ..presets import offline_checkpoints
+
+        if not preset.offline:
+            pipeline = load_shape_pipeline(options.shape_model, options.shape_subfolder, device=device, dtype=dtype)
+            spec = pipeline.variant_spec
+            return pipeline, f"{spec.repo_id}/{spec.subfolder}"
+        # The preset's checkpoint of the variant asked for (e.g. --shape-model hunyuan3d-2mv: the tiny -mv one).
+        subfolder = resolve_shape_model(options.shape_model, options.shape_subfolder).subfolder
+        ref = offline_checkpoints(preset).shape(cache_dir, subfolder=subfolder, depth=options.realsize_depth)
+        pipeline = load_shape_pipeline(ref.repo_id, ref.subfolder, models_dir=ref.models_dir, device=device, dtype=dtype)
+        return pipeline, f"{ref.repo_id}/{ref.subfolder}{preset.describe(depth=options.realsize_depth)}"
+
+    @staticmethod
+    def check_present(options: Any) -> None:
+        """Offline (HF_HUB_OFFLINE=1), raise the loader's own ModelNotFoundError now if the real shape model
+        of `options` is not on disk (online it may download; nothing is checked)."""
+        from ..env import hub_offline
+        from ..models import hy3dgen_models_dir, load_shape_pipeline, resolve_shape_model
+
+        if not hub_offline():
+            return
+        spec = resolve_shape_model(options.shape_model, options.shape_subfolder)
+        if not (hy3dgen_models_dir() / spec.repo_id / spec.subfolder / "config.yaml").is_file():
+            load_shape_pipeline(options.shape_model, options.shape_subfolder, device="cpu")  # raises, naming the fix
+
     @staticmethod
     def wraps(model: Any) -> bool:
         """Whether `model` is a hy3dgen pipeline this backbone drives (for `backbones.as_backbone`)."""

@@ -85,10 +85,13 @@ class GenerationSettings:
     def models_key(self) -> dict[str, Any]:
         """What identifies the generating models (part of every cached result's fingerprint)."""
         o = self.options
-        if self.preset == "tiny":  # the tiny critic's family is part of it (absent for the default: older caches stay valid)
-            return {"preset": "tiny"} if o.critic_family in (None, "qwen2.5-vl") else {"preset": "tiny", "critic_family": o.critic_family}
+        # A non-default backbone is part of it (absent for the default: older caches stay valid).
+        backbone = {} if o.backbone == type(o)().backbone else {"backbone": o.backbone}
+        if self.preset == "tiny":  # the tiny critic's family is part of it (absent for the default, as above)
+            family = {} if o.critic_family in (None, "qwen2.5-vl") else {"critic_family": o.critic_family}
+            return {"preset": "tiny", **family, **backbone}
         return {"preset": "real", "shape": o.shape_model, "subfolder": o.shape_subfolder, "critic": o.vlm,
-                "dtype": o.dtype, "vlm_dtype": o.vlm_dtype}
+                "dtype": o.dtype, "vlm_dtype": o.vlm_dtype, **backbone}
 
 
 @dataclass(frozen=True)

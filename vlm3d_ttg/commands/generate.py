@@ -11,10 +11,12 @@ from typing import Optional
 import typer
 
 from ..errors import InvalidInputError
-from ..options import PRESETS
+from ..presets import PRESETS
 
-#: --preset's choices (vlm3d_ttg.options.PRESETS).
+#: --preset's choices (vlm3d_ttg.presets.PRESETS).
 Preset = Enum("Preset", {name: name for name in PRESETS}, type=str)
+#: --preset's help: each preset's own line.
+PRESET_HELP = "; ".join(f"'{p.name}': {p.help}" for p in PRESETS.values()) + "."
 
 
 def _parse_views_at(text: str) -> str | list[int]:
@@ -37,8 +39,7 @@ def _generate(
     prompt: str = typer.Option(..., "--prompt", "-p", help="Text description the critic checks the shape against."),
     out: Path = typer.Option(..., "--out", "-o", help="Output mesh (.glb, .gltf, .obj, .ply, .stl, .off)."),
     manifest: Optional[Path] = typer.Option(None, help="Run manifest JSON (default: OUT.json, e.g. robot.glb.json)."),
-    preset: Preset = typer.Option(Preset.real, help="'tiny': offline tiny checkpoints (meaningless shapes, exercises the pipeline); 'realsize': offline "
-                                              "random-weight checkpoints of the real models' sizes, --realsize-depth blocks of each kind."),
+    preset: Preset = typer.Option(Preset.real, help=PRESET_HELP),
     save_views: Optional[Path] = typer.Option(None, help="Folder for contact sheets of what the critic saw."),
     views_at: Optional[str] = typer.Option(
         None, help="Guided steps to save views of (with --save-views): summary (default), all, none, or 4,10,20."),

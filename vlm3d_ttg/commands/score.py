@@ -18,11 +18,13 @@ import typer
 from ..errors import InvalidInputError
 from ..generation import GenerationOptions
 from ..options import option_help
+from ..presets import PRESETS
 from ..scoring import IMAGE_SUFFIXES, SCORABLE_MESH_SUFFIXES
 
 logger = logging.getLogger(__name__)
 
-PRESETS = ("tiny", "realsize")
+#: --preset's choices: the offline presets (the real critic is --vlm).
+OFFLINE_PRESETS = tuple(name for name, preset in PRESETS.items() if preset.offline)
 
 
 def _check_inputs(paths: list[Path], preset: Optional[str], vlm: Optional[str]) -> tuple[list[Path], list[Path]]:
@@ -47,8 +49,8 @@ def _check_inputs(paths: list[Path], preset: Optional[str], vlm: Optional[str]) 
         raise InvalidInputError("Give either images or one mesh, not both.")
     if len(meshes) > 1:
         raise InvalidInputError("Give one mesh at a time.")
-    if preset is not None and preset not in PRESETS:
-        raise InvalidInputError(f"Unknown preset '{preset}'; choose from {list(PRESETS)}.")
+    if preset is not None and preset not in OFFLINE_PRESETS:
+        raise InvalidInputError(f"Unknown preset '{preset}'; choose from {list(OFFLINE_PRESETS)}.")
     if preset is not None and vlm is not None:
         raise InvalidInputError("Give either --preset or --vlm, not both.")
     return images, meshes
@@ -122,16 +124,10 @@ def score(
         pixels = check_views_show_the_mesh(mesh.render(orbit_cameras(views, image_size=resolution, device=render_device)),
                                            str(mesh_paths[0]))
 
-    if preset == "tiny":
-        from ..tiny import ensure_tiny_vlm
+    from ..presets import critic_checkpoint
 
-        model_id: str = str(ensure_tiny_vlm(family=family))
-    elif preset == "realsize":
-        from ..tiny.realsize import ensure_realsize_vlm
-
-        model_id = str(ensure_realsize_vlm())
-    else:
-        model_id = vlm or DEFAULT_VLM
+    model_id: str = critic_checkpoint(preset or "real", vlm or DEFAULT_VLM, family=family,
+                                      depth=GenerationOptions().realsize_depth)
     quiet_transformers()
     model, processor = load_vlm(model_id, device=device, dtype=dtype)
 

@@ -18,8 +18,9 @@ TINY_VERSION = "v2"
 
 def tiny_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
     """Root of the tiny checkpoints: `cache_dir`, else $VLM3D_TTG_CACHE, else ~/.cache/vlm3d-ttg."""
-    base = cache_dir if cache_dir is not None else os.environ.get("VLM3D_TTG_CACHE", "~/.cache/vlm3d-ttg")
-    return Path(os.path.expanduser(str(base))) / f"tiny-{TINY_VERSION}"
+    from ..presets import cache_root
+
+    return cache_root(cache_dir) / f"tiny-{TINY_VERSION}"
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,19 @@ def ensure_tiny_text_to_image(cache_dir: str | os.PathLike | None = None, *, see
     remover = write_tiny_background_remover(root / "rembg", seed=seed)
     return TinyTextToImage(model, remover.parent)
 
+
+def _register() -> None:
+    """Register the tiny preset's checkpoint writers (`presets.offline_checkpoints("tiny")`)."""
+    from ..presets import OfflineCheckpoints, register_offline_checkpoints
+
+    register_offline_checkpoints("tiny", OfflineCheckpoints(
+        folder=tiny_cache_dir,
+        shape=lambda cache_dir, *, subfolder, depth: ensure_tiny_shape_model(cache_dir, subfolder=subfolder),
+        critic=lambda cache_dir, *, family, depth: ensure_tiny_vlm(cache_dir, family=family),
+    ))
+
+
+_register()
 
 __all__ = [
     "TinyTextToImage",

@@ -90,8 +90,9 @@ REAL_MAX_PIXELS = 12845056
 
 def realsize_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
     """Root of the realsize checkpoints: `cache_dir`, else $VLM3D_TTG_CACHE, else ~/.cache/vlm3d-ttg."""
-    base = cache_dir if cache_dir is not None else os.environ.get("VLM3D_TTG_CACHE", "~/.cache/vlm3d-ttg")
-    return Path(os.path.expanduser(str(base))) / f"realsize-{REALSIZE_VERSION}"
+    from ..presets import cache_root
+
+    return cache_root(cache_dir) / f"realsize-{REALSIZE_VERSION}"
 
 
 def _check_depth(depth: int) -> int:
@@ -370,6 +371,19 @@ def ensure_realsize_vlm(cache_dir: str | os.PathLike | None = None, *, depth: in
 
     return write_directory_atomic(folder, write)
 
+
+def _register() -> None:
+    """Register the realsize preset's checkpoint writers (`presets.offline_checkpoints("realsize")`)."""
+    from ..presets import OfflineCheckpoints, register_offline_checkpoints
+
+    register_offline_checkpoints("realsize", OfflineCheckpoints(
+        folder=realsize_cache_dir,
+        shape=lambda cache_dir, *, subfolder, depth: ensure_realsize_shape_model(cache_dir, depth=depth),
+        critic=lambda cache_dir, *, family, depth: ensure_realsize_vlm(cache_dir, depth=depth),
+    ))
+
+
+_register()
 
 __all__ = [
     "DEFAULT_REALSIZE_DEPTH",

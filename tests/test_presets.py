@@ -1,0 +1,55 @@
+"""Presets are one record each (`vlm3d_ttg.presets`): the checks and loaders read the record, so a new
+preset is one entry, and each offline preset's checkpoints come from the writers its record names."""
+
+from __future__ import annotations
+
+import pytest
+
+from vlm3d_ttg.errors import InvalidInputError
+from vlm3d_ttg.presets import PRESETS, Preset, cache_root, critic_checkpoint, get_preset, offline_checkpoints
+
+
+def test_each_offline_preset_names_writers_that_register_it(tmp_path):
+    offline = [preset for preset in PRESETS.values() if preset.offline]
+    assert {preset.name for preset in offline} == {"tiny", "realsize"}
+    for preset in offline:
+        folder = offline_checkpoints(preset).folder(tmp_path)  # imports preset.writers, which registers it
+        assert folder.parent == cache_root(tmp_path) and folder.name.startswith(f"{preset.name}-v")
+    with pytest.raises(InvalidInputError, match="writes no offline checkpoints"):
+        offline_checkpoints("real")
+    with pytest.raises(InvalidInputError, match="Unknown preset 'small'; use one of real, tiny, realsize"):
+        get_preset("small")
+
+
+def test_the_critic_checkpoint_follows_the_preset(tiny_cache, tiny_vlm_path):
+    assert critic_checkpoint("real", "some/vlm", family="qwen2.5-vl", depth=1) == "some/vlm"
+    assert critic_checkpoint("tiny", "some/vlm", family="qwen2.5-vl", depth=1, cache_dir=tiny_cache) == str(tiny_vlm_path)
+
+
+def test_a_new_preset_is_one_entry(monkeypatch):
+    """A preset added to PRESETS (its writers: the tiny ones) is offline everywhere the checks ask, with
+    its own export grid and critic families, without another line anywhere."""
+    from vlm3d_ttg.models import critic_family_for
+    from vlm3d_ttg.requests import validate_settings
+
+    mini = Preset("mini", offline=True, help="a test preset", shape_variants=False, critic_families=("qwen2.5-vl",),
+                  critic_note="one family only", writers="vlm3d_ttg.tiny", label="mini", export_resolution=96)
+    monkeypatch.setitem(PRESETS, "mini", mini)
+    assert validate_settings({}, preset="mini").options.octree_resolution == 96
+    with pytest.raises(InvalidInputError, match="--vlm would be ignored with --preset mini"):
+        validate_settings({"vlm": "some/vlm"}, preset="mini")
+    with pytest.raises(InvalidInputError, match="--preset mini has one family only; drop --critic-family"):
+        critic_family_for("some/vlm", "mini", "qwen3-vl")
+    assert critic_family_for("some/unreadable/vlm", "mini", None) == "qwen2.5-vl"
+
+
+def test_the_benchmark_cache_key_names_a_backbone_other_than_the_default():
+    """A cached benchmark result is keyed by its backbone (and older keys, of the default one, stay as they were)."""
+    import dataclasses
+
+    from vlm3d_ttg.bench.settings import GenerationSettings
+
+    for preset in ("tiny", "real"):
+        default = GenerationSettings(preset=preset)
+        other = dataclasses.replace(default, options=dataclasses.replace(default.options, backbone="analytic"))
+        assert "backbone" not in default.models_key() and other.models_key()["backbone"] == "analytic"
