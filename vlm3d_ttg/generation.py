@@ -20,6 +20,7 @@ from .errors import EmptySurfaceError, InvalidInputError
 from .backbones import EXPORT_RESOLUTION, TINY_EXPORT_RESOLUTION
 from .export import PostprocessConfig, postprocess_mesh, save_mesh
 from .guidance import GuidanceConfig, StepRecord
+from .images import to_uint8
 from .inputs import prepare_condition_image
 from .io import OutputSet, atomic_path
 from .options import PRESETS, Checks, option
@@ -195,7 +196,7 @@ class ViewCapture:
         check()  # a stop signal some library swallowed stops the run at this step boundary
         evaluation = state.get("evaluation")
         if step in self.keep and evaluation is not None and evaluation.images is not None:
-            self.views[step] = (evaluation.images.detach().clamp(0, 1) * 255).round().to(torch.uint8).cpu()
+            self.views[step] = to_uint8(evaluation.images).cpu()
         return self.then(sampler, step, sigma, state) if self.then is not None else None
 
 
@@ -414,29 +415,42 @@ def _condition(front: Any, views: dict[str, Any], backbone: Any) -> Any:
     return condition
 
 
-def write_r_plot(path: str | os.PathLike, records: list[StepRecord], *, final_r: float | None = None) -> Path:
-    """A PNG of r (and P(yes)) at the guided steps, σ on the x axis."""
-    import matplotlib
+def r_plot_png(points: list[tuple[float, float]], *, skipped: list[float] = (), final_r: float | None = None,
+               baseline_r: float | None = None) -> bytes:
+    """The r plot (the one drawing, for `--plot` and the app) as PNG bytes: r at the guided steps
+    over σ (`points`: (σ, r)), skipped steps' σ as red lines, the final mesh's r (and a baseline
+    run's) as horizontal lines."""
+    from io import BytesIO
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    scored = [r for r in records if r.r is not None]
-    fig, ax = plt.subplots(figsize=(6, 3.2), dpi=120)
-    ax.plot([r.sigma for r in scored], [r.r for r in scored], "o-", label="r at guided steps (jittered views)")
-    skipped = [r for r in records if r.skipped]
-    for r in skipped:
-        ax.axvline(r.sigma, color="red", alpha=0.3, lw=1)
+    fig = Figure(figsize=(6, 3.2), dpi=120)  # no pyplot: the app draws from worker threads
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.plot([p[0] for p in points], [p[1] for p in points], "o-", label="r at guided steps (jittered views)")
+    for sigma in skipped:
+        ax.axvline(sigma, color="red", alpha=0.3, lw=1)
     if final_r is not None:
         ax.axhline(final_r, color="green", ls="--", label=f"final mesh r = {final_r:+.3f}")
+    if baseline_r is not None:
+        ax.axhline(baseline_r, color="grey", ls=":", label=f"final mesh r, baseline = {baseline_r:+.3f}")
     ax.set_xlabel("σ (0 = noise, 1 = data)")
     ax.set_ylabel("r = logit(Yes) − logit(No)")
     ax.set_title("critic log-odds over the run" + (f" ({len(skipped)} skipped steps in red)" if skipped else ""))
     ax.legend(fontsize=7)
     fig.tight_layout()
+    buffer = BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def write_r_plot(path: str | os.PathLike, records: list[StepRecord], *, final_r: float | None = None) -> Path:
+    """Write the r plot of a run's step records (`r_plot_png`) to `path`."""
+    points = [(r.sigma, r.r) for r in records if r.r is not None]
+    png = r_plot_png(points, skipped=[r.sigma for r in records if r.skipped], final_r=final_r)
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+        Path(tmp).write_bytes(png)
     return Path(path)
 
 
