@@ -18,14 +18,14 @@ import torch
 
 from .errors import EmptySurfaceError, InvalidInputError
 from .backbones import EXPORT_RESOLUTION
-from .export import PostprocessConfig, postprocess_mesh, save_mesh
+from .export import PostprocessConfig, save_mesh
 from .guidance import GuidanceConfig, StepRecord
-from .inputs import prepare_condition_image
 from .io import OutputSet, atomic_path
+from .run import failed_run_path, view_sheet_names  # noqa: F401  (re-exported: the run's file names)
 from .options import Checks, option
 from .presets import PRESETS
-from .manifest import package_versions, write_manifest
-from .sampler import EmptyOutputError, StepCallback
+from .manifest import write_manifest
+from .sampler import StepCallback
 from .text2image import DEFAULT_TEXT_TO_IMAGE_MODEL
 from .search import SearchOptions, SearchRecord
 from .models import critic_family_for, load_vlm, resolve_device, resolve_dtype, resolve_shape_model
@@ -166,75 +166,6 @@ class GenerationResult:
     plot_path: Path | None = None
     input_image_path: Path | None = None  # the input image text-to-image made (text-to-3D runs)
     search: SearchRecord | None = None
-
-
-def failed_run_path(manifest_path: str | os.PathLike) -> Path:
-    """Where a failed run's record goes: next to the manifest, never over it ('run.json' → 'run.failed.json')."""
-    path = Path(manifest_path)
-    return path.with_name(path.stem + ".failed" + (path.suffix or ".json"))
-
-
-def steps_to_keep(keep_views: str | list[int], guided: list[int]) -> set[int]:
-    """Which guided steps' views to keep: "summary" (first, middle, last guided step), "all",
-    "none", or a list of step indices."""
-    if isinstance(keep_views, (list, tuple, set)):
-        return {int(s) for s in keep_views}
-    if keep_views == "all":
-        return set(guided)
-    if keep_views == "none" or not guided:
-        return set()
-    if keep_views == "summary":
-        return {guided[0], guided[len(guided) // 2], guided[-1]}
-    raise InvalidInputError(f"keep_views must be 'summary', 'all', 'none' or a list of steps, got {keep_views!r}")
-
-
-class ViewCapture:
-    """A step callback that keeps what the critic saw at chosen guided steps (uint8, on the CPU)."""
-
-    def __init__(self, keep_views: str | list[int], guided: list[int], then: StepCallback | None = None):
-        self.keep = steps_to_keep(keep_views, guided)
-        self.views: dict[int, torch.Tensor] = {}
-        self.then = then
-
-    def __call__(self, sampler: Any, step: int, sigma: float, state: dict[str, Any]) -> dict[str, Any] | None:
-        from .interrupts import check
-
-        check()  # a stop signal some library swallowed stops the run at this step boundary
-        evaluation = state.get("evaluation")
-        if step in self.keep and evaluation is not None and evaluation.images is not None:
-            self.views[step] = (evaluation.images.detach().clamp(0, 1) * 255).round().to(torch.uint8).cpu()
-        return self.then(sampler, step, sigma, state) if self.then is not None else None
-
-
-def output_plan(
-    out: str | os.PathLike,
-    manifest_path: str | os.PathLike,
-    *,
-    plot_path: str | os.PathLike | None = None,
-    views_dir: str | os.PathLike | None = None,
-    view_steps: set[int] | list[int] = (),
-    candidates: bool = False,
-    input_image_path: str | os.PathLike | None = None,
-) -> dict[str, Any]:
-    """Every file a run may write (label → path), for `io.check_output_plan`: the mesh, the manifest,
-    the plot, the failed-run record, the generated input image and each view sheet by name.
-    A new output (e.g. the silhouette mask) is one entry here and one `stage(...)` in `generate_mesh`."""
-    from .silhouette import silhouette_path_for
-
-    plan: dict[str, Any] = {"--out": out, "--manifest": manifest_path, "the r plot": plot_path,
-                            "the failed-run record": failed_run_path(manifest_path),
-                            "the generated input image": input_image_path,
-                            "the silhouette mask": silhouette_path_for(out)}
-    if views_dir is not None:
-        for name in view_sheet_names(view_steps, candidates):
-            plan[f"--save-views ({name})"] = Path(views_dir) / name
-    return plan
-
-
-def view_sheet_names(steps: set[int] | list[int], candidates: bool = False) -> list[str]:
-    """The file names a run writes into its views folder: one sheet per kept guided step, the final
-    mesh's, and the candidates' (with a search); known before the run, so they are checked then."""
-    return [f"step_{step:03d}.png" for step in sorted(steps)] + ["final.png"] + (["candidates.png"] if candidates else [])
 
 
 def _write_view_sheets(
@@ -387,46 +318,42 @@ def check_models_present(options: GenerationOptions) -> None:
         load_vlm(options.vlm, device="cpu")  # raises, naming the fix
 
 
-def _condition(front: Any, views: dict[str, Any], backbone: Any) -> Any:
-    """What the backbone is conditioned on: the front image, or with extra views a dict of all of
-    them (each checked and prepared like the front); InvalidInputError when the backbone cannot take them."""
-    from .backbones import SINGLE_VIEW, VIEW_NAMES, check_views
+def r_plot_png(points: list[tuple[float, float]], *, skipped: list[float] = (), final_r: float | None = None,
+               baseline_r: float | None = None) -> bytes:
+    """The r plot (the one drawing, for `--plot` and the app) as PNG bytes: r at the guided steps
+    over σ (`points`: (σ, r)), skipped steps' σ as red lines, the final mesh's r (and a baseline
+    run's) as horizontal lines."""
+    from io import BytesIO
 
-    if not views:
-        if backbone.views != SINGLE_VIEW:
-            raise InvalidInputError(f"The {backbone.name} model here is multi-view: give the front image plus at "
-                                    f"least one of {', '.join(v for v in VIEW_NAMES if v != 'front')}.")
-        return front
-    if "front" in views:
-        raise InvalidInputError("`views` holds the extra views (left, back, right); the front is the image itself.")
-    condition = {"front": front, **{name: prepare_condition_image(path) for name, path in views.items()}}
-    check_views(condition, backbone.views)
-    return condition
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-
-def write_r_plot(path: str | os.PathLike, records: list[StepRecord], *, final_r: float | None = None) -> Path:
-    """A PNG of r (and P(yes)) at the guided steps, σ on the x axis."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    scored = [r for r in records if r.r is not None]
-    fig, ax = plt.subplots(figsize=(6, 3.2), dpi=120)
-    ax.plot([r.sigma for r in scored], [r.r for r in scored], "o-", label="r at guided steps (jittered views)")
-    skipped = [r for r in records if r.skipped]
-    for r in skipped:
-        ax.axvline(r.sigma, color="red", alpha=0.3, lw=1)
+    fig = Figure(figsize=(6, 3.2), dpi=120)  # no pyplot: the app draws from worker threads
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.plot([p[0] for p in points], [p[1] for p in points], "o-", label="r at guided steps (jittered views)")
+    for sigma in skipped:
+        ax.axvline(sigma, color="red", alpha=0.3, lw=1)
     if final_r is not None:
         ax.axhline(final_r, color="green", ls="--", label=f"final mesh r = {final_r:+.3f}")
+    if baseline_r is not None:
+        ax.axhline(baseline_r, color="grey", ls=":", label=f"final mesh r, baseline = {baseline_r:+.3f}")
     ax.set_xlabel("σ (0 = noise, 1 = data)")
     ax.set_ylabel("r = logit(Yes) − logit(No)")
     ax.set_title("critic log-odds over the run" + (f" ({len(skipped)} skipped steps in red)" if skipped else ""))
     ax.legend(fontsize=7)
     fig.tight_layout()
+    buffer = BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def write_r_plot(path: str | os.PathLike, records: list[StepRecord], *, final_r: float | None = None) -> Path:
+    """Write the r plot of a run's step records (`r_plot_png`) to `path`."""
+    points = [(r.sigma, r.r) for r in records if r.r is not None]
+    png = r_plot_png(points, skipped=[r.sigma for r in records if r.skipped], final_r=final_r)
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+        Path(tmp).write_bytes(png)
     return Path(path)
 
 
@@ -459,166 +386,64 @@ def generate_mesh(
     reference uses the front. Raises EmptySurfaceError (after
     writing the manifest) when the final latent has no surface.
     """
-    from .critic.families import build_critic
-    from .reward import VLMReward
-    from .sampler import GuidedSampler
-    from .silhouette import SilhouetteRun, silhouette_path_for, write_mask_png
+    from .run import OutputPlan, build_run, describe
 
     started = time.perf_counter()
-    if (image is None) == (generated_input is None):
-        raise InvalidInputError("generate_mesh needs exactly one of `image` and `generated_input`.")
     options = (options or GenerationOptions()).validate()
-    seed, steps, cfg_scale, checkpointing = options.seed, options.steps, options.cfg_scale, options.checkpointing
-    octree_resolution = options.octree_resolution or export_resolution(models.preset)
-    offload_idle = options.offload_idle
-    backbone = models.backbone
-    front = prepare_condition_image(generated_input.image if generated_input is not None else image)
-    condition = _condition(front, views or {}, backbone)
-    reference = backbone.reference_image(front, guidance.view_size) if guidance.reference else None
-    critic = build_critic(models.vlm, models.processor, prompt, guidance.query, reference=reference,
-                          layout=guidance.view_layout, grid_size=guidance.view_size, activation_checkpointing=checkpointing)
-    # The input-silhouette term (weight μ; its IoU is measured in every run): vlm3d_ttg.silhouette.
-    silhouette = SilhouetteRun(backbone, front, guidance)
-    reward = VLMReward.from_config(backbone, critic, guidance, terms=silhouette.terms,
-                                   observers=silhouette.observers)
-    sampler = GuidedSampler(backbone, reward, guidance, offload_idle=offload_idle)
-    capture = ViewCapture(keep_views, sampler.guided_steps(steps, search),
-                          then=silhouette.callback(sampler, steps, search, then=step_callback))
-    from .io import check_output_plan
-
-    check_output_plan(  # no output onto another or onto the input, before any sampling (the CLI's check)
-        output_plan(out, manifest_path, plot_path=plot_path, views_dir=views_dir, view_steps=capture.keep,
-                    candidates=bool(search and search.searching),
-                    input_image_path=generated_input.path if generated_input is not None else None),
-        {"image": image if isinstance(image, (str, os.PathLike)) else None,
-         **{f"--{name}": path for name, path in (views or {}).items() if isinstance(path, (str, os.PathLike))}})
-    try:
-        output = sampler(
-            condition,
-            num_inference_steps=steps,
-            guidance_scale=cfg_scale,
-            seed=seed,
-            octree_resolution=octree_resolution,
-            progress=progress,
-            callback_on_step_end=capture,
-            search=search,
-        )
-        mesh = output.mesh
-    except EmptyOutputError as empty:  # no surface: the run's records go to the failed-run record below
-        output, mesh = empty.run, None
-    if mesh is not None and postprocess is not None:
-        mesh = postprocess_mesh(mesh, postprocess)
-    # The critic's score of the mesh we write (after any postprocessing), from fixed cameras.
-    final = None
-    if mesh is not None and len(mesh.faces):
-        try:
-            sampler.offload.activate("critic")
-            tic = time.perf_counter()
-            final = reward.score_mesh(mesh.vertices, mesh.faces)
-            output.compute.critic_forwards += 1
-            output.compute.add_time("final_score", time.perf_counter() - tic)
-        finally:
-            sampler.offload.restore()
-    silhouette.finish(sampler, reward, condition, steps, cfg_scale, seed, mesh, octree_resolution)
-    mask_path = silhouette_path_for(out)
-    content: dict[str, Any] = {
-        "tool": "vlm3d-ttg generate",
-        "image": str(generated_input.path if generated_input is not None else image),
-        "input_image": generated_input.to_dict() if generated_input is not None else {"generated": False},
-        "views": {name: str(path) for name, path in (views or {}).items()},  # a multi-view run's extra views
-        "conditioned_on": list(condition) if isinstance(condition, dict) else ["front"],  # the views the model saw
-        "prompt": prompt,
-        "seed": seed,
-        "steps": steps,
-        "cfg_scale": cfg_scale,
-        "options": options.to_dict(),
-        "device": str(backbone.device),
-        "dtype": str(backbone.dtype),
-        "models": {"shape": models.shape_id, "backbone": backbone.name, "critic": models.vlm_id,
-                   "critic_family": critic.family, "tiny": models.tiny,
-                   "preset": models.preset},
-        "guidance": guidance.to_dict(),
-        "camera_seed": output.camera_seed,
-        "precision": {
-            "shape_model": str(backbone.dtype),
-            "guidance_decode": str(reward.decode_dtype),
-            "critic": str(next(models.vlm.parameters()).dtype),
-            "loss_scaled_backward": sampler.half_backward,
-            "loss_scale_overflows": output.loss_scale_overflows,
-        },
-        "memory": {
-            "critic_checkpointing": checkpointing,
-            "offload_idle": offload_idle,
-            "offload_seconds": output.offload_seconds,
-        },
-        "export": {"octree_resolution": octree_resolution, **(postprocess.__dict__ if postprocess else {})},
-        "versions": package_versions(),
-        "records": [r.to_dict() for r in output.records],
-        "sampling_seconds": output.seconds,
-        "search": output.search.to_dict() if output.search is not None else None,
-        "compute": output.compute.to_dict(),
-        "silhouette": silhouette.record(octree_resolution, mask_path),
-        "final_silhouette_iou": silhouette.final_iou,
-    }
-    outputs: dict[str, Any] = {}
-    if mesh is None:
+    run = build_run(models, prompt=prompt, guidance=guidance, options=options, postprocess=postprocess, image=image,
+                    generated_input=generated_input, views=views, search=search, keep_views=keep_views,
+                    step_callback=step_callback,
+                    octree_resolution=options.octree_resolution or export_resolution(models.preset))
+    plan = OutputPlan(out, manifest_path, plot=plot_path, views_dir=views_dir, view_steps=run.capture.keep,
+                      candidates=bool(search and search.searching),
+                      input_image=generated_input.path if generated_input is not None else None)
+    plan.check({"image": image if isinstance(image, (str, os.PathLike)) else None,  # the CLI's check, for API callers
+                **{f"--{name}": path for name, path in (views or {}).items() if isinstance(path, (str, os.PathLike))}},
+               writable=False)
+    output = run.sample(progress=progress)
+    content = describe(run, output, plan)
+    if output.mesh is None:
         # A failed run must not touch what an earlier run wrote (its mesh and manifest belong
         # together): its record goes to a file of its own.
-        content.update(final_r=None, final_p_yes=None, final_terms={}, error="the final latent decodes to no surface")
-        content["total_seconds"] = time.perf_counter() - started
-        failure_path = failed_run_path(manifest_path)
         with OutputSet() as failed:
-            write_manifest(failed.stage(failure_path, last=True), content)
-        raise EmptySurfaceError(
-            f"The final shape is empty (no surface at the export level); nothing was written to {out}. "
-            f"The run's step records are in {failure_path}."
-        )
+            write_manifest(failed.stage(plan.failed_record, last=True), content | {"total_seconds": time.perf_counter() - started})
+        raise EmptySurfaceError(f"The final shape is empty (no surface at the export level); nothing was written to {out}. "
+                                f"The run's step records are in {plan.failed_record}.")
+    outputs, sheets = _write_outputs(run, output, plan, content, started)
+    return GenerationResult(
+        mesh_path=plan.out, manifest_path=plan.manifest, faces=content["faces"], records=output.sampled.records,
+        final_r=output.final_r, final_p_yes=content["final_p_yes"], final_terms=content["final_terms"],
+        final_silhouette_iou=run.silhouette.final_iou, silhouette_camera=content["silhouette"]["camera"],
+        silhouette_mask_path=plan.silhouette_mask, view_sheets=sheets, plot_path=plan.plot,
+        input_image_path=plan.input_image, search=output.sampled.search)
 
-    final_r = float(final.r) if final is not None else None
-    mesh_path = Path(out)
-    # Every output is staged next to its destination and the set is committed as one unit (the
-    # manifest last) only when all of them were written: a failure at any point leaves the earlier
-    # outputs exactly as they were (vlm3d_ttg.io.OutputSet). A new output is one `staged(...)` line here.
+
+def _write_outputs(run: Any, output: Any, plan: Any, content: dict[str, Any], started: float) -> tuple[dict, list[Path]]:
+    """Stage every output of `plan` next to its destination and commit them as one unit, the manifest
+    (`content` plus the outputs) last: a failure at any point leaves the earlier outputs exactly as
+    they were (vlm3d_ttg.io.OutputSet). A new output is one entry in `run.OutputPlan` and one line here."""
+    from .silhouette import write_mask_png
+
+    outputs: dict[str, Any] = {}
+    sampled, generated = output.sampled, run.generated_input
     with OutputSet() as staging:
         staged = staging.stage
-        save_mesh(mesh, staged(mesh_path))
-        outputs["mesh"] = str(mesh_path)
-        write_mask_png(staged(mask_path), silhouette.target)
-        outputs["silhouette_mask"] = str(mask_path)
-        if generated_input is not None:
-            generated_input.image.save(staged(generated_input.path), format="PNG")
-            outputs["input_image"] = str(generated_input.path)
-        sheets = (_write_view_sheets(views_dir, output.records, capture.views, final, staged)
-                  if views_dir is not None else [])
-        if views_dir is not None and output.search is not None and output.search.views:
-            sheets.append(_write_candidate_sheet(views_dir, output.search, staged))
+        save_mesh(output.mesh, staged(plan.out))
+        outputs["mesh"] = str(plan.out)
+        write_mask_png(staged(plan.silhouette_mask), run.silhouette.target)
+        outputs["silhouette_mask"] = str(plan.silhouette_mask)
+        if generated is not None:
+            generated.image.save(staged(generated.path), format="PNG")
+            outputs["input_image"] = str(generated.path)
+        sheets = (_write_view_sheets(plan.views_dir, sampled.records, run.capture.views, output.final, staged)
+                  if plan.views_dir is not None else [])
+        if plan.views_dir is not None and sampled.search is not None and sampled.search.views:
+            sheets.append(_write_candidate_sheet(plan.views_dir, sampled.search, staged))
         if sheets:
             outputs["views"] = [str(p) for p in sheets]
-        if plot_path is not None:
-            write_r_plot(staged(plot_path), output.records, final_r=final_r)
-            outputs["plot"] = str(plot_path)
-        content.update(
-            final_r=final_r,
-            final_p_yes=final.p_yes if final is not None else None,
-            final_terms=dict(final.terms) if final is not None else {},
-            faces=int(len(mesh.faces)),
-            outputs=outputs,
-            total_seconds=time.perf_counter() - started,
-        )
-        write_manifest(staging.stage(manifest_path, last=True), content)
-    return GenerationResult(
-        mesh_path=mesh_path,
-        manifest_path=Path(manifest_path),
-        faces=int(len(mesh.faces)),
-        records=output.records,
-        final_r=final_r,
-        final_p_yes=final.p_yes if final is not None else None,
-        final_terms=dict(final.terms) if final is not None else {},
-        final_silhouette_iou=silhouette.final_iou,
-        silhouette_camera=content["silhouette"]["camera"],
-        silhouette_mask_path=mask_path,
-        view_sheets=sheets,
-        plot_path=Path(plot_path) if plot_path is not None else None,
-        input_image_path=generated_input.path if generated_input is not None else None,
-        search=output.search,
-    )
+        if plan.plot is not None:
+            write_r_plot(staged(plan.plot), sampled.records, final_r=output.final_r)
+            outputs["plot"] = str(plan.plot)
+        content.update(outputs=outputs, total_seconds=time.perf_counter() - started)
+        write_manifest(staging.stage(plan.manifest, last=True), content)
+    return outputs, sheets

@@ -187,34 +187,19 @@ class StepRelay:
 def _to_pictures(images: Any) -> list:
     from PIL import Image
 
-    array = (images.detach().float().clamp(0, 1) * 255).round().to("cpu").byte().permute(0, 2, 3, 1).numpy()
+    from ..images import to_uint8
+
+    array = to_uint8(images).cpu().permute(0, 2, 3, 1).numpy()
     return [Image.fromarray(a) for a in array]
 
 
 def r_plot(points: list[tuple[float, float]], final_r: float | None = None, baseline_r: float | None = None) -> Any:
-    """A small PIL picture of r at the guided steps over σ (and the final meshes' r as lines)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    """The run's r plot (`generation.r_plot_png`, the `--plot` drawing) as a PIL picture."""
     from PIL import Image
 
-    fig = Figure(figsize=(4.8, 2.6), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    if points:
-        ax.plot([p[0] for p in points], [p[1] for p in points], "o-", label="r at guided steps")
-    if final_r is not None:
-        ax.axhline(final_r, color="green", ls="--", label=f"final r (guided) {final_r:+.4f}")
-    if baseline_r is not None:
-        ax.axhline(baseline_r, color="grey", ls=":", label=f"final r (baseline) {baseline_r:+.4f}")
-    ax.set_xlabel("σ (0 = noise, 1 = data)")
-    ax.set_ylabel("r")
-    ax.set_xlim(0, 1)
-    if points or final_r is not None:
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    return Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
+    from ..generation import r_plot_png
+
+    return Image.open(io.BytesIO(r_plot_png(points, final_r=final_r, baseline_r=baseline_r))).convert("RGB")
 
 
 class AppRunner:

@@ -49,8 +49,6 @@ def _generate(
     **options: object,
 ) -> None:
     """Generate a mesh from IMAGE (or, without one, from PROMPT alone) with Hunyuan3D-2, guided by a VLM critic's judgement of PROMPT (Qwen2.5-VL, or Qwen3-VL)."""
-    from ..export import check_mesh_path
-    from ..io import check_output_plan, check_writable
     from ..manifest import manifest_path_for, plot_path_for
 
     # ---- everything that can be wrong is checked before any model loads --------------------
@@ -61,34 +59,8 @@ def _generate(
                                views={"left": left, "back": back, "right": right})
     guidance, postprocess, run_options, search = request.guidance, request.postprocess, request.options, request.search
     extra_views = request.views
-    # Where this run writes: the command line's own business.
-    check_writable(out)
-    check_mesh_path(out)
-    manifest_path = manifest or manifest_path_for(out)
-    if manifest_path.suffix.lower() != ".json":
-        raise InvalidInputError(f"--manifest must be a .json file, got '{manifest_path}'.")
-    check_writable(manifest_path)
-    if save_views is not None:
-        if save_views.exists() and not save_views.is_dir():
-            raise InvalidInputError(f"--save-views '{save_views}' exists and is not a folder.")
-        check_writable(save_views / "probe.png")
-    elif views_at is not None:
+    if save_views is None and views_at is not None:
         raise InvalidInputError("--views-at chooses which views --save-views writes; give --save-views DIR too.")
-    from ..text2image import input_image_path_for
-
-    input_image_path = input_image_path_for(out) if image is None else None
-    if input_image_path is not None:
-        check_writable(input_image_path)
-    plot_path = plot_path_for(out) if plot else None
-    if plot_path is not None:
-        check_writable(plot_path)
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError:
-            raise InvalidInputError("--plot needs matplotlib: pip install matplotlib") from None
-    from ..silhouette import silhouette_path_for
-
-    check_writable(silhouette_path_for(out))
     keep_views = _parse_views_at(views_at or "summary") if save_views is not None else "none"
     planned = request.guided_steps
     for warning in request.warnings:
@@ -96,19 +68,17 @@ def _generate(
     if isinstance(keep_views, list) and not set(keep_views) <= set(planned):
         raise InvalidInputError(f"--views-at names steps that are not guided: {sorted(set(keep_views) - set(planned))}; "
                                 f"this run guides steps {planned}.")
-    # Every file this run may write, against each other and against every input: nothing of the
-    # user's may be replaced by an output, and no output by another (a views folder included).
-    from ..generation import output_plan, steps_to_keep
-
-    planned_outputs = output_plan(out, manifest_path, plot_path=plot_path, views_dir=save_views,
-                                  view_steps=steps_to_keep(keep_views, planned) if save_views is not None else (),
-                                  candidates=search.searching, input_image_path=input_image_path)
-    # ... and against every file of every checkpoint and cache the run will load (not loaded yet).
+    # Where this run writes (every file, one plan): writable, and nothing of the user's, no other output
+    # and no file of a checkpoint or cache the run will load (not loaded yet) replaced by an output.
     from ..generation import checkpoint_folders
+    from ..run import OutputPlan, steps_to_keep
+    from ..text2image import input_image_path_for
 
-    check_output_plan(planned_outputs, {"IMAGE": image, **{f"--{name}": path for name, path in extra_views.items()}},
-                      read_folders=checkpoint_folders(run_options, preset.value, text_to_3d=image is None))
-
+    plan = OutputPlan(out, manifest or manifest_path_for(out), plot=plot_path_for(out) if plot else None,
+                      views_dir=save_views, view_steps=steps_to_keep(keep_views, planned) if save_views is not None else set(),
+                      candidates=search.searching, input_image=input_image_path_for(out) if image is None else None)
+    plan.check({"IMAGE": image, **{f"--{name}": path for name, path in extra_views.items()}},
+               read_folders=checkpoint_folders(run_options, preset.value, text_to_3d=image is None))
 
     from ..logs import be_verbose, quiet_hy3dgen
     from ..generation import generate_mesh, load_models
@@ -119,12 +89,12 @@ def _generate(
 
     started = time.perf_counter()
     generated_input = None
-    if input_image_path is not None:
+    if plan.input_image is not None:
         from ..text2image import make_input_image
 
         # Made (and its models released) before the shape model and critic load: never all three at once.
         # The offline presets have no real text-to-image model: both use the tiny one.
-        generated_input = make_input_image(prompt, input_image_path, model=run_options.text_to_image, device=run_options.device,
+        generated_input = make_input_image(prompt, plan.input_image, model=run_options.text_to_image, device=run_options.device,
                                            seed=run_options.seed, tiny=preset in (Preset.tiny, Preset.realsize))
     models = load_models(run_options, preset=preset.value)
     from ..interrupts import check
@@ -136,14 +106,14 @@ def _generate(
         views=extra_views or None,
         generated_input=generated_input,
         prompt=prompt,
-        out=out,
-        manifest_path=manifest_path,
+        out=plan.out,
+        manifest_path=plan.manifest,
         guidance=guidance,
         postprocess=postprocess,
         options=run_options,
-        views_dir=save_views,
+        views_dir=plan.views_dir,
         keep_views=keep_views,
-        plot_path=plot_path,
+        plot_path=plan.plot,
         progress=not quiet,
         search=search,
     )
