@@ -15,16 +15,16 @@ Resumable from `ckpt.pt` in --run.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from training_log import TrainingLog  # noqa: E402  (training/ is on sys.path when a script runs)
 
 logger = logging.getLogger("train_critic")
 
@@ -176,8 +176,9 @@ def main(argv: list[str] | None = None) -> int:
                      "args": vars(args) | {"data": str(args.data), "views": str(args.views), "run": str(args.run)}},
                     ckpt_path)
 
+    log = TrainingLog(history, log_every=args.log_every, minutes=args.ckpt_minutes, checkpoint=checkpoint, logger=logger)
+
     model.train()  # Qwen2.5-VL has no dropout: train() changes nothing but intent
-    last_ckpt, start, running = time.time(), time.time(), []
     while step < args.steps:
         warm = min(1.0, (step + 1) / min(200, max(1, args.steps // 10)))
         for group in optimizer.param_groups:
@@ -197,19 +198,8 @@ def main(argv: list[str] | None = None) -> int:
         optimizer.step()
         step += 1
         right = (r.detach() == labels) if step <= args.name_steps else ((r.detach() > 0).float() == labels)
-        running.append((float(loss.detach()), float(right.float().mean())))
-        if step % args.log_every == 0:
-            loss_mean, acc = np.mean(running, axis=0)
-            history.append({"step": step, "loss": float(loss_mean), "acc": float(acc), "seconds": time.time() - start})
-            logger.info("step %d loss %.4f acc %.3f (%.2f s/step)", step, loss_mean, acc, (time.time() - start) / args.log_every)
-            running.clear()
-            start = time.time()
-        if time.time() - last_ckpt > args.ckpt_minutes * 60:
-            checkpoint()
-            last_ckpt = time.time()
-    checkpoint()
-    (args.run / "history.json").write_text(json.dumps(history))
-    logger.info("done at step %d", step)
+        log.record(step, loss=float(loss.detach()), acc=float(right.float().mean()))
+    log.finish(step, args.run)
     return 0
 
 

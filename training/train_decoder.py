@@ -13,15 +13,15 @@ rewritten every --ckpt-minutes; rerunning the command continues from it.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from training_log import TrainingLog  # noqa: E402  (training/ is on sys.path when a script runs)
 
 logger = logging.getLogger("train_decoder")
 
@@ -100,14 +100,13 @@ def main(argv: list[str] | None = None) -> int:
         logger.info("resumed at step %d", step)
 
     generator = torch.Generator().manual_seed(args.seed * 1000 + step)
-    last_ckpt = time.time()
-    start = time.time()
-    running = []
 
     def checkpoint() -> None:
         save_atomic({"vae": vae.state_dict(), "codes": codes.detach(), "optimizer": optimizer.state_dict(),
                      "step": step, "history": history, "args": vars(args) | {"data": str(args.data), "run": str(args.run)}},
                     ckpt_path)
+
+    log = TrainingLog(history, log_every=args.log_every, minutes=args.ckpt_minutes, checkpoint=checkpoint, logger=logger)
 
     while step < args.steps:
         for group, base in zip(optimizer.param_groups, (args.lr, args.code_lr)):
@@ -125,19 +124,8 @@ def main(argv: list[str] | None = None) -> int:
         loss.backward()
         optimizer.step()
         step += 1
-        running.append((float(bce), float(((logits > 0) == target).float().mean())))
-        if step % args.log_every == 0:
-            bce_mean, acc = np.mean(running, axis=0)
-            running.clear()
-            history.append({"step": step, "bce": float(bce_mean), "acc": float(acc), "seconds": time.time() - start})
-            logger.info("step %d bce %.4f acc %.4f (%.2f s/step)", step, bce_mean, acc, (time.time() - start) / args.log_every)
-            start = time.time()
-        if time.time() - last_ckpt > args.ckpt_minutes * 60:
-            checkpoint()
-            last_ckpt = time.time()
-    checkpoint()
-    (args.run / "history.json").write_text(json.dumps(history))
-    logger.info("done at step %d", step)
+        log.record(step, bce=float(bce), acc=float(((logits > 0) == target).float().mean()))
+    log.finish(step, args.run)
     return 0
 
 

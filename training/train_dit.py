@@ -13,16 +13,16 @@ so classifier-free guidance works. Resumable from `ckpt.pt` in --run.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from training_log import TrainingLog  # noqa: E402  (training/ is on sys.path when a script runs)
 
 logger = logging.getLogger("train_dit")
 
@@ -112,10 +112,11 @@ def main(argv: list[str] | None = None) -> int:
                      "args": vars(args) | {"data": str(args.data), "run": str(args.run), "decoder": str(args.decoder)}},
                     ckpt_path)
 
+    log = TrainingLog(history, log_every=args.log_every, minutes=args.ckpt_minutes, checkpoint=checkpoint, logger=logger)
+
     generator = torch.Generator().manual_seed(args.seed * 1000 + step)
     dit.train()
     conditioner.train()
-    last_ckpt, start, running = time.time(), time.time(), []
     while step < args.steps:
         warm = min(1.0, (step + 1) / min(300, max(1, args.steps // 10)))
         for group in optimizer.param_groups:
@@ -129,18 +130,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         step += 1
-        running.append(float(loss))
-        if step % args.log_every == 0:
-            history.append({"step": step, "loss": float(np.mean(running)), "seconds": time.time() - start})
-            logger.info("step %d loss %.4f (%.2f s/step)", step, np.mean(running), (time.time() - start) / args.log_every)
-            running.clear()
-            start = time.time()
-        if time.time() - last_ckpt > args.ckpt_minutes * 60:
-            checkpoint()
-            last_ckpt = time.time()
-    checkpoint()
-    (args.run / "history.json").write_text(json.dumps(history))
-    logger.info("done at step %d", step)
+        log.record(step, loss=float(loss))
+    log.finish(step, args.run)
     return 0
 
 

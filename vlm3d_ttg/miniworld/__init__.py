@@ -11,7 +11,7 @@
 The training scripts live outside the package, in `training/` (see its README).
 """
 
-from .checkpoints import MiniModels, MiniShapeModel, ensure_mini_models, read_manifest
+from .checkpoints import MiniModels, ensure_mini_models, read_manifest
 from .render_input import critic_views, render_input_image
 from .shapes import ATTRIBUTES, CLASSES, all_descriptions, describe, make_spec, shape_sdf
 
@@ -19,7 +19,6 @@ __all__ = [
     "ATTRIBUTES",
     "CLASSES",
     "MiniModels",
-    "MiniShapeModel",
     "all_descriptions",
     "critic_views",
     "describe",

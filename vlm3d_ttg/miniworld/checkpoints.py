@@ -23,6 +23,7 @@ from pathlib import Path
 
 from ..errors import CheckpointError, ModelNotFoundError
 from ..io import write_directory_atomic
+from ..presets import ShapeCheckpoint
 from .config import MINI_SHAPE_REPO, MINI_SHAPE_SUBFOLDER
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets" / "mini"
@@ -30,19 +31,10 @@ MANIFEST = "manifest.json"
 
 
 @dataclass(frozen=True)
-class MiniShapeModel:
-    """Where the mini shape checkpoint lives, in the terms `load_shape_pipeline` takes."""
-
-    models_dir: Path  # the $HY3DGEN_MODELS root
-    repo_id: str
-    subfolder: str
-
-
-@dataclass(frozen=True)
 class MiniModels:
     """The miniature world's models as folders the project's loaders read."""
 
-    shape: MiniShapeModel
+    shape: ShapeCheckpoint
     critic: Path  # save_pretrained folder of the guiding critic
     judge: Path | None  # save_pretrained folder of the judge critic (None: not shipped)
 
@@ -121,4 +113,4 @@ def ensure_mini_models(cache_dir: str | os.PathLike | None = None, *, assets: st
     critic = _write_critic(root / "critic", assets / critics["guide"]["file"], critics["guide"]["size"], critics["guide"]["seed"])
     judge = (_write_critic(root / "judge", assets / critics["judge"]["file"], critics["judge"]["size"], critics["judge"]["seed"])
              if "judge" in critics else None)
-    return MiniModels(MiniShapeModel(models_dir, MINI_SHAPE_REPO, MINI_SHAPE_SUBFOLDER), critic, judge)
+    return MiniModels(ShapeCheckpoint(models_dir, MINI_SHAPE_REPO, MINI_SHAPE_SUBFOLDER), critic, judge)

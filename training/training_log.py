@@ -1,0 +1,44 @@
+"""What the three training scripts share: running means logged and kept in the history, and a
+checkpoint every few minutes (so a job stopped at any moment loses minutes, not hours)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+class TrainingLog:
+    """Running means of named values, logged and appended to `history` every `log_every` steps;
+    `checkpoint()` called whenever `minutes` have passed since the last one."""
+
+    def __init__(self, history: list[dict], *, log_every: int, minutes: float, checkpoint: Callable[[], None],
+                 logger: logging.Logger):
+        self.logger = logger
+        self.history, self.log_every, self.minutes, self.checkpoint = history, log_every, minutes, checkpoint
+        self.running: list[dict[str, float]] = []
+        self.start = self.last_checkpoint = time.time()
+
+    def record(self, step: int, **values: float) -> None:
+        """Add this step's values; log their means at every `log_every`-th step; checkpoint when due."""
+        self.running.append(values)
+        if step % self.log_every == 0:
+            means = {name: float(np.mean([row[name] for row in self.running])) for name in values}
+            elapsed = time.time() - self.start
+            self.history.append({"step": step, **means, "seconds": elapsed})
+            self.logger.info("step %d %s (%.2f s/step)", step, " ".join(f"{name} {value:.4f}" for name, value in means.items()),
+                        elapsed / self.log_every)
+            self.running.clear()
+            self.start = time.time()
+        if time.time() - self.last_checkpoint > self.minutes * 60:
+            self.checkpoint()
+            self.last_checkpoint = time.time()
+
+    def finish(self, step: int, run: Path) -> None:
+        """The last checkpoint and the history as `run/history.json`."""
+        self.checkpoint()
+        (run / "history.json").write_text(json.dumps(self.history))
+        self.logger.info("done at step %d", step)
