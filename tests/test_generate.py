@@ -104,7 +104,7 @@ BAD_INPUTS = [
     (["generate", "{image}", "--prompt", "x", "--preset", "tiny", "--out", "{out}", "--steps", "1"], "--steps"),
     (["generate", "{noalpha}", "--prompt", "x", "--preset", "tiny", "--out", "{out}"], "no transparent background"),
     (["generate", "{text}", "--prompt", "x", "--preset", "tiny", "--out", "{out}"], "Cannot read"),
-    (["generate", "{image}", "--prompt", "x", "--preset", "tiny", "--out", "{text}/mesh.glb"], "not a directory"),
+    (["generate", "{image}", "--prompt", "x", "--preset", "tiny", "--out", "{text}/mesh.glb"], "not a folder"),
     (["generate", "{image}", "--prompt", "x", "--preset", "tiny", "--out", "{out}", "--save-views", "{text}"],
      "not a folder"),
 ]

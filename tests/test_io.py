@@ -48,5 +48,5 @@ def test_check_writable(tmp_path):
         check_writable(tmp_path)
     blocker = tmp_path / "file.txt"
     blocker.write_text("x")
-    with pytest.raises(InvalidInputError, match="not a directory"):
+    with pytest.raises(InvalidInputError, match="not a folder"):
         check_writable(blocker / "x.glb")

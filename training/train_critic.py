@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -24,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from training_log import TrainingLog  # noqa: E402  (training/ is on sys.path when a script runs)
+from training_log import TrainingLog, add_run_arguments, save_atomic, start_run  # noqa: E402  (training/ is on sys.path when a script runs)
 
 logger = logging.getLogger("train_critic")
 
@@ -119,12 +118,6 @@ def name_logits(critic, images: torch.Tensor, word_ids: list[int]) -> torch.Tens
     return out.last_hidden_state[:, -1] @ head.T
 
 
-def save_atomic(obj, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, type=Path)
@@ -134,15 +127,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=6000)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--lr", type=float, default=5e-4)
-    parser.add_argument("--ckpt-minutes", type=float, default=3.0)
-    parser.add_argument("--log-every", type=int, default=25)
     parser.add_argument("--name-steps", type=int, default=0,
                         help="stage 1: the first N steps teach the critic to name the shape (see NAME_DESCRIPTION)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1)
+    add_run_arguments(parser, log_every=25)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    torch.set_num_threads(args.threads)
+    start_run(args)
     if not (args.views / "train_views.npy").is_file():
         print(f"error: {args.views}/train_views.npy is missing: run training/build_critic_data.py first", file=sys.stderr)
         return 2

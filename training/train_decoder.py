@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from training_log import TrainingLog  # noqa: E402  (training/ is on sys.path when a script runs)
+from training_log import TrainingLog, add_run_arguments, save_atomic, start_run  # noqa: E402  (training/ is on sys.path when a script runs)
 
 logger = logging.getLogger("train_decoder")
 
@@ -45,12 +44,6 @@ def template_codes(count: int, seed: int) -> torch.Tensor:
     return template.expand(count, -1, -1) + 0.1 * torch.randn(count, NUM_LATENTS, EMBED_DIM, generator=g)
 
 
-def save_atomic(obj, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, type=Path)
@@ -63,13 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--code-l2", type=float, default=1e-4)
     parser.add_argument("--code-noise", type=float, default=0.05)
     parser.add_argument("--limit-shapes", type=int, default=None, help="train on the first N shapes only (tests)")
-    parser.add_argument("--ckpt-minutes", type=float, default=3.0)
-    parser.add_argument("--log-every", type=int, default=50)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1)
+    add_run_arguments(parser, log_every=50)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    torch.set_num_threads(args.threads)
+    start_run(args)
     if not (args.data / "train_points.npy").is_file():
         print(f"error: {args.data}/train_points.npy is missing: run training/build_data.py --out {args.data} first",
               file=sys.stderr)

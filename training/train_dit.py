@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from training_log import TrainingLog  # noqa: E402  (training/ is on sys.path when a script runs)
+from training_log import TrainingLog, add_run_arguments, save_atomic, start_run  # noqa: E402  (training/ is on sys.path when a script runs)
 
 logger = logging.getLogger("train_dit")
 
@@ -54,12 +53,6 @@ def flow_matching_loss(dit, conditioner, data: torch.Tensor, images: torch.Tenso
     return F.mse_loss(velocity, data - noise)
 
 
-def save_atomic(obj, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, type=Path)
@@ -69,13 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--limit-shapes", type=int, default=None)
-    parser.add_argument("--ckpt-minutes", type=float, default=3.0)
-    parser.add_argument("--log-every", type=int, default=50)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1)
+    add_run_arguments(parser, log_every=50)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    torch.set_num_threads(args.threads)
+    start_run(args)
     for path, hint in ((args.decoder, "train_decoder.py"), (args.data / "train_inputs.npy", "build_data.py --stage inputs")):
         if not path.is_file():
             print(f"error: {path} is missing: run training/{hint} first", file=sys.stderr)

@@ -3,13 +3,16 @@ checkpoint every few minutes (so a job stopped at any moment loses minutes, not 
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import torch
 
 class TrainingLog:
     """Running means of named values, logged and appended to `history` every `log_every` steps;
@@ -42,3 +45,24 @@ class TrainingLog:
         self.checkpoint()
         (run / "history.json").write_text(json.dumps(self.history))
         self.logger.info("done at step %d", step)
+
+
+def save_atomic(state: dict, path: Path) -> None:
+    """`torch.save` to a temporary file, then rename: a job stopped mid-write keeps its last checkpoint."""
+    temporary = path.with_suffix(".tmp")
+    torch.save(state, temporary)
+    os.replace(temporary, path)
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, *, log_every: int) -> None:
+    """The options every training script has: checkpoint interval, log interval, seed, threads."""
+    parser.add_argument("--ckpt-minutes", type=float, default=3.0)
+    parser.add_argument("--log-every", type=int, default=log_every)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+
+
+def start_run(args: argparse.Namespace) -> None:
+    """Log lines with their time, and the CPU threads asked for (training shares the machine)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    torch.set_num_threads(args.threads)

@@ -57,15 +57,21 @@ def check_writable(path: str | os.PathLike) -> Path:
     target = Path(path)
     if target.exists() and target.is_dir():
         raise InvalidInputError(f"Output path '{target}' is a directory; give a file name.")
-    parent = target.parent if str(target.parent) else Path(".")
-    existing = parent
-    while not existing.exists():
+    nearest_writable_folder(target.parent if str(target.parent) else Path("."), f"Cannot write '{target}'")
+    return target
+
+
+def nearest_writable_folder(path: str | os.PathLike, what: str) -> Path:
+    """The nearest existing folder at or above `path` (where new folders would be made); InvalidInputError
+    starting with `what` when it is a file or cannot be written."""
+    existing = Path(path)
+    while not existing.exists() and existing.parent != existing:
         existing = existing.parent
     if not existing.is_dir():
-        raise InvalidInputError(f"Cannot write '{target}': '{existing}' is a file, not a directory.")
+        raise InvalidInputError(f"{what}: '{existing}' is a file, not a folder.")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise InvalidInputError(f"Cannot write '{target}': directory '{existing}' is not writable.")
-    return target
+        raise InvalidInputError(f"{what}: folder '{existing}' is not writable.")
+    return existing
 
 
 def write_directory_atomic(target: str | os.PathLike, write: Callable[[Path], None]) -> Path:

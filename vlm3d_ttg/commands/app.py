@@ -127,16 +127,10 @@ def check_runs_dir(runs_dir: Path | None) -> Path:
     """The folder the app's run folders go in (default: a folder of its own in the temp dir), refused when
     it is a file or cannot be written; the app shares it with whatever else is there and removes only
     its own run folders (vlm3d_ttg.app.runs)."""
-    import os
+    from ..io import nearest_writable_folder
 
     folder = runs_dir if runs_dir is not None else Path(tempfile.gettempdir()) / "vlm3d-ttg-app"
-    probe = folder
-    while not probe.exists() and probe.parent != probe:
-        probe = probe.parent
-    if not probe.is_dir():
-        raise InvalidInputError(f"--runs-dir '{folder}': '{probe}' is a file, not a folder.")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise InvalidInputError(f"--runs-dir '{folder}': '{probe}' is not writable.")
+    nearest_writable_folder(folder, f"--runs-dir '{folder}'")
     return folder
 
 
