@@ -370,3 +370,33 @@ def test_two_concurrent_api_calls_on_a_concurrency_1_server_run_in_order_with_th
     records = [server.record(folder) for folder in folders]
     assert [r["options"]["seed"] for r in records] == [11, 12]  # in the order they were asked
     assert records[0]["finished"] <= records[1]["started"], records  # one at a time
+
+
+def test_an_api_client_that_goes_away_cancels_its_run_at_the_next_step(server):
+    """A client process killed mid-run (its connection drops): the server stops that run at the next step
+    boundary and writes nothing of it, instead of holding the only worker to the end; the next call runs."""
+    from gradio_client import Client, handle_file
+
+    before = set(server.run_folders())
+    client_code = (f"from gradio_client import Client, handle_file\n"
+                   f"Client({server.url!r}, verbose=False).predict(image=handle_file({str(ROBOT)!r}), "
+                   f"description='a toy robot', steps=400, api_name='/generate')\n")
+    client = subprocess.Popen([sys.executable, "-c", client_code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    try:
+        folders = _wait(lambda: set(server.run_folders()) - before, RUN_TIMEOUT, "the client's run to start")
+        (folder,) = folders
+        _wait(lambda: server.record(folder).get("status") == "running", RUN_TIMEOUT, "the run record")
+    finally:
+        client.kill()  # the client goes away without a word, mid-run
+        client.wait()
+    record = _wait(lambda: (r := server.record(folder)).get("status") != "running" and r, RUN_TIMEOUT,
+                   "the abandoned run to stop")
+    assert record["status"] == "cancelled", record
+    stopped_after = re.search(r"after step (\d+)", record["message"])
+    assert stopped_after is None or int(stopped_after.group(1)) < 399, record["message"]  # stopped mid-run
+    assert not list(folder.glob("guided*")), "an abandoned run wrote outputs"
+    # The worker is free again: the next call finishes.
+    mesh, manifest, *_ = Client(server.url, verbose=False).predict(
+        image=handle_file(str(ROBOT)), description="a toy robot", api_name="/generate")
+    assert Path(manifest).is_file()

@@ -568,3 +568,22 @@ def test_a_signal_during_the_console_scripts_own_imports_is_kept_for_main(tmp_pa
     assert code == 130 and lines == ["interrupted by Ctrl-C (SIGINT): nothing of this run was written; earlier outputs "
                                      "are untouched"], lines
     assert interrupts.received() is None  # forgotten again: a later library call in this process is not stopped
+
+
+def test_generate_mesh_from_python_refuses_an_output_onto_a_checkpoint_file(tiny_pipeline, tiny_vlm, tiny_vlm_path,
+                                                                             tiny_cache, rgba_image, tmp_path):
+    """The library entry checks outputs against the files its models came from, as the CLI does, before sampling."""
+    from vlm3d_ttg.errors import InvalidInputError
+    from vlm3d_ttg.generation import GenerationOptions, LoadedModels, generate_mesh
+    from vlm3d_ttg.guidance import GuidanceConfig
+
+    model, processor = tiny_vlm
+    models = LoadedModels(tiny_pipeline, model, processor, "tiny shape", str(tiny_vlm_path), preset="tiny",
+                          cache_dir=tiny_cache)
+    config = Path(tiny_vlm_path) / "config.json"
+    before = config.read_bytes()
+    steps: list[int] = []
+    with pytest.raises(InvalidInputError, match="the tiny checkpoints"):
+        generate_mesh(models, image=str(rgba_image), prompt="a toy robot", out=tmp_path / "r.glb", manifest_path=config,
+                      guidance=GuidanceConfig(), options=GenerationOptions(steps=4), step_callback=lambda *a: steps.append(1))
+    assert config.read_bytes() == before and not steps and not (tmp_path / "r.glb").exists()

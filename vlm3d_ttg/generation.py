@@ -136,6 +136,7 @@ class LoadedModels:
     shape_id: str
     vlm_id: str
     preset: str = "real"  # a presets.PRESETS name
+    cache_dir: str | os.PathLike | None = None  # where an offline preset's checkpoints were written (None: the default)
 
     def __post_init__(self) -> None:
         from .backbones import as_backbone
@@ -264,7 +265,7 @@ def load_models(
                                  cache_dir=cache_dir)
     model, processor = load_vlm(vlm_path, device=critic_device, dtype=critic_dtype)
     return LoadedModels(shape_model, model, processor, shape_id, f"{vlm_path}{record.describe(depth=options.realsize_depth)}",
-                        preset=record.name)
+                        preset=record.name, cache_dir=cache_dir)
 
 
 def checkpoint_folders(options: Any, preset: str, *, text_to_3d: bool = False,
@@ -399,6 +400,7 @@ def generate_mesh(
                       input_image=generated_input.path if generated_input is not None else None)
     plan.check({"image": image if isinstance(image, (str, os.PathLike)) else None,  # the CLI's check, for API callers
                 **{f"--{name}": path for name, path in (views or {}).items() if isinstance(path, (str, os.PathLike))}},
+               read_folders=checkpoint_folders(options, models.preset, text_to_3d=image is None, cache_dir=models.cache_dir),
                writable=False)
     output = run.sample(progress=progress)
     content = describe(run, output, plan)

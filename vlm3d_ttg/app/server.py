@@ -446,7 +446,10 @@ def build_app(runner: AppRunner, *, concurrency: int = 1) -> gr.Blocks:
                            _final_html(result, base), files)
                     return
 
-        def run_api(request: gr.Request, *raw: Any) -> tuple:
+        def run_api(request: gr.Request, *raw: Any) -> Iterator[tuple]:
+            # A generator, not a function: between two events Gradio sees whether the client is still
+            # there, and when it is gone it closes this generator, which closes `run_events`, which
+            # cancels the run at its next step boundary (a plain function would run to the end).
             for event in runner.run_events(request.session_hash, **parse(raw)):
                 if event.kind == "error":
                     raise gr.Error(event.message, duration=None)
@@ -454,9 +457,11 @@ def build_app(runner: AppRunner, *, concurrency: int = 1) -> gr.Blocks:
                     raise gr.Error(f"Cancelled: {event.message}.", duration=None)
                 if event.kind == "done":
                     result, base = event.result, event.baseline
-                    return (str(result.mesh_path), str(result.manifest_path), result.final_r,
-                            str(base.mesh_path) if base else None, str(base.manifest_path) if base else None,
-                            base.final_r if base else None)
+                    yield (str(result.mesh_path), str(result.manifest_path), result.final_r,
+                           str(base.mesh_path) if base else None, str(base.manifest_path) if base else None,
+                           base.final_r if base else None)
+                    return
+                yield (skip(),) * 6  # nothing new for an API client; the chance to notice it left
             raise gr.Error("the run ended without a result")  # not reached: every run ends with one of the above
 
         # Named parameters for the API (gradio_client keywords): the widgets' labels, i.e. the option names.
