@@ -46,9 +46,21 @@ class CriticBatches:
         targets = torch.tensor([self.all_descriptions.index(d) for d in self.set_description[chosen]])
         return torch.from_numpy(self.views[chosen]).float() / 255.0, targets
 
-    def sample(self, batch: int) -> tuple[torch.Tensor, list[str], torch.Tensor]:
+    def sample(self, batch: int, mixed: bool = False) -> tuple[torch.Tensor, list[str], torch.Tensor]:
+        """Half Yes, half No view sets; one description for the batch, or (mixed) one per Yes/No pair.
+
+        Mixed batches ask different questions side by side, so no feature of the question alone can
+        lower the loss: only the match between question and views can.
+        """
+        if not mixed:
+            return self._sample_one(batch, self.all_descriptions[self.rng.integers(len(self.all_descriptions))])
+        pairs = [self._sample_one(2, self.all_descriptions[self.rng.integers(len(self.all_descriptions))])
+                 for _ in range(batch // 2)]
+        return (torch.cat([images for images, _, _ in pairs]), [d for _, ds, _ in pairs for d in ds],
+                torch.cat([labels for _, _, labels in pairs]))
+
+    def _sample_one(self, batch: int, description: str) -> tuple[torch.Tensor, list[str], torch.Tensor]:
         rng = self.rng
-        description = self.all_descriptions[rng.integers(len(self.all_descriptions))]
         fits = np.nonzero((self.set_description == description) & (self.broken == 0))[0]
         cls = self.set_class[fits[0]]
         broken_fits = np.nonzero((self.set_description == description) & (self.broken == 1))[0]
@@ -129,6 +141,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--name-steps", type=int, default=0,
                         help="stage 1: the first N steps teach the critic to name the shape (see NAME_DESCRIPTION)")
+    parser.add_argument("--mixed-from", type=int, default=None,
+                        help="from this step on, each batch mixes descriptions (one per Yes/No pair)")
+    parser.add_argument("--name-every", type=int, default=0,
+                        help="after stage 1, every Nth step is a naming step again (keeps what stage 1 taught)")
     add_run_arguments(parser, log_every=25)
     args = parser.parse_args(argv)
     start_run(args)
@@ -172,13 +188,15 @@ def main(argv: list[str] | None = None) -> int:
         warm = min(1.0, (step + 1) / min(200, max(1, args.steps // 10)))
         for group in optimizer.param_groups:
             group["lr"] = args.lr * warm * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * step / args.steps)))
-        if step < args.name_steps:
+        naming = step < args.name_steps or (args.name_every > 0 and step % args.name_every == 0)
+        if naming:
             images, targets = batches.sample_named(args.batch)
             logits = name_logits(critic, images, word_ids)
             loss = F.cross_entropy(logits, targets)
             r, labels = logits.argmax(dim=1).float(), targets.float()  # "acc" below: naming accuracy
         else:
-            images, descriptions, labels = batches.sample(args.batch)
+            mixed = args.mixed_from is not None and step >= args.mixed_from
+            images, descriptions, labels = batches.sample(args.batch, mixed=mixed)
             r = critic(images, descriptions=descriptions).r
             loss = F.binary_cross_entropy_with_logits(r, labels)
         optimizer.zero_grad()
@@ -186,8 +204,11 @@ def main(argv: list[str] | None = None) -> int:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         step += 1
-        right = (r.detach() == labels) if step <= args.name_steps else ((r.detach() > 0).float() == labels)
-        log.record(step, loss=float(loss.detach()), acc=float(right.float().mean()))
+        right = (r.detach() == labels) if naming else ((r.detach() > 0).float() == labels)
+        if naming and step > args.name_steps:
+            log.record(step, name_loss=float(loss.detach()), name_acc=float(right.float().mean()))
+        else:
+            log.record(step, loss=float(loss.detach()), acc=float(right.float().mean()))
     log.finish(step, args.run)
     return 0
 

@@ -29,7 +29,8 @@ class TrainingLog:
         """Add this step's values; log their means at every `log_every`-th step; checkpoint when due."""
         self.running.append(values)
         if step % self.log_every == 0:
-            means = {name: float(np.mean([row[name] for row in self.running])) for name in values}
+            names = dict.fromkeys(name for row in self.running for name in row)  # steps may log different values
+            means = {name: float(np.mean([row[name] for row in self.running if name in row])) for name in names}
             elapsed = time.time() - self.start
             self.history.append({"step": step, **means, "seconds": elapsed})
             self.logger.info("step %d %s (%.2f s/step)", step, " ".join(f"{name} {value:.4f}" for name, value in means.items()),
