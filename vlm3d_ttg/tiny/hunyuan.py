@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -135,6 +136,47 @@ def tiny_shape_config(*, guidance_embed: bool = False, multiview: bool = False, 
     }
 
 
+@dataclass(frozen=True)
+class _AnalyticScale:
+    """The sizes of one ShapeVAE and the analytic construction's constants rescaled to them
+    (`_set_analytic_geo_decoder`), plus the seeded generator every random weight is drawn from."""
+
+    width: int  # residual channels of the VAE (tiny 32, real 1024)
+    embed_dim: int  # latent channels
+    head_dim: int
+    num_freqs: int
+    noise: float  # scale of the small random weights
+    rho: float  # how much the latent moves the surface
+    bowl: float  # c of the bowl c·Σ(1 - cos f0·x)
+    generator: torch.Generator
+
+    @classmethod
+    def of(cls, vae: torch.nn.Module, generator: torch.Generator) -> "_AnalyticScale":
+        width, embed_dim = vae.post_kl.out_features, vae.post_kl.in_features
+        include_pi = float(vae.fourier_embedder.frequencies[0]) > 1.5
+        return cls(
+            width=width, embed_dim=embed_dim, head_dim=width // vae.geo_decoder.cross_attn_decoder.attn.heads,
+            num_freqs=vae.fourier_embedder.num_freqs,
+            noise=_NOISE * (_VAE_WIDTH / width),
+            rho=_RHO * math.sqrt((_VAE_WIDTH / (2 * _EMBED_DIM)) / (width / (2 * embed_dim))),
+            bowl=_C_BOWL if include_pi else _C_BOWL * 2.0 / (1.0 - math.cos(1.0)),
+            generator=generator,
+        )
+
+    def small(self, shape: tuple[int, ...]) -> torch.Tensor:
+        """Small random weights for a path the construction does not use (it still carries signal)."""
+        return torch.randn(shape, generator=self.generator) * self.noise
+
+    def mixing(self, shape: tuple[int, ...]) -> torch.Tensor:
+        """Unit-gain random weights (a random projection of `width` channels)."""
+        return torch.randn(shape, generator=self.generator) / math.sqrt(self.width)
+
+
+def _zero_bias(lin: torch.nn.Linear) -> None:
+    if lin.bias is not None:  # the real config has qkv_bias: false
+        lin.bias.zero_()
+
+
 def _set_analytic_geo_decoder(vae: torch.nn.Module, generator: torch.Generator) -> None:
     """Give a ShapeVAE the analytic occupancy field described in the module docstring.
 
@@ -147,97 +189,99 @@ def _set_analytic_geo_decoder(vae: torch.nn.Module, generator: torch.Generator) 
     - ρ by the typical |u_j| ratio: u_j = LN(post_kl(z_j))[3] has typical size √(width / 2·embed_dim);
     - the bowl c by 2 / (1 - cos 1) without π, so the bowl still reaches 2c-equivalent (= 2) at
       the middle of a box face and the surface stays inside the box.
+    The steps run in this order because they draw from one generator (same seed, same bytes).
     """
-    width = vae.post_kl.out_features
-    embed_dim = vae.post_kl.in_features
-    heads = vae.geo_decoder.cross_attn_decoder.attn.heads
-    num_freqs = vae.fourier_embedder.num_freqs
-    include_pi = float(vae.fourier_embedder.frequencies[0]) > 1.5
-    head_dim = width // heads
-    n_freq_feats = 3 * num_freqs
-    noise = _NOISE * (_VAE_WIDTH / width)
-    rho = _RHO * math.sqrt((_VAE_WIDTH / (2 * _EMBED_DIM)) / (width / (2 * embed_dim)))
-    bowl = _C_BOWL if include_pi else _C_BOWL * 2.0 / (1.0 - math.cos(1.0))
-
-    def small(shape: tuple[int, ...]) -> torch.Tensor:
-        return torch.randn(shape, generator=generator) * noise
-
-    def zero_bias(lin: torch.nn.Linear) -> None:
-        if lin.bias is not None:  # the real config has qkv_bias: false
-            lin.bias.zero_()
-
+    scale = _AnalyticScale.of(vae, generator)
+    decoder = vae.geo_decoder
     with torch.no_grad():
-        # post_kl: token z_j -> [z_j + b, -(z_j + b), 0, ...]; the mirrored copy keeps the
-        # LayerNorm mean at ~0 so LN(data_j)[:embed_dim] is a scaled direction of z_j.
-        post = vae.post_kl
-        post.weight.zero_()
-        post.bias.zero_()
-        eye = torch.eye(embed_dim)
-        post.weight[:embed_dim] = eye
-        post.weight[embed_dim : 2 * embed_dim] = -eye
-        offset = torch.randn(embed_dim, generator=generator) * 0.3  # breaks scale invariance in z
-        post.bias[:embed_dim] = offset
-        post.bias[embed_dim : 2 * embed_dim] = -offset
-        post.weight.add_(small(post.weight.shape))
+        _set_latent_channels(vae.post_kl, scale)
+        _set_near_identity_transformer(vae.transformer, scale)
+        _set_query_field(decoder.query_proj, scale)
+        _set_radius_attention(decoder.cross_attn_decoder.attn, scale)
+        _set_small_mlp(decoder.cross_attn_decoder.mlp, scale)
+        _set_logit_readout(decoder.output_proj)
 
-        # VAE transformer: near-identity residual blocks (small random residual branches).
-        for block in vae.transformer.resblocks:
-            for lin in (block.attn.c_qkv, block.mlp.c_fc):
-                lin.weight.copy_(torch.randn(lin.weight.shape, generator=generator) / math.sqrt(width))
-                zero_bias(lin)
-            for lin in (block.attn.c_proj, block.mlp.c_proj):
-                lin.weight.copy_(small(lin.weight.shape))
-                zero_bias(lin)
 
-        dec = vae.geo_decoder
-        # query_proj: Fourier features -> residual channels
-        #   ch0 = R0 - c Σ(1 - cos f0·x) (the bowl; f0 = π or 1), ch1 = -ch0,
-        #   ch2/ch3 = ±anchor, ch4..6 = g·x, ch7..9 = -g·x.
-        qp = dec.query_proj
-        qp.weight.zero_()
-        qp.bias.zero_()
-        for i in range(3):
-            cos_index = 3 + n_freq_feats + i * num_freqs  # cos(f0 · x_i): the lowest frequency
-            qp.weight[0, cos_index] = bowl
-            qp.weight[1, cos_index] = -bowl
-            qp.weight[4 + i, i] = _DIR_GAIN
-            qp.weight[7 + i, i] = -_DIR_GAIN
-        qp.bias[0] = _R0 - 3 * bowl
-        qp.bias[1] = -(_R0 - 3 * bowl)
-        qp.bias[2] = _ANCHOR
-        qp.bias[3] = -_ANCHOR
+def _set_latent_channels(post: torch.nn.Linear, scale: _AnalyticScale) -> None:
+    """post_kl: token z_j -> [z_j + b, -(z_j + b), 0, ...]; the mirrored copy keeps the LayerNorm mean
+    at ~0 so LN(data_j)[:embed_dim] is a scaled direction of z_j."""
+    embed_dim = scale.embed_dim
+    post.weight.zero_()
+    post.bias.zero_()
+    eye = torch.eye(embed_dim)
+    post.weight[:embed_dim] = eye
+    post.weight[embed_dim : 2 * embed_dim] = -eye
+    offset = torch.randn(embed_dim, generator=scale.generator) * 0.3  # breaks scale invariance in z
+    post.bias[:embed_dim] = offset
+    post.bias[embed_dim : 2 * embed_dim] = -offset
+    post.weight.add_(scale.small(post.weight.shape))
 
-        attn = dec.cross_attn_decoder.attn
-        # c_q: head 0's query = sharpness · LN(q)[4:7] (a direction of x).
-        attn.c_q.weight.copy_(small(attn.c_q.weight.shape))
-        zero_bias(attn.c_q)
-        attn.c_q.weight[0:3, 4:7] = _ATTN_SHARPNESS * torch.eye(3)
-        # c_kv: per head h, channels [h·2d, h·2d+d) are keys and [h·2d+d, (h+1)·2d) values.
-        # Head 0: key = LN(data_j)[0:3] (a direction from the latent), value[0] = LN(data_j)[3] = u_j.
-        attn.c_kv.weight.copy_(small(attn.c_kv.weight.shape))
-        zero_bias(attn.c_kv)
-        attn.c_kv.weight[0:3, 0:3] = _KEY_GAIN * torch.eye(3)
-        attn.c_kv.weight[head_dim, 3] = 1.0
-        # c_proj: residual ch0 += ρ·(head-0 value 0), ch1 -= the same: f = R - c Σ(1 - cos f0·x).
-        attn.c_proj.weight.copy_(small(attn.c_proj.weight.shape))
-        attn.c_proj.bias.zero_()
-        attn.c_proj.weight[0, 0] = rho
-        attn.c_proj.weight[1, 0] = -rho
-        attn.c_proj.weight[0:2, 1:] = 0.0
 
-        # MLP after the cross-attention: a small random perturbation of the field.
-        mlp = dec.cross_attn_decoder.mlp
-        mlp.c_fc.weight.copy_(torch.randn(mlp.c_fc.weight.shape, generator=generator) / math.sqrt(width))
-        mlp.c_fc.bias.zero_()
-        mlp.c_proj.weight.copy_(small(mlp.c_proj.weight.shape))
-        mlp.c_proj.bias.zero_()
+def _set_near_identity_transformer(transformer: torch.nn.Module, scale: _AnalyticScale) -> None:
+    """VAE transformer: near-identity residual blocks (small random residual branches)."""
+    for block in transformer.resblocks:
+        for lin in (block.attn.c_qkv, block.mlp.c_fc):
+            lin.weight.copy_(scale.mixing(lin.weight.shape))
+            _zero_bias(lin)
+        for lin in (block.attn.c_proj, block.mlp.c_proj):
+            lin.weight.copy_(scale.small(lin.weight.shape))
+            _zero_bias(lin)
 
-        # output_proj: k · (LN(x)[0] - LN(x)[1]) / 2 = k · f / σ.
-        out = dec.output_proj
-        out.weight.zero_()
-        out.bias.zero_()
-        out.weight[0, 0] = _OUT_GAIN / 2
-        out.weight[0, 1] = -_OUT_GAIN / 2
+
+def _set_query_field(query_proj: torch.nn.Linear, scale: _AnalyticScale) -> None:
+    """query_proj: Fourier features -> residual channels
+    ch0 = R0 - c Σ(1 - cos f0·x) (the bowl; f0 = π or 1), ch1 = -ch0, ch2/ch3 = ±anchor,
+    ch4..6 = g·x, ch7..9 = -g·x."""
+    bowl, num_freqs = scale.bowl, scale.num_freqs
+    query_proj.weight.zero_()
+    query_proj.bias.zero_()
+    for i in range(3):
+        cos_index = 3 + 3 * num_freqs + i * num_freqs  # cos(f0 · x_i): the lowest frequency
+        query_proj.weight[0, cos_index] = bowl
+        query_proj.weight[1, cos_index] = -bowl
+        query_proj.weight[4 + i, i] = _DIR_GAIN
+        query_proj.weight[7 + i, i] = -_DIR_GAIN
+    query_proj.bias[0] = _R0 - 3 * bowl
+    query_proj.bias[1] = -(_R0 - 3 * bowl)
+    query_proj.bias[2] = _ANCHOR
+    query_proj.bias[3] = -_ANCHOR
+
+
+def _set_radius_attention(attn: torch.nn.Module, scale: _AnalyticScale) -> None:
+    """The cross-attention's head 0 computes R(x; z): a softmax over tokens of ⟨q(x/|x|), key(z_j)⟩
+    averaging the tokens' radius values u_j, added to ch0 (and subtracted from ch1) by ρ."""
+    # c_q: head 0's query = sharpness · LN(q)[4:7] (a direction of x).
+    attn.c_q.weight.copy_(scale.small(attn.c_q.weight.shape))
+    _zero_bias(attn.c_q)
+    attn.c_q.weight[0:3, 4:7] = _ATTN_SHARPNESS * torch.eye(3)
+    # c_kv: per head h, channels [h·2d, h·2d+d) are keys and [h·2d+d, (h+1)·2d) values.
+    # Head 0: key = LN(data_j)[0:3] (a direction from the latent), value[0] = LN(data_j)[3] = u_j.
+    attn.c_kv.weight.copy_(scale.small(attn.c_kv.weight.shape))
+    _zero_bias(attn.c_kv)
+    attn.c_kv.weight[0:3, 0:3] = _KEY_GAIN * torch.eye(3)
+    attn.c_kv.weight[scale.head_dim, 3] = 1.0
+    # c_proj: residual ch0 += ρ·(head-0 value 0), ch1 -= the same: f = R - c Σ(1 - cos f0·x).
+    attn.c_proj.weight.copy_(scale.small(attn.c_proj.weight.shape))
+    attn.c_proj.bias.zero_()
+    attn.c_proj.weight[0, 0] = scale.rho
+    attn.c_proj.weight[1, 0] = -scale.rho
+    attn.c_proj.weight[0:2, 1:] = 0.0
+
+
+def _set_small_mlp(mlp: torch.nn.Module, scale: _AnalyticScale) -> None:
+    """The MLP after the cross-attention: a small random perturbation of the field."""
+    mlp.c_fc.weight.copy_(scale.mixing(mlp.c_fc.weight.shape))
+    mlp.c_fc.bias.zero_()
+    mlp.c_proj.weight.copy_(scale.small(mlp.c_proj.weight.shape))
+    mlp.c_proj.bias.zero_()
+
+
+def _set_logit_readout(out: torch.nn.Linear) -> None:
+    """output_proj: k · (LN(x)[0] - LN(x)[1]) / 2 = k · f / σ."""
+    out.weight.zero_()
+    out.bias.zero_()
+    out.weight[0, 0] = _OUT_GAIN / 2
+    out.weight[0, 1] = -_OUT_GAIN / 2
 
 
 def build_tiny_shape_state(config: dict, seed: int) -> dict[str, torch.Tensor]:
