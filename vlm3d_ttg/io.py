@@ -357,6 +357,24 @@ def check_output_plan(
     plan = {label: Path(path) for label, path in outputs.items() if path is not None}
     sources = {label: Path(path) for label, path in (inputs or {}).items() if path is not None}
     keys = {label: _plan_key(path) for label, path in plan.items()}
+    _check_each_output_is_a_file(plan)
+    _check_outputs_apart(plan, keys)
+    _check_outputs_spare_inputs(plan, keys, sources)
+    for folder_label, folder in (read_folders or {}).items():
+        if folder is not None:
+            _check_outputs_spare_read_folder(plan, keys, folder_label, Path(folder))
+    for folder_label, folder in (owned_folders or {}).items():
+        if folder is not None:
+            _check_inputs_outside_owned_folder(sources, folder_label, folder)
+
+
+def _inside(key: tuple[str, ...], folder_key: tuple[str, ...]) -> bool:
+    """Whether the path with components `key` is `folder_key` or lies under it."""
+    return key[: len(folder_key)] == folder_key
+
+
+def _check_each_output_is_a_file(plan: dict[str, Path]) -> None:
+    """No output where a folder exists, and none below a file where its folder should be."""
     for label, path in plan.items():
         if path.is_dir():
             raise InvalidInputError(f"{label} '{path}' is an existing folder; give a file name.")
@@ -365,58 +383,71 @@ def check_output_plan(
             probe = probe.parent
         if probe.exists() and not probe.is_dir():
             raise InvalidInputError(f"Cannot write {label} '{path}': '{probe}' is a file, not a folder.")
+
+
+def _check_outputs_apart(plan: dict[str, Path], keys: dict[str, tuple[str, ...]]) -> None:
+    """No two outputs at the same file, and none inside another (which is a file)."""
     labels = list(plan)
     for i, a in enumerate(labels):
         for b in labels[i + 1:]:
-            ka, kb = keys[a], keys[b]
-            if ka == kb or _same_file(plan[a], plan[b]):
+            if keys[a] == keys[b] or _same_file(plan[a], plan[b]):
                 raise InvalidInputError(f"{a} and {b} are the same file ('{plan[a]}'); give them different paths.")
             for outer, inner in ((a, b), (b, a)):
-                if keys[inner][: len(keys[outer])] == keys[outer]:
+                if _inside(keys[inner], keys[outer]):
                     raise InvalidInputError(
                         f"{inner} '{plan[inner]}' would be inside {outer} '{plan[outer]}', which is a file; "
                         "give them different paths.")
+
+
+def _check_outputs_spare_inputs(plan: dict[str, Path], keys: dict[str, tuple[str, ...]],
+                                sources: dict[str, Path]) -> None:
+    """No output onto an input, by any of its names."""
     for label, path in plan.items():
         for source_label, source in sources.items():
             if keys[label] == _plan_key(source) or _same_file(path, source):
                 raise InvalidInputError(
                     f"{label} '{path}' is the input {source_label} '{source}': writing it would destroy the input. "
                     "Give the output another path.")
-    for folder_label, folder in (read_folders or {}).items():
-        if folder is None:
-            continue
-        folder_key = _plan_key(folder)
-        inside = {label for label, key in keys.items() if key[: len(folder_key)] == folder_key}
-        for label in inside:
+
+
+def _check_outputs_spare_read_folder(plan: dict[str, Path], keys: dict[str, tuple[str, ...]], folder_label: str,
+                                     folder: Path) -> None:
+    """No output inside a folder the run loads from, nor at one of its files by another name
+    (a symlink: same resolved path; a hard link: same device and inode)."""
+    folder_key = _plan_key(folder)
+    for label, key in keys.items():
+        if _inside(key, folder_key):
             raise InvalidInputError(
                 f"{label} '{plan[label]}' lies inside {folder_label} ('{folder}'), which this run loads: writing "
                 "there could replace a model file. Give the output another path.")
-        files = _files_under(Path(folder))
-        by_key = {_plan_key(path): path for path in files}
-        by_inode = {}
-        for path in files:
+    files = _files_under(folder)
+    by_key = {_plan_key(path): path for path in files}
+    by_inode = {}
+    for path in files:
+        with contextlib.suppress(OSError):
+            info = os.stat(path)
+            by_inode[(info.st_dev, info.st_ino)] = path
+    for label, path in plan.items():
+        hit = by_key.get(keys[label])
+        if hit is None:
             with contextlib.suppress(OSError):
                 info = os.stat(path)
-                by_inode[(info.st_dev, info.st_ino)] = path
-        for label, path in plan.items():
-            hit = by_key.get(keys[label])
-            if hit is None:
-                with contextlib.suppress(OSError):
-                    info = os.stat(path)
-                    hit = by_inode.get((info.st_dev, info.st_ino))
-            if hit is not None:
-                raise InvalidInputError(
-                    f"{label} '{path}' is the file '{hit}' of {folder_label}, which this run loads (a link or another "
-                    "name for it): writing it would break the model. Give the output another path.")
-    for folder_label, folder in (owned_folders or {}).items():
-        if folder is None:
-            continue
-        folder_key = _plan_key(folder)
-        for source_label, source in sources.items():
-            if _plan_key(source)[: len(folder_key)] == folder_key:
-                raise InvalidInputError(
-                    f"The input {source_label} '{source}' lies inside {folder_label} '{folder}', whose contents the run "
-                    "replaces. Move the input elsewhere or choose another output folder.")
+                hit = by_inode.get((info.st_dev, info.st_ino))
+        if hit is not None:
+            raise InvalidInputError(
+                f"{label} '{path}' is the file '{hit}' of {folder_label}, which this run loads (a link or another "
+                "name for it): writing it would break the model. Give the output another path.")
+
+
+def _check_inputs_outside_owned_folder(sources: dict[str, Path], folder_label: str,
+                                       folder: str | os.PathLike) -> None:
+    """No input inside a folder whose contents the run replaces wholesale."""
+    folder_key = _plan_key(folder)
+    for source_label, source in sources.items():
+        if _inside(_plan_key(source), folder_key):
+            raise InvalidInputError(
+                f"The input {source_label} '{source}' lies inside {folder_label} '{folder}', whose contents the run "
+                "replaces. Move the input elsewhere or choose another output folder.")
 
 
 def _files_under(folder: Path) -> list[Path]:
