@@ -266,3 +266,13 @@ def test_the_plugin_example_is_found_and_complete(plugin_example):
     family = get_family("my-vlm")
     assert family_of({"model_type": "my_vlm"}) is family and family.critic_class.family == "my-vlm"
     assert check_family_view_size("my-vlm", 56) == 56
+
+
+def test_the_design_docs_plugin_example_is_the_readmes():
+    """docs/design.md §11 quotes the same complete example (so the checked one is the documented one)."""
+    design = (ROOT / "docs" / "design.md").read_text(encoding="utf-8")
+    section = design[design.index("## §11 "):]
+    quoted = [b for b in readme_blocks() if b.plugin_file or (b.language == "toml" and "entry-points" in b.code)]
+    assert len(quoted) == 3
+    for block in quoted:
+        assert f"```{block.language}\n{block.code}```" in section, f"docs/design.md §11 differs from README.md:{block.line}"
