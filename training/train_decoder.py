@@ -55,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--code-lr", type=float, default=3e-2)
     parser.add_argument("--code-l2", type=float, default=1e-4)
     parser.add_argument("--code-noise", type=float, default=0.05)
+    parser.add_argument("--freeze-codes-from", type=int, default=None,
+                        help="from this step on only the decoder learns: the codes (which the DiT is trained on) stay fixed")
     parser.add_argument("--limit-shapes", type=int, default=None, help="train on the first N shapes only (tests)")
     add_run_arguments(parser, log_every=50)
     args = parser.parse_args(argv)
@@ -100,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     while step < args.steps:
         for group, base in zip(optimizer.param_groups, (args.lr, args.code_lr)):
             group["lr"] = base * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * step / args.steps)))
+        if args.freeze_codes_from is not None and step >= args.freeze_codes_from:
+            optimizer.param_groups[1]["lr"] = 0.0  # Adam's step is lr-scaled: the codes stay bit-identical
         shape_idx = torch.randint(0, n_shapes, (min(args.batch_shapes, n_shapes),), generator=generator)
         point_idx = torch.randint(0, points.shape[1], (len(shape_idx), args.batch_points), generator=generator)
         pts = points[shape_idx.unsqueeze(1), point_idx]
