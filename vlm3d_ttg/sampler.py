@@ -39,6 +39,8 @@ from .guidance import (
     predicted_clean_latent,
 )
 from .offload import IdleOffload
+from .options import declared_option, option, range_problem
+from .presets import PRESETS
 from .precision import LossScale, is_half
 from .search import (
     Candidates,
@@ -50,6 +52,24 @@ from .search import (
 )
 
 logger = logging.getLogger(__name__)
+
+MAX_SEED = 2**64  # torch generators take seeds in [0, 2^64)
+
+
+@dataclass
+class SamplingOptions:
+    """The sampler's own options (seed, steps, the shape model's CFG, the export grid), declared once with
+    their ranges: the command line's (`generation.GenerationOptions` extends this) and the ones
+    `GuidedSampler` checks its Python arguments against."""
+
+    seed: int = option(0, "Random seed (noise; the camera-jitter stream is derived from it).", minimum=0, below=MAX_SEED)
+    steps: int = option(50, "Sampler steps.", minimum=2, maximum=1000, why="20× hy3dgen's default of 50")
+    cfg_scale: float = option(5.0, "Classifier-free guidance scale of the shape model (hy3dgen's guidance_scale).",
+                              aliases=("--cfg",), minimum=0)
+    octree_resolution: int | None = option(
+        None, f"Export grid (default {EXPORT_RESOLUTION}; {PRESETS['tiny'].export_resolution} with --preset tiny).",
+        cli_type=int, minimum=16, maximum=1024,
+        why="the export grid is (N+1)³ values: 4.3 GB of float32 at 1024; hy3dgen's default is 384")
 
 
 @dataclass(kw_only=True)
@@ -533,6 +553,14 @@ def _finite(value: Any) -> bool:
     return not isinstance(value, bool) and isinstance(value, (int, float)) and bool(np.isfinite(value))
 
 
+def _check_declared(field_name: str, value: Any, *, name: str | None = None, none_allowed: bool = False) -> None:
+    """Refuse a Python argument outside the range its option declares (SamplingOptions: what the CLI checks)."""
+    problem = range_problem(*declared_option(SamplingOptions, field_name), value, name=name, say_kind=True,
+                            none_allowed=none_allowed)
+    if problem:
+        raise InvalidInputError(problem)
+
+
 def _check_call(call: SamplingCall) -> None:
     """The sampler's inputs, checked at the API boundary (not deep inside hy3dgen): what the CLI checks."""
     import os
@@ -553,32 +581,21 @@ def _check_call(call: SamplingCall) -> None:
         if rgba.getchannel("A").getextrema()[0] < 250:
             check_object(rgba, view, what="Conditioning image")
     steps = call.steps
-    if not _whole(steps) or steps < 2:
-        raise InvalidInputError(f"num_inference_steps must be an integer ≥ 2, got {steps!r}")
-    if not _finite(call.guidance_scale) or call.guidance_scale < 0:
-        raise InvalidInputError("guidance_scale (the shape model's CFG) must be a finite number ≥ 0, got "
-                                f"{call.guidance_scale!r}")
+    _check_declared("steps", steps, name="num_inference_steps")
+    _check_declared("cfg_scale", call.guidance_scale, name="guidance_scale (the shape model's CFG)")
     if call.generator is not None and call.seed is not None:
         raise InvalidInputError(f"Give seed or generator, not both: seed={call.seed!r} would be ignored (the generator "
                                 "draws the noise). Pass seed=None with a generator.")
-    _check_export(call.export, steps)
+    _check_export(call.export)
     for name, value in (("seed", call.seed), ("camera_seed", call.camera_seed)):
-        if value is not None and (not _whole(value) or not 0 <= value < 2**64):
-            raise InvalidInputError(f"{name} must be an integer in [0, 2^64) or None, got {value!r}")
+        _check_declared("seed", value, name=name, none_allowed=True)
     if call.generator is not None and not isinstance(call.generator, torch.Generator):
         raise InvalidInputError(f"generator must be a torch.Generator or None, got {type(call.generator).__name__}")
 
 
-def _check_export(export: ExportOptions, steps: int) -> None:
-    """The export options (and the steps' sane bound, which the CLI checks with them)."""
-    from .preflight import bound_problem
-
-    octree = export.octree_resolution
-    if not _whole(octree) or octree < 16:
-        raise InvalidInputError(f"octree_resolution must be an integer ≥ 16, got {octree!r}")
-    for problem in (bound_problem("steps", steps), bound_problem("octree_resolution", octree)):  # the CLI's bounds
-        if problem:
-            raise InvalidInputError(problem)
+def _check_export(export: ExportOptions) -> None:
+    """The export options."""
+    _check_declared("octree_resolution", export.octree_resolution)
     if not _whole(export.num_chunks) or export.num_chunks < 1:
         raise InvalidInputError(f"num_chunks must be an integer ≥ 1, got {export.num_chunks!r}")
     # None: the backbone's own level and cube (Backbone.level / Backbone.bounds).
