@@ -241,20 +241,23 @@ def name_the_flag(cls: type, message: str) -> str:
     return message
 
 
-def typer_parameters(cls: type, *, exclude: tuple[str, ...] = ()) -> list[inspect.Parameter]:
-    """Keyword parameters (typer.Option defaults) for every declared field of `cls`, for a typer command's signature."""
+def typer_parameters(cls: type, *, exclude: tuple[str, ...] = (), only: tuple[str, ...] | None = None,
+                     flags: dict[str, tuple[str, ...]] | None = None) -> list[inspect.Parameter]:
+    """Keyword parameters (typer.Option defaults) for every declared field of `cls` (or those in `only`), for a
+    typer command's signature. `flags` gives a field other flags on this command ({name: (flag, *aliases)})."""
     import typer
 
     parameters = []
     for field, spec in declared(cls):
-        if field.name in exclude:
+        if field.name in exclude or (only is not None and field.name not in only):
             continue
         kind = _cli_type(field, spec)
+        names = (flags or {}).get(field.name) or (flag_of(field, spec), *spec.aliases)
         if kind is bool:
             decl = f"{flag_of(field, spec)}/{spec.negative}" if spec.negative else flag_of(field, spec)
             info = typer.Option(field.default, decl, help=_help(field, spec))
         else:
-            info = typer.Option(cli_default(field, spec), flag_of(field, spec), *spec.aliases, help=_help(field, spec))
+            info = typer.Option(cli_default(field, spec), *names, help=_help(field, spec))
         parameters.append(inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY, default=info, annotation=kind))
     return parameters
 
