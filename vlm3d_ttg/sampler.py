@@ -48,6 +48,7 @@ from .search import (
     SearchRecord,
     check_search_with_guidance,
     guided_steps_with_search,
+    observation_steps,
     sample_candidates,
 )
 
@@ -205,6 +206,7 @@ class Run:
     loss_scale: LossScale
     guided: set[int]
     row_contexts: dict[int, SamplingContext] = field(default_factory=dict)  # conditioning per candidate-chunk size
+    observed: set[int] = field(default_factory=set)  # the steps whose x̂ the reward's observers are shown (ObserveHook)
 
     def decode(self, latents: torch.Tensor) -> Any | None:
         """The exported mesh of one final latent (the backbone's export, its VAE next to the DiT)."""
@@ -253,6 +255,7 @@ class GuidedSampler:
         self.offload = IdleOffload({**self.backbone.offload_groups(), "critic": critic_models}, device,
                                    enabled=offload_idle and device.type != "cpu")
         self.guidance_hook = GuidanceHook(self.config)
+        self.observe_hook = ObserveHook(self)
 
     # ----------------------------------------------------------------- setup and model call
     def prepare(self, image: Any, *, num_inference_steps: int = 50, guidance_scale: float = 5.0) -> SamplingContext:
@@ -303,9 +306,9 @@ class GuidedSampler:
         try:
             run = self._start(call, compute, loss_scale)  # 1. the condition and the initial noise
             if call.search.searching:  # best-of-N: a function around the loop (search.py), its own step 6
-                winner, mesh = sample_candidates(self._loop, run, [self.guidance_hook])
+                winner, mesh = sample_candidates(self._loop, run, [self.guidance_hook, self.observe_hook])
             else:
-                self._loop(run, [self.guidance_hook])  # 2.–5., every step
+                self._loop(run, [self.guidance_hook, self.observe_hook])  # 2.–5., every step
                 # 6. Decode the final latent to a mesh (the backbone's export, with its VAE next to the DiT).
                 winner, mesh = 0, run.decode(run.latents) if call.output_type == "trimesh" else None
         finally:
@@ -351,10 +354,11 @@ class GuidedSampler:
         latents = None if call.search.searching else self.backbone.noise(context.batch_size, call.generator)
         guided = (set(guided_steps_with_search(context.sigmas, self.config, call.search))
                   if self.reward is not None else set())
+        observed = set(observation_steps(context.sigmas, self.config, call.search)) if self.reward is not None else set()
         return Run(call, context, latents, Candidates.start(1, None), MeteredBackbone(self.backbone, compute),
                    MeteredReward(self.reward, compute) if self.reward is not None else None, compute, self.offload,
                    # Camera jitter draws from its own stream so guidance never shifts the sampler's noise.
-                   torch.Generator(device="cpu").manual_seed(call.camera_seed), loss_scale, guided)
+                   torch.Generator(device="cpu").manual_seed(call.camera_seed), loss_scale, guided, observed=observed)
 
     # ----------------------------------------------------------------- the loop
     def _loop(self, run: Run, hooks: Sequence[StepHook]) -> None:
@@ -416,6 +420,39 @@ def _batched_velocity(run: Run, latents: torch.Tensor, step: int) -> torch.Tenso
             run.row_contexts[rows] = run.backbone.for_rows(run.context, rows)
         parts.append(run.backbone.velocity(chunk, step, run.row_contexts[rows]))
     return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+class ObserveHook:
+    """A step hook after guidance for the reward's observers (weight-0 terms that fit something to the first
+    shape they see, such as the silhouette term's camera): in a run that guides nothing, the x̂ of the
+    observation steps (`search.observation_steps`) is shown to those still waiting for a shape — candidate
+    0's, recomputed on one row at the run's condition, as a guided run's first x̂ is — and every step's end
+    is told to the reward (`end_of_step`: where such a fit happened). No DiT call is counted: it is a record's."""
+
+    def __init__(self, sampler: "GuidedSampler"):
+        self.sampler = sampler
+
+    def __call__(self, run: Run, step: Step) -> None:
+        reward = self.sampler.reward
+        if reward is None:
+            return
+        waiting = any(getattr(observer, "wants_shape", False) for observer in getattr(reward, "observers", ()))
+        if waiting and not run.guided and step.index in run.observed and run.live.alive[0] == 0:
+            self._show(run, step, reward)
+        end_of_step = getattr(reward, "end_of_step", None)
+        if end_of_step is not None:
+            end_of_step(step.index, step.sigma)
+
+    def _show(self, run: Run, step: Step, reward: Any) -> None:
+        sampler, latents = self.sampler, run.latents[:1].detach()
+        with torch.no_grad():
+            sampler.offload.activate("denoise")
+            velocity = sampler.velocity(latents.to(sampler.backbone.dtype), step.index, run.context)
+            clean = predicted_clean_latent(latents.float(), velocity.float(), step.sigma)
+            try:
+                reward.observe(clean)
+            except EmptySurfaceError:
+                pass  # no surface at this step: the next observation step's x̂ may have one
 
 
 class GuidanceHook:

@@ -143,6 +143,17 @@ def guided_steps_with_search(sigmas: Sequence[float], config: Any, search: "Sear
     return steps if select is None else [i for i in steps if i > select]
 
 
+def observation_steps(sigmas: Sequence[float], config: Any, search: "SearchOptions | None") -> list[int]:
+    """The steps whose x̂ a run that guides shows the reward's observers first, in order: the selection step
+    of a search with σ_s < 1, then the guidance schedule (σ window, every k) as if guidance were on. A run
+    that guides none of them shows them these x̂ all the same (sampler.ObserveHook)."""
+    search = search or SearchOptions()
+    steps = guided_steps_with_search(sigmas, dataclasses.replace(config, enabled=True, scale=config.scale or 1.0), search)
+    if search.searching and search.select_at < 1.0:
+        steps = [selection_step(sigmas, search.select_at)] + steps
+    return steps
+
+
 def select_candidates(scores: Sequence[float | None], keep: int) -> list[int]:
     """Indices of the `keep` best scores, best first; unscored (None or NaN) rank last; ties go to
     the lower index, so the choice is deterministic."""
