@@ -14,16 +14,16 @@ A number's range is declared here too, once, on its option (`minimum`/`maximum`,
 `above`/`below`, `why` when the maximum is a sane bound): each dataclass's `validate()` checks the
 declared kinds, choices and ranges with `Checks.declared()` (then its own rules across fields), the
 app's widgets read `minimum`/`maximum`, the sampler checks its Python arguments with `range_problem`,
-and the preflight lists the sane bounds (`preflight.SANE_BOUNDS`, docs/bad_inputs.md). `validate()` is the one validation
-path, run by the CLI, the app and the benchmark before any model loads.
+and the preflight lists the sane bounds (`preflight.SANE_BOUNDS`, docs/bad_inputs.md). `validate()` is
+the one validation path, run by the CLI, the app and the benchmark before any model loads.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import inspect
 import functools
+import inspect
 import math
 import typing
 from dataclasses import dataclass
@@ -206,7 +206,7 @@ def range_problem(field: dataclasses.Field, spec: Option, value: Any, *, name: s
     note = f" ({spec.note})" if spec.note else ""
     or_none = " or None" if none_allowed and say_kind else ""
     right_kind = (not isinstance(value, bool) and isinstance(value, int if integer else (int, float))
-                  and math.isfinite(value))
+                  and (isinstance(value, int) or math.isfinite(value)))  # (an int of any size is finite)
     inside = right_kind and ((spec.minimum is None or value >= spec.minimum) and (spec.above is None or value > spec.above)
                              and (spec.why or spec.maximum is None or value <= spec.maximum)
                              and (spec.below is None or value < spec.below))
