@@ -26,7 +26,7 @@ from typing import Any
 from .errors import InvalidInputError
 from .generation import GenerationOptions
 from .guidance import GuidanceConfig
-from .options import declared, range_problem
+from .options import declared
 from .search import SearchOptions
 from .sizes import HUNYUAN3D_2, PROMPT_TEXT_TOKENS, QWEN2_5_VL_7B
 
@@ -37,17 +37,10 @@ MIB = 1024**2
 # Sane bounds (docs/bad_inputs.md): beyond these a value is a typo or an attack, whatever the machine.
 # Declared on the options themselves (`Option.maximum` with its `why`) and checked by their validate().
 
-_SANE = {f.name: (f, spec) for cls in (GenerationOptions, GuidanceConfig, SearchOptions) for f, spec in declared(cls) if spec.why}
 #: field name → (largest accepted value, why), as the options declare them.
-SANE_BOUNDS: dict[str, tuple[float, str]] = {name: (spec.maximum, spec.why) for name, (_, spec) in _SANE.items()}
-
-
-def bound_problem(name: str, value: Any) -> str | None:
-    """'NAME must be ≤ N (…), got V' when `value` exceeds the sane bound of field `name`; else None."""
-    if name not in _SANE or isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    field, spec = _SANE[name]
-    return range_problem(field, spec, value) if value > spec.maximum else None
+SANE_BOUNDS: dict[str, tuple[float, str]] = {
+    f.name: (spec.maximum, spec.why) for cls in (GenerationOptions, GuidanceConfig, SearchOptions)
+    for f, spec in declared(cls) if spec.why}
 
 
 # ---------------------------------------------------------------------------------------------
