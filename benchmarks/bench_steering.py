@@ -58,7 +58,7 @@ from vlm3d_ttg.render import orbit_cameras  # noqa: E402
 from vlm3d_ttg.reward import VLMReward  # noqa: E402
 from vlm3d_ttg.sampler import GuidedSampler  # noqa: E402
 from vlm3d_ttg.silhouette import (  # noqa: E402
-    SilhouetteRun,
+    SilhouetteTerm,
     binary_iou,
     coverage_masks,
     soft_iou,
@@ -238,26 +238,27 @@ def run_one(models: Any, target: Target, reward_name: str, seed: int, settings: 
     """One (target, reward, seed) run and its metrics."""
     backbone = models.backbone
     config = guidance_config(reward_name, overrides, settings)
-    silhouette = SilhouetteRun(backbone, target.image, config)
+    silhouette = SilhouetteTerm(backbone.input_foreground(target.image, config.view_size))
     critic = None
     if reward_name in ("base", "vlm", "vlm+silhouette"):
         critic = VLMCritic(models.vlm, models.processor, target.prompt, config.query)
-    terms = list(silhouette.terms)
+    terms = [(config.silhouette_weight, silhouette)]  # weight 0: an observer (its camera and IoU are measured)
     if reward_name == "oracle":
         terms.append((1.0, OracleSilhouette(target.mesh, settings["view_size"])))
     if reward_name == "oracle-aligned":
         terms.append((1.0, AlignedOracleSilhouette(target.mesh, settings["view_size"])))
-    reward = VLMReward(backbone, critic, config, terms=terms, observers=silhouette.observers)
+    reward = VLMReward(backbone, critic, config, terms=terms)
     sampler = GuidedSampler(backbone, reward, config)
     tic = time.perf_counter()
     output = sampler(target.image, num_inference_steps=settings["steps"], seed=seed, octree_resolution=settings["octree"],
-                     progress=False, callback_on_step_end=silhouette.callback(sampler, settings["steps"], None))
+                     progress=False)
     seconds = time.perf_counter() - tic
-    silhouette.finish(sampler, reward, target.image, settings["steps"], 5.0, seed, output.mesh, settings["octree"])
+    if output.mesh is not None and len(output.mesh.faces):
+        reward.measure_mesh(output.mesh.vertices, output.mesh.faces, backbone.export_frame(settings["octree"]))
     row: dict[str, Any] = {"target": target.name, "reward": reward_name, "seed": seed, "overrides": overrides,
                            "seconds": seconds, "final_silhouette_iou": silhouette.final_iou,
-                           "camera": {k: silhouette.term.camera.__dict__[k] for k in ("azimuth_deg", "elevation_deg", "fit_iou")}
-                           if silhouette.term.camera else None}
+                           "camera": {k: silhouette.camera.__dict__[k] for k in ("azimuth_deg", "elevation_deg", "fit_iou")}
+                           if silhouette.camera else None}
     guided = [r for r in output.records if r.guided]
     row.update(guided=len(guided), skipped=sum(1 for r in guided if r.skipped), capped=sum(1 for r in guided if r.capped),
                step_ratio=float(np.mean([r.applied_norm / r.sampler_step_norm for r in guided

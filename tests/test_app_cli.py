@@ -47,7 +47,7 @@ def test_declared_ranges_agree_with_validate():
     # The page's ranges (Option.minimum/maximum) and the dataclasses' validate() must not drift apart:
     # the bound itself passes, one step outside it is refused naming the field.
     from vlm3d_ttg.app.server import OPTION_CLASSES
-    from vlm3d_ttg.options import declared
+    from vlm3d_ttg.options import declared, value_type
 
     checked = 0
     for cls in OPTION_CLASSES:
@@ -55,7 +55,7 @@ def test_declared_ranges_agree_with_validate():
             for bound, outside in ((spec.minimum, -1), (spec.maximum, +1)):
                 if bound is None:
                     continue
-                integer = isinstance(f.default, int) or f.name == "octree_resolution"
+                integer = value_type(f, spec) is int  # octree_resolution, max_faces: int | None
                 cls(**{f.name: type(f.default or 0)(bound) if integer else float(bound)}).validate()
                 beyond = bound + outside * (1 if integer else 0.01)
                 with pytest.raises(InvalidInputError, match=f.name):
@@ -74,7 +74,7 @@ def test_declared_ranges_agree_with_validate():
     ("a robot", ["--view-size", "50"], "view_size (--view-size) must be a positive multiple of 28"),
 ])
 def test_the_cli_refuses_a_request_with_the_message_validate_request_gives(prompt, extra, expected, tmp_path, capsys):
-    from vlm3d_ttg.options import declared
+    from vlm3d_ttg.options import declared, value_type
     from vlm3d_ttg.requests import validate_request
 
     image = ROOT / "examples" / "toy_robot.png"

@@ -17,6 +17,8 @@ from vlm3d_ttg.images import load_view
 from vlm3d_ttg.render import orbit_cameras
 from vlm3d_ttg.scoring import load_view_files, render_mesh_file
 
+from test_plugins import installed_plugin  # noqa: F401  (the throw-away plug-in package, a fixture)
+
 
 @pytest.fixture()
 def tiny_preset(tiny_vlm_path, tiny_cache, monkeypatch):
@@ -169,3 +171,63 @@ def test_former_name_judge_still_scores_with_a_note(tiny_preset, view_files, cap
     listing = capsys.readouterr().out.split("Commands:")[1]  # plain click help (cli.py: readable at 80 columns)
     commands = [line.split()[0] for line in listing.splitlines() if line.startswith("  ") and line.strip()]
     assert "score" in commands and "judge" not in commands  # hidden: "judge" names the independent judge
+
+
+# ---- score's options are generate's (issue 29, item 5): one declaration, the same help, ranges and refusals ----
+
+SHARED = {"num_views": "--views", "view_size": "--view-size", "device": "--device", "vlm_dtype": "--vlm-dtype",
+          "backbone": "--backbone", "critic_family": "--critic-family"}
+
+
+def _params(command: str) -> dict:
+    import typer
+
+    from vlm3d_ttg.cli import _register_commands, app
+
+    _register_commands()
+    return {param.name: param for param in typer.main.get_command(app).commands[command].params}
+
+
+def test_score_lists_generates_options_with_the_same_help_defaults_and_ranges():
+    score, generate = _params("score"), _params("generate")
+    for name, flag in SHARED.items():
+        assert score[name].help == generate[name].help and score[name].default == generate[name].default, name
+        assert flag in score[name].opts, (name, score[name].opts)  # the flag that means it on generate works here
+    assert "Range: ≥ 1, ≤ 16" in score["num_views"].help  # the declared range (and its sane bound) in the help
+
+
+@pytest.mark.parametrize("flag,value", [("--views", "0"), ("--views", "17"), ("--view-size", "99988"), ("--backbone", "nope"),
+                                        ("--device", "gpu0")])
+def test_a_bad_value_is_refused_the_same_way_by_score_and_generate(flag, value, tiny_preset, view_files, tmp_path, capsys):
+    from vlm3d_ttg.options import declared, flag_of, range_problem
+    from vlm3d_ttg.app.server import OPTION_CLASSES
+
+    code, _, score_err = _run([view_files[0], "-p", "a mug", "--preset", "tiny", flag, value], capsys)
+    code_generate, _, generate_err = _run([view_files[0], "-p", "a mug", "--preset", "tiny", "-o", tmp_path / "m.glb",
+                                           flag, value], capsys, command="generate")
+    assert code == code_generate == 2, (score_err, generate_err)
+    field, spec = next((f, s) for cls in OPTION_CLASSES for f, s in declared(cls) if flag_of(f, s) == flag)
+    problem = range_problem(field, spec, int(value)) if value.isdigit() else None
+    # The same words after the field's name: the declared range's refusal, or the option's own check.
+    expected = problem.split(" ", 1)[1] if problem else {"--backbone": "unknown backbone 'nope'",
+                                                         "--device": "auto, cpu, cuda or cuda:N"}[flag]
+    assert expected in score_err and expected in generate_err, (expected, score_err, generate_err)
+    assert not list(tmp_path.glob("m.*"))  # nothing written
+
+
+def test_score_frames_a_mesh_in_the_chosen_backbones_cube(tiny_preset, installed_plugin, tmp_path, capsys, monkeypatch):
+    import trimesh
+
+    from vlm3d_ttg.backbones import backbone_class, load_backbone_plugins
+
+    mesh_path = tmp_path / "box.glb"
+    trimesh.creation.box(extents=(1.2, 1.2, 1.2)).export(mesh_path)  # inside hy3dgen's ±1.01 cube
+    args = [mesh_path, "-p", "a box", "--preset", "tiny", "--json", "--views", "1", "--resolution", "56"]
+    code, out, err = _run([*args, "--backbone", "analytic"], capsys)
+    assert code == 0 and json.loads(out)["mesh_reframed"] is False, err
+    load_backbone_plugins()
+    monkeypatch.setattr(backbone_class("analytic"), "bounds", 0.5)  # a backbone that decodes into ±0.5
+    code, out, err = _run([*args, "--backbone", "analytic"], capsys)
+    assert code == 0 and json.loads(out)["mesh_reframed"] is True, err
+    code, out, err = _run(args, capsys)  # the default backbone's cube: as it is
+    assert code == 0 and json.loads(out)["mesh_reframed"] is False, err

@@ -347,7 +347,7 @@ def test_score_refuses_a_negative_view_count_whatever_the_input(rgba_image, caps
     from vlm3d_ttg.cli import main
 
     assert main(["score", str(rgba_image), "-p", "a pot", "--preset", "tiny", "--views", "-3"]) == 2
-    assert "--views must be at least 1, got -3" in capsys.readouterr().err
+    assert "--views: num_views must be ≥ 1, got -3" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("variable,value,expected", [

@@ -129,10 +129,9 @@ def _rasterise(vertices: np.ndarray, faces: np.ndarray, view: np.ndarray, projec
     return covered
 
 
-def test_a_weight_0_guided_run_fixes_its_camera_on_the_first_guided_shape_without_another_dit_call(
-        tmp_path, tiny_pipeline, tiny_vlm, monkeypatch, rgba_image):
-    """The silhouette term watches the guided x̂s also at weight 0 (an observer of the reward), so the camera
-    comes from the first guided step itself: one DiT call per step, none after sampling."""
+@pytest.fixture
+def dit_calls(monkeypatch):
+    """The step of every DiT velocity call the tiny Hunyuan backbone makes, in order."""
     from vlm3d_ttg.backbones.hunyuan3d2 import HunyuanBackbone
 
     calls = []
@@ -143,6 +142,14 @@ def test_a_weight_0_guided_run_fixes_its_camera_on_the_first_guided_shape_withou
         return velocity(self, latents, step, context)
 
     monkeypatch.setattr(HunyuanBackbone, "velocity", counted)
+    return calls
+
+
+def test_a_weight_0_guided_run_fixes_its_camera_on_the_first_guided_shape_without_another_dit_call(
+        tmp_path, tiny_pipeline, tiny_vlm, dit_calls, rgba_image):
+    """The silhouette term watches the guided x̂s also at weight 0 (an observer of the reward), so the camera
+    comes from the first guided step itself: one DiT call per step, none after sampling."""
+    calls = dit_calls
     models = LoadedModels(tiny_pipeline, *tiny_vlm, "tiny", "tiny", preset="tiny")
     out = tmp_path / "m.glb"
     config = GuidanceConfig(num_views=1, view_size=56, grid_resolution=32, sigma_window=(0.1, 0.9))
@@ -153,6 +160,25 @@ def test_a_weight_0_guided_run_fixes_its_camera_on_the_first_guided_shape_withou
     first_guided = min(r["step"] for r in manifest["records"] if r["guided"])
     assert manifest["silhouette"]["camera"]["estimated_at"]["step"] == first_guided
     assert manifest["final_silhouette_iou"] is not None and set(manifest["final_terms"]) == {"vlm"}
+
+
+def test_a_run_that_guides_nothing_shows_the_term_the_first_observation_steps_shape_in_the_loop(
+        tmp_path, tiny_pipeline, tiny_vlm, dit_calls, rgba_image):
+    """--no-guidance: the reward keeps the weight-0 term as an observer and the sampler shows it x̂ of the first
+    step the guidance schedule would guide (one DiT call more, at that step, on candidate 0's latent), so the
+    camera is fitted there; nothing after sampling."""
+    from vlm3d_ttg.search import observation_steps
+
+    calls = dit_calls
+    models = LoadedModels(tiny_pipeline, *tiny_vlm, "tiny", "tiny", preset="tiny")
+    out = tmp_path / "m.glb"
+    config = GuidanceConfig(enabled=False, num_views=1, view_size=56, grid_resolution=32, sigma_window=(0.1, 0.9))
+    generate_mesh(models, image=rgba_image, prompt="a pot", out=out, options=GenerationOptions(seed=1, steps=6, octree_resolution=32),
+                  manifest_path=out.with_name("m.json"), guidance=config, progress=False)
+    manifest = json.loads(out.with_name("m.json").read_text())
+    first = observation_steps(models.backbone.schedule(6), config, None)[0]
+    assert calls == sorted([*range(6), first]), calls  # the loop's calls, and one more at the first observation step
+    assert manifest["silhouette"]["camera"]["estimated_at"]["step"] == first and manifest["final_silhouette_iou"] is not None
 
 
 def test_guided_and_unguided_runs_share_the_camera_that_reprojects_the_exported_mesh(

@@ -29,15 +29,12 @@ class PostprocessConfig:
                                    negative="--keep-floaters")
     remove_degenerate_faces: bool = option(False, "Remove degenerate faces (hy3dgen's DegenerateFaceRemover).",
                                            flag="--remove-degenerate", negative="--keep-degenerate")
-    max_faces: int | None = option(None, "Reduce to at most this many faces (hy3dgen's FaceReducer).", cli_type=int)
+    max_faces: int | None = option(None, "Reduce to at most this many faces (hy3dgen's FaceReducer).", cli_type=int,
+                                   minimum=4)
 
     def validate(self) -> "PostprocessConfig":
         """Raise InvalidInputError on a bad value; return self."""
-        check = Checks(self, "Invalid postprocessing option")
-        if self.max_faces is not None and check.integer("max_faces") < 4:
-            check.bad(f"max_faces must be ≥ 4, got {self.max_faces}")
-        for name in ("remove_floaters", "remove_degenerate_faces"):
-            check.boolean(name)
+        Checks(self, "Invalid postprocessing option").declared()
         return self
 
 

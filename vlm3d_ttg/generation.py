@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ from .run import failed_run_path, view_sheet_names  # noqa: F401  (re-exported: 
 from .options import Checks, option
 from .presets import PRESETS
 from .manifest import write_manifest
-from .sampler import StepCallback
+from .sampler import SamplingOptions, StepCallback
 from .text2image import DEFAULT_TEXT_TO_IMAGE_MODEL
 from .search import SearchOptions, SearchRecord
 from .models import critic_family_for, load_vlm, resolve_device, resolve_dtype, resolve_shape_model
@@ -33,23 +32,14 @@ from .models import critic_family_for, load_vlm, resolve_device, resolve_dtype, 
 logger = logging.getLogger(__name__)
 
 
-MAX_SEED = 2**64  # torch generators take seeds in [0, 2^64)
-
-
 @dataclass
-class GenerationOptions:
+class GenerationOptions(SamplingOptions):
     """How one run samples and which models it uses: the options besides guidance and postprocessing.
 
-    Declared once here (name, default, help, validation); `vlm3d-ttg generate` and the quality
-    benchmark derive their flags from these fields.
+    Declared once here (name, default, help, validation; the sampler's own first, `SamplingOptions`);
+    `vlm3d-ttg generate` and the quality benchmark derive their flags from these fields.
     """
 
-    seed: int = option(0, "Random seed (noise; the camera-jitter stream is derived from it).", minimum=0)
-    steps: int = option(50, "Sampler steps.", minimum=2)
-    cfg_scale: float = option(5.0, "Classifier-free guidance scale of the shape model (hy3dgen's guidance_scale).",
-                              aliases=("--cfg",), minimum=0)
-    octree_resolution: int | None = option(None, f"Export grid (default {EXPORT_RESOLUTION}; {PRESETS['tiny'].export_resolution} with "
-                                           "--preset tiny).", cli_type=int, minimum=16)
     backbone: str = option("hunyuan3d-2", "The shape generator: a registered backbone (hunyuan3d-2, or one an installed "
                            "plug-in adds; docs/design.md §11).")
     shape_model: str = option("tencent/Hunyuan3D-2", "hy3dgen shape model: repo id or variant name (e.g. hunyuan3d-2mini).")
@@ -69,24 +59,16 @@ class GenerationOptions:
     offload_idle: bool = option(False, "Keep the idle model (DiT or critic) in CPU memory on a GPU run.",
                                 negative="--no-offload-idle")
     realsize_depth: int = option(1, "With --preset realsize: blocks/layers of each kind (the real models' widths, "
-                                 "random weights; the real depths are 16+32 DiT, 16 VAE, 40 DINOv2, 32 vision, 28 LM).")
+                                 "random weights; the real depths are 16+32 DiT, 16 VAE, 40 DINOv2, 32 vision, 28 LM).",
+                                 minimum=1)
 
     def validate(self) -> "GenerationOptions":
         """Raise InvalidInputError naming the first bad field and what it accepts; return self."""
         from .models import resolve_dtype
 
         check = Checks(self, "Invalid option")
-        bad, integer = check.bad, check.integer
-        if not 0 <= integer("seed") < MAX_SEED:
-            bad(f"seed must be in [0, 2^64), got {self.seed}")
-        if integer("steps") < 2:
-            bad(f"steps must be ≥ 2, got {self.steps}")
-        if isinstance(self.cfg_scale, bool) or not isinstance(self.cfg_scale, (int, float)) or not (
-            math.isfinite(self.cfg_scale) and self.cfg_scale >= 0
-        ):
-            bad(f"cfg_scale must be a finite number ≥ 0, got {self.cfg_scale!r}")
-        if self.octree_resolution is not None and integer("octree_resolution") < 16:
-            bad(f"octree_resolution must be ≥ 16, got {self.octree_resolution}")
+        bad = check.bad
+        check.declared()  # kinds and declared ranges (sane bounds included)
         from .models import DEVICE_FORMS, parse_device
 
         try:
@@ -106,16 +88,6 @@ class GenerationOptions:
                 get_family(self.critic_family)
             except InvalidInputError as exc:
                 bad(f"critic_family: {exc}")
-        from .preflight import bound_problem
-
-        for name in ("steps", "octree_resolution"):
-            problem = bound_problem(name, getattr(self, name))
-            if problem:
-                bad(problem)
-        if integer("realsize_depth") < 1:
-            bad(f"realsize_depth must be ≥ 1, got {self.realsize_depth}")
-        for name in ("checkpointing", "offload_idle"):
-            check.boolean(name)
         return self
 
     def to_dict(self) -> dict:

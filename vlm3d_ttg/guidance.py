@@ -63,21 +63,25 @@ class GuidanceConfig:
     step_norm: StepNorm = option("latent_rms", "raw (λ·∇r, the paper), latent_rms or sampler_step (scale-free).")
     max_step_ratio: float | None = option(
         1.0, "Cap on the guidance step relative to the sampler's own step (0: no cap).",
-        parse=lambda value: None if value == 0 else value, show=lambda value: 0.0 if value is None else value)
+        parse=lambda value: None if value == 0 else value, show=lambda value: 0.0 if value is None else value,
+        above=0, note="None: no cap")
     schedule: Schedule = option("constant", "constant, or linear_decay across the σ window.")
     sigma_window: tuple[float, float] = option(
         (0.2, 0.85), "Guide only for σ in LO,HI (σ: 0 noise → 1 data).",
         parse=lambda text: parse_sigma_window(text), show=lambda window: f"{window[0]:g},{window[1]:g}", cli_type=str)
     every: int = option(2, "Guide every k-th step inside the window.", minimum=1)
-    inner_steps: int = option(1, "Gradient steps per guided sampler step.")
+    inner_steps: int = option(1, "Gradient steps per guided sampler step.", minimum=1, maximum=16, why="the default is 1")
     grad_mode: GradMode = option("x0", "x0 (straight-through, default) or xt (through the DiT, exact, slower).")
-    num_views: int = option(4, "Views rendered for the critic.", flag="--views", minimum=1)
+    num_views: int = option(4, "Views rendered for the critic.", flag="--views", minimum=1, maximum=16,
+                            why="the paper uses 4")
     view_size: int = option(448, "View side in pixels: a multiple of the critic's patch × merge (28 for Qwen2.5-VL, "
-                                 "32 for Qwen3-VL; 448 suits both).", minimum=28)
-    elevation: float = option(20.0, "Camera elevation in degrees.")
-    azimuth_jitter: float = option(15.0, "Per-step random azimuth offset (±degrees).")
-    elevation_jitter: float = option(5.0, "Per-step random elevation offset (±degrees).")
-    grid_resolution: int = option(64, "Occupancy grid for guidance (32 · 2^k, or ≤ 32).", flag="--grid", minimum=16)
+                                 "32 for Qwen3-VL; 448 suits both).", minimum=28, maximum=1792,
+                            why="4× the default 448 per side; Qwen2.5-VL reads 28-px cells, 4096 of them per view at 1792")
+    elevation: float = option(20.0, "Camera elevation in degrees.", above=-90, below=90, note="degrees")
+    azimuth_jitter: float = option(15.0, "Per-step random azimuth offset (±degrees).", minimum=0, maximum=180, note="degrees")
+    elevation_jitter: float = option(5.0, "Per-step random elevation offset (±degrees).", minimum=0, below=90, note="degrees")
+    grid_resolution: int = option(64, "Occupancy grid for guidance (32 · 2^k, or ≤ 32).", flag="--grid", minimum=16,
+                                  maximum=512, why="8× the default 64 per side")
     query: str = option("dual", "dual (the paper's), content, geometry, or a template with {description}.")
     reference: bool = option(
         False, "Show the critic the conditioning image before the views (the built-in queries name it the reference).",
@@ -87,84 +91,59 @@ class GuidanceConfig:
     backend: str = option("auto", "Renderer: auto, cpu or nvdiffrast.", flag="--render-backend")
     silhouette_weight: float = option(
         0.0, "Weight μ of the input-silhouette term: soft IoU of the shape's coverage at the input's (estimated) "
-        "camera with the input's foreground (0: off; the IoU is measured either way).")
+        "camera with the input's foreground (0: off; the IoU is measured either way).", minimum=0)
 
     def validate(self, critic_family: str | None = None) -> "GuidanceConfig":
         """Raise InvalidInputError naming the first bad field and what it accepts; return self.
 
         The one validation path of guidance options (CLI, benchmark and Python callers alike), run
-        before any model loads: types, finiteness, ranges and the query template. The view size must
-        suit `critic_family` (a `critic.families` name) — without one, some family; the reward checks
-        it against its critic again.
+        before any model loads: the declared kinds, choices and ranges (vlm3d_ttg.options), then the
+        rules no single range says: the view size for the critic, the σ window, the renderer, the
+        grid layout and the query template. The view size must suit `critic_family` (a
+        `critic.families` name) — without one, some family; the reward checks it against its critic again.
         """
-        from .critic.families import FAMILIES, get_family
-        from .critic.layout import VIEW_LAYOUTS, square_cell_tile
-        from .critic.queries import resolve_query  # the critic's own template check
-
         check = Checks(self, "Invalid guidance option")
-        bad, number = check.bad, check.number
-        check.boolean("enabled")
-        if number("scale") < 0:
-            bad(f"scale (λ) must be ≥ 0, got {self.scale}")
-        if self.step_norm not in ("raw", "latent_rms", "sampler_step"):
-            bad(f"step_norm must be raw, latent_rms or sampler_step, got {self.step_norm!r}")
-        if self.max_step_ratio is not None and not number("max_step_ratio") > 0:
-            bad(f"max_step_ratio must be > 0, or None for no cap, got {self.max_step_ratio}")
-        if self.schedule not in ("constant", "linear_decay"):
-            bad(f"schedule must be constant or linear_decay, got {self.schedule!r}")
+        self._check_view_size(check, critic_family)
+        check.declared()
         window = self.sigma_window
         if not (isinstance(window, (tuple, list)) and len(window) == 2
                 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in window)):
-            bad(f"sigma_window must be two numbers (lo, hi), got {window!r}")
-        lo, hi = window
-        if not (0.0 <= lo < hi <= 1.0):
-            bad(f"sigma_window must satisfy 0 ≤ lo < hi ≤ 1 (a window of zero width guides nothing), got {window}")
-        if number("every", integer=True) < 1:
-            bad(f"every must be ≥ 1, got {self.every}")
-        if number("inner_steps", integer=True) < 1:
-            bad(f"inner_steps must be ≥ 1, got {self.inner_steps}")
-        if self.grad_mode not in ("x0", "xt"):
-            bad(f"grad_mode must be x0 or xt, got {self.grad_mode!r}")
-        if number("num_views", integer=True) < 1:
-            bad(f"num_views must be ≥ 1, got {self.num_views}")
-        families = [get_family(critic_family)] if critic_family is not None else list(FAMILIES.values())
-        if number("view_size", integer=True) < 1 or all(self.view_size % family.view_multiple for family in families):
-            rules = " or ".join(f"{family.view_multiple} ({family.name}'s patch × merge)" for family in families)
-            bad(f"view_size must be a positive multiple of {rules}, got {self.view_size}")
-        if not -90 < number("elevation") < 90:
-            bad(f"elevation must be in (-90, 90) degrees, got {self.elevation}")
-        if not 0 <= number("azimuth_jitter") <= 180:
-            bad(f"azimuth_jitter must be in [0, 180] degrees, got {self.azimuth_jitter}")
-        if not 0 <= number("elevation_jitter") < 90:
-            bad(f"elevation_jitter must be in [0, 90) degrees, got {self.elevation_jitter}")
-        if number("grid_resolution", integer=True) < 16:
-            bad(f"grid_resolution must be ≥ 16, got {self.grid_resolution}")
-        if number("silhouette_weight") < 0:
-            bad(f"silhouette_weight must be ≥ 0, got {self.silhouette_weight}")
-        from .preflight import bound_problem
-
-        for name in ("inner_steps", "num_views", "view_size", "grid_resolution"):
-            if bound_problem(name, getattr(self, name)):
-                bad(bound_problem(name, getattr(self, name)))
+            check.bad(f"sigma_window must be two numbers (lo, hi), got {window!r}")
+        if not (0.0 <= window[0] < window[1] <= 1.0):
+            check.bad(f"sigma_window must satisfy 0 ≤ lo < hi ≤ 1 (a window of zero width guides nothing), got {window}")
         if self.backend not in ("auto", "cpu", "nvdiffrast"):
-            bad(f"backend must be auto, cpu or nvdiffrast, got {self.backend!r}")
-        check.boolean("reference")
-        if self.view_layout not in VIEW_LAYOUTS:
-            bad(f"view_layout must be separate or grid, got {self.view_layout!r}")
+            check.bad(f"backend must be auto, cpu or nvdiffrast, got {self.backend!r}")
+        self._check_layout_and_query(check)
+        return self
+
+    def _check_view_size(self, check: Checks, critic_family: str | None) -> None:
+        """A whole view size that is no multiple of the critic's cell (other kinds: `Checks.declared`)."""
+        from .critic.families import FAMILIES, get_family
+
+        size = self.view_size
+        families = [get_family(critic_family)] if critic_family is not None else list(FAMILIES.values())
+        if isinstance(size, int) and not isinstance(size, bool) and (size < 1 or all(size % f.view_multiple for f in families)):
+            rules = " or ".join(f"{family.view_multiple} ({family.name}'s patch × merge)" for family in families)
+            check.bad(f"view_size must be a positive multiple of {rules}, got {size}")
+
+    def _check_layout_and_query(self, check: Checks) -> None:
+        """The grid layout fits the views; the query is a built-in one or a template the critic accepts."""
+        from .critic.layout import square_cell_tile
+        from .critic.queries import resolve_query  # the critic's own template check
+
         if self.view_layout == "grid":
             try:
                 square_cell_tile(self.num_views, self.view_size)
             except InvalidInputError as exc:
-                bad(f"view_layout grid: {exc}")
+                check.bad(f"view_layout grid: {exc}")
         if not isinstance(self.query, str):
-            bad(f"query must be a string, got {self.query!r}")
+            check.bad(f"query must be a string, got {self.query!r}")
         if self.query not in QUERIES and "{description}" not in self.query:
-            bad(f"query must be one of {QUERIES} or a template containing '{{description}}', got {self.query!r}")
+            check.bad(f"query must be one of {QUERIES} or a template containing '{{description}}', got {self.query!r}")
         try:
             resolve_query(self.query)  # a user template: the critic's own checks, now rather than after loading
         except InvalidInputError as exc:
-            bad(f"query: {exc}")
-        return self
+            check.bad(f"query: {exc}")
 
     @property
     def active(self) -> bool:

@@ -10,16 +10,22 @@ CLI (typer) and the benchmark (argparse) derive their flags from it.
     add_argparse_options(group, GuidanceConfig) # the same flags on an argparse group
     from_namespace(GuidanceConfig, args, defaults)
 
-Validation is not here: each dataclass's own `validate()` is the one validation path, run by the
-CLI and the benchmark before any model loads.
+A number's range is declared here too, once, on its option (`minimum`/`maximum`, exclusive
+`above`/`below`, `why` when the maximum is a sane bound): each dataclass's `validate()` checks the
+declared kinds, choices and ranges with `Checks.declared()` (then its own rules across fields), the
+app's widgets read `minimum`/`maximum`, the sampler checks its Python arguments with `range_problem`,
+and the preflight lists the sane bounds (`preflight.SANE_BOUNDS`, docs/bad_inputs.md). `validate()` is
+the one validation path, run by the CLI, the app and the benchmark before any model loads.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import inspect
 import math
+import typing
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -32,8 +38,12 @@ class Option:
     show: field default → command-line default (the inverse of `parse`).
     cli_type: the type the command line reads (default: the type of the field's default).
     negative: for a boolean, the flag that sets it to False (e.g. --no-guidance).
-    minimum, maximum: the range a number accepts, for forms that show it (the app's widgets); the
-    dataclass's `validate()` still decides, and tests/test_app_cli.py checks the two agree.
+    minimum, maximum: the inclusive range a number accepts (None: open); the app's widgets show it.
+    above, below: exclusive ends (σ in (0, 1]: above=0, maximum=1).
+    why: set when `maximum` is a sane bound rather than the end of what the value means: beyond it a
+    value is a typo or an attack, whatever the machine (docs/bad_inputs.md lists them).
+    note: a word on the range that refusals add ("1 is the plain sampler").
+    Whether the number is an integer is its command-line type (`value_type`).
     """
 
     help: str
@@ -45,6 +55,10 @@ class Option:
     negative: str | None = None
     minimum: float | None = None
     maximum: float | None = None
+    above: float | None = None
+    below: float | None = None
+    why: str | None = None
+    note: str | None = None
 
 
 def option(default: Any, help: str, **spec: Any) -> Any:
@@ -80,7 +94,9 @@ def _cli_type(field: dataclasses.Field, spec: Option) -> type:
 
 
 def _help(field: dataclasses.Field, spec: Option) -> str:
-    return spec.help + f"  [{field.name}]"
+    """The help a command line shows: the declared text, the declared range, the field's name."""
+    limits = ", ".join(part for part in (span(spec), f"≤ {_show(spec.maximum)}" if spec.why else "") if part)
+    return spec.help + (f" Range: {limits}." if limits else "") + f"  [{field.name}]"
 
 
 class Checks:
@@ -109,6 +125,21 @@ class Checks:
             self.bad(f"{name} must be finite, got {value}")
         return value
 
+    def declared(self) -> None:
+        """Refuse the first declared field whose value is not of its kind (a switch True/False, a number
+        finite and inside its declared range, a Literal one of its choices)."""
+        cls = type(self.options)
+        for field, spec in declared(cls):
+            value, kind = getattr(self.options, field.name), _cli_type(field, spec)
+            if kind is bool:
+                self.boolean(field.name)
+            elif kind in (int, float):
+                problem = range_problem(field, spec, value, none_allowed=_allows_none(field))
+                if problem:
+                    self.bad(problem)
+            elif _choices(cls, field.name) and value not in _choices(cls, field.name):
+                self.bad(f"{field.name} must be {_one_of(_choices(cls, field.name))}, got {value!r}")
+
     def integer(self, name: str) -> int:
         """The field's value, refused unless it is an integer (not a bool)."""
         return self.number(name, integer=True)
@@ -121,12 +152,83 @@ class Checks:
         return value
 
 
-def option_help(cls: type, name: str) -> str:
-    """The help text declared for field `name` of `cls` (for a command that takes that option with its own signature)."""
+def _show(number: float) -> str:
+    if isinstance(number, int) and number >= 2**32 and number & (number - 1) == 0:
+        return f"2^{number.bit_length() - 1}"
+    return f"{number:g}" if isinstance(number, float) else str(number)
+
+
+def _one_of(choices: tuple) -> str:
+    words = [str(choice) for choice in choices]
+    return ", ".join(words[:-1]) + " or " + words[-1] if len(words) > 1 else words[0]
+
+
+@functools.lru_cache(maxsize=None)
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _choices(cls: type, name: str) -> tuple:
+    hint = _hints(cls).get(name)
+    return typing.get_args(hint) if typing.get_origin(hint) is typing.Literal else ()
+
+
+def _allows_none(field: dataclasses.Field) -> bool:
+    """Whether the field's annotation admits None (`int | None`: None means 'the default')."""
+    return "None" in str(field.type)
+
+
+def span(spec: Option) -> str:
+    """The declared range in words, without a sane bound: '≥ 2', '> 0', 'in (0, 1]', '' when open."""
+    low = ("[", spec.minimum) if spec.minimum is not None else ("(", spec.above) if spec.above is not None else None
+    top = None if spec.why else ("]", spec.maximum) if spec.maximum is not None else (")", spec.below) if spec.below is not None else None
+    if low and top:
+        return f"in {low[0]}{_show(low[1])}, {_show(top[1])}{top[0]}"
+    if low:
+        return f"{'≥' if low[0] == '[' else '>'} {_show(low[1])}"
+    if top:
+        return f"{'≤' if top[0] == ']' else '<'} {_show(top[1])}"
+    return ""
+
+
+def range_problem(field: dataclasses.Field, spec: Option, value: Any, *, name: str | None = None,
+                  say_kind: bool = False, none_allowed: bool = False) -> str | None:
+    """What is wrong with `value` for a numeric option (None when nothing is): 'steps must be ≥ 2, got 1',
+    'seed must be an integer in [0, 2^64), got -1', or past a sane bound 'steps must be ≤ 1000 (a sane
+    bound: …; docs/bad_inputs.md), got 5000'. `name` replaces the field's name (an API argument's own);
+    `say_kind` names the kind even for a value of the right kind (an API boundary); `none_allowed`: None passes."""
+    if value is None and none_allowed:
+        return None
+    name = name or field.name
+    integer = _cli_type(field, spec) is int
+    kind = "an integer" if integer else "a finite number"
+    where = span(spec)
+    note = f" ({spec.note})" if spec.note else ""
+    or_none = " or None" if none_allowed and say_kind else ""
+    right_kind = (not isinstance(value, bool) and isinstance(value, int if integer else (int, float))
+                  and (isinstance(value, int) or math.isfinite(value)))  # (an int of any size is finite)
+    inside = right_kind and ((spec.minimum is None or value >= spec.minimum) and (spec.above is None or value > spec.above)
+                             and (spec.why or spec.maximum is None or value <= spec.maximum)
+                             and (spec.below is None or value < spec.below))
+    if not inside:
+        said = f"{kind} {where}".strip() if say_kind or not right_kind else where
+        return f"{name} must be {said}{note}{or_none}, got {value!r}"
+    if spec.why and value > spec.maximum:
+        return f"{name} must be ≤ {_show(spec.maximum)} (a sane bound: {spec.why}; docs/bad_inputs.md), got {value}"
+    return None
+
+
+def declared_option(cls: type, name: str) -> tuple[dataclasses.Field, Option]:
+    """The field `name` of `cls` and its declared option (KeyError if it declares none)."""
     for field, spec in declared(cls):
         if field.name == name:
-            return _help(field, spec)
+            return field, spec
     raise KeyError(f"{cls.__name__} declares no option {name!r}")
+
+
+def option_help(cls: type, name: str) -> str:
+    """The help text declared for field `name` of `cls` (for a command that takes that option with its own signature)."""
+    return _help(*declared_option(cls, name))
 
 
 def name_the_flag(cls: type, message: str) -> str:
@@ -139,20 +241,23 @@ def name_the_flag(cls: type, message: str) -> str:
     return message
 
 
-def typer_parameters(cls: type, *, exclude: tuple[str, ...] = ()) -> list[inspect.Parameter]:
-    """Keyword parameters (typer.Option defaults) for every declared field of `cls`, for a typer command's signature."""
+def typer_parameters(cls: type, *, exclude: tuple[str, ...] = (), only: tuple[str, ...] | None = None,
+                     flags: dict[str, tuple[str, ...]] | None = None) -> list[inspect.Parameter]:
+    """Keyword parameters (typer.Option defaults) for every declared field of `cls` (or those in `only`), for a
+    typer command's signature. `flags` gives a field other flags on this command ({name: (flag, *aliases)})."""
     import typer
 
     parameters = []
     for field, spec in declared(cls):
-        if field.name in exclude:
+        if field.name in exclude or (only is not None and field.name not in only):
             continue
         kind = _cli_type(field, spec)
+        names = (flags or {}).get(field.name) or (flag_of(field, spec), *spec.aliases)
         if kind is bool:
             decl = f"{flag_of(field, spec)}/{spec.negative}" if spec.negative else flag_of(field, spec)
             info = typer.Option(field.default, decl, help=_help(field, spec))
         else:
-            info = typer.Option(cli_default(field, spec), flag_of(field, spec), *spec.aliases, help=_help(field, spec))
+            info = typer.Option(cli_default(field, spec), *names, help=_help(field, spec))
         parameters.append(inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY, default=info, annotation=kind))
     return parameters
 
@@ -223,5 +328,5 @@ def from_namespace(cls: type, args: argparse.Namespace, *, defaults: dict[str, A
     return cls(**kwargs)
 
 
-__all__ = ["Option", "add_argparse_options", "cli_default", "declared", "flag_of", "from_namespace", "from_values",
-           "name_the_flag", "option", "typer_parameters", "value_type"]
+__all__ = ["Option", "add_argparse_options", "cli_default", "declared", "declared_option", "flag_of", "from_namespace",
+           "from_values", "name_the_flag", "option", "range_problem", "span", "typer_parameters", "value_type"]

@@ -14,8 +14,8 @@ the fixed parts (the Python runtime and the libraries, model weights by preset) 
 published sizes. `benchmarks/bench_preflight.py` puts the estimate beside the measured peak RSS of
 tiny runs on the CPU (benchmarks/RESULTS.md).
 
-This module imports nothing of the package above `errors` (it is called by `generation`, `guidance`,
-`search` and the sampler for the bounds, and by every front end for the estimate).
+This module reads the option dataclasses (their declared sane bounds) and is called by every front end
+for the estimate.
 """
 
 from __future__ import annotations
@@ -24,6 +24,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import InvalidInputError
+from .generation import GenerationOptions
+from .guidance import GuidanceConfig
+from .options import declared
+from .search import SearchOptions
 from .sizes import HUNYUAN3D_2, PROMPT_TEXT_TOKENS, QWEN2_5_VL_7B
 
 GIB = 1024**3
@@ -31,27 +35,12 @@ MIB = 1024**2
 
 # ---------------------------------------------------------------------------------------------
 # Sane bounds (docs/bad_inputs.md): beyond these a value is a typo or an attack, whatever the machine.
+# Declared on the options themselves (`Option.maximum` with its `why`) and checked by their validate().
 
-#: field name → (largest accepted value, why). The same numbers are listed in docs/bad_inputs.md.
-SANE_BOUNDS: dict[str, tuple[int, str]] = {
-    "steps": (1000, "20× hy3dgen's default of 50"),
-    "octree_resolution": (1024, "the export grid is (N+1)³ values: 4.3 GB of float32 at 1024; hy3dgen's default is 384"),
-    "num_views": (16, "the paper uses 4"),
-    "view_size": (1792, "4× the default 448 per side; Qwen2.5-VL reads 28-px cells, 4096 of them per view at 1792"),
-    "grid_resolution": (512, "8× the default 64 per side"),
-    "inner_steps": (16, "the default is 1"),
-    "candidates": (64, "best-of-N beyond 64 is a sweep, not a run"),
-}
-
-
-def bound_problem(name: str, value: Any) -> str | None:
-    """'NAME must be ≤ N (…), got V' when `value` exceeds the sane bound of field `name`; else None."""
-    if name not in SANE_BOUNDS or isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    limit, why = SANE_BOUNDS[name]
-    if value > limit:
-        return f"{name} must be ≤ {limit} (a sane bound: {why}; docs/bad_inputs.md), got {value}"
-    return None
+#: field name → (largest accepted value, why), as the options declare them.
+SANE_BOUNDS: dict[str, tuple[float, str]] = {
+    f.name: (spec.maximum, spec.why) for cls in (GenerationOptions, GuidanceConfig, SearchOptions)
+    for f, spec in declared(cls) if spec.why}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -46,10 +46,12 @@ class VLMReward:
 
     r = Σ w_k · term_k (`vlm3d_ttg.terms`). `critic` (a `critic.Critic`, e.g. `VLMCritic`) becomes
     the term "vlm" with weight 1 — the paper's reward, and the whole reward by default; `terms` adds
-    (weight, term) pairs (a term with weight 0 is never evaluated). `critic=None` is allowed only
-    when `terms` has a non-zero weight. `observers` see every predicted shape the reward decodes from
-    a latent (their `observe(vertices, faces)`, detached) without entering r: the silhouette term
-    of a weight-0 run fixes its camera on the first guided x̂ this way. Orbit cameras are re-drawn
+    (weight, term) pairs (a term with weight 0 is never evaluated; one with an `observe` method still
+    watches, as an observer). `critic=None` is allowed only when `terms` has a non-zero weight.
+    `observers` see every predicted shape the reward decodes from a latent (their `observe(vertices,
+    faces)`, detached) without entering r: the silhouette term of a weight-0 run fixes its camera on
+    the first guided x̂ this way (and in a run that guides nothing, on the x̂ the sampler shows them,
+    `observe`). `measure_mesh` is what the terms measure of the final mesh besides r. Orbit cameras are re-drawn
     with jitter at every call (against reward hacking); `score_mesh` and `score_latent` use the
     un-jittered cameras, so final scores are comparable.
 
@@ -79,7 +81,8 @@ class VLMReward:
         if critic is not None:
             check_critic_view_size(critic, config.view_size)  # the critic's own rule (28 or 32 px, ...)
         self.terms = _checked_terms(critic, terms)
-        self.observers = list(observers)
+        # A weight-0 term that watches shapes (its `observe`) is measured without being followed.
+        self.observers = list(observers) + [term for weight, term in terms if weight == 0 and hasattr(term, "observe")]
         self.backbone = as_backbone(backbone)
         self.critic = critic
         # Views, cameras, grid and backend come from the config: declared once, in GuidanceConfig.
@@ -182,6 +185,32 @@ class VLMReward:
             timings=timings,
             terms=terms,
         )
+
+    @torch.no_grad()
+    def observe(self, latent: torch.Tensor) -> None:
+        """Show the observers the predicted shape of `latent` without scoring it (a run that guides nothing:
+        `sampler.ObserveHook`). Raises EmptySurfaceError when it has no surface."""
+        surface = extract_surface(self.backbone.occupancy_field(latent), self.surface_config)
+        for observer in self.observers:
+            observer.observe(surface.vertices.detach().float(), surface.faces)
+
+    def end_of_step(self, step: int, sigma: float) -> None:
+        """A sampler step ended: terms and observers that note it (an optional `end_of_step(step, σ)`) hear it."""
+        for watcher in [term for _, term in self.terms] + self.observers:
+            note = getattr(watcher, "end_of_step", None)
+            if note is not None:
+                note(step, sigma)
+
+    def measure_mesh(self, vertices: np.ndarray, faces: np.ndarray, frame: np.ndarray) -> dict[str, float]:
+        """What the terms and observers measure of the exported mesh besides r (an optional
+        `measure_final(vertices, faces, frame)`, e.g. the silhouette term's IoU), keyed "name.measure";
+        `frame` is the backbone's `export_frame` (exported-mesh frame → decode frame)."""
+        measures: dict[str, float] = {}
+        for watcher in [term for _, term in self.terms] + self.observers:
+            measure = getattr(watcher, "measure_final", None)
+            if measure is not None:
+                measures.update({f"{watcher.name}.{key}": value for key, value in measure(vertices, faces, frame).items()})
+        return measures
 
     @property
     def half_backward(self) -> bool:

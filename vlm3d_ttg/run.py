@@ -177,7 +177,7 @@ class Run:
     search: Any  # search.SearchOptions | None
     condition: Any  # what the backbone is conditioned on (the front image, or a dict of views)
     critic: Any
-    silhouette: Any  # silhouette.SilhouetteRun
+    silhouette: Any  # silhouette.SilhouetteTerm (a term of `reward`, weight μ; measured in every run)
     reward: Any  # reward.VLMReward
     sampler: Any  # sampler.GuidedSampler
     capture: Any  # ViewCapture (the step callback)
@@ -202,22 +202,22 @@ class Run:
             output, mesh = empty.run, None
         if mesh is not None and self.postprocess is not None:
             mesh = postprocess_mesh(mesh, self.postprocess)
-        final = self._score(mesh, output) if mesh is not None and len(mesh.faces) else None
-        self.silhouette.finish(self.sampler, self.reward, self.condition, options.steps, options.cfg_scale, options.seed,
-                               mesh, self.octree_resolution)
-        return RunOutput(sampled=output, mesh=mesh, final=final)
+        final, measures = self._score(mesh, output) if mesh is not None and len(mesh.faces) else (None, {})
+        return RunOutput(sampled=output, mesh=mesh, final=final, measures=measures)
 
-    def _score(self, mesh: Any, output: Any) -> Any:
-        """The critic's score of the mesh we write (after any postprocessing), from fixed cameras."""
+    def _score(self, mesh: Any, output: Any) -> tuple[Any, dict[str, float]]:
+        """The reward's score of the mesh we write (after any postprocessing), from fixed cameras, and what
+        its terms measure of it besides r (the silhouette's IoU: `VLMReward.measure_mesh`)."""
         try:
             self.sampler.offload.activate("critic")
             tic = time.perf_counter()
             final = self.reward.score_mesh(mesh.vertices, mesh.faces)
             output.compute.critic_forwards += 1
             output.compute.add_time("final_score", time.perf_counter() - tic)
-            return final
         finally:
             self.sampler.offload.restore()
+        frame = self.models.backbone.export_frame(self.octree_resolution)
+        return final, self.reward.measure_mesh(mesh.vertices, mesh.faces, frame)
 
 
 @dataclass
@@ -228,6 +228,7 @@ class RunOutput:
     sampled: Any  # sampler.SamplerOutput
     mesh: Any
     final: Any  # reward evaluation of the final mesh
+    measures: dict[str, float] = field(default_factory=dict)  # what the terms measure of it besides r
 
     @property
     def final_r(self) -> float | None:
@@ -247,7 +248,7 @@ def build_run(models: Any, *, prompt: str, guidance: Any, options: Any, postproc
     from .critic.families import build_critic
     from .reward import VLMReward
     from .sampler import GuidedSampler
-    from .silhouette import SilhouetteRun
+    from .silhouette import SilhouetteTerm
 
     if (image is None) == (generated_input is None):
         raise InvalidInputError("generate_mesh needs exactly one of `image` and `generated_input`.")
@@ -259,12 +260,12 @@ def build_run(models: Any, *, prompt: str, guidance: Any, options: Any, postproc
     critic = build_critic(models.vlm, models.processor, prompt, guidance.query, reference=reference,
                           layout=guidance.view_layout, grid_size=guidance.view_size,
                           activation_checkpointing=options.checkpointing)
-    # The input-silhouette term (weight μ; its IoU is measured in every run): vlm3d_ttg.silhouette.
-    silhouette = SilhouetteRun(backbone, front, guidance)
-    reward = VLMReward.from_config(backbone, critic, guidance, terms=silhouette.terms, observers=silhouette.observers)
+    # The input-silhouette term (weight μ; at weight 0 the reward keeps it as an observer, so its IoU is
+    # measured in every run): vlm3d_ttg.silhouette.
+    silhouette = SilhouetteTerm(backbone.input_foreground(front, guidance.view_size))
+    reward = VLMReward.from_config(backbone, critic, guidance, terms=[(guidance.silhouette_weight, silhouette)])
     sampler = GuidedSampler(backbone, reward, guidance, offload_idle=options.offload_idle)
-    capture = ViewCapture(keep_views, sampler.guided_steps(options.steps, search),
-                          then=silhouette.callback(sampler, options.steps, search, then=step_callback))
+    capture = ViewCapture(keep_views, sampler.guided_steps(options.steps, search), then=step_callback)
     return Run(models=models, prompt=prompt, options=options, guidance=guidance, postprocess=postprocess, search=search,
                condition=condition, critic=critic, silhouette=silhouette, reward=reward, sampler=sampler, capture=capture,
                octree_resolution=octree_resolution,
@@ -310,8 +311,9 @@ def describe(run: Run, output: RunOutput, plan: OutputPlan) -> dict[str, Any]:
         "sampling_seconds": sampled.seconds,
         "search": sampled.search.to_dict() if sampled.search is not None else None,
         "compute": sampled.compute.to_dict(),
-        "silhouette": run.silhouette.record(run.octree_resolution, plan.silhouette_mask),
-        "final_silhouette_iou": run.silhouette.final_iou,
+        "silhouette": run.silhouette.record(run.guidance.silhouette_weight, backbone.export_frame(run.octree_resolution),
+                                            plan.silhouette_mask),
+        "final_silhouette_iou": output.measures.get("silhouette.final_iou"),
         "final_r": output.final_r,
         "final_p_yes": final.p_yes if final is not None else None,
         "final_terms": dict(final.terms) if final is not None else {},

@@ -39,6 +39,8 @@ from .guidance import (
     predicted_clean_latent,
 )
 from .offload import IdleOffload
+from .options import declared_option, option, range_problem
+from .presets import PRESETS
 from .precision import LossScale, is_half
 from .search import (
     Candidates,
@@ -46,10 +48,29 @@ from .search import (
     SearchRecord,
     check_search_with_guidance,
     guided_steps_with_search,
+    observation_steps,
     sample_candidates,
 )
 
 logger = logging.getLogger(__name__)
+
+MAX_SEED = 2**64  # torch generators take seeds in [0, 2^64)
+
+
+@dataclass
+class SamplingOptions:
+    """The sampler's own options (seed, steps, the shape model's CFG, the export grid), declared once with
+    their ranges: the command line's (`generation.GenerationOptions` extends this) and the ones
+    `GuidedSampler` checks its Python arguments against."""
+
+    seed: int = option(0, "Random seed (noise; the camera-jitter stream is derived from it).", minimum=0, below=MAX_SEED)
+    steps: int = option(50, "Sampler steps.", minimum=2, maximum=1000, why="20× hy3dgen's default of 50")
+    cfg_scale: float = option(5.0, "Classifier-free guidance scale of the shape model (hy3dgen's guidance_scale).",
+                              aliases=("--cfg",), minimum=0)
+    octree_resolution: int | None = option(
+        None, f"Export grid (default {EXPORT_RESOLUTION}; {PRESETS['tiny'].export_resolution} with --preset tiny).",
+        cli_type=int, minimum=16, maximum=1024,
+        why="the export grid is (N+1)³ values: 4.3 GB of float32 at 1024; hy3dgen's default is 384")
 
 
 @dataclass(kw_only=True)
@@ -185,6 +206,7 @@ class Run:
     loss_scale: LossScale
     guided: set[int]
     row_contexts: dict[int, SamplingContext] = field(default_factory=dict)  # conditioning per candidate-chunk size
+    observed: set[int] = field(default_factory=set)  # the steps whose x̂ the reward's observers are shown (ObserveHook)
 
     def decode(self, latents: torch.Tensor) -> Any | None:
         """The exported mesh of one final latent (the backbone's export, its VAE next to the DiT)."""
@@ -233,6 +255,7 @@ class GuidedSampler:
         self.offload = IdleOffload({**self.backbone.offload_groups(), "critic": critic_models}, device,
                                    enabled=offload_idle and device.type != "cpu")
         self.guidance_hook = GuidanceHook(self.config)
+        self.observe_hook = ObserveHook(self)
 
     # ----------------------------------------------------------------- setup and model call
     def prepare(self, image: Any, *, num_inference_steps: int = 50, guidance_scale: float = 5.0) -> SamplingContext:
@@ -283,9 +306,9 @@ class GuidedSampler:
         try:
             run = self._start(call, compute, loss_scale)  # 1. the condition and the initial noise
             if call.search.searching:  # best-of-N: a function around the loop (search.py), its own step 6
-                winner, mesh = sample_candidates(self._loop, run, [self.guidance_hook])
+                winner, mesh = sample_candidates(self._loop, run, [self.guidance_hook, self.observe_hook])
             else:
-                self._loop(run, [self.guidance_hook])  # 2.–5., every step
+                self._loop(run, [self.guidance_hook, self.observe_hook])  # 2.–5., every step
                 # 6. Decode the final latent to a mesh (the backbone's export, with its VAE next to the DiT).
                 winner, mesh = 0, run.decode(run.latents) if call.output_type == "trimesh" else None
         finally:
@@ -331,10 +354,11 @@ class GuidedSampler:
         latents = None if call.search.searching else self.backbone.noise(context.batch_size, call.generator)
         guided = (set(guided_steps_with_search(context.sigmas, self.config, call.search))
                   if self.reward is not None else set())
+        observed = set(observation_steps(context.sigmas, self.config, call.search)) if self.reward is not None else set()
         return Run(call, context, latents, Candidates.start(1, None), MeteredBackbone(self.backbone, compute),
                    MeteredReward(self.reward, compute) if self.reward is not None else None, compute, self.offload,
                    # Camera jitter draws from its own stream so guidance never shifts the sampler's noise.
-                   torch.Generator(device="cpu").manual_seed(call.camera_seed), loss_scale, guided)
+                   torch.Generator(device="cpu").manual_seed(call.camera_seed), loss_scale, guided, observed=observed)
 
     # ----------------------------------------------------------------- the loop
     def _loop(self, run: Run, hooks: Sequence[StepHook]) -> None:
@@ -396,6 +420,39 @@ def _batched_velocity(run: Run, latents: torch.Tensor, step: int) -> torch.Tenso
             run.row_contexts[rows] = run.backbone.for_rows(run.context, rows)
         parts.append(run.backbone.velocity(chunk, step, run.row_contexts[rows]))
     return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+class ObserveHook:
+    """A step hook after guidance for the reward's observers (weight-0 terms that fit something to the first
+    shape they see, such as the silhouette term's camera): in a run that guides nothing, the x̂ of the
+    observation steps (`search.observation_steps`) is shown to those still waiting for a shape — candidate
+    0's, recomputed on one row at the run's condition, as a guided run's first x̂ is — and every step's end
+    is told to the reward (`end_of_step`: where such a fit happened). No DiT call is counted: it is a record's."""
+
+    def __init__(self, sampler: "GuidedSampler"):
+        self.sampler = sampler
+
+    def __call__(self, run: Run, step: Step) -> None:
+        reward = self.sampler.reward
+        if reward is None:
+            return
+        waiting = any(getattr(observer, "wants_shape", False) for observer in getattr(reward, "observers", ()))
+        if waiting and not run.guided and step.index in run.observed and run.live.alive[0] == 0:
+            self._show(run, step, reward)
+        end_of_step = getattr(reward, "end_of_step", None)
+        if end_of_step is not None:
+            end_of_step(step.index, step.sigma)
+
+    def _show(self, run: Run, step: Step, reward: Any) -> None:
+        sampler, latents = self.sampler, run.latents[:1].detach()
+        with torch.no_grad():
+            sampler.offload.activate("denoise")
+            velocity = sampler.velocity(latents.to(sampler.backbone.dtype), step.index, run.context)
+            clean = predicted_clean_latent(latents.float(), velocity.float(), step.sigma)
+            try:
+                reward.observe(clean)
+            except EmptySurfaceError:
+                pass  # no surface at this step: the next observation step's x̂ may have one
 
 
 class GuidanceHook:
@@ -533,6 +590,14 @@ def _finite(value: Any) -> bool:
     return not isinstance(value, bool) and isinstance(value, (int, float)) and bool(np.isfinite(value))
 
 
+def _check_declared(field_name: str, value: Any, *, name: str | None = None, none_allowed: bool = False) -> None:
+    """Refuse a Python argument outside the range its option declares (SamplingOptions: what the CLI checks)."""
+    problem = range_problem(*declared_option(SamplingOptions, field_name), value, name=name, say_kind=True,
+                            none_allowed=none_allowed)
+    if problem:
+        raise InvalidInputError(problem)
+
+
 def _check_call(call: SamplingCall) -> None:
     """The sampler's inputs, checked at the API boundary (not deep inside hy3dgen): what the CLI checks."""
     import os
@@ -553,32 +618,21 @@ def _check_call(call: SamplingCall) -> None:
         if rgba.getchannel("A").getextrema()[0] < 250:
             check_object(rgba, view, what="Conditioning image")
     steps = call.steps
-    if not _whole(steps) or steps < 2:
-        raise InvalidInputError(f"num_inference_steps must be an integer ≥ 2, got {steps!r}")
-    if not _finite(call.guidance_scale) or call.guidance_scale < 0:
-        raise InvalidInputError("guidance_scale (the shape model's CFG) must be a finite number ≥ 0, got "
-                                f"{call.guidance_scale!r}")
+    _check_declared("steps", steps, name="num_inference_steps")
+    _check_declared("cfg_scale", call.guidance_scale, name="guidance_scale (the shape model's CFG)")
     if call.generator is not None and call.seed is not None:
         raise InvalidInputError(f"Give seed or generator, not both: seed={call.seed!r} would be ignored (the generator "
                                 "draws the noise). Pass seed=None with a generator.")
-    _check_export(call.export, steps)
+    _check_export(call.export)
     for name, value in (("seed", call.seed), ("camera_seed", call.camera_seed)):
-        if value is not None and (not _whole(value) or not 0 <= value < 2**64):
-            raise InvalidInputError(f"{name} must be an integer in [0, 2^64) or None, got {value!r}")
+        _check_declared("seed", value, name=name, none_allowed=True)
     if call.generator is not None and not isinstance(call.generator, torch.Generator):
         raise InvalidInputError(f"generator must be a torch.Generator or None, got {type(call.generator).__name__}")
 
 
-def _check_export(export: ExportOptions, steps: int) -> None:
-    """The export options (and the steps' sane bound, which the CLI checks with them)."""
-    from .preflight import bound_problem
-
-    octree = export.octree_resolution
-    if not _whole(octree) or octree < 16:
-        raise InvalidInputError(f"octree_resolution must be an integer ≥ 16, got {octree!r}")
-    for problem in (bound_problem("steps", steps), bound_problem("octree_resolution", octree)):  # the CLI's bounds
-        if problem:
-            raise InvalidInputError(problem)
+def _check_export(export: ExportOptions) -> None:
+    """The export options."""
+    _check_declared("octree_resolution", export.octree_resolution)
     if not _whole(export.num_chunks) or export.num_chunks < 1:
         raise InvalidInputError(f"num_chunks must be an integer ≥ 1, got {export.num_chunks!r}")
     # None: the backbone's own level and cube (Backbone.level / Backbone.bounds).

@@ -79,8 +79,9 @@ class ScoringMesh:
         return result.images.detach().float().clamp(0, 1)
 
 
-def load_mesh_for_scoring(path: str | os.PathLike) -> ScoringMesh:
-    """A mesh file (GLB, glTF, OBJ, PLY, STL, OFF) read and framed for scoring (see the module docstring).
+def load_mesh_for_scoring(path: str | os.PathLike, *, cube: float = DECODED_CUBE_HALF_SIDE) -> ScoringMesh:
+    """A mesh file (GLB, glTF, OBJ, PLY, STL, OFF) read and framed for scoring (see the module docstring)
+    in the cube ±`cube` a backbone decodes into (`Backbone.bounds`; hy3dgen's by default).
 
     Raises InvalidInputError for an unreadable file, a file without triangles, non-finite
     coordinates, or a mesh outside the cube that has no extent to scale.
@@ -105,14 +106,15 @@ def load_mesh_for_scoring(path: str | os.PathLike) -> ScoringMesh:
     faces = np.asarray(mesh.faces, dtype=np.int64)
     if not np.isfinite(vertices).all():
         raise InvalidInputError(f"Mesh '{path}' has non-finite vertex coordinates.")
-    reframed = bool(np.abs(vertices).max() > DECODED_CUBE_HALF_SIDE)
+    reframed = bool(np.abs(vertices).max() > cube)
     if reframed:
         low, high = vertices.min(axis=0), vertices.max(axis=0)
         longest = float((high - low).max())
         if not longest > 0:
             raise InvalidInputError(f"Mesh '{path}' lies outside the ±1 cube and has no extent to scale.")
-        vertices = (vertices - (low + high) / 2) * (2 * REFRAMED_HALF_SIDE / longest)
-        logger.info("Mesh %s reaches outside hy3dgen's ±%.2f cube; centred and scaled into it.", path, DECODED_CUBE_HALF_SIDE)
+        half = REFRAMED_HALF_SIDE if cube >= DECODED_CUBE_HALF_SIDE else REFRAMED_HALF_SIDE * cube / DECODED_CUBE_HALF_SIDE
+        vertices = (vertices - (low + high) / 2) * (2 * half / longest)
+        logger.info("Mesh %s reaches outside the decoding cube ±%.2f; centred and scaled into it.", path, cube)
     return ScoringMesh(vertices.astype(np.float32), faces, reframed, str(path))
 
 

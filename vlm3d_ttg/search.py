@@ -49,35 +49,24 @@ class SearchOptions:
     """How many candidates a run samples, where the critic chooses among them, and how many survive."""
 
     candidates: int = option(1, "Candidates sampled together from seeds derived from --seed (best-of-N search); "
-                                "1: one sample, exactly the plain sampler.", minimum=1)
+                                "1: one sample, exactly the plain sampler.", minimum=1,
+                                maximum=64, why="best-of-N beyond 64 is a sweep, not a run", note="1 is the plain sampler")
     select_at: float = option(1.0, "σ at which the critic scores each candidate's predicted clean shape (forward "
-                                   "only) and the best --keep continue; 1: run all to the end, keep the best mesh.")
+                                   "only) and the best --keep continue; 1: run all to the end, keep the best mesh.",
+                           above=0, maximum=1, note="σ: 0 noise → 1 data; 1 selects among the final meshes")
     keep: int = option(1, "Candidates that survive the selection at --select-at; with more than one, all run to "
-                          "the end and the best final mesh is the output.")
-    candidate_batch: int = option(0, "Candidates per DiT batch (0: all at once); lower it to fit GPU memory.")
+                          "the end and the best final mesh is the output.", minimum=1)
+    candidate_batch: int = option(0, "Candidates per DiT batch (0: all at once); lower it to fit GPU memory.",
+                                  minimum=0, note="0: all candidates in one batch")
 
     def validate(self) -> "SearchOptions":
         """Raise InvalidInputError naming the first bad field and what it accepts; return self."""
 
         check = Checks(self, "Invalid search option")
-        bad, integer = check.bad, check.integer
-        if integer("candidates") < 1:
-            bad(f"candidates must be ≥ 1 (1 is the plain sampler), got {self.candidates}")
-        from .preflight import bound_problem
-
-        if bound_problem("candidates", self.candidates):
-            bad(bound_problem("candidates", self.candidates))
-        value = self.select_at
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            bad(f"select_at must be a number in (0, 1], got {value!r}")
-        if not 0.0 < value <= 1.0:
-            bad(f"select_at must be in (0, 1] (σ: 0 noise → 1 data; 1 selects among the final meshes), got {value}")
-        if integer("keep") < 1:
-            bad(f"keep must be ≥ 1, got {self.keep}")
+        bad = check.bad
+        check.declared()  # kinds and declared ranges (the sane bound of candidates included)
         if self.keep > self.candidates:
             bad(f"keep must be ≤ candidates ({self.candidates}), got {self.keep}")
-        if integer("candidate_batch") < 0:
-            bad(f"candidate_batch must be ≥ 0 (0: all candidates in one batch), got {self.candidate_batch}")
         if self.candidates == 1 and self.select_at != FINAL:
             bad(f"select_at ({self.select_at}) chooses among candidates; give candidates > 1 too")
         if self.candidates > 1 and self.select_at < FINAL and self.keep == self.candidates:
@@ -152,6 +141,17 @@ def guided_steps_with_search(sigmas: Sequence[float], config: Any, search: "Sear
     steps = guided_steps(list(sigmas), config)
     select = selection_step(sigmas, search.select_at) if search.searching else None
     return steps if select is None else [i for i in steps if i > select]
+
+
+def observation_steps(sigmas: Sequence[float], config: Any, search: "SearchOptions | None") -> list[int]:
+    """The steps whose x̂ a run that guides shows the reward's observers first, in order: the selection step
+    of a search with σ_s < 1, then the guidance schedule (σ window, every k) as if guidance were on. A run
+    that guides none of them shows them these x̂ all the same (sampler.ObserveHook)."""
+    search = search or SearchOptions()
+    steps = guided_steps_with_search(sigmas, dataclasses.replace(config, enabled=True, scale=config.scale or 1.0), search)
+    if search.searching and search.select_at < 1.0:
+        steps = [selection_step(sigmas, search.select_at)] + steps
+    return steps
 
 
 def select_candidates(scores: Sequence[float | None], keep: int) -> list[int]:

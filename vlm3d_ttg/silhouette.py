@@ -25,10 +25,13 @@ is that mask term for guidance (docs/design.md §3, §5):
   views (the tie rule picks the one nearest the front); an input from outside the searched
   elevations gets the best camera inside them, and the recorded `fit_iou` says how good that is.
 - **Once per run, then fixed**: the estimate runs on the first predicted clean shape x̂ of the
-  guidance schedule that has a surface (`estimation_steps`); `--no-guidance` and weight-0 runs
-  estimate on the same x̂ after sampling (`SilhouetteRun`), which is the guided run's first x̂ bit
-  for bit because nothing has been guided before it — so guided and unguided runs on a seed share
-  the camera and their `final_silhouette_iou` compare on equal terms.
+  guidance schedule that has a surface (`search.observation_steps`). The term is a plain reward term:
+  with weight μ it sees every x̂ the reward decodes; with weight 0 the reward keeps it as an observer
+  (it sees them without entering r), and a run that guides nothing shows its observers the x̂ of those
+  steps all the same (the sampler's `ObserveHook`, candidate 0's x̂ recomputed on one row), which is
+  the guided run's first x̂ bit for bit because nothing has been guided before it — so guided and
+  unguided runs on a seed share the camera and their `final_silhouette_iou` compare on equal terms.
+  The final IoU is measured where the final mesh is scored (`VLMReward.measure_mesh` → `measure_final`).
 - **Frames**: the term renders in the decode frame (the guidance surface's). hy3dgen's export maps
   grid index i to −b + i·2b/(R + 1) while the decoder sampled −b + i·2b/R, so the exported mesh is
   the decoded one shrunk by R/(R + 1) towards the corner (−b, −b, −b); `export_frame_matrix` is that
@@ -276,9 +279,11 @@ def estimate_reference_camera(
 class SilhouetteTerm:
     """The reward term "silhouette": soft IoU of the coverage at the reference camera with the input's foreground.
 
-    `target` (S, S) in [0, 1] (`foreground_mask`). The camera is estimated on the first mesh the reward
-    shows the term (`observe`, called with the detached mesh before the term's cameras are asked
-    for) and then kept; `camera` may also be given (or set) up front. Parts: the binary "iou".
+    `target` (S, S) in [0, 1] (the backbone's `input_foreground`). The camera is estimated on the first
+    mesh the reward shows the term (`observe`, called with the detached mesh before the term's cameras
+    are asked for) and then kept; `camera` may also be given (or set) up front; `estimated_at` is the
+    step whose x̂ fitted it (`end_of_step`). Parts: the binary "iou". `measure_final` is the exported
+    mesh's IoU at that camera (`final_iou`), `record` the manifest's entry.
     """
 
     name = "silhouette"
@@ -289,7 +294,18 @@ class SilhouetteTerm:
         self.target = target.detach().float().cpu()
         self.camera = camera
         self.estimated_at: dict[str, Any] = {}
+        self.final_iou: float | None = None
         self._cameras: Cameras | None = None
+
+    @property
+    def wants_shape(self) -> bool:
+        """True until a mesh has fixed the camera."""
+        return self.camera is None
+
+    def end_of_step(self, step: int, sigma: float) -> None:
+        """A sampler step ended: the first one after which a camera is set is the one it was fitted at."""
+        if self.camera is not None and not self.estimated_at:
+            self.estimated_at = {"step": step, "sigma": float(sigma)}
 
     def observe(self, vertices: torch.Tensor, faces: torch.Tensor) -> None:
         """Estimate the reference camera on this mesh unless one is set (the first mesh wins)."""
@@ -316,6 +332,27 @@ class SilhouetteTerm:
     def modules(self) -> list[torch.nn.Module]:
         """No model weights."""
         return []
+
+    def measure_final(self, vertices: np.ndarray, faces: np.ndarray, frame: np.ndarray) -> dict[str, float]:
+        """{"final_iou": the exported mesh's IoU at the reference camera} (`frame`: the backbone's `export_frame`,
+        exported-mesh frame → decode frame); {} without a camera. Kept as `final_iou` for the record."""
+        if self.camera is None:
+            return {}
+        self.final_iou = final_silhouette_iou(vertices, faces, self.camera, self.target, frame)
+        return {"final_iou": self.final_iou}
+
+    def record(self, weight: float, frame: np.ndarray, mask_path: Any) -> dict[str, Any]:
+        """The manifest's "silhouette" entry: the weight, the metric, the mask file and the camera in the
+        exported mesh's frame (`frame`: the backbone's `export_frame`), or a note saying why there is none."""
+        camera = self.camera
+        return {
+            "weight": float(weight),
+            "metric": "soft IoU (Jaccard) of the coverage at the reference camera with the preprocessed input's foreground",
+            "mask": str(mask_path),
+            "camera": camera.to_dict(frame) | {"estimated_at": dict(self.estimated_at)} if camera is not None else None,
+            "note": None if camera is not None else
+            "no predicted shape of the guidance schedule had a surface: no camera was estimated",
+        }
 
 
 def final_silhouette_iou(vertices: np.ndarray, faces: np.ndarray, camera: ReferenceCamera, target: torch.Tensor,
@@ -347,122 +384,6 @@ def write_mask_png(path: Any, mask: torch.Tensor) -> None:
 
 
 __all__ = [
-    "ReferenceCamera", "SilhouetteRun", "SilhouetteTerm", "binary_iou", "coverage_masks", "estimate_reference_camera",
-    "final_silhouette_iou", "silhouette_path_for", "soft_iou",
-    "write_mask_png",
+    "ReferenceCamera", "SilhouetteTerm", "binary_iou", "coverage_masks", "estimate_reference_camera",
+    "final_silhouette_iou", "silhouette_path_for", "soft_iou", "write_mask_png",
 ]
-
-
-
-def estimation_steps(sigmas: Sequence[float], config: Any, search: Any) -> list[int]:
-    """The steps whose x̂ may fix the reference camera, in order: the first reward evaluation of a run that
-    guides — the selection step of a search with σ_s < 1, then the guidance schedule (σ window, every k)
-    as if guidance were on. The first of them whose x̂ has a surface is used."""
-    import dataclasses
-
-    from .search import SearchOptions, guided_steps_with_search, selection_step
-
-    search = search or SearchOptions()
-    steps = guided_steps_with_search(sigmas, dataclasses.replace(config, enabled=True, scale=config.scale or 1.0), search)
-    if search.searching and search.select_at < 1.0:
-        steps = [selection_step(sigmas, search.select_at)] + steps
-    return steps
-
-
-class SilhouetteRun:
-    """The silhouette term's part in one `generate_mesh` run: the target, the term (weight μ), the camera
-    estimate (on the first guided x̂ — as a term, or as an observer at weight 0 — or after sampling when
-    nothing was guided) and the final IoU.
-
-        run = SilhouetteRun(backbone, condition, guidance)
-        reward = VLMReward(..., terms=run.terms, observers=run.observers)
-        callback = run.callback(sampler, steps, search, then=...)   # the step callback
-        ... sample ...
-        run.finish(sampler, reward, condition, steps, cfg_scale, seed, mesh, octree_resolution)
-    """
-
-    def __init__(self, backbone: Any, condition: Any, config: Any):
-        self.backbone = backbone
-        self.weight = float(config.silhouette_weight)
-        self.target = backbone.input_foreground(condition, config.view_size)
-        self.term = SilhouetteTerm(self.target)
-        self.terms = [(self.weight, self.term)] if self.weight else []
-        # Weight 0: the term does not enter r, but it still watches the guided x̂s, so a guided run fixes its
-        # camera on the first of them as the weighted term does (no DiT call again after sampling).
-        self.observers = [] if self.weight else [self.term]
-        self._latents: dict[int, torch.Tensor] = {}  # x at each estimation step (captured one step earlier)
-        self._steps: list[int] = []
-        self.final_iou: float | None = None
-        self.note: str | None = None
-
-    def callback(self, sampler: Any, steps: int, search: Any, then: Any = None) -> Any:
-        """A step callback that keeps the latents the estimation steps start from (candidate 0's row)."""
-        self._steps = estimation_steps(sampler.schedule(steps), sampler.config, search)
-        wanted = {i - 1: i for i in self._steps if i > 0}
-
-        def capture(sampler_: Any, step: int, sigma: float, state: dict[str, Any]) -> dict[str, Any] | None:
-            if step in wanted and state.get("candidates", [0])[0] == 0:
-                self._latents[wanted[step]] = state["latents"][:1].detach().clone()
-            if self.term.camera is not None and not self.term.estimated_at:
-                self.term.estimated_at = {"step": step, "sigma": float(sigma)}
-            return then(sampler_, step, sigma, state) if then is not None else None
-
-        return capture
-
-    def _estimate_after(self, sampler: Any, reward: Any, condition: Any, steps: int, cfg_scale: float, seed: int) -> None:
-        """Fit the camera on the first estimation step's x̂ with a surface, recomputed exactly as the sampler
-        computes it at a guided step (x̂ = x + (1 − σ)·v, v the DiT's CFG velocity at x)."""
-        from .guidance import predicted_clean_latent
-        from .surface import extract_surface
-
-        backbone = self.backbone
-        context = None
-        for i in self._steps:
-            x = self._latents.get(i)
-            if x is None and i == 0:
-                x = backbone.noise(1, torch.Generator(device="cpu").manual_seed(seed))
-            if x is None:
-                continue
-            with torch.no_grad():
-                if context is None:
-                    sampler.offload.activate("condition")
-                    context = sampler.prepare(condition, num_inference_steps=steps, guidance_scale=cfg_scale)
-                    sampler.offload.activate("denoise")
-                sigma = context.sigmas[i]
-                velocity = sampler.velocity(x.to(backbone.dtype), i, context)
-                clean = predicted_clean_latent(x.float(), velocity.float(), sigma)
-                try:
-                    surface = extract_surface(backbone.occupancy_field(clean), reward.surface_config)
-                except EmptySurfaceError:
-                    continue
-            self.term.observe(surface.vertices.float(), surface.faces)
-            self.term.estimated_at = {"step": i, "sigma": float(sigma)}
-            return
-
-    def finish(self, sampler: Any, reward: Any, condition: Any, steps: int, cfg_scale: float, seed: int, mesh: Any,
-               octree_resolution: int) -> None:
-        """Estimate the camera if guidance did not (--no-guidance, or no guided x̂ had a surface), then the
-        final mesh's IoU."""
-        try:
-            if self.term.camera is None:
-                self._estimate_after(sampler, reward, condition, steps, cfg_scale, seed)
-        finally:
-            sampler.offload.restore()
-        if self.term.camera is None:
-            self.note = "no predicted shape of the guidance schedule had a surface: no camera was estimated"
-            return
-        if mesh is not None and len(mesh.faces):
-            self.final_iou = final_silhouette_iou(mesh.vertices, mesh.faces, self.term.camera, self.target,
-                                                  self.backbone.export_frame(octree_resolution))
-
-    def record(self, octree_resolution: int, mask_path: Any) -> dict[str, Any]:
-        """The manifest's "silhouette" entry."""
-        camera = self.term.camera
-        return {
-            "weight": self.weight,
-            "metric": "soft IoU (Jaccard) of the coverage at the reference camera with the preprocessed input's foreground",
-            "mask": str(mask_path),
-            "camera": (camera.to_dict(self.backbone.export_frame(octree_resolution)) | {"estimated_at": dict(self.term.estimated_at)}
-                       if camera is not None else None),
-            "note": self.note,
-        }

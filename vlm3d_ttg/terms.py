@@ -26,7 +26,10 @@ A term of your own (Python API):
 
 A term may also define `observe(vertices, faces)`: the reward calls it with the detached mesh before
 asking for the term's cameras, at every evaluation (the silhouette term fits its camera to the first
-mesh it is shown, `vlm3d_ttg.silhouette`). It is optional and not part of `RewardTerm`'s check.
+mesh it is shown, `vlm3d_ttg.silhouette`). It is optional and not part of `RewardTerm`'s check. A
+weight-0 term with `observe` is kept as an observer: it sees every shape without entering r. Two more
+optional hooks: `end_of_step(step, sigma)` (a sampler step ended) and `measure_final(vertices, faces,
+frame)` (what it measures of the exported mesh besides r, `VLMReward.measure_mesh`).
 
 Cameras cross this boundary as plain 4 × 4 matrices (`Cameras.view`, world → camera, and
 `Cameras.projection`, OpenGL clip convention), so a term can re-project anything with numpy.

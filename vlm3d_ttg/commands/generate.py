@@ -49,75 +49,75 @@ def _generate(
     **options: object,
 ) -> None:
     """Generate a mesh from IMAGE (or, without one, from PROMPT alone) with Hunyuan3D-2, guided by a VLM critic's judgement of PROMPT (Qwen2.5-VL, or Qwen3-VL)."""
-    from ..manifest import manifest_path_for, plot_path_for
-
     # ---- everything that can be wrong is checked before any model loads --------------------
     # The request itself (prompt, options, preset, input image): the one check the app shares.
     from ..requests import validate_request
 
     request = validate_request(options, prompt=prompt, preset=preset.value, image=image,
                                views={"left": left, "back": back, "right": right})
-    guidance, postprocess, run_options, search = request.guidance, request.postprocess, request.options, request.search
-    extra_views = request.views
     if save_views is None and views_at is not None:
         raise InvalidInputError("--views-at chooses which views --save-views writes; give --save-views DIR too.")
     keep_views = _parse_views_at(views_at or "summary") if save_views is not None else "none"
-    planned = request.guided_steps
     for warning in request.warnings:
         typer.secho(f"warning: {warning}", err=True)
-    if isinstance(keep_views, list) and not set(keep_views) <= set(planned):
-        raise InvalidInputError(f"--views-at names steps that are not guided: {sorted(set(keep_views) - set(planned))}; "
-                                f"this run guides steps {planned}.")
-    # Where this run writes (every file, one plan): writable, and nothing of the user's, no other output
-    # and no file of a checkpoint or cache the run will load (not loaded yet) replaced by an output.
-    from ..generation import checkpoint_folders
-    from ..run import OutputPlan, steps_to_keep
-    from ..text2image import input_image_path_for
-
-    plan = OutputPlan(out, manifest or manifest_path_for(out), plot=plot_path_for(out) if plot else None,
-                      views_dir=save_views, view_steps=steps_to_keep(keep_views, planned) if save_views is not None else set(),
-                      candidates=search.searching, input_image=input_image_path_for(out) if image is None else None)
-    plan.check({"IMAGE": image, **{f"--{name}": path for name, path in extra_views.items()}},
-               read_folders=checkpoint_folders(run_options, preset.value, text_to_3d=image is None))
+    if isinstance(keep_views, list) and not set(keep_views) <= set(request.guided_steps):
+        raise InvalidInputError(f"--views-at names steps that are not guided: {sorted(set(keep_views) - set(request.guided_steps))}; "
+                                f"this run guides steps {request.guided_steps}.")
+    plan = _output_plan(request, out=out, manifest=manifest, plot=plot, save_views=save_views, keep_views=keep_views,
+                        preset=preset.value)
 
     from ..logs import be_verbose, quiet_hy3dgen
-    from ..generation import generate_mesh, load_models
+    from ..generation import generate_mesh
 
     if verbose:
         be_verbose()
     quiet_hy3dgen()
-
     started = time.perf_counter()
+    generated_input, models = _load(request, plan, preset)
+    result = generate_mesh(models, image=image, views=request.views or None, generated_input=generated_input,
+                           prompt=prompt, out=plan.out, manifest_path=plan.manifest, guidance=request.guidance,
+                           postprocess=request.postprocess, options=request.options, views_dir=plan.views_dir,
+                           keep_views=keep_views, plot_path=plan.plot, progress=not quiet, search=request.search)
+    _print_summary(result, request.guidance, time.perf_counter() - started)
+
+
+def _output_plan(request, *, out: Path, manifest: Optional[Path], plot: bool, save_views: Optional[Path],
+                 keep_views: str | list[int], preset: str):
+    """Where this run writes (every file, one plan), checked: writable, and nothing of the user's, no other
+    output and no file of a checkpoint or cache the run will load (not loaded yet) replaced by an output."""
+    from ..generation import checkpoint_folders
+    from ..manifest import manifest_path_for, plot_path_for
+    from ..run import OutputPlan, steps_to_keep
+    from ..text2image import input_image_path_for
+
+    image = request.image
+    view_steps = steps_to_keep(keep_views, request.guided_steps) if save_views is not None else set()
+    plan = OutputPlan(out, manifest or manifest_path_for(out), plot=plot_path_for(out) if plot else None,
+                      views_dir=save_views, view_steps=view_steps, candidates=request.search.searching,
+                      input_image=input_image_path_for(out) if image is None else None)
+    plan.check({"IMAGE": image, **{f"--{name}": path for name, path in request.views.items()}},
+               read_folders=checkpoint_folders(request.options, preset, text_to_3d=image is None))
+    return plan
+
+
+def _load(request, plan, preset: Preset):
+    """The input image made from the prompt (when there is none; None otherwise), then the models."""
+    from ..generation import load_models
+    from ..interrupts import check
+
     generated_input = None
     if plan.input_image is not None:
         from ..text2image import make_input_image
 
         # Made (and its models released) before the shape model and critic load: never all three at once.
         # The offline presets have no real text-to-image model: both use the tiny one.
-        generated_input = make_input_image(prompt, plan.input_image, model=run_options.text_to_image, device=run_options.device,
-                                           seed=run_options.seed, tiny=preset in (Preset.tiny, Preset.realsize))
-    models = load_models(run_options, preset=preset.value)
-    from ..interrupts import check
-
+        run_options = request.options
+        generated_input = make_input_image(request.prompt, plan.input_image, model=run_options.text_to_image,
+                                           device=run_options.device, seed=run_options.seed,
+                                           tiny=preset in (Preset.tiny, Preset.realsize))
+    models = load_models(request.options, preset=preset.value)
     check()  # a stop signal swallowed while the models loaded (a loader's `except BaseException`)
-    result = generate_mesh(
-        models,
-        image=image,
-        views=extra_views or None,
-        generated_input=generated_input,
-        prompt=prompt,
-        out=plan.out,
-        manifest_path=plan.manifest,
-        guidance=guidance,
-        postprocess=postprocess,
-        options=run_options,
-        views_dir=plan.views_dir,
-        keep_views=keep_views,
-        plot_path=plan.plot,
-        progress=not quiet,
-        search=search,
-    )
-    _print_summary(result, guidance, time.perf_counter() - started)
+    return generated_input, models
 
 
 def _derived_signature() -> inspect.Signature:

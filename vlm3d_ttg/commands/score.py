@@ -8,8 +8,10 @@ another model) is the benchmark's `vlm3d_ttg.metrics.judge`.
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -17,7 +19,6 @@ import typer
 
 from ..errors import InvalidInputError
 from ..generation import GenerationOptions
-from ..options import option_help
 from ..presets import PRESETS
 from ..scoring import IMAGE_SUFFIXES, SCORABLE_MESH_SUFFIXES
 
@@ -68,7 +69,25 @@ def _query_variants(query: str) -> dict[str, str]:
     return {"custom": resolve_query(query)}
 
 
-def score(
+#: score's options taken from generate's declarations (the same help, ranges and checks), by owner.
+#: --backbone: a mesh file is framed in the cube its backbone decodes into (`Backbone.bounds`), where
+#: the critic saw that backbone's meshes during guidance (vlm3d_ttg.scoring); score decodes nothing.
+DERIVED = {"guidance": ("num_views", "view_size"), "run": ("backbone", "critic_family", "device", "vlm_dtype")}
+#: Flags score keeps from before its options were derived: --resolution (= --view-size), --dtype (= --vlm-dtype).
+FLAGS = {"view_size": ("--resolution", "--view-size"), "vlm_dtype": ("--vlm-dtype", "--dtype")}
+
+
+@dataclass(frozen=True)
+class _Settings:
+    """score's checked options."""
+
+    run: GenerationOptions  # backbone, critic_family, device, vlm_dtype (the rest: defaults)
+    num_views: int
+    view_size: int
+    family: str
+
+
+def _score(
     inputs: list[Path] = typer.Argument(..., help="Views of one object (PNG/JPG, same size), or one mesh (GLB/OBJ).", show_default=False),
     prompt: str = typer.Option(..., "--prompt", "-p", help="What the object should be, e.g. 'a wooden chair'.", show_default=False),
     query: str = typer.Option(
@@ -77,60 +96,27 @@ def score(
     vlm: Optional[str] = typer.Option(None, "--vlm", help="Qwen2.5-VL or Qwen3-VL hub id or local folder (default: Qwen/Qwen2.5-VL-7B-Instruct)."),
     preset: Optional[str] = typer.Option(None, "--preset", help="'tiny': the offline tiny critic (of --critic-family); 'realsize': Qwen2.5-VL-7B's sizes at depth 1, random weights "
                                                                       "(meaningless scores; for smoke tests)."),
-    critic_family: Optional[str] = typer.Option(None, "--critic-family", help=option_help(GenerationOptions, "critic_family")),
-    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)."),
-    dtype: Optional[str] = typer.Option(None, "--dtype", help="float32 | bfloat16 | float16 (default: bf16 on CUDA, fp32 on CPU)."),
-    views: int = typer.Option(4, "--views", help="Views to render when the input is a mesh."),
-    resolution: int = typer.Option(448, "--resolution", help="Render size when the input is a mesh (a multiple of the critic's 28 or 32 px)."),
     json_output: bool = typer.Option(False, "--json", help="Print one JSON object (for scripts) instead of a table."),
+    **options: Any,
 ) -> None:
-    """Score views (or a mesh) with the guiding critic: r = logit(Yes) - logit(No) and P(yes) per query.
-
-    This is the critic that guides `generate` (same model, same query): it measures what guidance optimises, not held-out quality. For that, use another query or another model (the quality benchmark's independent judge).
-
-    A mesh inside hy3dgen's ±1 cube is rendered as it is; any other mesh is first centred and scaled into it.
-    """
+    """Score views (or a mesh) with the guiding critic: r = logit(Yes) - logit(No) and P(yes) per query."""
     import torch
 
-    from ..critic.families import build_critic, check_family_view_size
+    from ..critic.families import build_critic
     from ..critic.queries import normalize_description
     from ..logs import quiet_transformers
-    from ..models import DEFAULT_VLM, critic_family_for, load_vlm, resolve_device
-    from ..render import orbit_cameras
-    from ..scoring import check_views_show_the_mesh, load_mesh_for_scoring, load_view_files
-
-    image_paths, mesh_paths = _check_inputs(list(inputs), preset, vlm)
-    resolve_device(device)  # an unknown or unavailable device is refused before any work
-    from ..preflight import bound_problem
-
-    if views < 1:  # with view files too: a bad value is refused whatever the input
-        raise InvalidInputError(f"--views must be at least 1, got {views}.")
-    for name, value, flag in (("num_views", views, "--views"), ("view_size", resolution, "--resolution")):
-        if bound_problem(name, value):
-            raise InvalidInputError(f"{flag}: {bound_problem(name, value)}")
-    description = normalize_description(prompt)
-    variants = _query_variants(query)
-    family = critic_family_for(vlm or DEFAULT_VLM, preset or "real", critic_family)
-    reframed = False
-    if image_paths:
-        pixels = load_view_files(image_paths)
-    else:  # render before loading the model: a bad mesh should not cost a model load
-        if views < 1:
-            raise InvalidInputError(f"--views must be at least 1, got {views}.")
-        check_family_view_size(family, resolution)
-        mesh = load_mesh_for_scoring(mesh_paths[0])
-        reframed = mesh.reframed
-        render_device = resolve_device(device)
-        pixels = check_views_show_the_mesh(mesh.render(orbit_cameras(views, image_size=resolution, device=render_device)),
-                                           str(mesh_paths[0]))
-
+    from ..models import DEFAULT_VLM, load_vlm
     from ..presets import critic_checkpoint
 
-    model_id: str = critic_checkpoint(preset or "real", vlm or DEFAULT_VLM, family=family,
-                                      depth=GenerationOptions().realsize_depth)
+    image_paths, mesh_paths = _check_inputs(list(inputs), preset, vlm)
+    settings = _check_options(options, preset=preset, vlm=vlm)
+    description = normalize_description(prompt)
+    variants = _query_variants(query)
+    pixels, reframed = _views_to_score(image_paths, mesh_paths, settings)
+    model_id: str = critic_checkpoint(preset or "real", vlm or DEFAULT_VLM, family=settings.family,
+                                      depth=settings.run.realsize_depth)
     quiet_transformers()
-    model, processor = load_vlm(model_id, device=device, dtype=dtype)
-
+    model, processor = load_vlm(model_id, device=settings.run.device, dtype=settings.run.vlm_dtype)
     results = []
     with torch.no_grad():
         for name, variant_query in variants.items():
@@ -140,27 +126,83 @@ def score(
             results.append({"query": name, "r": float(output.r), "p_yes": float(output.p_yes), "checkpoint": model_id,
                             "chat_text": critic.chat_text(int(pixels.shape[0])), "yes_id": critic.yes_id, "no_id": critic.no_id})
             logger.info("query %s: r=%.4f", name, results[-1]["r"])
+    report = {"prompt": prompt, "model": model_id, "critic_family": critic.family, "inputs": [str(path) for path in inputs],
+              "num_views": int(pixels.shape[0]), "image_size": [int(pixels.shape[2]), int(pixels.shape[3])], "results": results}
+    if mesh_paths:
+        report["mesh_reframed"] = reframed
+    _print_report(report, json_output=json_output, reframed_mesh=mesh_paths[0] if reframed else None)
 
+
+def _check_options(values: dict[str, Any], *, preset: Optional[str], vlm: Optional[str]) -> _Settings:
+    """score's derived options checked as generate checks them (the same declarations), before any work."""
+    from ..guidance import GuidanceConfig
+    from ..models import DEFAULT_VLM, critic_family_for, resolve_device
+    from ..options import declared_option, flag_of, from_values, range_problem
+
+    run = from_values(GenerationOptions, {name: values[name] for name in DERIVED["run"]}).validate()
+    resolve_device(run.device)  # an unknown or unavailable device is refused before any work
+    for name in DERIVED["guidance"]:  # with view files too: a bad value is refused whatever the input
+        field, spec = declared_option(GuidanceConfig, name)
+        problem = range_problem(field, spec, values[name])
+        if problem:
+            raise InvalidInputError(f"{FLAGS.get(name, (flag_of(field, spec),))[0]}: {problem}")
+    family = critic_family_for(vlm or DEFAULT_VLM, preset or "real", run.critic_family)
+    return _Settings(run, values["num_views"], values["view_size"], family)
+
+
+def _views_to_score(image_paths: list[Path], mesh_paths: list[Path], settings: _Settings) -> tuple[Any, bool]:
+    """The views the critic scores (N, 3, H, W) and whether a mesh was reframed: the view files, or the
+    mesh rendered from orbit cameras (before loading the model: a bad mesh should not cost a model load)."""
+    from ..backbones import backbone_class
+    from ..critic.families import check_family_view_size
+    from ..models import resolve_device
+    from ..render import orbit_cameras
+    from ..scoring import check_views_show_the_mesh, load_mesh_for_scoring, load_view_files
+
+    if image_paths:
+        return load_view_files(image_paths), False
+    check_family_view_size(settings.family, settings.view_size)
+    mesh = load_mesh_for_scoring(mesh_paths[0], cube=backbone_class(settings.run.backbone).bounds)
+    cameras = orbit_cameras(settings.num_views, image_size=settings.view_size, device=resolve_device(settings.run.device))
+    return check_views_show_the_mesh(mesh.render(cameras), str(mesh_paths[0])), mesh.reframed
+
+
+def _print_report(report: dict[str, Any], *, json_output: bool, reframed_mesh: Optional[Path]) -> None:
     if json_output:
-        report: dict[str, Any] = {
-            "prompt": prompt,
-            "model": model_id,
-            "critic_family": critic.family,
-            "inputs": [str(path) for path in inputs],
-            "num_views": int(pixels.shape[0]),
-            "image_size": [int(pixels.shape[2]), int(pixels.shape[3])],
-            "results": results,
-        }
-        if mesh_paths:
-            report["mesh_reframed"] = reframed
         typer.echo(json.dumps(report, indent=2))
         return
-    if reframed:
-        typer.echo(f"note: {mesh_paths[0]} reaches outside hy3dgen's ±1 cube; it was centred and scaled into it.", err=True)
-    typer.echo(f"model: {model_id}   views: {pixels.shape[0]} x {pixels.shape[3]}x{pixels.shape[2]}   prompt: {prompt!r}")
+    if reframed_mesh is not None:
+        typer.echo(f"note: {reframed_mesh} reaches outside hy3dgen's ±1 cube; it was centred and scaled into it.", err=True)
+    views, (height, width) = report["num_views"], report["image_size"]
+    typer.echo(f"model: {report['model']}   views: {views} x {width}x{height}   prompt: {report['prompt']!r}")
     typer.echo(f"{'query':<10} {'r':>9} {'P(yes)':>8}")
-    for row in results:
+    for row in report["results"]:
         typer.echo(f"{row['query']:<10} {row['r']:>+9.4f} {row['p_yes']:>8.4f}")
+
+
+def _derived_signature() -> inspect.Signature:
+    """`_score`'s own parameters followed by the options it shares with generate (DERIVED), from their declarations."""
+    from ..guidance import GuidanceConfig
+    from ..options import typer_parameters
+
+    own = [p for p in inspect.signature(_score, eval_str=True).parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    derived = [*typer_parameters(GuidanceConfig, only=DERIVED["guidance"], flags=FLAGS),
+               *typer_parameters(GenerationOptions, only=DERIVED["run"], flags=FLAGS)]
+    return inspect.Signature(own + derived)
+
+
+def score(**values: Any) -> None:
+    """Score views (or a mesh) with the guiding critic: r = logit(Yes) - logit(No) and P(yes) per query.
+
+    This is the critic that guides `generate` (same model, same query): it measures what guidance optimises, not held-out quality. For that, use another query or another model (the quality benchmark's independent judge).
+
+    A mesh inside hy3dgen's ±1 cube (the --backbone's decoding cube) is rendered as it is; any other mesh is first centred and scaled into it.
+    """
+    _score(**values)
+
+
+score.__signature__ = _derived_signature()  # type: ignore[attr-defined]
+score.__annotations__ = {}
 
 
 # The former name of `score`, hidden from --help: existing scripts keep working with a one-line
