@@ -242,18 +242,20 @@ def _check_weights_present(root: Path, names: tuple[str, ...], fix: str) -> None
 
 def offline_cache_folder(path: str | os.PathLike) -> Path | None:
     """The checkpoint folder the offline presets wrote that `path` is in or is (e.g. <cache>/tiny-v2/qwen2_5_vl,
-    <cache>/realsize-v2/depth-1/qwen2_5_vl or <cache>/tiny-v2/hy3dgen/<owner>/<repo>/<subfolder>), or None
-    when `path` is not in their cache ($VLM3D_TTG_CACHE: tiny-vN/ and realsize-vN/depth-D/ folders)."""
+    <cache>/realsize-v2/depth-1/qwen2_5_vl, <cache>/mini-<hash>/critic or
+    <cache>/tiny-v2/hy3dgen/<owner>/<repo>/<subfolder>), or None when `path` is not in their cache
+    ($VLM3D_TTG_CACHE: one <preset>-<version> folder per offline preset, depth-D/ folders in a depth-scaled one)."""
     import re
 
-    from .presets import cache_root
+    from .presets import PRESETS, cache_root
 
     base = Path(os.path.realpath(cache_root()))
     try:
         parts = Path(os.path.realpath(path)).relative_to(base).parts
     except ValueError:
         return None
-    if not parts or not re.fullmatch(r"(tiny|realsize)-v\d+", parts[0]):  # (tiny's and realsize's folder names)
+    names = "|".join(re.escape(preset.name) for preset in PRESETS.values() if preset.offline)
+    if not parts or not re.fullmatch(rf"({names})-(v\d+|[0-9a-f]{{12}})", parts[0]):  # <name>-vN, or <name>-<weights' hash>
         return None
     prefix = 2 if len(parts) > 1 and re.fullmatch(r"depth-\d+", parts[1]) else 1
     rest = parts[prefix:]
@@ -268,7 +270,10 @@ def rebuild_advice(folder: str | os.PathLike, repo_id: str | None = None, *, sub
     `subfolder` and `local_dir` for hy3dgen's layout), or a folder the user gave (restore it)."""
     written = offline_cache_folder(folder)
     if written is not None:
-        return (f"delete the folder '{written}' and rerun (the offline presets, --preset tiny / realsize, write their "
+        from .presets import PRESETS
+
+        offline = " / ".join(preset.name for preset in PRESETS.values() if preset.offline)
+        return (f"delete the folder '{written}' and rerun (the offline presets, --preset {offline}, write their "
                 "checkpoints again).")
     if repo_id:
         if subfolder is not None:

@@ -33,7 +33,7 @@ from ..errors import InvalidInputError, UnsupportedModelError
 from ..precision import decode_dtype, upcast_copy
 from ..sizes import HUNYUAN3D_2
 from ..surface import OccupancyField, Surface, SurfaceConfig, extract_surface
-from .base import SINGLE_VIEW, VIEW_NAMES, SamplingContext
+from .base import SINGLE_VIEW, VIEW_NAMES, Conditioning, SamplingContext
 
 logger = logging.getLogger(__name__)
 
@@ -240,6 +240,8 @@ class HunyuanBackbone:
     bounds = BOUNDS
     level = LEVEL
     sizes = HUNYUAN3D_2  # the real model's sizes (cost model, preflight, realsize preset)
+    #: hy3dgen's own defaults: 50 steps, guidance_scale 5.0, octree_resolution 384 (its pipeline __call__'s).
+    defaults = {"steps": 50, "cfg_scale": 5.0, "octree_resolution": 384}
 
     def __init__(self, pipeline: Any, *, decode_dtype: torch.dtype | None = None):
         """`decode_dtype` overrides the precision policy of the guidance decode (None: the policy;
@@ -293,6 +295,32 @@ class HunyuanBackbone:
         spec = resolve_shape_model(options.shape_model, options.shape_subfolder)
         if not (hy3dgen_models_dir() / spec.repo_id / spec.subfolder / "config.yaml").is_file():
             load_shape_pipeline(options.shape_model, options.shape_subfolder, device="cpu")  # raises, naming the fix
+
+    @staticmethod
+    def conditioning(options: Any, preset: Any) -> Conditioning:
+        """The inputs of the variant `options` names (--shape-model / --shape-subfolder) under `preset`: a
+        dict of views for the -mv variants (a preset with one fixed shape model: one image); a prompt alone
+        goes through text-to-image for the single-view ones."""
+        from ..models import resolve_shape_model
+
+        multiview = preset.shape_variants and resolve_shape_model(options.shape_model, options.shape_subfolder).multiview
+        hint = "--shape-model hunyuan3d-2mv (with --preset tiny: its tiny offline copy)"
+        return Conditioning(VIEW_NAMES if multiview else SINGLE_VIEW, text_to_image=not multiview, multiview_hint=hint)
+
+    @staticmethod
+    def variant_names() -> tuple[str, ...]:
+        """hy3dgen's variant names (models.SHAPE_VARIANTS): an offline preset with variants has a copy of each."""
+        from ..models import SHAPE_VARIANTS
+
+        return tuple(SHAPE_VARIANTS)
+
+    @staticmethod
+    def checkpoint_folders(options: Any) -> dict[str, Any]:
+        """The real shape model's folder: $HY3DGEN_MODELS/<repo>/<subfolder> of the variant `options` names."""
+        from ..models import hy3dgen_models_dir, resolve_shape_model
+
+        spec = resolve_shape_model(options.shape_model, options.shape_subfolder)
+        return {"the shape model": hy3dgen_models_dir() / spec.repo_id / spec.subfolder}
 
     @staticmethod
     def wraps(model: Any) -> bool:
