@@ -37,14 +37,15 @@ def mug_image(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def mini_run(mug_image, tmp_path_factory):
-    """One guided mini run from the CLI: --octree-resolution given, the view options left to the preset."""
+    """One guided mini run from the CLI: --octree-resolution (and, for speed, --grid) given, the view options
+    left to the preset."""
     folder = tmp_path_factory.mktemp("mini-run")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("VLM3D_TTG_CACHE", str(folder / "cache"))
         patch.setenv("HF_HUB_OFFLINE", "1")
         out = folder / "mug.glb"
         code = main(["generate", str(mug_image), "--prompt", PROMPT, "--preset", "mini", "--steps", "6",
-                     "--octree-resolution", "48", "--out", str(out), "--quiet"])
+                     "--octree-resolution", "48", "--grid", "32", "--out", str(out), "--quiet"])
     return code, out
 
 
