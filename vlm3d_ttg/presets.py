@@ -80,7 +80,7 @@ class Preset:
 
 @dataclass(frozen=True)
 class ShapeCheckpoint:
-    """Where an offline preset's shape model lives, in the terms `models.load_shape_pipeline` takes."""
+    """Where an offline preset's shape model lives, in the terms `backbones.hunyuan3d2_models.load_shape_pipeline` takes."""
 
     models_dir: Path  # the $HY3DGEN_MODELS root
     repo_id: str

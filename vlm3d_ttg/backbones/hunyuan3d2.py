@@ -1,4 +1,4 @@
-"""Hunyuan3D-2 (hy3dgen 2.0.2) as a backbone: every variant of `models.SHAPE_VARIANTS`.
+"""Hunyuan3D-2 (hy3dgen 2.0.2) as a backbone: every variant of `hunyuan3d2_models.SHAPE_VARIANTS`.
 
 hy3dgen's pipeline `__call__` runs under `torch.inference_mode()`, so nothing inside it can be
 differentiated; the guided loop runs the same loop itself, and this file hands it the pipeline's
@@ -270,7 +270,7 @@ class HunyuanBackbone:
         """The shape model of `options` (its --shape-model / --shape-subfolder) for `preset` (a `presets.Preset`),
         loaded by hy3dgen's own from_pretrained: the real one, or the offline preset's checkpoint of that
         variant (written once under `cache_dir`); returns (pipeline, the name the manifest gives it)."""
-        from ..models import load_shape_pipeline, resolve_shape_model
+        from .hunyuan3d2_models import load_shape_pipeline, resolve_shape_model
         from ..presets import offline_checkpoints
 
         if not preset.offline:
@@ -288,7 +288,7 @@ class HunyuanBackbone:
         """Offline (HF_HUB_OFFLINE=1), raise the loader's own ModelNotFoundError now if the real shape model
         of `options` is not on disk (online it may download; nothing is checked)."""
         from ..env import hub_offline
-        from ..models import hy3dgen_models_dir, load_shape_pipeline, resolve_shape_model
+        from .hunyuan3d2_models import hy3dgen_models_dir, load_shape_pipeline, resolve_shape_model
 
         if not hub_offline():
             return
@@ -301,7 +301,7 @@ class HunyuanBackbone:
         """The inputs of the variant `options` names (--shape-model / --shape-subfolder) under `preset`: a
         dict of views for the -mv variants (a preset with one fixed shape model: one image); a prompt alone
         goes through text-to-image for the single-view ones."""
-        from ..models import resolve_shape_model
+        from .hunyuan3d2_models import resolve_shape_model
 
         multiview = preset.shape_variants and resolve_shape_model(options.shape_model, options.shape_subfolder).multiview
         hint = "--shape-model hunyuan3d-2mv (with --preset tiny: its tiny offline copy)"
@@ -309,15 +309,15 @@ class HunyuanBackbone:
 
     @staticmethod
     def variant_names() -> tuple[str, ...]:
-        """hy3dgen's variant names (models.SHAPE_VARIANTS): an offline preset with variants has a copy of each."""
-        from ..models import SHAPE_VARIANTS
+        """hy3dgen's variant names (hunyuan3d2_models.SHAPE_VARIANTS): an offline preset with variants has a copy of each."""
+        from .hunyuan3d2_models import SHAPE_VARIANTS
 
         return tuple(SHAPE_VARIANTS)
 
     @staticmethod
     def checkpoint_folders(options: Any) -> dict[str, Any]:
         """The real shape model's folder: $HY3DGEN_MODELS/<repo>/<subfolder> of the variant `options` names."""
-        from ..models import hy3dgen_models_dir, resolve_shape_model
+        from .hunyuan3d2_models import hy3dgen_models_dir, resolve_shape_model
 
         spec = resolve_shape_model(options.shape_model, options.shape_subfolder)
         return {"the shape model": hy3dgen_models_dir() / spec.repo_id / spec.subfolder}
