@@ -53,3 +53,23 @@ def test_the_benchmark_cache_key_names_a_backbone_other_than_the_default():
         default = GenerationSettings(preset=preset)
         other = dataclasses.replace(default, options=dataclasses.replace(default.options, backbone="analytic"))
         assert "backbone" not in default.models_key() and other.models_key()["backbone"] == "analytic"
+
+
+def test_a_backbone_declares_its_own_defaults_and_a_preset_sits_above_them(monkeypatch):
+    """Options not given take the backbone's declared defaults, a preset's over those, the user's over both;
+    a backbone that declares none gets the options' own (the default backbone's: hy3dgen's 50 steps, CFG 5)."""
+    from analytic_backbone import AnalyticBackbone
+    from vlm3d_ttg.backbones import BACKBONES
+    from vlm3d_ttg.requests import validate_settings
+
+    class Quick(AnalyticBackbone):
+        defaults = {"steps": 12, "cfg_scale": 2.5, "octree_resolution": 40}
+
+    monkeypatch.setitem(BACKBONES, "quick", Quick)
+    monkeypatch.setitem(BACKBONES, "analytic", AnalyticBackbone)
+    quick = validate_settings({"backbone": "quick"}, preset="real").options
+    assert (quick.steps, quick.cfg_scale, quick.octree_resolution) == (12, 2.5, 40)
+    assert validate_settings({"backbone": "quick"}, preset="mini").options.octree_resolution == 64  # the preset's
+    assert validate_settings({"backbone": "quick", "steps": 30}, preset="mini").options.steps == 30  # the user's
+    plain = validate_settings({"backbone": "analytic"}, preset="real").options
+    assert (plain.steps, plain.cfg_scale, plain.octree_resolution) == (50, 5.0, 384)

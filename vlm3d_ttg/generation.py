@@ -56,7 +56,7 @@ class GenerationOptions:
     steps: int = option(_BACKBONE_DEFAULTS["steps"], f"Sampler steps (default: the backbone's own; {DEFAULT_BACKBONE}: "
                         f"{_BACKBONE_DEFAULTS['steps']}).", minimum=2)
     cfg_scale: float = option(_BACKBONE_DEFAULTS["cfg_scale"], "Classifier-free guidance scale of the shape model (default: "
-                              f"the backbone's own; {DEFAULT_BACKBONE}: {_BACKBONE_DEFAULTS['cfg_scale']:g}).", aliases=("--cfg",), minimum=0)
+                              f"the backbone's own; {DEFAULT_BACKBONE}: {_BACKBONE_DEFAULTS['cfg_scale']}).", aliases=("--cfg",), minimum=0)
     octree_resolution: int | None = option(None, f"Export grid (default: the preset's, else the backbone's; {DEFAULT_BACKBONE}: "
                                            f"{_BACKBONE_DEFAULTS['octree_resolution']}{_preset_defaults_help('octree_resolution')}).",
                                            cli_type=int, minimum=16)
