@@ -154,7 +154,6 @@ class LoadedModels:
         self.backbone = as_backbone(self.backbone)
 
 
-
 @dataclass
 class GenerationResult:
     """What a run wrote and what the critic thought of the result."""
@@ -283,9 +282,9 @@ def load_models(
 def checkpoint_folders(options: Any, preset: str, *, text_to_3d: bool = False,
                        cache_dir: str | os.PathLike | None = None) -> dict[str, Path]:
     """Every folder whose files a run of `options` with `preset` loads (label → folder), known before
-    anything loads or is written: the offline presets' cache folders, or the backbone's real shape model
-    folders (`backbones.backbone_checkpoint_folders`), the critic's local folder or hub-cache repo, and for text-to-3D
-    the text-to-image model's. An output may not land in any of them (`io.check_output_plan`)."""
+    anything loads or is written: the offline presets' cache folders, or the backbone's real shape
+    model folders (`backbones.backbone_checkpoint_folders`), the critic's local folder or hub-cache
+    repo, and for text-to-3D the text-to-image model's. An output may not land in any of them (`io.check_output_plan`)."""
     from .backbones import backbone_checkpoint_folders
     from .models import hub_cache_folder
     from .presets import get_preset, offline_checkpoints
@@ -313,8 +312,9 @@ def checkpoint_folders(options: Any, preset: str, *, text_to_3d: bool = False,
 
 def check_models_present(options: GenerationOptions) -> None:
     """Raise the backbone's own error now if its shape model is missing (`check_present`; the
-    Hunyuan3D-2 backbone checks offline only) and, offline (HF_HUB_OFFLINE=1), the loader's ModelNotFoundError if the critic is not on disk: a text-to-3D run makes its input image before they load, and that work
-    should not be wasted on a run that cannot finish. Online, nothing is checked (they may download)."""
+    Hunyuan3D-2 backbone checks offline only) and, offline (HF_HUB_OFFLINE=1), the loader's
+    ModelNotFoundError if the critic is not on disk: a text-to-3D run makes its input image before they
+    load, and that work should not be wasted on a run that cannot finish. Online, nothing is checked (they may download)."""
     from huggingface_hub import try_to_load_from_cache
 
     from .backbones import backbone_class

@@ -6,7 +6,8 @@ app share, so both refuse the same things with the same message.
 
 `values` are option values keyed by field name, in their command-line form (`"0.2,0.85"` for the
 σ window, 0 for "no cap"), as typer or the app's widgets give them; fields not given take the
-preset's and the backbone's defaults (`generation.option_defaults`), then their declared ones. Output paths are the CLI's business (the app writes into its own run folders).
+preset's and the backbone's defaults (`generation.option_defaults`), then their declared ones.
+Output paths are the CLI's business (the app writes into its own run folders).
 """
 
 from __future__ import annotations

@@ -37,9 +37,9 @@ What a backbone *class* knows before anything loads — its option defaults, its
 for a run's options, the folders its real checkpoints live in — it may declare as class attributes /
 static methods (`defaults`, `conditioning(options, preset)`, `checkpoint_folders(options)`,
 `variant_names()`); the front ends ask through `backbone_defaults`, `backbone_conditioning`,
-`backbone_checkpoint_folders` and `backbone_variants`, which
-give a plug-in that declares none of them sensible answers (the loop's own option defaults; one image,
-or a prompt through text-to-image; no folders known).
+`backbone_checkpoint_folders` and `backbone_variants`, which give a plug-in that declares none of
+them sensible answers (the options' own defaults; one image, or a prompt through text-to-image; no
+folders and no variants known).
 """
 
 from __future__ import annotations
