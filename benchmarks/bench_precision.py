@@ -28,7 +28,8 @@ from machine import machine_description
 from vlm3d_ttg.critic import VLMCritic
 from vlm3d_ttg.guidance import GuidanceConfig
 from vlm3d_ttg.backbones.hunyuan3d2 import HunyuanBackbone
-from vlm3d_ttg.models import load_shape_pipeline, load_vlm
+from vlm3d_ttg.backbones.hunyuan3d2_models import load_shape_pipeline
+from vlm3d_ttg.models import load_vlm
 from vlm3d_ttg.reward import VLMReward
 from vlm3d_ttg.sampler import GuidedSampler, SamplerOutput
 from vlm3d_ttg.tiny import ensure_tiny_shape_model, ensure_tiny_vlm

@@ -164,7 +164,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("hy3dgen.shapgen").setLevel(logging.WARNING)
-    models = load_models(GenerationOptions(device="cpu"), tiny=True)
+    models = load_models(GenerationOptions(device="cpu"), preset="tiny")
     base = GuidanceConfig(num_views=args.views, view_size=args.view_size, grid_resolution=args.grid,
                           max_step_ratio=args.max_step_ratio or None)
     text, raw = timing(models, base, args) if args.what == "timing" else sweep(models, base, args)

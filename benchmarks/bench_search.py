@@ -194,7 +194,7 @@ def main() -> None:
     args = parser.parse_args()
     if not args.report_only:
         logging.basicConfig(level=logging.WARNING)
-        models = load_models(GenerationOptions(device="cpu"), tiny=True)
+        models = load_models(GenerationOptions(device="cpu"), preset="tiny")
         config = GuidanceConfig(num_views=args.views, view_size=args.view_size, grid_resolution=args.grid)
         command = (f"python benchmarks/bench_search.py --seeds {args.seeds} --candidates {args.candidates} "
                    f"--steps {args.steps} --views {args.views} --view-size {args.view_size} --grid {args.grid} "

@@ -43,7 +43,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from vlm3d_ttg.models import allow_missing_pymeshlab  # noqa: E402  (before anything imports hy3dgen)
+from vlm3d_ttg.backbones.hunyuan3d2_models import allow_missing_pymeshlab  # noqa: E402  (before anything imports hy3dgen)
 
 PYMESHLAB_PLACEHOLDER = allow_missing_pymeshlab()
 
@@ -132,7 +132,7 @@ def part_renderer(args: argparse.Namespace, device: torch.device, state: dict) -
     from vlm3d_ttg.surface import SurfaceConfig
     from vlm3d_ttg.tiny.realsize import build_realsize_vae
     from vlm3d_ttg.tiny import ensure_tiny_shape_model
-    from vlm3d_ttg.models import load_shape_pipeline
+    from vlm3d_ttg.backbones.hunyuan3d2_models import load_shape_pipeline
 
     result: dict[str, Any] = {}
     reason = nvdiffrast_unavailable_reason(device)
@@ -218,7 +218,8 @@ def part_renderer(args: argparse.Namespace, device: torch.device, state: dict) -
 def build_models(args: argparse.Namespace, device: torch.device) -> tuple[Any, Any, Any, str]:
     """(pipeline, vlm, processor, description): realsize at full depth on the GPU, tiny in the smoke run."""
     if args.cpu_smoke:
-        from vlm3d_ttg.models import load_shape_pipeline, load_vlm
+        from vlm3d_ttg.backbones.hunyuan3d2_models import load_shape_pipeline
+        from vlm3d_ttg.models import load_vlm
         from vlm3d_ttg.tiny import ensure_tiny_shape_model, ensure_tiny_vlm
 
         ref = ensure_tiny_shape_model(args.cache_dir)

@@ -78,6 +78,7 @@ def rgba_image(tmp_path_factory):
 def no_model_loads(monkeypatch):
     """Every model loader raises: a refusal "before any model loads" must not reach one."""
     import vlm3d_ttg.generation as generation
+    import vlm3d_ttg.backbones.hunyuan3d2_models as hunyuan3d2_models
     import vlm3d_ttg.models as models
     import vlm3d_ttg.text2image as text2image
     import vlm3d_ttg.tiny as tiny
@@ -86,6 +87,6 @@ def no_model_loads(monkeypatch):
         raise AssertionError("a model loaded (or a checkpoint was written) before the refusal")
 
     for module, name in ((generation, "load_models"), (generation, "load_vlm"),
-                         (models, "load_shape_pipeline"), (models, "load_vlm"), (text2image, "make_input_image"),
+                         (hunyuan3d2_models, "load_shape_pipeline"), (models, "load_vlm"), (text2image, "make_input_image"),
                          (tiny, "ensure_tiny_shape_model"), (tiny, "ensure_tiny_vlm")):
         monkeypatch.setattr(module, name, loaded)

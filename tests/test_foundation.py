@@ -13,7 +13,8 @@ from safetensors import safe_open
 
 from vlm3d_ttg import load_shape_pipeline
 from vlm3d_ttg.errors import ModelNotFoundError
-from vlm3d_ttg.models import SHAPE_VARIANTS, resolve_dtype, resolve_shape_model
+from vlm3d_ttg.backbones.hunyuan3d2_models import SHAPE_VARIANTS, resolve_shape_model
+from vlm3d_ttg.models import resolve_dtype
 from vlm3d_ttg.tiny import ensure_tiny_shape_model, folder_digest, write_tiny_shape_model
 
 

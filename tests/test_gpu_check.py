@@ -14,7 +14,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 def test_hy3dgen_imports_without_pymeshlab_and_its_postprocessors_fail_loudly(monkeypatch):
-    from vlm3d_ttg.models import allow_missing_pymeshlab
+    from vlm3d_ttg.backbones.hunyuan3d2_models import allow_missing_pymeshlab
 
     # pymeshlab made unimportable (None in sys.modules), hy3dgen's postprocessors module re-executed.
     monkeypatch.setitem(sys.modules, "pymeshlab", None)

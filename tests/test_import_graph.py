@@ -133,7 +133,7 @@ def test_reward_imports_nothing_from_the_sampler():
 # Where hy3dgen may be imported, and why (issue 21): the generator lives behind the backbone protocol.
 HY3DGEN_MODULES = {
     "vlm3d_ttg.backbones.hunyuan3d2": "the Hunyuan3D-2 backbone: hy3dgen's pipeline parts behind the protocol",
-    "vlm3d_ttg.models": "the loader: hy3dgen's own from_pretrained",
+    "vlm3d_ttg.backbones.hunyuan3d2_models": "the Hunyuan3D-2 backbone's loader: hy3dgen's own from_pretrained",
     "vlm3d_ttg.tiny.hunyuan": "writes the tiny checkpoint with hy3dgen's classes, in its format",
     "vlm3d_ttg.tiny.realsize": "writes and builds the realsize checkpoint with hy3dgen's classes",
     "vlm3d_ttg.dinov2_names": "lets hy3dgen's loader read the checkpoint's DINOv2 names (used by the loader)",

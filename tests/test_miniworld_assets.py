@@ -40,7 +40,7 @@ def mini_models(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def mini_pipeline(mini_models):
-    from vlm3d_ttg.models import load_shape_pipeline
+    from vlm3d_ttg.backbones.hunyuan3d2_models import load_shape_pipeline
 
     models = mini_models
     return load_shape_pipeline(models.shape.repo_id, models.shape.subfolder, models_dir=models.shape.models_dir,

@@ -11,7 +11,8 @@ from PIL import Image
 from vlm3d_ttg.critic import VLMCritic
 from vlm3d_ttg.errors import InvalidInputError
 from vlm3d_ttg.guidance import GuidanceConfig
-from vlm3d_ttg.models import load_shape_pipeline, load_vlm
+from vlm3d_ttg.backbones.hunyuan3d2_models import load_shape_pipeline
+from vlm3d_ttg.models import load_vlm
 from vlm3d_ttg.offload import IdleOffload
 from vlm3d_ttg.precision import INITIAL_LOSS_SCALE, LossScale
 from vlm3d_ttg.reward import VLMReward

@@ -120,7 +120,7 @@ def evaluate_dit(args) -> dict:
     from vlm3d_ttg.miniworld.dataset import load_grid, load_mesh, load_meta
     from vlm3d_ttg.miniworld.geometry import detect_attribute, iou
     from vlm3d_ttg.miniworld.shapes import ATTRIBUTES
-    from vlm3d_ttg.models import load_shape_pipeline
+    from vlm3d_ttg.backbones.hunyuan3d2_models import load_shape_pipeline
 
     records = load_meta(args.data)
     rng = np.random.default_rng(0)

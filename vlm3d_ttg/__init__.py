@@ -10,7 +10,7 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "load_shape_pipeline": ".models",
+    "load_shape_pipeline": ".backbones.hunyuan3d2_models",
     "load_vlm": ".models",
     "GuidanceConfig": ".guidance",
     "GuidedSampler": ".sampler",

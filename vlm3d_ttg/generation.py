@@ -11,12 +11,12 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import torch
 
 from .errors import EmptySurfaceError, InvalidInputError
-from .backbones import EXPORT_RESOLUTION
+from .backbones import DEFAULT_BACKBONE, backbone_class, backbone_defaults
 from .export import PostprocessConfig, save_mesh
 from .guidance import GuidanceConfig, StepRecord
 from .io import OutputSet, atomic_path
@@ -24,10 +24,10 @@ from .run import failed_run_path, view_sheet_names  # noqa: F401  (re-exported: 
 from .options import Checks, option
 from .presets import PRESETS
 from .manifest import write_manifest
-from .sampler import SamplingOptions, StepCallback
+from .sampler import BACKBONE_DEFAULTS, SamplingOptions, StepCallback
 from .text2image import DEFAULT_TEXT_TO_IMAGE_MODEL
 from .search import SearchOptions, SearchRecord
-from .models import critic_family_for, load_vlm, resolve_device, resolve_dtype, resolve_shape_model
+from .models import critic_family_for, load_vlm, resolve_device, resolve_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -40,13 +40,13 @@ class GenerationOptions(SamplingOptions):
     `vlm3d-ttg generate` and the quality benchmark derive their flags from these fields.
     """
 
-    backbone: str = option("hunyuan3d-2", "The shape generator: a registered backbone (hunyuan3d-2, or one an installed "
+    backbone: str = option(DEFAULT_BACKBONE, "The shape generator: a registered backbone (hunyuan3d-2, or one an installed "
                            "plug-in adds; docs/design.md §11).")
     shape_model: str = option("tencent/Hunyuan3D-2", "hy3dgen shape model: repo id or variant name (e.g. hunyuan3d-2mini).")
     shape_subfolder: str | None = option(None, "Subfolder of the shape repo (default: the repo's main DiT).", cli_type=str)
     vlm: str = option("Qwen/Qwen2.5-VL-7B-Instruct", "Critic: a Qwen2.5-VL or Qwen3-VL hub id or local folder (its config "
                       "names the family).")
-    critic_family: str | None = option(None, "qwen2.5-vl (default) or qwen3-vl: the offline critic of --preset tiny; with "
+    critic_family: str | None = option(None, "qwen2.5-vl (default) or qwen3-vl: the critic of an offline preset (as it allows); with "
                                        "--preset real the --vlm checkpoint's family, and another one given here is refused.",
                                        cli_type=str)
     text_to_image: str = option(DEFAULT_TEXT_TO_IMAGE_MODEL, "Text-to-image model that makes the input image when none is "
@@ -99,7 +99,7 @@ class GenerationOptions(SamplingOptions):
 class LoadedModels:
     """The shape model (a backbone) and the critic's model + processor, with where they came from.
 
-    `backbone` is a `backbones.Backbone`; a model one wraps (a loaded hy3dgen pipeline) is wrapped.
+    `backbone` is a `backbones.Backbone`; a model one wraps (e.g. a loaded pipeline) is wrapped.
     """
 
     backbone: Any
@@ -114,11 +114,6 @@ class LoadedModels:
         from .backbones import as_backbone
 
         self.backbone = as_backbone(self.backbone)
-
-    @property
-    def tiny(self) -> bool:
-        """Whether these are the tiny offline checkpoints."""
-        return self.preset == "tiny"
 
 
 @dataclass
@@ -167,11 +162,22 @@ def _write_view_sheets(
     return sheets
 
 
-def export_resolution(preset: str) -> int:
-    """The export grid a preset uses unless --octree-resolution says otherwise."""
+def option_defaults(preset: str, backbone: str = DEFAULT_BACKBONE) -> dict[str, Any]:
+    """The option values (command-line form, by field name) a run of `preset` on `backbone` starts from
+    where the user gives none: the backbone's own defaults, the preset's over them (`presets.Preset.defaults`)."""
     from .presets import get_preset
 
-    return get_preset(preset).export_resolution or EXPORT_RESOLUTION
+    return {**backbone_defaults(backbone_class(backbone)), **get_preset(preset).defaults}
+
+
+def with_defaults(values: Mapping[str, Any], preset: str) -> dict[str, Any]:
+    """`values` (the options the user gave) over the defaults of `preset` and of the backbone they name."""
+    return {**option_defaults(preset, values.get("backbone", DEFAULT_BACKBONE)), **values}
+
+
+def export_resolution(preset: str, backbone: str = DEFAULT_BACKBONE) -> int:
+    """The export grid a run of `preset` on `backbone` uses unless --octree-resolution says otherwise."""
+    return option_defaults(preset, backbone).get("octree_resolution") or BACKBONE_DEFAULTS["octree_resolution"]
 
 
 def _maybe(p_yes: float | None) -> str:
@@ -203,16 +209,15 @@ def _write_candidate_sheet(views_dir: str | os.PathLike, found: SearchRecord, st
 def load_models(
     options: GenerationOptions | None = None,
     *,
-    preset: str | None = None,
-    tiny: bool = False,
+    preset: str = "real",
     cache_dir: str | os.PathLike | None = None,
 ) -> LoadedModels:
-    """Load the shape pipeline and the critic of `preset` (a `presets.PRESETS` name; `tiny=True` is preset "tiny").
+    """Load the shape model (through the backbone `options.backbone` names) and the critic of `preset`
+    (a `presets.PRESETS` name).
 
     The offline presets write their checkpoints once under `cache_dir` ($VLM3D_TTG_CACHE,
-    ~/.cache/vlm3d-ttg) and load them through the same loaders as the real models. The tiny preset
-    writes the tiny checkpoint of the variant `options.shape_model` names (its subfolder: -fast,
-    -turbo, -mv), so e.g. `--preset tiny --shape-model hunyuan3d-2mv` runs multi-view offline.
+    ~/.cache/vlm3d-ttg) and load them through the same loaders as the real models; a preset with
+    variants (`Preset.shape_variants`) writes its copy of the variant `options.shape_model` names.
 
     With `offload_idle` on a GPU the critic is loaded into CPU memory (in the dtype it will run
     in on the GPU) and the sampler brings it over at the first guided step, so loading never
@@ -223,12 +228,8 @@ def load_models(
     dtype = options.dtype
     critic_device = torch.device("cpu") if options.offload_idle else torch_device
     critic_dtype = resolve_dtype(torch_device, options.vlm_dtype, half=torch.bfloat16)
-    from .backbones import backbone_class
     from .presets import critic_checkpoint, get_preset
 
-    preset = preset or ("tiny" if tiny else "real")
-    if tiny and preset != "tiny":
-        raise InvalidInputError(f"Unknown preset {preset!r} (tiny={tiny}); use one of {', '.join(PRESETS)}.")
     record = get_preset(preset)
     critic_family = critic_family_for(options.vlm, preset, options.critic_family)
     shape_model, shape_id = backbone_class(options.backbone).load(options, record, device=torch_device, dtype=dtype,
@@ -243,20 +244,21 @@ def load_models(
 def checkpoint_folders(options: Any, preset: str, *, text_to_3d: bool = False,
                        cache_dir: str | os.PathLike | None = None) -> dict[str, Path]:
     """Every folder whose files a run of `options` with `preset` loads (label → folder), known before
-    anything loads or is written: the offline presets' cache folders, or the real shape model's
-    $HY3DGEN_MODELS/<repo>/<subfolder>, the critic's local folder or hub-cache repo, and for text-to-3D
-    the text-to-image model's. An output may not land in any of them (`io.check_output_plan`)."""
-    from .models import hub_cache_folder, hy3dgen_models_dir
+    anything loads or is written: the offline presets' cache folders, or the backbone's real shape
+    model folders (`backbones.backbone_checkpoint_folders`), the critic's local folder or hub-cache
+    repo, and for text-to-3D the text-to-image model's. An output may not land in any of them (`io.check_output_plan`)."""
+    from .backbones import backbone_checkpoint_folders
+    from .models import hub_cache_folder
     from .presets import get_preset, offline_checkpoints
 
     record = get_preset(preset)
     if record.offline:
         found = {f"the {record.name} checkpoints": offline_checkpoints(record).folder(cache_dir)}
-        if text_to_3d:  # the offline presets make their input image with the tiny text-to-image model
-            found.setdefault("the tiny checkpoints", offline_checkpoints("tiny").folder(cache_dir))
+        source = record.text_to_image_from
+        if text_to_3d and source is not None:  # the preset whose offline text-to-image model makes the input image
+            found.setdefault(f"the {source} checkpoints", offline_checkpoints(source).folder(cache_dir))
         return found
-    spec = resolve_shape_model(options.shape_model, options.shape_subfolder)
-    found = {"the shape model": hy3dgen_models_dir() / spec.repo_id / spec.subfolder}
+    found = backbone_checkpoint_folders(backbone_class(options.backbone), options)
     models = [("the critic (--vlm)", options.vlm)] + ([("the text-to-image model", options.text_to_image)] if text_to_3d else [])
     for label, model in models:
         local = Path(os.path.expanduser(str(model)))
@@ -271,9 +273,10 @@ def checkpoint_folders(options: Any, preset: str, *, text_to_3d: bool = False,
 
 
 def check_models_present(options: GenerationOptions) -> None:
-    """Raise the backbone's own error now if its shape model is missing (`check_present`; hy3dgen's checks
-    offline only) and, offline (HF_HUB_OFFLINE=1), the loader's ModelNotFoundError if the critic is not on disk: a text-to-3D run makes its input image before they load, and that work
-    should not be wasted on a run that cannot finish. Online, nothing is checked (they may download)."""
+    """Raise the backbone's own error now if its shape model is missing (`check_present`; the
+    Hunyuan3D-2 backbone checks offline only) and, offline (HF_HUB_OFFLINE=1), the loader's
+    ModelNotFoundError if the critic is not on disk: a text-to-3D run makes its input image before they
+    load, and that work should not be wasted on a run that cannot finish. Online, nothing is checked (they may download)."""
     from huggingface_hub import try_to_load_from_cache
 
     from .backbones import backbone_class
@@ -366,7 +369,7 @@ def generate_mesh(
     run = build_run(models, prompt=prompt, guidance=guidance, options=options, postprocess=postprocess, image=image,
                     generated_input=generated_input, views=views, search=search, keep_views=keep_views,
                     step_callback=step_callback,
-                    octree_resolution=options.octree_resolution or export_resolution(models.preset))
+                    octree_resolution=options.octree_resolution or export_resolution(models.preset, options.backbone))
     plan = OutputPlan(out, manifest_path, plot=plot_path, views_dir=views_dir, view_steps=run.capture.keep,
                       candidates=bool(search and search.searching),
                       input_image=generated_input.path if generated_input is not None else None)

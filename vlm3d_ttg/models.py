@@ -1,58 +1,26 @@
-"""Loading the real models: Hunyuan3D-2 through hy3dgen, the critic (Qwen2.5-VL or Qwen3-VL) through transformers.
+"""Loading models: devices and dtypes, checkpoint-folder checks and rebuild advice shared by every loader,
+and the critic (Qwen2.5-VL or Qwen3-VL) through transformers.
 
-The same functions load the real checkpoints from the hub (or its local cache) and the tiny
-offline checkpoints written by `vlm3d_ttg.tiny`; there is no second code path.
+The same functions load the real checkpoints from the hub (or its local cache) and the offline presets'
+checkpoints; there is no second code path. A shape model is loaded by its backbone (the Hunyuan3D-2
+one's loader: `backbones.hunyuan3d2_models`), which uses the checks here.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .env import environment_variable, hub_offline
+from .env import hub_offline
 from .errors import InvalidInputError, ModelNotFoundError
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_SHAPE_MODEL = "tencent/Hunyuan3D-2"
-DEFAULT_SHAPE_SUBFOLDER = "hunyuan3d-dit-v2-0"
 DEFAULT_VLM = "Qwen/Qwen2.5-VL-7B-Instruct"
-
-
-@dataclass(frozen=True)
-class ShapeVariant:
-    """A named hy3dgen shape model: hub repo, subfolder, and what its sampling loop needs."""
-
-    repo_id: str
-    subfolder: str
-    multiview: bool = False  # conditioned on a dict of views (front/left/back/right)
-    guidance_distilled: bool = False  # '-fast': CFG folded into a guidance embedding, batch of 1
-    consistency: bool = False  # '-turbo': consistency flow-matching scheduler
-
-
-# The hy3dgen 2.0.2 shape variants, by the names users know them by.
-SHAPE_VARIANTS: dict[str, ShapeVariant] = {
-    "hunyuan3d-2": ShapeVariant("tencent/Hunyuan3D-2", "hunyuan3d-dit-v2-0"),
-    "hunyuan3d-2-fast": ShapeVariant("tencent/Hunyuan3D-2", "hunyuan3d-dit-v2-0-fast", guidance_distilled=True),
-    "hunyuan3d-2-turbo": ShapeVariant("tencent/Hunyuan3D-2", "hunyuan3d-dit-v2-0-turbo", consistency=True),
-    "hunyuan3d-2mini": ShapeVariant("tencent/Hunyuan3D-2mini", "hunyuan3d-dit-v2-mini"),
-    "hunyuan3d-2mini-fast": ShapeVariant(
-        "tencent/Hunyuan3D-2mini", "hunyuan3d-dit-v2-mini-fast", guidance_distilled=True
-    ),
-    "hunyuan3d-2mini-turbo": ShapeVariant("tencent/Hunyuan3D-2mini", "hunyuan3d-dit-v2-mini-turbo", consistency=True),
-    "hunyuan3d-2mv": ShapeVariant("tencent/Hunyuan3D-2mv", "hunyuan3d-dit-v2-mv", multiview=True),
-    "hunyuan3d-2mv-fast": ShapeVariant(
-        "tencent/Hunyuan3D-2mv", "hunyuan3d-dit-v2-mv-fast", multiview=True, guidance_distilled=True
-    ),
-    "hunyuan3d-2mv-turbo": ShapeVariant(
-        "tencent/Hunyuan3D-2mv", "hunyuan3d-dit-v2-mv-turbo", multiview=True, consistency=True
-    ),
-}
 
 
 #: The device strings every command and the Python API accept.
@@ -121,30 +89,6 @@ def resolve_dtype(device: torch.device, dtype: str | torch.dtype | None = None, 
     except KeyError:
         raise InvalidInputError(f"Unknown dtype '{dtype}'; use one of {sorted(set(_DTYPES))}.") from None
 
-
-def hy3dgen_models_dir(models_dir: str | os.PathLike | None = None) -> Path:
-    """Where hy3dgen looks for local checkpoints: `models_dir`, else $HY3DGEN_MODELS, else ~/.cache/hy3dgen."""
-    base = models_dir if models_dir is not None else os.environ.get("HY3DGEN_MODELS", "~/.cache/hy3dgen")
-    return Path(os.path.expanduser(str(base)))
-
-
-def resolve_shape_model(model: str, subfolder: str | None = None) -> ShapeVariant:
-    """Turn a variant name ('hunyuan3d-2mini-turbo') or a repo id (+ subfolder) into a ShapeVariant."""
-    key = model.lower()
-    if key in SHAPE_VARIANTS and subfolder is None:
-        return SHAPE_VARIANTS[key]
-    if subfolder is None:
-        for variant in SHAPE_VARIANTS.values():
-            if variant.repo_id == model:
-                return variant
-        subfolder = DEFAULT_SHAPE_SUBFOLDER
-    for variant in SHAPE_VARIANTS.values():
-        if variant.subfolder == subfolder:
-            return ShapeVariant(model, subfolder, variant.multiview, variant.guidance_distilled, variant.consistency)
-    sub = subfolder.lower()
-    return ShapeVariant(
-        model, subfolder, multiview="-mv" in sub, guidance_distilled=sub.endswith("-fast"), consistency=sub.endswith("-turbo")
-    )
 
 
 def _safetensors_problem(path: Path) -> str | None:
@@ -242,18 +186,20 @@ def _check_weights_present(root: Path, names: tuple[str, ...], fix: str) -> None
 
 def offline_cache_folder(path: str | os.PathLike) -> Path | None:
     """The checkpoint folder the offline presets wrote that `path` is in or is (e.g. <cache>/tiny-v2/qwen2_5_vl,
-    <cache>/realsize-v2/depth-1/qwen2_5_vl or <cache>/tiny-v2/hy3dgen/<owner>/<repo>/<subfolder>), or None
-    when `path` is not in their cache ($VLM3D_TTG_CACHE: tiny-vN/ and realsize-vN/depth-D/ folders)."""
+    <cache>/realsize-v2/depth-1/qwen2_5_vl, <cache>/mini-<hash>/critic or
+    <cache>/tiny-v2/hy3dgen/<owner>/<repo>/<subfolder>), or None when `path` is not in their cache
+    ($VLM3D_TTG_CACHE: one <preset>-<version> folder per offline preset, depth-D/ folders in a depth-scaled one)."""
     import re
 
-    from .presets import cache_root
+    from .presets import PRESETS, cache_root
 
     base = Path(os.path.realpath(cache_root()))
     try:
         parts = Path(os.path.realpath(path)).relative_to(base).parts
     except ValueError:
         return None
-    if not parts or not re.fullmatch(r"(tiny|realsize)-v\d+", parts[0]):  # (tiny's and realsize's folder names)
+    names = "|".join(re.escape(preset.name) for preset in PRESETS.values() if preset.offline)
+    if not parts or not re.fullmatch(rf"({names})-(v\d+|[0-9a-f]{{12}})", parts[0]):  # <name>-vN, or <name>-<weights' hash>
         return None
     prefix = 2 if len(parts) > 1 and re.fullmatch(r"depth-\d+", parts[1]) else 1
     rest = parts[prefix:]
@@ -268,7 +214,10 @@ def rebuild_advice(folder: str | os.PathLike, repo_id: str | None = None, *, sub
     `subfolder` and `local_dir` for hy3dgen's layout), or a folder the user gave (restore it)."""
     written = offline_cache_folder(folder)
     if written is not None:
-        return (f"delete the folder '{written}' and rerun (the offline presets, --preset tiny / realsize, write their "
+        from .presets import PRESETS
+
+        offline = " / ".join(preset.name for preset in PRESETS.values() if preset.offline)
+        return (f"delete the folder '{written}' and rerun (the offline presets, --preset {offline}, write their "
                 "checkpoints again).")
     if repo_id:
         if subfolder is not None:
@@ -279,83 +228,7 @@ def rebuild_advice(folder: str | os.PathLike, repo_id: str | None = None, *, sub
             "the checkpoint again).")
 
 
-def load_shape_pipeline(
-    model: str = DEFAULT_SHAPE_MODEL,
-    subfolder: str | None = None,
-    *,
-    device: str | torch.device | None = None,
-    dtype: str | torch.dtype | None = None,
-    models_dir: str | os.PathLike | None = None,
-    variant: str | None = "fp16",
-    allow_download: bool = True,
-) -> Any:
-    """Load a Hunyuan3D-2 shape pipeline (`Hunyuan3DDiTFlowMatchingPipeline`) with hy3dgen's own loader.
-
-    `model` is a hub repo id (with `subfolder`) or a variant name from `SHAPE_VARIANTS`. Local
-    checkpoints are looked up where hy3dgen looks (`models_dir`/$HY3DGEN_MODELS/<repo>/<subfolder>);
-    otherwise hy3dgen downloads from the hub unless `allow_download` is false or HF_HUB_OFFLINE=1.
-    Raises ModelNotFoundError, naming the repo, where it looked and how to get it.
-    """
-    spec = resolve_shape_model(model, subfolder)
-    torch_device = resolve_device(device)
-    torch_dtype = resolve_dtype(torch_device, dtype, half=torch.float16)
-    base = hy3dgen_models_dir(models_dir)
-    local = base / spec.repo_id / spec.subfolder
-    suffix = f".{variant}" if variant else ""
-    fix = rebuild_advice(local, spec.repo_id, subfolder=spec.subfolder, local_dir=base / spec.repo_id)
-    if local.is_dir() and any(local.iterdir()):  # begun on disk: every file it needs is there and readable
-        check_checkpoint_folder(local, fix, required=(("config.yaml",),), weights=(f"model{suffix}.safetensors",))
-    local_ok = (local / "config.yaml").is_file() and (local / f"model{suffix}.safetensors").is_file()
-    how_to_get = (
-        f"on a machine with hub access run `huggingface-cli download {spec.repo_id} --include '{spec.subfolder}/*' "
-        f"--local-dir {base / spec.repo_id}` (or set HY3DGEN_MODELS to a folder holding "
-        f"{spec.repo_id}/{spec.subfolder}/config.yaml and model{suffix}.safetensors). "
-        "For an offline smoke test use the tiny preset (`--preset tiny`)."
-    )
-    if not local_ok and (not allow_download or hub_offline()):
-        raise ModelNotFoundError(
-            f"{spec.repo_id}/{spec.subfolder}",
-            [str(local), "the Hugging Face hub (not tried: offline)"],
-            how_to_get,
-        )
-
-    from hy3dgen.shapegen import Hunyuan3DDiTFlowMatchingPipeline
-
-    from .dinov2_names import hy3dgen_accepts_both_dinov2_namings
-
-    logger.info("Loading shape model %s/%s on %s (%s)", spec.repo_id, spec.subfolder, torch_device, torch_dtype)
-    try:
-        # The checkpoint names DINOv2's weights as transformers did when Hunyuan3D-2 was released;
-        # newer transformers renamed them (vlm3d_ttg.dinov2_names).
-        # hy3dgen reads $HY3DGEN_MODELS at load time and offers no argument for it.
-        with environment_variable("HY3DGEN_MODELS", base), hy3dgen_accepts_both_dinov2_namings():
-            pipeline = Hunyuan3DDiTFlowMatchingPipeline.from_pretrained(
-                spec.repo_id,
-                subfolder=spec.subfolder,
-                device=str(torch_device),
-                dtype=torch_dtype,
-                use_safetensors=True,
-                variant=variant,
-            )
-    except Exception as exc:  # hub errors subclass OSError/ValueError
-        if local_ok:  # the files are there but do not load (tensors of the wrong shape, ...): named, with the fix
-            _raise_unloadable(exc, local / f"model{suffix}.safetensors", fix)
-        if not isinstance(exc, (OSError, RuntimeError, ValueError)):
-            raise
-        raise ModelNotFoundError(
-            f"{spec.repo_id}/{spec.subfolder}",
-            [str(local), "the Hugging Face hub"],
-            how_to_get,
-            cause=f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
-        ) from exc
-    pipeline.variant_spec = spec
-    if local_ok:
-        check_finite_weights({"": pipeline.model, "vae.": pipeline.vae, "conditioner.": pipeline.conditioner}, local, fix)
-    freeze(pipeline.model, pipeline.vae, pipeline.conditioner)
-    return pipeline
-
-
-def _raise_unloadable(exc: BaseException, path: Path, fix: str) -> None:
+def raise_unloadable(exc: BaseException, path: Path, fix: str) -> None:
     """Raise CheckpointError for a checkpoint on disk that failed to load with `exc` (re-raise `exc` itself
     when it is not about the files: out of memory, or an error of ours)."""
     from .errors import CheckpointError, Vlm3dError
@@ -472,7 +345,7 @@ def load_vlm(
         )
     except OSError as exc:
         if on_disk is not None and local_only:  # on disk, yet a file it needs is missing or unreadable
-            _raise_unloadable(exc, on_disk, fix)
+            raise_unloadable(exc, on_disk, fix)
         from huggingface_hub.constants import HF_HUB_CACHE
 
         looked = [model_id] if is_local else [f"{HF_HUB_CACHE} (hub cache)", "the Hugging Face hub" + (" (not tried: offline)" if local_only else "")]
@@ -486,7 +359,7 @@ def load_vlm(
     except Exception as exc:
         if on_disk is None:
             raise
-        _raise_unloadable(exc, weights_file(on_disk, "") if on_disk.is_dir() else on_disk, fix)
+        raise_unloadable(exc, weights_file(on_disk, "") if on_disk.is_dir() else on_disk, fix)
     if on_disk is not None:
         check_finite_weights({"": vlm}, on_disk, fix)
     vlm.to(torch_device)
@@ -532,47 +405,3 @@ def critic_family_for(vlm: str | os.PathLike, preset: str = "real", asked: str |
                                 f"so); drop --critic-family or give a checkpoint of that family (e.g. --vlm "
                                 f"{get_family(asked).default_checkpoint}).")
     return found.name if found is not None else asked or DEFAULT_FAMILY
-
-
-def _missing_class(package: str, name: str, why: str) -> type:
-    """A class standing for `package.name` (so type hints naming it still evaluate); instantiating it raises ImportError."""
-
-    def refuse(self: Any, *args: Any, **kwargs: Any) -> None:
-        raise ImportError(f"{package}.{name} is unavailable: {why}")
-
-    return type(name, (), {"__init__": refuse, "__module__": package})
-
-
-def allow_missing_pymeshlab() -> bool:
-    """Let `import hy3dgen.shapegen` succeed where pymeshlab is not installed; True when that was needed.
-
-    hy3dgen's package __init__ imports its mesh postprocessors (FaceReducer, FloaterRemover, ...),
-    which import pymeshlab (~280 MB installed) at module level and name its classes in signatures.
-    Sampling, guidance and export never use them; `--remove-floaters`-style postprocessing does.
-    Where pymeshlab is missing, this registers a placeholder module whose every attribute raises
-    ImportError when used, so the postprocessors fail loudly if called and nothing else changes.
-    Call it before the first hy3dgen import (benchmarks/gpu_check.py does).
-    """
-    import importlib
-    import sys
-    import types
-
-    if sys.modules.get("pymeshlab") is not None:
-        return False
-    try:
-        importlib.import_module("pymeshlab")
-        return False
-    except ImportError:
-        pass
-    why = "pymeshlab is not installed (only hy3dgen's mesh postprocessors need it: pip install pymeshlab)"
-    placeholder = types.ModuleType("pymeshlab", why)
-
-    def missing(name: str) -> Any:
-        if name.startswith("__"):  # module protocol (__file__, __path__, ...): a plain missing attribute
-            raise AttributeError(name)
-        return _missing_class("pymeshlab", name, why)
-
-    placeholder.__getattr__ = missing  # type: ignore[attr-defined]
-    sys.modules["pymeshlab"] = placeholder
-    logger.warning("pymeshlab is not installed: hy3dgen's mesh postprocessors are unavailable (sampling is unaffected)")
-    return True

@@ -15,7 +15,7 @@ published sizes. `benchmarks/bench_preflight.py` puts the estimate beside the me
 tiny runs on the CPU (benchmarks/RESULTS.md).
 
 This module reads the option dataclasses (their declared sane bounds) and is called by every front end
-for the estimate.
+for the estimate; a preset's model sizes are fields of its record (`presets.Preset.small_models`, `depth_scaled`).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from .generation import GenerationOptions
 from .guidance import GuidanceConfig
 from .options import declared
 from .search import SearchOptions
+from .presets import Preset, get_preset
 from .sizes import HUNYUAN3D_2, PROMPT_TEXT_TOKENS, QWEN2_5_VL_7B
 
 GIB = 1024**3
@@ -107,13 +108,14 @@ LOWER: dict[str, str] = {
 }
 
 
-def _weights(preset: str, realsize_depth: int, shape_bytes: int, critic_bytes: int) -> dict[str, int]:
-    """Bytes of model weights by model for `preset` (tiny: a few MB; real: published sizes)."""
-    if preset == "tiny":
-        return {"shape model": 4 * MIB, "critic": 4 * MIB}
+def _weights(record: Preset, realsize_depth: int, shape_bytes: int, critic_bytes: int) -> dict[str, int]:
+    """Bytes of model weights by model for preset `record`: its small models' measured sizes, else the
+    published sizes (at --realsize-depth blocks of each kind for a depth-scaled preset)."""
+    if record.small_models is not None:
+        return {"shape model": record.small_models.shape_bytes, "critic": record.small_models.critic_bytes}
     depths = {**_SHAPE.depths, "critic": _CRITIC.depth}
     scale = {name: 1.0 for name in depths}
-    if preset == "realsize":
+    if record.depth_scaled:
         scale = {name: min(1.0, realsize_depth / depth) for name, depth in depths.items()}
     shape = ((_SHAPE.dit_params * scale["dit"] + _SHAPE.conditioner_params * scale["dino"]) * shape_bytes
              + _SHAPE.vae_params * scale["vae"] * (shape_bytes + 4))
@@ -122,9 +124,24 @@ def _weights(preset: str, realsize_depth: int, shape_bytes: int, critic_bytes: i
     return {"shape model": int(shape), "critic": int(critic)}
 
 
+def _critic_activations(record: Preset, pixels: int, realsize_depth: int, checkpointing: bool,
+                        critic_bytes: int) -> tuple[int, int]:
+    """The critic's saved activations of a guided step: (bytes per token, bytes of the vision tower for
+    `pixels` rendered pixels), from the preset's small models or the real critic's sizes (depth-scaled)."""
+    small = record.small_models
+    if small is not None:
+        return small.critic_token_bytes, pixels * small.vision_pixel_bytes
+    layers = max(1, realsize_depth) if record.depth_scaled else _CRITIC.llm_layers
+    hidden = _CRITIC.llm_hidden
+    per_layer = hidden if checkpointing else 6 * hidden + 2 * _CRITIC.llm_kv + 3 * _CRITIC.llm_mlp
+    vision_layers = max(1, realsize_depth) if record.depth_scaled else _CRITIC.vision_layers
+    vision = int(pixels / 196 * (1 if checkpointing else vision_layers) * _VISION_BYTES_PER_PIXEL_LAYER * critic_bytes)
+    return layers * per_layer * critic_bytes, vision
+
+
 def estimate_run(
     *,
-    preset: str = "real",
+    preset: str | Preset = "real",
     device: str = "cpu",
     steps: int = 50,
     octree_resolution: int = 384,
@@ -151,10 +168,11 @@ def estimate_run(
     the device is the host. The numbers are a model (see the module docstring), checked against
     measured peaks in benchmarks/RESULTS.md.
     """
+    record = get_preset(preset)
     on_cuda = device.startswith("cuda")
     shape_bytes = shape_dtype_bytes or (2 if on_cuda else 4)
     critic_bytes = critic_dtype_bytes or (2 if on_cuda else 4)
-    weights = _weights(preset, realsize_depth, shape_bytes, critic_bytes)
+    weights = _weights(record, realsize_depth, shape_bytes, critic_bytes)
     export = (octree_resolution + 1) ** 3 * EXPORT_BYTES_PER_POINT
     views = 1 if view_layout == "grid" else num_views
     pixels = num_views * view_size**2 if view_layout == "separate" else view_size**2
@@ -165,20 +183,11 @@ def estimate_run(
     if guided:
         guidance["guidance grid"] = (grid_resolution + 1) ** 3 * GRID_BYTES_PER_POINT
         guidance["renders"] = pixels * RENDER_BYTES_PER_PIXEL
-        if preset == "tiny":
-            per_token = 64 * 2 * 40 * 4  # the tiny critic: hidden 64, 2 layers, ~40 saved values each, float32
-            vision = pixels * 32 * 4
-        else:
-            layers = _CRITIC.llm_layers if preset == "real" else max(1, realsize_depth)
-            hidden = _CRITIC.llm_hidden
-            per_layer = hidden if checkpointing else 6 * hidden + 2 * _CRITIC.llm_kv + 3 * _CRITIC.llm_mlp
-            per_token = layers * per_layer * critic_bytes
-            vision_layers = _CRITIC.vision_layers if preset == "real" else max(1, realsize_depth)
-            vision = int(pixels / 196 * (1 if checkpointing else vision_layers) * _VISION_BYTES_PER_PIXEL_LAYER * critic_bytes)
+        per_token, vision = _critic_activations(record, pixels, realsize_depth, checkpointing, critic_bytes)
         guidance["critic activations"] = tokens * per_token + vision
     batch = candidate_batch or candidates
-    searching = {"candidates": candidates * 64 * 4096 * 4 + (batch - 1) * (16 * MIB if preset == "tiny" else 400 * MIB)} \
-        if candidates > 1 else {}
+    per_candidate = record.small_models.candidate_bytes if record.small_models is not None else 400 * MIB
+    searching = {"candidates": candidates * 64 * 4096 * 4 + (batch - 1) * per_candidate} if candidates > 1 else {}
     phase_guided = sum(guidance.values()) + sum(searching.values())
     largest = max(("guided step", phase_guided), ("export", export), key=lambda kv: kv[1])[0]
     phase_parts = {**guidance, **searching} if largest == "guided step" else {"export grid": export}
@@ -282,9 +291,10 @@ def check_generation(run_options: Any, guidance: Any, search: Any = None, *, pro
             device = "cuda" if torch.cuda.is_available() else "cpu"
         except ImportError:
             device = "cpu"
-    octree = run_options.octree_resolution or (128 if preset == "tiny" else 384)
+    # Options as requests.validate_settings resolves them; a caller's None: the preset's grid, else estimate_run's.
+    octree = run_options.octree_resolution or get_preset(preset).defaults.get("octree_resolution")
     estimate = estimate_run(
-        preset=preset, device=device, steps=run_options.steps, octree_resolution=octree,
+        preset=preset, device=device, steps=run_options.steps, **({"octree_resolution": octree} if octree else {}),
         grid_resolution=guidance.grid_resolution, num_views=guidance.num_views, view_size=guidance.view_size,
         view_layout=guidance.view_layout, reference=guidance.reference, inner_steps=guidance.inner_steps,
         guided=bool(guidance.enabled and guidance.scale > 0) or bool(search is not None and search.searching),

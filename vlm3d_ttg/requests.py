@@ -1,12 +1,13 @@
 """One generation request checked before any heavy work: the checks `vlm3d-ttg generate` and the
 app share, so both refuse the same things with the same message.
 
-    request = validate_request(values, prompt="a toy robot", preset="tiny", image="robot.png")
+    request = validate_request(values, prompt="a toy robot", preset="mini", image="robot.png")
     request.options, request.guidance, request.postprocess, request.search   # validated dataclasses
 
 `values` are option values keyed by field name, in their command-line form (`"0.2,0.85"` for the
-σ window, 0 for "no cap"), as typer or the app's widgets give them; fields not given keep their
-declared defaults. Output paths are the CLI's business (the app writes into its own run folders).
+σ window, 0 for "no cap"), as typer or the app's widgets give them; fields not given take the
+preset's and the backbone's defaults (`generation.option_defaults`), then their declared ones.
+Output paths are the CLI's business (the app writes into its own run folders).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any, Mapping
 
 from .errors import InvalidInputError
 from .export import PostprocessConfig
-from .generation import GenerationOptions, export_resolution
+from .generation import GenerationOptions, export_resolution, with_defaults
 from .guidance import GuidanceConfig
 from .options import from_values
 from .presets import get_preset
@@ -94,30 +95,18 @@ def validate_settings(values: Mapping[str, Any], *, preset: str, baseline: Mappi
     """The option dataclasses from command-line-form `values`, validated one by one and against each
     other and `preset` (options the combination would ignore are refused naming both; `baseline`: the
     values a request starts from, the app's server options); raises InvalidInputError with the message
-    the user sees."""
-    from .models import SHAPE_VARIANTS
-
-    record = get_preset(preset)
-    options, guidance, postprocess, search = validate_options(values, preset=preset)
-    if options.octree_resolution is None:
-        options = dataclasses.replace(options, octree_resolution=export_resolution(preset))
-    defaults = GenerationOptions()
-    if record.offline:
-        # The tiny preset has a tiny copy of every variant, chosen by its name (e.g. hunyuan3d-2mv).
-        variant_ok = record.shape_variants and options.shape_model.lower() in SHAPE_VARIANTS
-        ignored = [flag for flag, name in (("--shape-model", "shape_model"), ("--shape-subfolder", "shape_subfolder"),
-                                           ("--vlm", "vlm"), ("--text-to-image", "text_to_image"))
-                   if getattr(options, name) != getattr(defaults, name) and not (name == "shape_model" and variant_ok)]
-        if ignored:
-            raise InvalidInputError(f"{', '.join(ignored)} would be ignored with --preset {preset} (it uses "
-                                    f"its own offline checkpoints; --preset tiny takes a variant name as --shape-model, "
-                                    f"e.g. hunyuan3d-2mv); drop them or use --preset real.")
-    if preset != "realsize" and options.realsize_depth != defaults.realsize_depth:
-        raise InvalidInputError("--realsize-depth only applies to --preset realsize; drop it or add --preset realsize.")
-    check_guidance_knobs(values, guidance, search, baseline)
-    # Options that would do nothing: said now, not discovered in the manifest afterwards.
+    the user sees. Options not in `values` take the preset's and the backbone's defaults
+    (`generation.option_defaults`), then their declared ones."""
     from .backbones import backbone_class
 
+    record = get_preset(preset)
+    values = with_defaults(values, preset)
+    options, guidance, postprocess, search = validate_options(values, preset=preset)
+    if options.octree_resolution is None:
+        options = dataclasses.replace(options, octree_resolution=export_resolution(preset, options.backbone))
+    _check_offline_options(options, record)
+    check_guidance_knobs(values, guidance, search, with_defaults(baseline or {}, preset))
+    # Options that would do nothing: said now, not discovered in the manifest afterwards.
     # The steps the chosen backbone's own σ schedule puts in the guidance window.
     planned = guided_steps_with_search(backbone_class(options.backbone).planned_schedule(options.steps), guidance, search)
     warnings: list[str] = []
@@ -126,6 +115,28 @@ def validate_settings(values: Mapping[str, Any], *, preset: str, baseline: Mappi
         warnings.append(f"guidance is on, but no step of a {options.steps}-step run falls in the σ window "
                         f"{guidance.sigma_window} (every {guidance.every}){after_search}: this run will not be guided")
     return RunSettings(options, guidance, postprocess, search, planned, tuple(warnings))
+
+
+def _check_offline_options(options: GenerationOptions, record: Any) -> None:
+    """Refuse what `record` (a `presets.Preset`) would ignore: the model options of an offline preset (a variant
+    name where it has a copy of each variant excepted), --realsize-depth where it has no depth."""
+    from .backbones import backbone_class, backbone_variants
+    from .presets import PRESETS
+
+    defaults = GenerationOptions()
+    if record.offline:
+        variant_ok = record.shape_variants and options.shape_model.lower() in backbone_variants(backbone_class(options.backbone))
+        ignored = [flag for flag, name in (("--shape-model", "shape_model"), ("--shape-subfolder", "shape_subfolder"),
+                                           ("--vlm", "vlm"), ("--text-to-image", "text_to_image"))
+                   if getattr(options, name) != getattr(defaults, name) and not (name == "shape_model" and variant_ok)]
+        with_variants = [f"--preset {p.name}" for p in PRESETS.values() if p.offline and p.shape_variants]
+        if ignored:
+            raise InvalidInputError(f"{', '.join(ignored)} would be ignored with --preset {record.name} (it uses "
+                                    f"its own offline checkpoints; {' and '.join(with_variants)} take a variant name as "
+                                    "--shape-model, e.g. hunyuan3d-2mv); drop them or use --preset real.")
+    if not record.depth_scaled and options.realsize_depth != defaults.realsize_depth:
+        scaled = " or ".join(f"--preset {p.name}" for p in PRESETS.values() if p.depth_scaled)
+        raise InvalidInputError(f"--realsize-depth only applies to {scaled}; drop it or add {scaled}.")
 
 
 def validate_request(
@@ -185,22 +196,28 @@ def validate_request(
 
 def check_views(image: str | os.PathLike | None, given: Mapping[str, str | os.PathLike | None], options: GenerationOptions,
                 preset: str) -> dict[str, Path]:
-    """The extra views given ({name: path}), checked against the shape model before it loads: a
-    multi-view model takes IMAGE (the front) plus at least one of --left/--back/--right; any other
-    model takes none of them."""
-    from .models import resolve_shape_model
+    """The extra views given ({name: path}), checked against the inputs the backbone takes for these options
+    (`backbones.backbone_conditioning`) before it loads: a multi-view model takes IMAGE (the front) plus at
+    least one of its other views; any other model takes none of them."""
+    from .backbones import backbone_class, backbone_conditioning
 
     views = {name: Path(path) for name, path in given.items() if path is not None}
     record = get_preset(preset)
-    multiview = record.shape_variants and resolve_shape_model(options.shape_model, options.shape_subfolder).multiview
+    conditioning = backbone_conditioning(backbone_class(options.backbone), options, record)
+    multiview = conditioning.multiview
     flags = ", ".join(f"--{name}" for name in views)
     if views and not multiview:
         model = f"the {record.name} preset's model" if not record.shape_variants else f"'{options.shape_model}'"
-        raise InvalidInputError(f"{flags}: {model} takes one image. Extra views need a multi-view model, e.g. "
-                                "--shape-model hunyuan3d-2mv (with --preset tiny: its tiny offline copy).")
-    if multiview and image is None:
+        hint = f", e.g. {conditioning.multiview_hint}" if conditioning.multiview_hint else ""
+        raise InvalidInputError(f"{flags}: {model} takes one image. Extra views need a multi-view model{hint}.")
+    unknown = [name for name in views if name not in conditioning.views]
+    if multiview and unknown:
+        raise InvalidInputError(f"{', '.join('--' + name for name in unknown)}: this model takes the views "
+                                f"{', '.join(conditioning.views)} only.")
+    if image is None and not conditioning.text_to_image:
         raise InvalidInputError("A multi-view model needs the front IMAGE plus --left/--back/--right; text-to-3D "
-                                "(no IMAGE) makes one view only: use a single-view --shape-model.")
+                                "(no IMAGE) makes one view only: use a single-view --shape-model." if multiview else
+                                "This shape model needs IMAGE: it takes no prompt alone (text-to-3D).")
     if multiview and not views:
         raise InvalidInputError(f"'{options.shape_model}' is a multi-view model: give IMAGE (the front) plus at "
                                 "least one of --left, --back, --right.")

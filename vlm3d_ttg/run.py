@@ -293,7 +293,9 @@ def describe(run: Run, output: RunOutput, plan: OutputPlan) -> dict[str, Any]:
         "device": str(backbone.device),
         "dtype": str(backbone.dtype),
         "models": {"shape": models.shape_id, "backbone": backbone.name, "critic": models.vlm_id,
-                   "critic_family": run.critic.family, "tiny": models.tiny, "preset": models.preset},
+                   "critic_family": run.critic.family,
+                   "tiny": models.preset == "tiny",  # an older reader's key, kept: `preset` says it all
+                   "preset": models.preset},
         "guidance": run.guidance.to_dict(),
         "camera_seed": sampled.camera_seed,
         "precision": {

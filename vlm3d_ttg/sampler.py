@@ -27,7 +27,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .backbones import EXPORT_RESOLUTION, Backbone, SamplingContext, as_backbone, check_views
+from .backbones import (DEFAULT_BACKBONE, EXPORT_RESOLUTION, Backbone, SamplingContext, as_backbone, backbone_class,
+                        backbone_defaults, check_views)
 from .compute import Compute, MeteredBackbone, MeteredReward
 from .errors import EmptySurfaceError, InvalidInputError, SkippedStepError
 from .guidance import (
@@ -55,6 +56,15 @@ from .search import (
 logger = logging.getLogger(__name__)
 
 MAX_SEED = 2**64  # torch generators take seeds in [0, 2^64)
+#: The default backbone's own defaults (steps, CFG scale, export grid): the options' declared defaults.
+BACKBONE_DEFAULTS = backbone_defaults(backbone_class(DEFAULT_BACKBONE))
+
+
+def _preset_defaults_help(name: str) -> str:
+    """'; --preset tiny: 128, mini: 64' — the presets with their own default for option `name`, for its help."""
+    found = [f"{preset.name}: {preset.defaults[name]}" for preset in PRESETS.values() if name in preset.defaults]
+    return f"; --preset {', '.join(found)}" if found else ""
+
 
 
 @dataclass
@@ -64,11 +74,14 @@ class SamplingOptions:
     `GuidedSampler` checks its Python arguments against."""
 
     seed: int = option(0, "Random seed (noise; the camera-jitter stream is derived from it).", minimum=0, below=MAX_SEED)
-    steps: int = option(50, "Sampler steps.", minimum=2, maximum=1000, why="20× hy3dgen's default of 50")
-    cfg_scale: float = option(5.0, "Classifier-free guidance scale of the shape model (hy3dgen's guidance_scale).",
+    steps: int = option(BACKBONE_DEFAULTS["steps"], f"Sampler steps (default: the backbone's own; {DEFAULT_BACKBONE}: "
+                        f"{BACKBONE_DEFAULTS['steps']}).", minimum=2, maximum=1000, why="20× hy3dgen's default of 50")
+    cfg_scale: float = option(BACKBONE_DEFAULTS["cfg_scale"], "Classifier-free guidance scale of the shape model (default: "
+                              f"the backbone's own; {DEFAULT_BACKBONE}: {BACKBONE_DEFAULTS['cfg_scale']}).",
                               aliases=("--cfg",), minimum=0)
     octree_resolution: int | None = option(
-        None, f"Export grid (default {EXPORT_RESOLUTION}; {PRESETS['tiny'].export_resolution} with --preset tiny).",
+        None, f"Export grid (default: the preset's, else the backbone's; {DEFAULT_BACKBONE}: "
+              f"{BACKBONE_DEFAULTS['octree_resolution']}{_preset_defaults_help('octree_resolution')}).",
         cli_type=int, minimum=16, maximum=1024,
         why="the export grid is (N+1)³ values: 4.3 GB of float32 at 1024; hy3dgen's default is 384")
 

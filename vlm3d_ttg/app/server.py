@@ -345,8 +345,9 @@ def build_app(runner: AppRunner, *, concurrency: int = 1) -> gr.Blocks:
     seed_field = form_fields(("seed",), runner.defaults)[0]
     advanced = form_fields(ADVANCED, runner.defaults)
     with gr.Blocks(title=TITLE, delete_cache=(3600, int(runner.runs.max_age_hours * 3600))) as demo:
-        note = " (tiny preset: offline random-weight models, meaningless shapes)" if preset == "tiny" else (
-            " (realsize preset: random weights at the real sizes, meaningless shapes)" if preset == "realsize" else "")
+        from ..presets import get_preset  # the preset's own note (presets.Preset.note)
+
+        note = f" ({preset} preset: {get_preset(preset).note})" if get_preset(preset).note else ""
         gr.Markdown(f"## {TITLE}{note}\nGive an image (or only a description for text-to-3D) and a description; "
                     "the critic judges renders of the shape at the guided steps and pushes it towards the description.")
         with gr.Row():

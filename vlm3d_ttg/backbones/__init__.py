@@ -15,11 +15,15 @@ from typing import Any, Callable
 from ..errors import InvalidInputError, UnsupportedModelError
 from ..plugins import BACKBONE_GROUP, entry_point_targets
 from .base import (
-    EXPORT_RESOLUTION,
     SINGLE_VIEW,
     VIEW_NAMES,
     Backbone,
+    Conditioning,
     SamplingContext,
+    backbone_checkpoint_folders,
+    backbone_conditioning,
+    backbone_defaults,
+    backbone_variants,
     check_views,
     front_view,
 )
@@ -37,6 +41,8 @@ BUILTIN_BACKBONES: dict[str, str] = {
 #: model(s) in its constructor and may have a static `wraps(model)` saying whether it drives a given
 #: loaded model (what `as_backbone` asks).
 BACKBONES: dict[str, str | Callable[..., Backbone]] = dict(BUILTIN_BACKBONES)
+#: The backbone a run uses unless --backbone names another; its defaults are the options' declared ones.
+DEFAULT_BACKBONE = "hunyuan3d-2"
 
 
 def load_backbone_plugins() -> dict[str, str | Callable[..., Backbone]]:
@@ -84,16 +90,25 @@ def as_backbone(model: Any) -> Backbone:
 
 load_backbone_plugins()
 
+#: Cells per axis of the export grid (`Backbone.to_mesh`) unless a run says otherwise: the default backbone's.
+EXPORT_RESOLUTION: int = backbone_defaults(backbone_class(DEFAULT_BACKBONE))["octree_resolution"]
+
 __all__ = [
     "BACKBONES",
     "BUILTIN_BACKBONES",
+    "DEFAULT_BACKBONE",
     "EXPORT_RESOLUTION",
     "Backbone",
+    "Conditioning",
     "SINGLE_VIEW",
     "SamplingContext",
     "VIEW_NAMES",
     "as_backbone",
+    "backbone_checkpoint_folders",
     "backbone_class",
+    "backbone_conditioning",
+    "backbone_defaults",
+    "backbone_variants",
     "check_views",
     "front_view",
     "load_backbone_plugins",

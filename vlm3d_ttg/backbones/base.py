@@ -32,11 +32,20 @@ Conventions every backbone presents to the loop, whatever its generator does ins
 - **Images**: a single-view backbone takes one image (a path or a PIL image, RGBA with a
   transparent background); a multi-view one takes a dict of views named from `VIEW_NAMES`
   ("front" required). `views` says which names a backbone accepts.
+
+What a backbone *class* knows before anything loads — its option defaults, its conditioning inputs
+for a run's options, the folders its real checkpoints live in — it may declare as class attributes /
+static methods (`defaults`, `conditioning(options, preset)`, `checkpoint_folders(options)`,
+`variant_names()`); the front ends ask through `backbone_defaults`, `backbone_conditioning`,
+`backbone_checkpoint_folders` and `backbone_variants`, which give a plug-in that declares none of
+them sensible answers (the options' own defaults; one image, or a prompt through text-to-image; no
+folders and no variants known).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -49,8 +58,51 @@ from ..surface import OccupancyField
 VIEW_NAMES = ("front", "left", "back", "right")
 #: What a single-view backbone accepts.
 SINGLE_VIEW = ("front",)
-#: Cells per axis of the export grid (`Backbone.to_mesh`) unless a run says otherwise: hy3dgen's 384.
-EXPORT_RESOLUTION = 384
+
+
+@dataclass(frozen=True)
+class Conditioning:
+    """The inputs a backbone takes for a run's options, known before it loads."""
+
+    views: tuple[str, ...] = SINGLE_VIEW  # SINGLE_VIEW: one image; else the view names it takes ("front" required)
+    text_to_image: bool = True  # a prompt alone works: the input image is made by text-to-image first
+    multiview_hint: str = ""  # how to choose a multi-view model of this backbone (said when extra views are given)
+
+    @property
+    def multiview(self) -> bool:
+        """Whether it takes named views rather than one image."""
+        return self.views != SINGLE_VIEW
+
+
+def backbone_defaults(cls: Any) -> dict[str, Any]:
+    """The option defaults backbone class `cls` declares (field name → command-line value: its steps, CFG
+    scale, export grid); {} when it declares none (the options' own defaults hold)."""
+    return dict(getattr(cls, "defaults", None) or {})
+
+
+def backbone_conditioning(cls: Any, options: Any, preset: Any) -> Conditioning:
+    """What backbone class `cls` takes as input for `options` under `preset` (a `presets.Preset`): its own
+    `conditioning(options, preset)`, else one image of the views it declares (or a prompt via text-to-image)."""
+    ask = getattr(cls, "conditioning", None)
+    if ask is not None:
+        return ask(options, preset)
+    views = getattr(cls, "views", SINGLE_VIEW)
+    views = views if isinstance(views, tuple) else SINGLE_VIEW
+    return Conditioning(views, text_to_image=views == SINGLE_VIEW)
+
+
+def backbone_variants(cls: Any) -> tuple[str, ...]:
+    """The model names --shape-model may take under an offline preset with variants (`Preset.shape_variants`:
+    it writes its own copy of each): backbone class `cls`'s `variant_names()`, else none."""
+    ask = getattr(cls, "variant_names", None)
+    return tuple(ask()) if ask is not None else ()
+
+
+def backbone_checkpoint_folders(cls: Any, options: Any) -> dict[str, Path]:
+    """The folders whose files backbone class `cls` loads for the real models of `options` (label → folder;
+    an output may not land in them): its own `checkpoint_folders(options)`, else none known."""
+    ask = getattr(cls, "checkpoint_folders", None)
+    return dict(ask(options)) if ask is not None else {}
 
 
 @dataclass
@@ -181,4 +233,5 @@ def front_view(image: Any) -> Any:
     return image["front"] if isinstance(image, dict) else image
 
 
-__all__ = ["EXPORT_RESOLUTION", "Backbone", "SINGLE_VIEW", "SamplingContext", "VIEW_NAMES", "check_views", "front_view"]
+__all__ = ["Backbone", "Conditioning", "SINGLE_VIEW", "SamplingContext", "VIEW_NAMES", "backbone_checkpoint_folders",
+           "backbone_conditioning", "backbone_defaults", "backbone_variants", "check_views", "front_view"]

@@ -1,4 +1,4 @@
-"""Hunyuan3D-2 (hy3dgen 2.0.2) as a backbone: every variant of `models.SHAPE_VARIANTS`.
+"""Hunyuan3D-2 (hy3dgen 2.0.2) as a backbone: every variant of `hunyuan3d2_models.SHAPE_VARIANTS`.
 
 hy3dgen's pipeline `__call__` runs under `torch.inference_mode()`, so nothing inside it can be
 differentiated; the guided loop runs the same loop itself, and this file hands it the pipeline's
@@ -33,7 +33,7 @@ from ..errors import InvalidInputError, UnsupportedModelError
 from ..precision import decode_dtype, upcast_copy
 from ..sizes import HUNYUAN3D_2
 from ..surface import OccupancyField, Surface, SurfaceConfig, extract_surface
-from .base import SINGLE_VIEW, VIEW_NAMES, SamplingContext
+from .base import SINGLE_VIEW, VIEW_NAMES, Conditioning, SamplingContext
 
 logger = logging.getLogger(__name__)
 
@@ -240,6 +240,8 @@ class HunyuanBackbone:
     bounds = BOUNDS
     level = LEVEL
     sizes = HUNYUAN3D_2  # the real model's sizes (cost model, preflight, realsize preset)
+    #: hy3dgen's own defaults: 50 steps, guidance_scale 5.0, octree_resolution 384 (its pipeline __call__'s).
+    defaults = {"steps": 50, "cfg_scale": 5.0, "octree_resolution": 384}
 
     def __init__(self, pipeline: Any, *, decode_dtype: torch.dtype | None = None):
         """`decode_dtype` overrides the precision policy of the guidance decode (None: the policy;
@@ -268,7 +270,7 @@ class HunyuanBackbone:
         """The shape model of `options` (its --shape-model / --shape-subfolder) for `preset` (a `presets.Preset`),
         loaded by hy3dgen's own from_pretrained: the real one, or the offline preset's checkpoint of that
         variant (written once under `cache_dir`); returns (pipeline, the name the manifest gives it)."""
-        from ..models import load_shape_pipeline, resolve_shape_model
+        from .hunyuan3d2_models import load_shape_pipeline, resolve_shape_model
         from ..presets import offline_checkpoints
 
         if not preset.offline:
@@ -286,13 +288,39 @@ class HunyuanBackbone:
         """Offline (HF_HUB_OFFLINE=1), raise the loader's own ModelNotFoundError now if the real shape model
         of `options` is not on disk (online it may download; nothing is checked)."""
         from ..env import hub_offline
-        from ..models import hy3dgen_models_dir, load_shape_pipeline, resolve_shape_model
+        from .hunyuan3d2_models import hy3dgen_models_dir, load_shape_pipeline, resolve_shape_model
 
         if not hub_offline():
             return
         spec = resolve_shape_model(options.shape_model, options.shape_subfolder)
         if not (hy3dgen_models_dir() / spec.repo_id / spec.subfolder / "config.yaml").is_file():
             load_shape_pipeline(options.shape_model, options.shape_subfolder, device="cpu")  # raises, naming the fix
+
+    @staticmethod
+    def conditioning(options: Any, preset: Any) -> Conditioning:
+        """The inputs of the variant `options` names (--shape-model / --shape-subfolder) under `preset`: a
+        dict of views for the -mv variants (a preset with one fixed shape model: one image); a prompt alone
+        goes through text-to-image for the single-view ones."""
+        from .hunyuan3d2_models import resolve_shape_model
+
+        multiview = preset.shape_variants and resolve_shape_model(options.shape_model, options.shape_subfolder).multiview
+        hint = "--shape-model hunyuan3d-2mv (with --preset tiny: its tiny offline copy)"
+        return Conditioning(VIEW_NAMES if multiview else SINGLE_VIEW, text_to_image=not multiview, multiview_hint=hint)
+
+    @staticmethod
+    def variant_names() -> tuple[str, ...]:
+        """hy3dgen's variant names (hunyuan3d2_models.SHAPE_VARIANTS): an offline preset with variants has a copy of each."""
+        from .hunyuan3d2_models import SHAPE_VARIANTS
+
+        return tuple(SHAPE_VARIANTS)
+
+    @staticmethod
+    def checkpoint_folders(options: Any) -> dict[str, Any]:
+        """The real shape model's folder: $HY3DGEN_MODELS/<repo>/<subfolder> of the variant `options` names."""
+        from .hunyuan3d2_models import hy3dgen_models_dir, resolve_shape_model
+
+        spec = resolve_shape_model(options.shape_model, options.shape_subfolder)
+        return {"the shape model": hy3dgen_models_dir() / spec.repo_id / spec.subfolder}
 
     @staticmethod
     def wraps(model: Any) -> bool:

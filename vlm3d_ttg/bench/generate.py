@@ -94,8 +94,7 @@ def load_generation_models(settings: GenerationSettings, device: str) -> Any:
     """The shape pipeline and critic (`LoadedModels`) for this run's preset."""
     from ..generation import load_models
 
-    return load_models(settings.generation_options(device=device), tiny=settings.preset == "tiny",
-                       cache_dir=settings.cache_dir)
+    return load_models(settings.generation_options(device=device), preset=settings.preset, cache_dir=settings.cache_dir)
 
 
 def render_eval_views(mesh_path: Path | None, eval_views: EvalViews, device: Any) -> torch.Tensor:

@@ -14,7 +14,7 @@ from typing import Optional
 import typer
 
 from ..errors import InvalidInputError
-from .generate import Preset
+from .generate import PRESET_HELP, Preset, given_options
 
 LOOPBACK_NOTE = "bound to this machine only; --host 0.0.0.0 opens it to the network"
 
@@ -41,7 +41,8 @@ def exposure_warnings(host: str, share: bool) -> list[str]:
 
 
 def _app(
-    preset: Preset = typer.Option(Preset.real, help="real, tiny (offline tiny checkpoints, meaningless shapes) or realsize."),
+    context: typer.Context,
+    preset: Preset = typer.Option(Preset.real, help=PRESET_HELP),
     host: str = typer.Option("127.0.0.1", help="Address to serve on. 127.0.0.1: this machine only."),
     port: int = typer.Option(7860, help="Port to serve on."),
     share: bool = typer.Option(False, help="Also open a public Gradio share link (needs internet)."),
@@ -70,6 +71,9 @@ def _app(
         raise InvalidInputError(f"--port must be in 1..65535, got {port}.")
     # Everything a request could find wrong with the server's own settings is found now, before the
     # models load: the options (as `generate` checks them), what the API cannot express, the preflight.
+    from ..generation import with_defaults
+
+    options = with_defaults(given_options(options, context), preset.value)  # every request's defaults: the preset's too
     run_options = check_app_settings(options, preset=preset.value)
     folder = check_runs_dir(runs_dir)
     check_port_free(host, port)
@@ -106,16 +110,17 @@ MAX_AGE_HOURS = 24 * 365 * 10
 def check_app_settings(options: dict, *, preset: str) -> object:
     """The server's options (the defaults of every request) checked as `generate` checks a run's, plus
     what the app's API cannot express; returns the validated GenerationOptions or raises InvalidInputError."""
-    from ..models import resolve_shape_model
+    from ..backbones import backbone_class, backbone_conditioning
+    from ..presets import get_preset
     from ..requests import validate_settings, _preflight
 
     settings = validate_settings(options, preset=preset)
-    run_options = settings.options
-    if preset != "realsize" and resolve_shape_model(run_options.shape_model, run_options.shape_subfolder).multiview:
+    run_options, record = settings.options, get_preset(preset)
+    if backbone_conditioning(backbone_class(run_options.backbone), run_options, record).multiview:
         raise InvalidInputError(f"--shape-model {run_options.shape_model} is a multi-view model, and the app takes one "
                                 "image per request (no left/back/right views): use a single-view --shape-model, or "
                                 "`vlm3d-ttg generate` with --left/--back/--right.")
-    if preset == "real":
+    if not record.offline:
         from ..generation import check_models_present
 
         check_models_present(run_options)

@@ -15,8 +15,23 @@ from ..presets import PRESETS
 
 #: --preset's choices (vlm3d_ttg.presets.PRESETS).
 Preset = Enum("Preset", {name: name for name in PRESETS}, type=str)
-#: --preset's help: each preset's own line.
-PRESET_HELP = "; ".join(f"'{p.name}': {p.help}" for p in PRESETS.values()) + "."
+#: --preset's help: each preset's own line, with the option defaults it brings (unless given).
+PRESET_HELP = "; ".join(f"'{p.name}': {p.help}" + (f" (defaults: {p.defaults_text()})" if p.defaults else "")
+                        for p in PRESETS.values()) + "."
+
+
+def given_options(values: dict[str, object], context: typer.Context | None) -> dict[str, object]:
+    """The options of `values` the user gave (on the command line or through the environment), without those
+    that only hold their declared default: the preset's and the backbone's defaults apply to the rest
+    (`generation.option_defaults`). All of `values` without a command's `context`."""
+    if context is None:
+        return dict(values)
+
+    def defaulted(name: str) -> bool:
+        source = context.get_parameter_source(name)  # click's ParameterSource (typer's own copy of click)
+        return source is not None and source.name in ("DEFAULT", "DEFAULT_MAP")
+
+    return {name: value for name, value in values.items() if not defaulted(name)}
 
 
 def _parse_views_at(text: str) -> str | list[int]:
@@ -29,6 +44,7 @@ def _parse_views_at(text: str) -> str | list[int]:
 
 
 def _generate(
+    context: typer.Context,
     image: Optional[Path] = typer.Argument(
         None, help="Conditioning image (RGBA with a transparent background is best). Without it, text-to-3D: the "
                    "image is made from --prompt by text-to-image + background removal and saved as OUT.input.png."),
@@ -53,7 +69,7 @@ def _generate(
     # The request itself (prompt, options, preset, input image): the one check the app shares.
     from ..requests import validate_request
 
-    request = validate_request(options, prompt=prompt, preset=preset.value, image=image,
+    request = validate_request(given_options(options, context), prompt=prompt, preset=preset.value, image=image,
                                views={"left": left, "back": back, "right": right})
     if save_views is None and views_at is not None:
         raise InvalidInputError("--views-at chooses which views --save-views writes; give --save-views DIR too.")
@@ -110,11 +126,11 @@ def _load(request, plan, preset: Preset):
         from ..text2image import make_input_image
 
         # Made (and its models released) before the shape model and critic load: never all three at once.
-        # The offline presets have no real text-to-image model: both use the tiny one.
+        # The offline presets have no real text-to-image model: they use the tiny one.
         run_options = request.options
         generated_input = make_input_image(request.prompt, plan.input_image, model=run_options.text_to_image,
                                            device=run_options.device, seed=run_options.seed,
-                                           tiny=preset in (Preset.tiny, Preset.realsize))
+                                           tiny=PRESETS[preset.value].offline)
     models = load_models(request.options, preset=preset.value)
     check()  # a stop signal swallowed while the models loaded (a loader's `except BaseException`)
     return generated_input, models

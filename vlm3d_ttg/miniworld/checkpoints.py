@@ -114,3 +114,24 @@ def ensure_mini_models(cache_dir: str | os.PathLike | None = None, *, assets: st
     judge = (_write_critic(root / "judge", assets / critics["judge"]["file"], critics["judge"]["size"], critics["judge"]["seed"])
              if "judge" in critics else None)
     return MiniModels(ShapeCheckpoint(models_dir, MINI_SHAPE_REPO, MINI_SHAPE_SUBFOLDER), critic, judge)
+
+
+def mini_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
+    """The folder the mini preset's checkpoints are written under (named by the committed weights' hash,
+    which `read_manifest` checks first)."""
+    return _cache_root(cache_dir, read_manifest(ASSETS))
+
+
+def _register() -> None:
+    """Register the mini preset's checkpoint writers (`presets.offline_checkpoints("mini")`): every one
+    reads the committed assets (`ASSETS`, looked up when called) and checks their sha256 first."""
+    from ..presets import OfflineCheckpoints, register_offline_checkpoints
+
+    register_offline_checkpoints("mini", OfflineCheckpoints(
+        folder=mini_cache_dir,
+        shape=lambda cache_dir, *, subfolder, depth: ensure_mini_models(cache_dir, assets=ASSETS).shape,
+        critic=lambda cache_dir, *, family, depth: ensure_mini_models(cache_dir, assets=ASSETS).critic,
+    ))
+
+
+_register()

@@ -182,7 +182,8 @@ def build_realsize_pipeline(depth: int | None = None, *, device: str | torch.dev
     """
     from hy3dgen.shapegen.pipelines import Hunyuan3DDiTFlowMatchingPipeline, instantiate_from_config
 
-    from ..models import ShapeVariant, freeze
+    from ..backbones.hunyuan3d2_models import ShapeVariant
+    from ..models import freeze
 
     config = full_depth_shape_config() if depth is None else realsize_shape_config(depth)
     torch_device = torch.device(device)
