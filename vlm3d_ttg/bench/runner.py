@@ -1,6 +1,6 @@
 """The quality benchmark's runner: check a run, then generate, render and measure this process's share.
 
-Work is split by item over processes (accelerate's `PartialState`; one process per GPU, or
+Work is split by item over processes (`vlm3d_ttg.shards`: accelerate's `PartialState`; one process per GPU, or
 several on a CPU). Each process runs three phases on its items, then all meet at a barrier and
 the main process merges (`vlm3d_ttg.bench.report`):
 
