@@ -107,7 +107,7 @@ def test_bad_lines_are_listed_with_their_numbers_before_any_model_loads(rgba_ima
                                                                          no_model_loads):
     items = _write_items(tmp_path, rgba_image, [
         {"id": "ok", "image": "object.png", "prompt": "a pot"},
-        {"id": "ok", "prompt": "a second item of the same id"},
+        {"id": "OK", "prompt": "a second item of the same id (in another case: one file on some file systems)"},
         {"prompt": "a pot", "view_size": 112},  # not a per-item option
         {"image": "missing.png", "prompt": "a pot"},
         {"prompt": "a pot", "seed": -1},

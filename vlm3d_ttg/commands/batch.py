@@ -104,9 +104,9 @@ def read_items(path: Path, out: Path, values: dict[str, Any], *, preset: str, op
             continue
         try:
             item_id, image, prompt, own = _parse_line(text, line, path.parent)
-            if item_id in seen:
-                raise InvalidInputError(f"id {item_id!r} is also line {seen[item_id]}'s")
-            seen[item_id] = line
+            if item_id.casefold() in seen:  # casefold: one file on a case-insensitive file system
+                raise InvalidInputError(f"id {item_id!r} is also line {seen[item_id.casefold()]}'s")
+            seen[item_id.casefold()] = line
             request = validate_request({**values, **own}, prompt=prompt, preset=preset, image=image, baseline=values)
             out_file = out / f"{item_id}.glb"
             plan = OutputPlan(out_file, manifest_path_for(out_file),
