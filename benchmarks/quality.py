@@ -19,7 +19,6 @@ results.md, results.json and results.png into --out. See benchmarks/README.md.
 from __future__ import annotations
 
 import argparse
-import datetime
 import logging
 import os
 import sys
@@ -42,6 +41,8 @@ BENCH_EXCLUDED_GENERATION = ("seed", "device", "offload_idle", "realsize_depth")
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The command line, parsed."""
+    from vlm3d_ttg.shards import BARRIER_TIMEOUT_HOURS
+
     parser = argparse.ArgumentParser(
         description="Base vs VLM-guided Hunyuan3D-2 on a benchmark set: CLIP-D, FID, CLIP-FID, KID, geometry score, "
         "an independent VLM judge and the critic's r, with bootstrap CIs.",
@@ -63,7 +64,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     run.add_argument("--redo-stale", action="store_true", help="Regenerate cached results made with other settings (default: error).")
     run.add_argument("--report-only", action="store_true", help="Only merge finished results into the report.")
     run.add_argument("--cpu", action="store_true", help="Run on the CPU even where CUDA is available.")
-    run.add_argument("--barrier-timeout-hours", type=float, default=72.0,
+    run.add_argument("--barrier-timeout-hours", type=float, default=BARRIER_TIMEOUT_HOURS,
                      help="How long processes wait for each other (the slowest shard) before giving up.")
     run.add_argument("--cache-dir", help="Root of the tiny checkpoints (default $VLM3D_TTG_CACHE or ~/.cache/vlm3d-ttg).")
     run.add_argument("--verbose", action="store_true", help="Debug logging.")
@@ -147,8 +148,6 @@ def _setup_logging(rank: int, verbose: bool) -> None:
 def run(args: argparse.Namespace) -> int:
     """Check, generate and evaluate this process's share, then (main process) merge and report; the exit code."""
     import torch
-    from accelerate import PartialState
-
     from vlm3d_ttg.bench import (
         BenchRun,
         EvalViews,
@@ -168,9 +167,10 @@ def run(args: argparse.Namespace) -> int:
     from vlm3d_ttg.guidance import GuidanceConfig
     from vlm3d_ttg.logs import quiet_hy3dgen
     from vlm3d_ttg.options import from_namespace
+    from vlm3d_ttg.shards import process_state
 
     use_cpu = args.cpu or not torch.cuda.is_available()
-    state = PartialState(cpu=use_cpu, timeout=datetime.timedelta(hours=args.barrier_timeout_hours))
+    state = process_state(cpu=use_cpu, barrier_timeout_hours=args.barrier_timeout_hours)
     _setup_logging(state.process_index, args.verbose)
     quiet_hy3dgen()
     say = print if state.is_main_process else (lambda *a, **k: None)

@@ -169,7 +169,7 @@ def test_version_prints_the_package_version(capsys):
     assert capsys.readouterr().out.strip() == f"vlm3d-ttg {version('vlm3d-ttg')}"
 
 
-@pytest.mark.parametrize("command", ["generate", "app", "score"])
+@pytest.mark.parametrize("command", ["generate", "app", "score", "batch"])
 def test_help_at_80_columns_shows_every_flag_whole(command, monkeypatch, capsys):
     from vlm3d_ttg.generation import GenerationOptions
     from vlm3d_ttg.guidance import GuidanceConfig

@@ -213,4 +213,4 @@ def test_main_registers_each_command_once_however_often_it_is_called(capsys):
     for _ in range(3):
         assert main(["--version"]) == 0
     names = [info.name for info in app.registered_commands]
-    assert sorted(names) == ["app", "generate", "judge", "score"], names
+    assert sorted(names) == ["app", "batch", "generate", "judge", "score"], names

@@ -53,11 +53,12 @@ def _register_commands() -> None:
     if app.registered_commands:
         return
     from .commands import app as app_command
-    from .commands import generate, score
+    from .commands import batch, generate, score
 
     app.command(name="generate")(generate.generate)
     app.command(name="score")(score.score)
     app.command(name="app")(app_command.app)
+    app.command(name="batch")(batch.batch)
     app.command(name="judge", hidden=True)(score.judge_deprecated)
 
 

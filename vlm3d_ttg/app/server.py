@@ -36,6 +36,7 @@ from ..manifest import manifest_path_for  # noqa: E402
 from ..options import cli_default, declared, flag_of, value_type  # noqa: E402
 from ..generation import export_resolution  # noqa: E402
 from ..requests import RunRequest, validate_request  # noqa: E402
+from ..run import OutputPlan  # noqa: E402
 from ..search import SearchOptions  # noqa: E402
 from .runs import CancelToken, RunCancelled, RunFolders, Sessions, utc_now, write_run_record  # noqa: E402
 
@@ -258,8 +259,8 @@ class AppRunner:
 
     def _work(self, request: RunRequest, folder: Path, export_format: str, baseline: bool, token: CancelToken,
               events: "queue.Queue[RunEvent]") -> None:
-        started, stamp = time.perf_counter(), utc_now()
-        record: dict[str, Any] = {"status": "running", "started": stamp, "prompt": request.prompt,
+        started = time.perf_counter()
+        record: dict[str, Any] = {"status": "running", "started": utc_now(), "prompt": request.prompt,
                                   "image": str(request.image) if request.image else None, "preset": self.preset,
                                   "export_format": export_format, "baseline": baseline,
                                   "options": request.options.to_dict(), "guidance": request.guidance.to_dict(),
@@ -267,32 +268,7 @@ class AppRunner:
         write_run_record(folder, record)
         final: RunEvent
         try:
-            image, generated = request.image, None
-            if image is not None:
-                from ..inputs import prepare_condition_image
-
-                image = folder / f"upload{image.suffix.lower() or '.png'}"
-                shutil.copyfile(request.image, image)
-                shown = prepare_condition_image(image)
-            else:
-                from ..text2image import make_input_image
-
-                events.put(RunEvent("phase", message="making the input image from the description "
-                                                     "(text-to-image, then background removal)"))
-                generated = make_input_image(request.prompt, folder / "input.png", model=request.options.text_to_image,
-                                             device=request.options.device, seed=request.options.seed,
-                                             tiny=self.preset in ("tiny", "realsize"))
-                shown = generated.image
-            events.put(RunEvent("input", image=shown))
-            token.check()
-            guided = self._generate(request, image, generated, folder / f"guided.{export_format}", request.guidance,
-                                    token, events, phase="guided")
-            base = None
-            if baseline:
-                token.check()
-                base = self._generate(request, image, generated, folder / f"baseline.{export_format}",
-                                      dataclasses.replace(request.guidance, enabled=False), token, events, phase="baseline")
-            final = RunEvent("done", result=guided, baseline=base)
+            final = self._runs(request, folder, export_format, baseline, token, events)
         except RunCancelled as exc:
             final = RunEvent("cancelled", message=str(exc), step=exc.step)
         except Vlm3dError as exc:
@@ -313,12 +289,68 @@ class AppRunner:
         self.runs.release(folder)
         events.put(final)
 
-    def _generate(self, request: RunRequest, image: Path | None, generated: Any, out: Path, guidance: GuidanceConfig,
-                  token: CancelToken, events: "queue.Queue[RunEvent]", *, phase: str) -> GenerationResult:
+    def _runs(self, request: RunRequest, folder: Path, export_format: str, baseline: bool, token: CancelToken,
+              events: "queue.Queue[RunEvent]") -> RunEvent:
+        """The request's runs in `folder` (guided, then the unguided baseline when asked), every output
+        plan checked before any work; the "done" event."""
+        from ..generation import checkpoint_folders
+
+        image = None if request.image is None else folder / f"upload{request.image.suffix.lower() or '.png'}"
+        plans = run_plans(folder, export_format, text_only=image is None, baseline=baseline)
+        read_folders = checkpoint_folders(request.options, self.preset, text_to_3d=image is None,
+                                          cache_dir=self.models.cache_dir)
+        for plan in plans.values():
+            plan.check({"image": request.image, "the run's copy of the image": image}, read_folders=read_folders)
+        generated = self._input(request, image, plans["guided"].input_image, events)
+        token.check()
+        guided = self._generate(request, image, generated, plans["guided"], request.guidance, token, events,
+                                phase="guided")
+        base = None
+        if baseline:
+            token.check()
+            base = self._generate(request, image, generated, plans["baseline"],
+                                  dataclasses.replace(request.guidance, enabled=False), token, events, phase="baseline")
+        return RunEvent("done", result=guided, baseline=base)
+
+    def _input(self, request: RunRequest, image: Path | None, generated_path: Path | None,
+               events: "queue.Queue[RunEvent]") -> Any:
+        """Copy the upload to `image` (the run's own copy), or make the input image from the description
+        (text2image.GeneratedInput, returned); tell the page what the model will see."""
+        if image is not None:
+            from ..inputs import prepare_condition_image
+
+            shutil.copyfile(request.image, image)
+            events.put(RunEvent("input", image=prepare_condition_image(image)))
+            return None
+        from ..presets import get_preset
+        from ..text2image import make_input_image
+
+        events.put(RunEvent("phase", message="making the input image from the description "
+                                             "(text-to-image, then background removal)"))
+        generated = make_input_image(request.prompt, generated_path, model=request.options.text_to_image,
+                                     device=request.options.device, seed=request.options.seed,
+                                     tiny=get_preset(self.preset).offline)
+        events.put(RunEvent("input", image=generated.image))
+        return generated
+
+    def _generate(self, request: RunRequest, image: Path | None, generated: Any, plan: OutputPlan,
+                  guidance: GuidanceConfig, token: CancelToken, events: "queue.Queue[RunEvent]", *,
+                  phase: str) -> GenerationResult:
         relay = StepRelay(events, token, phase=phase, total=request.options.steps)
-        return generate_mesh(self.models, image=image, generated_input=generated, prompt=request.prompt, out=out,
-                             manifest_path=manifest_path_for(out), guidance=guidance, postprocess=request.postprocess,
+        return generate_mesh(self.models, image=image, generated_input=generated, prompt=request.prompt, out=plan.out,
+                             manifest_path=plan.manifest, guidance=guidance, postprocess=request.postprocess,
                              options=request.options, progress=False, step_callback=relay, search=request.search)
+
+
+def run_plans(folder: Path, export_format: str, *, text_only: bool, baseline: bool) -> dict[str, OutputPlan]:
+    """The output plan (`run.OutputPlan`, as `generate`'s) of each run of one request, by phase: "guided",
+    and "baseline" when asked; each mesh in the run folder with its manifest beside it, and for
+    text-to-3D the input image made from the description."""
+    plans = {}
+    for phase in ("guided", "baseline") if baseline else ("guided",):
+        out = folder / f"{phase}.{export_format}"
+        plans[phase] = OutputPlan(out, manifest_path_for(out), input_image=folder / "input.png" if text_only else None)
+    return plans
 
 
 # ---- the page --------------------------------------------------------------------------------------
@@ -339,161 +371,245 @@ CSS = """
 """
 
 
+@dataclass
+class Page:
+    """The page's components that the handlers read or write (built by `_layout`)."""
+
+    fields: list[FormField]  # the options' widgets in `inputs` order: seed, then the Advanced group
+    inputs: list  # image, description, the fields' widgets, export format, baseline (the API's parameters)
+    status: Any
+    condition: Any
+    views: Any
+    plot: Any
+    guided_mesh: Any
+    baseline_mesh: Any
+    final_r: Any
+    meshes: Any  # gr.State: (guided mesh, baseline mesh) of this session's last run
+    downloads: Any
+    api_outputs: list  # mesh, manifest, final r, baseline mesh, baseline manifest, baseline final r (hidden)
+    run_button: Any
+    cancel_button: Any
+    cancel_note: Any
+    api_button: Any
+
+    @property
+    def streamed(self) -> list:
+        """What a page run streams into."""
+        return [self.status, self.condition, self.views, self.plot, self.meshes, self.final_r, self.downloads]
+
+    @property
+    def parameter_names(self) -> list[str]:
+        """The API's parameter names (gradio_client keywords): the widgets' labels, i.e. the option names."""
+        return ["image", "description", *(spec.name for spec in self.fields), "export_format", "baseline"]
+
+
+def _layout(runner: AppRunner) -> Page:
+    """Lay out the page (inside a gr.Blocks context): the request column, the run's outputs, the API's
+    hidden outputs."""
+    preset = runner.preset
+    from ..presets import get_preset  # the preset's own note (presets.Preset.note)
+
+    note = f" ({preset} preset: {get_preset(preset).note})" if get_preset(preset).note else ""
+    gr.Markdown(f"## {TITLE}{note}\nGive an image (or only a description for text-to-3D) and a description; "
+                "the critic judges renders of the shape at the guided steps and pushes it towards the description.")
+    with gr.Row():
+        with gr.Column(scale=1):
+            request = _request_column(runner)
+        with gr.Column(scale=2):
+            shown = _output_column()
+    # The API's outputs: plain files and numbers (hidden on the page).
+    with gr.Row(visible=False):
+        api_outputs = [gr.File(label="mesh"), gr.File(label="manifest"), gr.Number(label="final_r"),
+                       gr.File(label="baseline_mesh"), gr.File(label="baseline_manifest"),
+                       gr.Number(label="baseline_final_r")]
+        api_button = gr.Button(visible=False)
+    return Page(**request, **shown, api_outputs=api_outputs, api_button=api_button)
+
+
+def _request_column(runner: AppRunner) -> dict[str, Any]:
+    """The request's widgets (image, description, seed, the Advanced options, format, baseline) and buttons."""
+    preset = runner.preset
+    fields = [*form_fields(("seed",), runner.defaults), *form_fields(ADVANCED, runner.defaults)]
+    image = gr.Image(type="filepath", label="image", sources=["upload", "clipboard"], elem_id="input-image", height=260)
+    description = gr.Textbox(label="description", elem_id="description",
+                             placeholder="e.g. a small toy robot with a round head")
+    seed = _widget(fields[0], preset=preset)
+    with gr.Accordion("Advanced", open=False, elem_id="advanced"):
+        widgets = [_widget(spec, preset=preset) for spec in fields[1:]]
+    export_format = gr.Dropdown(list(EXPORT_FORMATS), value="glb", label="export_format", elem_id="export-format")
+    baseline = gr.Checkbox(False, label="baseline", elem_id="baseline",
+                           info="Also run the unguided baseline on the same seed (one more unguided run).")
+    with gr.Row():
+        run_button = gr.Button("Generate", variant="primary", elem_id="run")
+        cancel_button = gr.Button("Cancel", variant="stop", elem_id="cancel")
+    cancel_note = gr.Markdown(elem_id="cancel-note")
+    return dict(fields=fields, inputs=[image, description, seed, *widgets, export_format, baseline],
+                run_button=run_button, cancel_button=cancel_button, cancel_note=cancel_note)
+
+
+def _output_column() -> dict[str, Any]:
+    """What a run shows: status, the model's input, the critic's views, the r plot, the meshes, final r, files."""
+    status = gr.HTML(_status("Ready.", kind="idle"), elem_id="run-status")
+    with gr.Row():
+        condition = gr.Image(label="input after background removal", interactive=False, elem_id="condition", height=220)
+        views = gr.Gallery(label="critic's views (latest guided step)", elem_id="critic-views", columns=4, height=220,
+                           interactive=False)
+        plot = gr.Image(label="r per step", interactive=False, elem_id="r-plot", height=220)
+    with gr.Row():
+        guided_mesh = gr.Model3D(label="guided mesh", elem_id="guided-mesh", height=320,
+                                 clear_color=(0.95, 0.95, 0.95, 1.0))
+        baseline_mesh = gr.Model3D(label="unguided baseline (same seed)", elem_id="baseline-mesh", height=320,
+                                   clear_color=(0.95, 0.95, 0.95, 1.0))
+    final_r = gr.HTML(elem_id="final-r")
+    downloads = gr.File(label="downloads (mesh and manifest)", file_count="multiple", elem_id="downloads",
+                        interactive=False)
+    return dict(status=status, condition=condition, views=views, plot=plot, guided_mesh=guided_mesh,
+                baseline_mesh=baseline_mesh, final_r=final_r, meshes=gr.State(None), downloads=downloads)
+
+
+def parse_request(fields: list[FormField], raw: tuple) -> dict[str, Any]:
+    """The keyword arguments of `AppRunner.run_events` from the raw values of the page's (or an API call's)
+    inputs, in `Page.inputs` order."""
+    image_payload, prompt, *option_values = raw
+    chosen_format, want_baseline = option_values[-2:]
+    values = {spec.name: _coerce(spec, value) for spec, value in zip(fields, option_values[:-2])}
+    return dict(image=_upload_path(image_payload), prompt="" if prompt is None else prompt, values=values,
+                export_format=chosen_format, baseline=bool(want_baseline) if want_baseline is None else want_baseline)
+
+
+class PageStream:
+    """What the page shows while one run streams: each RunEvent as an update {component: value} (components
+    left out keep what they show), with the guided run's (σ, r) points and each phase's latest r."""
+
+    def __init__(self, page: Page):
+        self.page = page
+        self.points: list[tuple[float, float]] = []
+        self.last_r: dict[str, tuple[int, float]] = {}  # phase → (step, r) of its latest guided step
+
+    def start(self) -> dict:
+        """The page at the start of a run: checking, last run's outputs cleared."""
+        page = self.page
+        return {page.status: _status("Checking the request…", fraction=0.0), page.condition: None, page.views: None,
+                page.plot: None, page.meshes: None, page.final_r: "", page.downloads: None}
+
+    def update(self, event: RunEvent) -> dict:
+        """The page's update for `event` (empty for an event it does not show)."""
+        status = self.page.status
+        if event.kind == "error":
+            return {status: _status(f"error: {event.message}", kind="error")}
+        if event.kind == "warning":
+            gr.Warning(event.message)
+            return {status: _status(f"warning: {event.message}", kind="running")}
+        if event.kind == "phase":
+            return {status: _status(event.message, fraction=0.0)}
+        if event.kind == "input":
+            return {self.page.condition: event.image}
+        if event.kind == "step":
+            return self._step(event)
+        if event.kind == "cancelled":
+            return {status: _status(f"Cancelled: {event.message}.", kind="cancelled")}
+        if event.kind == "done":
+            return self._done(event)
+        return {}
+
+    def _step(self, event: RunEvent) -> dict:
+        if event.r is not None:
+            self.last_r[event.phase] = (event.step, event.r)
+        seen = self.last_r.get(event.phase)
+        r_text = "" if seen is None else f" · r = {seen[1]:+.4f}" + (
+            "" if seen[0] == event.step else f" (at step {seen[0] + 1})")
+        text = f"{event.phase} run: step {event.step + 1}/{event.total} · σ = {event.sigma:.3f}{r_text}"
+        update = {self.page.status: _status(text, fraction=(event.step + 1) / event.total)}
+        if event.phase == "guided":
+            self.points = event.points
+        if event.views:
+            update[self.page.views] = event.views
+        if event.r is not None and event.phase == "guided":
+            update[self.page.plot] = r_plot(self.points)
+        return update
+
+    def _done(self, event: RunEvent) -> dict:
+        page, result, base = self.page, event.result, event.baseline
+        files = [str(result.mesh_path), str(result.manifest_path)]
+        if base is not None:
+            files += [str(base.mesh_path), str(base.manifest_path)]
+        # The meshes go to the viewers in the follow-up event (show_meshes), not in this stream.
+        return {page.status: _status(f"Done in {event.seconds:.1f} s.", fraction=1.0, kind="done"),
+                page.plot: r_plot(self.points, result.final_r, base.final_r if base else None),
+                page.meshes: (str(result.mesh_path), str(base.mesh_path) if base is not None else None),
+                page.final_r: _final_html(result, base), page.downloads: files}
+
+
+def api_result(page: Page, event: RunEvent) -> dict:
+    """The API's answer for a finished run: mesh, manifest and final r, and the baseline's (None without one)."""
+    result, base = event.result, event.baseline
+    values = (str(result.mesh_path), str(result.manifest_path), result.final_r,
+              str(base.mesh_path) if base else None, str(base.manifest_path) if base else None,
+              base.final_r if base else None)
+    return dict(zip(page.api_outputs, values))
+
+
 def build_app(runner: AppRunner, *, concurrency: int = 1) -> gr.Blocks:
     """The Blocks page over `runner`, with the named API endpoints `/generate` and `/cancel`."""
-    preset = runner.preset
-    seed_field = form_fields(("seed",), runner.defaults)[0]
-    advanced = form_fields(ADVANCED, runner.defaults)
     with gr.Blocks(title=TITLE, delete_cache=(3600, int(runner.runs.max_age_hours * 3600))) as demo:
-        from ..presets import get_preset  # the preset's own note (presets.Preset.note)
-
-        note = f" ({preset} preset: {get_preset(preset).note})" if get_preset(preset).note else ""
-        gr.Markdown(f"## {TITLE}{note}\nGive an image (or only a description for text-to-3D) and a description; "
-                    "the critic judges renders of the shape at the guided steps and pushes it towards the description.")
-        with gr.Row():
-            with gr.Column(scale=1):
-                image = gr.Image(type="filepath", label="image", sources=["upload", "clipboard"], elem_id="input-image",
-                                 height=260)
-                description = gr.Textbox(label="description", elem_id="description",
-                                         placeholder="e.g. a small toy robot with a round head")
-                seed = _widget(seed_field, preset=preset)
-                with gr.Accordion("Advanced", open=False, elem_id="advanced"):
-                    widgets = [_widget(spec, preset=preset) for spec in advanced]
-                export_format = gr.Dropdown(list(EXPORT_FORMATS), value="glb", label="export_format", elem_id="export-format")
-                baseline = gr.Checkbox(False, label="baseline", elem_id="baseline",
-                                       info="Also run the unguided baseline on the same seed (one more unguided run).")
-                with gr.Row():
-                    run_button = gr.Button("Generate", variant="primary", elem_id="run")
-                    cancel_button = gr.Button("Cancel", variant="stop", elem_id="cancel")
-                cancel_note = gr.Markdown(elem_id="cancel-note")
-            with gr.Column(scale=2):
-                status = gr.HTML(_status("Ready.", kind="idle"), elem_id="run-status")
-                with gr.Row():
-                    condition = gr.Image(label="input after background removal", interactive=False,
-                                         elem_id="condition", height=220)
-                    views = gr.Gallery(label="critic's views (latest guided step)", elem_id="critic-views",
-                                       columns=4, height=220, interactive=False)
-                    plot = gr.Image(label="r per step", interactive=False, elem_id="r-plot", height=220)
-                with gr.Row():
-                    guided_mesh = gr.Model3D(label="guided mesh", elem_id="guided-mesh", height=320,
-                                             clear_color=(0.95, 0.95, 0.95, 1.0))
-                    baseline_mesh = gr.Model3D(label="unguided baseline (same seed)", elem_id="baseline-mesh",
-                                               height=320, clear_color=(0.95, 0.95, 0.95, 1.0))
-                final_r = gr.HTML(elem_id="final-r")
-                meshes = gr.State(None)  # (guided mesh, baseline mesh) of this session's last run
-                downloads = gr.File(label="downloads (mesh and manifest)", file_count="multiple", elem_id="downloads",
-                                    interactive=False)
-        # The API's outputs: plain files and numbers (hidden on the page).
-        with gr.Row(visible=False):
-            api_mesh, api_manifest = gr.File(label="mesh"), gr.File(label="manifest")
-            api_r = gr.Number(label="final_r")
-            api_base_mesh, api_base_manifest = gr.File(label="baseline_mesh"), gr.File(label="baseline_manifest")
-            api_base_r = gr.Number(label="baseline_final_r")
-            api_button = gr.Button(visible=False)
-
-        inputs = [image, description, seed, *widgets, export_format, baseline]
-        names = [seed_field, *advanced]
-
-        def parse(raw: tuple) -> dict[str, Any]:
-            image_payload, prompt, *option_values = raw
-            chosen_format, want_baseline = option_values[-2:]
-            values = {spec.name: _coerce(spec, value) for spec, value in zip(names, option_values[:-2])}
-            return dict(image=_upload_path(image_payload), prompt="" if prompt is None else prompt, values=values,
-                        export_format=chosen_format, baseline=bool(want_baseline) if want_baseline is None else want_baseline)
-
-        skip = gr.skip
-
-        def run_page(request: gr.Request, *raw: Any) -> Iterator[tuple]:
-            asked = parse(raw)
-            yield (_status("Checking the request…", fraction=0.0), None, None, None, None, "", None)
-            points: list[tuple[float, float]] = []
-            last_r: dict[str, tuple[int, float]] = {}  # phase → (step, r) of its latest guided step
-            for event in runner.run_events(request.session_hash, **asked):
-                if event.kind == "error":
-                    yield (_status(f"error: {event.message}", kind="error"),) + (skip(),) * 6
-                    return
-                if event.kind == "warning":
-                    gr.Warning(event.message)
-                    yield (_status(f"warning: {event.message}", kind="running"),) + (skip(),) * 6
-                elif event.kind == "phase":
-                    yield (_status(event.message, fraction=0.0),) + (skip(),) * 6
-                elif event.kind == "input":
-                    yield (skip(), event.image) + (skip(),) * 5
-                elif event.kind == "step":
-                    done = (event.step + 1) / event.total
-                    if event.r is not None:
-                        last_r[event.phase] = (event.step, event.r)
-                    seen = last_r.get(event.phase)
-                    r_text = "" if seen is None else f" · r = {seen[1]:+.4f}" + (
-                        "" if seen[0] == event.step else f" (at step {seen[0] + 1})")
-                    text = (f"{event.phase} run: step {event.step + 1}/{event.total} · σ = {event.sigma:.3f}{r_text}")
-                    if event.phase == "guided":
-                        points = event.points
-                    new_plot = r_plot(points) if (event.r is not None and event.phase == "guided") else skip()
-                    yield (_status(text, fraction=done), skip(), event.views if event.views else skip(), new_plot,
-                           skip(), skip(), skip())
-                elif event.kind == "cancelled":
-                    yield (_status(f"Cancelled: {event.message}.", kind="cancelled"),) + (skip(),) * 6
-                    return
-                elif event.kind == "done":
-                    result, base = event.result, event.baseline
-                    files = [str(result.mesh_path), str(result.manifest_path)]
-                    if base is not None:
-                        files += [str(base.mesh_path), str(base.manifest_path)]
-                    # The meshes go to the viewers in the follow-up event (show_meshes), not in this stream.
-                    yield (_status(f"Done in {event.seconds:.1f} s.", fraction=1.0, kind="done"), skip(), skip(),
-                           r_plot(points, result.final_r, base.final_r if base else None),
-                           (str(result.mesh_path), str(base.mesh_path) if base is not None else None),
-                           _final_html(result, base), files)
-                    return
-
-        def run_api(request: gr.Request, *raw: Any) -> Iterator[tuple]:
-            # A generator, not a function: between two events Gradio sees whether the client is still
-            # there, and when it is gone it closes this generator, which closes `run_events`, which
-            # cancels the run at its next step boundary (a plain function would run to the end).
-            for event in runner.run_events(request.session_hash, **parse(raw)):
-                if event.kind == "error":
-                    raise gr.Error(event.message, duration=None)
-                if event.kind == "cancelled":
-                    raise gr.Error(f"Cancelled: {event.message}.", duration=None)
-                if event.kind == "done":
-                    result, base = event.result, event.baseline
-                    yield (str(result.mesh_path), str(result.manifest_path), result.final_r,
-                           str(base.mesh_path) if base else None, str(base.manifest_path) if base else None,
-                           base.final_r if base else None)
-                    return
-                yield (skip(),) * 6  # nothing new for an API client; the chance to notice it left
-            raise gr.Error("the run ended without a result")  # not reached: every run ends with one of the above
-
-        # Named parameters for the API (gradio_client keywords): the widgets' labels, i.e. the option names.
-        parameter_names = ["image", "description", *(spec.name for spec in names), "export_format", "baseline"]
-        for fn in (run_page, run_api):
-            fn.__signature__ = inspect.Signature(
-                [inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=gr.Request)]
-                + [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD) for name in parameter_names])
-
-        def cancel(request: gr.Request) -> str:
-            count = runner.sessions.cancel(request.session_hash)
-            return "Cancelling at the next step…" if count else "Nothing to cancel."
-
-        def show_meshes(meshes: tuple | None) -> tuple:
-            return tuple(meshes) if meshes else (None, None)
-
-        # Gradio 6.31's 3D viewer drops a model that a streaming event sets (its viewer loads lazily and
-        # the stream's final message sets the value again): the meshes reach the viewers in one plain update.
-        outputs = [status, condition, views, plot, meshes, final_r, downloads]
-        run_button.click(lambda: (None, None), outputs=[guided_mesh, baseline_mesh], concurrency_limit=None,
-                         api_visibility="undocumented", show_progress="hidden").then(
-            run_page, inputs=inputs, outputs=outputs, preprocess=False, concurrency_limit=concurrency,
-                         concurrency_id="gpu", api_visibility="undocumented", show_progress="hidden").then(
-            show_meshes, inputs=meshes, outputs=[guided_mesh, baseline_mesh], concurrency_limit=None,
-            api_visibility="undocumented", show_progress="hidden")
-        api_button.click(run_api, inputs=inputs, outputs=[api_mesh, api_manifest, api_r, api_base_mesh,
-                                                          api_base_manifest, api_base_r],
-                         preprocess=False, concurrency_limit=concurrency, concurrency_id="gpu", api_name="generate")
-        cancel_button.click(cancel, inputs=None, outputs=cancel_note, concurrency_limit=None, api_name="cancel",
-                            show_progress="hidden")
+        page = _layout(runner)
+        _wire(page, runner, concurrency)
     return demo
+
+
+def _wire(page: Page, runner: AppRunner, concurrency: int) -> None:
+    """The page's and the API's event handlers."""
+
+    def run_page(request: gr.Request, *raw: Any) -> Iterator[dict]:
+        stream = PageStream(page)
+        yield stream.start()
+        for event in runner.run_events(request.session_hash, **parse_request(page.fields, raw)):
+            update = stream.update(event)
+            if update:
+                yield update
+            if event.final:
+                return
+
+    def run_api(request: gr.Request, *raw: Any) -> Iterator[Any]:
+        # A generator, not a function: between two events Gradio sees whether the client is still
+        # there, and when it is gone it closes this generator, which closes `run_events`, which
+        # cancels the run at its next step boundary (a plain function would run to the end).
+        for event in runner.run_events(request.session_hash, **parse_request(page.fields, raw)):
+            if event.kind == "error":
+                raise gr.Error(event.message, duration=None)
+            if event.kind == "cancelled":
+                raise gr.Error(f"Cancelled: {event.message}.", duration=None)
+            if event.kind == "done":
+                yield api_result(page, event)
+                return
+            yield gr.skip()  # nothing new for an API client; the chance to notice it left
+        raise gr.Error("the run ended without a result")  # not reached: every run ends with one of the above
+
+    for fn in (run_page, run_api):  # named parameters for the API (gradio_client keywords)
+        fn.__signature__ = inspect.Signature(
+            [inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=gr.Request)]
+            + [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD) for name in page.parameter_names])
+
+    def cancel(request: gr.Request) -> str:
+        count = runner.sessions.cancel(request.session_hash)
+        return "Cancelling at the next step…" if count else "Nothing to cancel."
+
+    def show_meshes(meshes: tuple | None) -> tuple:
+        return tuple(meshes) if meshes else (None, None)
+
+    # Gradio 6.31's 3D viewer drops a model that a streaming event sets (its viewer loads lazily and
+    # the stream's final message sets the value again): the meshes reach the viewers in one plain update.
+    viewers = [page.guided_mesh, page.baseline_mesh]
+    page.run_button.click(lambda: (None, None), outputs=viewers, concurrency_limit=None, api_visibility="undocumented",
+                          show_progress="hidden").then(
+        run_page, inputs=page.inputs, outputs=page.streamed, preprocess=False, concurrency_limit=concurrency,
+        concurrency_id="gpu", api_visibility="undocumented", show_progress="hidden").then(
+        show_meshes, inputs=page.meshes, outputs=viewers, concurrency_limit=None, api_visibility="undocumented",
+        show_progress="hidden")
+    page.api_button.click(run_api, inputs=page.inputs, outputs=page.api_outputs, preprocess=False,
+                          concurrency_limit=concurrency, concurrency_id="gpu", api_name="generate")
+    page.cancel_button.click(cancel, inputs=None, outputs=page.cancel_note, concurrency_limit=None, api_name="cancel",
+                             show_progress="hidden")
 
 
 def _final_html(result: GenerationResult, base: GenerationResult | None) -> str:
@@ -524,5 +640,6 @@ def app_theme() -> gr.themes.Base:
     return gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
 
 
-__all__ = ["ADVANCED", "AppRunner", "api_exception_handlers", "client_message", "EXPORT_FORMATS", "FormField", "RunEvent", "StepRelay", "app_theme", "build_app",
-           "form_fields", "r_plot"]
+__all__ = ["ADVANCED", "AppRunner", "api_exception_handlers", "api_result", "client_message", "EXPORT_FORMATS", "FormField",
+           "Page", "PageStream", "RunEvent", "StepRelay", "app_theme", "build_app", "form_fields", "parse_request", "r_plot",
+           "run_plans"]

@@ -41,6 +41,8 @@ FEATURES_FILE = "features.npz"
 MESH_FILE = "mesh.glb"
 MANIFEST_FILE = "manifest.json"
 EVAL_VIEWS_DIR = "eval_views"
+CRITIC_VIEWS_DIR = "critic_views"  # contact sheets of what the critic saw (the run's --save-views)
+R_PLOT = "r.png"  # r over σ (guided configurations; the run's --plot)
 STAGING_MARK = ".partial-"
 # Bump when what phase 1 or phase 2 writes changes meaning, so old caches are recomputed.
 GENERATION_FORMAT = 1

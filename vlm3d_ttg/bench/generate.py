@@ -26,11 +26,14 @@ import torch
 
 from ..errors import EmptySurfaceError
 from ..manifest import write_manifest
+from ..run import OutputPlan
 from .benchset import BenchItem
 from .cache import (
+    CRITIC_VIEWS_DIR,
     EVAL_VIEWS_DIR,
     MANIFEST_FILE,
     MESH_FILE,
+    R_PLOT,
     RECORD_FILE,
     STAGING_MARK,
     finished_record,
@@ -140,6 +143,14 @@ class ReferenceScorer:
         return float(self._reward.score_mesh(mesh.vertices, mesh.faces).r)
 
 
+def config_plan(folder: Path, config: BenchConfig) -> OutputPlan:
+    """Every file one (item, configuration) run writes into its (staging) folder, as `run.OutputPlan` (the
+    plan `generate` checks and writes as one unit): the mesh, its manifest, the contact sheets of what
+    the critic saw and, guided, the r plot."""
+    return OutputPlan(folder / MESH_FILE, folder / MANIFEST_FILE, plot=folder / R_PLOT if config.guided else None,
+                      views_dir=folder / CRITIC_VIEWS_DIR, candidates=config.search.searching)
+
+
 def generate_one(
     item: BenchItem,
     config: BenchConfig,
@@ -155,63 +166,30 @@ def generate_one(
 
     `before_record(staging)` is called when the staging folder holds everything but the record (a test hook).
     """
-    from ..generation import generate_mesh
-
-    settings = run.settings
     target = run.paths.config(item.id, config.name)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = target.parent / f".{config.name}{STAGING_MARK}{uuid.uuid4().hex[:8]}"
     staging.mkdir()
     started = time.perf_counter()
-    seed = item.seed_for(settings.seed) + config.seed_offset
-    status, final_r, final_p_yes, faces, error, compute = "ok", None, None, 0, None, None
-    mesh_path: Path | None = staging / MESH_FILE
+    seed = item.seed_for(run.settings.seed) + config.seed_offset
     try:
-        try:
-            result = generate_mesh(
-                models,
-                image=condition_image(item, run.paths),
-                prompt=item.prompt,
-                out=mesh_path,
-                manifest_path=staging / MANIFEST_FILE,
-                guidance=config.guidance,
-                options=settings.generation_options(seed=seed),
-                views_dir=staging / "critic_views",
-                keep_views="summary" if config.guided else "none",
-                plot_path=staging / "r.png" if config.guided else None,
-                progress=False,
-                search=config.search,
-            )
-            final_r, final_p_yes, faces = result.final_r, result.final_p_yes, result.faces
-            compute = json.loads((staging / MANIFEST_FILE).read_text(encoding="utf-8")).get("compute")
-        except EmptySurfaceError as exc:
-            status, error, mesh_path = "empty", str(exc), None
-            logger.warning("%s/%s: the final shape is empty (counted as a failure in every metric)", item.id, config.name)
-        images = render_eval_views(mesh_path, run.eval_views, device)
+        outcome = _sample_config(item, config, run, config_plan(staging, config), models=models, seed=seed)
+        images = render_eval_views(outcome["mesh_path"], run.eval_views, device)
         save_views(staging / EVAL_VIEWS_DIR, images)
         if before_record is not None:
             before_record(staging)
-        if status == "ok" and reference.same_setting(config.guidance):
-            final_r_reference = final_r
-        elif status == "ok":
-            final_r_reference = reference.score(mesh_path)
-        else:
+        if outcome["status"] != "ok":
             final_r_reference = None
-        record = {
-            "id": uuid.uuid4().hex,
-            "item": item.id,
-            "config": config.name,
-            "status": status,
-            "error": error,
-            "seed": seed,
-            "final_r": final_r,
-            "final_p_yes": final_p_yes,
-            "final_r_reference": final_r_reference,
-            "faces": faces,
-            "compute": compute,  # the run's counted work (vlm3d_ttg.search.Compute)
-            "seconds": time.perf_counter() - started,
-            "fingerprint": fingerprint,
-        }
+        elif reference.same_setting(config.guidance):
+            final_r_reference = outcome["final_r"]
+        else:
+            final_r_reference = reference.score(outcome["mesh_path"])
+        record = {"id": uuid.uuid4().hex, "item": item.id, "config": config.name, "status": outcome["status"],
+                  "error": outcome["error"], "seed": seed, "final_r": outcome["final_r"],
+                  "final_p_yes": outcome["final_p_yes"], "final_r_reference": final_r_reference,
+                  "faces": outcome["faces"],
+                  "compute": outcome["compute"],  # the run's counted work (vlm3d_ttg.search.Compute)
+                  "seconds": time.perf_counter() - started, "fingerprint": fingerprint}
         write_manifest(staging / RECORD_FILE, record)
         if target.exists():  # a stale or damaged result being regenerated: replace it
             shutil.rmtree(target)
@@ -220,6 +198,29 @@ def generate_one(
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     return record
+
+
+def _sample_config(item: BenchItem, config: BenchConfig, run: BenchRun, plan: OutputPlan, *, models: Any,
+                   seed: int) -> dict[str, Any]:
+    """One (item, configuration) run through `generation.generate_mesh` (the `generate` path) into `plan`'s
+    files, checked first; what the record takes from it (an empty final shape is status "empty", no mesh)."""
+    from ..generation import generate_mesh
+
+    plan.check({"the item's image": condition_image(item, run.paths)})
+    outcome = {"status": "ok", "error": None, "final_r": None, "final_p_yes": None, "faces": 0, "compute": None,
+               "mesh_path": plan.out}
+    try:
+        result = generate_mesh(models, image=condition_image(item, run.paths), prompt=item.prompt, out=plan.out,
+                               manifest_path=plan.manifest, guidance=config.guidance,
+                               options=run.settings.generation_options(seed=seed), views_dir=plan.views_dir,
+                               keep_views="summary" if config.guided else "none", plot_path=plan.plot, progress=False,
+                               search=config.search)
+    except EmptySurfaceError as exc:
+        logger.warning("%s/%s: the final shape is empty (counted as a failure in every metric)", item.id, config.name)
+        return {**outcome, "status": "empty", "error": str(exc), "mesh_path": None}
+    compute = json.loads(plan.manifest.read_text(encoding="utf-8")).get("compute")
+    return {**outcome, "final_r": result.final_r, "final_p_yes": result.final_p_yes, "faces": result.faces,
+            "compute": compute}
 
 
 def _sigkill_hook(stats: ShardStats) -> Callable[[Path], None] | None:

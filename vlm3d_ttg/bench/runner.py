@@ -1,6 +1,6 @@
 """The quality benchmark's runner: check a run, then generate, render and measure this process's share.
 
-Work is split by item over processes (accelerate's `PartialState`; one process per GPU, or
+Work is split by item over processes (`vlm3d_ttg.shards`: accelerate's `PartialState`; one process per GPU, or
 several on a CPU). Each process runs three phases on its items, then all meet at a barrier and
 the main process merges (`vlm3d_ttg.bench.report`):
 
@@ -42,6 +42,7 @@ from typing import Any
 from ..errors import InvalidInputError
 from ..io import write_text_atomic
 from ..manifest import package_versions
+from ..shards import split_pending
 from .benchset import BenchItem
 from .cache import evaluation_is_current, evaluation_key, find_stale, finished_record, json_roundtrip
 from .evaluate import evaluate_shard
@@ -206,12 +207,8 @@ def run_shard(
     Call it on every process after `check_run` (whose stale items, if regenerated, are `stale_items`);
     the pending items are listed and split between barriers, so every process sees the same list.
     """
-    state.wait_for_everyone()
-    pending = unfinished_items(run, stale_items)
-    state.wait_for_everyone()  # nobody finishes an item before everyone has listed the pending ones
+    mine, pending = split_pending(state, lambda: unfinished_items(run, stale_items))
     stats = ShardStats(items_done_before=len(run.bench.items) - len(pending))
-    with state.split_between_processes(pending) as mine:
-        mine = list(mine)
     device = str(state.device)
     logger.info("process %d/%d (pid %d): %d of %d pending items on %s", state.process_index, state.num_processes,
                 os.getpid(), len(mine), len(pending), device)

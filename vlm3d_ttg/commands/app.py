@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import inspect
 import ipaddress
 import math
 import socket
@@ -14,6 +13,7 @@ from typing import Optional
 import typer
 
 from ..errors import InvalidInputError
+from . import with_run_options
 from .generate import PRESET_HELP, Preset, given_options
 
 LOOPBACK_NOTE = "bound to this machine only; --host 0.0.0.0 opens it to the network"
@@ -157,25 +157,11 @@ def check_port_free(host: str, port: int) -> None:
                                     "(or stop what is serving there).") from None
 
 
-def _derived_signature() -> inspect.Signature:
-    """`_app`'s own parameters followed by every declared option of `generate` (the request defaults)."""
-    from ..export import PostprocessConfig
-    from ..generation import GenerationOptions
-    from ..guidance import GuidanceConfig
-    from ..options import typer_parameters
-    from ..search import SearchOptions
-
-    own = [p for p in inspect.signature(_app, eval_str=True).parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
-    derived = [*typer_parameters(GenerationOptions), *typer_parameters(PostprocessConfig), *typer_parameters(GuidanceConfig),
-               *typer_parameters(SearchOptions)]
-    return inspect.Signature(own + derived)
-
-
 def app(**values: object) -> None:
     """Serve the web app and its HTTP API (Gradio): image or text + description → guided mesh, with the
     critic's views and r while it runs. Every option of `generate` sets the page's defaults."""
     _app(**values)
 
 
-app.__signature__ = _derived_signature()  # type: ignore[attr-defined]
+app.__signature__ = with_run_options(_app)  # type: ignore[attr-defined]
 app.__annotations__ = {}
