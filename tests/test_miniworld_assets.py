@@ -97,9 +97,11 @@ def test_mini_critic_loads_and_r_is_differentiable_in_the_views(mini_models):
     generator = torch.Generator().manual_seed(1)
     direction = torch.randn(views.shape, generator=generator, dtype=torch.float64)
     direction = direction * ((views > 0.01) & (views < 0.99)).detach()  # stay inside [0, 1]
-    eps = 1e-4
+    # r carries float32 rounding noise of ~3e-7 even with a float64 model (measured: the central difference's
+    # error grows as 3e-7 / (2 eps) below eps 1e-4); at 1e-3 that noise is 1.5e-4 and the truncation error less.
+    eps = 1e-3
     with torch.no_grad():
         finite = (critic(views + eps * direction).r - critic(views - eps * direction).r) / (2 * eps)
     analytic = (gradient * direction).sum()
     assert abs(float(finite)) > 1e-6  # r does depend on the pixels
-    assert abs(float(finite - analytic)) <= 1e-3 * max(1.0, abs(float(finite)))  # measured: 4e-5 relative
+    assert abs(float(finite - analytic)) <= 1e-3 * max(1.0, abs(float(finite)))  # measured: 1.4e-4

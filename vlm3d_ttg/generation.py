@@ -167,7 +167,12 @@ def option_defaults(preset: str, backbone: str = DEFAULT_BACKBONE) -> dict[str, 
     where the user gives none: the backbone's own defaults, the preset's over them (`presets.Preset.defaults`)."""
     from .presets import get_preset
 
-    return {**backbone_defaults(backbone_class(backbone)), **get_preset(preset).defaults}
+    # An unknown backbone brings no defaults: validate() then refuses it with the options' own message.
+    try:
+        own = backbone_defaults(backbone_class(backbone))
+    except InvalidInputError:
+        own = {}
+    return {**own, **get_preset(preset).defaults}
 
 
 def with_defaults(values: Mapping[str, Any], preset: str) -> dict[str, Any]:

@@ -74,11 +74,13 @@ def nearest_writable_folder(path: str | os.PathLike, what: str) -> Path:
     return existing
 
 
-def write_directory_atomic(target: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+def write_directory_atomic(target: str | os.PathLike, write: Callable[[Path], None], *,
+                           required: tuple[str, ...] = ()) -> Path:
     """Create the folder `target` by running `write(staging)` in a sibling temp folder, then renaming it.
 
     A folder that already exists and is not empty is kept as it is (it was written the same way),
     so concurrent writers and readers never see half a folder; the loser of a race discards its copy.
+    `required`: files `write` must have made, else RuntimeError and nothing is renamed into place.
     """
     folder = Path(target)
     if folder.is_dir() and any(folder.iterdir()):
@@ -87,6 +89,9 @@ def write_directory_atomic(target: str | os.PathLike, write: Callable[[Path], No
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
         write(staging)
+        missing = [name for name in required if not (staging / name).is_file()]
+        if missing:
+            raise RuntimeError(f"writing {folder} made no {', '.join(missing)}")
         try:
             os.rename(staging, folder)
         except OSError:

@@ -172,6 +172,13 @@ def _batch(
     if verbose:
         be_verbose()
     quiet_hy3dgen()
+    # An offline preset's critic is written before the process group exists: inside one, transformers'
+    # save_pretrained writes weights on rank 0 only.
+    from ..presets import critic_checkpoint
+    from ..models import critic_family_for
+
+    critic_checkpoint(preset.value, settings.options.vlm, depth=settings.options.realsize_depth,
+                      family=critic_family_for(settings.options.vlm, preset.value, settings.options.critic_family))
     state = process_state(cpu=_on_cpu(settings.options.device))
     talk = _Talk(state)
     mine, pending = split_pending(state, lambda: [item for item in checked if not item_finished(item)])

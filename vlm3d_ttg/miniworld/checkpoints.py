@@ -92,7 +92,8 @@ def _write_critic(folder: Path, weights: Path, size: str, seed: int) -> Path:
         model.save_pretrained(staging)
         processor.save_pretrained(staging)
 
-    return write_directory_atomic(folder, write)
+    # Not rank 0 of a torch.distributed group: save_pretrained writes no weights (see tiny.qwen).
+    return write_directory_atomic(folder, write, required=("config.json", "model.safetensors"))
 
 
 def ensure_mini_models(cache_dir: str | os.PathLike | None = None, *, assets: str | os.PathLike = ASSETS) -> MiniModels:

@@ -329,7 +329,9 @@ def write_tiny_checkpoint(folder: str | os.PathLike, build: Any, seed: int, what
         model.save_pretrained(staging)
         processor.save_pretrained(staging)
 
-    target = write_directory_atomic(folder, write)
+    # In a process of a torch.distributed group other than rank 0, transformers' save_pretrained
+    # writes no weights and no config (only the processor): such a folder must never become the checkpoint.
+    target = write_directory_atomic(folder, write, required=("config.json", "model.safetensors"))
     logger.info("Wrote tiny %s (seed %d) to %s", what, seed, target)
     return target
 
