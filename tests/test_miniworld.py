@@ -123,3 +123,38 @@ def test_decoder_and_dit_training_lower_their_loss(tiny_world, tmp_path):
 def test_training_scripts_refuse_missing_data_with_exit_2(tmp_path, capsys):
     assert _training_module("train_decoder").main(["--data", str(tmp_path), "--run", str(tmp_path / "r")]) == 2
     assert "build_data.py" in capsys.readouterr().err
+
+
+def test_the_decoder_can_go_on_learning_with_the_codes_the_dit_was_trained_on_frozen(tiny_world, tmp_path):
+    run = tmp_path / "decoder"
+    common = ["--data", str(tiny_world), "--run", str(run), "--batch-shapes", "4", "--batch-points", "256"]
+    assert _training_module("train_decoder").main(common + ["--steps", "10"]) == 0
+    before = torch.load(run / "ckpt.pt", weights_only=False)
+    assert _training_module("train_decoder").main(common + ["--steps", "20", "--freeze-codes-from", "10"]) == 0
+    after = torch.load(run / "ckpt.pt", weights_only=False)
+    assert after["step"] == 20
+    assert torch.equal(after["codes"], before["codes"])  # bit-identical: the DiT's training targets
+    moved = [name for name, value in after["vae"].items() if not torch.equal(value, before["vae"][name])]
+    assert moved  # the decoder itself kept learning
+
+
+def test_mixed_critic_batches_ask_each_pair_its_own_description():
+    train_critic = _training_module("train_critic")
+    # 4 shapes of 2 classes (2 descriptions each), one intact and one broken view set per shape.
+    descriptions = ["a mug with a handle", "a mug without a handle", "a table with four legs", "a table with three legs"]
+    classes = ["mug", "mug", "table", "table"]
+    shape_row = np.repeat(np.arange(4), 2)
+    broken = np.tile([0, 1], 4)
+    views = np.zeros((8, 1, 3, 4, 4), np.uint8)
+    batches = train_critic.CriticBatches(views, shape_row, broken, descriptions, classes, seed=0)
+    distinct = []
+    for _ in range(6):
+        images, texts, labels = batches.sample(8, mixed=True)
+        assert images.shape[0] == len(texts) == len(labels) == 8
+        for pair in range(4):
+            yes, no = 2 * pair, 2 * pair + 1
+            assert texts[yes] == texts[no] and labels[yes] == 1 and labels[no] == 0
+        distinct.append(len(set(texts)))
+    assert max(distinct) >= 2  # one batch asks about several descriptions (one-description batches: always 1)
+    _, texts, _ = batches.sample(8)
+    assert len(set(texts)) == 1
