@@ -50,3 +50,14 @@ def test_check_writable(tmp_path):
     blocker.write_text("x")
     with pytest.raises(InvalidInputError, match="not a folder"):
         check_writable(blocker / "x.glb")
+
+
+def test_a_folder_written_without_its_required_files_never_takes_the_place(tmp_path):
+    # (transformers' save_pretrained off rank 0 of a process group writes a processor but no weights)
+    with pytest.raises(RuntimeError, match="made no model.safetensors"):
+        write_directory_atomic(tmp_path / "critic", lambda d: (d / "config.json").write_text("{}"),
+                               required=("config.json", "model.safetensors"))
+    assert not (tmp_path / "critic").exists() and list(tmp_path.iterdir()) == []
+    write_directory_atomic(tmp_path / "critic", lambda d: [(d / n).write_text("x") for n in ("config.json", "model.safetensors")],
+                           required=("config.json", "model.safetensors"))
+    assert sorted(p.name for p in (tmp_path / "critic").iterdir()) == ["config.json", "model.safetensors"]
