@@ -147,3 +147,17 @@ def test_a_damaged_mini_cache_folder_is_named_with_how_to_rebuild_it(tmp_path, m
     assert "--preset real / tiny / realsize / mini" not in rebuild_advice(folder)  # 'real' writes nothing offline
     assert f"delete the folder '{folder}'" in rebuild_advice(folder) and "mini" in rebuild_advice(folder)
     assert get_preset("mini").defaults_text().startswith("--octree-resolution 64")
+
+
+def test_score_with_the_mini_preset_uses_its_view_defaults_unless_given(mini_run, tmp_path, capsys, monkeypatch):
+    code, out = mini_run
+    assert code == 0
+    monkeypatch.setenv("VLM3D_TTG_CACHE", str(out.parent / "cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code = main(["score", str(out), "--prompt", PROMPT, "--preset", "mini", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0 and (report["num_views"], report["image_size"]) == (4, [112, 112])  # not 4 x 448 (prompt too long)
+    assert np.isfinite(report["results"][0]["r"])
+    code = main(["score", str(out), "--prompt", PROMPT, "--preset", "mini", "--views", "2", "--view-size", "56", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0 and (report["num_views"], report["image_size"]) == (2, [56, 56])  # the user's values win

@@ -88,6 +88,7 @@ class _Settings:
 
 
 def _score(
+    context: typer.Context,
     inputs: list[Path] = typer.Argument(..., help="Views of one object (PNG/JPG, same size), or one mesh (GLB/OBJ).", show_default=False),
     prompt: str = typer.Option(..., "--prompt", "-p", help="What the object should be, e.g. 'a wooden chair'.", show_default=False),
     query: str = typer.Option(
@@ -95,7 +96,8 @@ def _score(
     ),
     vlm: Optional[str] = typer.Option(None, "--vlm", help="Qwen2.5-VL or Qwen3-VL hub id or local folder (default: Qwen/Qwen2.5-VL-7B-Instruct)."),
     preset: Optional[str] = typer.Option(None, "--preset", help="'tiny': the offline tiny critic (of --critic-family); 'realsize': Qwen2.5-VL-7B's sizes at depth 1, random weights "
-                                                                      "(meaningless scores; for smoke tests)."),
+                                                                      "(meaningless scores; for smoke tests); 'mini': the trained miniature world's critic, "
+                                                                      "at its own view defaults."),
     json_output: bool = typer.Option(False, "--json", help="Print one JSON object (for scripts) instead of a table."),
     **options: Any,
 ) -> None:
@@ -109,7 +111,7 @@ def _score(
     from ..presets import critic_checkpoint
 
     image_paths, mesh_paths = _check_inputs(list(inputs), preset, vlm)
-    settings = _check_options(options, preset=preset, vlm=vlm)
+    settings = _check_options(_with_preset_defaults(options, context, preset), preset=preset, vlm=vlm)
     description = normalize_description(prompt)
     variants = _query_variants(query)
     pixels, reframed = _views_to_score(image_paths, mesh_paths, settings)
@@ -131,6 +133,16 @@ def _score(
     if mesh_paths:
         report["mesh_reframed"] = reframed
     _print_report(report, json_output=json_output, reframed_mesh=mesh_paths[0] if reframed else None)
+
+
+def _with_preset_defaults(values: dict[str, Any], context: typer.Context, preset: Optional[str]) -> dict[str, Any]:
+    """score's options with the preset's (and the backbone's) defaults where the user gave none, as generate's
+    (the mini critic, e.g., reads 4 views of 112 px: at generate's 448 px its prompt outgrows its context)."""
+    from ..generation import option_defaults
+    from .generate import given_options
+
+    own = option_defaults(preset or "real", values["backbone"])
+    return {**values, **{name: value for name, value in own.items() if name in values}, **given_options(values, context)}
 
 
 def _check_options(values: dict[str, Any], *, preset: Optional[str], vlm: Optional[str]) -> _Settings:
