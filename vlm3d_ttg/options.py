@@ -115,16 +115,6 @@ class Checks:
 
         raise InvalidInputError(f"{self.prefix}: {name_the_flag(type(self.options), message)}")
 
-    def number(self, name: str, *, integer: bool = False) -> Any:
-        """The field's value, refused unless it is a finite number (an integer with `integer`; never a bool)."""
-        value = getattr(self.options, name)
-        kinds = (int,) if integer else (int, float)
-        if isinstance(value, bool) or not isinstance(value, kinds):
-            self.bad(f"{name} must be {'an integer' if integer else 'a number'}, got {value!r}")
-        if not math.isfinite(value):
-            self.bad(f"{name} must be finite, got {value}")
-        return value
-
     def declared(self) -> None:
         """Refuse the first declared field whose value is not of its kind (a switch True/False, a number
         finite and inside its declared range, a Literal one of its choices)."""
@@ -139,10 +129,6 @@ class Checks:
                     self.bad(problem)
             elif _choices(cls, field.name) and value not in _choices(cls, field.name):
                 self.bad(f"{field.name} must be {_one_of(_choices(cls, field.name))}, got {value!r}")
-
-    def integer(self, name: str) -> int:
-        """The field's value, refused unless it is an integer (not a bool)."""
-        return self.number(name, integer=True)
 
     def boolean(self, name: str) -> bool:
         """The field's value, refused unless it is True or False."""
