@@ -40,22 +40,23 @@ def unguided_config(guidance: Any) -> Any:
     return dataclasses.replace(guidance, enabled=False)
 
 
-def check_compare(guidance: Any, search: Any, guided_steps: Sequence[int]) -> None:
+def check_compare(guidance: Any, search: Any, guided_steps: Sequence[int], *, asked: str = "--compare") -> None:
     """Refuse, before any work, a comparison that would compare nothing: guidance off (--no-guidance or
     --scale 0), no step in the σ window, or a candidate search (whose critic-chosen seed would differ
-    between the two runs). Raises InvalidInputError naming the fix."""
+    between the two runs). Raises InvalidInputError naming the fix; `asked` is how the user asked for the
+    comparison (the app's "baseline")."""
     if not guidance.enabled:
-        raise InvalidInputError("--compare writes the unguided run beside the guided one; with --no-guidance there "
-                                "is no guided run. Drop --no-guidance (or --compare).")
+        raise InvalidInputError(f"{asked} writes the unguided run beside the guided one; with --no-guidance there "
+                                f"is no guided run. Drop --no-guidance (or {asked}).")
     if not guidance.active:
-        raise InvalidInputError("--compare writes the unguided run beside the guided one; with --scale 0 nothing is "
-                                "guided and both runs would be the same. Give --scale > 0 (or drop --compare).")
+        raise InvalidInputError(f"{asked} writes the unguided run beside the guided one; with --scale 0 nothing is "
+                                f"guided and both runs would be the same. Give --scale > 0 (or drop {asked}).")
     if not guided_steps:
-        raise InvalidInputError(f"--compare: no step of this run falls in the σ window {guidance.sigma_window}, so the "
+        raise InvalidInputError(f"{asked}: no step of this run falls in the σ window {guidance.sigma_window}, so the "
                                 "guided and unguided meshes would be the same. Widen --sigma-window or give more --steps.")
     if search is not None and search.searching:
-        raise InvalidInputError("--compare compares one seed with and without guidance; with --candidates the critic "
-                                "would pick each run's seed. Drop --candidates (or --compare).")
+        raise InvalidInputError(f"{asked} compares one seed with and without guidance; with --candidates the critic "
+                                f"would pick each run's seed. Drop --candidates (or {asked}).")
 
 
 def compare_views(reward: Any, meshes: Sequence[Any], *, size: int = COMPARE_VIEW_SIZE) -> torch.Tensor:

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import shlex
 import sys
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Mapping
 
 from ..errors import InvalidInputError
 
@@ -30,7 +30,7 @@ class MiniExample:
     prompt: str
     seed: int
     image: str  # the committed picture, relative to the repository root
-    settings: tuple[str, ...] = ()  # further `generate` options of the demo run (its speed on a CPU)
+    options: Mapping[str, Any] = field(default_factory=dict)  # option values of its run, by field name (e.g. steps)
 
     def picture(self) -> Any:
         """The input picture (RGBA PIL image), rendered from the shape's SDF as the training inputs are
@@ -47,8 +47,17 @@ class MiniExample:
                                   self.azimuth, self.elevation)
 
     def generate_arguments(self) -> list[str]:
-        """The example's own `vlm3d-ttg generate` arguments: the picture, the description, the seed and its settings."""
-        return [self.image, "--prompt", self.prompt, "--seed", str(self.seed), *self.settings]
+        """The example's own `vlm3d-ttg generate` arguments: the picture, the description, the seed and its options."""
+        from ..generation import GenerationOptions
+        from ..guidance import GuidanceConfig
+        from ..options import declared, flag_of
+
+        flags = {f.name: flag_of(f, spec) for cls in (GenerationOptions, GuidanceConfig) for f, spec in declared(cls)}
+        unknown = set(self.options) - set(flags)
+        if unknown:
+            raise InvalidInputError(f"The demo example sets options no run has: {', '.join(sorted(unknown))}.")
+        given = [part for name, value in self.options.items() for part in (flags[name], str(value))]
+        return [self.image, "--prompt", self.prompt, "--seed", str(self.seed), *given]
 
 
 #: The marching-cubes resolution of the data set's meshes (miniworld.dataset.build_shape), so the example is
@@ -56,9 +65,10 @@ class MiniExample:
 MESH_RESOLUTION = 80
 
 #: The demo's example: the test-split mug 52 seen from azimuth 270° (its handle, on +x, hidden behind the body).
-#: 30 steps and a 32³ guidance grid keep `make demo` (two runs) near a minute on 2 CPU cores.
+#: 30 steps and a 32³ guidance grid keep `make demo` (two runs) near a minute on 2 CPU cores; the app opens with
+#: the same values.
 MINI_EXAMPLE = MiniExample(cls="mug", variant=52, azimuth=270.0, elevation=8.0, prompt="a mug with a handle", seed=0,
-                           image="examples/mini_mug.png", settings=("--steps", "30", "--grid", "32"))
+                           image="examples/mini_mug.png", options={"steps": 30, "grid_resolution": 32})
 
 
 def main(argv: list[str] | None = None) -> int:
