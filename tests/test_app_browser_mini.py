@@ -13,12 +13,12 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
 import time
 import urllib.request
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from test_app_browser import ROOT, _canvas_drawn, _css, _open, _status, _wait, _wait_for_end, browser, serve  # noqa: F401
 
@@ -35,8 +35,6 @@ def mini_server(tmp_path_factory, tiny_cache):
 
 def _image_of(driver, selector: str):
     """The picture an <img> of the page shows, fetched from the server."""
-    from PIL import Image
-
     source = _css(driver, selector)[0].get_attribute("src")
     with urllib.request.urlopen(source, timeout=10) as response:
         return Image.open(io.BytesIO(response.read())).convert("RGB")
@@ -82,6 +80,10 @@ def test_the_mini_page_opens_with_the_example_and_shows_unguided_beside_guided(m
     assert sheet.size[0] > 4 * 200 and sheet.size[1] > 2 * 200, sheet.size
     assert any(link.split("?")[0].endswith("guided.glb.compare.png") for link in links), links
     if os.environ.get("VLM3D_TTG_UPDATE_SCREENSHOT"):
+        size = browser.get_window_size()
+        browser.set_window_size(1400, 1700)  # tall enough for the sheet under the viewers
         browser.execute_script("window.scrollTo(0, 0)")
-        time.sleep(1.0)
-        browser.save_screenshot(str(ROOT / "docs" / "app_mini.png"))
+        time.sleep(2.0)
+        shot = Image.open(io.BytesIO(browser.get_screenshot_as_png())).convert("RGB")
+        shot.quantize(256).save(ROOT / "docs" / "app_mini.png", optimize=True)  # a palette keeps the repository small
+        browser.set_window_size(size["width"], size["height"])
