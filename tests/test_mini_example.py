@@ -51,3 +51,8 @@ def test_make_demo_runs_generate_compare_on_the_examples_arguments():
     recipe = re.search(r"^demo: .*\n((?:\t.*\n)+)", makefile, re.M).group(1)
     assert "-m vlm3d_ttg.miniworld.example" in recipe and "generate" in recipe
     assert all(part in recipe for part in ("--preset mini", "--compare", "--save-views", "--plot", "--out $(OUT)/demo.glb"))
+    # README quotes the command the demo runs, with the example's arguments as they are now.
+    shown = " ".join(["vlm3d-ttg generate", MINI_EXAMPLE.image, "--prompt", f'"{MINI_EXAMPLE.prompt}"',
+                      *MINI_EXAMPLE.generate_arguments()[3:], "--preset mini --compare --save-views out/views --plot",
+                      "--out out/demo.glb"])
+    assert shown in " ".join((ROOT / "README.md").read_text().split()), shown
