@@ -161,3 +161,17 @@ def test_a_write_failing_on_the_unguided_mesh_writes_nothing_and_keeps_the_earli
 def test_compare_is_a_declared_option_in_the_help(capsys):
     code, stdout, _ = run_cli(["generate", "--help"], capsys)
     assert code == 0 and "--compare" in stdout and "OUT.compare.png" in stdout.replace("\n", " ")
+
+
+def test_the_apps_baseline_refuses_a_comparison_of_nothing_with_the_same_message_before_any_work(tmp_path, no_model_loads):
+    pytest.importorskip("gradio", reason="the app needs the [app] extra")
+    from vlm3d_ttg.app.runs import RunFolders
+    from vlm3d_ttg.app.server import AppRunner
+
+    runner = AppRunner(None, preset="tiny", defaults={}, runs=RunFolders(tmp_path / "runs"))
+    events = list(runner.run_events("session", image=None, prompt="a robot", values={"enabled": False},
+                                    export_format="glb", baseline=True))
+    assert [e.kind for e in events] == ["error"]
+    assert "with --no-guidance there is no guided run" in events[0].message
+    assert "the unguided baseline" in events[0].message
+    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())  # no run folder
