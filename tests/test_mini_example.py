@@ -45,8 +45,9 @@ def test_the_example_is_a_test_shape_that_has_what_the_prompt_states_and_whose_p
 def test_make_demo_runs_generate_compare_on_the_examples_arguments():
     printed = subprocess.run([sys.executable, "-m", "vlm3d_ttg.miniworld.example"], capture_output=True, text=True,
                              check=True, cwd=ROOT).stdout
-    assert shlex.split(printed) == [MINI_EXAMPLE.image, "--prompt", MINI_EXAMPLE.prompt, "--seed", str(MINI_EXAMPLE.seed),
-                                    "--steps", "30", "--grid", "32"]
+    arguments = shlex.split(printed)
+    assert arguments == MINI_EXAMPLE.generate_arguments()
+    assert arguments[:5] == [MINI_EXAMPLE.image, "--prompt", MINI_EXAMPLE.prompt, "--seed", str(MINI_EXAMPLE.seed)]
     makefile = (ROOT / "Makefile").read_text()
     recipe = re.search(r"^demo: .*\n((?:\t.*\n)+)", makefile, re.M).group(1)
     assert "-m vlm3d_ttg.miniworld.example" in recipe and "generate" in recipe
