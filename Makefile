@@ -15,11 +15,12 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
-# The main job, offline, on the tiny preset: a GLB, a manifest and contact sheets of what the critic saw.
+# The main job, offline, on the trained miniature world (--preset mini): the guided mesh and, with --compare,
+# the unguided one on the same seed beside it, a contact sheet of both, manifests, what the critic saw and r.
+# The example (picture, description, seed, run settings) is defined once: vlm3d_ttg/miniworld/example.py.
 demo: $(STAMP)
-	HF_HUB_OFFLINE=1 $(VENV)/bin/vlm3d-ttg generate examples/toy_robot.png \
-		--prompt "a small toy robot with a round head" \
-		--preset tiny --seed 0 --out $(OUT)/demo.glb --save-views $(OUT)/views --plot
+	export HF_HUB_OFFLINE=1; eval "$(VENV)/bin/vlm3d-ttg generate $$($(PY) -m vlm3d_ttg.miniworld.example)" \
+		--preset mini --compare --save-views $(OUT)/views --plot --out $(OUT)/demo.glb
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q

@@ -59,17 +59,22 @@ class Server:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_cache):
     """The app on a free localhost port, tiny preset, started once for this module."""
-    base = tmp_path_factory.mktemp("app")
+    yield from serve(tmp_path_factory.mktemp("app"), tiny_cache, ["--preset", "tiny", *SERVER_ARGS])
+
+
+def serve(base: Path, cache: Path, args: list[str]):
+    """Start `vlm3d-ttg app ARGS` on a free localhost port with its runs and Gradio's files under `base`; yield
+    the Server once it answers, stop it afterwards."""
     port = _free_port()
-    env = {**os.environ, "VLM3D_TTG_CACHE": str(tiny_cache), "GRADIO_TEMP_DIR": str(base / "gradio"),
+    env = {**os.environ, "VLM3D_TTG_CACHE": str(cache), "GRADIO_TEMP_DIR": str(base / "gradio"),
            "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False",
            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     log = base / "server.log"
     runs = base / "runs"
     with open(log, "wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "vlm3d_ttg.cli", "app", "--preset", "tiny", "--port", str(port),
-             "--runs-dir", str(runs), *SERVER_ARGS], stdout=out, stderr=subprocess.STDOUT, env=env, cwd=base)
+            [sys.executable, "-m", "vlm3d_ttg.cli", "app", *args, "--port", str(port), "--runs-dir", str(runs)],
+            stdout=out, stderr=subprocess.STDOUT, env=env, cwd=base)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + 240
     try:
@@ -196,11 +201,11 @@ def _wait_for_end(driver, timeout: float = RUN_TIMEOUT) -> str:
                  timeout, "the run to end")
 
 
-def _canvas_drawn(driver) -> float:
+def _canvas_drawn(driver, viewer: str = "#guided-mesh") -> float:
     """Fraction of the 3D viewer's canvas that is not the background (its screenshot's pixels)."""
     from PIL import Image
 
-    canvases = _css(driver, "#guided-mesh canvas")
+    canvases = _css(driver, f"{viewer} canvas")
     if not canvases:
         return 0.0
     pixels = np.asarray(Image.open(io.BytesIO(canvases[0].screenshot_as_png)).convert("RGB")).astype(int)

@@ -81,7 +81,7 @@ def test_a_write_failing_mid_run_leaves_the_earlier_outputs_and_no_folder(earlie
     folder is gone, and the message names the user's path, not a staging file."""
     import vlm3d_ttg.generation as generation
 
-    def disk_full(path, records, *, final_r=None):
+    def disk_full(path, records, *, final_r=None, baseline_r=None):
         Path(path).write_bytes(b"half")
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 

@@ -329,10 +329,11 @@ def r_plot_png(points: list[tuple[float, float]], *, skipped: list[float] = (), 
     return buffer.getvalue()
 
 
-def write_r_plot(path: str | os.PathLike, records: list[StepRecord], *, final_r: float | None = None) -> Path:
-    """Write the r plot of a run's step records (`r_plot_png`) to `path`."""
+def write_r_plot(path: str | os.PathLike, records: list[StepRecord], *, final_r: float | None = None,
+                 baseline_r: float | None = None) -> Path:
+    """Write the r plot of a run's step records (`r_plot_png`; `baseline_r`: an unguided run's final r) to `path`."""
     points = [(r.sigma, r.r) for r in records if r.r is not None]
-    png = r_plot_png(points, skipped=[r.sigma for r in records if r.skipped], final_r=final_r)
+    png = r_plot_png(points, skipped=[r.sigma for r in records if r.skipped], final_r=final_r, baseline_r=baseline_r)
     with atomic_path(path) as tmp:
         Path(tmp).write_bytes(png)
     return Path(path)
@@ -367,21 +368,106 @@ def generate_mesh(
     reference uses the front. Raises EmptySurfaceError (after
     writing the manifest) when the final latent has no surface.
     """
-    from .run import OutputPlan, build_run, describe
+    from .run import OutputPlan
 
     started = time.perf_counter()
     options = (options or GenerationOptions()).validate()
-    run = build_run(models, prompt=prompt, guidance=guidance, options=options, postprocess=postprocess, image=image,
-                    generated_input=generated_input, views=views, search=search, keep_views=keep_views,
-                    step_callback=step_callback,
-                    octree_resolution=options.octree_resolution or export_resolution(models.preset, options.backbone))
+    run = _build(models, image=image, prompt=prompt, guidance=guidance, options=options, postprocess=postprocess,
+                 generated_input=generated_input, views=views, search=search, keep_views=keep_views,
+                 step_callback=step_callback)
     plan = OutputPlan(out, manifest_path, plot=plot_path, views_dir=views_dir, view_steps=run.capture.keep,
                       candidates=bool(search and search.searching),
                       input_image=generated_input.path if generated_input is not None else None)
+    _check_plan(plan, models, options, image=image, views=views)
+    output, content = _sample(run, plan, started, progress)
+    outputs, sheets = _write_outputs(run, output, plan, content, started)
+    return _result(run, output, plan, content, sheets)
+
+
+def generate_compared(
+    models: LoadedModels,
+    *,
+    image: str | os.PathLike | None = None,
+    prompt: str,
+    out: str | os.PathLike,
+    manifest_path: str | os.PathLike,
+    guidance: GuidanceConfig,
+    postprocess: PostprocessConfig | None = None,
+    options: GenerationOptions | None = None,
+    views_dir: str | os.PathLike | None = None,
+    keep_views: str | list[int] = "summary",
+    plot_path: str | os.PathLike | None = None,
+    progress: bool = True,
+    step_callback: StepCallback | None = None,
+    unguided_callback: StepCallback | None = None,
+    generated_input: Any | None = None,
+    views: dict[str, str | os.PathLike] | None = None,
+) -> tuple[GenerationResult, GenerationResult, Path]:
+    """The guided run of `generate_mesh` (same arguments, no candidate search) and then the unguided run on
+    the same seed and settings (guidance off, `compare.unguided_config`), written together as one unit: the
+    guided outputs, the unguided mesh and manifest beside them (`compare.unguided_path_for`) and the contact
+    sheet of both (`compare.compare_sheet_path_for`); each manifest names the other. Returns (guided result,
+    unguided result, sheet path). Nothing is written unless both runs finish: a run without a final surface
+    writes its failed-run record and raises EmptySurfaceError; earlier outputs stay as they were.
+    `unguided_callback` is the unguided run's step callback (`step_callback` the guided run's)."""
+    from .compare import check_compare, compare_sheet, compare_views, unguided_config
+    from .run import OutputPlan
+
+    started = time.perf_counter()
+    options = (options or GenerationOptions()).validate()
+    common = dict(image=image, prompt=prompt, options=options, postprocess=postprocess, generated_input=generated_input,
+                  views=views, search=None)
+    run = _build(models, guidance=guidance, keep_views=keep_views, step_callback=step_callback, **common)
+    check_compare(guidance, None, run.sampler.guided_steps(options.steps, None))
+    twin = _build(models, guidance=unguided_config(guidance), keep_views="none", step_callback=unguided_callback, **common)
+    plan = OutputPlan.compared(out, manifest_path, plot=plot_path, views_dir=views_dir, view_steps=run.capture.keep,
+                               input_image=generated_input.path if generated_input is not None else None)
+    _check_plan(plan, models, options, image=image, views=views)
+    output, content = _sample(run, plan, started, progress)
+    twin_started = time.perf_counter()
+    twin_output, twin_content = _sample(twin, plan.unguided, twin_started, progress)
+    rows = [("unguided", twin_output.final_r), ("guided", output.final_r)]
+    pictures = compare_views(run.reward, [twin_output.mesh, output.mesh])
+    azimuths = [360.0 * k / run.reward.num_views for k in range(run.reward.num_views)]
+    sheet = compare_sheet(pictures, rows, prompt=prompt, seed=options.seed, azimuths=azimuths)
+    content["compare"] = {"unguided": str(plan.unguided.out), "unguided_manifest": str(plan.unguided.manifest),
+                          "unguided_final_r": twin_output.final_r, "sheet": str(plan.compare_sheet)}
+    twin_content["compare"] = {"guided": str(plan.out), "guided_manifest": str(plan.manifest),
+                               "guided_final_r": output.final_r, "sheet": str(plan.compare_sheet)}
+    with OutputSet() as staging:
+        sheet.save(staging.stage(plan.compare_sheet), format="PNG")
+        _, twin_sheets = _stage_outputs(twin, twin_output, plan.unguided, twin_content, twin_started, staging)
+        outputs, sheets = _stage_outputs(run, output, plan, content, started, staging, baseline_r=twin_output.final_r,
+                                         extra={"unguided": str(plan.unguided.out), "compare_sheet": str(plan.compare_sheet)})
+    return (_result(run, output, plan, content, sheets), _result(twin, twin_output, plan.unguided, twin_content, twin_sheets),
+            plan.compare_sheet)
+
+
+def _build(models: LoadedModels, *, image: Any, prompt: str, guidance: GuidanceConfig, options: GenerationOptions,
+           postprocess: PostprocessConfig | None, generated_input: Any, views: Any, search: SearchOptions | None,
+           keep_views: str | list[int], step_callback: StepCallback | None) -> Any:
+    """One run built on the loaded models (`run.build_run`), with the export grid of the preset unless given."""
+    from .run import build_run
+
+    return build_run(models, prompt=prompt, guidance=guidance, options=options, postprocess=postprocess, image=image,
+                     generated_input=generated_input, views=views, search=search, keep_views=keep_views,
+                     step_callback=step_callback,
+                     octree_resolution=options.octree_resolution or export_resolution(models.preset, options.backbone))
+
+
+def _check_plan(plan: Any, models: LoadedModels, options: GenerationOptions, *, image: Any, views: Any) -> None:
+    """The CLI's output-plan check, for API callers (`run.OutputPlan.check`, without the writability probes)."""
     plan.check({"image": image if isinstance(image, (str, os.PathLike)) else None,  # the CLI's check, for API callers
                 **{f"--{name}": path for name, path in (views or {}).items() if isinstance(path, (str, os.PathLike))}},
                read_folders=checkpoint_folders(options, models.preset, text_to_3d=image is None, cache_dir=models.cache_dir),
                writable=False)
+
+
+def _sample(run: Any, plan: Any, started: float, progress: bool) -> tuple[Any, dict[str, Any]]:
+    """Sample `run` and describe it (its manifest content); a final latent without a surface writes the run's
+    failed-run record (never over an earlier run's manifest) and raises EmptySurfaceError."""
+    from .run import describe
+
     output = run.sample(progress=progress)
     content = describe(run, output, plan)
     if output.mesh is None:
@@ -389,9 +475,12 @@ def generate_mesh(
         # together): its record goes to a file of its own.
         with OutputSet() as failed:
             write_manifest(failed.stage(plan.failed_record, last=True), content | {"total_seconds": time.perf_counter() - started})
-        raise EmptySurfaceError(f"The final shape is empty (no surface at the export level); nothing was written to {out}. "
+        raise EmptySurfaceError(f"The final shape is empty (no surface at the export level); nothing was written to {plan.out}. "
                                 f"The run's step records are in {plan.failed_record}.")
-    outputs, sheets = _write_outputs(run, output, plan, content, started)
+    return output, content
+
+
+def _result(run: Any, output: Any, plan: Any, content: dict[str, Any], sheets: list[Path]) -> GenerationResult:
     return GenerationResult(
         mesh_path=plan.out, manifest_path=plan.manifest, faces=content["faces"], records=output.sampled.records,
         final_r=output.final_r, final_p_yes=content["final_p_yes"], final_terms=content["final_terms"],
@@ -401,31 +490,39 @@ def generate_mesh(
 
 
 def _write_outputs(run: Any, output: Any, plan: Any, content: dict[str, Any], started: float) -> tuple[dict, list[Path]]:
-    """Stage every output of `plan` next to its destination and commit them as one unit, the manifest
-    (`content` plus the outputs) last: a failure at any point leaves the earlier outputs exactly as
-    they were (vlm3d_ttg.io.OutputSet). A new output is one entry in `run.OutputPlan` and one line here."""
+    """Every output of `plan`, committed as one unit (`_stage_outputs` in one `io.OutputSet`)."""
+    with OutputSet() as staging:
+        return _stage_outputs(run, output, plan, content, started, staging)
+
+
+def _stage_outputs(run: Any, output: Any, plan: Any, content: dict[str, Any], started: float, staging: OutputSet, *,
+                   baseline_r: float | None = None, extra: dict[str, Any] | None = None) -> tuple[dict, list[Path]]:
+    """Stage every output of `plan` in `staging` (committed as one unit when its block ends), the manifest
+    (`content` plus the outputs, and `extra` outputs staged by the caller) last: a failure at any point leaves
+    the earlier outputs exactly as they were (vlm3d_ttg.io.OutputSet). A new output is one entry in
+    `run.OutputPlan` and one line here. `baseline_r`: an unguided run's final r, drawn in the r plot."""
     from .silhouette import write_mask_png
 
     outputs: dict[str, Any] = {}
     sampled, generated = output.sampled, run.generated_input
-    with OutputSet() as staging:
-        staged = staging.stage
-        save_mesh(output.mesh, staged(plan.out))
-        outputs["mesh"] = str(plan.out)
-        write_mask_png(staged(plan.silhouette_mask), run.silhouette.target)
-        outputs["silhouette_mask"] = str(plan.silhouette_mask)
-        if generated is not None:
-            generated.image.save(staged(generated.path), format="PNG")
-            outputs["input_image"] = str(generated.path)
-        sheets = (_write_view_sheets(plan.views_dir, sampled.records, run.capture.views, output.final, staged)
-                  if plan.views_dir is not None else [])
-        if plan.views_dir is not None and sampled.search is not None and sampled.search.views:
-            sheets.append(_write_candidate_sheet(plan.views_dir, sampled.search, staged))
-        if sheets:
-            outputs["views"] = [str(p) for p in sheets]
-        if plan.plot is not None:
-            write_r_plot(staged(plan.plot), sampled.records, final_r=output.final_r)
-            outputs["plot"] = str(plan.plot)
-        content.update(outputs=outputs, total_seconds=time.perf_counter() - started)
-        write_manifest(staging.stage(plan.manifest, last=True), content)
+    staged = staging.stage
+    save_mesh(output.mesh, staged(plan.out))
+    outputs["mesh"] = str(plan.out)
+    write_mask_png(staged(plan.silhouette_mask), run.silhouette.target)
+    outputs["silhouette_mask"] = str(plan.silhouette_mask)
+    if generated is not None and plan.input_image is not None:
+        generated.image.save(staged(generated.path), format="PNG")
+        outputs["input_image"] = str(generated.path)
+    sheets = (_write_view_sheets(plan.views_dir, sampled.records, run.capture.views, output.final, staged)
+              if plan.views_dir is not None else [])
+    if plan.views_dir is not None and sampled.search is not None and sampled.search.views:
+        sheets.append(_write_candidate_sheet(plan.views_dir, sampled.search, staged))
+    if sheets:
+        outputs["views"] = [str(p) for p in sheets]
+    if plan.plot is not None:
+        write_r_plot(staged(plan.plot), sampled.records, final_r=output.final_r, baseline_r=baseline_r)
+        outputs["plot"] = str(plan.plot)
+    outputs.update(extra or {})
+    content.update(outputs=outputs, total_seconds=time.perf_counter() - started)
+    write_manifest(staging.stage(plan.manifest, last=True), content)
     return outputs, sheets

@@ -62,6 +62,16 @@ class Preset:
     small_models: SmallModels | None = None  # its models' memory, measured (None: the real models' sizes)
     depth_scaled: bool = False  # the real models' sizes at --realsize-depth blocks of each kind
     text_to_image_from: str | None = None  # the offline preset whose text-to-image model makes its input from a prompt
+    example: str | None = None  # "module:NAME" of its demo example (the app opens with it; `example()` loads it)
+    compare_by_default: bool = False  # the app runs the unguided baseline beside the guided run unless unticked
+
+    def demo_example(self) -> Any:
+        """Its demo example (e.g. `miniworld.example.MINI_EXAMPLE`: a picture, description, seed and option values),
+        imported from the module its record names; None when it has none."""
+        if self.example is None:
+            return None
+        module, name = self.example.split(":")
+        return getattr(importlib.import_module(module), name)
 
     @property
     def export_resolution(self) -> int | None:
@@ -121,7 +131,9 @@ PRESETS: dict[str, Preset] = {preset.name: preset for preset in (
            writers="vlm3d_ttg.miniworld.checkpoints", label="mini",
            defaults={"octree_resolution": 64, "num_views": 4, "view_size": 112, "elevation": 20.0,
                      "azimuth_jitter": 15.0, "elevation_jitter": 5.0},
-           note="the trained miniature world: ten classes of simple shapes", text_to_image_from="tiny",
+           note="the trained miniature world: small models trained on 13 classes of simple procedural shapes, not a "
+                "general 3D generator", text_to_image_from="tiny",
+           example="vlm3d_ttg.miniworld.example:MINI_EXAMPLE", compare_by_default=True,
            small_models=SmallModels(shape_bytes=8 * MIB, critic_bytes=8 * MIB,
                                     critic_token_bytes=128 * 4 * 40 * 4,  # hidden 128, 4 layers, float32
                                     vision_pixel_bytes=64 * 4, candidate_bytes=16 * MIB)),

@@ -100,12 +100,27 @@ class OutputPlan:
     view_steps: set[int] = field(default_factory=set)  # the guided steps whose view sheets are written
     candidates: bool = False  # a candidate search: its sheet is written too
     input_image: Path | None = None  # the input image text-to-image makes (text-to-3D runs)
+    unguided: "OutputPlan | None" = None  # --compare: the unguided run's own plan, written with this one
+    compare_sheet: Path | None = None  # --compare: the contact sheet of both meshes
 
     def __post_init__(self) -> None:
         self.out, self.manifest = Path(self.out), Path(self.manifest)
         self.plot = Path(self.plot) if self.plot is not None else None
         self.views_dir = Path(self.views_dir) if self.views_dir is not None else None
         self.input_image = Path(self.input_image) if self.input_image is not None else None
+        self.compare_sheet = Path(self.compare_sheet) if self.compare_sheet is not None else None
+
+    @classmethod
+    def compared(cls, out: str | os.PathLike, manifest: str | os.PathLike, **outputs: Any) -> "OutputPlan":
+        """The plan of a guided run with its unguided twin (`generate --compare`): the guided run's `outputs`
+        as the constructor takes them, plus the unguided mesh and manifest and the compare sheet
+        (`vlm3d_ttg.compare`'s names)."""
+        from .compare import compare_sheet_path_for, unguided_path_for
+        from .manifest import manifest_path_for
+
+        twin = unguided_path_for(out)
+        return cls(out, manifest, **outputs, unguided=cls(twin, manifest_path_for(twin)),
+                   compare_sheet=compare_sheet_path_for(out))
 
     @property
     def failed_record(self) -> Path:
@@ -134,6 +149,9 @@ class OutputPlan:
         if self.views_dir is not None:
             for name in view_sheet_names(self.view_steps, self.candidates):
                 plan[f"--save-views ({name})"] = self.view_sheet(name)
+        if self.unguided is not None:
+            plan.update({f"the unguided run's {label.lstrip('-')}": path for label, path in self.unguided.files().items()})
+            plan["the compare sheet"] = self.compare_sheet
         return plan
 
     def check(self, inputs: dict[str, str | os.PathLike | None] | None = None, *,

@@ -9,7 +9,6 @@ Endpoints (Gradio's API, for `gradio_client`): `/generate` (image or text → me
 and the unguided baseline when asked) and `/cancel` (cancels the calling session's runs).
 """
 
-import dataclasses
 import html
 import inspect
 import io
@@ -30,7 +29,7 @@ import gradio as gr  # noqa: E402
 
 from ..errors import InvalidInputError, Vlm3dError  # noqa: E402
 from ..export import PostprocessConfig  # noqa: E402
-from ..generation import GenerationOptions, GenerationResult, LoadedModels, generate_mesh  # noqa: E402
+from ..generation import GenerationOptions, GenerationResult, LoadedModels, generate_compared, generate_mesh  # noqa: E402
 from ..guidance import GuidanceConfig  # noqa: E402
 from ..manifest import manifest_path_for  # noqa: E402
 from ..options import cli_default, declared, flag_of, value_type  # noqa: E402
@@ -155,6 +154,7 @@ class RunEvent:
     points: list[tuple[float, float]] = field(default_factory=list)  # (σ, r) of the guided steps so far
     result: GenerationResult | None = None
     baseline: GenerationResult | None = None
+    sheet: Path | None = None  # kind "done" with a baseline: the contact sheet of both meshes (vlm3d_ttg.compare)
     seconds: float = 0.0
 
     @property
@@ -232,6 +232,10 @@ class AppRunner:
                                                 f"{type(value).__name__} {value!r}.")
                 request = validate_request(self.values(values), prompt=prompt, preset=self.preset, image=image,
                                            baseline=self.defaults)
+                if baseline:
+                    from ..compare import check_compare
+
+                    check_compare(request.guidance, request.search, request.guided_steps, asked="the unguided baseline")
                 if export_format not in EXPORT_FORMATS:
                     raise InvalidInputError(f"Export format must be one of {', '.join(EXPORT_FORMATS)}, got {export_format!r}.")
             except Vlm3dError as exc:
@@ -296,21 +300,22 @@ class AppRunner:
         from ..generation import checkpoint_folders
 
         image = None if request.image is None else folder / f"upload{request.image.suffix.lower() or '.png'}"
-        plans = run_plans(folder, export_format, text_only=image is None, baseline=baseline)
+        plan = run_plan(folder, export_format, text_only=image is None, baseline=baseline)
         read_folders = checkpoint_folders(request.options, self.preset, text_to_3d=image is None,
                                           cache_dir=self.models.cache_dir)
-        for plan in plans.values():
-            plan.check({"image": request.image, "the run's copy of the image": image}, read_folders=read_folders)
-        generated = self._input(request, image, plans["guided"].input_image, events)
+        plan.check({"image": request.image, "the run's copy of the image": image}, read_folders=read_folders)
+        generated = self._input(request, image, plan.input_image, events)
         token.check()
-        guided = self._generate(request, image, generated, plans["guided"], request.guidance, token, events,
-                                phase="guided")
-        base = None
-        if baseline:
-            token.check()
-            base = self._generate(request, image, generated, plans["baseline"],
-                                  dataclasses.replace(request.guidance, enabled=False), token, events, phase="baseline")
-        return RunEvent("done", result=guided, baseline=base)
+        run = dict(image=image, generated_input=generated, prompt=request.prompt, out=plan.out,
+                   manifest_path=plan.manifest, guidance=request.guidance, postprocess=request.postprocess,
+                   options=request.options, progress=False, step_callback=self._relay(request, token, events, "guided"))
+        if not baseline:
+            return RunEvent("done", result=generate_mesh(self.models, **run, search=request.search))
+        # The unguided run on the same seed and settings, written with the guided one as one unit, with the
+        # contact sheet of both (generation.generate_compared, as `generate --compare`).
+        guided, base, sheet = generate_compared(self.models, **run,
+                                                unguided_callback=self._relay(request, token, events, "baseline"))
+        return RunEvent("done", result=guided, baseline=base, sheet=sheet)
 
     def _input(self, request: RunRequest, image: Path | None, generated_path: Path | None,
                events: "queue.Queue[RunEvent]") -> Any:
@@ -333,24 +338,18 @@ class AppRunner:
         events.put(RunEvent("input", image=generated.image))
         return generated
 
-    def _generate(self, request: RunRequest, image: Path | None, generated: Any, plan: OutputPlan,
-                  guidance: GuidanceConfig, token: CancelToken, events: "queue.Queue[RunEvent]", *,
-                  phase: str) -> GenerationResult:
-        relay = StepRelay(events, token, phase=phase, total=request.options.steps)
-        return generate_mesh(self.models, image=image, generated_input=generated, prompt=request.prompt, out=plan.out,
-                             manifest_path=plan.manifest, guidance=guidance, postprocess=request.postprocess,
-                             options=request.options, progress=False, step_callback=relay, search=request.search)
+    @staticmethod
+    def _relay(request: RunRequest, token: CancelToken, events: "queue.Queue[RunEvent]", phase: str) -> StepRelay:
+        return StepRelay(events, token, phase=phase, total=request.options.steps)
 
 
-def run_plans(folder: Path, export_format: str, *, text_only: bool, baseline: bool) -> dict[str, OutputPlan]:
-    """The output plan (`run.OutputPlan`, as `generate`'s) of each run of one request, by phase: "guided",
-    and "baseline" when asked; each mesh in the run folder with its manifest beside it, and for
-    text-to-3D the input image made from the description."""
-    plans = {}
-    for phase in ("guided", "baseline") if baseline else ("guided",):
-        out = folder / f"{phase}.{export_format}"
-        plans[phase] = OutputPlan(out, manifest_path_for(out), input_image=folder / "input.png" if text_only else None)
-    return plans
+def run_plan(folder: Path, export_format: str, *, text_only: bool, baseline: bool) -> OutputPlan:
+    """The output plan (`run.OutputPlan`, as `generate`'s) of one request: the guided mesh in the run folder with
+    its manifest beside it, for text-to-3D the input image made from the description, and with `baseline` the
+    unguided run's mesh and manifest and the contact sheet of both (as `generate --compare`'s)."""
+    out = folder / f"guided.{export_format}"
+    make = OutputPlan.compared if baseline else OutputPlan
+    return make(out, manifest_path_for(out), input_image=folder / "input.png" if text_only else None)
 
 
 # ---- the page --------------------------------------------------------------------------------------
@@ -383,6 +382,7 @@ class Page:
     plot: Any
     guided_mesh: Any
     baseline_mesh: Any
+    sheet: Any  # the contact sheet of both meshes (with the baseline)
     final_r: Any
     meshes: Any  # gr.State: (guided mesh, baseline mesh) of this session's last run
     downloads: Any
@@ -395,7 +395,7 @@ class Page:
     @property
     def streamed(self) -> list:
         """What a page run streams into."""
-        return [self.status, self.condition, self.views, self.plot, self.meshes, self.final_r, self.downloads]
+        return [self.status, self.condition, self.views, self.plot, self.meshes, self.sheet, self.final_r, self.downloads]
 
     @property
     def parameter_names(self) -> list[str]:
@@ -428,17 +428,23 @@ def _layout(runner: AppRunner) -> Page:
 
 def _request_column(runner: AppRunner) -> dict[str, Any]:
     """The request's widgets (image, description, seed, the Advanced options, format, baseline) and buttons."""
+    from ..presets import get_preset
+
     preset = runner.preset
-    fields = [*form_fields(("seed",), runner.defaults), *form_fields(ADVANCED, runner.defaults)]
-    image = gr.Image(type="filepath", label="image", sources=["upload", "clipboard"], elem_id="input-image", height=260)
-    description = gr.Textbox(label="description", elem_id="description",
+    record = get_preset(preset)
+    example = record.demo_example()  # the page opens with the preset's example (the demo's; its seed and options
+    fields = [*form_fields(("seed",), runner.defaults), *form_fields(ADVANCED, runner.defaults)]  # are the defaults)
+    image = gr.Image(example.picture() if example is not None else None, type="filepath", label="image",
+                     sources=["upload", "clipboard"], elem_id="input-image", height=260)
+    description = gr.Textbox(example.prompt if example is not None else None, label="description", elem_id="description",
                              placeholder="e.g. a small toy robot with a round head")
     seed = _widget(fields[0], preset=preset)
     with gr.Accordion("Advanced", open=False, elem_id="advanced"):
         widgets = [_widget(spec, preset=preset) for spec in fields[1:]]
     export_format = gr.Dropdown(list(EXPORT_FORMATS), value="glb", label="export_format", elem_id="export-format")
-    baseline = gr.Checkbox(False, label="baseline", elem_id="baseline",
-                           info="Also run the unguided baseline on the same seed (one more unguided run).")
+    baseline = gr.Checkbox(record.compare_by_default, label="baseline", elem_id="baseline",
+                           info="Also run the unguided baseline on the same seed and settings (one more, unguided, run) "
+                                "and show both meshes and a sheet of both from the same cameras.")
     with gr.Row():
         run_button = gr.Button("Generate", variant="primary", elem_id="run")
         cancel_button = gr.Button("Cancel", variant="stop", elem_id="cancel")
@@ -460,11 +466,13 @@ def _output_column() -> dict[str, Any]:
                                  clear_color=(0.95, 0.95, 0.95, 1.0))
         baseline_mesh = gr.Model3D(label="unguided baseline (same seed)", elem_id="baseline-mesh", height=320,
                                    clear_color=(0.95, 0.95, 0.95, 1.0))
+    sheet = gr.Image(label="unguided (top) and guided (bottom), same seed, same cameras", interactive=False,
+                     elem_id="compare-sheet")
     final_r = gr.HTML(elem_id="final-r")
     downloads = gr.File(label="downloads (mesh and manifest)", file_count="multiple", elem_id="downloads",
                         interactive=False)
     return dict(status=status, condition=condition, views=views, plot=plot, guided_mesh=guided_mesh,
-                baseline_mesh=baseline_mesh, final_r=final_r, meshes=gr.State(None), downloads=downloads)
+                baseline_mesh=baseline_mesh, sheet=sheet, final_r=final_r, meshes=gr.State(None), downloads=downloads)
 
 
 def parse_request(fields: list[FormField], raw: tuple) -> dict[str, Any]:
@@ -490,7 +498,7 @@ class PageStream:
         """The page at the start of a run: checking, last run's outputs cleared."""
         page = self.page
         return {page.status: _status("Checking the request…", fraction=0.0), page.condition: None, page.views: None,
-                page.plot: None, page.meshes: None, page.final_r: "", page.downloads: None}
+                page.plot: None, page.meshes: None, page.sheet: None, page.final_r: "", page.downloads: None}
 
     def update(self, event: RunEvent) -> dict:
         """The page's update for `event` (empty for an event it does not show)."""
@@ -533,10 +541,13 @@ class PageStream:
         files = [str(result.mesh_path), str(result.manifest_path)]
         if base is not None:
             files += [str(base.mesh_path), str(base.manifest_path)]
+        if event.sheet is not None:
+            files.append(str(event.sheet))
         # The meshes go to the viewers in the follow-up event (show_meshes), not in this stream.
         return {page.status: _status(f"Done in {event.seconds:.1f} s.", fraction=1.0, kind="done"),
                 page.plot: r_plot(self.points, result.final_r, base.final_r if base else None),
                 page.meshes: (str(result.mesh_path), str(base.mesh_path) if base is not None else None),
+                page.sheet: str(event.sheet) if event.sheet is not None else None,
                 page.final_r: _final_html(result, base), page.downloads: files}
 
 
@@ -642,4 +653,4 @@ def app_theme() -> gr.themes.Base:
 
 __all__ = ["ADVANCED", "AppRunner", "api_exception_handlers", "api_result", "client_message", "EXPORT_FORMATS", "FormField",
            "Page", "PageStream", "RunEvent", "StepRelay", "app_theme", "build_app", "form_fields", "parse_request", "r_plot",
-           "run_plans"]
+           "run_plan"]

@@ -72,8 +72,13 @@ def _app(
     # Everything a request could find wrong with the server's own settings is found now, before the
     # models load: the options (as `generate` checks them), what the API cannot express, the preflight.
     from ..generation import with_defaults
+    from ..presets import get_preset
 
-    options = with_defaults(given_options(options, context), preset.value)  # every request's defaults: the preset's too
+    given = given_options(options, context)
+    example = get_preset(preset.value).demo_example()
+    if example is not None:  # the page opens with the preset's example: its seed and options, unless given
+        given = {"seed": example.seed, **example.options, **given}
+    options = with_defaults(given, preset.value)  # every request's defaults: the preset's too
     run_options = check_app_settings(options, preset=preset.value)
     folder = check_runs_dir(runs_dir)
     check_port_free(host, port)

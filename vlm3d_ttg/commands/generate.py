@@ -60,6 +60,10 @@ def _generate(
     views_at: Optional[str] = typer.Option(
         None, help="Guided steps to save views of (with --save-views): summary (default), all, none, or 4,10,20."),
     plot: bool = typer.Option(False, help="Also write a plot of r over the steps (OUT.r.png)."),
+    compare: bool = typer.Option(
+        False, help="Then run again on the same seed and settings with guidance off, and write that mesh beside the "
+                    "guided one (robot.glb → robot.unguided.glb, with its manifest) and a contact sheet of both from "
+                    "the same cameras with their final r (OUT.compare.png): what guidance changed."),
     quiet: bool = typer.Option(False, help="No progress bar."),
     verbose: bool = typer.Option(False, help="Debug logging, with hy3dgen's and transformers' own messages and tracebacks."),
     **options: object,
@@ -79,28 +83,38 @@ def _generate(
     if isinstance(keep_views, list) and not set(keep_views) <= set(request.guided_steps):
         raise InvalidInputError(f"--views-at names steps that are not guided: {sorted(set(keep_views) - set(request.guided_steps))}; "
                                 f"this run guides steps {request.guided_steps}.")
+    if compare:
+        from ..compare import check_compare
+
+        check_compare(request.guidance, request.search, request.guided_steps)
     plan = _output_plan(request, out=out, manifest=manifest, plot=plot, save_views=save_views, keep_views=keep_views,
-                        preset=preset.value)
+                        preset=preset.value, compare=compare)
 
     from ..logs import be_verbose, quiet_hy3dgen
-    from ..generation import generate_mesh
+    from ..generation import generate_compared, generate_mesh
 
     if verbose:
         be_verbose()
     quiet_hy3dgen()
     started = time.perf_counter()
     generated_input, models = _load(request, plan, preset)
-    result = generate_mesh(models, image=image, views=request.views or None, generated_input=generated_input,
-                           prompt=prompt, out=plan.out, manifest_path=plan.manifest, guidance=request.guidance,
-                           postprocess=request.postprocess, options=request.options, views_dir=plan.views_dir,
-                           keep_views=keep_views, plot_path=plan.plot, progress=not quiet, search=request.search)
-    _print_summary(result, request.guidance, time.perf_counter() - started)
+    run = dict(image=image, views=request.views or None, generated_input=generated_input, prompt=prompt, out=plan.out,
+               manifest_path=plan.manifest, guidance=request.guidance, postprocess=request.postprocess,
+               options=request.options, views_dir=plan.views_dir, keep_views=keep_views, plot_path=plan.plot,
+               progress=not quiet)
+    if not compare:
+        result = generate_mesh(models, **run, search=request.search)
+        _print_summary(result, request.guidance, time.perf_counter() - started)
+        return
+    result, unguided, sheet = generate_compared(models, **run)
+    _print_summary(result, request.guidance, time.perf_counter() - started, unguided=unguided, sheet=sheet)
 
 
 def _output_plan(request, *, out: Path, manifest: Optional[Path], plot: bool, save_views: Optional[Path],
-                 keep_views: str | list[int], preset: str):
-    """Where this run writes (every file, one plan), checked: writable, and nothing of the user's, no other
-    output and no file of a checkpoint or cache the run will load (not loaded yet) replaced by an output."""
+                 keep_views: str | list[int], preset: str, compare: bool = False):
+    """Where this run writes (every file, one plan; with `compare` the unguided run's and the compare sheet
+    too), checked: writable, and nothing of the user's, no other output and no file of a checkpoint or cache
+    the run will load (not loaded yet) replaced by an output."""
     from ..generation import checkpoint_folders
     from ..manifest import manifest_path_for, plot_path_for
     from ..run import OutputPlan, steps_to_keep
@@ -108,9 +122,10 @@ def _output_plan(request, *, out: Path, manifest: Optional[Path], plot: bool, sa
 
     image = request.image
     view_steps = steps_to_keep(keep_views, request.guided_steps) if save_views is not None else set()
-    plan = OutputPlan(out, manifest or manifest_path_for(out), plot=plot_path_for(out) if plot else None,
-                      views_dir=save_views, view_steps=view_steps, candidates=request.search.searching,
-                      input_image=input_image_path_for(out) if image is None else None)
+    make = OutputPlan.compared if compare else OutputPlan
+    plan = make(out, manifest or manifest_path_for(out), plot=plot_path_for(out) if plot else None,
+                views_dir=save_views, view_steps=view_steps, candidates=request.search.searching,
+                input_image=input_image_path_for(out) if image is None else None)
     plan.check({"IMAGE": image, **{f"--{name}": path for name, path in request.views.items()}},
                read_folders=checkpoint_folders(request.options, preset, text_to_3d=image is None))
     return plan
@@ -160,7 +175,7 @@ generate.__signature__ = _derived_signature()  # type: ignore[attr-defined]
 generate.__annotations__ = {}
 
 
-def _print_summary(result, guidance, seconds: float) -> None:
+def _print_summary(result, guidance, seconds: float, *, unguided=None, sheet: Path | None = None) -> None:
     guided = [r for r in result.records if r.guided]
     skipped = [r for r in guided if r.skipped]
     scored = [r.r for r in guided if r.r is not None]
@@ -194,4 +209,10 @@ def _print_summary(result, guidance, seconds: float) -> None:
                    f"(az {camera['azimuth_deg']:.0f}°, el {camera['elevation_deg']:.0f}°; mask {result.silhouette_mask_path})")
     elif camera is None:
         typer.echo("silhouette not measured: no camera could be estimated (see the manifest)")
+    if unguided is not None:
+        typer.echo(f"unguided  {unguided.mesh_path}  ({unguided.faces} faces; manifest {unguided.manifest_path}): "
+                   f"the same seed and settings, guidance off")
+        if unguided.final_r is not None:
+            typer.echo(f"critic    final r = {unguided.final_r:+.3f}  P(yes) = {unguided.final_p_yes:.3f} (unguided)")
+        typer.echo(f"compare   {sheet}  (unguided and guided meshes from the same cameras)")
     typer.echo(f"time      {seconds:.1f} s")
