@@ -105,3 +105,27 @@ def test_mini_critic_loads_and_r_is_differentiable_in_the_views(mini_models):
     analytic = (gradient * direction).sum()
     assert abs(float(finite)) > 1e-6  # r does depend on the pixels
     assert abs(float(finite - analytic)) <= 1e-3 * max(1.0, abs(float(finite)))  # measured: 1.4e-4
+
+
+def test_the_judge_ships_as_another_critic_and_tells_the_classes_apart(mini_models):
+    """Issue 26 item 3: a second critic of another seed and size, used only to judge. On clean renders of shapes
+    of four classes it says Yes most to the shape's own description (a judge with shuffled weights does not)."""
+    from vlm3d_ttg.critic.vlm_critic import VLMCritic
+    from vlm3d_ttg.miniworld.geometry import mesh_from_sdf
+    from vlm3d_ttg.miniworld.render_input import critic_views
+    from vlm3d_ttg.models import load_vlm
+
+    critics = read_manifest()["critics"]
+    assert set(critics) == {"guide", "judge"} and mini_models.judge is not None
+    assert (critics["judge"]["size"], critics["judge"]["seed"]) != (critics["guide"]["size"], critics["guide"]["seed"])
+    assert critics["judge"]["seed"] != critics["guide"]["seed"]
+    model, processor = load_vlm(str(mini_models.judge))
+    descriptions = ["a torus", "a snowman", "a bowl", "a rocket with fins"]
+    judges = {d: VLMCritic(model, processor, d, "dual") for d in descriptions}
+    for own in descriptions:
+        spec = make_spec(own.split()[1], 0)  # variant 0: the rocket has fins
+        assert spec.cls != "rocket" or spec.attributes["fins"] == 1
+        views = critic_views(mesh_from_sdf(shape_sdf(spec), 48), generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            scores = {d: float(judge(views).r) for d, judge in judges.items()}
+        assert max(scores, key=scores.get) == own, (own, scores)
