@@ -54,7 +54,7 @@ from results_file import write_results_section  # noqa: E402
 
 from vlm3d_ttg.bench.configs import preset_config  # noqa: E402
 from vlm3d_ttg.critic import VLMCritic  # noqa: E402
-from vlm3d_ttg.errors import EmptySurfaceError  # noqa: E402
+from vlm3d_ttg.errors import EmptySurfaceError, SkippedStepError  # noqa: E402
 from vlm3d_ttg.metrics.bootstrap import bootstrap_ci  # noqa: E402
 from vlm3d_ttg.miniworld import critic_views, describe, make_spec, render_input_image, shape_sdf  # noqa: E402
 from vlm3d_ttg.miniworld.dataset import TRAIN, VAL, VARIANTS, hiding_views  # noqa: E402
@@ -184,7 +184,7 @@ class Measures:
         stated_grid, stated_points = self.truth(item.stated_spec())
         true_grid, _ = self.truth(item.spec)
         measured = detect_attribute(item.spec.cls, grid)
-        row: dict[str, Any] = {"attribute": measured, "has_stated": int(measured == item.stated),
+        row: dict[str, Any] = {"attribute": measured, "has_stated": int(measured == item.stated), "fragments": fragments(grid),
                                "iou_stated": iou(grid, stated_grid), "iou_true": iou(grid, true_grid)}
         if mesh is None or not len(mesh.faces):
             row.update(chamfer_stated=None, predicted_class=None, class_right=0, judge_r=None)
@@ -207,6 +207,31 @@ class Measures:
             with torch.no_grad():
                 rs.append(float(critic(views).r.float().mean()))
         return float(np.mean(rs))
+
+
+def fragments(grid: np.ndarray, min_voxels: int = 8) -> int:
+    """Pieces of the shape besides its largest (6-connected components of ≥ `min_voxels` voxels, minus one):
+    0 for a shape in one piece; floating fragments count."""
+    from scipy import ndimage
+
+    labels, count = ndimage.label(grid)
+    if count == 0:
+        return 0
+    sizes = np.bincount(labels.ravel())[1:]
+    return int(max(0, (sizes >= min_voxels).sum() - 1))
+
+
+def remeasure(path: Path, kept: Path) -> None:
+    """Fill the measures later versions added (`fragments`) into rows that lack them, from the kept grids."""
+    from vlm3d_ttg.io import write_text_atomic
+
+    rows, cache = read_rows(path), {}
+    for row in rows:
+        if "fragments" not in row and row.get("grid"):
+            if row["grid"] not in cache:
+                cache[row["grid"]] = fragments(np.load(kept / row["grid"]).astype(np.float32) > 0)
+            row["fragments"] = cache[row["grid"]]
+    write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
 def chamfer(a: np.ndarray, b: np.ndarray) -> float:
@@ -255,23 +280,27 @@ def load_judge(checkpoint: Path | None) -> tuple[Any, Any]:
     return load_vlm(shipped, device=torch.device("cpu"), dtype=torch.float32)
 
 
-def rejudge(path: Path, kept: Path, judge: tuple[Any, Any]) -> None:
-    """Fill every row's judge_r from its kept grid (rewriting `path` atomically)."""
+def rejudge(path: Path, kept: Path, judge: tuple[Any, Any], judged: Path) -> None:
+    """The judge's r of every run's final shape against its statement, from the kept grids, into `judged`
+    (a JSON map "grid|statement" → r; runs already judged are skipped, so it can follow a running `run`)."""
     from vlm3d_ttg.io import write_text_atomic
 
     measures = Measures(judge, references=False)
-    rows, cache = read_rows(path), {}
-    for k, row in enumerate(rows):
-        if row.get("grid") is None:
-            continue
-        key = (row["grid"], row["statement"])
-        if key not in cache:
-            mesh = mesh_from_values(np.load(kept / row["grid"]).astype(np.float32), 0.0, inside_above=True)
-            cache[key] = measures.judge_r(mesh, row["statement"])
-        row["judge_r"] = cache[key]
-        if k % 50 == 0:
-            print(f"rejudged {k}/{len(rows)}", flush=True)
-    write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
+    scores = json.loads(judged.read_text()) if judged.exists() else {}
+    todo = {(r["grid"], r["statement"]) for r in read_rows(path) if r.get("grid")} - {tuple(k.split("|", 1)) for k in scores}
+    for k, (grid, statement) in enumerate(sorted(todo)):
+        mesh = mesh_from_values(np.load(kept / grid).astype(np.float32), 0.0, inside_above=True)
+        scores[f"{grid}|{statement}"] = measures.judge_r(mesh, statement)
+        if k % 50 == 49:
+            write_text_atomic(judged, json.dumps(scores, indent=0))
+            print(f"judged {k + 1}/{len(todo)}", flush=True)
+    write_text_atomic(judged, json.dumps(scores, indent=0))
+
+
+def with_judge(rows: list[dict], judged: Path) -> list[dict]:
+    """The rows with judge_r filled from `rejudge`'s map (where it has them)."""
+    scores = json.loads(judged.read_text()) if judged.exists() else {}
+    return [dict(r, judge_r=scores.get(f"{r.get('grid')}|{r['statement']}", r.get("judge_r"))) for r in rows]
 
 
 @dataclasses.dataclass
@@ -331,7 +360,11 @@ def measure(models: Any, settings: Any, item: Item, done: Sample, image: Any, me
         return dict(row, attribute=None, has_stated=0, class_right=0)
     config, _ = condition_config(settings, "base", row["steps"], {})
     reward, _ = reward_for(models, config, item.statement, image)
-    row["final_r"] = float(reward.score_mesh(done.mesh_export.vertices, done.mesh_export.faces).r.mean())
+    try:
+        row["final_r"] = float(reward.score_mesh(done.mesh_export.vertices, done.mesh_export.faces).r.mean())
+    except SkippedStepError as error:  # the final mesh cannot be scored (e.g. its render is out of range): said, not hidden
+        row["final_r"], row["final_r_error"] = None, str(error)
+        logger.warning("%s %s seed %s: final r not measured: %s", item.key, row["condition"], row["seed"], error)
     try:
         mesh = mesh_from_values(done.logits, 0.0, inside_above=True)
     except (ValueError, RuntimeError):
@@ -390,7 +423,7 @@ def _short(text: str) -> str:
 
 
 # ----------------------------------------------------------------------------------------- report
-METRICS = [("has_stated", "stated attribute present ↑", 1), ("judge_r", "judge r ↑", 1), ("iou_stated", "IoU to stated shape ↑", 1),
+METRICS = [("has_stated", "stated attribute present ↑", 1), ("judge_r", "judge r ↑", 1), ("fragments", "loose pieces ↓", -1), ("iou_stated", "IoU to stated shape ↑", 1),
            ("chamfer_stated", "Chamfer to stated ↓", -1), ("class_right", "class right ↑", 1),
            ("input_iou", "input silhouette IoU ↑", 1), ("final_r", "guide critic r ↑", 1)]
 
@@ -429,9 +462,10 @@ def _cell(stats: dict | None, digits: int = 2) -> str:
 
 def report(rows: list[dict], overrides: dict | None = None) -> str:
     """The RESULTS section: per condition and statement kind, paired Δs overall and per attribute."""
-    lines = [BEGIN, "### Language constrains geometry? (bench_language, mini world)", ""]
+    lines = [BEGIN, "### Language constrains geometry? (bench_language, mini world)", "",
+             f"Machine: {machine_description()}", ""]
     conditions = [c for c in CONDITIONS[1:] if any(r["condition"] == c for r in rows)]
-    shown = [m for m in METRICS if m[0] in ("has_stated", "judge_r", "iou_stated", "class_right", "input_iou", "final_r")]
+    shown = [m for m in METRICS if m[0] in ("has_stated", "judge_r", "iou_stated", "class_right", "input_iou", "fragments", "final_r")]
     for truthful, kind in ((True, "true statement (the picture hides what it states)"),
                            (False, "opposite statement (on the same picture)")):
         lines += [f"**{kind}** — each cell: base → condition, paired Δ [95 % CI] (pairs better↑ / worse↓ of n)", "",
@@ -469,7 +503,7 @@ def hiding_table(chosen: list[Item]) -> str:
 
 def sweep_report(rows: list[dict]) -> str:
     """Per guidance setting: paired Δ against the unguided runs of the same items and seeds."""
-    shown = [m for m in METRICS if m[0] in ("has_stated", "iou_stated", "class_right", "input_iou", "final_r")]
+    shown = [m for m in METRICS if m[0] in ("has_stated", "judge_r", "iou_stated", "class_right", "input_iou", "final_r")]
     lines = ["| setting | " + " | ".join(label for _, label, _ in shown) + " |", "|---|" + "---|" * len(shown)]
     settings = []
     for r in rows:
@@ -483,9 +517,11 @@ def sweep_report(rows: list[dict]) -> str:
 
 
 def contact_sheet(kept: Path, out: Path, rows: list[tuple[Item, int]], conditions: tuple[str, ...] = ("base", "guided"),
-                  tag: str = "") -> None:
+                  tag: str = "", records: list[dict] | None = None) -> None:
     """One row per (item, seed): the input picture, then each condition's final shape from the critic's four
-    (un-jittered) cameras, labelled; from the grids `run --keep` saved."""
+    (un-jittered) cameras, labelled with what was measured (`records`: the benchmark's rows); from the grids
+    `run --keep` saved."""
+    measured = {(r["item"], r["condition"], r["seed"]): r for r in records or [] if not r["overrides"]}
     from PIL import Image, ImageDraw
 
     size, pictures = 112, []
@@ -500,7 +536,10 @@ def contact_sheet(kept: Path, out: Path, rows: list[tuple[Item, int]], condition
             mesh = mesh_from_values(np.load(found[0]).astype(np.float32), 0.0, inside_above=True)
             views = critic_views(mesh, generator=torch.Generator().manual_seed(0), size=size, azimuth_jitter=0, elevation_jitter=0)
             tiles += [Image.fromarray((v.permute(1, 2, 0).numpy() * 255).astype(np.uint8)) for v in views]
-            labels.append(condition)
+            record = measured.get((item.key, condition, seed))
+            labels.append(condition if record is None else
+                          f"{condition}: {item.attribute} {record['attribute']}, r {record['final_r']:+.1f}"
+                          + (f", judge {record['judge_r']:+.1f}" if record.get("judge_r") is not None else ""))
         row = Image.new("RGB", (size * len(tiles), size + 14), "white")
         for k, tile in enumerate(tiles):
             row.paste(tile, (k * size, 14), tile if tile.mode == "RGBA" else None)
@@ -538,7 +577,7 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=("run", "sweep", "rejudge", "report", "sheets"))
+    parser.add_argument("command", choices=("run", "sweep", "rejudge", "remeasure", "report", "sheets"))
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=20, help="sampler steps (the mini preset runs 50; 20 keeps the grid "
                         "affordable on 2 CPU cores, 7 of them guided)")
@@ -553,17 +592,28 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (more than the idle cores thrashes: ×10 slower on a loaded 2-core machine)")
     parser.add_argument("--write-results", action="store_true", help="report: also write the tables into RESULTS.md")
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--judged", type=Path, default=HERE / "language_judge.json", help="rejudge/report: the judge's scores")
+    parser.add_argument("--pick", default="mug_052:1:1", help="sheets: SHAPE:STATED:SEED,... (STATED: the stated value)")
+    parser.add_argument("--sheet", type=Path, default=ROOT / "docs" / "language.png", help="sheets: the picture to write")
+    parser.add_argument("--sweep-judged", type=Path, default=HERE / "language_sweep_judge.json", help="report: the judge's "
+                        "scores of the sweep's runs (rejudge --out SWEEP --judged THIS)")
     parser.add_argument("--sweep-out", type=Path, default=HERE / "language_sweep.jsonl", help="report: the sweep's rows")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     if args.command in ("run", "sweep"):
         run_grid(args, args.conditions.split(","), parse_overrides(args.set), args.out)
     elif args.command == "rejudge":
-        rejudge(args.out, Path(args.keep), load_judge(args.judge))
+        rejudge(args.out, Path(args.keep), load_judge(args.judge), args.judged)
+    elif args.command == "remeasure":
+        remeasure(args.out, Path(args.keep))
+    elif args.command == "sheets":
+        by_key = {i.key.split("|")[0] + "|" + str(i.stated): i for i in items(per_class=VARIANTS)}
+        picks = [(by_key[f"{shape}|{stated}"], int(seed)) for shape, stated, seed in (p.split(":") for p in args.pick.split(","))]
+        contact_sheet(Path(args.keep), args.sheet, picks, records=with_judge(read_rows(args.out), args.judged))
     elif args.command == "report":
-        text = report(read_rows(args.out))
+        text = report(with_judge(read_rows(args.out), args.judged))
         if args.sweep_out.exists():
-            text = text.replace(END, "**Sweep** (" + str(args.sweep_out.name) + "):\n\n" + sweep_report(read_rows(args.sweep_out)) + "\n\n" + END)
+            text = text.replace(END, "**Sweep** (" + str(args.sweep_out.name) + "):\n\n" + sweep_report(with_judge(read_rows(args.sweep_out), args.sweep_judged)) + "\n\n" + END)
         text = text.replace(END, "**How much the pictures hide the attribute**\n\n" + hiding_table(items(per_class=args.per_class)) + "\n\n" + END)
         print(text)
         if args.write_results:
