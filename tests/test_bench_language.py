@@ -105,8 +105,18 @@ def test_one_picture_runs_on_the_mini_preset_and_a_rerun_resumes(bench, tmp_path
     bench.main(args)  # resumable: the finished runs are not run again
     assert len(out.read_text().splitlines()) == 4
     capsys.readouterr()
-    bench.main(["report", "--out", str(out)])
+    bench.main(["report", "--out", str(out), "--judged", str(tmp_path / "judged.json"), "--sweep-out", str(tmp_path / "none")])
     table = capsys.readouterr().out
     line = next(x for x in table.splitlines() if x.startswith("| guided | **all** |"))
     delta = guided[True]["iou_stated"] - next(r for r in base if r["truthful"])["iou_stated"]
     assert f"Δ {delta:+.2f}" in line
+
+
+def test_fragments_count_the_pieces_besides_the_largest(bench):
+    grid = np.zeros((16, 16, 16), bool)
+    grid[2:8, 2:8, 2:8] = True  # the body
+    assert bench.fragments(grid) == 0
+    grid[10:12, 10:12, 10:12] = True  # a loose piece of 8 voxels
+    assert bench.fragments(grid) == 1
+    grid[14, 14, 14] = True  # a speck below the size that counts
+    assert bench.fragments(grid) == 1
