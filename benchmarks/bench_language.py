@@ -158,14 +158,14 @@ def hiding(item: Item) -> float:
 class Measures:
     """What judges a final shape: the truth grids, the class references, the judge critic (cached per shape)."""
 
-    def __init__(self, judge: tuple[Any, Any] | None, references: bool = True) -> None:
+    def __init__(self, judge: tuple[Any, Any] | None, references: int = REFS_PER_CLASS) -> None:
         self.judge = judge
         self._grids: dict[str, np.ndarray] = {}
         self._points: dict[str, np.ndarray] = {}
         rng = np.random.default_rng(0)
         self.references = {}
         for cls in CLASSES if references else ():  # a few training shapes per class: the nearest decides the class
-            meshes = [mesh_from_sdf(shape_sdf(make_spec(cls, v)), 48) for v in range(REFS_PER_CLASS)]
+            meshes = [mesh_from_sdf(shape_sdf(make_spec(cls, v)), 48) for v in range(references)]
             self.references[cls] = [m.vertices[rng.choice(len(m.vertices), 1500)] for m in meshes]
 
     def truth(self, spec: ShapeSpec) -> tuple[np.ndarray, np.ndarray]:
@@ -285,7 +285,7 @@ def rejudge(path: Path, kept: Path, judge: tuple[Any, Any], judged: Path) -> Non
     (a JSON map "grid|statement" → r; runs already judged are skipped, so it can follow a running `run`)."""
     from vlm3d_ttg.io import write_text_atomic
 
-    measures = Measures(judge, references=False)
+    measures = Measures(judge, references=0)
     scores = json.loads(judged.read_text()) if judged.exists() else {}
     todo = {(r["grid"], r["statement"]) for r in read_rows(path) if r.get("grid")} - {tuple(k.split("|", 1)) for k in scores}
     for k, (grid, statement) in enumerate(sorted(todo)):
@@ -383,8 +383,11 @@ def run_grid(args, conditions: list[str], overrides: dict[str, Any], out: Path) 
             done.add((r["item"], r["condition"], r["seed"], json.dumps(r["overrides"], sort_keys=True)))
     key = json.dumps(overrides, sort_keys=True)
     chosen = items(tuple(args.classes.split(",")), args.statements, args.per_class)
+    if all((item.key, condition, seed, key) in done for seed in range(args.seeds) for item in chosen for condition in conditions):
+        print(f"every run is already in {out}", flush=True)
+        return  # resuming a finished grid loads nothing
     models, settings = load()
-    measures = Measures(None)  # the judge scores the kept grids afterwards (`rejudge`), with the judge that ships
+    measures = Measures(None, args.refs_per_class)  # the judge scores the kept grids afterwards (`rejudge`), with the judge that ships
     keep = Path(args.keep) if args.keep else None
     images: dict[str, Any] = {}
     base_runs: dict[tuple[str, int], Sample] = {}
@@ -583,6 +586,8 @@ def main(argv: list[str] | None = None) -> None:
                         "affordable on 2 CPU cores, 7 of them guided)")
     parser.add_argument("--classes", default=",".join(ATTRIBUTE_CLASSES))
     parser.add_argument("--per-class", type=int, default=5, help="test shapes per class (6 exist)")
+    parser.add_argument("--refs-per-class", type=int, default=REFS_PER_CLASS, help="training shapes per class that decide "
+                        "a shape's class (nearest by Chamfer)")
     parser.add_argument("--statements", choices=("both", "true", "opposite"), default="both")
     parser.add_argument("--conditions", default=",".join(CONDITIONS))
     parser.add_argument("--set", action="append", default=[], help="a guidance option for every guided condition, name=value")

@@ -75,6 +75,8 @@ BEGIN, END = "<!-- bench_steering:begin -->", "<!-- bench_steering:end -->"
 TINY = dict(steps=12, octree=32, views=4, view_size=56, grid=32)
 # Realsize (the real widths and token counts, depth 1, random weights): as small as still guides (2 guided steps).
 REALSIZE = dict(steps=6, octree=32, views=2, view_size=56, grid=32)
+# Mini (the trained miniature world; issue 27): the language experiment's run settings.
+MINI = dict(steps=20, octree=64, views=4, view_size=112, grid=64)
 VLM_SILHOUETTE_WEIGHT = 10.0
 
 
@@ -476,7 +478,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--targets", default="all", help="all, a number (the first N), or names separated by commas")
     parser.add_argument("--rewards", default=",".join(REWARDS))
-    parser.add_argument("--preset", default="tiny", choices=["tiny", "realsize"])
+    parser.add_argument("--preset", default="tiny", choices=["tiny", "realsize", "mini"])
     parser.add_argument("--out", type=Path, default=None, help="JSON lines of the runs (resumable)")
     parser.add_argument("--meshes", type=Path, default=None, help="keep the meshes here (for contact sheets)")
     parser.add_argument("--write-results", action="store_true")
@@ -493,7 +495,7 @@ def main(argv: list[str] | None = None) -> None:
         targets = load_targets(names)
         seeds = list(range(args.seeds))
         if args.command == "main":
-            settings = REALSIZE if args.preset == "realsize" else TINY
+            settings = {"realsize": REALSIZE, "mini": MINI}.get(args.preset, TINY)
             run_grid(models, targets, args.rewards.split(","), seeds, settings, {}, args.out, args.meshes)
         else:
             for overrides in SWEEP:
