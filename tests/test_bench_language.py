@@ -86,7 +86,7 @@ def test_one_picture_runs_on_the_mini_preset_and_a_rerun_resumes(bench, tmp_path
     monkeypatch.setenv("VLM3D_TTG_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     out, kept = tmp_path / "rows.jsonl", tmp_path / "grids"
-    args = ["run", "--classes", "mug", "--per-class", "1", "--seeds", "1", "--steps", "6", "--conditions", "base,guided",
+    args = ["run", "--classes", "mug", "--per-class", "1", "--seeds", "1", "--steps", "4", "--conditions", "base,guided",
             "--out", str(out), "--keep", str(kept), "--threads", "1", "--refs-per-class", "1"]
     bench.main(args)
     rows = [json.loads(line) for line in out.read_text().splitlines()]
