@@ -150,3 +150,32 @@ def test_the_plan_compares_real_paths(tmp_path):
     with pytest.raises(InvalidInputError, match="lies inside"):
         check_output_plan({}, {"IMAGE": tmp_path / "real" / "in.png"}, owned_folders={"items": tmp_path / "link"})
     check_output_plan({"--out": tmp_path / "real" / "out.glb"}, {"IMAGE": tmp_path / "real" / "in.png"})  # control
+
+
+def test_a_folder_another_process_makes_first_is_used_and_never_removed(tmp_path, monkeypatch):
+    """Two batch ranks write into the same new --out folder: the one that loses the race to create it goes on
+    writing into it, and a failed run does not remove the folder the other rank made."""
+    from pathlib import Path
+
+    from vlm3d_ttg.io import OutputSet
+
+    folder = tmp_path / "out"
+    real_mkdir = Path.mkdir
+
+    def other_process_wins(self, *args, **kwargs):
+        if self == folder and not folder.exists():
+            real_mkdir(self)  # the other rank made it between our check and our mkdir
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", other_process_wins)
+    try:
+        with OutputSet() as outputs:
+            outputs.write_text(folder / "sub" / "b.json", "{}")
+            raise RuntimeError("the run fails")
+    except RuntimeError:
+        pass
+    assert folder.is_dir() and not (folder / "sub").exists()  # ours removed, the other rank's kept
+    folder.rmdir()
+    with OutputSet() as outputs:
+        outputs.write_text(folder / "a.json", "{}")
+    assert (folder / "a.json").read_text() == "{}"

@@ -179,6 +179,10 @@ class OutputSet:
         for created in reversed(missing):
             try:
                 created.mkdir()
+            except FileExistsError:
+                if created.is_dir():
+                    continue  # another process (a batch rank) made it first: it is not ours to remove on rollback
+                raise
             except OSError as exc:
                 raise OSError(exc.errno, exc.strerror, str(created)) from None
             self._created.append(created)
