@@ -176,8 +176,26 @@ def option_defaults(preset: str, backbone: str = DEFAULT_BACKBONE) -> dict[str, 
 
 
 def with_defaults(values: Mapping[str, Any], preset: str) -> dict[str, Any]:
-    """`values` (the options the user gave) over the defaults of `preset` and of the backbone they name."""
-    return {**option_defaults(preset, values.get("backbone", DEFAULT_BACKBONE)), **values}
+    """`values` (the options the user gave) over the knobs of the speed preset they name (`speed.SPEEDS`),
+    over the defaults of `preset` and of the backbone they name."""
+    from .speed import SPEEDS
+
+    # An unknown speed brings no knobs: validate() then refuses it with the options' own message.
+    speed = SPEEDS.get(values.get("speed", "quality"), {}) if isinstance(values.get("speed", "quality"), str) else {}
+    return {**option_defaults(preset, values.get("backbone", DEFAULT_BACKBONE)), **_command_line_form(speed), **values}
+
+
+def _command_line_form(knobs: Mapping[str, Any]) -> dict[str, Any]:
+    """Field values (a speed preset's) in the command-line form `values` carry ((0.3, 0.7) → "0.3,0.7")."""
+    from .guidance import GuidanceConfig
+    from .options import declared
+
+    shown = {f.name: spec for f, spec in declared(GuidanceConfig)}
+    out = {}
+    for name, value in knobs.items():
+        spec = shown.get(name)
+        out[name] = spec.show(value) if spec is not None and spec.show is not None else value
+    return out
 
 
 def export_resolution(preset: str, backbone: str = DEFAULT_BACKBONE) -> int:

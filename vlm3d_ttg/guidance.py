@@ -17,6 +17,7 @@ import torch
 
 from .errors import InvalidInputError, SkippedStepError
 from .options import Checks, option
+from .speed import Speed, describe_speeds, speed_knobs
 
 StepNorm = Literal["raw", "latent_rms", "sampler_step"]
 Schedule = Literal["constant", "linear_decay"]
@@ -59,6 +60,8 @@ class GuidanceConfig:
 
     enabled: bool = option(True, "Guide with the critic; --no-guidance is the unguided baseline on the same seed.",
                            flag="--guidance", negative="--no-guidance")
+    speed: Speed = option("quality", "Speed preset: a set of the knobs below, chosen on the cost–effect map (RESULTS, "
+                          f"'Speed presets'): {describe_speeds()}. Knobs given as flags override it.")
     scale: float = option(0.03, "Guidance strength λ (its unit depends on --step-norm).", aliases=("--lambda",), minimum=0)
     step_norm: StepNorm = option("latent_rms", "raw (λ·∇r, the paper), latent_rms or sampler_step (scale-free).")
     max_step_ratio: float | None = option(
@@ -92,6 +95,11 @@ class GuidanceConfig:
     silhouette_weight: float = option(
         0.0, "Weight μ of the input-silhouette term: soft IoU of the shape's coverage at the input's (estimated) "
         "camera with the input's foreground (0: off; the IoU is measured either way).", minimum=0)
+
+    @classmethod
+    def for_speed(cls, speed: str, **knobs: Any) -> "GuidanceConfig":
+        """The options of speed preset `speed` (vlm3d_ttg.speed.SPEEDS), with `knobs` (field values) over them."""
+        return cls(**{**speed_knobs(speed), **knobs, "speed": speed})
 
     def validate(self, critic_family: str | None = None) -> "GuidanceConfig":
         """Raise InvalidInputError naming the first bad field and what it accepts; return self.

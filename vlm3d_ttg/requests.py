@@ -62,6 +62,9 @@ def check_guidance_knobs(values: Mapping[str, Any], guidance: GuidanceConfig, se
     it did. Raises InvalidInputError naming both."""
     if guidance.enabled:
         return
+    if guidance.speed != "quality":
+        raise InvalidInputError(f"--speed {guidance.speed} chooses how often and with how many views the critic is asked; "
+                                "with --no-guidance nothing is guided: drop --speed or drop --no-guidance.")
     from .options import declared, flag_of
 
     defaults = from_values(GuidanceConfig, dict(baseline or {}))
