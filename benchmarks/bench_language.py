@@ -315,7 +315,9 @@ class Sample:
 def reward_for(models: Any, config: Any, statement: str, image: Any) -> tuple[VLMReward, SilhouetteTerm]:
     """The guide critic's reward for `statement` (and the silhouette term at weight `config.silhouette_weight`)."""
     silhouette = SilhouetteTerm(models.backbone.input_foreground(image, config.view_size))
-    critic = VLMCritic(models.vlm, models.processor, statement, config.query)
+    # The critic reads the views as the reward lays them out (one tile for view_layout "grid"), as generate builds it.
+    critic = VLMCritic(models.vlm, models.processor, statement, config.query, layout=config.view_layout,
+                       grid_size=config.view_size)
     return VLMReward.from_config(models.backbone, critic, config, terms=[(config.silhouette_weight, silhouette)]), silhouette
 
 

@@ -179,7 +179,7 @@ def run(args: argparse.Namespace) -> int:
     pick = lambda name: getattr(args, name) if getattr(args, name) is not None else defaults[name]  # noqa: E731
 
     bench = load_bench_set(args.set, ids=args.items.split(",") if args.items else None, limit=args.limit)
-    guidance = from_namespace(GuidanceConfig, args, defaults=defaults).validate()
+    guidance = guidance_from_args(args, defaults)
     options = from_namespace(GenerationOptions, args, defaults=defaults, seed=args.seed).validate()
     custom = load_config_file(args.config_file, guidance) if args.config_file else None
     names = [n.strip() for n in args.configs.split(",") if n.strip()]
@@ -226,6 +226,16 @@ def run(args: argparse.Namespace) -> int:
         say(f"warning: {warning}")
     say(f"results   {files.markdown}\njson      {files.json}\nfigure    {files.figure}")
     return 0
+
+
+def guidance_from_args(args: argparse.Namespace, defaults: dict) -> "GuidanceConfig":
+    """The run's guidance options: the flags given, over the knobs of --speed (vlm3d_ttg.speed), over `defaults`
+    (the preset's), as `vlm3d-ttg generate` layers them."""
+    from vlm3d_ttg.guidance import GuidanceConfig
+    from vlm3d_ttg.options import from_namespace
+    from vlm3d_ttg.speed import speed_knobs
+
+    return from_namespace(GuidanceConfig, args, defaults={**defaults, **speed_knobs(getattr(args, "speed", None) or "quality")}).validate()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -103,3 +103,18 @@ def test_a_fast_run_records_its_speed_and_guides_as_it_says(tmp_path, rgba_image
     config = GuidanceConfig.for_speed("fast", sigma_window=(0.0, 1.0))
     sigmas = [i / 9 for i in range(10)]
     assert guided == guided_steps_with_search(sigmas, config, SearchOptions())
+
+
+def test_the_quality_benchmark_expands_speed_as_generate_does():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "quality.py"
+    spec = importlib.util.spec_from_file_location("quality_for_speed", path)
+    quality = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(quality)
+    for speed in SPEEDS:
+        args = quality.parse_args(["--out", "x", "--speed", speed])
+        assert quality.guidance_from_args(args, {}) == GuidanceConfig.for_speed(speed)
+    args = quality.parse_args(["--out", "x", "--speed", "fast", "--every", "1"])
+    assert quality.guidance_from_args(args, {}) == GuidanceConfig.for_speed("fast", every=1)
