@@ -310,6 +310,7 @@ class Sample:
     row: dict[str, Any]
     mesh_export: Any = None
     logits: np.ndarray | None = None
+    latents: Any = None  # the final latent (1, L, C)
 
 
 def reward_for(models: Any, config: Any, statement: str, image: Any) -> tuple[VLMReward, SilhouetteTerm]:
@@ -352,7 +353,7 @@ def sample(models: Any, settings: Any, item: Item, condition: str, seed: int, st
     guided = [r for r in output.records if r.guided]
     row.update(empty=False, input_iou=silhouette.final_iou, guided=len(guided), skipped=sum(1 for r in guided if r.skipped),
                capped=sum(1 for r in guided if r.capped))
-    return Sample(row, output.mesh, decoded_grid(backbone, output.latents))
+    return Sample(row, output.mesh, decoded_grid(backbone, output.latents), output.latents)
 
 
 def measure(models: Any, settings: Any, item: Item, done: Sample, image: Any, measures: Measures) -> dict[str, Any]:
