@@ -56,6 +56,9 @@ class GuidanceConfig:
     - `reference` off, `view_layout` "separate": the paper's reference-free critic, one image per
       view. The reference image costs one more image in the critic's prompt (+256 tokens at 448 px);
       the grid cuts the views' tokens N-fold at 1/√N of their resolution (README, RESULTS.md).
+    - `reuse_displacement` 0, `stop_r` None: the cheaper-guidance knobs (issue 28) are off, so a
+      default run is today's. Reuse adds a fraction of the last guided displacement at the steps
+      `every` skips; the stop rule ends guidance once r reached a level. Neither calls the critic.
     """
 
     enabled: bool = option(True, "Guide with the critic; --no-guidance is the unguided baseline on the same seed.",
@@ -95,6 +98,16 @@ class GuidanceConfig:
     silhouette_weight: float = option(
         0.0, "Weight μ of the input-silhouette term: soft IoU of the shape's coverage at the input's (estimated) "
         "camera with the input's foreground (0: off; the IoU is measured either way).", minimum=0)
+    reuse_displacement: float = option(
+        0.0, "At the unguided steps inside the σ window (those --every skips), add this fraction of the last guided "
+        "step's displacement (no critic call; capped by --max-step-ratio at that step; 0: off).",
+        minimum=0, maximum=1, note="0: off")
+    stop_r: float | None = option(
+        None, "Stop guiding for the rest of the run after the first guided step whose r (the critic's log-odds) is "
+        "≥ this; the remaining guided steps cost no critic call (0: never; in Python None is never and any "
+        "finite number, 0 included, is a threshold).", flag="--stop-at-r",
+        parse=lambda value: None if value == 0 else value, show=lambda value: 0.0 if value is None else value,
+        cli_type=float, note="None: never")
 
     @classmethod
     def for_speed(cls, speed: str, **knobs: Any) -> "GuidanceConfig":
@@ -181,11 +194,14 @@ def guided_steps(sigmas: list[float], config: GuidanceConfig) -> list[int]:
     """
     if not config.active:
         return []
+    return window_steps(sigmas, config)[:: config.every]
+
+
+def window_steps(sigmas: list[float], config: GuidanceConfig) -> list[int]:
+    """Indices of the sampler steps inside the σ window (of nonzero length): `guided_steps` takes every k-th,
+    `reuse_displacement` acts at the others."""
     lo, hi = config.sigma_window
-    in_window = [
-        i for i in range(len(sigmas) - 1) if lo <= sigmas[i] <= hi and sigmas[i + 1] > sigmas[i]
-    ]
-    return in_window[:: config.every]
+    return [i for i in range(len(sigmas) - 1) if lo <= sigmas[i] <= hi and sigmas[i + 1] > sigmas[i]]
 
 
 def schedule_weight(sigma: float, config: GuidanceConfig) -> float:
@@ -246,6 +262,22 @@ def guidance_displacement(
             "non_finite_step", f"the guidance step's length is {length} (λ = {scale:g} with no cap); lower λ or set a cap"
         )
     return (g * (length / g_norm)).float(), capped
+
+
+def reused_displacement(displacement: torch.Tensor, sampler_step: torch.Tensor, fraction: float,
+                        max_step_ratio: float | None) -> tuple[torch.Tensor, bool]:
+    """`fraction` × an earlier guided step's displacement for a step that is not guided; returns (d, capped).
+
+    The cap is this step's: with `max_step_ratio` set, ‖d‖ ≤ max_step_ratio · ‖Δx‖ for this step's sampler
+    step Δx (rescaled down when longer), as a guided step's own displacement is (guidance_displacement).
+    """
+    reused = displacement.double() * fraction
+    length = float(torch.linalg.vector_norm(reused))
+    if max_step_ratio is not None:
+        limit = max_step_ratio * float(torch.linalg.vector_norm(sampler_step, dtype=torch.float64))
+        if length > limit:
+            return (reused * (limit / length)).float(), True
+    return reused.float(), False
 
 
 def predicted_clean_latent(latents: torch.Tensor, velocity: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -386,6 +418,10 @@ class StepRecord:
     sampler_step_norm: float | None = None
     capped: bool = False
     skipped: str | None = None  # why the step applied no guidance (see errors.SkippedStepError)
+    # A step `every` skipped that added `reuse_displacement` × the last guided displacement: its norm, the
+    # step it came from, whether --max-step-ratio rescaled it (None: nothing reused). Not a guided step.
+    reused: dict[str, Any] | None = None
+    stopped: bool = False  # a planned guided step left unguided because --stop-at-r was reached (no critic call)
     loss_scale: float | None = None  # the loss scale of a half-precision backward (None: unscaled)
     reward_info: dict[str, Any] = field(default_factory=dict)  # RewardEvaluation.info (e.g. faces)
     terms: dict[str, float] = field(default_factory=dict)  # each reward term's value (r is their weighted sum)
@@ -393,5 +429,10 @@ class StepRecord:
     inner: list[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        """A JSON-ready copy."""
-        return dataclasses.asdict(self)
+        """A JSON-ready copy. `reused` and `stopped` appear only where set (the cheaper-guidance knobs' marks),
+        so a run without those knobs records what it always did."""
+        record = dataclasses.asdict(self)
+        for key in ("reused", "stopped"):
+            if not record[key]:
+                del record[key]
+        return record

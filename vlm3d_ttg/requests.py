@@ -31,7 +31,8 @@ from .search import SearchOptions, check_search_with_guidance, guided_steps_with
 #: (Accepted: the views, query and reference also set the final mesh's score; the σ window and --every
 #: choose the step whose x̂ fixes the silhouette camera in every run; a candidate search ranks by the
 #: reward's terms, so --silhouette-weight counts with --candidates.)
-GUIDANCE_ONLY = ("scale", "step_norm", "max_step_ratio", "schedule", "inner_steps", "grad_mode", "silhouette_weight")
+GUIDANCE_ONLY = ("scale", "step_norm", "max_step_ratio", "schedule", "inner_steps", "grad_mode", "silhouette_weight",
+                 "reuse_displacement", "stop_r")
 
 @dataclass(frozen=True)
 class RunRequest:

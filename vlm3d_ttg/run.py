@@ -331,6 +331,8 @@ def describe(run: Run, output: RunOutput, plan: OutputPlan) -> dict[str, Any]:
         "sampling_seconds": sampled.seconds,
         "search": sampled.search.to_dict() if sampled.search is not None else None,
         "compute": sampled.compute.to_dict(),
+        # --stop-at-r: the guided step whose r reached it (None: never reached); absent without the rule.
+        **({"guidance_stopped_at_step": sampled.guidance_stopped_at_step} if run.guidance.stop_r is not None else {}),
         "silhouette": run.silhouette.record(run.guidance.silhouette_weight, backbone.export_frame(run.octree_resolution),
                                             plan.silhouette_mask),
         "final_silhouette_iou": output.measures.get("silhouette.final_iou"),

@@ -18,7 +18,7 @@ import hashlib
 import logging
 import secrets
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import PurePath
 from typing import Any, Callable, Iterator, Sequence
@@ -38,6 +38,8 @@ from .guidance import (
     StepRecord,
     guided_step,
     predicted_clean_latent,
+    reused_displacement,
+    window_steps,
 )
 from .offload import IdleOffload
 from .options import declared_option, option, range_problem
@@ -98,6 +100,7 @@ class RunRecord:
     loss_scale_overflows: int = 0  # half-precision backwards redone at a smaller loss scale
     search: SearchRecord | None = None  # the candidates of a search (None: one sample)
     compute: Compute = field(default_factory=Compute)
+    guidance_stopped_at_step: int | None = None  # the guided step whose r reached --stop-at-r (None: never stopped)
 
 
 @dataclass(kw_only=True)
@@ -204,6 +207,15 @@ class Step:
 
 
 @dataclass
+class GuidanceMemory:
+    """What guidance keeps of one candidate from one step to the next (the cheaper-guidance knobs, issue 28)."""
+
+    displacement: torch.Tensor | None = None  # the last guided step's applied displacement (for reuse_displacement)
+    from_step: int | None = None  # the step that displacement was applied at
+    stopped_at: int | None = None  # the guided step whose r reached stop_r: nothing is guided or reused after it
+
+
+@dataclass
 class Run:
     """One call's state between the hooks: the condition, the latents (a row per live candidate), the meters."""
 
@@ -220,6 +232,8 @@ class Run:
     guided: set[int]
     row_contexts: dict[int, SamplingContext] = field(default_factory=dict)  # conditioning per candidate-chunk size
     observed: set[int] = field(default_factory=set)  # the steps whose x̂ the reward's observers are shown (ObserveHook)
+    window: set[int] = field(default_factory=set)  # the σ window's steps (reuse_displacement acts at the unguided ones)
+    memory: dict[int, GuidanceMemory] = field(default_factory=dict)  # per candidate index (GuidanceHook)
 
     def decode(self, latents: torch.Tensor) -> Any | None:
         """The exported mesh of one final latent (the backbone's export, its VAE next to the DiT)."""
@@ -327,9 +341,11 @@ class GuidedSampler:
         finally:
             # Every model back where it was, also when a step raised or the user pressed Ctrl-C.
             self.offload.restore()
-        recorded = RunRecord(records=run.live.records[run.live.alive[winner]], seconds=time.perf_counter() - started,
+        chosen = run.live.alive[winner]
+        recorded = RunRecord(records=run.live.records[chosen], seconds=time.perf_counter() - started,
                              seed=call.seed, camera_seed=call.camera_seed, offload_seconds=self.offload.seconds,
-                             loss_scale_overflows=loss_scale.overflows, search=run.live.found, compute=compute)
+                             loss_scale_overflows=loss_scale.overflows, search=run.live.found, compute=compute,
+                             guidance_stopped_at_step=run.memory[chosen].stopped_at if chosen in run.memory else None)
         if call.output_type == "trimesh" and mesh is None:  # never a silent mesh=None
             raise EmptyOutputError("The final latent decodes to no surface (empty mesh) at mc_level "
                                    f"{call.export.mc_level}; lower --cfg-scale or try another seed.", recorded)
@@ -368,10 +384,12 @@ class GuidedSampler:
         guided = (set(guided_steps_with_search(context.sigmas, self.config, call.search))
                   if self.reward is not None else set())
         observed = set(observation_steps(context.sigmas, self.config, call.search)) if self.reward is not None else set()
+        window = set(window_steps(context.sigmas, self.config)) if guided else set()
         return Run(call, context, latents, Candidates.start(1, None), MeteredBackbone(self.backbone, compute),
                    MeteredReward(self.reward, compute) if self.reward is not None else None, compute, self.offload,
                    # Camera jitter draws from its own stream so guidance never shifts the sampler's noise.
-                   torch.Generator(device="cpu").manual_seed(call.camera_seed), loss_scale, guided, observed=observed)
+                   torch.Generator(device="cpu").manual_seed(call.camera_seed), loss_scale, guided, observed=observed,
+                   window=window)
 
     # ----------------------------------------------------------------- the loop
     def _loop(self, run: Run, hooks: Sequence[StepHook]) -> None:
@@ -382,6 +400,9 @@ class GuidedSampler:
         for i in range(steps):
             sigma = run.context.sigmas[i]
             step = Step(i, sigma, run.live.new_records(i, sigma, i in run.guided), run.live)
+            # After --stop-at-r was reached, a planned guided step is an unguided one (before the velocity:
+            # the exact gradient's graph is built only for guided steps).
+            self.guidance_hook.mark_stopped(run, step)
 
             # 2. The velocity (with a graph only for the exact gradient), candidates in batches.
             self._velocity(run, step)
@@ -390,7 +411,8 @@ class GuidedSampler:
             step.next_latents = self.backbone.step(step.velocity.detach(), i, run.latents, run.context)
 
             # 3b. Search: the critic scores every candidate's x̂ (forward only); the best continue.
-            # 4. Guidance: x_next = Sampler(x, σ) + d(∇r)   (paper eq. 10; guidance.guided_step)
+            # 4. Guidance: x_next = Sampler(x, σ) + d(∇r)   (paper eq. 10; guidance.guided_step);
+            #    at the window's unguided steps, with --reuse-displacement, a part of the last d.
             for hook in hooks:
                 hook(run, step)
             run.latents = step.next_latents.detach()
@@ -470,26 +492,78 @@ class ObserveHook:
 
 class GuidanceHook:
     """Step 4 of the loop as a step hook: at a guided step, ask the critic at each live candidate's x̂
-    and move its next latent by the displacement of `guidance.guided_step` (paper eq. 10)."""
+    and move its next latent by the displacement of `guidance.guided_step` (paper eq. 10). Two cheaper
+    knobs act here too, per candidate and without a critic call: `reuse_displacement` adds a part of the
+    last guided displacement at the window's unguided steps; `stop_r` ends guidance once r reached it."""
 
     def __init__(self, config: GuidanceConfig):
         self.config = config
 
     def __call__(self, run: Run, step: Step) -> None:
-        """Guide the step (a no-op at an unguided step)."""
-        if not step.record.guided:
+        """Guide the step, or reuse the last displacement (a no-op at any other step)."""
+        alive = run.live.alive
+        guiding = any(step.records[j].guided for j in alive)
+        if not guiding and not any(self._reusable(run, step, j) for j in alive):
             return
-        step.record.timings["offload"] += run.offload.activate("critic")
-        with run.compute.timed("guidance"):
-            alive, moved = run.live.alive, []
+        if guiding:
+            step.record.timings["offload"] += run.offload.activate("critic")
+        with run.compute.timed("guidance") if guiding else nullcontext():
+            moved = []
             for row, j in enumerate(alive):
                 rows = slice(row, row + 1) if len(alive) > 1 else slice(None)
-                displacement, evaluation = self.guide(run, step, rows, step.records[j])
+                record = step.records[j]
+                if record.guided:
+                    displacement, evaluation = self.guide(run, step, rows, record)
+                    self._remember(run, step.index, j, displacement, record)
+                else:
+                    displacement, evaluation = self.reuse(run, step, rows, j), None
                 next_row = step.next_latents[rows]
                 moved.append(next_row if displacement is None else next_row + displacement.to(next_row.dtype))
                 if row == 0:
                     step.displacement, step.evaluation = displacement, evaluation
             step.next_latents = moved[0] if len(moved) == 1 else torch.cat(moved)
+
+    def mark_stopped(self, run: Run, step: Step) -> None:
+        """Make this step unguided (`record.stopped`) for the candidates whose guidance stopped at stop_r."""
+        for j, record in step.records.items():
+            memory = run.memory.get(j)
+            if record.guided and memory is not None and memory.stopped_at is not None:
+                record.guided, record.stopped = False, True
+
+    def _remember(self, run: Run, index: int, j: int, displacement: torch.Tensor | None, record: StepRecord) -> None:
+        """Keep candidate j's displacement for reuse (None: the step applied none, so none is reused) and
+        stop its guidance when the step's r reached stop_r."""
+        config = self.config
+        if config.reuse_displacement == 0 and config.stop_r is None:
+            return
+        memory = run.memory.setdefault(j, GuidanceMemory())
+        if config.reuse_displacement > 0:
+            memory.displacement, memory.from_step = displacement, index
+        if config.stop_r is not None and record.r is not None and record.r >= config.stop_r:
+            memory.stopped_at = index
+            logger.info("step %d (σ=%.3f): r = %+.3f ≥ stop_r %+.3f, guidance stops here", index, record.sigma,
+                        record.r, config.stop_r)
+
+    def _reusable(self, run: Run, step: Step, j: int) -> bool:
+        """Whether candidate j reuses a displacement at this unguided step: reuse on, a step inside the σ window,
+        a displacement from an earlier guided step of this candidate, guidance not stopped."""
+        memory = run.memory.get(j)
+        return (self.config.reuse_displacement > 0 and step.index in run.window and memory is not None
+                and memory.displacement is not None and memory.stopped_at is None)
+
+    def reuse(self, run: Run, step: Step, rows: slice, j: int) -> torch.Tensor | None:
+        """reuse_displacement × candidate j's last guided displacement, capped by max_step_ratio at this step's
+        sampler step (`guidance.reused_displacement`), recorded on its record; None when nothing is reused."""
+        if not self._reusable(run, step, j):
+            return None
+        memory, record = run.memory[j], step.records[j]
+        sampler_step = step.next_latents[rows].float() - run.latents[rows].float()
+        displacement, capped = reused_displacement(memory.displacement, sampler_step, self.config.reuse_displacement,
+                                                   self.config.max_step_ratio)
+        record.sampler_step_norm = float(torch.linalg.vector_norm(sampler_step, dtype=torch.float64))
+        record.reused = {"norm": float(torch.linalg.vector_norm(displacement, dtype=torch.float64)),
+                         "from_step": memory.from_step, "capped": capped}
+        return displacement
 
     def guide(self, run: Run, step: Step, rows: slice, record: StepRecord
               ) -> tuple[torch.Tensor | None, RewardEvaluation | None]:

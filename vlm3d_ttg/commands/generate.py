@@ -190,6 +190,11 @@ def _print_summary(result, guidance, seconds: float, *, unguided=None, sheet: Pa
     if guided:
         first = f"{scored[0]:+.3f}" if scored else "n/a"
         typer.echo(f"guidance  {len(guided)} guided steps, {len(skipped)} skipped; r at first guided step {first}")
+        stopped, reused = sum(r.stopped for r in result.records), sum(r.reused is not None for r in result.records)
+        if stopped:
+            typer.echo(f"          stopped after step {guided[-1].step} (r ≥ --stop-at-r): {stopped} planned guided steps not guided")
+        if reused:
+            typer.echo(f"          {reused} unguided steps reused the last guided displacement (--reuse-displacement)")
     elif not guidance.active:
         typer.echo("guidance  off (--no-guidance or --scale 0)")
     else:
