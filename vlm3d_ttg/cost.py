@@ -383,11 +383,9 @@ DEFAULT_CRITIC = QWEN2_5_VL_7B
 def critic_shape_for(model_id: str | None) -> tuple[CriticShape, bool]:
     """The CRITIC_SHAPES entry a critic checkpoint id names ('Qwen/Qwen2.5-VL-3B-Instruct' → Qwen2.5-VL-3B) and
     whether it was assumed instead (True: the id names none of them, Qwen2.5-VL-7B is priced)."""
-    import re
-
     key = (model_id or "").lower().replace("_", "-")
     for shape in CRITIC_SHAPES:
-        if re.search(re.escape(shape.name.lower()) + r"(?![0-9.])", key):
+        if shape.name.lower() in key:
             return shape, False
     return DEFAULT_CRITIC, True
 
