@@ -162,5 +162,7 @@ def test_the_preflight_prices_the_run_and_each_speed_preset():
     assert lines[1] == (f"  speed fast: guided/unguided ×{fast:.2f} ({price(GuidanceConfig(every=4, view_layout='grid'), 50).guided_tflop:.0f}"
                         f" TFLOP vs {price(GuidanceConfig(), 50).unguided_tflop:.0f})")
     assert lines[2].startswith(f"  speed quality: guided/unguided ×{price(GuidanceConfig(), 50).ratio:.2f}")
+    # A preset is priced from the defaults with its values, whatever the run's own guidance knobs.
+    assert price_lines(options, GuidanceConfig(every=8), None, {"quality": {}})[1] == lines[2]
     estimate = check_generation(replace(options, device="cpu"), GuidanceConfig(), SearchOptions(), preset="tiny")
     assert lines[0] in estimate.describe()

@@ -304,12 +304,12 @@ def price_run(run_options: Any, guidance: Any, search: Any = None) -> Price:
 
 def price_speeds(run_options: Any, guidance: Any, search: Any = None,
                  speeds: dict[str, dict[str, Any]] | None = None) -> dict[str, Price]:
-    """Each speed preset's counted price: the run's settings with the preset's GuidanceConfig values
-    (`speeds`: name → values; default `speed_presets()`); a value no GuidanceConfig field takes is skipped."""
+    """Each speed preset's counted price: the guidance defaults with the preset's GuidanceConfig values
+    (`speeds`: name → values; default `speed_presets()`), at the run's steps, critic and search; a value no
+    GuidanceConfig field takes is skipped."""
     names = {f.name for f in dataclasses.fields(guidance)}
     presets = speed_presets() if speeds is None else speeds
-    return {name: price_run(run_options, dataclasses.replace(guidance, **{k: v for k, v in values.items() if k in names}),
-                            search)
+    return {name: price_run(run_options, type(guidance)(**{k: v for k, v in values.items() if k in names}), search)
             for name, values in presets.items()}
 
 
