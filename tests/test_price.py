@@ -25,14 +25,15 @@ RUN = ["--steps", "8", "--views", "2", "--view-size", "56", "--grid", "32", "--o
 
 @pytest.fixture(scope="module")
 def manifests(tiny_cache, rgba_image, tmp_path_factory) -> dict[str, Path]:
-    """Manifests of two tiny generate runs: guided, and --no-guidance on the same seed."""
+    """Manifests of three tiny generate runs: guided, --no-guidance on the same seed, and a guided search."""
     from vlm3d_ttg.cli import main
 
     folder = tmp_path_factory.mktemp("priced")
     paths = {}
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("VLM3D_TTG_CACHE", str(tiny_cache))
-        for name, extra in (("guided", []), ("unguided", ["--no-guidance"])):
+        for name, extra in (("guided", []), ("unguided", ["--no-guidance"]),
+                            ("search", ["--candidates", "2", "--select-at", "0.5", "--keep", "1"])):
             out = folder / f"{name}.glb"
             assert main(["generate", str(rgba_image), "--prompt", "a pot", "--preset", "tiny", "--out", str(out),
                          *RUN, *extra]) == 0
@@ -65,6 +66,16 @@ def test_price_of_a_tiny_runs_manifest_is_the_librarys_for_its_settings(manifest
     # The unguided run on the same seed costs what the unguided baseline does.
     code, last = priced_line(cost_model, manifests["unguided"], capsys)
     assert (code, last) == (0, "guided/unguided=1.00")
+
+
+def test_a_search_runs_manifest_is_priced_with_its_search(manifests, cost_model, capsys):
+    code, last = priced_line(cost_model, manifests["search"], capsys)
+    settings = GuidanceConfig(num_views=2, view_size=56, grid_resolution=32, sigma_window=(0.1, 0.9), every=2)
+    searched = price(settings, 8, SearchOptions(candidates=2, select_at=0.5, keep=1))
+    assert code == 0 and last == f"guided/unguided={searched.ratio:.2f}"
+    priced = price_manifest(manifests["search"])
+    assert priced.counts == searched.counts and priced.settings["candidates"] == 2
+    assert priced.ratio > price(settings, 8).ratio  # the second candidate's rows and score cost more
 
 
 def test_a_manifest_is_priced_by_the_critic_calls_the_run_made(manifests, tmp_path):

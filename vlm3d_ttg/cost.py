@@ -532,7 +532,7 @@ def price_manifest(manifest: dict[str, Any] | str | Path) -> Price:
         values["sigma_window"] = tuple(values["sigma_window"])
     try:
         guidance = GuidanceConfig(**values)
-        search_values = manifest.get("search") or {}
+        search_values = (manifest.get("search") or {}).get("options") or {}  # run.py: SearchRecord.to_dict()
         search_known = {f.name for f in dataclasses.fields(SearchOptions)}
         search = SearchOptions(**{k: v for k, v in search_values.items() if k in search_known}) if isinstance(search_values, dict) else None
     except TypeError as exc:
