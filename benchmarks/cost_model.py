@@ -1,292 +1,35 @@
-"""Cost model of a guided run with the REAL model sizes (docs/design.md §6): FLOPs and memory per stage.
+"""The cost model's tables (RESULTS.md) and the price of a run, counted with the REAL model sizes.
 
-Nothing here runs a model: it counts multiply-adds of the architectures (2 FLOPs each) from their
-published sizes, so that users can see what a guided step costs before they rent a GPU, and what
-each knob (every-k, grid size, views, view size, grad mode, checkpointing) saves. Measured CPU
-timings of the same stages on the tiny models are in bench_sampler.py; together they are the
-breakdown in RESULTS.md.
+The counting (FLOPs and memory per stage, the knobs of a run, its price) is the library's
+`vlm3d_ttg.cost`, which the preflight uses too; this script prints its Markdown tables and prices a
+run's manifest: its settings applied to the real models (Hunyuan3D-2 + a Qwen-VL critic), guided
+against unguided.
 
-    python benchmarks/cost_model.py            # prints the Markdown tables
+    python benchmarks/cost_model.py                      # prints the Markdown tables
+    python benchmarks/cost_model.py --price RUN.glb.json # a run's settings priced at the real sizes;
+                                                         # ends with one line guided/unguided=<ratio>
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, replace
+import argparse
+import sys
+from dataclasses import replace
+from pathlib import Path
 
-from vlm3d_ttg.sizes import HUNYUAN3D_2, PROMPT_TEXT_TOKENS
-from vlm3d_ttg.sizes import QWEN2_5_VL_7B as QWEN2_5_VL_7B_SIZES
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-GIB = 1024**3
-
-# The real sizes are written once, in vlm3d_ttg/sizes.py (the backbone's and the critic family's `sizes`).
-_SHAPE = HUNYUAN3D_2  # HunyuanBackbone.sizes
-
-# --- Hunyuan3D-2 (hunyuan3d-dit-v2-0) --------------------------------------------------------
-DIT_HIDDEN, DIT_DOUBLE, DIT_SINGLE, DIT_MLP = _SHAPE.dit_hidden, _SHAPE.dit_double_blocks, _SHAPE.dit_single_blocks, _SHAPE.dit_mlp_ratio
-LATENT_TOKENS, LATENT_CHANNELS = _SHAPE.latent_tokens, _SHAPE.latent_channels
-COND_TOKENS, COND_DIM = _SHAPE.condition_tokens, _SHAPE.condition_dim  # DINOv2-giant at 518 px: 37x37 patches + CLS
-DIT_PARAMS = _SHAPE.dit_params  # hunyuan3d-dit-v2-0
-VAE_WIDTH, VAE_LAYERS, VAE_FREQ_FEATURES = _SHAPE.vae_width, _SHAPE.vae_layers, _SHAPE.vae_freq_features
-VAE_PARAMS = _SHAPE.vae_params  # decoder side used here: post_kl + 16 layers + geo-decoder
-DINO_PARAMS = _SHAPE.conditioner_params
-
-# --- Qwen2.5-VL-7B ------------------------------------------------------------------------------
-_CRITIC = QWEN2_5_VL_7B_SIZES  # critic.families.QWEN2_5_VL.sizes
-VIS_LAYERS, VIS_HIDDEN, VIS_MLP = _CRITIC.vision_layers, _CRITIC.vision_hidden, _CRITIC.vision_mlp
-VIS_FULL_LAYERS, VIS_WINDOW = _CRITIC.vision_full_layers, _CRITIC.vision_window  # window 112 px = 8x8 patches
-LLM_LAYERS, LLM_HIDDEN, LLM_MLP, LLM_KV = _CRITIC.llm_layers, _CRITIC.llm_hidden, _CRITIC.llm_mlp, _CRITIC.llm_kv  # GQA: 4 kv heads x 128
-QWEN_PARAMS = _CRITIC.params
-
-
-@dataclass(frozen=True)
-class RunShape:
-    """The knobs of a guided run."""
-
-    steps: int = 50
-    window: tuple[float, float] | None = (0.2, 0.85)  # None: unguided
-    every: int = 2
-    grid: int = 64
-    coarse_to_fine_reduction: float = 6.0  # decoder-query saving of coarse-to-fine (measured on the tiny model)
-    visible_vertices: int = 60_000
-    views: int = 4
-    view_size: int = 448
-    grad_mode: str = "x0"
-    checkpointing: bool = False
-    silhouette: bool = False  # --silhouette-weight > 0: one more view rendered at view_size, soft IoU fwd + bwd
-    # Candidate search (vlm3d_ttg.search): N candidates, selection at σ_s (1: among final meshes), k kept.
-    candidates: int = 1
-    select_at: float = 1.0
-    keep: int = 1
-
-    def guided_steps(self) -> int:
-        if self.window is None:
-            return 0
-        sigmas = [i / (self.steps - 1) for i in range(self.steps)]
-        lo, hi = self.window
-        return len([i for i, s in enumerate(sigmas[:-1]) if lo <= s <= hi][:: self.every])
-
-
-def dit_forward_flops(batch: int) -> float:
-    """One DiT call (batch = 2 with CFG): ~2 FLOPs per parameter per token plus joint attention."""
-    tokens = LATENT_TOKENS + COND_TOKENS
-    per_token_block = 2 * 12 * DIT_HIDDEN**2 + 4 * tokens * DIT_HIDDEN
-    return batch * (DIT_DOUBLE + DIT_SINGLE) * tokens * per_token_block
-
-
-def vae_transformer_flops() -> float:
-    per_token_layer = 2 * 12 * VAE_WIDTH**2 + 4 * LATENT_TOKENS * VAE_WIDTH
-    return VAE_LAYERS * LATENT_TOKENS * per_token_layer
-
-
-def geo_decoder_flops_per_query() -> float:
-    d = VAE_WIDTH
-    return 2 * (VAE_FREQ_FEATURES * d + 2 * d * d + 8 * d * d) + 4 * LATENT_TOKENS * d
-
-
-def geo_decoder_kv_flops_per_call() -> float:
-    """c_kv over all latent tokens, recomputed by every decoder call (per chunk)."""
-    return 2 * LATENT_TOKENS * VAE_WIDTH * 2 * VAE_WIDTH
-
-
-@dataclass(frozen=True)
-class CriticShape:
-    """The sizes of a critic checkpoint that its cost depends on (from its published config.json).
-
-    Vision tower: `vis_layers` blocks of width `vis_hidden` with an MLP of `vis_mlp` (`vis_mlp_mats`
-    matrices: 3 for Qwen2.5-VL's SwiGLU, 2 for Qwen3-VL's GELU MLP), `patch`-px patches merged 2×2;
-    all but `vis_full_layers` blocks attend within windows of `vis_window` patches (Qwen2.5-VL), or
-    all attend to the whole image (`vis_window=None`, Qwen3-VL). Decoder: `llm_layers` layers of width
-    `llm_hidden`, MLP `llm_mlp`, attention width `llm_q` (heads × head_dim) and K/V width `llm_kv`.
-    Patch mergers (and Qwen3-VL's deepstack mergers) are not counted: < 1 % of the forward.
-    """
-
-    name: str
-    vis_layers: int
-    vis_hidden: int
-    vis_mlp: int
-    vis_mlp_mats: int
-    vis_full_layers: int
-    vis_window: int | None
-    patch: int
-    llm_layers: int
-    llm_hidden: int
-    llm_mlp: int
-    llm_q: int
-    llm_kv: int
-    vocab: int
-    tied_embeddings: bool
-
-
-# From the checkpoints' config.json. Confirmed against stored public copies of those configs (read
-# through the project's code search): Qwen2.5-VL-3B (text 2048 × 36 layers, MLP 11008, 16 heads /
-# 2 KV; vision 32 × 1280, MLP 3420, full attention in blocks 7/15/23/31, window 112 px; tied
-# embeddings), Qwen3-VL-4B (text 2560 × 36, MLP 9728, 32 heads × 128 / 8 KV; vision 24 × 1024, MLP 4096,
-# patch 16, deepstack 5/11/17; tied embeddings) and Qwen3-VL-8B (text 4096 × 36, MLP 12288, 32 × 128 /
-# 8 KV; vision 27 × 1152, MLP 4304, deepstack 8/16/24; untied). Qwen2.5-VL-7B: the constants above
-# (docs/design.md §4), as in every other table here.
-QWEN2_5_VL_7B = CriticShape("Qwen2.5-VL-7B", VIS_LAYERS, VIS_HIDDEN, VIS_MLP, 3, VIS_FULL_LAYERS, VIS_WINDOW, 14,
-                            LLM_LAYERS, LLM_HIDDEN, LLM_MLP, LLM_HIDDEN, LLM_KV, _CRITIC.vocab, False)
-CRITIC_SHAPES = (
-    CriticShape("Qwen2.5-VL-3B", 32, 1280, 3420, 3, 4, 64, 14, 36, 2048, 11008, 16 * 128, 2 * 128, 151936, True),
-    QWEN2_5_VL_7B,
-    CriticShape("Qwen3-VL-4B", 24, 1024, 4096, 2, 24, None, 16, 36, 2560, 9728, 32 * 128, 8 * 128, 151936, True),
-    CriticShape("Qwen3-VL-8B", 27, 1152, 4304, 2, 27, None, 16, 36, 4096, 12288, 32 * 128, 8 * 128, 151936, False),
-)
-
-
-def critic_params(shape: CriticShape) -> float:
-    """Parameters counted from the shape (linear layers and embeddings; norms, biases and mergers left out)."""
-    vision = shape.vis_layers * (4 * shape.vis_hidden**2 + shape.vis_mlp_mats * shape.vis_hidden * shape.vis_mlp)
-    llm = shape.llm_layers * (shape.llm_hidden * (2 * shape.llm_q + 2 * shape.llm_kv) + 3 * shape.llm_hidden * shape.llm_mlp)
-    embeddings = shape.vocab * shape.llm_hidden * (1 if shape.tied_embeddings else 2)
-    return vision + llm + embeddings
-
-
-def critic_forward_flops(views: int, size: int, shape: CriticShape = QWEN2_5_VL_7B) -> float:
-    """One critic forward for `views` separate square views of side `size` (the paper's layout)."""
-    return critic_images_forward_flops([size] * views, shape=shape)
-
-
-def critic_images_forward_flops(sides: list[int], cached_sides: list[int] | None = None, *,
-                                shape: CriticShape = QWEN2_5_VL_7B) -> float:
-    """One critic forward for square images of these sides in one prompt (views or their tile), plus
-    images whose vision features are cached (`cached_sides`: the reference) and cost only their tokens."""
-    s = shape
-    vis_linear = 2 * (4 * s.vis_hidden**2 + s.vis_mlp_mats * s.vis_hidden * s.vis_mlp)
-    vision = 0.0
-    for side in sides:  # full-attention layers attend within each image only
-        patches = (side // s.patch) ** 2
-        windowed = s.vis_layers - s.vis_full_layers
-        vis_attn = (windowed * 4 * (s.vis_window or 0) + s.vis_full_layers * 4 * patches) * s.vis_hidden
-        vision += patches * (s.vis_layers * vis_linear + vis_attn)
-    tokens = critic_image_tokens(sides + (cached_sides or []), shape) + PROMPT_TEXT_TOKENS
-    llm_linear = 2 * (s.llm_hidden * (s.llm_q + 2 * s.llm_kv) + s.llm_q * s.llm_hidden + 3 * s.llm_hidden * s.llm_mlp)
-    llm = tokens * s.llm_layers * (llm_linear + 4 * tokens * s.llm_q)
-    return vision + llm
-
-
-def critic_image_tokens(sides: list[int], shape: CriticShape = QWEN2_5_VL_7B) -> int:
-    """Vision tokens in the critic's prompt (patches merged 2×2) for square images of these sides."""
-    return sum((side // (2 * shape.patch)) ** 2 for side in sides)
-
-
-def critic_activation_gib_counted(shape: CriticShape, sides: list[int], checkpointing: bool, cached_sides: list[int] | None = None) -> float:
-    """Saved activations (bf16) of the input-only backward, counted per layer from the shape.
-
-    Without checkpointing, per layer and position: the inputs of the two norms, of q/k/v and o, of
-    the MLP's matrices, and its intermediate tensors (vision and decoder alike; attention
-    probabilities are not kept by fused attention); with it, each layer's input only. For the 7B at
-    4 × 448² this counts ~10 GiB where docs/design.md §4 estimates 11.
-    """
-    s = shape
-    patches = sum((side // s.patch) ** 2 for side in sides)
-    tokens = critic_image_tokens(sides + (cached_sides or []), s) + PROMPT_TEXT_TOKENS
-    if checkpointing:
-        vision, llm = s.vis_hidden, s.llm_hidden
-    else:
-        vision = 6 * s.vis_hidden + 2 * s.vis_hidden + s.vis_mlp_mats * s.vis_mlp
-        llm = 5 * s.llm_hidden + s.llm_q + 2 * s.llm_kv + 3 * s.llm_mlp
-    return (patches * s.vis_layers * vision + tokens * s.llm_layers * llm) * 2 / GIB
-
-
-def critic_sides(views: int, size: int, *, layout: str = "separate") -> list[int]:
-    """Sides of the images the vision tower encodes at every call: the views, or their one tile of the view size (layout "grid")."""
-    return [size] if layout == "grid" else [size] * views
-
-
-def reference_sides(size: int, reference: bool) -> list[int]:
-    """Sides of the images whose features are computed once per run: the reference, made at the view size."""
-    return [size] if reference else []
-
-
-def llm_saved_gib_per_token(checkpointing: bool) -> float:
-    """Activations the LLM keeps per prompt token for the input backward (bf16).
-
-    Without checkpointing, per layer: the inputs of the two norms, of q/k/v and o, of gate/up, and
-    the gate, up and activated MLP tensors; with it, each layer's input only.
-    """
-    per_layer = LLM_HIDDEN if checkpointing else 6 * LLM_HIDDEN + 2 * LLM_KV + 3 * LLM_MLP
-    return LLM_LAYERS * per_layer * 2 / GIB
-
-
-def critic_activation_gib(views: int, size: int, checkpointing: bool, *, layout: str = "separate", reference: bool = False) -> float:
-    """Saved activations for the input-only backward, from docs/design.md §4's 4 × 448² figures.
-
-    Those figures are split into the LLM's share (per token, `llm_saved_gib_per_token`) and the
-    vision tower's (the rest), which scales with the pixels it encodes. The reference's features
-    are cached, so it adds only its tokens' LLM activations.
-    """
-    paper_tokens = critic_image_tokens([448] * 4) + PROMPT_TEXT_TOKENS
-    per_token = llm_saved_gib_per_token(checkpointing)
-    vision_at_paper = (0.6 if checkpointing else 11.0) - per_token * paper_tokens
-    pixels = sum(side**2 for side in critic_sides(views, size, layout=layout))
-    tokens = critic_image_tokens(critic_sides(views, size, layout=layout) + reference_sides(size, reference)) + PROMPT_TEXT_TOKENS
-    return vision_at_paper * pixels / (4 * 448**2) + per_token * tokens
-
-
-def stage_table(run: RunShape) -> list[tuple[str, float, str]]:
-    """(stage, TFLOP per guided step, note) for one guided step."""
-    grid_queries = (run.grid + 1) ** 3 / run.coarse_to_fine_reduction
-    chunks = math.ceil(grid_queries / 8000)
-    rows = [
-        ("DiT forward (CFG batch 2; every step anyway)", dit_forward_flops(2), "not extra: the sampler pays it"),
-        ("ShapeVAE transformer fwd + bwd", 3 * vae_transformer_flops(), "once per guided step"),
-        ("occupancy grid (no grad)", grid_queries * geo_decoder_flops_per_query() + chunks * geo_decoder_kv_flops_per_call(),
-         f"{run.grid}³ grid, coarse-to-fine /{run.coarse_to_fine_reduction:g}"),
-        ("vertex re-query fwd + bwd", 3 * run.visible_vertices * geo_decoder_flops_per_query(), f"{run.visible_vertices} visible vertices"),
-        ("critic forward + input backward", 2 * critic_forward_flops(run.views, run.view_size), f"{run.views} × {run.view_size}²"),
-    ]
-    if run.silhouette:
-        rows.append(("silhouette term (soft IoU fwd + bwd)", silhouette_term_flops(run.view_size),
-                     f"1 × {run.view_size}² coverage; its render is one more view for the renderer"))
-    if run.grad_mode == "xt":
-        rows.append(("DiT backward (grad_mode xt)", 2 * dit_forward_flops(2), "through the CFG batch"))
-    if run.checkpointing:
-        rows.append(("critic recompute (checkpointing)", critic_forward_flops(run.views, run.view_size), "one extra forward"))
-    return [(name, flops / 1e12, note) for name, flops, note in rows]
-
-
-def silhouette_term_flops(size: int) -> float:
-    """The soft IoU Σm·t / Σ(m + t − m·t) over one size² view: ~4 FLOPs a pixel forward, ~8 backward."""
-    return 12.0 * size * size
-
-
-def silhouette_measure_flops(run: RunShape) -> float:
-    """Once per run without the term in the reward (weight 0, --no-guidance): x̂ at the first scheduled step
-    needs one more DiT forward (CFG batch) and one decode to a grid (the camera search itself is renders only)."""
-    grid_queries = (run.grid + 1) ** 3 / run.coarse_to_fine_reduction
-    return dit_forward_flops(2) + vae_transformer_flops() + grid_queries * geo_decoder_flops_per_query()
-
-
-def extra_tflop_per_run(run: RunShape) -> float:
-    """Guidance's added TFLOP over the whole run (the DiT forward is not extra)."""
-    per_step = sum(t for name, t, _ in stage_table(run) if not name.startswith("DiT forward"))
-    return per_step * run.guided_steps()
-
-
-def unit_costs(run: RunShape) -> tuple[float, float, float]:
-    """TFLOP of (one DiT latent row, one forward-only critic score of a latent, what a guided step
-    adds to that forward): the weights of vlm3d_ttg.compute.CostWeights."""
-    grid_queries = (run.grid + 1) ** 3 / run.coarse_to_fine_reduction
-    chunks = math.ceil(grid_queries / 8000)
-    forward = (vae_transformer_flops() + grid_queries * geo_decoder_flops_per_query()
-               + chunks * geo_decoder_kv_flops_per_call() + run.visible_vertices * geo_decoder_flops_per_query()
-               + critic_forward_flops(run.views, run.view_size))
-    guided = sum(t for name, t, _ in stage_table(run) if not name.startswith("DiT forward")) * 1e12
-    return dit_forward_flops(1) / 1e12, forward / 1e12, (guided - forward) / 1e12
-
-
-def search_tflop(run: RunShape) -> float:
-    """A whole run's TFLOP (DiT, guidance, candidate scoring, final scoring) with the search knobs."""
-    from vlm3d_ttg.guidance import GuidanceConfig
-    from vlm3d_ttg.compute import CostWeights, compute_tflop, planned_compute
-    from vlm3d_ttg.search import SearchOptions
-
-    guidance = GuidanceConfig(enabled=run.window is not None, sigma_window=run.window or (0.2, 0.85),
-                              every=run.every, grad_mode=run.grad_mode)
-    search = SearchOptions(candidates=run.candidates, select_at=run.select_at, keep=run.keep)
-    return compute_tflop(planned_compute(run.steps, guidance, search), CostWeights(*unit_costs(run)))
+from vlm3d_ttg.cost import (  # noqa: E402,F401  (the names other benchmarks and tests read here)
+    COND_DIM, COND_TOKENS, CRITIC_SHAPES, DINO_PARAMS, DIT_DOUBLE, DIT_HIDDEN, DIT_MLP, DIT_PARAMS, DIT_SINGLE, GIB,
+    LATENT_CHANNELS, LATENT_TOKENS, LLM_HIDDEN, LLM_KV, LLM_LAYERS, LLM_MLP, PCIE_GB_PER_S, PLANNING_TFLOP_PER_S,
+    QWEN2_5_VL_7B, QWEN_PARAMS, VAE_FREQ_FEATURES, VAE_LAYERS, VAE_PARAMS, VAE_WIDTH, VIS_FULL_LAYERS, VIS_HIDDEN,
+    VIS_LAYERS, VIS_MLP, VIS_WINDOW, CriticShape, Price, RunShape, critic_activation_gib, critic_activation_gib_counted,
+    critic_forward_flops, critic_image_tokens, critic_images_forward_flops, critic_params, critic_sides,
+    dit_forward_flops, extra_tflop_per_run, geo_decoder_flops_per_query, geo_decoder_kv_flops_per_call, memory_table,
+    offload_peak_gib, offload_table, price_manifest, reference_sides, search_tflop, silhouette_measure_flops,
+    silhouette_term_flops, stage_table, unit_costs, vae_transformer_flops)
+from vlm3d_ttg.errors import InvalidInputError  # noqa: E402
+from vlm3d_ttg.sizes import PROMPT_TEXT_TOKENS  # noqa: E402
 
 
 def search_table() -> list[tuple[str, float]]:
@@ -300,44 +43,6 @@ def search_table() -> list[tuple[str, float]]:
         rows.append((f"search {n} at σ_s={at}, keep 1, unguided", replace(base, window=None, candidates=n, select_at=at)))
     return [(name, search_tflop(run)) for name, run in rows]
 
-
-def memory_table(run: RunShape) -> list[tuple[str, float]]:
-    """(item, GiB) resident on the GPU when everything stays there."""
-    return [
-        ("DiT weights (fp16)", DIT_PARAMS * 2 / GIB),
-        ("ShapeVAE weights (fp16; the export)", VAE_PARAMS * 2 / GIB),
-        ("ShapeVAE guidance-decode copy (fp32, precision policy)", VAE_PARAMS * 4 / GIB),
-        ("DINOv2-giant conditioner (fp16; idle after encoding)", DINO_PARAMS * 2 / GIB),
-        ("Qwen2.5-VL-7B weights (bf16)", QWEN_PARAMS * 2 / GIB),
-        ("critic saved activations", critic_activation_gib(run.views, run.view_size, run.checkpointing)),
-        ("ShapeVAE transformer activations (fp32, kept for the latent backward)", VAE_LAYERS * LATENT_TOKENS * VAE_WIDTH * 12 * 4 / GIB),
-        ("DiT activations (grad_mode xt only)", (2 * (DIT_DOUBLE + DIT_SINGLE) * (LATENT_TOKENS + COND_TOKENS) * DIT_HIDDEN * 16 * 2 / GIB) if run.grad_mode == "xt" else 0.0),
-    ]
-
-
-# Host<->device copies of --offload-idle. Pageable (not pinned) host memory over PCIe 4/5 x16
-# typically sustains 10-25 GB/s; 12 GB/s is the planning figure, not a measurement.
-PCIE_GB_PER_S = 12.0
-
-
-def offload_table(run: RunShape) -> list[tuple[str, float, float]]:
-    """(item, GiB copied per guided step, seconds at PCIE_GB_PER_S) for --offload-idle."""
-    dit, critic = DIT_PARAMS * 2, QWEN_PARAMS * 2
-    rows = [
-        ("DiT off and back (fp16)", 2 * dit),
-        ("critic on and off (bf16)", 2 * critic),
-    ]
-    return [(name, nbytes / GIB, nbytes / (PCIE_GB_PER_S * 1e9)) for name, nbytes in rows]
-
-
-def offload_peak_gib(run: RunShape) -> float:
-    """GPU memory peak with --offload-idle: the resident parts plus the larger phase."""
-    table = dict(memory_table(run))
-    resident = table["ShapeVAE weights (fp16; the export)"] + table["ShapeVAE guidance-decode copy (fp32, precision policy)"]
-    resident += table["ShapeVAE transformer activations (fp32, kept for the latent backward)"]
-    denoise = table["DiT weights (fp16)"]
-    critic = table["Qwen2.5-VL-7B weights (bf16)"] + table["critic saved activations"]
-    return resident + max(denoise, critic)
 
 
 def markdown() -> str:
@@ -406,9 +111,6 @@ def markdown() -> str:
               "this project has run the real models yet."]
     return "\n".join(lines)
 
-
-# Sustained bf16 throughput used to turn TFLOP into seconds (an A100 at ~40% of peak; see markdown()).
-PLANNING_TFLOP_PER_S = 120.0
 
 
 def critic_layout_table(run: RunShape) -> list[tuple[str, int, float, float, float]]:
@@ -484,9 +186,58 @@ def critic_sizes_markdown() -> str:
     return "\n".join([title, "", *table, "", note])
 
 
+def price_report(result: Price, source: str) -> str:
+    """The text `--price` prints: the settings that matter for cost, each stage's TFLOP per guided step, the
+    counts, unguided vs guided TFLOP and peak GiB, and last the one line `guided/unguided=<ratio>`."""
+    s = result.settings
+    on = lambda flag: "on" if flag else "off"  # noqa: E731
+    critic = f"{result.critic}" + (" (assumed: the run names no priced critic)" if result.critic_assumed else "")
+    lines = [f"Priced at the real sizes (Hunyuan3D-2 + {result.critic}): {source}",
+             "The run's own settings applied to the real models, as they are (a tiny/mini run's steps, views, "
+             "view size and grid are priced as set).", "",
+             "Settings that matter for cost:",
+             f"  steps {s['steps']}; guidance {on(s['guidance'])}; σ window {s['sigma_window'][0]:g},{s['sigma_window'][1]:g}; "
+             f"every {s['every']}; inner steps {s['inner_steps']}; grad mode {s['grad_mode']}",
+             f"  views {s['views']} × {s['view_size']}²; layout {s['view_layout']}; reference {on(s['reference'])}; "
+             f"guidance grid {s['grid_resolution']}³; silhouette weight {s['silhouette_weight']:g}",
+             f"  critic {critic}; checkpointing {on(s['checkpointing'])}; offload idle {on(s['offload_idle'])}",
+             f"  candidates {s['candidates']} (select at σ {s['select_at']:g}, keep {s['keep']}); "
+             f"reuse displacement {s.get('reuse_displacement') or 0:g}; stop r {s.get('stop_r') if s.get('stop_r') is not None else 'off'}",
+             "", "Per guided step (TFLOP; the DiT forward is paid by every step, guided or not):"]
+    width = max(len(name) for name, _, _ in result.stages)
+    lines += [f"  {name:<{width}}  {tflop:8.2f}  {note}" for name, tflop, note in result.stages]
+    c = result.counts
+    lines += ["", f"Work {'planned from the settings' if result.planned else 'the run counted'}: {c['dit_rows']} DiT rows, "
+              f"{c['critic_forwards']} critic forwards, {c['critic_backwards']} critic backwards (guided steps that called the critic; "
+              "the final mesh's one score is left out of both runs' TFLOP)"]
+    lines += [f"Note: {note}" for note in result.notes]
+    lines += ["", f"unguided: {result.unguided_tflop:9.1f} TFLOP, peak {result.unguided_peak_gib:5.1f} GiB resident (shape model only)",
+              f"this run: {result.guided_tflop:9.1f} TFLOP, peak {result.guided_peak_gib:5.1f} GiB resident ({result.settings['guided_steps']} guided steps)",
+              f"guided/unguided={result.ratio:.2f}"]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print the tables, or price a run's manifest (`--price`); a bad manifest: a message and exit 2."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--price", metavar="RUN.glb.json", type=Path,
+                        help="a run's manifest: price its settings at the real sizes (last line guided/unguided=<ratio>)")
+    args = parser.parse_args(argv)
+    if args.price is None:
+        print(markdown())
+        print()
+        print(critic_layout_markdown())
+        print()
+        print(critic_sizes_markdown())
+        return 0
+    try:
+        result = price_manifest(args.price)
+    except InvalidInputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(price_report(result, str(args.price)))
+    return 0
+
+
 if __name__ == "__main__":
-    print(markdown())
-    print()
-    print(critic_layout_markdown())
-    print()
-    print(critic_sizes_markdown())
+    raise SystemExit(main())

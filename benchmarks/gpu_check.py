@@ -22,6 +22,9 @@ Parts (each has a time budget; a part that fails or runs out of time records why
   c. finite non-zero gradients at every guided step in fp16/bf16; the fp32 comparison of the
      half-precision policy (same seed, same cameras) repeated on the GPU.
   d. our unguided sampler vs hy3dgen's own pipeline call at the same settings (wall-time ratio).
+  f. each speed preset (vlm3d_ttg.speed.SPEEDS; a built-in list of knob settings where that module is
+     absent) guided against the unguided run, same seed, same process: measured wall-time ratios next
+     to the cost model's counted ratio at the real sizes (vlm3d_ttg.cost.price).
   e. a summary: what passed, what failed, what to fix.
 `--cpu-smoke` runs every part on the tiny models (depth 1 of realsize in part a), few steps, small
 views; tests/test_gpu_check.py runs it so the check cannot rot.
@@ -56,7 +59,11 @@ from machine import machine_description  # noqa: E402
 PROMPT = "a small toy robot with a round head"
 TOTAL_BUDGET_S = 480.0  # 8 minutes on the GPU machine
 # Planned seconds per part on an H200 (full run); the smoke run's parts take seconds.
-PART_BUDGET_S = {"a": 150.0, "b": 200.0, "c": 80.0, "d": 40.0}  # a includes the nvdiffrast JIT compile
+PART_BUDGET_S = {"a": 150.0, "b": 200.0, "c": 80.0, "d": 40.0, "f": 150.0}
+#: Knob settings part f times where vlm3d_ttg.speed (the speed presets) is absent: GuidanceConfig values.
+FALLBACK_SPEEDS: dict[str, dict[str, Any]] = {
+    "every 4": {"every": 4}, "grid layout": {"view_layout": "grid"}, "2 views": {"num_views": 2},
+    "every 4 + 2 views": {"every": 4, "num_views": 2}}  # a includes the nvdiffrast JIT compile
 
 
 def condition_image() -> Any:
@@ -373,6 +380,65 @@ def part_overhead(args: argparse.Namespace, device: torch.device, state: dict) -
     return {"seconds": times, "ours_over_hy3dgen": ours / theirs}
 
 
+# ----------------------------------------------------------------------------------------- f
+def speed_settings() -> tuple[dict[str, dict[str, Any]], str]:
+    """(name → GuidanceConfig values, where they came from): the speed presets, else FALLBACK_SPEEDS."""
+    try:
+        from vlm3d_ttg.speed import SPEEDS  # type: ignore[import-not-found]
+    except ImportError:
+        return dict(FALLBACK_SPEEDS), "built-in knob settings (no vlm3d_ttg.speed)"
+    return dict(SPEEDS), "vlm3d_ttg.speed.SPEEDS"
+
+
+def part_speeds(args: argparse.Namespace, device: torch.device, state: dict,
+                speeds: dict[str, dict[str, Any]] | None = None) -> dict:
+    """Each speed preset's guided run against the unguided run (same seed, same process): wall-time ratio
+    measured here beside the counted ratio at the real sizes (the run's own settings on the real models)."""
+    from vlm3d_ttg.cost import price
+
+    source = "given"
+    if speeds is None:
+        speeds, source = speed_settings()
+    if args.cpu_smoke:  # the rehearsal: two presets show the part works
+        speeds = dict(list(speeds.items())[:2])
+    pipe, vlm, processor = state.get("models") or build_models(args, device)[:3]
+    state["models"] = (pipe, vlm, processor)
+    critic = "Qwen2.5-VL-7B"  # realsize is its shape (tiny in the smoke run: priced at the real sizes all the same)
+    unguided_config = guidance_config(args, state, enabled=False)
+    unguided = sampled_run(pipe, vlm, processor, unguided_config, args, device, steps=args.steps)["seconds"]
+    rows: dict[str, Any] = {}
+    for name, values in speeds.items():
+        if time.perf_counter() > state["deadline"] - 30:
+            rows[name] = {"status": "skipped: out of time"}
+            continue
+        try:
+            config = guidance_config(args, state, **values)
+        except Exception as exc:  # a preset these settings cannot take (e.g. a grid of too few views): recorded
+            rows[name] = {"status": f"invalid here: {exc}"}
+            continue
+        run = sampled_run(pipe, vlm, processor, config, args, device, steps=args.steps)
+        rows[name] = {"values": values, "guided_steps": sum(r["guided"] for r in run["records"]), "seconds": run["seconds"],
+                      "measured_ratio": run["seconds"] / unguided,
+                      "counted_ratio": price(config, args.steps, critic_model=critic).ratio, "peak_gib": run["peak_gib"]}
+    # The baseline again after the presets (warm-up and drift): the smaller of the two is the baseline.
+    if not args.cpu_smoke and time.perf_counter() < state["deadline"] - 30:
+        again = sampled_run(pipe, vlm, processor, unguided_config, args, device, steps=args.steps)["seconds"]
+        if again < unguided:
+            unguided = again
+            for row in rows.values():
+                if "seconds" in row:
+                    row["measured_ratio"] = row["seconds"] / unguided
+    table = ["| preset | knobs | guided steps | measured guided/unguided | counted at real sizes |", "|---|---|---:|---:|---:|"]
+    table += [f"| {name} | {json.dumps(row.get('values', speeds[name]))} | {row.get('guided_steps', '–')} | "
+              + (f"{row['measured_ratio']:.2f} | {row['counted_ratio']:.2f} |" if "seconds" in row else f"{row['status']} | – |")
+              for name, row in rows.items()]
+    result: dict[str, Any] = {"speeds_from": source, "unguided_s": unguided, "presets": rows, "speed_table": table}
+    timed = [name for name, row in rows.items() if "seconds" in row]
+    if not timed:
+        result.update(status="failed", why="no speed preset could be timed")
+    return result
+
+
 # ----------------------------------------------------------------------------------------- e
 def summarize(data: dict) -> dict:
     parts = data["parts"]
@@ -415,7 +481,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cpu-smoke", action="store_true", help="every part on the CPU with the tiny models, few steps, small views")
     parser.add_argument("--depth", type=int, default=0, help="realsize depth for parts b-d (0: the real depth)")
     parser.add_argument("--cache-dir", default=None, help="where tiny checkpoints are written (default $VLM3D_TTG_CACHE)")
+    parser.add_argument("--parts", default="abcdf", help="the parts to run, e.g. 'f' for the speed presets alone (default abcdf)")
     args = parser.parse_args(argv)
+    if set(args.parts) - set("abcdf") or not args.parts:
+        parser.error(f"--parts takes letters of abcdf, got {args.parts!r}")
     if args.cpu_smoke:
         args.steps, args.views, args.view_size, args.grid, args.octree, args.realsize_grid = 3, 2, 56, 16, 32, 8
         device = torch.device("cpu")
@@ -429,14 +498,16 @@ def main(argv: list[str] | None = None) -> int:
     report = Report(args.report_dir, settings)
     state: dict[str, Any] = {"deadline": report.started + TOTAL_BUDGET_S}
     scale = 0.1 if args.cpu_smoke else 1.0
-    report.run_part("a", "nvdiffrast vs CPU renderer", PART_BUDGET_S["a"] * max(scale, 0.5),
-                    lambda: part_renderer(args, device, state))
-    report.run_part("b", "realsize run: wall time, stages, peak memory", PART_BUDGET_S["b"] * max(scale, 0.25),
-                    lambda: part_full_run(args, device, state))
-    report.run_part("c", "gradients in half precision; fp32 comparison", PART_BUDGET_S["c"] * max(scale, 0.5),
-                    lambda: part_gradients(args, device, state))
-    report.run_part("d", "our sampler vs hy3dgen's pipeline call", PART_BUDGET_S["d"] * max(scale, 0.5),
-                    lambda: part_overhead(args, device, state))
+    parts = {
+        "a": ("nvdiffrast vs CPU renderer", 0.5, lambda: part_renderer(args, device, state)),
+        "b": ("realsize run: wall time, stages, peak memory", 0.25, lambda: part_full_run(args, device, state)),
+        "c": ("gradients in half precision; fp32 comparison", 0.5, lambda: part_gradients(args, device, state)),
+        "d": ("our sampler vs hy3dgen's pipeline call", 0.5, lambda: part_overhead(args, device, state)),
+        "f": ("speed presets vs unguided: measured and counted ratios", 0.25, lambda: part_speeds(args, device, state)),
+    }
+    for key, (title, smallest, run) in parts.items():
+        if key in args.parts:
+            report.run_part(key, title, PART_BUDGET_S[key] * max(scale, smallest), run)
     report.data["summary"] = summarize(report.data)
     report.write()
     print(f"wrote {args.report_dir / 'gpu_check.json'} and gpu_check.md ({report.elapsed():.0f} s)")

@@ -35,7 +35,8 @@ def test_gpu_check_cpu_smoke_passes_every_part(tmp_path, tiny_cache, monkeypatch
     report = json.loads((tmp_path / "report" / "gpu_check.json").read_text())
     parts = report["parts"]
     assert code == 0, {k: p.get("why") for k, p in parts.items()}
-    assert {k: p["status"] for k, p in parts.items()} == {"a": "passed", "b": "passed", "c": "passed", "d": "passed"}
+    assert {k: p["status"] for k, p in parts.items()} == {"a": "passed", "b": "passed", "c": "passed", "d": "passed",
+                                                        "f": "passed"}
     # a: both decoders gave closed meshes whose vertex gradients are finite (no nvdiffrast on a CPU: recorded why).
     assert parts["a"]["render_backend_for_the_rest"] == "cpu" and "CUDA is not available" in parts["a"]["nvdiffrast"]
     assert all(m["faces"] > 0 and m["grad_finite"] for m in parts["a"]["meshes"].values())
@@ -53,7 +54,19 @@ def test_gpu_check_cpu_smoke_passes_every_part(tmp_path, tiny_cache, monkeypatch
     assert 0.9 < c["teacher_forced_norm_ratio_range"][0] <= c["teacher_forced_norm_ratio_range"][1] < 1.1
     assert c["gradient_path_table"][0].startswith("| gradient path") and len(c["sensitivity_table"]) > 3
     assert parts["d"]["ours_over_hy3dgen"] > 0
-    assert report["summary"]["passed"] == ["a", "b", "c", "d"]
+    # f: speed presets timed against the unguided run, each beside its counted ratio at the real sizes.
+    from vlm3d_ttg.cost import price
+    from vlm3d_ttg.guidance import GuidanceConfig
+
+    speeds = parts["f"]["presets"]
+    assert len(speeds) == 2 and all(row["measured_ratio"] > 0 for row in speeds.values())
+    settings = report["settings"]
+    for row in speeds.values():
+        config = GuidanceConfig(**{"num_views": settings["views"], "view_size": settings["view_size"],
+                                   "grid_resolution": settings["grid"], **row["values"]})
+        assert row["counted_ratio"] == pytest.approx(price(config, settings["steps"], critic_model="Qwen2.5-VL-7B").ratio)
+    assert report["summary"]["passed"] == ["a", "b", "c", "d", "f"]
     markdown = (tmp_path / "report" / "gpu_check.md").read_text()
     assert "## b. realsize run" in markdown and "stage_s_per_guided_step" in markdown
     assert "| step | ‖x̂_half − x̂_fp32‖/‖x̂_fp32‖" in markdown  # tables appear as tables
+    assert "| preset | knobs | guided steps | measured guided/unguided | counted at real sizes |" in markdown

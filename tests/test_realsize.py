@@ -43,7 +43,7 @@ def test_the_real_sizes_are_written_once_and_exposed_by_their_owners():
         HUNYUAN3D_2.dit_params, HUNYUAN3D_2.vae_params, HUNYUAN3D_2.conditioner_params, QWEN2_5_VL_7B.params)
     root = Path(__file__).resolve().parents[1]
     counts = {8.29e9, 1.1e9, 0.21e9, 18944, 152064, 1370}  # parameter counts and sizes only these models have
-    for reader in ("benchmarks/cost_model.py", "vlm3d_ttg/tiny/realsize.py", "vlm3d_ttg/compute.py"):
+    for reader in ("benchmarks/cost_model.py", "vlm3d_ttg/cost.py", "vlm3d_ttg/tiny/realsize.py", "vlm3d_ttg/compute.py"):
         tree = ast.parse((root / reader).read_text(encoding="utf-8"))
         restated = {node.value for node in ast.walk(tree) if isinstance(node, ast.Constant)
                     and isinstance(node.value, (int, float)) and not isinstance(node.value, bool) and node.value in counts}

@@ -20,9 +20,12 @@ for the estimate; a preset's model sizes are fields of its record (`presets.Pres
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from .cost import Price, price
 from .errors import InvalidInputError
 from .generation import GenerationOptions
 from .guidance import GuidanceConfig
@@ -33,6 +36,7 @@ from .sizes import HUNYUAN3D_2, PROMPT_TEXT_TOKENS, QWEN2_5_VL_7B
 
 GIB = 1024**3
 MIB = 1024**2
+logger = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------------------------------------
 # Sane bounds (docs/bad_inputs.md): beyond these a value is a typo or an attack, whatever the machine.
@@ -79,15 +83,18 @@ class RunEstimate:
     host_parts: dict[str, int] = field(default_factory=dict)
     device_parts: dict[str, int] = field(default_factory=dict)
     work: dict[str, int] = field(default_factory=dict)
+    price: str = ""  # the run's counted price at the real sizes (and the speed presets'), lines of `price_lines`
 
     def describe(self) -> str:
-        """One line per part, largest first, in GiB."""
+        """One line per part, largest first, in GiB (then the counted price, when the preflight priced the run)."""
         lines = [f"host peak ≈ {self.host_bytes / GIB:.2f} GiB"]
         lines += [f"  {name}: {value / GIB:.2f} GiB" for name, value in sorted(self.host_parts.items(), key=lambda kv: -kv[1])]
         if self.device != "cpu":
             lines.append(f"{self.device} peak ≈ {self.device_bytes / GIB:.2f} GiB")
             lines += [f"  {name}: {value / GIB:.2f} GiB"
                       for name, value in sorted(self.device_parts.items(), key=lambda kv: -kv[1])]
+        if self.price:
+            lines.append(self.price)
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
@@ -273,12 +280,57 @@ def check_run_fits(estimate: RunEstimate, *, host_limit: int | None = None, devi
     return estimate
 
 
+# ---------------------------------------------------------------------------------------------
+# The price: guided ÷ unguided TFLOP at the real sizes (vlm3d_ttg.cost), for the run and the speed presets.
+
+
+def speed_presets() -> dict[str, dict[str, Any]]:
+    """The speed presets (`vlm3d_ttg.speed.SPEEDS`: name → GuidanceConfig field values), or none where this
+    version has no speed module."""
+    try:
+        from .speed import SPEEDS  # type: ignore[import-not-found]
+    except ImportError:
+        return {}
+    return dict(SPEEDS)
+
+
+def price_run(run_options: Any, guidance: Any, search: Any = None) -> Price:
+    """The counted price of a run (the option dataclasses the CLI builds) at the real sizes: its planned
+    work (a `stop_r` counts every scheduled guided step: an upper bound), its critic from `--vlm`."""
+    return price(guidance, run_options.steps, search, critic_model=getattr(run_options, "vlm", None),
+                 checkpointing=bool(getattr(run_options, "checkpointing", False)),
+                 offload_idle=bool(getattr(run_options, "offload_idle", False)))
+
+
+def price_speeds(run_options: Any, guidance: Any, search: Any = None,
+                 speeds: dict[str, dict[str, Any]] | None = None) -> dict[str, Price]:
+    """Each speed preset's counted price: the guidance defaults with the preset's GuidanceConfig values
+    (`speeds`: name → values; default `speed_presets()`), at the run's steps, critic and search; a value no
+    GuidanceConfig field takes is skipped."""
+    names = {f.name for f in dataclasses.fields(guidance)}
+    presets = speed_presets() if speeds is None else speeds
+    return {name: price_run(run_options, type(guidance)(**{k: v for k, v in values.items() if k in names}), search)
+            for name, values in presets.items()}
+
+
+def price_lines(run_options: Any, guidance: Any, search: Any = None,
+                speeds: dict[str, dict[str, Any]] | None = None) -> list[str]:
+    """The preflight's price lines: 'counted at the real sizes: guided/unguided ×N.NN (X TFLOP vs Y)' for the
+    run, then one per speed preset (`speeds`, default `speed_presets()`)."""
+    lines = [price_run(run_options, guidance, search).summary()]
+    for name, result in price_speeds(run_options, guidance, search, speeds).items():
+        lines.append(f"  speed {name}: guided/unguided ×{result.ratio:.2f} ({result.guided_tflop:.0f} TFLOP vs "
+                     f"{result.unguided_tflop:.0f})")
+    return lines
+
+
 def check_generation(run_options: Any, guidance: Any, search: Any = None, *, prompt: str = "", preset: str = "real",
                      host_limit: int | None = None, device_limit: int | None = None) -> RunEstimate:
     """The one preflight of a generation run (CLI, benchmark per row, app): the sane bounds (through
     each dataclass's `validate`), then the estimated peak memory against the machine. Takes the option
     dataclasses the CLI builds (`GenerationOptions`, `GuidanceConfig`, `SearchOptions`); returns the
-    estimate or raises InvalidInputError / ResourceLimitError before anything loads."""
+    estimate (with the run's counted price at the real sizes, `price_lines`, also logged) or raises
+    InvalidInputError / ResourceLimitError before anything loads."""
     run_options.validate()
     guidance.validate()
     if search is not None:
@@ -303,4 +355,8 @@ def check_generation(run_options: Any, guidance: Any, search: Any = None, *, pro
         prompt_chars=len(prompt), checkpointing=run_options.checkpointing, offload_idle=run_options.offload_idle,
         realsize_depth=run_options.realsize_depth,
     )
+    priced = price_lines(run_options, guidance, search)
+    for line in priced:
+        logger.info("preflight: %s", line)
+    estimate = dataclasses.replace(estimate, price="\n".join(priced))
     return check_run_fits(estimate, host_limit=host_limit, device_limit=device_limit)
