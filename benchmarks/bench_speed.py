@@ -90,10 +90,13 @@ SETTINGS = [
     Setting("every 4 + view side ½", {"every": 4}, view_scale=0.5),
     # The new ways (issue #28): the last displacement reused at the skipped steps; guidance stopped once r is high.
     Setting("reuse", {"reuse_displacement": 1.0}),
+    Setting("every 3 + reuse", {"every": 3, "reuse_displacement": 1.0}),
     Setting("every 4 + reuse", {"every": 4, "reuse_displacement": 1.0}),
     Setting("every 5 + reuse", {"every": 5, "reuse_displacement": 1.0}),
     Setting("every 4 + 2 views + reuse", {"every": 4, "num_views": 2, "reuse_displacement": 1.0}),
     Setting("every 5 + 2 views + reuse", {"every": 5, "num_views": 2, "reuse_displacement": 1.0}),
+    Setting("every 4 + 2 views + guidance grid 32 + reuse",
+            {"every": 4, "num_views": 2, "grid_resolution": 32, "reuse_displacement": 1.0}),
     Setting("stop at r ≥ 1", {"stop_r": 1.0}),
 ]
 
