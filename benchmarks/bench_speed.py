@@ -85,6 +85,7 @@ SETTINGS = [
     Setting("grid layout", {"view_layout": "grid"}),
     Setting("every 4 + 2 views", {"every": 4, "num_views": 2}),
     Setting("every 5 + 2 views", {"every": 5, "num_views": 2}),
+    Setting("every 4 + guidance grid 32", {"every": 4, "grid_resolution": 32}),
     Setting("every 4 + 2 views + guidance grid 32", {"every": 4, "num_views": 2, "grid_resolution": 32}),
     Setting("every 4 + grid layout", {"every": 4, "view_layout": "grid"}),
     Setting("every 4 + view side ½", {"every": 4}, view_scale=0.5),
@@ -93,8 +94,11 @@ SETTINGS = [
     Setting("every 3 + reuse", {"every": 3, "reuse_displacement": 1.0}),
     Setting("every 4 + reuse", {"every": 4, "reuse_displacement": 1.0}),
     Setting("every 5 + reuse", {"every": 5, "reuse_displacement": 1.0}),
+    Setting("every 6 + reuse", {"every": 6, "reuse_displacement": 1.0}),
+    Setting("every 8 + reuse", {"every": 8, "reuse_displacement": 1.0}),
     Setting("every 4 + 2 views + reuse", {"every": 4, "num_views": 2, "reuse_displacement": 1.0}),
     Setting("every 5 + 2 views + reuse", {"every": 5, "num_views": 2, "reuse_displacement": 1.0}),
+    Setting("every 4 + guidance grid 32 + reuse", {"every": 4, "grid_resolution": 32, "reuse_displacement": 1.0}),
     Setting("every 4 + 2 views + guidance grid 32 + reuse",
             {"every": 4, "num_views": 2, "grid_resolution": 32, "reuse_displacement": 1.0}),
     Setting("stop at r ≥ 1", {"stop_r": 1.0}),
@@ -172,6 +176,50 @@ def run_timing(args) -> None:
             with args.timing_out.open("a") as handle:
                 handle.write(json.dumps(row) + "\n")
             print(f"{setting.name:40s} {item.key:35s} base {row['base_seconds']:.1f}s guided {row['guided_seconds']:.1f}s", flush=True)
+
+
+def run_realsize(args) -> None:
+    """One guided and one unguided step of each speed preset at the real widths and token counts (realsize preset,
+    depth 1, random weights; 448-px views), timed on this CPU, and the 50-step run's ratio they make:
+    1 + G·(guided step − unguided step) ÷ (50 · unguided step), with G the preset's guided steps of 50."""
+    import time
+
+    import torch
+    from PIL import Image
+
+    import bench_steering as steering
+    from vlm3d_ttg.cost import price
+    from vlm3d_ttg.critic import VLMCritic
+    from vlm3d_ttg.guidance import GuidanceConfig
+    from vlm3d_ttg.reward import VLMReward
+    from vlm3d_ttg.sampler import GuidedSampler
+    from vlm3d_ttg.speed import SPEEDS
+
+    torch.set_num_threads(args.threads)
+    models = steering.load("realsize", depth=1)
+    image = Image.open(ROOT / "examples" / "toy_robot.png")
+    rows = read_rows(args.realsize_out)
+    for speed in SPEEDS:
+        if any(r["speed"] == speed for r in rows):
+            continue
+        # 4 steps (σ 0, ⅓, ⅔): the step at σ ⅓ guided, the one at ⅔ not; the preset's critic knobs as they are.
+        config = GuidanceConfig.for_speed(speed, sigma_window=(0.2, 0.5), every=1)
+        critic = VLMCritic(models.vlm, models.processor, "a small toy robot", config.query, layout=config.view_layout,
+                           grid_size=config.view_size)
+        sampler = GuidedSampler(models.backbone, VLMReward.from_config(models.backbone, critic, config), config)
+        ends: list[float] = []
+        sampler(image, num_inference_steps=4, seed=0, progress=False, octree_resolution=32, output_type="latent",
+                callback_on_step_end=lambda *_: ends.append(time.perf_counter()))
+        guided, unguided = ends[1] - ends[0], ends[2] - ends[1]
+        planned = price(GuidanceConfig.for_speed(speed), 50)
+        run_ratio = 1 + planned.settings["guided_steps"] * (guided - unguided) / (50 * unguided)
+        row = dict(speed=speed, guided_step=guided, unguided_step=unguided, guided_steps_of_50=planned.settings["guided_steps"],
+                   measured_run_ratio=run_ratio, counted_ratio=planned.ratio, views=config.num_views, view_size=config.view_size)
+        rows.append(row)
+        print(row, flush=True)
+        from vlm3d_ttg.io import write_text_atomic
+
+        write_text_atomic(args.realsize_out, "".join(json.dumps(r) + "\n" for r in rows))
 
 
 def timing_ratios(rows: list[dict]) -> dict[str, float]:
@@ -552,61 +600,143 @@ def report(args) -> str:
     judged = json.loads(LANGUAGE_JUDGED.read_text()) if LANGUAGE_JUDGED.exists() else {}
     language_rows = [dict(r, judge_r=judged.get(f"{r.get('grid')}|{r['statement']}", r.get("judge_r"))) for r in language_rows]
     language = language_effects(language_rows)
+    timing = timing_ratios(read_rows(args.timing_out))
+    default_guided = language.get("default", {}).get("guided")
     lines = [BEGIN, "", "### The cost–effect map (`benchmarks/bench_speed.py`)", "",
              f"Machine: {machine_description()}.", "",
-             "| setting (on the preset's defaults) | guided steps of 50 (real) | counted guided ÷ unguided, real sizes | "
-             "peak GiB guided (unguided) | oracle: Δ Chamfer [CI] | oracle effect kept | oracle runs' wall ÷ unguided (mini, CPU) | "
+             "Effect: paired Δ (guided − unguided, same seed) with bootstrap 95 % CIs; *kept* = the setting's mean Δ ÷ the "
+             "default's over the same pairs, with a paired bootstrap CI. Oracle: 8 targets × 3 seeds of the shapes set; "
+             "guide critic: the language experiment's 20 true statements × 2 seeds (its r of the final mesh scored at the "
+             "default views; the judge is the other critic). Cost: counted at the real sizes (50 steps, Qwen2.5-VL-7B at "
+             "448 px, `vlm3d_ttg.cost.price`), and measured here as guided ÷ unguided wall time of back-to-back runs on "
+             "the mini preset with its critic (`timing`; 4 items, 1 seed).", "",
+             "| setting (on the preset's defaults) | guided steps of 50 (real) | counted guided ÷ unguided | "
+             "peak GiB guided (unguided 4.5) | measured wall ÷ unguided (mini, CPU) | oracle: Δ Chamfer [CI] | oracle effect kept | "
              "guide critic: Δ r [CI] | critic effect kept | judge Δ r [CI] |",
-             "|---|---:|---:|---:|---|---|---:|---|---|---|"]
+             "|---|---:|---:|---:|---:|---|---|---|---|---|"]
     points_oracle, points_critic = [], []
     for setting in SETTINGS:
         cost = counted(setting)
+        ratio, steps = cost.ratio, f"{cost.settings['guided_steps']}"
         st, la = steering.get(setting.name), language.get(setting.name)
         if st is None and la is None:
             continue
-        if st and st["chamfer_rel"]:
-            points_oracle.append((setting.name, cost.ratio, st["chamfer_rel"][0]))
+        if "stop_r" in setting.knobs and la and default_guided:
+            # A stop rule's work depends on the run: the planned guided steps scaled by the share the mini runs made.
+            share = la["guided"] / default_guided
+            ratio = 1 + (cost.ratio - 1) * share
+            steps = f"{cost.settings['guided_steps'] * share:.1f}*"
+        critic_knobs = any(name in CRITIC_ONLY for name in setting.knobs)
+        # A smaller view is the critic's knob too (its tokens): the oracle alone cannot say it keeps the effect.
+        if st and st["chamfer_rel"] and not critic_knobs and setting.view_scale == 1.0:
+            points_oracle.append((setting.name, ratio, *st["chamfer_rel"][:3]))
         if la and la["r_rel"]:
-            points_critic.append((setting.name, cost.ratio, la["r_rel"][0]))
-        lines.append(f"| {setting.name} | {cost.settings['guided_steps']} | ×{cost.ratio:.2f} | "
-                     f"{cost.guided_peak_gib:.1f} ({cost.unguided_peak_gib:.1f}) | "
-                     f"{_ci(st['chamfer']) if st else 'n/a'} | {_pct(st['chamfer_rel']) if st else 'n/a'} | "
-                     f"{'×%.2f' % st['wall'] if st else '–'} | "
+            points_critic.append((setting.name, ratio, la["r_rel"][0]))
+        measured = f"×{timing[setting.name]:.2f}" if setting.name in timing else "–"
+        oracle_cells = (f"{_ci(st['chamfer'])} | {_pct(st['chamfer_rel'])}" if st and not critic_knobs else
+                        f"as «{_same_for_the_oracle(setting)}» | –" if st else "– | –")
+        lines.append(f"| {setting.name} | {steps} | ×{ratio:.2f} | {cost.guided_peak_gib:.1f} | {measured} | "
+                     f"{oracle_cells} | "
                      f"{_ci(la['r'], 2) if la else '–'} | {_pct(la['r_rel']) if la else '–'} | "
                      f"{_ci(la['judge'], 2) if la else '–'} |")
-    front_oracle, front_critic = pareto(points_oracle), pareto(points_critic)
-    lines += ["", "On the Pareto front (cheapest for its effect): oracle axis — " + ", ".join(sorted(front_oracle)) +
-              "; critic axis — " + ", ".join(sorted(front_critic)) + ".", ""]
-    figure(points_oracle, points_critic, front_oracle, front_critic, ROOT / "docs" / "speed_map.png")
-    lines += ["![Effect kept vs counted cost](../docs/speed_map.png)", "", END]
+    front_oracle = pareto([(name, cost, effect) for name, cost, effect, *_ in points_oracle])
+    front_critic = pareto(points_critic)
+    lines += ["", "\\* stop rule: the planned guided steps × the share of them the mini runs made before r reached the "
+              "level (its counted cost is the same share of guidance's).", "",
+              "On the Pareto front (cheapest for its effect): oracle axis — " + ", ".join(sorted(front_oracle)) +
+              ". The critic's knobs (views, layout, the stop level) do not act on the oracle, which has its own cameras "
+              "(«as …»: the oracle's runs of the setting's other knobs); a smaller view side acts on both (the oracle's "
+              "column is its renders at that side) and is left off the front, since the critic cannot read it (below). "
+              "The guide critic's columns are too noisy to rank anything: its effect-kept CIs span hundreds of per cent "
+              "(40 pairs; the default's own Δ r is +1.2 [0.0, +2.3]).", ""]
+    presets = []
+    for speed_name, knobs in speed_presets().items():
+        setting = next((x for x in SETTINGS if x.overrides(REAL_VIEW) == knobs), None)
+        st = steering.get(_same_for_the_oracle(setting)) if setting else None
+        if st and st["chamfer_rel"]:
+            presets.append((f"--speed {speed_name}", counted(setting).ratio, *st["chamfer_rel"][:3]))
+    figure(points_oracle, front_oracle, ROOT / "docs" / "speed_map.png", presets)
+    lines += ["![Effect kept vs counted cost](../docs/speed_map.png)", ""]
+    realsize = read_rows(args.realsize_out)
+    if realsize:
+        lines += ["**Measured at the real widths and token counts** (`realsize`: realsize preset, depth 1 — one block of each "
+                  "kind, random weights — 448-px views, this CPU; one guided and one unguided step timed, the 50-step run's "
+                  "ratio made from them)", "",
+                  "| preset | views | guided step (s) | unguided step (s) | guided steps of 50 | measured run ratio, depth 1 | "
+                  "counted ratio, real depth |", "|---|---:|---:|---:|---:|---:|---:|"]
+        lines += [f"| {r['speed']} | {r['views']} × {r['view_size']} | {r['guided_step']:.1f} | {r['unguided_step']:.1f} | "
+                  f"{r['guided_steps_of_50']} | ×{r['measured_run_ratio']:.2f} | ×{r['counted_ratio']:.2f} |" for r in realsize]
+        lines += ["", "At depth 1 the DiT keeps 2 of its 48 blocks, the critic 3 of its 60 (2 vision, 1 language) and the ShapeVAE 1 of 16, so a "
+                  "guided step's share is not the real one; the ordering of the presets and their ratios to each other are "
+                  "what this row measures. gpu_check part f times the presets at the real depth on a GPU.", ""]
+    critic = json.loads(args.critic_out.read_text()) if args.critic_out.exists() else []
+    if critic:
+        lines += ["**Fewer image tokens: the mini guide critic's held-out accuracy** (`critic`: balanced accuracy per "
+                  "description on renders of test shapes, 17 descriptions)", "",
+                  "| views the critic reads | mean | min | descriptions ≥ 0.90 |", "|---|---:|---:|---:|"]
+        lines += [f"| {row['setting']} | {row['mean']:.3f} | {row['min']:.3f} | {row['at_least_90']}/{row['descriptions']} |"
+                  for row in critic]
+        lines.append("")
+    directions = json.loads(args.directions_out.read_text()) if args.directions_out.exists() else []
+    if directions:
+        lines += [f"**Where one draw of the gradient points** (`directions`: {len(directions)} predicted clean shapes of "
+                  "unguided runs; cosine of one draw of ∇r with the mean of 4 draws at the default settings; mean [95 % CI])",
+                  "", "| setting | cosine |", "|---|---|"]
+        for name, _ in DIRECTION_SETTINGS:
+            lines.append(f"| {name} | {_ci(mean_ci({k: row[name] for k, row in enumerate(directions)}), 2)} |")
+        lines.append("")
+    export = json.loads(args.export_out.read_text()) if args.export_out.exists() else []
+    if export:
+        lines += ["**Against the baselines a user may run** (counted; `export` measured the hierarchical decoding's "
+                  "queries)", "", baselines_markdown(export), ""]
+    lines.append(END)
     return "\n".join(lines)
 
 
-def figure(oracle: list, critic: list, front_oracle: set, front_critic: set, path: Path) -> None:
-    """Effect kept (% of the default's) against counted guided ÷ unguided, one panel per effect axis."""
+def _same_for_the_oracle(setting: Setting) -> str:
+    """The name of the setting the oracle cannot tell `setting` from (its knobs without the critic's)."""
+    key = _key(setting.oracle_overrides(112))
+    return next((other.name for other in SETTINGS if _key(other.overrides(112)) == key), key)
+
+
+def speed_presets() -> dict[str, dict[str, Any]]:
+    """The shipped speed presets (vlm3d_ttg.speed.SPEEDS)."""
+    from vlm3d_ttg.speed import SPEEDS
+
+    return SPEEDS
+
+
+def figure(points: list, front: set, path: Path, presets: list = ()) -> None:
+    """The oracle's effect kept (% of the default's, 95 % CI) against the counted guided ÷ unguided cost; the speed
+    presets as stars (a preset with the critic's knobs at its cost, with the oracle's effect of its other knobs)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
-    for ax, points, front, title in ((axes[0], oracle, front_oracle, "oracle steering (Δ Chamfer kept)"),
-                                     (axes[1], critic, front_critic, "guide critic (Δ r kept)")):
-        for name, cost, effect in points:
-            ax.scatter(cost, 100 * effect, color="C3" if name in front else "C0", zorder=3)
-            ax.annotate(name, (cost, 100 * effect), fontsize=8, xytext=(4, 3), textcoords="offset points")
-        ax.axvline(1.3, color="grey", linestyle="--", linewidth=1)
-        ax.axhline(80, color="grey", linestyle=":", linewidth=1)
-        ax.set_xlabel("counted guided ÷ unguided at the real sizes")
-        ax.set_ylabel("effect kept, % of the default's")
-        ax.set_title(title)
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    for name, cost, effect, low, high in points:
+        color = "C3" if name in front else "C0"
+        ax.errorbar(cost, 100 * effect, yerr=[[100 * (effect - low)], [100 * (high - effect)]], fmt="o", color=color,
+                    capsize=3, zorder=3)
+        ax.annotate(name, (cost, 100 * effect), fontsize=8, xytext=(5, 3), textcoords="offset points")
+    for name, cost, effect, low, high in presets:
+        ax.errorbar(cost, 100 * effect, yerr=[[100 * (effect - low)], [100 * (high - effect)]], fmt="*", markersize=14,
+                    color="C2", capsize=3, zorder=4)
+        ax.annotate(name, (cost, 100 * effect), fontsize=9, color="C2", xytext=(6, -12), textcoords="offset points")
+    ax.axvline(1.3, color="grey", linestyle="--", linewidth=1)
+    ax.axhline(80, color="grey", linestyle=":", linewidth=1)
+    ax.set_xlabel("counted guided ÷ unguided at the real sizes (Hunyuan3D-2 + Qwen2.5-VL-7B, 50 steps)")
+    ax.set_ylabel("oracle steering effect kept, % of the default's (Δ Chamfer)")
+    ax.set_title("Speed knobs on the mini world: effect kept vs cost\n(red: Pareto front; green stars: the --speed presets; "
+                 "dashed: ×1.3; dotted: 80 %)", fontsize=10)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)
     plt.close(fig)
     from vlm3d_ttg.io import write_bytes_atomic
 
+    path.parent.mkdir(parents=True, exist_ok=True)
     write_bytes_atomic(path, buffer.getvalue())
 
 
@@ -616,7 +746,7 @@ def read_rows(path: Path) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=("steering", "language", "judge", "critic", "timing", "export", "directions", "report"))
+    parser.add_argument("command", choices=("steering", "language", "judge", "critic", "timing", "export", "directions", "realsize", "report"))
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--settings", default="", help="names of SETTINGS, separated by commas (default: all of the axis)")
     parser.add_argument("--classes", default="mug,table,chair,rocket")
@@ -633,12 +763,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--timing-out", type=Path, default=HERE / "speed_timing.jsonl")
     parser.add_argument("--export-out", type=Path, default=HERE / "speed_export.json")
     parser.add_argument("--directions-out", type=Path, default=HERE / "speed_directions.json")
+    parser.add_argument("--realsize-out", type=Path, default=HERE / "speed_realsize.jsonl")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     if args.command == "steering":
         run_steering(args)
     elif args.command == "language":
         run_language(args)
+    elif args.command == "realsize":
+        run_realsize(args)
     elif args.command == "directions":
         gradient_directions(args)
     elif args.command == "export":

@@ -20,8 +20,10 @@ Speed = Literal["quality", "balanced", "fast"]
 #: Each preset's GuidanceConfig field values (only the knobs it changes).
 SPEEDS: dict[str, dict[str, Any]] = {
     "quality": {},
-    "balanced": {"every": 3},
-    "fast": {"every": 4, "num_views": 2},
+    # Guide every 4th step and reuse the last displacement at the steps between: the critic unchanged.
+    "balanced": {"every": 4, "reuse_displacement": 1.0},
+    # Every 5th step, the last displacement reused between, and 2 views: ≤ ×1.3 the unguided run, counted.
+    "fast": {"every": 5, "num_views": 2, "reuse_displacement": 1.0},
 }
 
 
