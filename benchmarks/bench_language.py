@@ -130,9 +130,15 @@ def items(classes: tuple[str, ...] = ATTRIBUTE_CLASSES, statements: str = "both"
     return out
 
 
+_MESHES: dict[str, Any] = {}
+
+
 def input_image(spec: ShapeSpec, view: tuple[float, float]):
-    """The input picture of a shape from a view, in the training style."""
-    return render_input_image(mesh_from_sdf(shape_sdf(spec), 80), *view)
+    """The input picture of a shape from a view, in the training style (the shape's mesh made once per spec)."""
+    key = repr(spec)
+    if key not in _MESHES:
+        _MESHES[key] = mesh_from_sdf(shape_sdf(spec), 80)
+    return render_input_image(_MESHES[key], *view)
 
 
 def framed_silhouette(image: Any, size: int = 128) -> np.ndarray:
@@ -622,7 +628,7 @@ def main(argv: list[str] | None = None) -> None:
         text = report(with_judge(read_rows(args.out), args.judged))
         if args.sweep_out.exists():
             text = text.replace(END, "**Sweep** (" + str(args.sweep_out.name) + "):\n\n" + sweep_report(with_judge(read_rows(args.sweep_out), args.sweep_judged)) + "\n\n" + END)
-        text = text.replace(END, "**How much the pictures hide the attribute**\n\n" + hiding_table(items(per_class=args.per_class)) + "\n\n" + END)
+        text = text.replace(END, "**How much the pictures hide the attribute**\n\n" + hiding_table(items(tuple(args.classes.split(",")), per_class=args.per_class)) + "\n\n" + END)
         print(text)
         if args.write_results:
             write_results_section(BEGIN, END, text)

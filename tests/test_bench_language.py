@@ -105,7 +105,8 @@ def test_one_picture_runs_on_the_mini_preset_and_a_rerun_resumes(bench, tmp_path
     bench.main(args)  # resumable: the finished runs are not run again
     assert len(out.read_text().splitlines()) == 4
     capsys.readouterr()
-    bench.main(["report", "--out", str(out), "--judged", str(tmp_path / "judged.json"), "--sweep-out", str(tmp_path / "none")])
+    bench.main(["report", "--out", str(out), "--judged", str(tmp_path / "judged.json"), "--sweep-out", str(tmp_path / "none"),
+                "--classes", "mug", "--per-class", "1"])
     table = capsys.readouterr().out
     line = next(x for x in table.splitlines() if x.startswith("| guided | **all** |"))
     delta = guided[True]["iou_stated"] - next(r for r in base if r["truthful"])["iou_stated"]

@@ -19,7 +19,8 @@ from vlm3d_ttg.search import SearchOptions
 
 ROOT = Path(__file__).resolve().parents[1]
 # A short tiny run whose settings differ from the defaults in the priced knobs (steps, views, view size, grid, every).
-RUN = ["--steps", "8", "--views", "2", "--view-size", "56", "--grid", "32", "--octree-resolution", "48",
+STEPS = 5  # 2 guided steps (σ 0.25 and 0.75) and, for the search, one after its selection at 0.5
+RUN = ["--steps", str(STEPS), "--views", "2", "--view-size", "56", "--grid", "32", "--octree-resolution", "48",
        "--sigma-window", "0.1,0.9", "--every", "2", "--quiet"]
 
 
@@ -59,7 +60,7 @@ def test_price_of_a_tiny_runs_manifest_is_the_librarys_for_its_settings(manifest
     assert code == 0 and last.startswith("guided/unguided=")
     # The same settings priced by the library from the settings alone (the run skipped no step: planned = counted).
     settings = GuidanceConfig(num_views=2, view_size=56, grid_resolution=32, sigma_window=(0.1, 0.9), every=2)
-    expected = price(settings, 8, critic_model="Qwen/Qwen2.5-VL-7B-Instruct")
+    expected = price(settings, STEPS, critic_model="Qwen/Qwen2.5-VL-7B-Instruct")
     assert last == f"guided/unguided={expected.ratio:.2f}" and expected.ratio > 1.0
     priced = price_manifest(manifests["guided"])
     assert not priced.planned and priced.counts == expected.counts
@@ -71,11 +72,11 @@ def test_price_of_a_tiny_runs_manifest_is_the_librarys_for_its_settings(manifest
 def test_a_search_runs_manifest_is_priced_with_its_search(manifests, cost_model, capsys):
     code, last = priced_line(cost_model, manifests["search"], capsys)
     settings = GuidanceConfig(num_views=2, view_size=56, grid_resolution=32, sigma_window=(0.1, 0.9), every=2)
-    searched = price(settings, 8, SearchOptions(candidates=2, select_at=0.5, keep=1))
+    searched = price(settings, STEPS, SearchOptions(candidates=2, select_at=0.5, keep=1))
     assert code == 0 and last == f"guided/unguided={searched.ratio:.2f}"
     priced = price_manifest(manifests["search"])
     assert priced.counts == searched.counts and priced.settings["candidates"] == 2
-    assert priced.ratio > price(settings, 8).ratio  # the second candidate's rows and score cost more
+    assert priced.ratio > price(settings, STEPS).ratio  # the second candidate's rows and score cost more
 
 
 def test_a_manifest_is_priced_by_the_critic_calls_the_run_made(manifests, tmp_path):
