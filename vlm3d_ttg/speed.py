@@ -20,9 +20,11 @@ Speed = Literal["quality", "balanced", "fast"]
 #: Each preset's GuidanceConfig field values (only the knobs it changes).
 SPEEDS: dict[str, dict[str, Any]] = {
     "quality": {},
-    # Guide every 4th step and reuse the last displacement at the steps between: the critic unchanged.
+    # Guide every 4th step and reuse the last displacement at the steps between (the critic's views unchanged).
     "balanced": {"every": 4, "reuse_displacement": 1.0},
-    # Every 5th step, the last displacement reused between, and 2 views: ≤ ×1.3 the unguided run, counted.
+    # Every 5th step, the last displacement reused between, and 2 views: ≤ ×1.3 the unguided run, counted. On the
+    # mini world it keeps the oracle's steering effect but not the guide critic's own r (RESULTS): no setting this
+    # cheap kept both there.
     "fast": {"every": 5, "num_views": 2, "reuse_displacement": 1.0},
 }
 
