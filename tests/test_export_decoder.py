@@ -130,6 +130,24 @@ def test_a_flashvdm_export_leaves_the_guidance_decode_as_it_was(tiny_pipeline, f
     assert attention.attn_processor is before[2] and vae.volume_decoder is before[0]
 
 
+def test_the_sampler_exports_with_the_decoder_it_is_given(tiny_pipeline, rgba_image, exports):
+    """GuidedSampler's `export_decoder` reaches the backbone's export (the queries say which decoder ran);
+    a bad one is refused before sampling."""
+    from vlm3d_ttg.errors import InvalidInputError
+    from vlm3d_ttg.guidance import GuidanceConfig
+    from vlm3d_ttg.inputs import prepare_condition_image
+    from vlm3d_ttg.sampler import GuidedSampler
+
+    sampler = GuidedSampler(tiny_pipeline, reward=None, config=GuidanceConfig(enabled=False))
+    image = prepare_condition_image(rgba_image)
+    with QueryCounter(tiny_pipeline.vae.geo_decoder) as counter:
+        output = sampler(image, num_inference_steps=6, seed=0, octree_resolution=RESOLUTION, progress=False,
+                         export_decoder="hierarchical")
+    assert output.mesh is not None and counter.count < 0.25 * exports["dense"][1]
+    with pytest.raises(InvalidInputError, match="export_decoder"):
+        sampler(image, num_inference_steps=6, seed=0, progress=False, export_decoder="sparse")
+
+
 def test_a_bad_export_decoder_is_refused_before_models_load(no_model_loads, rgba_image, tmp_path, capsys):
     code = main(["generate", str(rgba_image), "--prompt", "a chair", "--preset", "tiny", "--export-decoder", "octree",
                  "--out", str(tmp_path / "a.glb")])
