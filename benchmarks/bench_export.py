@@ -3,6 +3,7 @@ wall time, decoder queries and the mesh's difference from the dense export, on t
 unguided mini runs at the real export grids (256, 384).
 
     OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/bench_export.py [--classes mug,chair] [--resolutions 256,384]
+    python benchmarks/bench_export.py --from-rows benchmarks/export_decoders.json   # the section only
 
 Writes benchmarks/export_decoders.json and its section of RESULTS.md.
 """
@@ -115,12 +116,15 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1")))
     parser.add_argument("--out", type=Path, default=HERE / "export_decoders.json")
     parser.add_argument("--no-results", action="store_true", help="Do not write RESULTS.md.")
+    parser.add_argument("--from-rows", type=Path, help="Write the section from these saved rows (a JSON list) "
+                        "instead of measuring.")
     args = parser.parse_args()
-    rows = measure(args)
+    rows = json.loads(args.from_rows.read_text()) if args.from_rows else measure(args)
     from results_file import write_results_section
     from vlm3d_ttg.io import write_text_atomic
 
-    write_text_atomic(args.out, json.dumps(rows, indent=1))
+    if not args.from_rows:
+        write_text_atomic(args.out, json.dumps(rows, indent=1))
     if not args.no_results:
         write_results_section(BEGIN, END, section(rows, args.threads))
 
