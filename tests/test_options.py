@@ -81,6 +81,7 @@ def test_the_benchmark_derives_the_same_options_with_the_same_defaults():
         "grid_resolution": ("128", 128), "query": ("content", "content"), "backend": ("cpu", "cpu"),
         "reference": (None, True), "view_layout": ("grid", "grid"), "silhouette_weight": ("2.5", 2.5),
         "speed": ("fast", "fast"), "reuse_displacement": ("0.5", 0.5), "stop_r": ("-2", -2.0),
+        "export_decoder": ("flashvdm", "flashvdm"),
     }
     for cls in (GenerationOptions, GuidanceConfig):
         for field, spec in declared(cls):

@@ -214,7 +214,8 @@ class Run:
         try:
             output = self.sampler(self.condition, num_inference_steps=options.steps, guidance_scale=options.cfg_scale,
                                   seed=options.seed, octree_resolution=self.octree_resolution, progress=progress,
-                                  callback_on_step_end=self.capture, search=self.search)
+                                  callback_on_step_end=self.capture, search=self.search,
+                                  export_decoder=options.export_decoder)
             mesh = output.mesh
         except EmptyOutputError as empty:  # no surface: the run's records stay, as data
             output, mesh = empty.run, None

@@ -27,8 +27,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .backbones import (DEFAULT_BACKBONE, EXPORT_RESOLUTION, Backbone, SamplingContext, as_backbone, backbone_class,
-                        backbone_defaults, check_views)
+from .backbones import (DEFAULT_BACKBONE, EXPORT_DECODERS, EXPORT_RESOLUTION, Backbone, SamplingContext, as_backbone, backbone_class,
+                        ExportDecoder, backbone_defaults, check_views)
 from .compute import Compute, MeteredBackbone, MeteredReward
 from .errors import EmptySurfaceError, InvalidInputError, SkippedStepError
 from .guidance import (
@@ -86,6 +86,10 @@ class SamplingOptions:
               f"{BACKBONE_DEFAULTS['octree_resolution']}{_preset_defaults_help('octree_resolution')}).",
         cli_type=int, minimum=16, maximum=1024,
         why="the export grid is (N+1)³ values: 4.3 GB of float32 at 1024; hy3dgen's default is 384")
+    export_decoder: ExportDecoder = option(
+        "dense", "The export's volume decoder: dense (hy3dgen's full grid), hierarchical (a coarse grid, then only "
+        "near the surface: the same field, ~1/5 of the queries) or flashvdm (hierarchical, each chunk attending to "
+        "its top-k latent tokens: hy3dgen's FlashVDM, an approximation). The guidance decode is unaffected.")
 
 
 @dataclass(kw_only=True)
@@ -142,12 +146,15 @@ class ExportOptions:
     num_chunks: int = 8000
     mc_level: float | None = None
     box_v: float | None = None
+    decoder: str = "dense"  # SamplingOptions.export_decoder
 
     def for_backbone(self, backbone: Backbone) -> dict[str, Any]:
-        """`Backbone.to_mesh`'s keyword arguments."""
+        """`Backbone.to_mesh`'s keyword arguments (`decoder` only when not the dense default, which every
+        backbone's export is)."""
         return dict(octree_resolution=self.octree_resolution, num_chunks=self.num_chunks,
                     bounds=backbone.bounds if self.box_v is None else self.box_v,
-                    level=backbone.level if self.mc_level is None else self.mc_level)
+                    level=backbone.level if self.mc_level is None else self.mc_level,
+                    **({} if self.decoder == "dense" else {"decoder": self.decoder}))
 
 
 @dataclass
@@ -318,7 +325,7 @@ class GuidedSampler:
                  output_type: str = "trimesh", octree_resolution: int = EXPORT_RESOLUTION, num_chunks: int = 8000,
                  mc_level: float | None = None, box_v: float | None = None,
                  callback_on_step_end: StepCallback | None = None, progress: bool = True,
-                 search: SearchOptions | None = None) -> SamplerOutput:
+                 search: SearchOptions | None = None, export_decoder: str = "dense") -> SamplerOutput:
         """Run the (guided) flow loop for one conditioning input; return latents, mesh and records.
 
         The arguments are hy3dgen's pipeline's plus the run's own; `SamplingCall` says what each does.
@@ -326,7 +333,8 @@ class GuidedSampler:
         (an EmptySurfaceError) with the run's records attached as data (`.run`, `.records`).
         """
         call = self.check(SamplingCall(image, num_inference_steps, guidance_scale, seed, generator, camera_seed,
-                                       output_type, ExportOptions(octree_resolution, num_chunks, mc_level, box_v),
+                                       output_type, ExportOptions(octree_resolution, num_chunks, mc_level, box_v,
+                                                     export_decoder),
                                        search, callback_on_step_end, progress))
         started = time.perf_counter()
         compute, loss_scale = Compute(), LossScale.for_half_backward(self.half_backward)
@@ -720,6 +728,8 @@ def _check_call(call: SamplingCall) -> None:
 def _check_export(export: ExportOptions) -> None:
     """The export options."""
     _check_declared("octree_resolution", export.octree_resolution)
+    if export.decoder not in EXPORT_DECODERS:
+        raise InvalidInputError(f"export_decoder must be one of {', '.join(EXPORT_DECODERS)}; got {export.decoder!r}.")
     if not _whole(export.num_chunks) or export.num_chunks < 1:
         raise InvalidInputError(f"num_chunks must be an integer ≥ 1, got {export.num_chunks!r}")
     # None: the backbone's own level and cube (Backbone.level / Backbone.bounds).

@@ -15,10 +15,12 @@ from typing import Any, Callable
 from ..errors import InvalidInputError, UnsupportedModelError
 from ..plugins import BACKBONE_GROUP, entry_point_targets
 from .base import (
+    EXPORT_DECODERS,
     SINGLE_VIEW,
     VIEW_NAMES,
     Backbone,
     Conditioning,
+    ExportDecoder,
     SamplingContext,
     backbone_checkpoint_folders,
     backbone_conditioning,
@@ -97,7 +99,9 @@ __all__ = [
     "BACKBONES",
     "BUILTIN_BACKBONES",
     "DEFAULT_BACKBONE",
+    "EXPORT_DECODERS",
     "EXPORT_RESOLUTION",
+    "ExportDecoder",
     "Backbone",
     "Conditioning",
     "SINGLE_VIEW",

@@ -46,7 +46,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, get_args, runtime_checkable
 
 import numpy as np
 import torch
@@ -58,6 +58,11 @@ from ..surface import OccupancyField
 VIEW_NAMES = ("front", "left", "back", "right")
 #: What a single-view backbone accepts.
 SINGLE_VIEW = ("front",)
+#: The export's volume decoders (`Backbone.to_mesh`'s `decoder`): the full grid (every backbone's), a
+#: coarse grid then only near the surface with exact attention, or FlashVDM's (near the surface, each
+#: chunk attending to its top-k latent tokens).
+ExportDecoder = Literal["dense", "hierarchical", "flashvdm"]
+EXPORT_DECODERS: tuple[str, ...] = get_args(ExportDecoder)
 
 
 @dataclass(frozen=True)
@@ -182,7 +187,8 @@ class Backbone(Protocol):
         """The exported mesh (trimesh.Trimesh) of one final latent (1, tokens, channels), as the
         generator's own pipeline exports it: `octree_resolution` cells per axis over the cube
         ±`bounds`, the level set `level`, at most `num_chunks` points per decoder call; None when
-        there is no surface."""
+        there is no surface. A backbone offering coarse-to-fine exports also takes `decoder=` (one of
+        EXPORT_DECODERS other than "dense"; the sampler passes it only then)."""
         ...
 
     def offload_groups(self) -> dict[str, list[torch.nn.Module]]:

@@ -33,7 +33,7 @@ from ..errors import InvalidInputError, UnsupportedModelError
 from ..precision import decode_dtype, upcast_copy
 from ..sizes import HUNYUAN3D_2
 from ..surface import OccupancyField, Surface, SurfaceConfig, extract_surface
-from .base import SINGLE_VIEW, VIEW_NAMES, Conditioning, SamplingContext
+from .base import EXPORT_DECODERS, SINGLE_VIEW, VIEW_NAMES, Conditioning, SamplingContext
 
 logger = logging.getLogger(__name__)
 
@@ -157,6 +157,36 @@ def extract_shapevae_surface(vae: torch.nn.Module, latent: torch.Tensor, config:
     return extract_surface(shapevae_occupancy_field(vae, latent), config)
 
 
+@contextlib.contextmanager
+def export_volume_decoder(vae: torch.nn.Module, decoder: str) -> Iterator[None]:
+    """Inside the block `vae.latents2mesh` decodes with `decoder` (EXPORT_DECODERS); then the VAE's own
+    volume decoder, surface extractor and geo-decoder cross-attention processor are back, also on errors.
+
+    "flashvdm" is hy3dgen's FlashVDM decoding (`enable_flashvdm_decoder`: coarse grid, then only near
+    the surface, each chunk attending to its top-k latent tokens, topk_mode "mean"); "hierarchical"
+    queries the same points with exact attention (FlashVDM's traversal with hy3dgen's plain processor:
+    hy3dgen 2.0.2's own HierarchicalVolumeDecoding places every fine query at the box corner, its grid
+    indices cast to integers before scaling). Marching cubes stays hy3dgen's "mc" (no CUDA needed).
+    """
+    from hy3dgen.shapegen.models.autoencoders.attention_processors import CrossAttentionProcessor
+
+    if decoder not in EXPORT_DECODERS:
+        raise InvalidInputError(f"The export decoder must be one of {', '.join(EXPORT_DECODERS)}; got {decoder!r}.")
+    if decoder == "dense":
+        yield
+        return
+    attention = vae.geo_decoder.cross_attn_decoder.attn.attention
+    saved = vae.volume_decoder, vae.surface_extractor, attention.attn_processor
+    try:
+        vae.enable_flashvdm_decoder(True, adaptive_kv_selection=True, topk_mode="mean", mc_algo="mc")
+        if decoder == "hierarchical":
+            # FlashVDM's decoder installs its `processor` on every call and sets its `topk` (ignored here).
+            vae.volume_decoder.processor = CrossAttentionProcessor()
+        yield
+    finally:
+        vae.volume_decoder, vae.surface_extractor, attention.attn_processor = saved
+
+
 def latents_to_mesh(
     pipeline: Any,
     latents: torch.Tensor,
@@ -165,24 +195,31 @@ def latents_to_mesh(
     mc_level: float = LEVEL,
     num_chunks: int = 8000,
     octree_resolution: int,
+    decoder: str = "dense",
 ) -> Any | None:
     """Decode a final latent (1, L, C) to a mesh exactly as hy3dgen's pipeline does at the end of a run.
 
     The same operations as the pipeline's (private) `_export`, through its public parts: the
     ShapeVAE, `latents2mesh` (hy3dgen's volume decoder + marching cubes) and `export_to_trimesh`.
-    None when the latent decodes to no surface.
+    `decoder` picks the volume decoder (EXPORT_DECODERS; "dense": the pipeline's own full grid; see
+    `export_volume_decoder`). None when the latent decodes to no surface.
     """
     from hy3dgen.shapegen.pipelines import export_to_trimesh
 
+    vae = pipeline.vae
     # hy3dgen prints its own traceback to stderr when marching cubes finds no surface; keep it
     # for --verbose (debug log) instead of showing a stranger's traceback before our message.
     hy3dgen_said = io.StringIO()
     with torch.no_grad(), contextlib.redirect_stderr(hy3dgen_said):
-        tokens = pipeline.vae(1.0 / pipeline.vae.scale_factor * latents)
-        outputs = pipeline.vae.latents2mesh(
-            tokens, bounds=box_v, mc_level=mc_level, num_chunks=num_chunks, octree_resolution=octree_resolution,
-            mc_algo=None, enable_pbar=False,
-        )
+        tokens = vae(1.0 / vae.scale_factor * latents)
+        if decoder == "dense":
+            outputs = vae.latents2mesh(
+                tokens, bounds=box_v, mc_level=mc_level, num_chunks=num_chunks, octree_resolution=octree_resolution,
+                mc_algo=None, enable_pbar=False,
+            )
+        else:
+            outputs = _hierarchical_latents2mesh(vae, tokens, decoder, box_v=box_v, mc_level=mc_level,
+                                                 num_chunks=num_chunks, octree_resolution=octree_resolution)
     if hy3dgen_said.getvalue():
         logger.debug("hy3dgen's surface extractor reported:\n%s", hy3dgen_said.getvalue())
     mesh = export_to_trimesh(outputs)[0]
@@ -190,6 +227,26 @@ def latents_to_mesh(
         logger.warning("The final latent decodes to no surface (empty mesh).")
         return None
     return mesh
+
+
+def _hierarchical_latents2mesh(vae: torch.nn.Module, tokens: torch.Tensor, decoder: str, *, box_v: float,
+                               mc_level: float, num_chunks: int, octree_resolution: int) -> list[Any]:
+    """`vae.latents2mesh` with a coarse-to-fine decoder, its mesh placed in the dense export's frame.
+
+    FlashVDM's finest grid has R' = 63·2^k cells (380 for 384: its coarse grid is rounded to blocks of 4)
+    while hy3dgen's marching cubes scales vertex indices by the requested R; rescaling by R / R' puts
+    the vertices where the dense export of R puts them (so `export_frame_matrix(R)` holds for both).
+    """
+    kwargs = dict(bounds=box_v, mc_level=mc_level, num_chunks=num_chunks, octree_resolution=octree_resolution,
+                  mc_algo=None, enable_pbar=False)
+    with export_volume_decoder(vae, decoder):
+        grid_logits = vae.volume_decoder(tokens, vae.geo_decoder, **kwargs)
+        outputs = vae.surface_extractor(grid_logits, **kwargs)
+    decoded_resolution = grid_logits.shape[-1] - 1
+    for output in outputs:
+        if output is not None and decoded_resolution != octree_resolution:
+            output.mesh_v = ((output.mesh_v + box_v) * (octree_resolution / decoded_resolution) - box_v).astype(np.float32)
+    return outputs
 
 
 # --------------------------------------------------------------------------------------------
@@ -429,11 +486,11 @@ class HunyuanBackbone:
 
     def to_mesh(
         self, latent: torch.Tensor, *, octree_resolution: int, num_chunks: int = 8000, bounds: float = BOUNDS,
-        level: float = LEVEL,
+        level: float = LEVEL, decoder: str = "dense",
     ) -> Any | None:
-        """hy3dgen's export of a final latent (its volume decoder and marching cubes)."""
+        """hy3dgen's export of a final latent (its volume decoder, `decoder` of EXPORT_DECODERS, and marching cubes)."""
         return latents_to_mesh(self.pipeline, latent, box_v=bounds, mc_level=level, num_chunks=num_chunks,
-                               octree_resolution=octree_resolution)
+                               octree_resolution=octree_resolution, decoder=decoder)
 
     def offload_groups(self) -> dict[str, list[torch.nn.Module]]:
         """The conditioner while encoding, the DiT while denoising (the VAE stays with the device)."""
@@ -484,6 +541,7 @@ __all__ = [
     "classifier_free_guidance",
     "expand_condition",
     "extract_shapevae_surface",
+    "export_volume_decoder",
     "latents_to_mesh",
     "plain_cross_attention",
     "shapevae_field",
