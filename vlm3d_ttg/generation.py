@@ -181,8 +181,9 @@ def with_defaults(values: Mapping[str, Any], preset: str) -> dict[str, Any]:
     from .speed import SPEEDS
 
     # An unknown speed brings no knobs: validate() then refuses it with the options' own message.
-    speed = SPEEDS.get(values.get("speed", "quality"), {}) if isinstance(values.get("speed", "quality"), str) else {}
-    return {**option_defaults(preset, values.get("backbone", DEFAULT_BACKBONE)), **_command_line_form(speed), **values}
+    speed = values.get("speed", "quality")
+    knobs = SPEEDS.get(speed, {}) if isinstance(speed, str) else {}
+    return {**option_defaults(preset, values.get("backbone", DEFAULT_BACKBONE)), **_command_line_form(knobs), **values}
 
 
 def _command_line_form(knobs: Mapping[str, Any]) -> dict[str, Any]:
