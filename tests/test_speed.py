@@ -77,7 +77,13 @@ def test_help_names_every_speed_and_its_knobs(capsys):
     assert " ".join(describe_speeds().split()) in flat
 
 
-def test_unknown_speed_and_speed_without_guidance_are_refused(tmp_path, rgba_image, capsys):
+def test_unknown_speed_and_speed_without_guidance_are_refused(tmp_path, rgba_image, capsys, monkeypatch):
+    import vlm3d_ttg.generation as generation
+
+    def must_not_load(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(generation, "load_models", must_not_load)  # refused before any model loads
     code, _, err = run_cli(["generate", rgba_image, "--prompt", "a pot", "--preset", "tiny", "--out", tmp_path / "a.glb",
                             "--speed", "turbo"], capsys)
     assert code == 2 and "--speed" in err and "turbo" in err
