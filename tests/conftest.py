@@ -90,3 +90,12 @@ def no_model_loads(monkeypatch):
                          (hunyuan3d2_models, "load_shape_pipeline"), (models, "load_vlm"), (text2image, "make_input_image"),
                          (tiny, "ensure_tiny_shape_model"), (tiny, "ensure_tiny_vlm")):
         monkeypatch.setattr(module, name, loaded)
+
+
+@pytest.fixture(scope="session")
+def tiny_app_server(tmp_path_factory, tiny_cache):
+    """`vlm3d-ttg app --preset tiny` with test_app_browser's small defaults, started once for the modules that use
+    it (test_app_browser, test_readme_app: each start costs ~5-10 s); their tests only add runs and read their own."""
+    from test_app_browser import SERVER_ARGS, serve
+
+    yield from serve(tmp_path_factory.mktemp("app"), tiny_cache, ["--preset", "tiny", *SERVER_ARGS])

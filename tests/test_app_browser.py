@@ -1,6 +1,6 @@
 """The web app in a real browser, and its HTTP API through gradio_client.
 
-One `vlm3d-ttg app --preset tiny` server per module (small defaults from its command line: 5 steps,
+One `vlm3d-ttg app --preset tiny` server per session (small defaults from its command line: 4 steps,
 2 views of 56 px, grid 32, octree 64), shared by the browser tests (headless Chromium from the OS
 packages, driven by Selenium; WebGL from SwiftShader) and the API tests. Without Chromium the
 browser tests skip with one line saying how to install it; CI (`.ci/run`) installs it and sets
@@ -57,9 +57,9 @@ class Server:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, tiny_cache):
-    """The app on a free localhost port, tiny preset, started once for this module."""
-    yield from serve(tmp_path_factory.mktemp("app"), tiny_cache, ["--preset", "tiny", *SERVER_ARGS])
+def server(tiny_app_server):
+    """The app on a free localhost port, tiny preset (conftest's `tiny_app_server`, shared with test_readme_app)."""
+    return tiny_app_server
 
 
 def serve(base: Path, cache: Path, args: list[str]):

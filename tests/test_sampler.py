@@ -244,7 +244,8 @@ def test_a_guided_run_is_reproducible_bit_for_bit(tiny_pipeline, tiny_vlm):
     threads = torch.get_num_threads()
     torch.set_num_threads(max(2, threads))  # several threads whatever the machine's default: what could race
     try:
-        runs = [sampler(disc_image(), num_inference_steps=10, seed=3, output_type="latent", progress=False) for _ in range(2)]
+        # 8 steps, 6 of them guided: without deterministic_backward the two runs' latents differed in 4 of 4 tries.
+        runs = [sampler(disc_image(), num_inference_steps=8, seed=3, output_type="latent", progress=False) for _ in range(2)]
     finally:
         torch.set_num_threads(threads)
     assert sum(r.guided and not r.skipped for r in runs[0].records) >= 6
