@@ -93,9 +93,10 @@ def no_model_loads(monkeypatch):
 
 
 @pytest.fixture(scope="session")
-def tiny_app_server(tmp_path_factory, tiny_cache):
-    """`vlm3d-ttg app --preset tiny` with test_app_browser's small defaults, started once for the modules that use
-    it (test_app_browser, test_readme_app: each start costs ~5-10 s); their tests only add runs and read their own."""
-    from test_app_browser import SERVER_ARGS, serve
+def server(tmp_path_factory, tiny_cache):
+    """`vlm3d-ttg app --preset tiny` with small defaults (app_server.SERVER_ARGS) on a free localhost port, started
+    once for every module that uses it (each start costs ~5-10 s); their tests only add runs and read their own."""
+    pytest.importorskip("gradio_client", reason="the app's tests need the [app] extra: pip install -e '.[app]'")
+    from app_server import SERVER_ARGS, serve
 
     yield from serve(tmp_path_factory.mktemp("app"), tiny_cache, ["--preset", "tiny", *SERVER_ARGS])

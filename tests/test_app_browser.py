@@ -1,6 +1,6 @@
 """The web app in a real browser, and its HTTP API through gradio_client.
 
-One `vlm3d-ttg app --preset tiny` server per session (small defaults from its command line: 4 steps,
+One `vlm3d-ttg app --preset tiny` server per session (conftest's `server`; small defaults from its command line: 4 steps,
 2 views of 56 px, grid 32, octree 64), shared by the browser tests (headless Chromium from the OS
 packages, driven by Selenium; WebGL from SwiftShader) and the API tests. Without Chromium the
 browser tests skip with one line saying how to install it; CI (`.ci/run`) installs it and sets
@@ -16,7 +16,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -27,77 +26,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from app_server import ROOT, Server
+
 ROBOT = ROOT / "examples" / "toy_robot.png"
-SERVER_ARGS = ["--steps", "4", "--views", "2", "--view-size", "56", "--grid", "32", "--octree-resolution", "64"]
 RUN_TIMEOUT = 120  # seconds for one tiny run seen from the page (a few seconds on 2 idle cores)
 _OPEN: list = []  # the browser, for failure messages
 INSTALL_HINT = "Chromium not found: `apt-get install chromium chromium-driver` (Debian) to run the browser tests"
 
 pytest.importorskip("gradio_client", reason="the app's tests need the [app] extra: pip install -e '.[app]'")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """A running `vlm3d-ttg app` process."""
-
-    def __init__(self, url: str, runs: Path, process: subprocess.Popen, log: Path):
-        self.url, self.runs, self.process, self.log = url, runs, process, log
-
-    def run_folders(self) -> list[Path]:
-        return sorted(p for p in self.runs.iterdir() if p.is_dir()) if self.runs.is_dir() else []
-
-    def record(self, folder: Path) -> dict:
-        return json.loads((folder / "run.json").read_text())
-
-
-@pytest.fixture(scope="module")
-def server(tiny_app_server):
-    """The app on a free localhost port, tiny preset (conftest's `tiny_app_server`, shared with test_readme_app)."""
-    return tiny_app_server
-
-
-def serve(base: Path, cache: Path, args: list[str]):
-    """Start `vlm3d-ttg app ARGS` on a free localhost port with its runs and Gradio's files under `base`; yield
-    the Server once it answers, stop it afterwards."""
-    port = _free_port()
-    env = {**os.environ, "VLM3D_TTG_CACHE": str(cache), "GRADIO_TEMP_DIR": str(base / "gradio"),
-           "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False",
-           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    log = base / "server.log"
-    runs = base / "runs"
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "vlm3d_ttg.cli", "app", *args, "--port", str(port), "--runs-dir", str(runs)],
-            stdout=out, stderr=subprocess.STDOUT, env=env, cwd=base)
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + 240
-    try:
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"the app exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(url, timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"the app did not answer within 240 s:\n{log.read_text()[-3000:]}")
-            time.sleep(0.5)
-        yield Server(url, runs, process, log)
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from test_app_browser import ROOT, _canvas_drawn, _css, _open, _status, _wait, _wait_for_end, browser, serve  # noqa: F401
+from app_server import ROOT, serve
+from test_app_browser import _canvas_drawn, _css, _open, _status, _wait, _wait_for_end, browser  # noqa: F401
 
 SERVER_ARGS = ["--preset", "mini", "--steps", "6", "--octree-resolution", "48"]
 RUN_TIMEOUT = 400  # seconds for the two small mini runs seen from the page (well under a minute on 2 idle cores)

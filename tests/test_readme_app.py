@@ -1,5 +1,5 @@
 """The README's HTTP API example runs, as written, against a real `vlm3d-ttg app --preset tiny`
-(test_app_browser's server: small defaults from its command line); only the address is the test
+(conftest's `server`: small defaults from its command line); only the address is the test
 server's instead of the app's default http://127.0.0.1:7860/ (another process may hold that port)."""
 
 from __future__ import annotations
@@ -10,13 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from test_app_browser import server  # noqa: F401 - the fixture (skips this module without gradio_client)
 from test_readme import ROOT, python_blocks
 
 DEFAULT_ADDRESS = "http://127.0.0.1:7860/"
 
 
-def test_the_api_example_gets_a_mesh_its_manifest_and_r(server, tmp_path, monkeypatch, capsys):  # noqa: F811
+def test_the_api_example_gets_a_mesh_its_manifest_and_r(server, tmp_path, monkeypatch, capsys):
     (example,) = [block for block in python_blocks() if block.talks_to_the_app]
     assert DEFAULT_ADDRESS in example.code
     (tmp_path / "examples").symlink_to(ROOT / "examples")
