@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 import torch
 
+from vlm3d_ttg.errors import InvalidInputError
 from vlm3d_ttg.miniworld.geometry import (
+    ShapeClassifier,
     count_legs,
     detect_attribute,
     genus,
@@ -56,6 +58,27 @@ def test_attribute_detectors_read_the_attribute_of_known_shapes():
         spec = make_spec(cls, variant)
         assert detect_attribute(cls, _grid(cls, variant)) == next(iter(spec.attributes.values()))
     assert detect_attribute("bowl", _grid("bowl", 0)) is None
+
+
+def test_the_shape_classifier_names_held_out_shapes_of_classes_whose_proportions_overlap():
+    # Cylinders, boxes, spheres, mugs and bottles with random proportions: the mean distance to a
+    # class's shapes names only 13 of these 20 (cylinders go to boxes and mugs), the nearest shape 18.
+    rng = np.random.default_rng(0)
+
+    def points(cls: str, variant: int) -> np.ndarray:
+        vertices = mesh_from_sdf(shape_sdf(make_spec(cls, variant)), 28).vertices
+        return vertices[rng.choice(len(vertices), 300)]
+
+    classes = ("cylinder", "box", "sphere", "mug", "bottle")
+    classifier = ShapeClassifier({cls: [points(cls, v) for v in range(6)] for cls in classes})  # training variants
+    named = [(cls, classifier(points(cls, v))) for cls in classes for v in (50, 51, 52, 53)]  # test variants
+    assert sum(cls == name for cls, name in named) >= 17, named
+    query = points("box", 0)
+    distances = classifier.distances(query)
+    assert sorted(distances) == sorted(classes) and all(len(d) == 6 for d in distances.values())
+    assert distances["box"][0] == min(d.min() for d in distances.values())  # another sampling of reference box 0
+    with pytest.raises(InvalidInputError, match="every class"):
+        ShapeClassifier({"box": [query], "sphere": []})
 
 
 def test_render_input_image_alpha_is_the_mesh_silhouette():

@@ -28,8 +28,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, type=Path)
     parser.add_argument("--out", required=True, type=Path)
-    parser.add_argument("--intact", type=int, default=2, help="intact view sets per training shape (2 for val/test too)")
-    parser.add_argument("--broken", type=int, default=1, help="broken view sets per shape")
+    parser.add_argument("--intact", type=int, default=2, help="intact view sets per training shape")
+    parser.add_argument("--held-out-intact", type=int, default=2, help="intact view sets per validation / test shape")
+    parser.add_argument("--broken", type=int, default=1, help="broken view sets per training shape")
+    parser.add_argument("--held-out-broken", type=int, default=None, help="broken view sets per validation / test shape "
+                        "(default: as --broken)")
+    parser.add_argument("--splits", default="train,val,test", help="the splits to render (comma-separated)")
     parser.add_argument("--size", type=int, default=112)
     parser.add_argument("--mesh-resolution", type=int, default=56)
     parser.add_argument("--seed", type=int, default=0)
@@ -53,24 +57,26 @@ def main(argv: list[str] | None = None) -> int:
     meta_seed = int(__import__("json").loads((args.data / "meta.json").read_text())["seed"])
     if args.limit:
         records = records[: args.limit]
+    splits = args.splits.split(",")
+    held_out_broken = args.broken if args.held_out_broken is None else args.held_out_broken
     parts = args.out / "parts"
     parts.mkdir(parents=True, exist_ok=True)
     renderer = Renderer("cpu")
     start = time.time()
     for i, rec in enumerate(records):
         path = parts / f"{rec.name}.npz"
-        if path.exists():
+        if path.exists() or rec.split not in splits:
             continue
         rng = np.random.default_rng([args.seed, 3, i])
         generator = torch.Generator().manual_seed(int(rng.integers(1 << 31)))
         # The mesh at about the resolution guidance decodes at (and 2x faster to render than the stored one).
         mesh = mesh_from_sdf(shape_sdf(make_spec(rec.cls, rec.variant, meta_seed)), args.mesh_resolution)
-        n_intact = args.intact if rec.split == "train" else 2
+        n_intact, n_broken = (args.intact, args.broken) if rec.split == "train" else (args.held_out_intact, held_out_broken)
         sets, broken = [], []
         for _ in range(n_intact):
             sets.append(critic_views(mesh, generator=generator, size=args.size, renderer=renderer))
             broken.append(0)
-        for _ in range(args.broken):
+        for _ in range(n_broken):
             kind = BREAKS[int(rng.integers(len(BREAKS)))]
             sets.append(critic_views(break_mesh(mesh, kind, rng), generator=generator, size=args.size, renderer=renderer))
             broken.append(1)
@@ -80,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         os.replace(tmp, path)
         if i % 50 == 0:
             logger.info("%d/%d (%.0f s)", i, len(records), time.time() - start)
-    for split in ("train", "val", "test"):
+    for split in splits:
         rows = [(j, rec) for j, rec in enumerate(records) if rec.split == split]
         if not rows:
             continue

@@ -7,7 +7,7 @@
 decoder: IoU of training shapes from their learned codes and of validation shapes from codes
     fitted with the decoder frozen; whether each attribute (handle genus, legs, back, fins) survives.
 dit: unguided samples from test shapes' input renders through the shipped pipeline (hy3dgen's own
-    loader and sampling loop): class by nearest class (mean Chamfer to the class's training shapes),
+    loader and sampling loop): class of the nearest training shape (Chamfer; `ShapeClassifier`),
     volumetric IoU to the true shape next to a wrong-class baseline, attribute agreement.
 critic: held-out Yes/No accuracy per description on test-shape view sets (balanced as in training).
 """
@@ -48,7 +48,7 @@ def load_decoder(ckpt: Path) -> tuple[torch.nn.Module, torch.Tensor]:
 def evaluate_decoder(args) -> dict:
     from vlm3d_ttg.miniworld.autodecoder import decode_grid, fit_codes
     from vlm3d_ttg.miniworld.dataset import load_grid, load_meta
-    from vlm3d_ttg.miniworld.geometry import detect_attribute, iou
+    from vlm3d_ttg.miniworld.geometry import ShapeClassifier, detect_attribute, iou
 
     records = load_meta(args.data)
     vae, codes = load_decoder(args.decoder)
@@ -105,20 +105,13 @@ def _surface_points(grid_logits: np.ndarray, count: int, rng: np.random.Generato
     return mesh.vertices[rng.choice(len(mesh.vertices), count)]
 
 
-def chamfer(a: np.ndarray, b: np.ndarray) -> float:
-    """Symmetric mean nearest-neighbour distance of two point sets."""
-    from scipy.spatial import cKDTree
-
-    return float(cKDTree(b).query(a)[0].mean() + cKDTree(a).query(b)[0].mean()) / 2.0
-
-
 def evaluate_dit(args) -> dict:
     from PIL import Image
 
     from vlm3d_ttg.miniworld.autodecoder import decode_grid
     from vlm3d_ttg.miniworld.checkpoints import ensure_mini_models
     from vlm3d_ttg.miniworld.dataset import load_grid, load_mesh, load_meta
-    from vlm3d_ttg.miniworld.geometry import detect_attribute, iou
+    from vlm3d_ttg.miniworld.geometry import ShapeClassifier, detect_attribute, iou
     from vlm3d_ttg.miniworld.shapes import ATTRIBUTES
     from vlm3d_ttg.backbones.hunyuan3d2_models import load_shape_pipeline
 
@@ -132,7 +125,7 @@ def evaluate_dit(args) -> dict:
     test = [r for r in records if r.split == args.split]
     classes = sorted({r.cls for r in records})
     references = {c: [load_mesh(args.data, r.name).vertices for r in train if r.cls == c][: args.refs_per_class] for c in classes}
-    references = {c: [v[rng.choice(len(v), 1500)] for v in vs] for c, vs in references.items()}
+    classifier = ShapeClassifier({c: [v[rng.choice(len(v), 1500)] for v in vs] for c, vs in references.items()})
     rows = []
     start = time.time()
     for k, rec in enumerate(test):
@@ -148,13 +141,13 @@ def evaluate_dit(args) -> dict:
             logits = decode_grid(vae, code.float(), 64)
             grid = logits > 0
             points = _surface_points(logits, 1500, rng)
-            distances = {c: float(np.mean([chamfer(points, ref) for ref in refs])) if points is not None else float("inf")
-                         for c, refs in references.items()}
-            predicted = min(distances, key=distances.get)
+            distances = classifier.distances(points) if points is not None else None
+            predicted = min(distances, key=lambda c: distances[c].min()) if distances else None
             others = [r for r in test if r.cls != rec.cls]
             wrong = [iou(grid, load_grid(args.data, o.name)) for o in rng.choice(others, 6, replace=False)]
             rows.append({"name": rec.name, "cls": rec.cls, "view": view_id, "hiding_view": view_id == 6,
                          "view_angles": views[view_id].tolist(), "predicted_cls": predicted,
+                         "class_distances": {c: np.round(d, 5).tolist() for c, d in distances.items()} if distances else None,
                          "iou": iou(grid, truth), "wrong_class_iou": float(np.mean(wrong)),
                          "attr_true": detect_attribute(rec.cls, truth), "attr_sample": detect_attribute(rec.cls, grid)})
         logger.info("%d/%d %s -> %s iou %.3f (%.0f s)", k + 1, len(test), rec.name, rows[-len(view_ids)]["predicted_cls"],
@@ -253,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     dit.add_argument("--split", default="test")
     dit.add_argument("--steps", type=int, default=30)
     dit.add_argument("--cfg", type=float, default=5.0)
-    dit.add_argument("--refs-per-class", type=int, default=8)
+    dit.add_argument("--refs-per-class", type=int, default=None, help="training shapes per class the class is read against (default: all)")
     crit = sub.add_parser("critic")
     crit.add_argument("--data", required=True, type=Path)
     crit.add_argument("--views", required=True, type=Path)

@@ -8,10 +8,16 @@ truth shape and a decoder's reconstruction:
 - legs: connected components of a horizontal slice a quarter of the way up the shape;
 - back: occupied volume above the highest wide horizontal slice (a chair's seat);
 - fins: how far the bottom slice reaches beyond the body's radius at mid-height.
+
+`ShapeClassifier` names a shape's class by the nearest reference shape (symmetric Chamfer of surface
+points): the mean distance to a class's references misnames a fifth of the true shapes (cylinders,
+boxes: a class's random proportions spread it wider than the gaps between classes), the nearest one
+only 1 in 40 (RESULTS, "class right").
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -178,3 +184,45 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
     """Volumetric IoU of two bool grids."""
     union = np.logical_or(a, b).sum()
     return float(np.logical_and(a, b).sum() / union) if union else 1.0
+
+
+def chamfer(a: np.ndarray, b: np.ndarray) -> float:
+    """Symmetric Chamfer distance of two (N, 3) point sets: the mean of both directions' mean nearest-neighbour distance."""
+    from scipy.spatial import cKDTree
+
+    return float(cKDTree(b).query(a)[0].mean() + cKDTree(a).query(b)[0].mean()) / 2.0
+
+
+class ShapeClassifier:
+    """Names a shape's class by its nearest reference shape, by `chamfer` of surface points.
+
+    `references` maps each class to the surface point sets of some of its shapes (the training
+    shapes, for an evaluation); `distances` gives every reference's distance, so other rules can
+    be read off the same numbers.
+    """
+
+    def __init__(self, references: Mapping[str, Sequence[np.ndarray]]) -> None:
+        from scipy.spatial import cKDTree
+
+        if not references or any(len(points) == 0 for points in references.values()):
+            raise InvalidInputError("ShapeClassifier needs at least one reference shape for every class")
+        self._references = {cls: [(np.asarray(p), cKDTree(p)) for p in sets] for cls, sets in references.items()}
+
+    @property
+    def classes(self) -> list[str]:
+        """The classes it can name."""
+        return list(self._references)
+
+    def distances(self, points: np.ndarray) -> dict[str, np.ndarray]:
+        """Each class's Chamfer distances from `points` to its references, in the references' order."""
+        from scipy.spatial import cKDTree
+
+        points = np.asarray(points)
+        tree = cKDTree(points)
+        return {cls: np.array([(ref_tree.query(points)[0].mean() + tree.query(ref)[0].mean()) / 2.0 for ref, ref_tree in refs])
+                for cls, refs in self._references.items()}
+
+    def __call__(self, points: np.ndarray) -> str:
+        """The class of the reference shape nearest to `points`."""
+        distances = self.distances(points)
+        return min(distances, key=lambda cls: distances[cls].min())
