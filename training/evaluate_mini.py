@@ -48,7 +48,7 @@ def load_decoder(ckpt: Path) -> tuple[torch.nn.Module, torch.Tensor]:
 def evaluate_decoder(args) -> dict:
     from vlm3d_ttg.miniworld.autodecoder import decode_grid, fit_codes
     from vlm3d_ttg.miniworld.dataset import load_grid, load_meta
-    from vlm3d_ttg.miniworld.geometry import ShapeClassifier, detect_attribute, iou
+    from vlm3d_ttg.miniworld.geometry import detect_attribute, iou
 
     records = load_meta(args.data)
     vae, codes = load_decoder(args.decoder)
