@@ -104,6 +104,13 @@ def test_one_picture_runs_on_the_mini_preset_and_a_rerun_resumes(bench, tmp_path
         assert (kept / r["grid"]).is_file()
     bench.main(args)  # resumable: the finished runs are not run again
     assert len(out.read_text().splitlines()) == 4
+    # Rows named by an older class rule get the nearest reference's class again, from their kept grids.
+    assert all(r["class_rule"] == bench.CLASS_RULE for r in rows)
+    stale = [{k: v for k, v in r.items() if k != "class_rule"} | {"predicted_class": "torus", "class_right": 0} for r in rows]
+    out.write_text("".join(json.dumps(r) + "\n" for r in stale))
+    bench.main(["remeasure", "--out", str(out), "--keep", str(kept), "--refs-per-class", "1"])
+    assert [{k: r[k] for k in ("predicted_class", "class_right", "class_rule")} for r in map(json.loads, out.read_text().splitlines())] \
+        == [{k: r[k] for k in ("predicted_class", "class_right", "class_rule")} for r in rows]
     capsys.readouterr()
     bench.main(["report", "--out", str(out), "--judged", str(tmp_path / "judged.json"), "--sweep-out", str(tmp_path / "none"),
                 "--classes", "mug", "--per-class", "1"])

@@ -10,6 +10,8 @@ dit: unguided samples from test shapes' input renders through the shipped pipeli
     loader and sampling loop): class of the nearest training shape (Chamfer; `ShapeClassifier`),
     volumetric IoU to the true shape next to a wrong-class baseline, attribute agreement.
 critic: held-out Yes/No accuracy per description on test-shape view sets (balanced as in training).
+class-rule: how often rules for naming a shape's class name the true shapes of a split (the check that
+    chose the nearest training shape over the mean distance to a class's shapes).
 """
 
 from __future__ import annotations
@@ -105,12 +107,43 @@ def _surface_points(grid_logits: np.ndarray, count: int, rng: np.random.Generato
     return mesh.vertices[rng.choice(len(mesh.vertices), count)]
 
 
+def training_references(data: Path, records: list, per_class: int | None, rng: np.random.Generator) -> dict[str, list[np.ndarray]]:
+    """1500 surface points of each of the first `per_class` training shapes of every class (all if None)."""
+    from vlm3d_ttg.miniworld.dataset import load_mesh
+
+    classes = sorted({r.cls for r in records})
+    meshes = {c: [load_mesh(data, r.name).vertices for r in records if r.split == "train" and r.cls == c][:per_class] for c in classes}
+    return {c: [v[rng.choice(len(v), 1500)] for v in vs] for c, vs in meshes.items()}
+
+
+#: Ways to name a class from the distances to its references, compared by `class-rule`.
+CLASS_RULES = {"nearest training shape": np.min, "mean distance to 8 per class": lambda d: np.mean(d[:8]),
+               "mean distance to all per class": np.mean, "mean of the 3 nearest per class": lambda d: np.mean(np.sort(d)[:3])}
+
+
+def evaluate_class_rule(args) -> dict:
+    from vlm3d_ttg.miniworld.dataset import load_grid, load_meta
+    from vlm3d_ttg.miniworld.geometry import ShapeClassifier
+
+    records = load_meta(args.data)
+    rng = np.random.default_rng(0)
+    classifier = ShapeClassifier(training_references(args.data, records, None, rng))
+    named = defaultdict(list)
+    for rec in (r for r in records if r.split == args.split):
+        truth = load_grid(args.data, rec.name).astype(np.float32) - 0.5  # surface points as a sample's are taken
+        distances = classifier.distances(_surface_points(truth, 1500, rng))
+        for rule, reduce in CLASS_RULES.items():
+            named[rule].append(min(distances, key=lambda c: reduce(distances[c])) == rec.cls)
+    return {"split": args.split, "shapes": len(named["nearest training shape"]),
+            "right": {rule: float(np.mean(right)) for rule, right in named.items()}}
+
+
 def evaluate_dit(args) -> dict:
     from PIL import Image
 
     from vlm3d_ttg.miniworld.autodecoder import decode_grid
     from vlm3d_ttg.miniworld.checkpoints import ensure_mini_models
-    from vlm3d_ttg.miniworld.dataset import load_grid, load_mesh, load_meta
+    from vlm3d_ttg.miniworld.dataset import load_grid, load_meta
     from vlm3d_ttg.miniworld.geometry import ShapeClassifier, detect_attribute, iou
     from vlm3d_ttg.miniworld.shapes import ATTRIBUTES
     from vlm3d_ttg.backbones.hunyuan3d2_models import load_shape_pipeline
@@ -121,11 +154,9 @@ def evaluate_dit(args) -> dict:
     pipeline = load_shape_pipeline(models.shape.repo_id, models.shape.subfolder, models_dir=models.shape.models_dir,
                                    device="cpu", dtype="float32")
     vae = pipeline.vae
-    train = [r for r in records if r.split == "train"]
     test = [r for r in records if r.split == args.split]
     classes = sorted({r.cls for r in records})
-    references = {c: [load_mesh(args.data, r.name).vertices for r in train if r.cls == c][: args.refs_per_class] for c in classes}
-    classifier = ShapeClassifier({c: [v[rng.choice(len(v), 1500)] for v in vs] for c, vs in references.items()})
+    classifier = ShapeClassifier(training_references(args.data, records, args.refs_per_class, rng))
     rows = []
     start = time.time()
     for k, rec in enumerate(test):
@@ -253,6 +284,10 @@ def main(argv: list[str] | None = None) -> int:
     crit.add_argument("--critic", required=True, type=Path, help="train_critic.py's ckpt.pt")
     crit.add_argument("--out", required=True, type=Path)
     crit.add_argument("--split", default="test")
+    rule = sub.add_parser("class-rule")
+    rule.add_argument("--data", required=True, type=Path)
+    rule.add_argument("--out", required=True, type=Path)
+    rule.add_argument("--split", default="val")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(1)
@@ -260,6 +295,8 @@ def main(argv: list[str] | None = None) -> int:
         _write(args.out, evaluate_decoder(args))
     elif args.what == "dit":
         _write(args.out, evaluate_dit(args))
+    elif args.what == "class-rule":
+        _write(args.out, evaluate_class_rule(args))
     else:
         _write(args.out, evaluate_critic(args))
     return 0
