@@ -38,25 +38,28 @@ class Server:
         return json.loads((folder / "run.json").read_text())
 
 
+# What the app prints when its port was taken between _free_port() and its own bind: by another xdist worker's
+# server, say (`make test` runs the app's test files in parallel); the start is then retried on a new port.
+PORT_TAKEN = ("it is in use", "Cannot find empty port")
+
+
 def serve(base: Path, cache: Path, args: list[str]):
     """Start `vlm3d-ttg app ARGS` on a free localhost port with its runs and Gradio's files under `base`; yield
     the Server once it answers, stop it afterwards."""
-    port = _free_port()
     env = {**os.environ, "VLM3D_TTG_CACHE": str(cache), "GRADIO_TEMP_DIR": str(base / "gradio"),
            "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False",
            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     log = base / "server.log"
     runs = base / "runs"
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "vlm3d_ttg.cli", "app", *args, "--port", str(port), "--runs-dir", str(runs)],
-            stdout=out, stderr=subprocess.STDOUT, env=env, cwd=base)
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + 240
-    try:
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"the app exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+    for attempt in range(3):
+        port = _free_port()
+        with open(log, "wb") as out:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "vlm3d_ttg.cli", "app", *args, "--port", str(port), "--runs-dir", str(runs)],
+                stdout=out, stderr=subprocess.STDOUT, env=env, cwd=base)
+        url = f"http://127.0.0.1:{port}/"
+        deadline = time.monotonic() + 240
+        while process.poll() is None:
             try:
                 with urllib.request.urlopen(url, timeout=2) as response:
                     if response.status == 200:
@@ -64,8 +67,16 @@ def serve(base: Path, cache: Path, args: list[str]):
             except OSError:
                 pass
             if time.monotonic() > deadline:
+                process.kill()
+                process.wait()
                 pytest.fail(f"the app did not answer within 240 s:\n{log.read_text()[-3000:]}")
             time.sleep(0.5)
+        if process.poll() is None:
+            break
+        output = log.read_text()
+        if attempt == 2 or not any(taken in output for taken in PORT_TAKEN):
+            pytest.fail(f"the app exited with {process.returncode}:\n{output[-3000:]}")
+    try:
         yield Server(url, runs, process, log)
     finally:
         process.terminate()

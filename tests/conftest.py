@@ -4,13 +4,46 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 
 import pytest
+
+# Under pytest-xdist (`make test` runs one worker per core) each worker gets its share of the cores for torch's
+# (and BLAS's) thread pools, or N workers × N threads oversubscribe the machine. Set before any test module imports
+# torch; the CLI and app subprocesses the tests start inherit the variables. An explicit setting is kept.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    _THREADS = str(max(1, len(os.sched_getaffinity(0)) // _WORKERS))
+    for _variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "RAYON_NUM_THREADS"):
+        os.environ.setdefault(_variable, _THREADS)
+    if "torch" in sys.modules:  # a plugin imported it first: its pool has been sized already
+        sys.modules["torch"].set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 # Tests never touch the network.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 logging.getLogger("hy3dgen.shapgen").setLevel(logging.WARNING)
+
+
+# Test files that share a session fixture too costly to build twice: under `make test` (--dist loadfile) each
+# file is one unit of work for one xdist worker, and a file named here joins its partner's unit, so the fixture is
+# built once. conftest's `server` (the tiny app, ~5-10 s a start): the browser tests and the README's API example.
+SAME_WORKER_AS = {"tests/test_readme_app.py": "tests/test_app_browser.py"}
+
+
+@pytest.hookimpl(optionalhook=True)  # an xdist hook: without the plugin (`-p no:xdist`) it is never called
+def pytest_xdist_make_scheduler(config, log):
+    """`--dist loadfile`, with the files of SAME_WORKER_AS in one unit; other modes are xdist's own."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class LoadFileSharingFixtures(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            scope = super()._split_scope(nodeid)
+            return SAME_WORKER_AS.get(scope, scope)
+
+    return LoadFileSharingFixtures(config, log)
 
 
 @pytest.fixture(scope="session")
@@ -95,7 +128,8 @@ def no_model_loads(monkeypatch):
 @pytest.fixture(scope="session")
 def server(tmp_path_factory, tiny_cache):
     """`vlm3d-ttg app --preset tiny` with small defaults (app_server.SERVER_ARGS) on a free localhost port, started
-    once for every module that uses it (each start costs ~5-10 s); their tests only add runs and read their own."""
+    once for every module that uses it (each start costs ~5-10 s; under xdist, SAME_WORKER_AS keeps those modules
+    in one worker); their tests only add runs and read their own."""
     pytest.importorskip("gradio_client", reason="the app's tests need the [app] extra: pip install -e '.[app]'")
     from app_server import SERVER_ARGS, serve
 

@@ -28,7 +28,11 @@ import cost_model  # noqa: E402
 @pytest.fixture(scope="session")
 def realsize_cache(tmp_path_factory) -> Path:
     explicit = os.environ.get("VLM3D_TTG_REALSIZE_TEST_CACHE")
-    return Path(explicit) if explicit else tmp_path_factory.getbasetemp().parent / "vlm3d-realsize-cache"
+    if explicit:
+        return Path(explicit)
+    base = tmp_path_factory.getbasetemp()  # /tmp/pytest-of-$USER/pytest-N, or .../pytest-N/popen-gwK under xdist
+    session = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    return session.parent / "vlm3d-realsize-cache"  # kept across sessions, shared by xdist's workers
 
 
 def test_the_real_sizes_are_written_once_and_exposed_by_their_owners():
