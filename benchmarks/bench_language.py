@@ -199,16 +199,16 @@ class Measures:
         if mesh is None or not len(mesh.faces):
             row.update(chamfer_stated=None, predicted_class=None, class_right=0, judge_r=None)
             return row
-        points = mesh.vertices[np.random.default_rng(2).choice(len(mesh.vertices), 3000)]
+        points = surface_sample(mesh)
         row["chamfer_stated"] = chamfer(points, stated_points)
-        row.update(self.shape_class(mesh, item.spec.cls))
+        row.update(self.shape_class(points, item.spec.cls))
         row["judge_r"] = self.judge_r(mesh, item.statement) if self.judge is not None else None
         return row
 
-    def shape_class(self, mesh: Mesh, true_class: str) -> dict[str, Any]:
-        """The class the nearest reference shape names for a final mesh, and whether it is `true_class`."""
-        points = mesh.vertices[np.random.default_rng(2).choice(len(mesh.vertices), 3000)][:1500]
-        predicted = self.classifier(points)
+    def shape_class(self, points: np.ndarray, true_class: str) -> dict[str, Any]:
+        """The class the nearest reference shape names for a final mesh's `surface_sample`, and whether it is
+        `true_class`."""
+        predicted = self.classifier(points[:1500])
         return {"predicted_class": predicted, "class_right": int(predicted == true_class), "class_rule": CLASS_RULE}
 
     def judge_r(self, mesh: Mesh, statement: str) -> float:
@@ -221,6 +221,11 @@ class Measures:
             with torch.no_grad():
                 rs.append(float(critic(views).r.float().mean()))
         return float(np.mean(rs))
+
+
+def surface_sample(mesh: Mesh) -> np.ndarray:
+    """3000 of a final mesh's vertices, drawn with a fixed seed (so that a remeasure draws the same)."""
+    return mesh.vertices[np.random.default_rng(2).choice(len(mesh.vertices), 3000)]
 
 
 def fragments(grid: np.ndarray, min_voxels: int = 8) -> int:
@@ -253,7 +258,7 @@ def remeasure(path: Path, kept: Path, references: int = REFS_PER_CLASS) -> None:
         if row.get("class_rule") != CLASS_RULE and row.get("predicted_class") is not None:
             if row["grid"] not in classes:
                 mesh = mesh_from_values(np.load(kept / row["grid"]).astype(np.float32), 0.0, inside_above=True)
-                classes[row["grid"]] = measures.shape_class(mesh, row["cls"])
+                classes[row["grid"]] = measures.shape_class(surface_sample(mesh), row["cls"])
             row.update(classes[row["grid"]])
     write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
 

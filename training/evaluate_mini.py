@@ -173,7 +173,7 @@ def evaluate_dit(args) -> dict:
             grid = logits > 0
             points = _surface_points(logits, 1500, rng)
             distances = classifier.distances(points) if points is not None else None
-            predicted = min(distances, key=lambda c: distances[c].min()) if distances else None
+            predicted = ShapeClassifier.nearest(distances) if distances else None
             others = [r for r in test if r.cls != rec.cls]
             wrong = [iou(grid, load_grid(args.data, o.name)) for o in rng.choice(others, 6, replace=False)]
             rows.append({"name": rec.name, "cls": rec.cls, "view": view_id, "hiding_view": view_id == 6,

@@ -222,7 +222,11 @@ class ShapeClassifier:
         return {cls: np.array([(ref_tree.query(points)[0].mean() + tree.query(ref)[0].mean()) / 2.0 for ref, ref_tree in refs])
                 for cls, refs in self._references.items()}
 
+    @staticmethod
+    def nearest(distances: Mapping[str, np.ndarray]) -> str:
+        """The class whose reference is nearest, from `distances`' output."""
+        return min(distances, key=lambda cls: distances[cls].min())
+
     def __call__(self, points: np.ndarray) -> str:
         """The class of the reference shape nearest to `points`."""
-        distances = self.distances(points)
-        return min(distances, key=lambda cls: distances[cls].min())
+        return self.nearest(self.distances(points))
