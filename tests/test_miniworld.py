@@ -161,6 +161,44 @@ def test_the_decoder_can_go_on_learning_with_the_codes_the_dit_was_trained_on_fr
     assert moved  # the decoder itself kept learning
 
 
+def test_a_decoder_trained_at_another_width_loads_and_exports_at_that_width(tiny_world, tmp_path, capsys):
+    from vlm3d_ttg.miniworld.config import VAE_WIDTH
+
+    run = tmp_path / "decoder"
+    common = ["--data", str(tiny_world), "--run", str(run), "--batch-shapes", "4", "--batch-points", "128"]
+    width = VAE_WIDTH // 2
+    assert _training_module("train_decoder").main(common + ["--steps", "3", "--width", str(width)]) == 0
+    state = torch.load(run / "ckpt.pt", weights_only=False)
+    vae, codes = _training_module("evaluate_mini").load_decoder(run / "ckpt.pt")
+    assert vae.geo_decoder.query_proj.out_features == width
+    assert torch.equal(codes, state["codes"].float())
+    # The export writes the width the decoder was trained at into the config the loaders read.
+    dit = {"scale_factor": 1.0, "dit": _mini_dit_state(), "conditioner": _mini_conditioner_state()}
+    config, weights = _training_module("export_mini").shape_state(state, dit)
+    assert config["vae"]["params"]["width"] == width
+    assert weights["vae.geo_decoder.query_proj.weight"].shape[0] == width
+    # Resuming at another width is refused before any step, with the width it was trained at.
+    assert _training_module("train_decoder").main(common + ["--steps", "6"]) == 2
+    assert f"--width {width}" in capsys.readouterr().err
+    assert torch.load(run / "ckpt.pt", weights_only=False)["step"] == 3
+
+
+def _mini_dit_state() -> dict:
+    from hy3dgen.shapegen.pipelines import instantiate_from_config
+
+    from vlm3d_ttg.miniworld.config import mini_shape_config
+
+    return instantiate_from_config(mini_shape_config()["model"]).state_dict()
+
+
+def _mini_conditioner_state() -> dict:
+    from hy3dgen.shapegen.pipelines import instantiate_from_config
+
+    from vlm3d_ttg.miniworld.config import mini_shape_config
+
+    return instantiate_from_config(mini_shape_config()["conditioner"]).state_dict()
+
+
 def test_mixed_critic_batches_ask_each_pair_its_own_description():
     train_critic = _training_module("train_critic")
     # 4 shapes of 2 classes (2 descriptions each), one intact and one broken view set per shape.

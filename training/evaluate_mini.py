@@ -38,10 +38,10 @@ def _write(path: Path, result: dict) -> None:
 
 def load_decoder(ckpt: Path) -> tuple[torch.nn.Module, torch.Tensor]:
     sys.path.insert(0, str(Path(__file__).parent))
-    from train_decoder import build_vae
+    from train_decoder import build_vae, checkpoint_width
 
     state = torch.load(ckpt, weights_only=False)
-    vae = build_vae(0)
+    vae = build_vae(0, checkpoint_width(state))
     vae.load_state_dict(state["vae"])
     vae.eval()
     return vae, state["codes"].float()

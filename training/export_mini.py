@@ -30,7 +30,9 @@ def shape_state(decoder_ckpt: dict, dit_ckpt: dict) -> tuple[dict, dict[str, tor
     from vlm3d_ttg.dinov2_names import to_checkpoint_names
     from vlm3d_ttg.miniworld.config import mini_shape_config
 
-    config = mini_shape_config(float(dit_ckpt["scale_factor"]))
+    from train_decoder import checkpoint_width
+
+    config = mini_shape_config(float(dit_ckpt["scale_factor"]), vae_width=checkpoint_width(decoder_ckpt))
     dit = instantiate_from_config(config["model"])
     vae = instantiate_from_config(config["vae"])
     conditioner = instantiate_from_config(config["conditioner"])

@@ -25,14 +25,22 @@ from training_log import TrainingLog, add_run_arguments, save_atomic, start_run 
 logger = logging.getLogger("train_decoder")
 
 
-def build_vae(seed: int) -> torch.nn.Module:
+def build_vae(seed: int, width: int | None = None) -> torch.nn.Module:
+    """hy3dgen's ShapeVAE at the mini config's sizes (`width`: the decoder's width; None = the config's)."""
     from hy3dgen.shapegen.pipelines import instantiate_from_config
 
-    from vlm3d_ttg.miniworld.config import mini_shape_config
+    from vlm3d_ttg.miniworld.config import VAE_WIDTH, mini_shape_config
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return instantiate_from_config(mini_shape_config()["vae"])
+        return instantiate_from_config(mini_shape_config(vae_width=width or VAE_WIDTH)["vae"])
+
+
+def checkpoint_width(state: dict) -> int:
+    """The decoder width a train_decoder.py checkpoint was trained at (checkpoints before --width: the config's)."""
+    from vlm3d_ttg.miniworld.config import VAE_WIDTH
+
+    return int(state["args"].get("width") or VAE_WIDTH)
 
 
 def template_codes(count: int, seed: int) -> torch.Tensor:
@@ -57,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--code-noise", type=float, default=0.05)
     parser.add_argument("--freeze-codes-from", type=int, default=None,
                         help="from this step on only the decoder learns: the codes (which the DiT is trained on) stay fixed")
+    parser.add_argument("--width", type=int, default=None,
+                        help="the decoder's width (default: vlm3d_ttg.miniworld.config.VAE_WIDTH); kept in the checkpoint")
     parser.add_argument("--limit-shapes", type=int, default=None, help="train on the first N shapes only (tests)")
     add_run_arguments(parser, log_every=50)
     args = parser.parse_args(argv)
@@ -76,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     args.run.mkdir(parents=True, exist_ok=True)
     ckpt_path = args.run / "ckpt.pt"
 
-    vae = build_vae(args.seed)
+    vae = build_vae(args.seed, args.width)
     codes = torch.nn.Parameter(template_codes(n_shapes, args.seed))
     optimizer = torch.optim.Adam([{"params": vae.parameters(), "lr": args.lr},
                                   {"params": [codes], "lr": args.code_lr}])
@@ -84,6 +94,10 @@ def main(argv: list[str] | None = None) -> int:
     history: list[dict] = []
     if ckpt_path.exists():
         state = torch.load(ckpt_path, weights_only=False)
+        if checkpoint_width(state) != (args.width or checkpoint_width({"args": {}})):
+            print(f"error: {ckpt_path} was trained at --width {checkpoint_width(state)}; resume it with that width "
+                  f"or start a new --run", file=sys.stderr)
+            return 2
         vae.load_state_dict(state["vae"])
         codes.data.copy_(state["codes"])
         optimizer.load_state_dict(state["optimizer"])

@@ -27,8 +27,9 @@ PREPROCESS_SIZE = 128  # ImageProcessorV2 size: what the input renders become be
 BORDER_RATIO = 0.15
 
 
-def mini_shape_config(scale_factor: float = 1.0) -> dict:
-    """The config.yaml content of the miniature shape model (`scale_factor` = 1 / std of the training latents)."""
+def mini_shape_config(scale_factor: float = 1.0, vae_width: int = VAE_WIDTH) -> dict:
+    """The config.yaml content of the miniature shape model (`scale_factor` = 1 / std of the training latents,
+    `vae_width` = the ShapeVAE decoder's width)."""
     dino = {
         "hidden_size": COND_DIM,
         "num_hidden_layers": COND_LAYERS,
@@ -60,7 +61,7 @@ def mini_shape_config(scale_factor: float = 1.0) -> dict:
             "params": {
                 "num_latents": NUM_LATENTS,
                 "embed_dim": EMBED_DIM,
-                "width": VAE_WIDTH,
+                "width": int(vae_width),
                 "heads": VAE_HEADS,
                 "num_decoder_layers": VAE_LAYERS,
                 "num_freqs": NUM_FREQS,
