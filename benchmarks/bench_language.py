@@ -83,6 +83,9 @@ GRID = 64  # the data set's truth grid (miniworld.dataset.GRID)
 SILHOUETTE_WEIGHT = 10.0  # as the steering benchmark's vlm+silhouette
 REFS_PER_CLASS = 16  # training shapes per class: the nearest names 0.96 of the true test shapes (8: 0.95, 4: 0.91)
 CLASS_RULE = "nearest reference"  # rows carry it; `remeasure` renames the classes of rows named by an older rule
+# Rows carry it; `remeasure` re-reads the attribute of rows read by an older rule (before session 12 the
+# detectors read every voxel, and a decoder's specks moved the reading: vlm3d_ttg.miniworld.geometry).
+ATTRIBUTE_RULE = "largest piece"
 
 
 # ----------------------------------------------------------------------------------------- items
@@ -194,7 +197,8 @@ class Measures:
         stated_grid, stated_points = self.truth(item.stated_spec())
         true_grid, _ = self.truth(item.spec)
         measured = detect_attribute(item.spec.cls, grid)
-        row: dict[str, Any] = {"attribute": measured, "has_stated": int(measured == item.stated), "fragments": fragments(grid),
+        row: dict[str, Any] = {"attribute": measured, "has_stated": int(measured == item.stated), "attribute_rule": ATTRIBUTE_RULE,
+                               "fragments": fragments(grid),
                                "iou_stated": iou(grid, stated_grid), "iou_true": iou(grid, true_grid)}
         if mesh is None or not len(mesh.faces):
             row.update(chamfer_stated=None, predicted_class=None, class_right=0, judge_r=None)
@@ -242,11 +246,16 @@ def fragments(grid: np.ndarray, min_voxels: int = 8) -> int:
 
 def remeasure(path: Path, kept: Path, references: int = REFS_PER_CLASS) -> None:
     """Fill the measures later versions added or changed into rows that lack them, from the kept grids:
-    `fragments`, and the class by the nearest reference shape (rows without `class_rule` were named by the
-    mean distance to a class's references, which misnames true shapes)."""
+    `fragments`, the class by the nearest reference shape (rows without `class_rule` were named by the
+    mean distance to a class's references, which misnames true shapes), and the attribute read from the
+    shape's largest piece (rows without `attribute_rule` were read from every voxel, specks included)."""
     from vlm3d_ttg.io import write_text_atomic
 
     rows, pieces, classes = read_rows(path), {}, {}
+    stale = [r for r in rows if r.get("grid") and r.get("attribute") is not None and r.get("attribute_rule") != ATTRIBUTE_RULE]
+    missing = sum(not (kept / r["grid"]).is_file() for r in stale)
+    # All or none: one table must not mix two readings of the attribute.
+    reread = missing == 0
     measures = Measures(None, references) if any(r.get("grid") and r.get("class_rule") != CLASS_RULE for r in rows) else None
     for row in rows:
         if not row.get("grid"):
@@ -255,12 +264,29 @@ def remeasure(path: Path, kept: Path, references: int = REFS_PER_CLASS) -> None:
             if row["grid"] not in pieces:
                 pieces[row["grid"]] = fragments(np.load(kept / row["grid"]).astype(np.float32) > 0)
             row["fragments"] = pieces[row["grid"]]
+        if reread and row.get("attribute_rule") != ATTRIBUTE_RULE and row.get("attribute") is not None:
+            grid = np.load(kept / row["grid"]).astype(np.float32) > 0
+            row["attribute"] = detect_attribute(row["cls"], grid)
+            row["has_stated"] = int(row["attribute"] == row["stated"])
+            row["attribute_rule"] = ATTRIBUTE_RULE
         if row.get("class_rule") != CLASS_RULE and row.get("predicted_class") is not None:
             if row["grid"] not in classes:
                 mesh = mesh_from_values(np.load(kept / row["grid"]).astype(np.float32), 0.0, inside_above=True)
                 classes[row["grid"]] = measures.shape_class(surface_sample(mesh), row["cls"])
             row.update(classes[row["grid"]])
     write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
+    if missing:
+        print(f"the attribute of {len(stale)} rows was not re-read ({missing} of their grids are not in {kept}); "
+              "they keep the older reading, which the report names", file=sys.stderr)
+
+
+def attribute_rule_note(rows: list[dict]) -> str:
+    """The line that says how the rows' stated attribute was read (the rule before session 12, where rows keep it)."""
+    older = sum(r.get("attribute") is not None and r.get("attribute_rule") != ATTRIBUTE_RULE for r in rows)
+    if not older:
+        return "Stated attribute: read from the shape's largest piece (specks and broken-off parts are not parts)."
+    return (f"Stated attribute: {older} of {len(rows)} rows read from every voxel, specks included (the rule before "
+            "session 12; their grids were not kept, so `remeasure` could not re-read them).")
 
 
 def decoded_grid(backbone: Any, latents: torch.Tensor) -> np.ndarray:
@@ -492,7 +518,8 @@ def report(rows: list[dict], overrides: dict | None = None) -> str:
     """The RESULTS section: per condition and statement kind, paired Δs overall and per attribute."""
     lines = [BEGIN, "### Language constrains geometry? (bench_language, mini world)", "",
              f"Machine: {machine_description()}", "",
-             f"Class right: the class of the nearest of {REFS_PER_CLASS} training shapes per class (Chamfer of surface points).", ""]
+             f"Class right: the class of the nearest of {REFS_PER_CLASS} training shapes per class (Chamfer of surface points).",
+             attribute_rule_note(rows), ""]
     conditions = [c for c in CONDITIONS[1:] if any(r["condition"] == c for r in rows)]
     shown = [m for m in METRICS if m[0] in ("has_stated", "judge_r", "iou_stated", "class_right", "input_iou", "fragments", "final_r")]
     for truthful, kind in ((True, "true statement (the picture hides what it states)"),
@@ -533,7 +560,8 @@ def hiding_table(chosen: list[Item]) -> str:
 def sweep_report(rows: list[dict]) -> str:
     """Per guidance setting: paired Δ against the unguided runs of the same items and seeds."""
     shown = [m for m in METRICS if m[0] in ("has_stated", "judge_r", "iou_stated", "class_right", "input_iou", "final_r")]
-    lines = ["| setting | " + " | ".join(label for _, label, _ in shown) + " |", "|---|" + "---|" * len(shown)]
+    lines = [attribute_rule_note(rows), "", "| setting | " + " | ".join(label for _, label, _ in shown) + " |",
+             "|---|" + "---|" * len(shown)]
     settings = []
     for r in rows:
         if r["condition"] == "guided" and r["overrides"] not in settings:

@@ -104,13 +104,17 @@ def test_one_picture_runs_on_the_mini_preset_and_a_rerun_resumes(bench, tmp_path
         assert (kept / r["grid"]).is_file()
     bench.main(args)  # resumable: the finished runs are not run again
     assert len(out.read_text().splitlines()) == 4
-    # Rows named by an older class rule get the nearest reference's class again, from their kept grids.
-    assert all(r["class_rule"] == bench.CLASS_RULE for r in rows)
-    stale = [{k: v for k, v in r.items() if k != "class_rule"} | {"predicted_class": "torus", "class_right": 0} for r in rows]
+    # Rows named by an older class rule get the nearest reference's class again, and rows read by an older
+    # attribute rule their attribute, from their kept grids.
+    assert all(r["class_rule"] == bench.CLASS_RULE and r["attribute_rule"] == bench.ATTRIBUTE_RULE for r in rows)
+    remeasured = ("predicted_class", "class_right", "class_rule", "attribute", "has_stated", "attribute_rule")
+    stale = [{k: v for k, v in r.items() if k not in ("class_rule", "attribute_rule")}
+             | {"predicted_class": "torus", "class_right": 0, "attribute": 1 - r["attribute"], "has_stated": 1 - r["has_stated"]}
+             for r in rows]
     out.write_text("".join(json.dumps(r) + "\n" for r in stale))
     bench.main(["remeasure", "--out", str(out), "--keep", str(kept), "--refs-per-class", "1"])
-    assert [{k: r[k] for k in ("predicted_class", "class_right", "class_rule")} for r in map(json.loads, out.read_text().splitlines())] \
-        == [{k: r[k] for k in ("predicted_class", "class_right", "class_rule")} for r in rows]
+    assert [{k: r[k] for k in remeasured} for r in map(json.loads, out.read_text().splitlines())] \
+        == [{k: r[k] for k in remeasured} for r in rows]
     capsys.readouterr()
     bench.main(["report", "--out", str(out), "--judged", str(tmp_path / "judged.json"), "--sweep-out", str(tmp_path / "none"),
                 "--classes", "mug", "--per-class", "1"])
@@ -118,6 +122,17 @@ def test_one_picture_runs_on_the_mini_preset_and_a_rerun_resumes(bench, tmp_path
     line = next(x for x in table.splitlines() if x.startswith("| guided | **all** |"))
     delta = guided[True]["iou_stated"] - next(r for r in base if r["truthful"])["iou_stated"]
     assert f"Δ {delta:+.2f}" in line
+    assert "read from the shape's largest piece" in table
+    # A grid gone: no row is re-read (one table never mixes two readings), and the report says so.
+    stale = [{k: v for k, v in r.items() if k != "attribute_rule"} | {"attribute": 1 - r["attribute"]} for r in rows]
+    out.write_text("".join(json.dumps(r) + "\n" for r in stale))
+    (kept / rows[0]["grid"]).unlink()
+    bench.main(["remeasure", "--out", str(out), "--keep", str(kept), "--refs-per-class", "1"])
+    assert [r["attribute"] for r in map(json.loads, out.read_text().splitlines())] == [r["attribute"] for r in stale]
+    capsys.readouterr()
+    bench.main(["report", "--out", str(out), "--judged", str(tmp_path / "judged.json"), "--sweep-out", str(tmp_path / "none"),
+                "--classes", "mug", "--per-class", "1"])
+    assert "4 of 4 rows read from every voxel" in capsys.readouterr().out
 
 
 def test_fragments_count_the_pieces_besides_the_largest(bench):

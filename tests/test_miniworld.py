@@ -47,6 +47,25 @@ def test_shapes_are_seeded_normalised_and_labelled():
     assert len(CLASSES) >= 10
 
 
+def test_the_attribute_is_read_from_the_shape_not_from_specks_beside_it():
+    # Decoders leave specks: one under a table moved the slice the legs are counted in; one above a
+    # backless chair's seat, or low beside a finless rocket, read as a back or fins.
+    def speck(grid: np.ndarray, x: int, y: int, z: int, size: int = 2) -> np.ndarray:
+        out = grid.copy()
+        out[x : x + size, y : y + size, z : z + size] = True
+        return out
+
+    def extent(grid: np.ndarray) -> tuple[int, int]:
+        ys = np.nonzero(grid.any(axis=(0, 2)))[0]
+        return int(ys[0]), int(ys[-1])
+
+    table, chair, rocket = _grid("table", 1), _grid("chair", 1), _grid("rocket", 1)
+    assert detect_attribute("table", speck(table, 30, 0, 30)) == 3
+    assert detect_attribute("chair", speck(chair, 1, extent(chair)[1] + 3, 1, size=12)) == 0
+    bottom, top = extent(rocket)
+    assert detect_attribute("rocket", speck(rocket, 1, bottom + max(1, int(0.08 * (top - bottom))), 1)) == 0
+
+
 def test_attribute_detectors_read_the_attribute_of_known_shapes():
     # Variant parity sets the attribute: even variants have the handle / back / fins / four legs.
     assert genus(_grid("mug", 0)) == 1 and genus(_grid("mug", 1)) == 0

@@ -2,7 +2,10 @@
 
 Grids span hy3dgen's decoding cube ±1.01 (`BOUNDS`); grid point i sits at −b + i·2b/(R − 1) on
 each axis. The detectors read an occupancy grid (True inside), so the same code judges a ground
-truth shape and a decoder's reconstruction:
+truth shape and a decoder's reconstruction. `detect_attribute` reads the grid's largest connected
+piece only: a decoder leaves stray specks (floaters) that are no part of the shape — a speck below a
+table moved the slice `count_legs` reads and a near-perfect table reconstruction (IoU 0.98) read as
+0 legs — and a leg or back that broke off the body is not a leg or a back:
 - handle: genus of the largest component, from its Euler characteristic (χ = 1 − genus for a solid
   without cavities; a mug is a ball, a mug with a handle a solid torus);
 - legs: connected components of a horizontal slice a quarter of the way up the shape;
@@ -171,6 +174,7 @@ def detect_attribute(cls: str, grid: np.ndarray) -> int | None:
     name = ATTRIBUTES.get(cls)
     if name is None:
         return None
+    grid = largest_component(grid)
     if name == "handle":
         return int(genus(grid) >= 1)
     if name == "legs":
