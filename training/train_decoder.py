@@ -77,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     from vlm3d_ttg.miniworld.autodecoder import decode_logits, occupancy_loss
+    from vlm3d_ttg.miniworld.config import VAE_WIDTH
 
     points = torch.from_numpy(np.load(args.data / "train_points.npy")).float()
     occ = torch.from_numpy(np.load(args.data / "train_occ.npy"))
@@ -94,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     history: list[dict] = []
     if ckpt_path.exists():
         state = torch.load(ckpt_path, weights_only=False)
-        if checkpoint_width(state) != (args.width or checkpoint_width({"args": {}})):
+        if checkpoint_width(state) != (args.width or VAE_WIDTH):
             print(f"error: {ckpt_path} was trained at --width {checkpoint_width(state)}; resume it with that width "
                   f"or start a new --run", file=sys.stderr)
             return 2
