@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import logging
 import sys
@@ -251,29 +252,34 @@ def remeasure(path: Path, kept: Path, references: int = REFS_PER_CLASS) -> None:
     shape's largest piece (rows without `attribute_rule` were read from every voxel, specks included)."""
     from vlm3d_ttg.io import write_text_atomic
 
-    rows, pieces, classes = read_rows(path), {}, {}
+    rows, pieces, attributes, classes = read_rows(path), {}, {}, {}
     stale = [r for r in rows if r.get("grid") and r.get("attribute") is not None and r.get("attribute_rule") != ATTRIBUTE_RULE]
     missing = sum(not (kept / r["grid"]).is_file() for r in stale)
     # All or none: one table must not mix two readings of the attribute.
     reread = missing == 0
     measures = Measures(None, references) if any(r.get("grid") and r.get("class_rule") != CLASS_RULE for r in rows) else None
+
+    @functools.lru_cache(maxsize=1)  # a row's measures read its grid once
+    def logits(name: str) -> np.ndarray:
+        return np.load(kept / name).astype(np.float32)
+
     for row in rows:
-        if not row.get("grid"):
+        name = row.get("grid")
+        if not name:
             continue
         if "fragments" not in row:
-            if row["grid"] not in pieces:
-                pieces[row["grid"]] = fragments(np.load(kept / row["grid"]).astype(np.float32) > 0)
-            row["fragments"] = pieces[row["grid"]]
+            if name not in pieces:
+                pieces[name] = fragments(logits(name) > 0)
+            row["fragments"] = pieces[name]
         if reread and row.get("attribute_rule") != ATTRIBUTE_RULE and row.get("attribute") is not None:
-            grid = np.load(kept / row["grid"]).astype(np.float32) > 0
-            row["attribute"] = detect_attribute(row["cls"], grid)
-            row["has_stated"] = int(row["attribute"] == row["stated"])
-            row["attribute_rule"] = ATTRIBUTE_RULE
+            if name not in attributes:
+                attributes[name] = detect_attribute(row["cls"], logits(name) > 0)
+            row.update(attribute=attributes[name], has_stated=int(attributes[name] == row["stated"]), attribute_rule=ATTRIBUTE_RULE)
         if row.get("class_rule") != CLASS_RULE and row.get("predicted_class") is not None:
-            if row["grid"] not in classes:
-                mesh = mesh_from_values(np.load(kept / row["grid"]).astype(np.float32), 0.0, inside_above=True)
-                classes[row["grid"]] = measures.shape_class(surface_sample(mesh), row["cls"])
-            row.update(classes[row["grid"]])
+            if name not in classes:
+                mesh = mesh_from_values(logits(name), 0.0, inside_above=True)
+                classes[name] = measures.shape_class(surface_sample(mesh), row["cls"])
+            row.update(classes[name])
     write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
     if missing:
         print(f"the attribute of {len(stale)} rows was not re-read ({missing} of their grids are not in {kept}); "
