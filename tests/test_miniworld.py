@@ -180,6 +180,23 @@ def test_the_decoder_can_go_on_learning_with_the_codes_the_dit_was_trained_on_fr
     assert moved  # the decoder itself kept learning
 
 
+def test_a_validation_shapes_fit_starts_from_the_code_that_reproduces_its_samples():
+    from vlm3d_ttg.miniworld.autodecoder import decode_logits, nearest_codes
+
+    vae = _training_module("train_decoder").build_vae(0).eval()
+    with torch.no_grad():  # a trained decoder is sure of its shapes (|logit| ~ 10); a random one is not
+        vae.geo_decoder.output_proj.weight.mul_(30)
+        vae.geo_decoder.output_proj.bias.mul_(30)
+    generator = torch.Generator().manual_seed(0)
+    codes = torch.randn(8, 64, 8, generator=generator) * 3
+    points = torch.rand(3, 2000, 3, generator=generator) * 2 - 1
+    made_by = [5, 2, 7]
+    with torch.no_grad():
+        occupancy = decode_logits(vae, codes[made_by], points) > 0
+    chosen = nearest_codes(vae, codes, points, occupancy, chunk=3)  # chunks of 3 codes: the search spans them
+    assert [int(torch.nonzero((codes == code).flatten(1).all(dim=1))) for code in chosen] == made_by
+
+
 def test_a_decoder_trained_at_another_width_loads_and_exports_at_that_width(tiny_world, tmp_path, capsys):
     from vlm3d_ttg.miniworld.config import VAE_WIDTH
 
@@ -238,3 +255,49 @@ def test_mixed_critic_batches_ask_each_pair_its_own_description():
     assert max(distinct) >= 2  # one batch asks about several descriptions (one-description batches: always 1)
     _, texts, _ = batches.sample(8)
     assert len(set(texts)) == 1
+
+
+def test_a_second_worlds_view_sets_join_the_training_pool_with_their_own_labels():
+    train_critic = _training_module("train_critic")
+    descriptions = ["a mug with a handle", "a mug without a handle", "a table with four legs", "a table with three legs"]
+    classes = ["mug", "mug", "table", "table"]
+    shape_row, broken = np.repeat(np.arange(4), 2), np.tile([0, 1], 4)
+
+    def world(value: int, order: list[int]):
+        # Each view set's pixels say which world and which shape it is: value + 10 · shape, +5 when broken.
+        views = np.stack([np.full((1, 3, 2, 2), value + 10 * r + 5 * b, np.uint8) for r, b in zip(shape_row, broken)])
+        return train_critic.CriticBatches(views, shape_row, broken, [descriptions[i] for i in order],
+                                          [classes[i] for i in order], seed=0)
+
+    # The second world lists its shapes in another order: a view set keeps its own world's description.
+    pool = train_critic.CriticBatches.pooled([world(0, [0, 1, 2, 3]), world(100, [1, 0, 3, 2])], seed=0)
+    seen = set()
+    for _ in range(40):
+        images, texts, labels = pool.sample(8, mixed=True)
+        for image, text, label in zip(images, texts, labels):
+            pixel = round(float(image[0, 0, 0, 0]) * 255)
+            world_of, shape, was_broken = pixel // 100, (pixel % 100) // 10, pixel % 10 == 5
+            seen.add(world_of)
+            own = descriptions[[[0, 1, 2, 3], [1, 0, 3, 2]][world_of][shape]]
+            assert bool(label) == (own == text and not was_broken)
+    assert seen == {0, 1}
+    named, targets = pool.sample_named(16)
+    for image, target in zip(named, targets):
+        pixel = round(float(image[0, 0, 0, 0]) * 255)
+        assert pool.all_descriptions[target] == descriptions[[[0, 1, 2, 3], [1, 0, 3, 2]][pixel // 100][(pixel % 100) // 10]]
+    other = train_critic.CriticBatches(np.zeros((2, 1, 3, 2, 2), np.uint8), np.arange(2), np.zeros(2, int),
+                                       ["a bowl", "a cone"], ["bowl", "cone"], seed=0)
+    with pytest.raises(ValueError, match="describe their shapes differently"):
+        train_critic.CriticBatches.pooled([world(0, [0, 1, 2, 3]), other], seed=0)
+
+
+def test_a_missing_extra_world_is_refused_before_training(tmp_path, capsys):
+    views = tmp_path / "views"
+    views.mkdir()
+    np.save(views / "train_views.npy", np.zeros(1, np.uint8))
+    run = tmp_path / "run"
+    code = _training_module("train_critic").main(["--data", str(tmp_path), "--views", str(views), "--run", str(run),
+                                                  "--extra-world", str(tmp_path / "world1"), str(tmp_path / "views1")])
+    assert code == 2
+    assert f"--data {tmp_path / 'world1'} --splits train" in capsys.readouterr().err
+    assert not (run / "ckpt.pt").exists()

@@ -33,11 +33,27 @@ class CriticBatches:
 
     def __init__(self, views: np.ndarray, shape_row: np.ndarray, broken: np.ndarray, descriptions: list[str],
                  classes: list[str], seed: int):
-        self.views, self.shape_row, self.broken = views, shape_row, broken
+        self.views, self.broken = views, broken
         self.set_description = np.asarray([descriptions[r] for r in shape_row])
         self.set_class = np.asarray([classes[r] for r in shape_row])
         self.all_descriptions = sorted(set(self.set_description[broken == 0].tolist()))
         self.rng = np.random.default_rng(seed)
+
+    @classmethod
+    def pooled(cls, parts: list["CriticBatches"], seed: int) -> "CriticBatches":
+        """One pool of the view sets of several worlds' training splits (the same descriptions in each)."""
+        first = parts[0]
+        for part in parts[1:]:
+            if part.all_descriptions != first.all_descriptions:
+                raise ValueError(f"the worlds describe their shapes differently: {part.all_descriptions} vs {first.all_descriptions}")
+        pool = cls.__new__(cls)
+        pool.views = np.concatenate([np.asarray(part.views) for part in parts])
+        pool.broken = np.concatenate([part.broken for part in parts])
+        pool.set_description = np.concatenate([part.set_description for part in parts])
+        pool.set_class = np.concatenate([part.set_class for part in parts])
+        pool.all_descriptions = first.all_descriptions
+        pool.rng = np.random.default_rng(seed)
+        return pool
 
     def sample_named(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Intact view sets and the index of their description in `all_descriptions` (stage 1)."""
@@ -134,6 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, type=Path)
     parser.add_argument("--views", required=True, type=Path, help="build_critic_data.py's output folder")
+    parser.add_argument("--extra-world", nargs=2, action="append", default=[], metavar=("DATA", "VIEWS"),
+                        help="also train on the training view sets of another world (build_data.py --seed N --stage "
+                             "geometry, then build_critic_data.py --splits train): more shapes, the same descriptions; repeatable")
     parser.add_argument("--run", required=True, type=Path)
     parser.add_argument("--size", default="guide", choices=["guide", "judge"])
     parser.add_argument("--steps", type=int, default=6000)
@@ -154,7 +173,20 @@ def main(argv: list[str] | None = None) -> int:
 
     from vlm3d_ttg.miniworld.critic_model import build_mini_critic
 
+    for data, views in args.extra_world:
+        if not (Path(views) / "train_views.npy").is_file():
+            print(f"error: {views}/train_views.npy is missing: run training/build_critic_data.py --data {data} --splits train",
+                  file=sys.stderr)
+            return 2
     batches = load_split(args.data, args.views, "train", args.seed)
+    if args.extra_world:
+        parts = [batches] + [load_split(Path(data), Path(views), "train", args.seed) for data, views in args.extra_world]
+        try:
+            batches = CriticBatches.pooled(parts, args.seed)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        logger.info("%d training view sets from %d worlds", len(batches.views), len(parts))
     model, processor = build_mini_critic(args.size, args.seed)
     critic = make_critic(model, processor)
     descriptions_sorted = batches.all_descriptions

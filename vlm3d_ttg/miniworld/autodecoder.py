@@ -61,3 +61,27 @@ def fit_codes(vae: torch.nn.Module, points: torch.Tensor, occ: torch.Tensor, ini
         for p, flag in zip(params, saved):
             p.requires_grad_(flag)
     return codes.detach()
+
+
+@torch.no_grad()
+def nearest_codes(vae: torch.nn.Module, codes: torch.Tensor, points: torch.Tensor, occ: torch.Tensor, *,
+                  samples: int = 512, chunk: int = 64, seed: int = 0) -> torch.Tensor:
+    """For each shape's occupancy samples (B, P, 3) / (B, P), the code of `codes` (N, L, C) that reproduces them best.
+
+    "Best" is the occupancy loss the fit itself lowers, on `samples` of the shape's points: a fit started
+    from the nearest training shape's code keeps the parts (a leg, a handle) that a fit started from the
+    mean code has to grow, and may not.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    tokens = torch.cat([vae(codes[i : i + chunk]) for i in range(0, len(codes), chunk)])
+    chosen = []
+    for shape in range(points.shape[0]):
+        idx = torch.randint(0, points.shape[1], (samples,), generator=generator)
+        pts, target = points[shape, idx], occ[shape, idx].to(tokens.dtype)
+        losses = torch.cat([
+            F.binary_cross_entropy_with_logits(
+                vae.geo_decoder(queries=pts.expand(len(part), -1, -1), latents=part)[..., 0],
+                target.expand(len(part), -1), reduction="none").mean(dim=1)
+            for part in tokens.split(chunk)])
+        chosen.append(codes[losses.argmin()])
+    return torch.stack(chosen)
