@@ -42,18 +42,14 @@ class CriticBatches:
     @classmethod
     def pooled(cls, parts: list["CriticBatches"], seed: int) -> "CriticBatches":
         """One pool of the view sets of several worlds' training splits (the same descriptions in each)."""
-        first = parts[0]
         for part in parts[1:]:
-            if part.all_descriptions != first.all_descriptions:
-                raise ValueError(f"the worlds describe their shapes differently: {part.all_descriptions} vs {first.all_descriptions}")
-        pool = cls.__new__(cls)
-        pool.views = np.concatenate([np.asarray(part.views) for part in parts])
-        pool.broken = np.concatenate([part.broken for part in parts])
-        pool.set_description = np.concatenate([part.set_description for part in parts])
-        pool.set_class = np.concatenate([part.set_class for part in parts])
-        pool.all_descriptions = first.all_descriptions
-        pool.rng = np.random.default_rng(seed)
-        return pool
+            if part.all_descriptions != parts[0].all_descriptions:
+                raise ValueError(f"the worlds describe their shapes differently: {part.all_descriptions} vs {parts[0].all_descriptions}")
+        # Each view set is its own row: it keeps the description and class its own world gave it.
+        descriptions = np.concatenate([part.set_description for part in parts]).tolist()
+        classes = np.concatenate([part.set_class for part in parts]).tolist()
+        return cls(np.concatenate([np.asarray(part.views) for part in parts]), np.arange(len(descriptions)),
+                   np.concatenate([part.broken for part in parts]), descriptions, classes, seed)
 
     def sample_named(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Intact view sets and the index of their description in `all_descriptions` (stage 1)."""
