@@ -301,3 +301,66 @@ def test_a_missing_extra_world_is_refused_before_training(tmp_path, capsys):
     assert code == 2
     assert f"--data {tmp_path / 'world1'} --splits train" in capsys.readouterr().err
     assert not (run / "ckpt.pt").exists()
+
+
+def test_focus_asks_each_description_in_proportion_to_its_validation_error():
+    train_critic = _training_module("train_critic")
+    descriptions = ["a mug with a handle", "a mug without a handle", "a table with four legs", "a table with three legs"]
+    accuracy = {"a mug with a handle": 1.0, "a mug without a handle": 0.95, "a table with four legs": 0.95,
+                "a table with three legs": 0.8}
+    evaluation = {"summary": {"split": "val"},
+                  "per_description": {d: {"balanced_accuracy": a} for d, a in accuracy.items()}}
+    weights = train_critic.focus_weights(evaluation, descriptions)
+    # Half even (0.125 each), half by error (0, 0.05, 0.05, 0.2 of 0.3).
+    assert weights == pytest.approx([0.125, 0.125 + 0.5 / 6, 0.125 + 0.5 / 6, 0.125 + 0.5 * 2 / 3])
+    classes = ["mug", "mug", "table", "table"]
+    batches = train_critic.CriticBatches(np.zeros((8, 1, 3, 2, 2), np.uint8), np.repeat(np.arange(4), 2),
+                                         np.tile([0, 1], 4), descriptions, classes, seed=0)
+    batches.description_weights = weights
+    asked = [text for _ in range(200) for text in batches.sample(8, mixed=True)[1][::2]]
+    share = {d: asked.count(d) / len(asked) for d in descriptions}
+    assert share["a table with three legs"] == pytest.approx(weights[3], abs=0.04)
+    assert share["a mug with a handle"] == pytest.approx(weights[0], abs=0.03)
+    # The test split's errors must not steer training.
+    with pytest.raises(ValueError, match="test split"):
+        train_critic.focus_weights({**evaluation, "summary": {"split": "test"}}, descriptions)
+    with pytest.raises(ValueError, match="no accuracy"):
+        train_critic.focus_weights(evaluation, descriptions + ["a bowl"])
+
+
+def test_a_critic_run_starts_from_an_exported_critic_and_exports_with_the_rest_kept(tiny_world, tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    from vlm3d_ttg.miniworld.checkpoints import ASSETS, read_manifest
+
+    views = tmp_path / "views"
+    assert _training_module("build_critic_data").main(["--data", str(tiny_world), "--out", str(views), "--splits", "train",
+                                                      "--intact", "1", "--broken", "0"]) == 0
+    shipped = read_manifest(ASSETS)
+    train_critic = _training_module("train_critic")
+    common = ["--data", str(tiny_world), "--views", str(views), "--steps", "0"]
+    # A critic of another size is refused before anything is written.
+    wrong = tmp_path / "wrong"
+    assert train_critic.main(common + ["--run", str(wrong), "--size", "judge",
+                                       "--init-from", str(ASSETS / "critic_guide.fp16.safetensors")]) == 2
+    assert "not a judge one" in capsys.readouterr().err and not (wrong / "ckpt.pt").exists()
+    run = tmp_path / "run"
+    assert train_critic.main(common + ["--run", str(run), "--init-from", str(ASSETS / "critic_guide.fp16.safetensors")]) == 0
+    ckpt = torch.load(run / "ckpt.pt", weights_only=False)
+    assert ckpt["init"]["step"] == shipped["critics"]["guide"]["step"]
+    exported = tmp_path / "assets"
+    assert _training_module("export_mini").main(["--critic", str(run / "ckpt.pt"), "--keep-from", str(ASSETS),
+                                                "--out", str(exported)]) == 0
+    manifest = read_manifest(exported)  # every sha256 checked
+    # No training step: the exported guide critic is the shipped one, tensor for tensor, and counts its steps on.
+    assert manifest["critics"]["guide"]["step"] == shipped["critics"]["guide"]["step"]
+    assert manifest["critics"]["guide"]["continued_from_step"] == shipped["critics"]["guide"]["step"]
+    ours, theirs = (load_file(str(folder / "critic_guide.fp16.safetensors")) for folder in (exported, ASSETS))
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in theirs)
+    # The parts not given are kept byte for byte.
+    for name in ("shape.fp16.safetensors", "probes.safetensors", "shape_config.yaml", "critic_judge.fp16.safetensors"):
+        assert manifest["sha256"][name] == shipped["sha256"][name]
+    assert manifest["critics"]["judge"] == shipped["critics"]["judge"] and manifest["training"] == shipped["training"]
+    # Without --keep-from the shape model must be given.
+    assert _training_module("export_mini").main(["--critic", str(run / "ckpt.pt"), "--out", str(tmp_path / "x")]) == 2
+    assert "--keep-from" in capsys.readouterr().err

@@ -207,12 +207,20 @@ def evaluate_dit(args) -> dict:
 
 
 def load_critic(ckpt_path: Path):
+    """A VLMCritic of train_critic.py's ckpt.pt, or of an exported critic (export_mini.py's
+    critic_<role>.fp16.safetensors); and the facts of it (size, seed, step)."""
     from vlm3d_ttg.critic.vlm_critic import VLMCritic
+    from vlm3d_ttg.miniworld.checkpoints import exported_critic_entry, load_critic_weights
     from vlm3d_ttg.miniworld.critic_model import build_mini_critic
 
-    state = torch.load(ckpt_path, weights_only=False)
-    model, processor = build_mini_critic(state["size"], state["seed"])
-    model.load_state_dict(state["model"])
+    if ckpt_path.suffix == ".safetensors":
+        state = exported_critic_entry(ckpt_path)
+        model, processor = build_mini_critic(state["size"], state["seed"])
+        load_critic_weights(model, ckpt_path, state["size"])
+    else:
+        state = torch.load(ckpt_path, weights_only=False)
+        model, processor = build_mini_critic(state["size"], state["seed"])
+        model.load_state_dict(state["model"])
     return VLMCritic(model, processor, "a mug", "dual", max_cached_prompts=64), state
 
 
@@ -257,7 +265,10 @@ def evaluate_critic(args) -> dict:
         per_description[description] = result
         logger.info("%s: %s", description, {k: (v["accuracy"] if isinstance(v, dict) else v) for k, v in result.items()})
     summary = {
-        "critic_step": int(state["step"]), "size": state["size"], "seed": int(state["seed"]),
+        # A run started from an exported critic counts on from that critic's step.
+        "critic_step": int(state["step"]) + int((state.get("init") or {}).get("step", 0)),
+        "size": state["size"], "seed": int(state["seed"]), "split": args.split,
+        "critic": str(args.critic),
         "min_balanced_accuracy": float(min(v["balanced_accuracy"] for v in per_description.values())),
         "mean_balanced_accuracy": float(np.mean([v["balanced_accuracy"] for v in per_description.values()])),
         "seconds": time.time() - start,
@@ -289,7 +300,8 @@ def main(argv: list[str] | None = None) -> int:
     crit = sub.add_parser("critic")
     crit.add_argument("--data", required=True, type=Path)
     crit.add_argument("--views", required=True, type=Path)
-    crit.add_argument("--critic", required=True, type=Path, help="train_critic.py's ckpt.pt")
+    crit.add_argument("--critic", required=True, type=Path,
+                      help="train_critic.py's ckpt.pt, or an exported critic_<role>.fp16.safetensors")
     crit.add_argument("--out", required=True, type=Path)
     crit.add_argument("--split", default="test")
     rule = sub.add_parser("class-rule")

@@ -15,6 +15,7 @@ Resumable from `ckpt.pt` in --run.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
@@ -37,6 +38,7 @@ class CriticBatches:
         self.set_description = np.asarray([descriptions[r] for r in shape_row])
         self.set_class = np.asarray([classes[r] for r in shape_row])
         self.all_descriptions = sorted(set(self.set_description[broken == 0].tolist()))
+        self.description_weights: np.ndarray | None = None  # None: every description equally often
         self.rng = np.random.default_rng(seed)
 
     @classmethod
@@ -65,11 +67,15 @@ class CriticBatches:
         lower the loss: only the match between question and views can.
         """
         if not mixed:
-            return self._sample_one(batch, self.all_descriptions[self.rng.integers(len(self.all_descriptions))])
-        pairs = [self._sample_one(2, self.all_descriptions[self.rng.integers(len(self.all_descriptions))])
-                 for _ in range(batch // 2)]
+            return self._sample_one(batch, self._pick_description())
+        pairs = [self._sample_one(2, self._pick_description()) for _ in range(batch // 2)]
         return (torch.cat([images for images, _, _ in pairs]), [d for _, ds, _ in pairs for d in ds],
                 torch.cat([labels for _, _, labels in pairs]))
+
+    def _pick_description(self) -> str:
+        if self.description_weights is None:
+            return self.all_descriptions[self.rng.integers(len(self.all_descriptions))]
+        return self.all_descriptions[self.rng.choice(len(self.all_descriptions), p=self.description_weights)]
 
     def _sample_one(self, batch: int, description: str) -> tuple[torch.Tensor, list[str], torch.Tensor]:
         rng = self.rng
@@ -102,6 +108,29 @@ def load_split(data: Path, views_dir: Path, split: str, seed: int) -> CriticBatc
     views = np.load(views_dir / f"{split}_views.npy", mmap_mode="r")
     return CriticBatches(views, index["shape_row"], index["broken"], [r.description for r in records],
                          [r.cls for r in records], seed)
+
+
+def focus_weights(evaluation: dict, descriptions: list[str], share: float = 0.5) -> np.ndarray:
+    """How often each description is asked (sums to 1): `1 - share` spread evenly, `share` in proportion
+    to the description's error (1 − balanced accuracy) in `evaluation`, an `evaluate_mini.py critic`
+    result on the validation split.
+
+    Raises ValueError for an evaluation of another split (training on test errors leaks the test) or
+    one that does not cover every description.
+    """
+    split = evaluation.get("summary", {}).get("split")
+    if split != "val":
+        raise ValueError(f"the evaluation is of the {split or 'unnamed'} split: focus on validation errors only "
+                         "(evaluate_mini.py critic --split val)")
+    per = evaluation["per_description"]
+    missing = [d for d in descriptions if d not in per]
+    if missing:
+        raise ValueError(f"the evaluation has no accuracy for {missing[:3]}")
+    errors = np.asarray([1.0 - per[d]["balanced_accuracy"] for d in descriptions])
+    even = np.full(len(descriptions), 1.0 / len(descriptions))
+    if errors.sum() <= 0:
+        return even
+    return (1.0 - share) * even + share * errors / errors.sum()
 
 
 def make_critic(model, processor, query: str = "dual"):
@@ -160,6 +189,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="from this step on, each batch mixes descriptions (one per Yes/No pair)")
     parser.add_argument("--name-every", type=int, default=0,
                         help="after stage 1, every Nth step is a naming step again (keeps what stage 1 taught)")
+    parser.add_argument("--init-from", type=Path, default=None,
+                        help="start a new run from an exported critic (export_mini.py's critic_<role>.fp16.safetensors, "
+                             "sha256-checked against its manifest) instead of seeded weights; a fresh optimizer and schedule")
+    parser.add_argument("--focus-from", type=Path, default=None,
+                        help="an evaluate_mini.py critic result on the validation split: descriptions are asked in "
+                             "proportion to half even, half their validation error")
     add_run_arguments(parser, log_every=25)
     args = parser.parse_args(argv)
     start_run(args)
@@ -183,7 +218,28 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         logger.info("%d training view sets from %d worlds", len(batches.views), len(parts))
+    if args.focus_from is not None:
+        try:
+            batches.description_weights = focus_weights(json.loads(args.focus_from.read_text()), batches.all_descriptions)
+        except (OSError, ValueError, KeyError) as exc:
+            print(f"error: --focus-from {args.focus_from}: {exc}", file=sys.stderr)
+            return 2
+        logger.info("description weights: %s", {d: round(float(w), 3) for d, w in
+                                                 zip(batches.all_descriptions, batches.description_weights)})
     model, processor = build_mini_critic(args.size, args.seed)
+    init = None
+    if args.init_from is not None and not (args.run / "ckpt.pt").exists():
+        from vlm3d_ttg.errors import Vlm3dError
+        from vlm3d_ttg.miniworld.checkpoints import exported_critic_entry, load_critic_weights, sha256_file
+
+        try:
+            entry = exported_critic_entry(args.init_from, args.size)
+            load_critic_weights(model, args.init_from, args.size)
+        except (ValueError, Vlm3dError) as exc:
+            print(f"error: --init-from {args.init_from}: {exc}", file=sys.stderr)
+            return 2
+        init = {"file": str(args.init_from), "sha256": sha256_file(args.init_from), "step": int(entry["step"])}
+        logger.info("starting from %s (step %d)", args.init_from, init["step"])
     critic = make_critic(model, processor)
     descriptions_sorted = batches.all_descriptions
     word_ids = [processor.tokenizer.convert_tokens_to_ids(processor.tokenizer.tokenize(name_word(d))[0])
@@ -199,13 +255,13 @@ def main(argv: list[str] | None = None) -> int:
         state = torch.load(ckpt_path, weights_only=False)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        step, history = state["step"], state["history"]
+        step, history, init = state["step"], state["history"], state.get("init")
         batches.rng = np.random.default_rng([args.seed, step])
         logger.info("resumed at step %d", step)
 
     def checkpoint() -> None:
         save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                     "history": history, "size": args.size, "seed": args.seed,
+                     "history": history, "size": args.size, "seed": args.seed, "init": init,
                      "args": vars(args) | {"data": str(args.data), "views": str(args.views), "run": str(args.run)}},
                     ckpt_path)
 

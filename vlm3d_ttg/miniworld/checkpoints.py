@@ -20,8 +20,9 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from ..errors import CheckpointError, ModelNotFoundError
+from ..errors import CheckpointError, InvalidInputError, ModelNotFoundError
 from ..io import write_directory_atomic
 from ..presets import ShapeCheckpoint
 from .config import MINI_SHAPE_REPO, MINI_SHAPE_SUBFOLDER
@@ -77,18 +78,44 @@ def _cache_root(cache_dir: str | os.PathLike | None, manifest: dict) -> Path:
     return Path(os.path.expanduser(str(base))) / f"mini-{version}"
 
 
+def load_critic_weights(model: Any, weights: str | os.PathLike, size: str) -> None:
+    """Load an exported mini critic's fp16 state dict (`critic_<role>.fp16.safetensors`) into `model`, a
+    `build_mini_critic(size, …)` model, as float32.
+
+    Raises CheckpointError when the weights do not fit that size's model.
+    """
+    from safetensors.torch import load_file
+
+    state = load_file(str(weights))
+    missing, unexpected = model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
+    # The rotary tables are buffers rebuilt from the config, not weights: they are not exported.
+    if unexpected or [k for k in missing if "rotary" not in k]:
+        raise CheckpointError(str(weights), f"it does not fit the mini {size} critic (missing {missing[:3]}, "
+                              f"unexpected {unexpected[:3]})", "rerun training/export_mini.py")
+
+
+def exported_critic_entry(weights: str | os.PathLike, size: str | None = None) -> dict:
+    """The manifest entry (file, size, seed, step) of an exported critic file, its folder's sha256s checked.
+
+    Raises InvalidInputError when the file is not a critic in its folder's manifest, or (with `size`)
+    is a critic of another size.
+    """
+    weights = Path(weights)
+    manifest = read_manifest(weights.parent)
+    entry = next((e for e in manifest["critics"].values() if e["file"] == weights.name), None)
+    if entry is None:
+        raise InvalidInputError(f"{weights.name} is not a critic in {weights.parent / MANIFEST}.")
+    if size is not None and entry["size"] != size:
+        raise InvalidInputError(f"{weights} is a {entry['size']} critic, not a {size} one.")
+    return entry
+
+
 def _write_critic(folder: Path, weights: Path, size: str, seed: int) -> Path:
     def write(staging: Path) -> None:
-        from safetensors.torch import load_file
-
         from .critic_model import build_mini_critic
 
         model, processor = build_mini_critic(size, seed)
-        state = load_file(str(weights))
-        missing, unexpected = model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
-        if unexpected or [k for k in missing if "rotary" not in k]:
-            raise CheckpointError(str(weights), f"it does not fit the mini {size} critic (missing {missing[:3]}, "
-                                  f"unexpected {unexpected[:3]})", "rerun training/export_mini.py")
+        load_critic_weights(model, weights, size)
         model.save_pretrained(staging)
         processor.save_pretrained(staging)
 
