@@ -263,9 +263,13 @@ def remeasure(path: Path, kept: Path, references: int = REFS_PER_CLASS) -> None:
     def logits(name: str) -> np.ndarray:
         return np.load(kept / name).astype(np.float32)
 
+    gone = set()
     for row in rows:
         name = row.get("grid")
         if not name:
+            continue
+        if not (kept / name).is_file():  # its measures stay as they are; the attribute's all-or-none rule is above
+            gone.add(name)
             continue
         if "fragments" not in row:
             if name not in pieces:
@@ -281,6 +285,8 @@ def remeasure(path: Path, kept: Path, references: int = REFS_PER_CLASS) -> None:
                 classes[name] = measures.shape_class(surface_sample(mesh), row["cls"])
             row.update(classes[name])
     write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
+    if gone:
+        print(f"{len(gone)} grids are not in {kept}: the rows of those runs keep their earlier measures", file=sys.stderr)
     if missing:
         print(f"the attribute of {len(stale)} rows was not re-read ({missing} of their grids are not in {kept}); "
               "they keep the older reading, which the report names", file=sys.stderr)

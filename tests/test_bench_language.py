@@ -123,12 +123,18 @@ def test_one_picture_runs_on_the_mini_preset_and_a_rerun_resumes(bench, tmp_path
     delta = guided[True]["iou_stated"] - next(r for r in base if r["truthful"])["iou_stated"]
     assert f"Δ {delta:+.2f}" in line
     assert "read from the shape's largest piece" in table
-    # A grid gone: no row is re-read (one table never mixes two readings), and the report says so.
-    stale = [{k: v for k, v in r.items() if k != "attribute_rule"} | {"attribute": 1 - r["attribute"]} for r in rows]
+    # A grid gone: no row's attribute is re-read (one table never mixes two readings), and the report says so;
+    # the class is re-read where the grid is kept, and the run whose grid is gone keeps its own.
+    stale = [{k: v for k, v in r.items() if k not in ("attribute_rule", "class_rule")}
+             | {"attribute": 1 - r["attribute"], "predicted_class": "torus"} for r in rows]
     out.write_text("".join(json.dumps(r) + "\n" for r in stale))
     (kept / rows[0]["grid"]).unlink()
     bench.main(["remeasure", "--out", str(out), "--keep", str(kept), "--refs-per-class", "1"])
-    assert [r["attribute"] for r in map(json.loads, out.read_text().splitlines())] == [r["attribute"] for r in stale]
+    reread = list(map(json.loads, out.read_text().splitlines()))
+    assert [r["attribute"] for r in reread] == [r["attribute"] for r in stale]
+    assert [r["predicted_class"] for r in reread] == [
+        "torus" if r["grid"] == rows[0]["grid"] else r["predicted_class"] for r in rows]
+    assert "1 grids are not in" in capsys.readouterr().err
     capsys.readouterr()
     bench.main(["report", "--out", str(out), "--judged", str(tmp_path / "judged.json"), "--sweep-out", str(tmp_path / "none"),
                 "--classes", "mug", "--per-class", "1"])
