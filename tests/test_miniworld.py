@@ -364,3 +364,22 @@ def test_a_critic_run_starts_from_an_exported_critic_and_exports_with_the_rest_k
     # Without --keep-from the shape model must be given.
     assert _training_module("export_mini").main(["--critic", str(run / "ckpt.pt"), "--out", str(tmp_path / "x")]) == 2
     assert "--keep-from" in capsys.readouterr().err
+
+
+def test_averaged_snapshots_hold_the_mean_weights_and_refuse_another_model(tmp_path, capsys):
+    average = _training_module("average_checkpoints")
+
+    def snapshot(step: int, scale: float, size: str = "guide") -> Path:
+        path = tmp_path / f"snap_{step}_{size}.pt"
+        torch.save({"model": {"w": torch.full((2, 3), scale), "b": torch.arange(3.0) * scale}, "step": step,
+                    "size": size, "seed": 0, "init": {"sha256": "abc", "step": 100}, "history": []}, path)
+        return path
+
+    out = tmp_path / "averaged.pt"
+    assert average.main([str(snapshot(10, 1.0)), str(snapshot(30, 2.0)), str(snapshot(20, 6.0)), "--out", str(out)]) == 0
+    state = torch.load(out, weights_only=False)
+    assert torch.equal(state["model"]["w"], torch.full((2, 3), 3.0))
+    assert torch.equal(state["model"]["b"], torch.arange(3.0) * 3.0)
+    assert state["step"] == 30 and state["averaged_steps"] == [10, 20, 30] and state["init"]["step"] == 100
+    assert average.main([str(snapshot(10, 1.0)), str(snapshot(40, 1.0, "judge")), "--out", str(tmp_path / "x.pt")]) == 2
+    assert "differ in size" in capsys.readouterr().err and not (tmp_path / "x.pt").exists()
