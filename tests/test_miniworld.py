@@ -289,6 +289,15 @@ def test_a_second_worlds_view_sets_join_the_training_pool_with_their_own_labels(
                                        ["a bowl", "a cone"], ["bowl", "cone"], seed=0)
     with pytest.raises(ValueError, match="describe their shapes differently"):
         train_critic.CriticBatches.pooled([world(0, [0, 1, 2, 3]), other], seed=0)
+    # A world of some of the classes joins: its view sets add Yes answers to its descriptions only.
+    tables = train_critic.CriticBatches(np.full((2, 1, 3, 2, 2), 200, np.uint8), np.arange(2), np.zeros(2, int),
+                                        ["a table with four legs", "a table with three legs"], ["table", "table"], seed=0)
+    pool = train_critic.CriticBatches.pooled([world(0, [0, 1, 2, 3]), tables], seed=0)
+    for _ in range(20):
+        images, texts, labels = pool.sample(8, mixed=True)
+        for image, text, label in zip(images, texts, labels):
+            if round(float(image[0, 0, 0, 0]) * 255) == 200 and label:
+                assert text.startswith("a table")
 
 
 def test_a_missing_extra_world_is_refused_before_training(tmp_path, capsys):

@@ -43,10 +43,13 @@ class CriticBatches:
 
     @classmethod
     def pooled(cls, parts: list["CriticBatches"], seed: int) -> "CriticBatches":
-        """One pool of the view sets of several worlds' training splits (the same descriptions in each)."""
+        """One pool of the view sets of several worlds' training splits; each later world describes its
+        shapes with the first world's descriptions (all of them, or some: a world of a few classes adds
+        shapes where the critic needs more)."""
         for part in parts[1:]:
-            if part.all_descriptions != parts[0].all_descriptions:
-                raise ValueError(f"the worlds describe their shapes differently: {part.all_descriptions} vs {parts[0].all_descriptions}")
+            unknown = sorted(set(part.all_descriptions) - set(parts[0].all_descriptions))
+            if unknown:
+                raise ValueError(f"the worlds describe their shapes differently: {unknown} are not among {parts[0].all_descriptions}")
         # Each view set is its own row: it keeps the description and class its own world gave it.
         descriptions = np.concatenate([part.set_description for part in parts]).tolist()
         classes = np.concatenate([part.set_class for part in parts]).tolist()
