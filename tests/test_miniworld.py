@@ -370,6 +370,20 @@ def test_a_critic_run_starts_from_an_exported_critic_and_exports_with_the_rest_k
     for name in ("shape.fp16.safetensors", "probes.safetensors", "shape_config.yaml", "critic_judge.fp16.safetensors"):
         assert manifest["sha256"][name] == shipped["sha256"][name]
     assert manifest["critics"]["judge"] == shipped["critics"]["judge"] and manifest["training"] == shipped["training"]
+    # The evaluation reads the exported critic and pools another world's view sets with their own labels
+    # (here the same world again: every Yes group doubles and keeps its accuracy).
+    evaluate = _training_module("evaluate_mini")
+    one, two = tmp_path / "one.json", tmp_path / "two.json"
+    base = ["critic", "--data", str(tiny_world), "--views", str(views), "--critic", str(ASSETS / "critic_guide.fp16.safetensors"),
+            "--split", "train"]
+    assert evaluate.main(base + ["--out", str(one)]) == 0
+    assert evaluate.main(base + ["--extra-world", str(tiny_world), str(views), "--out", str(two)]) == 0
+    one, two = (json.loads(path.read_text()) for path in (one, two))
+    assert one["summary"]["critic_step"] == shipped["critics"]["guide"]["step"] and one["summary"]["split"] == "train"
+    assert one["per_description"].keys() == two["per_description"].keys()
+    for description, result in one["per_description"].items():
+        assert two["per_description"][description]["yes"]["n"] == 2 * result["yes"]["n"]
+        assert two["per_description"][description]["yes"]["accuracy"] == result["yes"]["accuracy"]
     # Without --keep-from the shape model must be given.
     assert _training_module("export_mini").main(["--critic", str(run / "ckpt.pt"), "--out", str(tmp_path / "x")]) == 2
     assert "--keep-from" in capsys.readouterr().err

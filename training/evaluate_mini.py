@@ -227,13 +227,18 @@ def load_critic(ckpt_path: Path):
 def evaluate_critic(args) -> dict:
     from vlm3d_ttg.miniworld.dataset import load_meta
 
-    records = load_meta(args.data)
     critic, state = load_critic(args.critic)
-    index = np.load(args.views / f"{args.split}_index.npz")
-    views = np.load(args.views / f"{args.split}_views.npy", mmap_mode="r")
-    shape_row, broken = index["shape_row"], index["broken"]
-    desc = np.asarray([records[r].description for r in shape_row])
-    cls = np.asarray([records[r].cls for r in shape_row])
+    worlds = [(args.data, args.views)] + [(Path(data), Path(views)) for data, views in args.extra_world]
+    views, desc, cls, broken = [], [], [], []
+    for data, views_dir in worlds:  # one pool of every world's held-out view sets, each with its own labels
+        records = load_meta(data)
+        index = np.load(views_dir / f"{args.split}_index.npz")
+        views.append(np.load(views_dir / f"{args.split}_views.npy", mmap_mode="r"))
+        desc += [records[r].description for r in index["shape_row"]]
+        cls += [records[r].cls for r in index["shape_row"]]
+        broken.append(index["broken"])
+    views = views[0] if len(views) == 1 else np.concatenate(views)
+    desc, cls, broken = np.asarray(desc), np.asarray(cls), np.concatenate(broken)
     rng = np.random.default_rng(1)
     per_description = {}
     start = time.time()
@@ -268,7 +273,7 @@ def evaluate_critic(args) -> dict:
         # A run started from an exported critic counts on from that critic's step.
         "critic_step": int(state["step"]) + int((state.get("init") or {}).get("step", 0)),
         "size": state["size"], "seed": int(state["seed"]), "split": args.split,
-        "critic": str(args.critic),
+        "critic": str(args.critic), "worlds": [str(views) for _, views in worlds],
         "min_balanced_accuracy": float(min(v["balanced_accuracy"] for v in per_description.values())),
         "mean_balanced_accuracy": float(np.mean([v["balanced_accuracy"] for v in per_description.values()])),
         "seconds": time.time() - start,
@@ -304,6 +309,9 @@ def main(argv: list[str] | None = None) -> int:
                       help="train_critic.py's ckpt.pt, or an exported critic_<role>.fp16.safetensors")
     crit.add_argument("--out", required=True, type=Path)
     crit.add_argument("--split", default="test")
+    crit.add_argument("--extra-world", nargs=2, action="append", default=[], metavar=("DATA", "VIEWS"),
+                      help="also score another world's held-out view sets of --split (build_critic_data.py --data DATA "
+                           "--splits val,test): more shapes, a finer estimate; repeatable")
     rule = sub.add_parser("class-rule")
     rule.add_argument("--data", required=True, type=Path)
     rule.add_argument("--out", required=True, type=Path)
