@@ -210,13 +210,11 @@ def load_critic(ckpt_path: Path):
     """A VLMCritic of train_critic.py's ckpt.pt, or of an exported critic (export_mini.py's
     critic_<role>.fp16.safetensors); and the facts of it (size, seed, step)."""
     from vlm3d_ttg.critic.vlm_critic import VLMCritic
-    from vlm3d_ttg.miniworld.checkpoints import exported_critic_entry, load_critic_weights
+    from vlm3d_ttg.miniworld.checkpoints import load_exported_critic
     from vlm3d_ttg.miniworld.critic_model import build_mini_critic
 
     if ckpt_path.suffix == ".safetensors":
-        state = exported_critic_entry(ckpt_path)
-        model, processor = build_mini_critic(state["size"], state["seed"])
-        load_critic_weights(model, ckpt_path, state["size"])
+        model, processor, state = load_exported_critic(ckpt_path)
     else:
         state = torch.load(ckpt_path, weights_only=False)
         model, processor = build_mini_critic(state["size"], state["seed"])

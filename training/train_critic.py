@@ -229,20 +229,20 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         logger.info("description weights: %s", {d: round(float(w), 3) for d, w in
                                                  zip(batches.all_descriptions, batches.description_weights)})
-    model, processor = build_mini_critic(args.size, args.seed)
     init = None
     if args.init_from is not None and not (args.run / "ckpt.pt").exists():
         from vlm3d_ttg.errors import Vlm3dError
-        from vlm3d_ttg.miniworld.checkpoints import exported_critic_entry, load_critic_weights, sha256_file
+        from vlm3d_ttg.miniworld.checkpoints import load_exported_critic
 
         try:
-            entry = exported_critic_entry(args.init_from, args.size)
-            load_critic_weights(model, args.init_from, args.size)
-        except (ValueError, Vlm3dError) as exc:
+            model, processor, entry = load_exported_critic(args.init_from, args.size)
+        except Vlm3dError as exc:
             print(f"error: --init-from {args.init_from}: {exc}", file=sys.stderr)
             return 2
-        init = {"file": str(args.init_from), "sha256": sha256_file(args.init_from), "step": int(entry["step"])}
+        init = {"file": str(args.init_from), "sha256": entry["sha256"], "step": int(entry["step"])}
         logger.info("starting from %s (step %d)", args.init_from, init["step"])
+    else:
+        model, processor = build_mini_critic(args.size, args.seed)
     critic = make_critic(model, processor)
     descriptions_sorted = batches.all_descriptions
     word_ids = [processor.tokenizer.convert_tokens_to_ids(processor.tokenizer.tokenize(name_word(d))[0])

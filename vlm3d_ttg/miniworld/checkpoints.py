@@ -95,7 +95,8 @@ def load_critic_weights(model: Any, weights: str | os.PathLike, size: str) -> No
 
 
 def exported_critic_entry(weights: str | os.PathLike, size: str | None = None) -> dict:
-    """The manifest entry (file, size, seed, step) of an exported critic file, its folder's sha256s checked.
+    """The manifest entry (file, size, seed, step) of an exported critic file and its sha256, its folder's
+    sha256s checked.
 
     Raises InvalidInputError when the file is not a critic in its folder's manifest, or (with `size`)
     is a critic of another size.
@@ -107,7 +108,21 @@ def exported_critic_entry(weights: str | os.PathLike, size: str | None = None) -
         raise InvalidInputError(f"{weights.name} is not a critic in {weights.parent / MANIFEST}.")
     if size is not None and entry["size"] != size:
         raise InvalidInputError(f"{weights} is a {entry['size']} critic, not a {size} one.")
-    return entry
+    return {**entry, "sha256": manifest["sha256"][weights.name]}
+
+
+def load_exported_critic(weights: str | os.PathLike, size: str | None = None) -> tuple[Any, Any, dict]:
+    """(model, processor, manifest entry) of an exported mini critic file (`critic_<role>.fp16.safetensors`,
+    sha256-checked), the model in float32.
+
+    Raises InvalidInputError (not a critic of its manifest, or not of `size`) or CheckpointError.
+    """
+    from .critic_model import build_mini_critic
+
+    entry = exported_critic_entry(weights, size)
+    model, processor = build_mini_critic(entry["size"], entry["seed"])
+    load_critic_weights(model, weights, entry["size"])
+    return model, processor, entry
 
 
 def _write_critic(folder: Path, weights: Path, size: str, seed: int) -> Path:
