@@ -370,6 +370,18 @@ def test_a_critic_run_starts_from_an_exported_critic_and_exports_with_the_rest_k
     for name in ("shape.fp16.safetensors", "probes.safetensors", "shape_config.yaml", "critic_judge.fp16.safetensors"):
         assert manifest["sha256"][name] == shipped["sha256"][name]
     assert manifest["critics"]["judge"] == shipped["critics"]["judge"] and manifest["training"] == shipped["training"]
+    # An export that fails part way (a changed guide critic is written, then the judge checkpoint is
+    # unreadable) leaves the earlier export exactly as it was, with no staging files beside it.
+    changed = torch.load(run / "ckpt.pt", weights_only=False)
+    first = next(iter(changed["model"]))
+    changed["model"][first] = changed["model"][first] + 1.0
+    torch.save(changed, tmp_path / "changed.pt")
+    (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint")
+    before = {path.name: path.read_bytes() for path in exported.iterdir()}
+    assert _training_module("export_mini").main(["--critic", str(tmp_path / "changed.pt"), "--judge", str(tmp_path / "garbage.pt"),
+                                                "--keep-from", str(exported), "--out", str(exported)]) == 1
+    assert "nothing was written" in capsys.readouterr().err
+    assert {path.name: path.read_bytes() for path in exported.iterdir()} == before
     # The evaluation reads the exported critic and pools another world's view sets with their own labels
     # (here the same world again: every Yes group doubles and keeps its accuracy).
     evaluate = _training_module("evaluate_mini")

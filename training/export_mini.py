@@ -82,10 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --data is needed with --decoder (the probe codes are read by shape name)", file=sys.stderr)
         return 2
 
-    from safetensors.torch import save_file
-
     from vlm3d_ttg.errors import Vlm3dError
-    from vlm3d_ttg.miniworld.checkpoints import MANIFEST, read_manifest, sha256_file
+    from vlm3d_ttg.miniworld.checkpoints import MANIFEST, read_manifest
 
     kept: dict = {"critics": {}, "notes": {}}
     if args.keep_from is not None:
@@ -95,64 +93,89 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: --keep-from {args.keep_from}: {exc}", file=sys.stderr)
             return 2
 
-    def keep(name: str) -> None:
-        if args.keep_from.resolve() != args.out.resolve():
-            shutil.copyfile(args.keep_from / name, args.out / name)
-
-    args.out.mkdir(parents=True, exist_ok=True)
-    if args.decoder is not None:
-        decoder = torch.load(args.decoder, weights_only=False)
-        dit = torch.load(args.dit, weights_only=False)
-        config, state = shape_state(decoder, dit)
-        (args.out / "shape_config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-        save_file(state, str(args.out / "shape.fp16.safetensors"), metadata={"format": "pt"})
-        # Probe codes: a few training shapes' learned codes, so a test can check the shipped decoder
-        # still reconstructs them (and a broken decoder fails).
-        from vlm3d_ttg.miniworld.dataset import load_meta
-
-        records = [r for r in load_meta(args.data) if r.split == "train"]
-        probes = {}
-        for name in PROBES:
-            row = next(i for i, r in enumerate(records) if r.name == name)
-            probes[name] = decoder["codes"][row].detach().float().contiguous()
-        save_file(probes, str(args.out / "probes.safetensors"), metadata={"format": "pt"})
-        training = {"decoder_step": int(decoder["step"]), "dit_step": int(dit["step"]),
-                    "scale_factor": float(dit["scale_factor"])}
-    else:
-        for name in SHAPE_FILES:
-            keep(name)
-        training = kept["training"]
-    critics = {}
-    for role, path in (("guide", args.critic), ("judge", args.judge)):
-        file = f"critic_{role}.fp16.safetensors"
-        if path is None:
-            if role in kept["critics"]:
-                keep(kept["critics"][role]["file"])
-                critics[role] = kept["critics"][role]
-            continue
-        ckpt = torch.load(path, weights_only=False)
-        weights = {k: v.detach().to(torch.float16).contiguous() for k, v in ckpt["model"].items()}
-        # Tied or shared tensors are stored once each (safetensors refuses aliases).
-        save_file({k: v.clone() for k, v in weights.items()}, str(args.out / file), metadata={"format": "pt"})
-        # A run started from an exported critic (train_critic.py --init-from) counts on from its step.
-        init = ckpt.get("init") or {}
-        critics[role] = {"file": file, "size": ckpt["size"], "seed": int(ckpt["seed"]),
-                         "step": int(ckpt["step"]) + int(init.get("step", 0))}
-        if init:
-            critics[role]["continued_from_step"] = int(init["step"])
-    files = list(SHAPE_FILES) + [c["file"] for c in critics.values()]
-    manifest = {
-        "sha256": {name: sha256_file(args.out / name) for name in files},
-        "critics": critics,
-        "training": training,
-        "notes": json.loads(args.notes.read_text()) if args.notes else kept["notes"],
-    }
-    (args.out / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+    try:
+        files = _export(args, kept)
+    except Exception as exc:  # noqa: BLE001 - reported with the promise that nothing changed
+        print(f"error: {type(exc).__name__}: {exc}\nnothing was written: {args.out} is as it was", file=sys.stderr)
+        return 1
     for name in files + [MANIFEST]:
-        (args.out / name).chmod(0o644)  # safetensors writes owner-only files; the package ships them readable
+        (args.out / name).chmod(0o644)  # the package ships them readable whatever the umask
     total = sum((args.out / name).stat().st_size for name in files)
     print(f"wrote {len(files)} files, {total / 1e6:.1f} MB, to {args.out}")
     return 0
+
+
+def _export(args: argparse.Namespace, kept: dict) -> list[str]:
+    """Write the export's files and manifest into `args.out`; the names of the files."""
+    from safetensors.torch import save_file
+
+    from vlm3d_ttg.io import OutputSet
+    from vlm3d_ttg.miniworld.checkpoints import MANIFEST, sha256_file
+
+    # Every file is staged beside its destination and the set commits as one unit, the manifest last:
+    # a failure anywhere (an unreadable checkpoint, a full disk) leaves the earlier export as it was.
+    staged: dict[str, Path] = {}  # file name -> where its bytes are now (staged, or kept in place)
+    with OutputSet() as outputs:
+        def keep(name: str) -> None:
+            if args.keep_from.resolve() == args.out.resolve():
+                staged[name] = args.out / name
+            else:
+                staged[name] = outputs.stage(args.out / name)
+                shutil.copyfile(args.keep_from / name, staged[name])
+
+        if args.decoder is not None:
+            decoder = torch.load(args.decoder, weights_only=False)
+            dit = torch.load(args.dit, weights_only=False)
+            config, state = shape_state(decoder, dit)
+            staged["shape_config.yaml"] = outputs.stage(args.out / "shape_config.yaml")
+            staged["shape_config.yaml"].write_text(yaml.safe_dump(config, sort_keys=False))
+            staged["shape.fp16.safetensors"] = outputs.stage(args.out / "shape.fp16.safetensors")
+            save_file(state, str(staged["shape.fp16.safetensors"]), metadata={"format": "pt"})
+            # Probe codes: a few training shapes' learned codes, so a test can check the shipped decoder
+            # still reconstructs them (and a broken decoder fails).
+            from vlm3d_ttg.miniworld.dataset import load_meta
+
+            records = [r for r in load_meta(args.data) if r.split == "train"]
+            probes = {}
+            for name in PROBES:
+                row = next(i for i, r in enumerate(records) if r.name == name)
+                probes[name] = decoder["codes"][row].detach().float().contiguous()
+            staged["probes.safetensors"] = outputs.stage(args.out / "probes.safetensors")
+            save_file(probes, str(staged["probes.safetensors"]), metadata={"format": "pt"})
+            training = {"decoder_step": int(decoder["step"]), "dit_step": int(dit["step"]),
+                        "scale_factor": float(dit["scale_factor"])}
+        else:
+            for name in SHAPE_FILES:
+                keep(name)
+            training = kept["training"]
+        critics = {}
+        for role, path in (("guide", args.critic), ("judge", args.judge)):
+            file = f"critic_{role}.fp16.safetensors"
+            if path is None:
+                if role in kept["critics"]:
+                    keep(kept["critics"][role]["file"])
+                    critics[role] = kept["critics"][role]
+                continue
+            ckpt = torch.load(path, weights_only=False)
+            weights = {k: v.detach().to(torch.float16).contiguous() for k, v in ckpt["model"].items()}
+            # Tied or shared tensors are stored once each (safetensors refuses aliases).
+            staged[file] = outputs.stage(args.out / file)
+            save_file({k: v.clone() for k, v in weights.items()}, str(staged[file]), metadata={"format": "pt"})
+            # A run started from an exported critic (train_critic.py --init-from) counts on from its step.
+            init = ckpt.get("init") or {}
+            critics[role] = {"file": file, "size": ckpt["size"], "seed": int(ckpt["seed"]),
+                             "step": int(ckpt["step"]) + int(init.get("step", 0))}
+            if init:
+                critics[role]["continued_from_step"] = int(init["step"])
+        files = list(SHAPE_FILES) + [c["file"] for c in critics.values()]
+        manifest = {
+            "sha256": {name: sha256_file(staged[name]) for name in files},
+            "critics": critics,
+            "training": training,
+            "notes": json.loads(args.notes.read_text()) if args.notes else kept["notes"],
+        }
+        outputs.write_text(args.out / MANIFEST, json.dumps(manifest, indent=1) + "\n", last=True)
+    return files
 
 
 if __name__ == "__main__":
