@@ -257,6 +257,43 @@ def test_mixed_critic_batches_ask_each_pair_its_own_description():
     assert len(set(texts)) == 1
 
 
+def test_negative_shares_choose_what_kind_of_no_view_set_is_asked():
+    train_critic = _training_module("train_critic")
+    descriptions = ["a mug with a handle", "a mug without a handle", "a table with four legs", "a table with three legs"]
+    classes = ["mug", "mug", "table", "table"]
+    shape_row = np.repeat(np.arange(4), 2)
+    broken = np.tile([0, 1], 4)
+    views = np.arange(8, dtype=np.uint8).reshape(8, 1, 1, 1, 1) * np.ones((1, 1, 3, 4, 4), np.uint8)  # each set shows its index
+
+    def kinds(shares: tuple[float, float, float]) -> dict[str, int]:
+        batches = train_critic.CriticBatches(views, shape_row, broken, descriptions, classes, seed=0)
+        batches.negative_shares = shares
+        counts = {"sibling": 0, "broken": 0, "other": 0}
+        for _ in range(40):
+            images, texts, labels = batches.sample(8, mixed=True)
+            for image, text, label in zip(images, texts, labels):
+                if label == 1:
+                    continue
+                row = int(round(float(image[0, 0, 0, 0]) * 255))
+                shape = shape_row[row]
+                kind = ("broken" if broken[row] and descriptions[shape] == text else
+                        "other" if classes[shape] != classes[descriptions.index(text)] else "sibling")
+                counts[kind] += 1
+        return counts
+
+    assert train_critic.DEFAULT_NEGATIVE_SHARES == (0.35, 0.30, 0.35)
+    only_broken = kinds((0.0, 1.0, 0.0))
+    assert only_broken["broken"] == 160 and only_broken["sibling"] == only_broken["other"] == 0
+    only_sibling = kinds((1.0, 0.0, 0.0))
+    assert only_sibling["sibling"] == 160
+    mixed = kinds((0.2, 0.6, 0.2))
+    assert 0.5 < mixed["broken"] / 160 < 0.7 and mixed["sibling"] > 10 and mixed["other"] > 10
+    # Shares that do not sum to 1 are refused by the parser (exit 2).
+    with pytest.raises(SystemExit) as stop:
+        train_critic.main(["--data", "x", "--views", "y", "--run", "z", "--negative-shares", "0.5,0.5,0.5"])
+    assert stop.value.code == 2
+
+
 def test_a_second_worlds_view_sets_join_the_training_pool_with_their_own_labels():
     train_critic = _training_module("train_critic")
     descriptions = ["a mug with a handle", "a mug without a handle", "a table with four legs", "a table with three legs"]

@@ -29,6 +29,22 @@ from training_log import TrainingLog, add_run_arguments, save_atomic, start_run 
 logger = logging.getLogger("train_critic")
 
 
+#: Shares of the No view sets drawn from a sibling (same class, other attribute value), a broken
+#: variant of a fitting shape, and another class.
+DEFAULT_NEGATIVE_SHARES = (0.35, 0.30, 0.35)
+
+
+def parse_negative_shares(text: str) -> tuple[float, float, float]:
+    """'SIBLING,BROKEN,OTHER' shares of the No view sets (non-negative, summing to 1)."""
+    try:
+        shares = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        shares = ()
+    if len(shares) != 3 or min(shares) < 0 or abs(sum(shares) - 1.0) > 1e-6:
+        raise argparse.ArgumentTypeError(f"{text!r}: give three non-negative shares that sum to 1, e.g. 0.35,0.30,0.35")
+    return shares  # type: ignore[return-value]
+
+
 class CriticBatches:
     """Balanced (views, description, label) batches drawn from the rendered view sets of one split."""
 
@@ -39,6 +55,9 @@ class CriticBatches:
         self.set_class = np.asarray([classes[r] for r in shape_row])
         self.all_descriptions = sorted(set(self.set_description[broken == 0].tolist()))
         self.description_weights: np.ndarray | None = None  # None: every description equally often
+        # How a No view set is chosen: the same class with the other attribute value, a broken variant
+        # of a shape that fits, another class. A share whose pool is empty passes to the next kind.
+        self.negative_shares = DEFAULT_NEGATIVE_SHARES
         self.rng = np.random.default_rng(seed)
 
     @classmethod
@@ -90,11 +109,12 @@ class CriticBatches:
         half = batch // 2
         chosen = list(rng.choice(fits, half))
         labels = [1.0] * half
+        sibling_share, broken_share, _ = self.negative_shares
         for _ in range(batch - half):
             pick = rng.random()
-            if pick < 0.35 and len(sibling):
+            if pick < sibling_share and len(sibling):
                 chosen.append(rng.choice(sibling))
-            elif pick < 0.65 and len(broken_fits):
+            elif pick < sibling_share + broken_share and len(broken_fits):
                 chosen.append(rng.choice(broken_fits))
             else:
                 chosen.append(rng.choice(other))
@@ -198,6 +218,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--focus-from", type=Path, default=None,
                         help="an evaluate_mini.py critic result on the validation split: descriptions are asked in "
                              "proportion to half even, half their validation error")
+    parser.add_argument("--negative-shares", type=parse_negative_shares, default=DEFAULT_NEGATIVE_SHARES,
+                        metavar="SIBLING,BROKEN,OTHER",
+                        help="shares of the No view sets: same class with the other attribute value, broken variants "
+                             "of fitting shapes, other classes (default %(default)s)")
     add_run_arguments(parser, log_every=25)
     args = parser.parse_args(argv)
     start_run(args)
@@ -221,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         logger.info("%d training view sets from %d worlds", len(batches.views), len(parts))
+    batches.negative_shares = args.negative_shares
     if args.focus_from is not None:
         try:
             batches.description_weights = focus_weights(json.loads(args.focus_from.read_text()), batches.all_descriptions)
