@@ -15,6 +15,7 @@ import io
 import json
 import os
 import re
+import select
 import shutil
 import subprocess
 import sys
@@ -321,15 +322,23 @@ def test_an_api_client_that_goes_away_cancels_its_run_at_the_next_step(server):
     before = set(server.run_folders())
     # The most steps a request may ask for: the server learns of the dropped connection with a delay, and
     # on a loaded machine a 400-step tiny run once finished first (status 'done').
-    client_code = (f"from gradio_client import Client, handle_file\n"
-                   f"Client({server.url!r}, verbose=False).predict(image=handle_file({str(ROBOT)!r}), "
-                   f"description='a toy robot', steps=1000, api_name='/generate')\n")
-    client = subprocess.Popen([sys.executable, "-c", client_code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    # The client says when the server's stream has told it the run is processing: killed before its stream
+    # is open, the server has nobody to lose, and the run once went on to the end (status 'done').
+    client_code = (f"import time\nfrom gradio_client import Client, handle_file\n"
+                   f"job = Client({server.url!r}, verbose=False).submit(image=handle_file({str(ROBOT)!r}), "
+                   f"description='a toy robot', steps=1000, api_name='/generate')\n"
+                   f"while job.status().code.name not in ('PROCESSING', 'ITERATING', 'PROGRESS', 'FINISHED'):\n"
+                   f"    time.sleep(0.02)\n"
+                   f"print('listening', flush=True)\n"
+                   f"job.result()\n")
+    client = subprocess.Popen([sys.executable, "-c", client_code], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                              env={**os.environ, "HF_HUB_OFFLINE": "1"}, text=True)
     try:
         folders = _wait(lambda: set(server.run_folders()) - before, RUN_TIMEOUT, "the client's run to start")
         (folder,) = folders
         _wait(lambda: server.record(folder).get("status") == "running", RUN_TIMEOUT, "the run record")
+        ready, _, _ = select.select([client.stdout], [], [], RUN_TIMEOUT)
+        assert ready and client.stdout.readline().strip() == "listening", "the client never heard that its run started"
     finally:
         client.kill()  # the client goes away without a word, mid-run
         client.wait()
