@@ -25,6 +25,26 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 logging.getLogger("hy3dgen.shapgen").setLevel(logging.WARNING)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _system_temp_folder_inside_pytests(tmp_path_factory):
+    """Point the system temp folder (tempfile's, and TMPDIR for the processes the tests start) into pytest's
+    own: gradio_client leaves an empty folder there per download and Chromium (--disable-dev-shm-usage) one
+    per start, in the machine's /tmp otherwise; here they go with pytest's folder."""
+    import tempfile
+
+    folder = str(tmp_path_factory.mktemp("system-temp"))
+    saved = os.environ.get("TMPDIR"), tempfile.tempdir
+    os.environ["TMPDIR"], tempfile.tempdir = folder, folder
+    try:
+        yield folder
+    finally:
+        if saved[0] is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = saved[0]
+        tempfile.tempdir = saved[1]
+
+
 # Test files that share a session fixture too costly to build twice: under `make test` (--dist loadfile) each
 # file is one unit of work for one xdist worker, and a file named here joins its partner's unit, so the fixture is
 # built once. conftest's `server` (the tiny app, ~5-10 s a start): the browser tests and the README's API example.
