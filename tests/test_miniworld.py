@@ -235,13 +235,15 @@ def _mini_conditioner_state() -> dict:
     return instantiate_from_config(mini_shape_config()["conditioner"]).state_dict()
 
 
+#: A four-shape world for the critic's batches: 2 classes of 2 descriptions each, one intact and one broken
+#: view set per shape (descriptions, classes, each view set's shape row, each view set's broken flag).
+FOUR_SHAPES = (["a mug with a handle", "a mug without a handle", "a table with four legs", "a table with three legs"],
+               ["mug", "mug", "table", "table"], np.repeat(np.arange(4), 2), np.tile([0, 1], 4))
+
+
 def test_mixed_critic_batches_ask_each_pair_its_own_description():
     train_critic = _training_module("train_critic")
-    # 4 shapes of 2 classes (2 descriptions each), one intact and one broken view set per shape.
-    descriptions = ["a mug with a handle", "a mug without a handle", "a table with four legs", "a table with three legs"]
-    classes = ["mug", "mug", "table", "table"]
-    shape_row = np.repeat(np.arange(4), 2)
-    broken = np.tile([0, 1], 4)
+    descriptions, classes, shape_row, broken = FOUR_SHAPES
     views = np.zeros((8, 1, 3, 4, 4), np.uint8)
     batches = train_critic.CriticBatches(views, shape_row, broken, descriptions, classes, seed=0)
     distinct = []
@@ -259,10 +261,7 @@ def test_mixed_critic_batches_ask_each_pair_its_own_description():
 
 def test_negative_shares_choose_what_kind_of_no_view_set_is_asked():
     train_critic = _training_module("train_critic")
-    descriptions = ["a mug with a handle", "a mug without a handle", "a table with four legs", "a table with three legs"]
-    classes = ["mug", "mug", "table", "table"]
-    shape_row = np.repeat(np.arange(4), 2)
-    broken = np.tile([0, 1], 4)
+    descriptions, classes, shape_row, broken = FOUR_SHAPES
     views = np.arange(8, dtype=np.uint8).reshape(8, 1, 1, 1, 1) * np.ones((1, 1, 3, 4, 4), np.uint8)  # each set shows its index
 
     def kinds(shares: tuple[float, float, float]) -> dict[str, int]:
@@ -296,9 +295,7 @@ def test_negative_shares_choose_what_kind_of_no_view_set_is_asked():
 
 def test_a_second_worlds_view_sets_join_the_training_pool_with_their_own_labels():
     train_critic = _training_module("train_critic")
-    descriptions = ["a mug with a handle", "a mug without a handle", "a table with four legs", "a table with three legs"]
-    classes = ["mug", "mug", "table", "table"]
-    shape_row, broken = np.repeat(np.arange(4), 2), np.tile([0, 1], 4)
+    descriptions, classes, shape_row, broken = FOUR_SHAPES
 
     def world(value: int, order: list[int]):
         # Each view set's pixels say which world and which shape it is: value + 10 · shape, +5 when broken.
